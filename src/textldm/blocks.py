@@ -1,0 +1,89 @@
+"""The one Transformer block that the VAE, the DiT and the AR baseline all share.
+
+Pre-norm attention + MLP with rotary position embeddings and SDPA attention. With `cond_dim` set, the
+block is adaLN-modulated (DiT style): a conditioning vector produces shift/scale/gate for both branches.
+The zero-initialisation of that modulation (adaLN-Zero) lives in the DiT's `initialize_weights`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
+    """cos/sin tables for integer positions of shape (L,) or (B, L); returns tensors (B|1, 1, L, head_dim/2)."""
+    if positions.dim() == 1:
+        positions = positions.unsqueeze(0)
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float().unsqueeze(-1) * inv_freq  # (B, L, head_dim/2)
+    return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the head dimension. x: (B, H, L, D)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, rope, attn_mask=None, causal=False):
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
+        return self.proj(out.transpose(1, 2).reshape(B, L, W))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block. Unconditioned (VAE, AR): LayerNorms with affine parameters.
+    Conditioned (DiT): affine-free LayerNorms modulated by `cond` (B, cond_dim) or per token (B, L, cond_dim)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
+        super().__init__()
+        affine = cond_dim is None
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=affine, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+        self.modulation = None if cond_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
+
+    def forward(self, x, rope, attn_mask=None, cond=None, causal=False):
+        if self.modulation is None:
+            x = x + self.attn(self.norm1(x), rope, attn_mask, causal)
+            return x + self.mlp(self.norm2(x))
+        mod = self.modulation(cond)
+        if mod.dim() == 2:
+            mod = mod.unsqueeze(1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+def padding_attn_mask(key_mask: torch.Tensor | None):
+    """(B, L) bool, True = real token -> (B, 1, 1, L) boolean SDPA mask (True = may attend)."""
+    return None if key_mask is None else key_mask[:, None, None, :]

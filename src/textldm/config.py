@@ -1,0 +1,266 @@
+"""Typed configuration: dataclasses, YAML presets and `section.key=value` command-line overrides.
+
+A run's config is `Config`; each section is a dataclass with defaults. A preset YAML (a file, or a name
+from `textldm/presets/`) sets some keys; overrides set more. Unknown keys and ill-typed values are
+UserErrors that name the key and list what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # "embedded", a local .txt/.jsonl/.parquet file or folder, or an HF data set name
+    text_field: str = "text"  # column holding the text (jsonl/parquet/HF)
+    hf_config: str | None = None  # HF data set configuration name
+    hf_split: str = "train"
+    val_fraction: float = 0.05  # document-level held-out fraction (fixed by a hash of the document)
+    max_documents: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "smollm2-135m"  # tokenizer + REPA teacher: built-in alias, HF model name or local folder
+    layer: int = -3  # index into HF hidden_states; negative from the end (-3 = the paper's third-to-last)
+
+
+@dataclass
+class VAEConfig:
+    width: int = 256
+    encoder_depth: int = 2
+    decoder_depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    latent_channels: int = 64
+    max_len: int = 128  # longest sequence the VAE sees (training windows are cut to this)
+    embed_init: str = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
+    tie_embeddings: bool = True  # decoder output head shares the token embedding matrix
+    repa_block: int = -1  # which encoder block's output is aligned with the teacher (negative from the end)
+    repa_hidden: int = 512  # projector MLP hidden size
+    # loss
+    kl_weight: float = 1e-3
+    kl_warmup_steps: int = 200  # linear warm-up of the KL weight from 0
+    repa_weight: float = 1.0  # 0 disables REPA (and the teacher)
+    logvar_init: float = -6.0  # bias of the log-variance head at start
+    truncate_prob: float = 0.5  # probability that a training sequence is cut to a random length
+    softmax: str = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
+    sampled_negatives: int = 2048
+
+
+@dataclass
+class DiTConfig:
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
+    null_context: str = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
+    context_min: int = 8
+    context_max: int = 64
+    target_min: int = 16
+    target_max: int = 64
+    # flow matching
+    t_distribution: str = "logit_normal"  # or "uniform"
+    t_mean: float = 0.0
+    t_std: float = 1.5
+    p_uncond: float = 0.1
+    normalize_latents: bool = True  # per-channel standardisation with the VAE's latent statistics
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # sequences per step, global (split over DDP ranks)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay of the weights (0 = off)
+    log_every: int = 20
+    eval_every: int = 0  # 0 = evaluate only at the end
+    max_minutes: float | None = None  # stop early (and cleanly) after this wall-clock budget
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 50
+    cfg_scale: float = 7.0
+    solver: str = "euler"  # "euler" or "heun"
+    length: int = 48  # continuation length in tokens
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    val_batches: int = 8
+    batch_size: int = 32
+    num_prompts: int = 4  # held-out prompts continued and printed
+    rouge_samples: int = 0  # >0: score this many held-out continuations with ROUGE-L vs a random passage
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    vae_train: TrainConfig = field(default_factory=TrainConfig)
+    dit_train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    ("vae", "embed_init"): ("teacher", "random"),
+    ("vae", "softmax"): ("full", "sampled"),
+    ("dit", "null_context"): ("learned", "zeros"),
+    ("dit", "t_distribution"): ("logit_normal", "uniform"),
+    ("sample", "solver"): ("euler", "heun"),
+}
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value, tp, key: str):
+    """Check/convert a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"config key '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _apply(obj, updates: dict, prefix: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{full}' is a section; set its keys, e.g. {full}.{names[0]}=...")
+            _apply(current, value, f"{full}.")
+            continue
+        value = _coerce(value, hints[key], full)
+        section = prefix.rstrip(".").split(".")[-1] if prefix else ""
+        allowed = CHOICES.get((section, key))
+        if allowed and value not in allowed:
+            raise UserError(f"config key '{full}' must be one of {', '.join(allowed)}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not key=value (e.g. dit.depth=8)")
+    key, raw = text.split("=", 1)
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise UserError(f"override '{text}': '{key}' is not a dotted config key (e.g. vae_train.steps=100)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def preset_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UserError(f"config file '{name}' does not exist")
+        return path
+    builtin = PRESET_DIR / f"{name}.yaml"
+    if not builtin.exists():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise UserError(f"unknown preset '{name}'; built-in presets: {', '.join(names)}, or give a .yaml path")
+    return builtin
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
+    """Defaults <- `base` (e.g. a checkpoint's saved config) <- preset YAML <- key=value overrides."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    if preset:
+        path = preset_path(preset)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections, e.g. 'vae: {{width: 256}}'")
+        _apply(cfg, data)
+    for text in overrides:
+        _apply(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    checks = [
+        (cfg.vae.width % cfg.vae.heads == 0, "vae.width must be divisible by vae.heads"),
+        (cfg.dit.width % cfg.dit.heads == 0, "dit.width must be divisible by dit.heads"),
+        ((cfg.vae.width // cfg.vae.heads) % 2 == 0, "vae head size (width/heads) must be even for RoPE"),
+        ((cfg.dit.width // cfg.dit.heads) % 2 == 0, "dit head size (width/heads) must be even for RoPE"),
+        (cfg.vae.latent_channels > 0, "vae.latent_channels must be positive"),
+        (0 < cfg.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
+        (1 <= cfg.dit.context_min <= cfg.dit.context_max, "need 1 <= dit.context_min <= dit.context_max"),
+        (1 <= cfg.dit.target_min <= cfg.dit.target_max, "need 1 <= dit.target_min <= dit.target_max"),
+        (max(cfg.dit.context_max, cfg.dit.target_max) <= cfg.vae.max_len,
+         "dit.context_max and dit.target_max must not exceed vae.max_len"),
+        (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
+        (cfg.dit.t_std > 0, "dit.t_std must be positive"),
+        (cfg.sample.steps >= 1, "sample.steps must be >= 1"),
+        (cfg.sample.length >= 1, "sample.length must be >= 1"),
+    ]
+    for section in (cfg.vae_train, cfg.dit_train):
+        checks += [(section.steps >= 0, "train steps must be >= 0"),
+                   (section.batch_size >= 1, "train batch_size must be >= 1"),
+                   (section.lr > 0, "train lr must be positive")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"invalid config: {message}")
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    return cfg

@@ -1,0 +1,141 @@
+"""Held-out measurements printed by the demo and stored with every run.
+
+- VAE: token reconstruction accuracy from the posterior mean (and from a posterior sample), mean REPA cosine.
+- DiT: validation velocity loss per timestep quarter, next to the same loss with the prompt dropped and
+  the loss of the best linear predictor for Gaussian data with the latents' per-channel variance.
+- Continuations of held-out prompts with ROUGE-L against their references, next to a random human passage.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from .data.shards import TokenStream
+from .flow import flow_loss, gaussian_optimal_loss, interpolate
+from .objectives import dit_batches, teacher_context
+from .train import step_generator
+from .vae import TextVAE, repa_cosine
+
+EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
+
+
+@torch.no_grad()
+def evaluate_vae(vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                 device: torch.device, teacher=None) -> dict:
+    vae.eval()
+    correct = correct_sampled = total = 0
+    cos_sum, cos_n = 0.0, 0
+    for b in range(n_batches):
+        g = step_generator(seed, b, EVAL_STREAM)
+        ids = stream.windows(batch_size, vae.cfg.max_len, g).to(device)
+        mean, logvar, feature = vae.encode_features(ids)
+        correct += (vae.decode(mean).argmax(-1) == ids).sum().item()
+        noise = torch.randn(mean.shape, generator=g).to(device)
+        correct_sampled += (vae.decode(mean + (0.5 * logvar).exp() * noise).argmax(-1) == ids).sum().item()
+        total += ids.numel()
+        if teacher is not None and vae.repa_proj is not None:
+            with teacher_context(device):
+                target = teacher(ids)
+            cos = repa_cosine(vae.repa_proj(feature), target)
+            cos_sum, cos_n = cos_sum + cos.sum().item(), cos_n + cos.numel()
+    out = {"recon_acc": correct / total, "recon_acc_sampled": correct_sampled / total, "tokens": total}
+    if cos_n:
+        out["repa_cos"] = cos_sum / cos_n
+    return out
+
+
+@torch.no_grad()
+def latent_statistics(vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the posterior means over training windows."""
+    vae.eval()
+    s = s2 = n = 0
+    for b in range(n_batches):
+        ids = stream.windows(batch_size, vae.cfg.max_len, step_generator(seed, b, EVAL_STREAM + 1)).to(device)
+        z = vae.encode(ids).double().reshape(-1, vae.cfg.latent_channels)
+        s, s2, n = s + z.sum(0), s2 + z.pow(2).sum(0), n + z.shape[0]
+    mean = s / n
+    std = (s2 / n - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+@torch.no_grad()
+def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                 device: torch.device) -> dict:
+    """Loss per timestep quarter with the prompt, with the prompt dropped (CFG null), and for the Gaussian
+    optimal linear predictor. t is stratified: a quarter of every batch in each quarter of [0, 1]."""
+    dit.eval()
+    cfg = dit.cfg
+    t_all, cond_all, uncond_all, targets = [], [], [], []
+    for b in range(n_batches):
+        g = step_generator(seed, b, EVAL_STREAM + 2)
+        t = ((torch.arange(batch_size) % 4) + torch.rand(batch_size, generator=g)) / 4
+        batch = dit_batches(stream, vae, cfg, batch_size, seed + EVAL_STREAM, device, t_override=t)(b)
+        x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
+        x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
+        v = dit(x_t, tt, batch["context"], batch["context_mask"], mask)
+        null = dit.drop_context(batch["context"], torch.ones(batch_size, dtype=torch.bool, device=device))
+        v_null = dit(x_t, tt, null, batch["context_mask"], mask)
+        t_all.append(tt.cpu())
+        cond_all.append(flow_loss(v, x0, x1, mask).cpu())
+        uncond_all.append(flow_loss(v_null, x0, x1, mask).cpu())
+        targets.append(x1[mask].cpu())
+    t, cond, uncond = torch.cat(t_all), torch.cat(cond_all), torch.cat(uncond_all)
+    var = torch.cat(targets).double().var(0)
+    linear = gaussian_optimal_loss(t, var)
+    quarters = []
+    for q in range(4):
+        sel = (t >= q / 4) & (t < (q + 1) / 4)
+        c, u, lin = cond[sel].mean().item(), uncond[sel].mean().item(), linear[sel].mean().item()
+        quarters.append({"t": f"{q / 4:.2f}-{(q + 1) / 4:.2f}", "with_prompt": c, "prompt_dropped": u,
+                         "linear_gaussian": lin, "with_prompt_over_linear": c / lin})
+    return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
+            "linear_gaussian": linear.mean().item(), "samples": len(t)}
+
+
+def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """n (prompt ids, reference ids) pairs cut from distinct held-out documents, starting at a document start."""
+    tokens = np.concatenate([np.asarray(p) for p in stream.parts])
+    ends = np.flatnonzero(tokens == stream.eot_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    long_enough = [(s, e) for s, e in zip(starts, ends) if e - s >= prompt_len + ref_len]
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(long_enough), size=min(n, len(long_enough)), replace=False) if long_enough else []
+    pairs = []
+    for i in chosen:
+        s, e = long_enough[int(i)]
+        s = int(s + rng.integers(0, min(e - s - prompt_len - ref_len, 2000) + 1))  # not always the title
+        pairs.append((tokens[s: s + prompt_len].tolist(), tokens[s + prompt_len: s + prompt_len + ref_len].tolist()))
+    return pairs
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def text_statistics(texts: list[str], vocabulary: set[str] | None = None) -> dict:
+    """distinct-n (share of unique n-grams, 1.0 = no repetition) and the share of words found in `vocabulary`."""
+    out = {}
+    for n in (1, 2, 3):
+        grams = [tuple(w[i: i + n]) for w in map(_words, texts) for i in range(len(w) - n + 1)]
+        out[f"distinct_{n}"] = len(set(grams)) / max(1, len(grams))
+    if vocabulary is not None:
+        words = [w for t in texts for w in _words(t)]
+        out["known_word_share"] = sum(w in vocabulary for w in words) / max(1, len(words))
+    return out
+
+
+def rouge_l(candidates: list[str], references: list[str]) -> float:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, cand)["rougeL"].fmeasure for cand, ref in zip(candidates, references)]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def corpus_vocabulary(stream: TokenStream, tokenizer, max_tokens: int = 2_000_000) -> set[str]:
+    """Words of (a prefix of) the training corpus, to tell real words from invented ones."""
+    ids = np.asarray(stream.parts[0][:max_tokens])
+    return set(_words(tokenizer.decode(ids.tolist())))

@@ -1,0 +1,179 @@
+"""TextLDMPipeline: tokenizer + frozen TextVAE + TextDiT, saved and loaded as one folder.
+
+Folder layout (written atomically: a temporary folder renamed into place):
+    config.json        full run config, vocab size, teacher size, tokenizer reference, environment
+    vae.safetensors    VAE weights, including the per-channel latent statistics
+    dit.safetensors    DiT weights (absent in a VAE-only checkpoint)
+    tokenizer/         the tokenizer files, so a checkpoint is self-contained
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config, config_from_dict, to_dict
+from .dit import TextDiT
+from .errors import UserError
+from .flow import time_grid
+from .sampling import integrate
+from .utils import atomic_dir, environment
+from .vae import TextVAE
+
+FORMAT = "textldm-checkpoint-v1"
+
+
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def read_checkpoint_config(path: Path | str) -> dict:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"'{path}' is not a textldm checkpoint (no config.json); give the folder written by "
+                        f"train-vae, train-dit or demo")
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"'{path}/config.json' is corrupt (not JSON); re-create the checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"'{path}' has checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _load_weights(module: torch.nn.Module, file: Path):
+    try:
+        state = load_file(str(file))
+        module.load_state_dict(state)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint file '{file}' is missing; re-create the checkpoint") from None
+    except (RuntimeError, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read '{file}': {msg}; the checkpoint is damaged or from another config") from None
+
+
+class TextLDMPipeline:
+    def __init__(self, config: Config, tokenizer, vae: TextVAE, dit: TextDiT | None, eot_id: int):
+        self.config, self.tokenizer, self.vae, self.dit, self.eot_id = config, tokenizer, vae, dit, eot_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def to(self, device) -> "TextLDMPipeline":
+        self.vae.to(device)
+        if self.dit is not None:
+            self.dit.to(device)
+        return self
+
+    # persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        meta = {"format": FORMAT, "config": to_dict(self.config), "vocab_size": self.vae.vocab_size,
+                "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, "environment": environment(),
+                **(extra or {})}
+        with atomic_dir(path) as tmp:
+            save_file(_state(self.vae), str(tmp / "vae.safetensors"))
+            if self.dit is not None:
+                save_file(_state(self.dit), str(tmp / "dit.safetensors"))
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True):
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm demo` or "
+                            f"`textldm train-dit`")
+        meta = read_checkpoint_config(path)
+        config = config_from_dict(meta["config"])
+        vae = TextVAE(config.vae, meta["vocab_size"], meta["teacher_dim"])
+        _load_weights(vae, path / "vae.safetensors")
+        dit = None
+        if (path / "dit.safetensors").exists():
+            dit = TextDiT(config.dit, config.vae.latent_channels)
+            _load_weights(dit, path / "dit.safetensors")
+        elif require_dit:
+            raise UserError(f"'{path}' holds only a VAE; train a DiT on it with `textldm train-dit --vae {path}`")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+        except (OSError, ValueError):
+            raise UserError(f"cannot read the tokenizer in '{path}/tokenizer'; re-create the checkpoint") from None
+        pipe = cls(config, tokenizer, vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
+        return pipe.to(device)
+
+    # generation ----------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise UserError("no prompts given")
+        limit = self.config.dit.context_max
+        out = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise UserError(f"prompt {i + 1} is empty; give some text to continue")
+            ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                raise UserError(f"prompt {i + 1} has {len(ids)} tokens but the model's context holds {limit} "
+                                f"(dit.context_max); shorten the prompt")
+            out.append(ids)
+        return out
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
+                     cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
+                     callback: Callable[[int, float, torch.Tensor], None] | None = None) -> list[list[int]]:
+        """Continue each prompt (token ids) by `length` latent positions; returns ids trimmed at end-of-text."""
+        if self.dit is None:
+            raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
+        s = self.config.sample
+        length = s.length if length is None else length
+        steps, cfg_scale = s.steps if steps is None else steps, s.cfg_scale if cfg_scale is None else cfg_scale
+        solver, seed = solver or s.solver, s.seed if seed is None else seed
+        if not 1 <= length <= self.config.dit.target_max:
+            raise UserError(f"length {length} is outside 1..{self.config.dit.target_max} (the DiT's trained "
+                            f"continuation window, dit.target_max)")
+        if steps < 1:
+            raise UserError(f"steps must be >= 1, got {steps}")
+        if solver not in ("euler", "heun"):
+            raise UserError(f"unknown solver '{solver}'; use euler or heun")
+        device, C = self.device, self.vae.cfg.latent_channels
+        B, Lc = len(prompt_ids), max(len(p) for p in prompt_ids)
+        ctx = torch.zeros(B, Lc, dtype=torch.long, device=device)
+        ctx_mask = torch.zeros(B, Lc, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompt_ids):
+            ctx[i, : len(p)] = torch.tensor(p, device=device)
+            ctx_mask[i, : len(p)] = True
+        context = self.vae.encode(ctx, ctx_mask)
+        if self.config.dit.normalize_latents:
+            context = self.vae.normalize(context)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(B, length, C, generator=g).to(device)
+        d = self.config.dit
+        grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std)
+
+        def velocity(x_t, t):
+            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale)
+
+        z = integrate(velocity, x, grid, solver, callback)
+        return self.decode_latents(z)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> list[list[int]]:
+        """DiT-space latents (B, L, C) -> token ids per row, cut at the first end-of-text."""
+        if self.config.dit.normalize_latents:
+            z = self.vae.denormalize(z)
+        ids = self.vae.decode(z).argmax(-1).tolist()
+        return [row[: row.index(self.eot_id)] if self.eot_id in row else row for row in ids]
+
+    def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
+                 cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
+                 callback=None) -> list[str]:
+        ids = self.generate_ids(self.encode_prompts(prompts), length, steps, cfg_scale, solver, seed, callback)
+        return [self.tokenizer.decode(row) for row in ids]

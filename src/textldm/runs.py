@@ -1,0 +1,203 @@
+"""The jobs behind the CLI, as a Python API: train_vae, train_dit, demo.
+
+A run folder (`out_dir`) receives: config.yaml (the resolved config), environment.json, the JSONL
+training logs, the checkpoints `vae/` (VAE only) and `model/` (VAE + DiT), and report.json / report.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from .config import Config, to_dict
+from .data.shards import TokenStream, tokenize_corpus
+from .dit import TextDiT
+from .evaluate import (corpus_vocabulary, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics, rouge_l,
+                       text_statistics)
+from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
+from .pipeline import TextLDMPipeline
+from .teacher import Teacher, end_of_text_id, load_tokenizer
+from .train import fit, is_main, setup_distributed
+from .utils import atomic_write_text, environment, seed_everything, write_json
+from .vae import TextVAE, param_count
+
+log = logging.getLogger(__name__)
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def start_run(cfg: Config) -> tuple[torch.device, Path]:
+    _, _, device = setup_distributed(cfg.device)
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_json(out / "environment.json", environment())
+    return device, out
+
+
+def prepare_data(cfg: Config):
+    """Tokenizer, end-of-text id and the train/val token streams (tokenized once, on rank 0)."""
+    tokenizer = load_tokenizer(cfg.teacher.name)
+    eot = end_of_text_id(tokenizer)
+    if is_main():
+        folder = tokenize_corpus(cfg.data, tokenizer, cfg.teacher.name, eot)
+    _barrier()
+    folder = tokenize_corpus(cfg.data, tokenizer, cfg.teacher.name, eot)  # cached now: returns the folder
+    return tokenizer, eot, TokenStream(folder, "train"), TokenStream(folder, "val")
+
+
+def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict]:
+    device, out = start_run(cfg)
+    tokenizer, eot, train, val = prepare_data(cfg)
+    need_teacher = cfg.vae.repa_weight > 0 or cfg.vae.embed_init == "teacher"
+    teacher = Teacher(cfg.teacher.name, cfg.teacher.layer if cfg.vae.repa_weight > 0 else 1) if need_teacher else None
+    vae = TextVAE(cfg.vae, len(tokenizer), teacher.hidden_size if cfg.vae.repa_weight > 0 else None)
+    if cfg.vae.embed_init == "teacher":
+        vae.init_embeddings_from(teacher.input_embeddings(), seed=cfg.seed)
+    vae.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    repa_teacher = teacher if cfg.vae.repa_weight > 0 else None
+    tcfg = cfg.vae_train
+    log.info("VAE: %.1fM parameters, %d steps of %d x %d tokens", param_count(vae) / 1e6, tcfg.steps,
+             tcfg.batch_size, cfg.vae.max_len)
+    summary = fit(VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher),
+                  tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress,
+                  tokens_per_step=tcfg.batch_size * cfg.vae.max_len)
+    mean, std = latent_statistics(vae, train, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
+    vae.latent_mean.copy_(mean.to(device))
+    vae.latent_std.copy_(std.to(device))
+    report = {"vae_parameters": param_count(vae), "vae_train": summary}
+    pipe = TextLDMPipeline(cfg, tokenizer, vae, None, eot)
+    if is_main():
+        report["vae_eval"] = evaluate_vae(vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device,
+                                          repa_teacher)
+        pipe.save_pretrained(out / "vae", extra={"report": report})
+    _barrier()
+    return pipe, report
+
+
+def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
+              progress: bool = True) -> tuple[TextLDMPipeline, dict]:
+    """Train a DiT on a frozen VAE (given in memory or as a checkpoint folder)."""
+    if vae_pipe is None:
+        vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
+        # the VAE, its tokenizer and its teacher are fixed by the checkpoint
+        cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
+    device, out = start_run(cfg)
+    _, eot, train, val = prepare_data(cfg)
+    vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
+    dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
+    tcfg = cfg.dit_train
+    log.info("DiT: %.1fM parameters, %d steps of %d sequences", param_count(dit) / 1e6, tcfg.steps, tcfg.batch_size)
+    batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
+    mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2
+    summary = fit(DiTObjective(dit), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
+                  tokens_per_step=mean_tokens)
+    pipe = TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)
+    report = {"dit_parameters": param_count(dit), "dit_train": summary}
+    if is_main():
+        report["dit_eval"] = evaluate_dit(dit, vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
+        pipe.save_pretrained(out / "model", extra={"report": report})
+    _barrier()
+    return pipe, report
+
+
+def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, val: TokenStream) -> dict:
+    """Continue held-out prompts; score ROUGE-L against the true continuation and, as a floor, a random
+    human passage (another document's continuation) against the same reference."""
+    n = max(cfg.eval.num_prompts, cfg.eval.rouge_samples)
+    prompt_len = min(cfg.dit.context_max, 32)
+    pairs = heldout_prompts(val, n, prompt_len, cfg.sample.length, cfg.seed)
+    tok = pipe.tokenizer
+    generated = []
+    for i in range(0, len(pairs), 16):
+        generated += pipe.generate_ids([p for p, _ in pairs[i: i + 16]], seed=cfg.sample.seed + i)
+    prompts = [tok.decode(p) for p, _ in pairs]
+    refs = [tok.decode(r) for _, r in pairs]
+    gens = [tok.decode(g) for g in generated]
+    shuffled = refs[1:] + refs[:1]  # each reference against another document's passage
+    vocab = corpus_vocabulary(train, tok)
+    return {
+        "samples": [{"prompt": p, "generated": g, "reference": r} for p, g, r in zip(prompts, gens, refs)],
+        "rouge_l": rouge_l(gens, refs), "rouge_l_random_passage": rouge_l(shuffled, refs),
+        "generated_stats": text_statistics(gens, vocab), "reference_stats": text_statistics(refs, vocab),
+        "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
+                                                   "solver": cfg.sample.solver, "length": cfg.sample.length},
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = ["# textldm run report", ""]
+    v = report.get("vae_eval", {})
+    if v:
+        lines += ["## TextVAE (held-out validation text)", "",
+                  f"- parameters: {report['vae_parameters'] / 1e6:.2f}M; training: {report['vae_train']['steps']} steps, "
+                  f"{report['vae_train']['seconds']:.0f} s",
+                  f"- token reconstruction accuracy (posterior mean): **{100 * v['recon_acc']:.2f}%** "
+                  f"(posterior sample: {100 * v['recon_acc_sampled']:.2f}%) over {v['tokens']} tokens"]
+        if "repa_cos" in v:
+            lines.append(f"- mean REPA cosine with the teacher: **{v['repa_cos']:.3f}**")
+        lines.append("")
+    d = report.get("dit_eval")
+    if d:
+        lines += ["## TextDiT validation velocity loss per timestep quarter (t=0 noise, t=1 data)", "",
+                  f"parameters: {report['dit_parameters'] / 1e6:.2f}M; training: {report['dit_train']['steps']} steps, "
+                  f"{report['dit_train']['seconds']:.0f} s", "",
+                  "| t | with prompt | prompt dropped | linear (Gaussian) | with prompt / linear |",
+                  "|---|---|---|---|---|"]
+        for q in d["quarters"]:
+            lines.append(f"| {q['t']} | {q['with_prompt']:.4f} | {q['prompt_dropped']:.4f} | {q['linear_gaussian']:.4f} "
+                         f"| {q['with_prompt_over_linear']:.3f} |")
+        lines.append(f"| all | {d['with_prompt']:.4f} | {d['prompt_dropped']:.4f} | {d['linear_gaussian']:.4f} "
+                     f"| {d['with_prompt'] / d['linear_gaussian']:.3f} |")
+        lines.append("")
+    c = report.get("continuations")
+    if c:
+        s = c["sampler"]
+        lines += [f"## Continuations of held-out prompts ({s['solver']}, {s['steps']} steps, CFG {s['cfg_scale']}, "
+                  f"{s['length']} tokens)", "",
+                  f"- ROUGE-L vs reference: **{c['rouge_l']:.4f}**; a random human passage vs the same reference: "
+                  f"{c['rouge_l_random_passage']:.4f} ({c['prompts_scored']} prompts)",
+                  f"- generated: distinct-2 {c['generated_stats']['distinct_2']:.3f}, distinct-3 "
+                  f"{c['generated_stats']['distinct_3']:.3f}, known-word share "
+                  f"{c['generated_stats'].get('known_word_share', float('nan')):.3f}; references: distinct-2 "
+                  f"{c['reference_stats']['distinct_2']:.3f}, known-word share "
+                  f"{c['reference_stats'].get('known_word_share', float('nan')):.3f}", ""]
+        for i, sample in enumerate(c["samples"][:8]):
+            lines += [f"**{i + 1}.** prompt: `{_one_line(sample['prompt'])}`", "",
+                      f"- generated: `{_one_line(sample['generated'])}`",
+                      f"- reference: `{_one_line(sample['reference'])}`", ""]
+    return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("`", "'")
+
+
+def demo(cfg: Config, progress: bool = True) -> dict:
+    """The main job: data -> VAE -> DiT -> measurements and samples, on the configured preset."""
+    vae_pipe, report = train_vae(cfg, progress)
+    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
+    report.update(dit_report)
+    if is_main():
+        _, _, train, val = prepare_data(cfg)
+        random.seed(cfg.seed)
+        report["continuations"] = continuation_report(pipe, cfg, train, val)
+        out = Path(cfg.out_dir)
+        write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", format_report(report) + "\n")
+        log.debug("report: %s", json.dumps(report)[:200])
+    return report

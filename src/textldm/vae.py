@@ -1,0 +1,170 @@
+"""TextVAE: one continuous latent per token.
+
+Encoder: token embedding -> bidirectional pre-norm Transformer (RoPE) -> per-token diagonal Gaussian.
+Decoder: latents -> bidirectional pre-norm Transformer -> vocabulary logits at every position in one
+parallel pass (non-autoregressive). Trained with CE + beta * KL + lambda * REPA (see `losses`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import TransformerBlock, padding_attn_mask, rope_angles
+from .config import VAEConfig
+
+
+class TextVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig, vocab_size: int, teacher_dim: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        w = cfg.width
+        self.embed = nn.Embedding(vocab_size, w)
+        self.encoder = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth))
+        self.encoder_norm = nn.LayerNorm(w, eps=1e-6)
+        self.to_moments = nn.Linear(w, 2 * cfg.latent_channels)
+        self.from_latent = nn.Linear(cfg.latent_channels, w)
+        self.decoder = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(w, eps=1e-6)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(w, vocab_size, bias=False)
+        self.repa_proj = None
+        if teacher_dim is not None and cfg.repa_weight > 0:
+            self.repa_proj = nn.Sequential(nn.Linear(w, cfg.repa_hidden), nn.SiLU(), nn.Linear(cfg.repa_hidden, teacher_dim))
+        # per-channel statistics of the posterior means, filled in after training and saved with the VAE
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.embed.weight, std=self.cfg.width ** -0.5)
+        nn.init.constant_(self.to_moments.bias[self.cfg.latent_channels:], self.cfg.logvar_init)
+
+    @torch.no_grad()
+    def init_embeddings_from(self, teacher_embeddings: torch.Tensor, seed: int = 0):
+        """Token embedding = the teacher's embedding matrix (V, D), centred, projected to the VAE width by a
+        random orthogonal map and rescaled to the default init's scale. Tokens start out where the teacher
+        puts them relative to each other, which speeds up early training a lot on a CPU budget."""
+        V, D = teacher_embeddings.shape
+        if V != self.vocab_size:
+            raise ValueError(f"teacher vocabulary {V} != VAE vocabulary {self.vocab_size}")
+        g = torch.Generator().manual_seed(seed)
+        w = self.cfg.width
+        if D >= w:  # orthonormal columns: D -> w
+            proj, _ = torch.linalg.qr(torch.randn(D, w, generator=g))
+        else:  # isometric embedding of D dims into w
+            proj = torch.linalg.qr(torch.randn(w, D, generator=g))[0].t()
+        e = teacher_embeddings.float() - teacher_embeddings.float().mean(0)
+        e = e @ proj
+        e = e / e.pow(2).mean().sqrt() * w ** -0.5
+        self.embed.weight.copy_(e)
+
+    def _rope(self, L: int, device):
+        return rope_angles(torch.arange(L, device=device), self.cfg.width // self.cfg.heads)
+
+    def encode_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
+        """-> (mean, logvar, feature for REPA)."""
+        x = self.embed(ids)
+        rope, attn_mask = self._rope(ids.shape[1], ids.device), padding_attn_mask(mask)
+        repa_at = self.cfg.repa_block % len(self.encoder)
+        feature = None
+        for i, block in enumerate(self.encoder):
+            x = block(x, rope, attn_mask)
+            if i == repa_at:
+                feature = x
+        mean, logvar = self.to_moments(self.encoder_norm(x)).float().chunk(2, dim=-1)
+        return mean, logvar.clamp(-30.0, 20.0), feature
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None, sample: bool = False, generator=None):
+        mean, logvar, _ = self.encode_features(ids, mask)
+        if not sample:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + (0.5 * logvar).exp() * noise
+
+    def decode_hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.from_latent(z.to(self.from_latent.weight.dtype))
+        rope, attn_mask = self._rope(z.shape[1], z.device), padding_attn_mask(mask)
+        for block in self.decoder:
+            x = block(x, rope, attn_mask)
+        return self.decoder_norm(x)
+
+    def output_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def decode(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """latents (B, L, C) -> logits (B, L, V)."""
+        return self.decode_hidden(z, mask) @ self.output_weight().t()
+
+    # latent normalisation used by the DiT -------------------------------------------------------------
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+
+def kl_per_token(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over channels: (B, L, C) -> (B, L)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def repa_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-token cosine similarity with the (stop-gradient) teacher features: (B, L, D) x2 -> (B, L)."""
+    return F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-6)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None):
+    """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos). Returns (loss, metrics dict).
+
+    With cfg.softmax == "sampled" (training only) the softmax runs over the batch's own tokens plus
+    random negatives instead of the whole vocabulary: on a CPU the vocabulary projection dominates the
+    cost, and this keeps every target in the candidate set so the objective stays a proper classifier."""
+    cfg = vae.cfg
+    mean, logvar, feature = vae.encode_features(ids, mask)
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    z = mean + (0.5 * logvar).exp() * noise
+    hidden = vae.decode_hidden(z, mask)
+    weight = vae.output_weight()
+    targets = ids
+    if cfg.softmax == "sampled" and vae.training:
+        negatives = torch.randint(0, vae.vocab_size, (cfg.sampled_negatives,), generator=generator).to(ids.device)
+        candidates = torch.unique(torch.cat([ids[mask], negatives]))
+        weight = weight[candidates]
+        targets = torch.searchsorted(candidates, ids.clamp(max=candidates[-1]))
+    logits = (hidden @ weight.t()).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    ce = masked_mean(ce, mask)
+    kl = masked_mean(kl_per_token(mean, logvar), mask)
+    acc = masked_mean((logits.argmax(-1) == targets).float(), mask)
+    loss = ce + kl_weight * kl
+    metrics = {"ce": ce.detach(), "kl": kl.detach(), "acc": acc.detach()}
+    if vae.repa_proj is not None and teacher_features is not None:
+        cos = masked_mean(repa_cosine(vae.repa_proj(feature), teacher_features), mask)
+        loss = loss + cfg.repa_weight * (-cos)
+        metrics["repa_cos"] = cos.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def kl_weight_at(step: int, cfg: VAEConfig) -> float:
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.kl_weight
+    return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)
+
+
