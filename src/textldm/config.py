@@ -51,10 +51,12 @@ class VAEConfig:
     kl_weight: float = 1e-3
     kl_warmup_steps: int = 200  # linear warm-up of the KL weight from 0
     repa_weight: float = 1.0  # 0 disables REPA (and the teacher)
+    repa_fraction: float = 1.0  # share of each batch's sequences that get teacher features and the REPA term
     logvar_init: float = -6.0  # bias of the log-variance head at start
     truncate_prob: float = 0.5  # probability that a training sequence is cut to a random length
     softmax: str = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
-    sampled_negatives: int = 2048
+    sampled_negatives: int = 2048  # random negatives per step
+    hard_negatives: int = 4  # nearest neighbours (in embedding space) of every batch token, added as negatives
 
 
 @dataclass
@@ -65,6 +67,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
     null_context: str = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
+    pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -115,6 +118,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    precision: str = "auto"  # "bf16" autocast for training, "fp32", or "auto" (bf16 where the hardware has it)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -126,6 +130,7 @@ class Config:
 
 
 CHOICES = {
+    ("", "precision"): ("auto", "bf16", "fp32"),
     ("vae", "embed_init"): ("teacher", "random"),
     ("vae", "softmax"): ("full", "sampled"),
     ("dit", "null_context"): ("learned", "zeros"),
@@ -153,6 +158,11 @@ def _coerce(value, tp, key: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif tp is str:
@@ -247,6 +257,7 @@ def validate(cfg: Config) -> None:
         (max(cfg.dit.context_max, cfg.dit.target_max) <= cfg.vae.max_len,
          "dit.context_max and dit.target_max must not exceed vae.max_len"),
         (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
+        (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),
         (cfg.sample.length >= 1, "sample.length must be >= 1"),

@@ -57,6 +57,10 @@ class TextDiT(nn.Module):
         else:  # t-free variant: the blocks keep their adaLN, driven by one learned vector
             self.t_embedder = None
             self.free_cond = nn.Parameter(torch.zeros(w))
+        # a global summary of the prompt joins the timestep in the adaLN condition, so every block is told
+        # what the prompt is about directly, not only through attention
+        self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
+            if cfg.pooled_context else None
         self.null_context = nn.Parameter(torch.zeros(latent_channels), requires_grad=cfg.null_context == "learned")
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
         self.final = FinalLayer(w, latent_channels)
@@ -112,6 +116,10 @@ class TextDiT(nn.Module):
         rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
         attn_mask = padding_attn_mask(torch.cat([context_mask, target_mask], dim=1))
         cond = self.condition(t)
+        if self.context_pool is not None:
+            weights = context_mask.unsqueeze(-1).to(context.dtype)
+            pooled = (context * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            cond = cond + self.context_pool(pooled.to(self.in_proj.weight.dtype))
         for block in self.blocks:
             x = block(x, rope, attn_mask, cond=cond)
         return self.final(x[:, Lc:], cond)

@@ -19,6 +19,7 @@ from .train import step_generator
 from .vae import TextVAE, repa_cosine
 
 EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
+HEAD_TOKENS = 4  # the first target tokens, where the prompt carries the most information
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
     optimal linear predictor. t is stratified: a quarter of every batch in each quarter of [0, 1]."""
     dit.eval()
     cfg = dit.cfg
-    t_all, cond_all, uncond_all, targets = [], [], [], []
+    t_all, cond_all, uncond_all, targets, head_cond, head_uncond = [], [], [], [], [], []
     for b in range(n_batches):
         g = step_generator(seed, b, EVAL_STREAM + 2)
         t = ((torch.arange(batch_size) % 4) + torch.rand(batch_size, generator=g)) / 4
@@ -81,8 +82,12 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
         t_all.append(tt.cpu())
         cond_all.append(flow_loss(v, x0, x1, mask).cpu())
         uncond_all.append(flow_loss(v_null, x0, x1, mask).cpu())
+        head = mask & (torch.arange(mask.shape[1], device=device) < HEAD_TOKENS)  # right after the prompt
+        head_cond.append(flow_loss(v, x0, x1, head).cpu())
+        head_uncond.append(flow_loss(v_null, x0, x1, head).cpu())
         targets.append(x1[mask].cpu())
     t, cond, uncond = torch.cat(t_all), torch.cat(cond_all), torch.cat(uncond_all)
+    head_c, head_u = torch.cat(head_cond), torch.cat(head_uncond)
     var = torch.cat(targets).double().var(0)
     linear = gaussian_optimal_loss(t, var)
     quarters = []
@@ -90,9 +95,11 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
         sel = (t >= q / 4) & (t < (q + 1) / 4)
         c, u, lin = cond[sel].mean().item(), uncond[sel].mean().item(), linear[sel].mean().item()
         quarters.append({"t": f"{q / 4:.2f}-{(q + 1) / 4:.2f}", "with_prompt": c, "prompt_dropped": u,
-                         "linear_gaussian": lin, "with_prompt_over_linear": c / lin})
+                         "linear_gaussian": lin, "with_prompt_over_linear": c / lin,
+                         "head_with_prompt": head_c[sel].mean().item(), "head_prompt_dropped": head_u[sel].mean().item()})
     return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
-            "linear_gaussian": linear.mean().item(), "samples": len(t)}
+            "linear_gaussian": linear.mean().item(), "head_with_prompt": head_c.mean().item(),
+            "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
 
 
 def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:

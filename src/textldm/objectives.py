@@ -45,9 +45,10 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
         ids, lengths, noise = ids[sl].to(device), lengths[sl].to(device), noise[sl].to(device)
         mask = torch.arange(L, device=device)[None] < lengths[:, None]
         batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1)}
-        if teacher is not None:
+        if teacher is not None:  # the teacher sees the first `repa_fraction` of the sequences
+            n = max(1, round(cfg.repa_fraction * ids.shape[0]))
             with teacher_context(device):
-                batch["teacher"] = teacher(ids, mask)
+                batch["teacher"] = teacher(ids[:n], mask[:n])
         return batch
 
     return get

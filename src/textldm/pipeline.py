@@ -47,12 +47,17 @@ def read_checkpoint_config(path: Path | str) -> dict:
 def _load_weights(module: torch.nn.Module, file: Path):
     try:
         state = load_file(str(file))
-        module.load_state_dict(state)
+        result = module.load_state_dict(state, strict=False)
     except FileNotFoundError:
         raise UserError(f"checkpoint file '{file}' is missing; re-create the checkpoint") from None
     except (RuntimeError, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read '{file}': {msg}; the checkpoint is damaged or from another config") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(e).__name__)
+        raise UserError(f"cannot read '{file}': {detail}; the checkpoint is damaged or from another config") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"cannot read '{file}': its weights do not match the model its config.json describes "
+                        f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); "
+                        f"the checkpoint is from another textldm version or config")
 
 
 class TextLDMPipeline:

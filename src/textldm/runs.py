@@ -34,17 +34,23 @@ def _barrier():
         dist.barrier()
 
 
-def start_run(cfg: Config) -> tuple[torch.device, Path]:
+def start_run(cfg: Config) -> torch.device:
     _, _, device = setup_distributed(cfg.device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    return device
+
+
+def record_run(cfg: Config) -> Path:
+    """Write the resolved config and library versions into the run folder - only once the inputs (tokenizer,
+    data, teacher, checkpoints) have loaded, so a bad input leaves an existing run folder untouched."""
     out = Path(cfg.out_dir)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         write_json(out / "environment.json", environment())
-    return device, out
+    return out
 
 
 def prepare_data(cfg: Config):
@@ -59,7 +65,7 @@ def prepare_data(cfg: Config):
 
 
 def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict]:
-    device, out = start_run(cfg)
+    device = start_run(cfg)
     tokenizer, eot, train, val = prepare_data(cfg)
     need_teacher = cfg.vae.repa_weight > 0 or cfg.vae.embed_init == "teacher"
     teacher = Teacher(cfg.teacher.name, cfg.teacher.layer if cfg.vae.repa_weight > 0 else 1) if need_teacher else None
@@ -67,15 +73,18 @@ def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict
     if cfg.vae.embed_init == "teacher":
         vae.init_embeddings_from(teacher.input_embeddings(), seed=cfg.seed)
     vae.to(device)
+    if cfg.vae.softmax == "sampled" and cfg.vae.hard_negatives > 0:
+        vae.build_neighbor_table(cfg.vae.hard_negatives)
     if teacher is not None:
         teacher.to(device)
     repa_teacher = teacher if cfg.vae.repa_weight > 0 else None
+    out = record_run(cfg)
     tcfg = cfg.vae_train
     log.info("VAE: %.1fM parameters, %d steps of %d x %d tokens", param_count(vae) / 1e6, tcfg.steps,
              tcfg.batch_size, cfg.vae.max_len)
     summary = fit(VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher),
                   tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress,
-                  tokens_per_step=tcfg.batch_size * cfg.vae.max_len)
+                  tokens_per_step=tcfg.batch_size * cfg.vae.max_len, precision=cfg.precision)
     mean, std = latent_statistics(vae, train, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
     vae.latent_mean.copy_(mean.to(device))
     vae.latent_std.copy_(std.to(device))
@@ -96,8 +105,9 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         # the VAE, its tokenizer and its teacher are fixed by the checkpoint
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
-    device, out = start_run(cfg)
+    device = start_run(cfg)
     _, eot, train, val = prepare_data(cfg)
+    out = record_run(cfg)
     vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
     tcfg = cfg.dit_train
@@ -105,7 +115,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
     mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2
     summary = fit(DiTObjective(dit), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
-                  tokens_per_step=mean_tokens)
+                  tokens_per_step=mean_tokens, precision=cfg.precision)
     pipe = TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)
     report = {"dit_parameters": param_count(dit), "dit_train": summary}
     if is_main():
@@ -156,13 +166,13 @@ def format_report(report: dict) -> str:
         lines += ["## TextDiT validation velocity loss per timestep quarter (t=0 noise, t=1 data)", "",
                   f"parameters: {report['dit_parameters'] / 1e6:.2f}M; training: {report['dit_train']['steps']} steps, "
                   f"{report['dit_train']['seconds']:.0f} s", "",
-                  "| t | with prompt | prompt dropped | linear (Gaussian) | with prompt / linear |",
-                  "|---|---|---|---|---|"]
-        for q in d["quarters"]:
+                  "| t | with prompt | prompt dropped | linear (Gaussian) | with prompt / linear "
+                  f"| first {d['head_tokens']} tokens: with prompt | first {d['head_tokens']}: dropped |",
+                  "|---|---|---|---|---|---|---|"]
+        for q in d["quarters"] + [{**d, "t": "all", "with_prompt_over_linear": d["with_prompt"] / d["linear_gaussian"]}]:
             lines.append(f"| {q['t']} | {q['with_prompt']:.4f} | {q['prompt_dropped']:.4f} | {q['linear_gaussian']:.4f} "
-                         f"| {q['with_prompt_over_linear']:.3f} |")
-        lines.append(f"| all | {d['with_prompt']:.4f} | {d['prompt_dropped']:.4f} | {d['linear_gaussian']:.4f} "
-                     f"| {d['with_prompt'] / d['linear_gaussian']:.3f} |")
+                         f"| {q['with_prompt_over_linear']:.3f} | {q['head_with_prompt']:.4f} "
+                         f"| {q['head_prompt_dropped']:.4f} |")
         lines.append("")
     c = report.get("continuations")
     if c:

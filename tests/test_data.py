@@ -1,0 +1,88 @@
+"""Text sources, the document split, token shards and window reading."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from textldm.config import DataConfig
+from textldm.data import shards
+from textldm.data.corpus import load_documents, strip_wiki_markup, _austen_chapters
+from textldm.data.shards import TokenStream, is_validation, tokenize_corpus
+from textldm.errors import UserError
+from textldm.teacher import load_tokenizer, end_of_text_id
+
+from conftest import make_corpus
+
+
+def test_local_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("first doc\n<|endoftext|>\nsecond doc")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "third doc"}) + "\n\n")
+    docs = load_documents(str(tmp_path), text_field="body")
+    assert docs == ["first doc", "second doc", "third doc"]
+    with pytest.raises(UserError, match="no 'text' field"):
+        load_documents(str(tmp_path / "b.jsonl"))
+    (tmp_path / "c.jsonl").write_text("{not json\n")
+    with pytest.raises(UserError, match="c.jsonl:1 is not valid JSON"):
+        load_documents(str(tmp_path / "c.jsonl"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_documents("./no/such/file.jsonl")
+    with pytest.raises(UserError, match="unknown embedded source"):
+        load_documents("embedded:nosuch")
+
+
+def test_parquet_source(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "d.parquet")
+    assert load_documents(str(tmp_path / "d.parquet")) == ["one", "two"]
+
+
+def test_split_is_a_fixed_function_of_the_document():
+    docs = [f"document number {i}" for i in range(2000)]
+    flags = [is_validation(d, 0.1) for d in docs]
+    assert flags == [is_validation(d, 0.1) for d in reversed(docs)][::-1]
+    assert 0.07 < np.mean(flags) < 0.13
+
+
+def test_tokenize_shards_and_windows(tiny_model_dir, tiny_corpus, cache_home, monkeypatch):
+    tok = load_tokenizer(tiny_model_dir)
+    eot = end_of_text_id(tok)
+    assert eot == 0
+    monkeypatch.setattr(shards, "SHARD_TOKENS", 500)  # force several shards
+    folder = tokenize_corpus(DataConfig(source=tiny_corpus, val_fraction=0.1), tok, tiny_model_dir, eot)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert len(meta["splits"]["train"]["files"]) > 2
+    train, val = TokenStream(folder, "train"), TokenStream(folder, "val")
+    assert len(train) == meta["splits"]["train"]["tokens"] and len(val) > 0
+    all_tokens = np.concatenate([np.asarray(p) for p in train.parts])
+    assert all_tokens.dtype == np.uint32 and (all_tokens == eot).sum() == meta["splits"]["train"]["documents"]
+    # documents round-trip through the shards
+    first = all_tokens[: int(np.flatnonzero(all_tokens == eot)[0])]
+    first_train_doc = next(d for d in make_corpus() if not is_validation(d, 0.1))
+    assert re.findall(r"\w+", tok.decode(first.tolist())) == re.findall(r"\w+", first_train_doc)
+    w1 = train.windows(16, 20, torch.Generator().manual_seed(0))
+    w2 = train.windows(16, 20, torch.Generator().manual_seed(0))
+    assert w1.shape == (16, 20) and torch.equal(w1, w2)
+    # a second call hits the cache (same folder, nothing rewritten)
+    mtime = (folder / "meta.json").stat().st_mtime_ns
+    assert tokenize_corpus(DataConfig(source=tiny_corpus, val_fraction=0.1), tok, tiny_model_dir, eot) == folder
+    assert (folder / "meta.json").stat().st_mtime_ns == mtime
+
+
+def test_too_few_documents(tmp_path, tiny_model_dir, cache_home):
+    (tmp_path / "one.txt").write_text("just one document")
+    tok = load_tokenizer(tiny_model_dir)
+    with pytest.raises(UserError, match="too few for a train/validation split"):
+        tokenize_corpus(DataConfig(source=str(tmp_path / "one.txt")), tok, tiny_model_dir, 0)
+
+
+def test_markup_helpers():
+    text = "'''Anarchism''' is a [[political philosophy|philosophy]]{{cite}}<ref>x</ref>.\n== History ==\n* item"
+    assert strip_wiki_markup(text) == "Anarchism is a philosophy.\nHistory\nitem"
+    lines = ["TITLE", "", "CHAPTER I", "", "First para", "goes on.", "", "Second para." + " x" * 120,
+             "", "CHAPTER II", "", "Too short."]
+    chapters = _austen_chapters(lines)
+    assert len(chapters) == 1 and chapters[0].startswith("First para goes on.\nSecond para.")

@@ -1,0 +1,154 @@
+"""End to end on a tiny local model and corpus: train-vae -> train-dit -> generate, the checkpoint round trip,
+and every bad-input case of the CLI (exit 2, one line, no traceback, nothing overwritten)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from textldm import TextLDMPipeline, load_config
+from textldm import runs
+from textldm.cli import main
+from textldm.errors import UserError
+
+from conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """One tiny demo run shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("run")
+    os.environ["TEXTLDM_CACHE"] = str(out / "cache")
+    try:
+        cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)))
+        report = runs.demo(cfg, progress=False)
+    finally:
+        del os.environ["TEXTLDM_CACHE"]
+    return out, report
+
+
+def test_demo_writes_everything(trained):
+    out, report = trained
+    for name in ("config.yaml", "environment.json", "vae_log.jsonl", "dit_log.jsonl", "report.json", "report.md",
+                 "vae/vae.safetensors", "vae/config.json", "model/dit.safetensors", "model/tokenizer"):
+        assert (out / name).exists(), name
+    assert 0 <= report["vae_eval"]["recon_acc"] <= 1 and "repa_cos" in report["vae_eval"]
+    quarters = report["dit_eval"]["quarters"]
+    assert len(quarters) == 4 and all(q["linear_gaussian"] > 0 for q in quarters)
+    log = [json.loads(line) for line in (out / "dit_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "end" and any("loss" in r for r in log)
+    md = (out / "report.md").read_text()
+    assert "with prompt" in md and "ROUGE-L" in md
+    meta = json.loads((out / "model/config.json").read_text())
+    assert meta["environment"]["versions"]["torch"] and meta["config"]["seed"] == 0
+
+
+def test_save_load_round_trip_gives_identical_outputs(trained, tmp_path):
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    a = pipe.generate(["The man said that"], length=6, steps=3, seed=1)
+    pipe.save_pretrained(tmp_path / "copy")
+    again = TextLDMPipeline.from_pretrained(tmp_path / "copy")
+    assert again.generate(["The man said that"], length=6, steps=3, seed=1) == a
+    for (k1, v1), (k2, v2) in zip(pipe.dit.state_dict().items(), again.dit.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert torch.equal(pipe.vae.latent_std, again.vae.latent_std)
+    assert not torch.all(pipe.vae.latent_std == 1)  # statistics were computed and saved
+
+
+def test_generate_respects_length_trimming_and_callbacks(trained):
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    steps = []
+    ids = pipe.generate_ids(pipe.encode_prompts(["The man", "Time will come and"]), length=5, steps=4,
+                            callback=lambda i, t, x: steps.append((i, t, tuple(x.shape))))
+    assert [s[0] for s in steps] == [1, 2, 3, 4] and steps[-1][1] == 1.0 and steps[0][2] == (2, 5, 8)
+    assert all(len(row) <= 5 and pipe.eot_id not in row for row in ids)
+    # trimming at end-of-text
+    z = torch.zeros(1, 4, pipe.vae.cfg.latent_channels)
+    assert pipe.eot_id not in pipe.decode_latents(z)[0]
+
+
+def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+    out, _ = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) + ["dit_train.steps=3"])
+    pipe, report = runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    assert report["dit_train"]["steps"] == 3 and (tmp_path / "model" / "dit.safetensors").exists()
+
+
+def _cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["demo", "dit.dpeth=2"], "unknown config key 'dit.dpeth'"),
+    (["demo", "vae.width=wide"], "'vae.width' must be int"),
+    (["train-vae", "--config", "nosuch"], "unknown preset 'nosuch'"),
+    (["train-vae", "data.source=./missing/data.jsonl"], "data source './missing/data.jsonl' does not exist"),
+    (["train-vae", "teacher.name=./no/such/model"], "cannot load tokenizer './no/such/model'"),
+])
+def test_cli_bad_training_input(capsys, args, fragment, cache_home, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("previous run")
+    code, err = _cli(capsys, *args, f"out_dir={run}")
+    assert (run / "config.yaml").read_text() == "previous run" and len(list(run.iterdir())) == 1
+    assert code == 2 and fragment in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_cli_bad_generation_input(capsys, trained, tmp_path):
+    out, _ = trained
+    model = str(out / "model")
+    before = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")}
+    cases = [
+        (["--prompt", "   "], "prompt 1 is empty"),
+        (["--prompt", " ".join(["time"] * 40)], "but the model's context holds 12"),
+        (["--prompt", "The man", "--length", "500"], "outside 1..12"),
+        (["--prompt", "The man", "--steps", "0"], "steps must be >= 1"),
+        ([], "no prompt given"),
+        (["--prompts-file", str(tmp_path / "none.txt")], "cannot read prompts file"),
+    ]
+    for extra, fragment in cases:
+        code, err = _cli(capsys, "generate", "--model", model, *extra)
+        assert code == 2 and fragment in err and len(err.splitlines()) == 1, (extra, err)
+    assert {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")} == before  # nothing overwritten
+    code, err = _cli(capsys, "generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
+    assert code == 2 and "does not exist" in err
+    code, err = _cli(capsys, "generate", "--model", str(out / "vae"), "--prompt", "x")
+    assert code == 2 and "holds only a VAE" in err
+
+
+def test_cli_unreadable_checkpoint(capsys, trained, tmp_path):
+    import shutil
+
+    out, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "model", broken)
+    (broken / "dit.safetensors").write_bytes(b"\x00garbage")
+    code, err = _cli(capsys, "generate", "--model", str(broken), "--prompt", "The man")
+    assert code == 2 and "cannot read" in err and "dit.safetensors" in err
+    (broken / "config.json").write_text("{not json")
+    code, err = _cli(capsys, "generate", "--model", str(broken), "--prompt", "The man")
+    assert code == 2 and "corrupt" in err
+
+
+def test_cli_generate_prints_continuations(capsys, trained):
+    out, _ = trained
+    code, _ = _cli(capsys, "generate", "--model", str(out / "model"), "--prompt", "The man", "--steps", "2", "--json")
+    assert code == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompt"] == "The man" and isinstance(row["continuation"], str)
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    env = {**os.environ, "TEXTLDM_CACHE": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "textldm", "demo", "vae.depth=2"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown config key 'vae.depth'" in r.stderr
