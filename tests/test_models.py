@@ -230,3 +230,9 @@ def test_neighbor_table_and_hard_negatives():
     loss, m = vae_loss(vae, ids, torch.ones_like(ids, dtype=torch.bool), None, noise=torch.zeros(2, 16, 8),
                        generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
+
+
+def test_repa_from_the_latent():
+    vae = small_vae(repa_source="latent")
+    mean, _, feature = vae.encode_features(torch.randint(0, 50, (2, 16)))
+    assert torch.equal(feature, mean) and vae.repa_proj(feature).shape == (2, 16, 12)

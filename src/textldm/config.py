@@ -45,7 +45,8 @@ class VAEConfig:
     max_len: int = 128  # longest sequence the VAE sees (training windows are cut to this)
     embed_init: str = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
     tie_embeddings: bool = True  # decoder output head shares the token embedding matrix
-    repa_block: int = -1  # which encoder block's output is aligned with the teacher (negative from the end)
+    repa_source: str = "encoder"  # align an encoder block's output ("encoder") or the latent mean itself ("latent")
+    repa_block: int = -1  # with repa_source=encoder: which encoder block (negative from the end)
     repa_hidden: int = 512  # projector MLP hidden size
     # loss
     kl_weight: float = 1e-3
@@ -133,6 +134,7 @@ CHOICES = {
     ("", "precision"): ("auto", "bf16", "fp32"),
     ("vae", "embed_init"): ("teacher", "random"),
     ("vae", "softmax"): ("full", "sampled"),
+    ("vae", "repa_source"): ("encoder", "latent"),
     ("dit", "null_context"): ("learned", "zeros"),
     ("dit", "t_distribution"): ("logit_normal", "uniform"),
     ("sample", "solver"): ("euler", "heun"),

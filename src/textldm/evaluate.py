@@ -103,17 +103,20 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
 
 
 def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """n (prompt ids, reference ids) pairs cut from distinct held-out documents, starting at a document start."""
+    """n (prompt ids, reference ids) pairs cut at random places inside held-out documents (documents drawn in
+    proportion to their length, so a few long documents can give many pairs; no pair crosses a document end)."""
     tokens = np.concatenate([np.asarray(p) for p in stream.parts])
     ends = np.flatnonzero(tokens == stream.eot_id)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    long_enough = [(s, e) for s, e in zip(starts, ends) if e - s >= prompt_len + ref_len]
+    room = ends - starts - prompt_len - ref_len  # number of valid cut points minus one, per document
+    ok = np.flatnonzero(room >= 0)
+    if len(ok) == 0:
+        return []
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(long_enough), size=min(n, len(long_enough)), replace=False) if long_enough else []
+    docs = rng.choice(ok, size=n, p=(room[ok] + 1) / (room[ok] + 1).sum())
     pairs = []
-    for i in chosen:
-        s, e = long_enough[int(i)]
-        s = int(s + rng.integers(0, min(e - s - prompt_len - ref_len, 2000) + 1))  # not always the title
+    for d in docs:
+        s = int(starts[d] + rng.integers(0, room[d] + 1))
         pairs.append((tokens[s: s + prompt_len].tolist(), tokens[s + prompt_len: s + prompt_len + ref_len].tolist()))
     return pairs
 

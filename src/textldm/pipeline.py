@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import Config, config_from_dict, to_dict
@@ -50,7 +51,7 @@ def _load_weights(module: torch.nn.Module, file: Path):
         result = module.load_state_dict(state, strict=False)
     except FileNotFoundError:
         raise UserError(f"checkpoint file '{file}' is missing; re-create the checkpoint") from None
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(e).__name__)
         raise UserError(f"cannot read '{file}': {detail}; the checkpoint is damaged or from another config") from None

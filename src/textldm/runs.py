@@ -15,6 +15,7 @@ import torch.distributed as dist
 import yaml
 
 from .config import Config, to_dict
+from .data.corpus import check_source
 from .data.shards import TokenStream, tokenize_corpus
 from .dit import TextDiT
 from .evaluate import (corpus_vocabulary, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics, rouge_l,
@@ -55,6 +56,7 @@ def record_run(cfg: Config) -> Path:
 
 def prepare_data(cfg: Config):
     """Tokenizer, end-of-text id and the train/val token streams (tokenized once, on rank 0)."""
+    check_source(cfg.data.source)
     tokenizer = load_tokenizer(cfg.teacher.name)
     eot = end_of_text_id(tokenizer)
     if is_main():

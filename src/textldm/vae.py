@@ -30,7 +30,9 @@ class TextVAE(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(w, vocab_size, bias=False)
         self.repa_proj = None
         if teacher_dim is not None and cfg.repa_weight > 0:
-            self.repa_proj = nn.Sequential(nn.Linear(w, cfg.repa_hidden), nn.SiLU(), nn.Linear(cfg.repa_hidden, teacher_dim))
+            source_dim = cfg.latent_channels if cfg.repa_source == "latent" else w
+            self.repa_proj = nn.Sequential(nn.Linear(source_dim, cfg.repa_hidden), nn.SiLU(),
+                                           nn.Linear(cfg.repa_hidden, teacher_dim))
         # per-channel statistics of the posterior means, filled in after training and saved with the VAE
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
@@ -83,7 +85,7 @@ class TextVAE(nn.Module):
         return rope_angles(torch.arange(L, device=device), self.cfg.width // self.cfg.heads)
 
     def encode_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
-        """-> (mean, logvar, feature for REPA)."""
+        """-> (mean, logvar, the feature REPA aligns: an encoder block's output or the latent mean)."""
         x = self.embed(ids)
         rope, attn_mask = self._rope(ids.shape[1], ids.device), padding_attn_mask(mask)
         repa_at = self.cfg.repa_block % len(self.encoder)
@@ -93,6 +95,8 @@ class TextVAE(nn.Module):
             if i == repa_at:
                 feature = x
         mean, logvar = self.to_moments(self.encoder_norm(x)).float().chunk(2, dim=-1)
+        if self.cfg.repa_source == "latent":
+            feature = mean
         return mean, logvar.clamp(-30.0, 20.0), feature
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None, sample: bool = False, generator=None):

@@ -222,6 +222,15 @@ def hf_documents(name: str, config: str | None, split: str, text_field: str) -> 
     return [str(x) for x in ds[text_field]]
 
 
+def check_source(source: str) -> None:
+    """Fail early (before any slow model loading) on a local path that does not exist."""
+    if source == "embedded" or source.startswith("embedded:") or Path(source).exists():
+        return
+    if any(ch in source for ch in "/\\") and (source.startswith((".", "/", "~")) or Path(source).suffix):
+        raise UserError(f"data source '{source}' does not exist; give an existing file/folder, 'embedded', "
+                        f"or a Hugging Face data set name")
+
+
 def load_documents(source: str, text_field: str = "text", hf_config: str | None = None, hf_split: str = "train") -> list[str]:
     if source == "embedded":
         return embedded_documents()
@@ -231,11 +240,9 @@ def load_documents(source: str, text_field: str = "text", hf_config: str | None 
         if unknown:
             raise UserError(f"unknown embedded source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
         return embedded_documents(names)
+    check_source(source)
     if Path(source).exists():
         docs = local_documents(source, text_field)
-    elif any(ch in source for ch in "/\\") and (source.startswith((".", "/", "~")) or Path(source).suffix):
-        raise UserError(f"data source '{source}' does not exist; give an existing file/folder, 'embedded', "
-                        f"or a Hugging Face data set name")
     else:
         docs = hf_documents(source, hf_config, hf_split, text_field)
     docs = [d for d in docs if d.strip()]
