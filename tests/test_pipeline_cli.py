@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ import torch
 from textldm import TextLDMPipeline, load_config
 from textldm import runs
 from textldm.cli import main
-from textldm.errors import UserError
 
 from conftest import tiny_overrides
 
@@ -94,6 +92,7 @@ def _cli(capsys, *args):
     (["train-vae", "--config", "nosuch"], "unknown preset 'nosuch'"),
     (["train-vae", "data.source=./missing/data.jsonl"], "data source './missing/data.jsonl' does not exist"),
     (["train-vae", "teacher.name=./no/such/model"], "cannot load tokenizer './no/such/model'"),
+    (["train-vae", "teacher.name=someuser/no-such-model"], "cannot load tokenizer 'someuser/no-such-model'"),
 ])
 def test_cli_bad_training_input(capsys, args, fragment, cache_home, tmp_path):
     run = tmp_path / "run"
@@ -154,3 +153,10 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "textldm", "demo", "vae.depth=2"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown config key 'vae.depth'" in r.stderr
+
+
+def test_unknown_hf_dataset_is_a_clear_error(capsys, tiny_model_dir, cache_home, tmp_path):
+    pytest.importorskip("datasets")
+    code, err = _cli(capsys, "train-vae", f"teacher.name={tiny_model_dir}", "data.source=someuser/no-such-dataset",
+                     f"out_dir={tmp_path}")
+    assert code == 2 and "cannot load data set 'someuser/no-such-dataset'" in err.splitlines()[-1]

@@ -78,7 +78,6 @@ def encode_latents(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, normaliz
 def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):
     """window (B, context_max + target_max): the context is the `context_len` tokens just before position
     context_max, moved to the left edge (right padding); the target starts at position context_max."""
-    B = window.shape[0]
     idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]
     context_mask = torch.arange(context_max)[None] < context_len[:, None]
     context = torch.where(context_mask, window.gather(1, idx.clamp(max=context_max - 1)), 0)

@@ -5,9 +5,7 @@ training logs, the checkpoints `vae/` (VAE only) and `model/` (VAE + DiT), and r
 """
 from __future__ import annotations
 
-import json
 import logging
-import random
 from pathlib import Path
 
 import torch
@@ -206,10 +204,8 @@ def demo(cfg: Config, progress: bool = True) -> dict:
     report.update(dit_report)
     if is_main():
         _, _, train, val = prepare_data(cfg)
-        random.seed(cfg.seed)
         report["continuations"] = continuation_report(pipe, cfg, train, val)
         out = Path(cfg.out_dir)
         write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", format_report(report) + "\n")
-        log.debug("report: %s", json.dumps(report)[:200])
     return report

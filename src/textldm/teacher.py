@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn as nn
