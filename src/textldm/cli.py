@@ -48,9 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(quiet_libraries: bool = True):
     level = logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if quiet_libraries:
+    if quiet_libraries:  # textldm logs its own progress; the libraries' per-file bars are noise here
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        logging.getLogger("transformers").setLevel(logging.ERROR)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _generate(args) -> None:

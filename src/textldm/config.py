@@ -7,6 +7,7 @@ UserErrors that name the key and list what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ def _coerce(value, tp, key: str):
     """Check/convert a YAML value against a dataclass field type."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None
         (tp,) = [a for a in args if a is not type(None)]
