@@ -95,11 +95,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step."""
+def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step - or, with a wall-clock
+    budget, at the end of the budget if that comes first (`time_used` = share of max_minutes spent), so a
+    budgeted run on a slow machine still ends with a decayed learning rate."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_used)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -152,8 +154,9 @@ def fit(objective: nn.Module, batches: Callable[[int], object], cfg: TrainConfig
     bar = tqdm(total=cfg.steps, desc=desc, disable=not (progress and is_main()), dynamic_ncols=True)
     window_start, window_tokens, metrics, step = time.time(), 0, {}, 0
     objective.train()
+    time_used = 0.0
     for step in range(cfg.steps):
-        lr = lr_at(step, cfg)
+        lr = lr_at(step, cfg, time_used)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = batches(step)
@@ -168,11 +171,13 @@ def fit(objective: nn.Module, batches: Callable[[int], object], cfg: TrainConfig
         window_tokens += tokens_per_step or 0
         bar.update(1)
         last = step == cfg.steps - 1
-        out_of_time = cfg.max_minutes is not None and time.time() - start > 60 * cfg.max_minutes
-        if dist.is_initialized() and cfg.max_minutes is not None:  # all ranks stop together
-            flag = torch.tensor([float(out_of_time)], device=loss.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
+        if cfg.max_minutes is not None:
+            time_used = (time.time() - start) / (60 * cfg.max_minutes)
+            if dist.is_initialized():  # one clock for all ranks: same learning rate, same stopping step
+                shared = torch.tensor([time_used], device=loss.device)
+                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+                time_used = float(shared.item())
+        out_of_time = time_used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
             elapsed = time.time() - window_start
             record = {"step": step, "lr": lr, "elapsed_s": round(time.time() - start, 2),

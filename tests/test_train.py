@@ -1,0 +1,40 @@
+"""The learning-rate schedule and the budgeted stop of the training loop."""
+import math
+
+import torch
+
+from textldm.config import TrainConfig
+from textldm.train import fit, lr_at
+
+
+def test_lr_schedule_warmup_cosine_and_time_budget():
+    cfg = TrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
+    assert math.isclose(lr_at(10, cfg), 1.0) and math.isclose(lr_at(110, cfg), 0.1)
+    assert math.isclose(lr_at(60, cfg), 0.55)  # half-way down the cosine
+    # a wall-clock budget that is half spent puts the cosine half-way too, whatever the step
+    assert math.isclose(lr_at(20, cfg, time_used=0.5), 0.55)
+    assert math.isclose(lr_at(20, cfg, time_used=1.0), 0.1)
+
+
+class Quadratic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, batch, step):
+        loss = (self.w - batch).pow(2).sum()
+        return loss, {"loss": loss.detach()}
+
+
+def test_fit_trains_logs_and_stops_on_budget(tmp_path):
+    model = Quadratic()
+    target = torch.tensor([0.0, 2.0, -1.0])
+    summary = fit(model, lambda step: target, TrainConfig(steps=200, lr=0.05, warmup_steps=5, log_every=50,
+                                                           weight_decay=0.0), log_path=tmp_path / "log.jsonl",
+                  progress=False, precision="fp32")
+    assert summary["steps"] == 200 and torch.allclose(model.w, target, atol=1e-2)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) >= 5
+    quick = fit(Quadratic(), lambda step: target, TrainConfig(steps=10**6, max_minutes=0.02, log_every=10**6),
+                progress=False, precision="fp32")
+    assert quick["steps"] < 10**6 and quick["seconds"] < 10
