@@ -160,3 +160,12 @@ def test_unknown_hf_dataset_is_a_clear_error(capsys, tiny_model_dir, cache_home,
     code, err = _cli(capsys, "train-vae", f"teacher.name={tiny_model_dir}", "data.source=someuser/no-such-dataset",
                      f"out_dir={tmp_path}")
     assert code == 2 and "cannot load data set 'someuser/no-such-dataset'" in err.splitlines()[-1]
+
+
+def test_demo_can_reuse_a_vae(trained, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+    out, first = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) + ["dit_train.steps=2"])
+    report = runs.demo(cfg, progress=False, vae_dir=str(out / "vae"))
+    assert report["vae_eval"] == first["vae_eval"] and report["dit_train"]["steps"] == 2
+    assert (tmp_path / "model" / "dit.safetensors").exists() and not (tmp_path / "vae").exists()

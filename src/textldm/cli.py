@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     training("train-vae", "train the TextVAE (writes OUT_DIR/vae)")
     s = training("train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
     s.add_argument("--vae", required=True, help="a VAE checkpoint folder (OUT_DIR/vae of train-vae)")
-    training("demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
+    s = training("demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
+    s.add_argument("--vae", help="reuse this VAE checkpoint folder instead of training one")
 
     g = sub.add_parser("generate", help="continue prompts with a trained model")
     g.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
@@ -94,7 +95,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "train-dit":
         runs.train_dit(cfg, vae_dir=args.vae, progress=progress)
     else:
-        report = runs.demo(cfg, progress)
+        report = runs.demo(cfg, progress, vae_dir=args.vae)
         if int(os.environ.get("RANK", 0)) == 0:
             print(runs.format_report(report))
             print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")

@@ -19,7 +19,7 @@ from .dit import TextDiT
 from .evaluate import (corpus_vocabulary, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics, rouge_l,
                        text_statistics)
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
-from .pipeline import TextLDMPipeline
+from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer
 from .train import fit, is_main, setup_distributed
 from .utils import atomic_write_text, environment, seed_everything, write_json
@@ -197,9 +197,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("`", "'")
 
 
-def demo(cfg: Config, progress: bool = True) -> dict:
-    """The main job: data -> VAE -> DiT -> measurements and samples, on the configured preset."""
-    vae_pipe, report = train_vae(cfg, progress)
+def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None) -> dict:
+    """The main job: data -> VAE -> DiT -> measurements and samples, on the configured preset.
+    With `vae_dir`, the VAE checkpoint there is reused (and its own report carried over)."""
+    if vae_dir is None:
+        vae_pipe, report = train_vae(cfg, progress)
+    else:
+        vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
+        cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
+        report = {k: v for k, v in read_checkpoint_config(vae_dir).get("report", {}).items() if k.startswith("vae")}
     pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
     report.update(dit_report)
     if is_main():
