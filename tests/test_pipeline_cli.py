@@ -73,9 +73,13 @@ def test_generate_respects_length_trimming_and_callbacks(trained):
 def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
     out, _ = trained
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
-    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) + ["dit_train.steps=3"])
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
+                      + ["dit_train.steps=6", "dit_train.eval_every=2"])
     pipe, report = runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
-    assert report["dit_train"]["steps"] == 3 and (tmp_path / "model" / "dit.safetensors").exists()
+    assert report["dit_train"]["steps"] == 6 and (tmp_path / "model" / "dit.safetensors").exists()
+    log = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval" in r]  # the last step is evaluated by the report instead
+    assert [r["step"] for r in evals] == [2, 4] and all("quarters" in r["eval"] for r in evals)
 
 
 def _cli(capsys, *args):

@@ -82,8 +82,12 @@ def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict
     tcfg = cfg.vae_train
     log.info("VAE: %.1fM parameters, %d steps of %d x %d tokens", param_count(vae) / 1e6, tcfg.steps,
              tcfg.batch_size, cfg.vae.max_len)
+    def periodic_eval(step: int) -> dict:  # held-out numbers in the log every eval_every steps (rank 0)
+        return evaluate_vae(vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device, repa_teacher) \
+            if is_main() else {}
+
     summary = fit(VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher),
-                  tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress,
+                  tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress, on_eval=periodic_eval,
                   tokens_per_step=tcfg.batch_size * cfg.vae.max_len, precision=cfg.precision)
     mean, std = latent_statistics(vae, train, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
     vae.latent_mean.copy_(mean.to(device))
@@ -114,7 +118,12 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     log.info("DiT: %.1fM parameters, %d steps of %d sequences", param_count(dit) / 1e6, tcfg.steps, tcfg.batch_size)
     batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
     mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2
+    def periodic_eval(step: int) -> dict:
+        return evaluate_dit(dit, vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device) \
+            if is_main() else {}
+
     summary = fit(DiTObjective(dit), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
+                  on_eval=periodic_eval,
                   tokens_per_step=mean_tokens, precision=cfg.precision)
     pipe = TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)
     report = {"dit_parameters": param_count(dit), "dit_train": summary}
