@@ -38,6 +38,9 @@ def test_demo_writes_everything(trained):
     assert len(quarters) == 4 and all(q["linear_gaussian"] > 0 for q in quarters)
     log = [json.loads(line) for line in (out / "dit_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[-1]["event"] == "end" and any("loss" in r for r in log)
+    c = report["continuations"]
+    assert all(0 <= c[k] <= 1 for k in ("rouge_l", "rouge_l_random_passage", "rouge_l_other_prompts_reference"))
+    assert len(c["samples"]) == c["prompts_scored"] > 0
     md = (out / "report.md").read_text()
     assert "with prompt" in md and "ROUGE-L" in md
     meta = json.loads((out / "model/config.json").read_text())
