@@ -70,3 +70,24 @@ def test_ddp_matches_single_process(tmp_path):
     for name, p in vae.state_dict().items():
         assert torch.equal(p0[name], p1[name]), f"replicas differ at {name}"
         assert torch.allclose(p0[name], p, atol=1e-4), f"DDP and single-process differ at {name}"
+
+
+def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
+    """The whole demo under torchrun with 2 gloo processes: training on both ranks, evaluation and the
+    report on rank 0, a clean exit on both."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import tiny_overrides
+
+    env = {**os.environ, "TEXTLDM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "textldm", "demo", "--quiet",
+           *tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert len(report["dit_eval"]["quarters"]) == 4 and report["continuations"]["prompts_scored"] > 0
+    start = json.loads((tmp_path / "run" / "vae_log.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2

@@ -100,6 +100,7 @@ def run(argv: list[str] | None = None) -> int:
             print(runs.format_report(report))
             print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")
             print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
+    runs.finish_run()
     return 0
 
 

@@ -69,11 +69,12 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
     optimal linear predictor. t is stratified: a quarter of every batch in each quarter of [0, 1]."""
     dit.eval()
     cfg = dit.cfg
+    batches = dit_batches(stream, vae, cfg, batch_size, seed + EVAL_STREAM, device, shard=False)
     t_all, cond_all, uncond_all, targets, head_cond, head_uncond = [], [], [], [], [], []
     for b in range(n_batches):
         g = step_generator(seed, b, EVAL_STREAM + 2)
         t = ((torch.arange(batch_size) % 4) + torch.rand(batch_size, generator=g)) / 4
-        batch = dit_batches(stream, vae, cfg, batch_size, seed + EVAL_STREAM, device, t_override=t)(b)
+        batch = batches(b, t)
         x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
         x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
         v = dit(x_t, tt, batch["context"], batch["context_mask"], mask)

@@ -87,24 +87,27 @@ def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target
 
 
 def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
-                t_override: torch.Tensor | None = None):
-    """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately."""
+                shard: bool = True):
+    """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately.
+    `get(step, t)` takes given timesteps (global batch) instead of drawing them - for stratified evaluation.
+    shard=False keeps the whole global batch (evaluation runs on rank 0 alone)."""
     C = vae.cfg.latent_channels
 
-    def get(step: int) -> dict:
+    def get(step: int, t: torch.Tensor | None = None) -> dict:
         g = step_generator(seed, step)
         window = stream.windows(batch_size, cfg.context_max + cfg.target_max, g)
         context_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
         target_len = torch.randint(cfg.target_min, cfg.target_max + 1, (batch_size,), generator=g)
-        t = sample_t(batch_size, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g) if t_override is None else t_override
+        if t is None:
+            t = sample_t(batch_size, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g)
         drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
         noise = torch.randn(batch_size, cfg.target_max, C, generator=g)
-        sl = local_slice(batch_size)
+        sl = local_slice(batch_size) if shard else slice(None)
         ctx, ctx_mask, tgt, tgt_mask = split_context_target(window[sl], context_len[sl], target_len[sl], cfg.context_max)
         ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in (ctx, ctx_mask, tgt, tgt_mask))
         return {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,
                 "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
-                "target_ids": tgt, "context_ids": ctx, "noise": noise[sl].to(device), "t": t[sl].to(device),
+                "noise": noise[sl].to(device), "t": t[sl].to(device),
                 "drop": drop[sl].to(device)}
 
     return get

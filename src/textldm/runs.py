@@ -33,6 +33,13 @@ def _barrier():
         dist.barrier()
 
 
+def finish_run() -> None:
+    """Let every rank wait for rank 0's report, then leave the process group cleanly."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def start_run(cfg: Config) -> torch.device:
     _, _, device = setup_distributed(cfg.device)
     if cfg.threads and device.type == "cpu":
@@ -60,13 +67,15 @@ def prepare_data(cfg: Config):
     if is_main():
         folder = tokenize_corpus(cfg.data, tokenizer, cfg.teacher.name, eot)
     _barrier()
-    folder = tokenize_corpus(cfg.data, tokenizer, cfg.teacher.name, eot)  # cached now: returns the folder
+    if not is_main():  # rank 0 has written it: this is a cache lookup
+        folder = tokenize_corpus(cfg.data, tokenizer, cfg.teacher.name, eot)
     return tokenizer, eot, TokenStream(folder, "train"), TokenStream(folder, "val")
 
 
-def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict]:
+def train_vae(cfg: Config, progress: bool = True, data=None) -> tuple[TextLDMPipeline, dict]:
+    """`data`: the result of `prepare_data(cfg)` when the caller has it already."""
     device = start_run(cfg)
-    tokenizer, eot, train, val = prepare_data(cfg)
+    tokenizer, eot, train, val = data or prepare_data(cfg)
     need_teacher = cfg.vae.repa_weight > 0 or cfg.vae.embed_init == "teacher"
     teacher = Teacher(cfg.teacher.name, cfg.teacher.layer if cfg.vae.repa_weight > 0 else 1) if need_teacher else None
     vae = TextVAE(cfg.vae, len(tokenizer), teacher.hidden_size if cfg.vae.repa_weight > 0 else None)
@@ -103,14 +112,14 @@ def train_vae(cfg: Config, progress: bool = True) -> tuple[TextLDMPipeline, dict
 
 
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
-              progress: bool = True) -> tuple[TextLDMPipeline, dict]:
+              progress: bool = True, data=None) -> tuple[TextLDMPipeline, dict]:
     """Train a DiT on a frozen VAE (given in memory or as a checkpoint folder)."""
     if vae_pipe is None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         # the VAE, its tokenizer and its teacher are fixed by the checkpoint
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
     device = start_run(cfg)
-    _, eot, train, val = prepare_data(cfg)
+    _, eot, train, val = data or prepare_data(cfg)
     out = record_run(cfg)
     vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
@@ -213,16 +222,18 @@ def _one_line(text: str) -> str:
 def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None) -> dict:
     """The main job: data -> VAE -> DiT -> measurements and samples, on the configured preset.
     With `vae_dir`, the VAE checkpoint there is reused (and its own report carried over)."""
-    if vae_dir is None:
-        vae_pipe, report = train_vae(cfg, progress)
-    else:
+    if vae_dir is not None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
         report = {k: v for k, v in read_checkpoint_config(vae_dir).get("report", {}).items() if k.startswith("vae")}
-    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
+    start_run(cfg)  # joins the process group before rank 0 tokenizes
+    data = prepare_data(cfg)
+    if vae_dir is None:
+        vae_pipe, report = train_vae(cfg, progress, data=data)
+    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data)
     report.update(dit_report)
     if is_main():
-        _, _, train, val = prepare_data(cfg)
+        _, _, train, val = data
         report["continuations"] = continuation_report(pipe, cfg, train, val)
         out = Path(cfg.out_dir)
         write_json(out / "report.json", report)

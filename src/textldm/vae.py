@@ -99,12 +99,9 @@ class TextVAE(nn.Module):
             feature = mean
         return mean, logvar.clamp(-30.0, 20.0), feature
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None, sample: bool = False, generator=None):
-        mean, logvar, _ = self.encode_features(ids, mask)
-        if not sample:
-            return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + (0.5 * logvar).exp() * noise
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior means: the latents the DiT is trained on and conditioned with."""
+        return self.encode_features(ids, mask)[0]
 
     def decode_hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.from_latent(z.to(self.from_latent.weight.dtype))
