@@ -7,8 +7,8 @@ The zero-initialisation of that modulation (adaLN-Zero) lives in the DiT's `init
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
@@ -31,6 +31,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far in one attention layer (autoregressive decoding)."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -40,10 +56,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x, rope, attn_mask=None, causal=False):
+    def forward(self, x, rope, attn_mask=None, causal=False, cache: KVCache | None = None):
+        """With a cache, the new keys/values are appended to it and the queries attend to all of them; the
+        caller then passes an explicit `attn_mask` (SDPA's is_causal assumes queries and keys start together)."""
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
         return self.proj(out.transpose(1, 2).reshape(B, L, W))
 
@@ -72,9 +92,9 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(width, mlp_ratio)
         self.modulation = None if cond_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
 
-    def forward(self, x, rope, attn_mask=None, cond=None, causal=False):
+    def forward(self, x, rope, attn_mask=None, cond=None, causal=False, cache: KVCache | None = None):
         if self.modulation is None:
-            x = x + self.attn(self.norm1(x), rope, attn_mask, causal)
+            x = x + self.attn(self.norm1(x), rope, attn_mask, causal, cache)
             return x + self.mlp(self.norm2(x))
         mod = self.modulation(cond)
         if mod.dim() == 2:

@@ -1,4 +1,4 @@
-"""`textldm` command line: train-vae, train-dit, generate, demo.
+"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, build-bench, eval, ablate.
 
 Every training command takes a preset (`--config demo`, a built-in name or a .yaml path) and any number
 of `section.key=value` overrides. Bad input exits with status 2 and one line naming the problem and the fix.
@@ -29,8 +29,33 @@ def _parser() -> argparse.ArgumentParser:
     training("train-vae", "train the TextVAE (writes OUT_DIR/vae)")
     s = training("train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
     s.add_argument("--vae", required=True, help="a VAE checkpoint folder (OUT_DIR/vae of train-vae)")
+    training("train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
     s = training("demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
     s.add_argument("--vae", help="reuse this VAE checkpoint folder instead of training one")
+
+    b = sub.add_parser("build-bench", help="turn a text source into a fixed continuation benchmark (JSONL)")
+    b.add_argument("--preset", help="embedded, wikisource, wikipedia, tinystories or lm1b")
+    b.add_argument("--source", help="a local file/folder or HF data set (replaces the preset's source)")
+    b.add_argument("--text-field", default="text")
+    b.add_argument("--passage-words", type=int, help="passage length in words (0 = whole documents)")
+    b.add_argument("--samples", type=int, default=1000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True, help="output .jsonl path")
+
+    e = training("eval", "score models on continuation benchmarks (JSON, markdown table, plots)")
+    e.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                   help="a textldm checkpoint or run folder, an AR baseline, or an HF causal LM (hf:NAME); repeatable")
+    e.add_argument("--bench", action="append", metavar="NAME|FILE.jsonl",
+                   help="benchmark preset or JSONL file (repeatable; default: embedded)")
+    e.add_argument("--source", help="local data for a hub preset (e.g. a TinyStories .jsonl)")
+    e.add_argument("--out", help="output folder (default: OUT_DIR/eval)")
+    e.add_argument("--steps-sweep", default="", help="comma-separated sampling steps for the quality-vs-steps plot")
+    e.add_argument("--cfg-sweep", default="", help="comma-separated CFG scales for the CFG plot")
+    e.add_argument("--max-new-tokens", type=int, default=128, help="cap on HF models' continuation length")
+
+    a = training("ablate", "train and score a grid of config variants (Tables 2-4 shape)")
+    a.add_argument("--grid", default="repa", help="built-in grid (repa, paper) or a YAML file: name -> overrides")
+    a.add_argument("--bench", default="embedded", help="benchmark preset or JSONL file")
 
     g = sub.add_parser("generate", help="continue prompts with a trained model")
     g.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
@@ -79,11 +104,47 @@ def _generate(args) -> None:
             print(f"{prompt}\033[1m{text}\033[0m" if sys.stdout.isatty() else f"{prompt} || {text}")
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def _build_bench(args) -> None:
+    from dataclasses import asdict
+
+    from .benchmark import PRESETS, BenchmarkSpec, build_benchmark, save_benchmark
+
+    if not args.preset and not args.source:
+        raise UserError("give --preset NAME or --source PATH (or both)")
+    if args.preset and args.preset not in PRESETS:
+        raise UserError(f"unknown benchmark preset '{args.preset}'; choose from {', '.join(PRESETS)}")
+    spec = PRESETS[args.preset] if args.preset else BenchmarkSpec(args.source, text_field=args.text_field)
+    if args.source:
+        spec = BenchmarkSpec(**{**asdict(spec), "source": args.source, "text_field": args.text_field,
+                                "hf_split": "train" if Path(args.source).exists() else spec.hf_split})
+    if args.passage_words is not None:
+        spec.passage_words = args.passage_words
+    items = build_benchmark(spec, args.samples, args.seed)
+    path = save_benchmark(items, args.out, {"preset": args.preset, "spec": asdict(spec), "n": args.samples,
+                                            "seed": args.seed, "format": "textldm-benchmark-v1"})
+    print(f"{len(items)} items -> {path}")
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # key=value overrides may come after options too
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     _setup_logging()
     if args.command == "generate":
         _generate(args)
+        return 0
+    if args.command == "build-bench":
+        _build_bench(args)
         return 0
     from . import runs
     from .config import load_config
@@ -94,6 +155,24 @@ def run(argv: list[str] | None = None) -> int:
         runs.train_vae(cfg, progress)
     elif args.command == "train-dit":
         runs.train_dit(cfg, vae_dir=args.vae, progress=progress)
+    elif args.command == "train-ar":
+        runs.train_ar(cfg, progress)
+    elif args.command == "eval":
+        from .harness import run_eval
+
+        out = args.out or str(Path(cfg.out_dir) / "eval")
+        device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
+        run_eval(args.model, args.bench or ["embedded"], cfg, out, device=device, source=args.source,
+                 steps_sweep=[int(x) for x in _floats(args.steps_sweep, "--steps-sweep")],
+                 cfg_sweep=_floats(args.cfg_sweep, "--cfg-sweep"), max_new_tokens=args.max_new_tokens)
+        print((Path(out) / "results.md").read_text())
+        print(f"results: {out}/results.json, {out}/results.md")
+    elif args.command == "ablate":
+        from .ablation import format_ablation, load_grid, run_ablation
+
+        grid = load_grid(args.grid)
+        result = run_ablation(args.config, args.overrides, grid, args.bench, cfg.out_dir, progress)
+        print(format_ablation(result))
     else:
         report = runs.demo(cfg, progress, vae_dir=args.vae)
         if int(os.environ.get("RANK", 0)) == 0:
@@ -102,6 +181,12 @@ def run(argv: list[str] | None = None) -> int:
             print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
     runs.finish_run()
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,6 +83,16 @@ class DiTConfig:
 
 
 @dataclass
+class ARConfig:
+    """The autoregressive baseline: a GPT-style causal Transformer built from the same block."""
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32  # sequences per step, global (split over DDP ranks)
@@ -104,6 +114,10 @@ class SampleConfig:
     solver: str = "euler"  # "euler" or "heun"
     length: int = 48  # continuation length in tokens
     seed: int = 0
+    # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
 
 
 @dataclass
@@ -112,6 +126,19 @@ class EvalConfig:
     batch_size: int = 32
     num_prompts: int = 4  # held-out prompts continued and printed
     rouge_samples: int = 0  # >0: score this many held-out continuations with ROUGE-L vs a random passage
+
+
+@dataclass
+class MetricsConfig:
+    """Continuation-benchmark scoring (`textldm eval`, the ablation runner, bench/quality.py)."""
+    bertscore_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), an HF name or a local folder
+    bertscore_layers: int = 6  # bert-score needs the layer for local folders; 6 = MiniLM's last layer
+    mauve_featurizer: str = "minilm"  # encoder whose pooled final hidden states are MAUVE's features
+    mauve_pooling: str = "mean"  # "mean" over tokens, or "last" token (for causal LM featurizers)
+    mauve_buckets: int = 50  # k-means buckets; fixed, since rankings move with the automatic count
+    judge: str = "smollm2-135m"  # causal LM for generative perplexity (alias, HF name or folder)
+    samples: int = 1000  # items per benchmark
+    batch_size: int = 32
 
 
 @dataclass
@@ -127,8 +154,11 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
     vae_train: TrainConfig = field(default_factory=TrainConfig)
     dit_train: TrainConfig = field(default_factory=TrainConfig)
+    ar: ARConfig = field(default_factory=ARConfig)
+    ar_train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 CHOICES = {
@@ -139,6 +169,7 @@ CHOICES = {
     ("dit", "null_context"): ("learned", "zeros"),
     ("dit", "t_distribution"): ("logit_normal", "uniform"),
     ("sample", "solver"): ("euler", "heun"),
+    ("metrics", "mauve_pooling"): ("mean", "last"),
 }
 
 
@@ -264,8 +295,16 @@ def validate(cfg: Config) -> None:
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),
         (cfg.sample.length >= 1, "sample.length must be >= 1"),
+        (cfg.sample.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
+        (0 < cfg.sample.top_p <= 1, "sample.top_p must be in (0, 1]"),
+        (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 = off)"),
+        (cfg.ar.width % cfg.ar.heads == 0 and (cfg.ar.width // cfg.ar.heads) % 2 == 0,
+         "ar.width must be divisible by ar.heads with an even head size"),
+        (cfg.ar.seq_len >= 0, "ar.seq_len must be >= 0 (0 = dit.context_max + dit.target_max)"),
+        (cfg.metrics.mauve_buckets >= 2, "metrics.mauve_buckets must be >= 2"),
+        (cfg.metrics.samples >= 1, "metrics.samples must be >= 1"),
     ]
-    for section in (cfg.vae_train, cfg.dit_train):
+    for section in (cfg.vae_train, cfg.dit_train, cfg.ar_train):
         checks += [(section.steps >= 0, "train steps must be >= 0"),
                    (section.batch_size >= 1, "train batch_size must be >= 1"),
                    (section.lr > 0, "train lr must be positive")]

@@ -3,17 +3,17 @@
 - VAE: token reconstruction accuracy from the posterior mean (and from a posterior sample), mean REPA cosine.
 - DiT: validation velocity loss per timestep quarter, next to the same loss with the prompt dropped and
   the loss of the best linear predictor for Gaussian data with the latents' per-channel variance.
+- AR baseline: held-out next-token loss, perplexity and accuracy.
 - Continuations of held-out prompts with ROUGE-L against their references, next to a random human passage.
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import torch
 
 from .data.shards import TokenStream
 from .flow import flow_loss, gaussian_optimal_loss, interpolate
+from .metrics import words
 from .objectives import dit_batches, teacher_context
 from .train import step_generator
 from .vae import TextVAE, repa_cosine
@@ -103,6 +103,22 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
             "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
 
 
+@torch.no_grad()
+def evaluate_ar(model, stream: TokenStream, seq_len: int, n_batches: int, batch_size: int, seed: int,
+                device: torch.device) -> dict:
+    """Held-out next-token loss (nats/token), perplexity and accuracy of the AR baseline."""
+    model.eval()
+    nll, correct, total = 0.0, 0, 0
+    for b in range(n_batches):
+        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, b, EVAL_STREAM + 3)).to(device)
+        logits = model(ids[:, :-1]).float()
+        nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+        correct += (logits.argmax(-1) == ids[:, 1:]).sum().item()
+        total += ids[:, 1:].numel()
+    return {"loss": nll / total, "perplexity": float(np.exp(nll / total)), "next_token_acc": correct / total,
+            "tokens": total}
+
+
 def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """n (prompt ids, reference ids) pairs cut at random places inside held-out documents (documents drawn in
     proportion to their length, so a few long documents can give many pairs; no pair crosses a document end)."""
@@ -122,31 +138,7 @@ def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, 
     return pairs
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-def text_statistics(texts: list[str], vocabulary: set[str] | None = None) -> dict:
-    """distinct-n (share of unique n-grams, 1.0 = no repetition) and the share of words found in `vocabulary`."""
-    out = {}
-    for n in (1, 2, 3):
-        grams = [tuple(w[i: i + n]) for w in map(_words, texts) for i in range(len(w) - n + 1)]
-        out[f"distinct_{n}"] = len(set(grams)) / max(1, len(grams))
-    if vocabulary is not None:
-        words = [w for t in texts for w in _words(t)]
-        out["known_word_share"] = sum(w in vocabulary for w in words) / max(1, len(words))
-    return out
-
-
-def rouge_l(candidates: list[str], references: list[str]) -> float:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, cand)["rougeL"].fmeasure for cand, ref in zip(candidates, references)]
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def corpus_vocabulary(stream: TokenStream, tokenizer, max_tokens: int = 2_000_000) -> set[str]:
     """Words of (a prefix of) the training corpus, to tell real words from invented ones."""
     ids = np.asarray(stream.parts[0][:max_tokens])
-    return set(_words(tokenizer.decode(ids.tolist())))
+    return set(words(tokenizer.decode(ids.tolist())))

@@ -9,8 +9,8 @@ Folder layout (written atomically: a temporary folder renamed into place):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +31,26 @@ def _state(module: torch.nn.Module) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def write_checkpoint(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module], tokenizer) -> None:
+    """One folder, written atomically: config.json (`meta` + format + environment), `<name>.safetensors`
+    per module, and the tokenizer files."""
+    meta = {"format": FORMAT, "environment": environment(), **meta}
+    with atomic_dir(path) as tmp:
+        for name, module in modules.items():
+            save_file(_state(module), str(tmp / f"{name}.safetensors"))
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    except (OSError, ValueError):
+        raise UserError(f"cannot read the tokenizer in '{path}/tokenizer'; re-create the checkpoint") from None
+
+
 def read_checkpoint_config(path: Path | str) -> dict:
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -45,7 +65,12 @@ def read_checkpoint_config(path: Path | str) -> dict:
     return meta
 
 
-def _load_weights(module: torch.nn.Module, file: Path):
+def checkpoint_type(path: Path | str) -> str:
+    """"textldm" (VAE [+ DiT]) or "ar" (the autoregressive baseline)."""
+    return read_checkpoint_config(path).get("model_type", "textldm")
+
+
+def load_weights(module: torch.nn.Module, file: Path):
     try:
         state = load_file(str(file))
         result = module.load_state_dict(state, strict=False)
@@ -69,7 +94,7 @@ class TextLDMPipeline:
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def to(self, device) -> "TextLDMPipeline":
+    def to(self, device) -> TextLDMPipeline:
         self.vae.to(device)
         if self.dit is not None:
             self.dit.to(device)
@@ -77,39 +102,32 @@ class TextLDMPipeline:
 
     # persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
-        meta = {"format": FORMAT, "config": to_dict(self.config), "vocab_size": self.vae.vocab_size,
+        meta = {"model_type": "textldm", "config": to_dict(self.config), "vocab_size": self.vae.vocab_size,
                 "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
-                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, "environment": environment(),
-                **(extra or {})}
-        with atomic_dir(path) as tmp:
-            save_file(_state(self.vae), str(tmp / "vae.safetensors"))
-            if self.dit is not None:
-                save_file(_state(self.dit), str(tmp / "dit.safetensors"))
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        modules = {"vae": self.vae} if self.dit is None else {"vae": self.vae, "dit": self.dit}
+        write_checkpoint(path, meta, modules, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True):
-        from transformers import AutoTokenizer
-
         path = Path(path)
         if not path.exists():
             raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm demo` or "
                             f"`textldm train-dit`")
         meta = read_checkpoint_config(path)
+        if meta.get("model_type", "textldm") != "textldm":
+            raise UserError(f"'{path}' is a {meta['model_type']} checkpoint, not a TextLDM one; load it with "
+                            f"textldm.ar.ARPipeline")
         config = config_from_dict(meta["config"])
         vae = TextVAE(config.vae, meta["vocab_size"], meta["teacher_dim"])
-        _load_weights(vae, path / "vae.safetensors")
+        load_weights(vae, path / "vae.safetensors")
         dit = None
         if (path / "dit.safetensors").exists():
             dit = TextDiT(config.dit, config.vae.latent_channels)
-            _load_weights(dit, path / "dit.safetensors")
+            load_weights(dit, path / "dit.safetensors")
         elif require_dit:
             raise UserError(f"'{path}' holds only a VAE; train a DiT on it with `textldm train-dit --vae {path}`")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-        except (OSError, ValueError):
-            raise UserError(f"cannot read the tokenizer in '{path}/tokenizer'; re-create the checkpoint") from None
+        tokenizer = read_tokenizer(path)
         pipe = cls(config, tokenizer, vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
         return pipe.to(device)
 

@@ -16,8 +16,9 @@ from .config import Config, to_dict
 from .data.corpus import check_source
 from .data.shards import TokenStream, tokenize_corpus
 from .dit import TextDiT
-from .evaluate import (corpus_vocabulary, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics, rouge_l,
-                       text_statistics)
+from .ar import ARObjective, ARPipeline, CausalLM, ar_batches
+from .evaluate import corpus_vocabulary, evaluate_ar, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics
+from .metrics import rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer
@@ -139,6 +140,34 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     if is_main():
         report["dit_eval"] = evaluate_dit(dit, vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
         pipe.save_pretrained(out / "model", extra={"report": report})
+    _barrier()
+    return pipe, report
+
+
+def train_ar(cfg: Config, progress: bool = True, data=None) -> tuple[ARPipeline, dict]:
+    """The AR baseline under the same settings: tokenizer, data, window (the DiT's prompt + continuation),
+    optimizer and loop. Writes OUT_DIR/ar."""
+    device = start_run(cfg)
+    tokenizer, eot, train, val = data or prepare_data(cfg)
+    out = record_run(cfg)
+    model = CausalLM(cfg.ar, len(tokenizer)).to(device)
+    seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
+    tcfg = cfg.ar_train
+    log.info("AR: %.1fM parameters, %d steps of %d x %d tokens", param_count(model) / 1e6, tcfg.steps,
+             tcfg.batch_size, seq_len)
+    def periodic_eval(step: int) -> dict:
+        return evaluate_ar(model, val, seq_len, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device) \
+            if is_main() else {}
+
+    summary = fit(ARObjective(model), ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device), tcfg,
+                  log_path=out / "ar_log.jsonl", desc="AR", progress=progress, on_eval=periodic_eval,
+                  tokens_per_step=tcfg.batch_size * seq_len, precision=cfg.precision)
+    pipe = ARPipeline(cfg, tokenizer, model, eot)
+    report = {"ar_parameters": param_count(model), "ar_train": summary, "ar_seq_len": seq_len}
+    if is_main():
+        report["ar_eval"] = evaluate_ar(model, val, seq_len, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed,
+                                        device)
+        pipe.save_pretrained(out / "ar", extra={"report": report})
     _barrier()
     return pipe, report
 

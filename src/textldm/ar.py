@@ -1,0 +1,183 @@
+"""The autoregressive baseline: a GPT-style causal Transformer trained under TextLDM's settings.
+
+Same tokenizer, data, sequence length (the DiT's prompt + continuation window), optimizer and training
+loop (`train.fit`) as the VAE and DiT, and the same `TransformerBlock` (causal, with a KV cache for
+decoding). Sampling: temperature / top-k / top-p, greedy at temperature 0; batches of prompts are
+left-padded, with positions counted from each row's first real token.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import KVCache, TransformerBlock, rope_angles
+from .config import ARConfig, Config, config_from_dict, to_dict
+from .errors import UserError
+from .pipeline import load_weights, read_checkpoint_config, read_tokenizer, write_checkpoint
+from .train import local_slice, step_generator
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ARConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.width)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """GPT-2 policy: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * depth)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.fc2):
+                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
+
+    def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits (B, L, V) for `ids` (B, L). Training: plain causal attention. Decoding: `key_mask` (B, T)
+        covers the cached tokens plus these L (True = real token), `positions` (B, L) their RoPE positions."""
+        B, L = ids.shape
+        past = len(caches[0]) if caches else 0
+        if positions is None:
+            positions = torch.arange(past, past + L, device=ids.device)
+        rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
+        attn_mask = None
+        if key_mask is not None or past:
+            T = past + L
+            keys = torch.ones(B, T, dtype=torch.bool, device=ids.device) if key_mask is None else key_mask
+            query_pos = torch.arange(past, T, device=ids.device)
+            causal = torch.arange(T, device=ids.device)[None, :] <= query_pos[:, None]  # (L, T)
+            # a query always sees itself, so left-padding rows never attend to nothing (NaN)
+            attn_mask = (causal[None] & keys[:, None, :]) | (torch.arange(T, device=ids.device)[None, None] ==
+                                                              query_pos[None, :, None])
+            attn_mask = attn_mask[:, None]
+        x = self.embed(ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, causal=attn_mask is None, cache=None if caches is None else caches[i])
+        return F.linear(self.norm(x), self.embed.weight)  # tied output head
+
+
+class ARObjective(nn.Module):
+    """Next-token cross-entropy, in fp32."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, step: int):
+        logits = self.model(batch["ids"][:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["ids"][:, 1:].flatten())
+        return loss, {"loss": loss.detach()}
+
+
+def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.device):
+    """Windows of seq_len + 1 tokens (inputs and shifted targets), global batch drawn from (seed, step)."""
+    def get(step: int) -> dict:
+        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
+        return {"ids": ids[local_slice(batch_size)].to(device)}
+
+    return get
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids. temperature 0 = greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model: CausalLM, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, use_cache: bool = True) -> torch.Tensor:
+    """(B, max_new_tokens) new tokens for left-padded prompts. Without the cache every step re-runs the
+    whole sequence (the reference the cached path must match)."""
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("an AR continuation needs a non-empty prompt")
+    model.eval()
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(B, P, dtype=torch.long, device=device)
+    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, device=device)
+        mask[i, P - len(p):] = True
+    g = torch.Generator().manual_seed(seed)
+    caches = [KVCache() for _ in model.blocks] if use_cache else None
+    new = []
+    step_ids, step_pos = ids, (mask.long().cumsum(1) - 1).clamp_min(0)
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = model(step_ids, mask, step_pos, caches)[:, -1]
+        else:
+            logits = model(ids, mask, (mask.long().cumsum(1) - 1).clamp_min(0))[:, -1]
+        token = sample_next(logits, temperature, top_k, top_p, g)
+        new.append(token)
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+        step_ids, step_pos = token[:, None], mask.long().sum(1, keepdim=True) - 1
+    return torch.stack(new, 1) if new else torch.zeros(B, 0, dtype=torch.long, device=device)
+
+
+class ARPipeline:
+    """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
+
+    def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
+        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.ar.seq_len or self.config.dit.context_max + self.config.dit.target_max
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        write_checkpoint(path, meta, {"ar": self.model}, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu") -> ARPipeline:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm train-ar`")
+        meta = read_checkpoint_config(path)
+        if meta.get("model_type") != "ar":
+            raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
+        config = config_from_dict(meta["config"])
+        model = CausalLM(config.ar, meta["vocab_size"])
+        load_weights(model, path / "ar.safetensors")
+        return cls(config, read_tokenizer(path), model.eval().to(device), meta["eot_id"])
+
+    def generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
+        """Continuations trimmed at end-of-text; prompts are left-truncated to fit the training window."""
+        s = self.config.sample
+        if not 1 <= max_new_tokens < self.seq_len:
+            raise UserError(f"max_new_tokens {max_new_tokens} must be in 1..{self.seq_len - 1} (ar.seq_len)")
+        keep = self.seq_len - max_new_tokens
+        prompts = [p[-keep:] for p in prompt_ids]
+        out = generate(self.model, prompts, max_new_tokens, s.temperature if temperature is None else temperature,
+                       s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p, seed).tolist()
+        return [row[: row.index(self.eot_id)] if self.eot_id in row else row for row in out]

@@ -1,0 +1,307 @@
+"""The evaluation harness behind `textldm eval`: models continue benchmark prompts, metrics score them.
+
+Contestants: TextLDM checkpoints, textldm AR baselines, any HF causal LM (hub name or local folder), and
+the human-reference row (each item's `second_reference`: the continuation of an independent human
+passage). Every model gets the same items; its continuation length is the reference's length in the
+model's own tokens (an oracle length, the same rule for every model), capped by what the model can produce
+(TextLDM: dit.target_max; AR baseline: half its window; HF models: `max_new_tokens`). Prompts longer than a
+model's context keep their last tokens.
+
+Outputs in `out_dir`: results.json, results.md (Table 1 shape: rows = models, columns = benchmark x
+metric), generations/<benchmark>/<model>.jsonl, and with sweeps the plots quality_vs_steps.png and
+cfg_sweep.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .benchmark import benchmark
+from .config import Config, MetricsConfig, SampleConfig
+from .errors import UserError
+from .metrics import bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
+from .utils import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS = ("rouge1", "rouge2", "rougeL", "bertscore", "mauve")  # the paper's Table 1 columns (x100)
+HUMAN = "human (2nd reference)"
+
+
+def _by_length(jobs: list[tuple[int, list[int], int]], batch_size: int):
+    """Batches of (item index, prompt ids) sharing one continuation length."""
+    groups = defaultdict(list)
+    for i, prompt, length in jobs:
+        groups[length].append((i, prompt))
+    for length in sorted(groups):
+        rows = groups[length]
+        for k in range(0, len(rows), batch_size):
+            yield length, rows[k: k + batch_size]
+
+
+def _continue_with(tokenizer, items: list[dict], context: int, cap: int, batch_size: int,
+                   generate_ids: Callable[[list[list[int]], int, int], list[list[int]]], seed: int) -> list[str]:
+    jobs = []
+    for i, item in enumerate(items):
+        prompt = tokenizer(item["prompt"], add_special_tokens=False)["input_ids"][-context:]
+        n_ref = len(tokenizer(item["reference"], add_special_tokens=False)["input_ids"])
+        jobs.append((i, prompt, max(1, min(n_ref, cap))))
+    out = [""] * len(items)
+    for b, (length, rows) in enumerate(_by_length(jobs, batch_size)):
+        for (i, _), ids in zip(rows, generate_ids([p for _, p in rows], length, seed + b)):
+            out[i] = tokenizer.decode(ids)
+    return out
+
+
+@dataclass
+class Contestant:
+    name: str
+    kind: str  # "textldm", "ar", "hf"
+    model: object
+
+    def continue_items(self, items: list[dict], sample: SampleConfig, batch_size: int, max_new_tokens: int,
+                       **textldm_overrides) -> list[str]:
+        if self.kind == "textldm":
+            pipe, d = self.model, self.model.config.dit
+            opts = {"steps": sample.steps, "cfg_scale": sample.cfg_scale, "solver": sample.solver, **textldm_overrides}
+            return _continue_with(pipe.tokenizer, items, d.context_max, d.target_max, batch_size,
+                                  lambda p, n, s: pipe.generate_ids(p, n, seed=s, **opts), sample.seed)
+        sampling = {"temperature": sample.temperature, "top_k": sample.top_k, "top_p": sample.top_p}
+        if self.kind == "ar":
+            pipe = self.model
+            cap = min(max_new_tokens, pipe.seq_len // 2)
+            return _continue_with(pipe.tokenizer, items, pipe.seq_len - cap, cap, batch_size,
+                                  lambda p, n, s: pipe.generate_ids(p, n, seed=s, **sampling), sample.seed)
+        tok, model = self.model
+        context = getattr(model.config, "max_position_embeddings", 1024) - max_new_tokens
+        return _continue_with(tok, items, context, max_new_tokens, batch_size,
+                              lambda p, n, s: _hf_generate(tok, model, p, n, s, **sampling), sample.seed)
+
+
+@torch.no_grad()
+def _hf_generate(tok, model, prompts: list[list[int]], n: int, seed: int, temperature: float, top_k: int,
+                 top_p: float) -> list[list[int]]:
+    device = next(model.parameters()).device
+    P = max(len(p) for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    torch.manual_seed(seed)
+    sampling = {"do_sample": False} if temperature == 0 else \
+        {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p}
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
+                         min_new_tokens=1, pad_token_id=pad, **sampling)[:, P:].tolist()
+    eos = tok.eos_token_id
+    return [row[: row.index(eos)] if eos in row else row for row in out]
+
+
+def load_contestant(spec: str, device: str = "cpu") -> Contestant:
+    """`NAME=PATH` or `PATH`: a textldm checkpoint (TextLDM or AR; a run folder works too), `hf:NAME` or any
+    HF causal LM name / folder (the teacher alias `smollm2-135m` included)."""
+    name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    from .ar import ARPipeline
+    from .pipeline import TextLDMPipeline, checkpoint_type
+
+    path = Path(target)
+    if not target.startswith("hf:") and path.is_dir() and not (path / "config.json").exists():
+        for sub in ("model", "ar"):  # a run folder: use its final checkpoint
+            if (path / sub / "config.json").exists():
+                path = path / sub
+                break
+    if not target.startswith("hf:") and (path / "config.json").exists() and \
+            json.loads((path / "config.json").read_text()).get("format", "").startswith("textldm"):
+        default = path.parent.name if path.name in ("model", "ar") else path.name
+        if checkpoint_type(path) == "ar":
+            return Contestant(name or f"{default} (AR)", "ar", ARPipeline.from_pretrained(path, device))
+        return Contestant(name or f"{default} (TextLDM)", "textldm", TextLDMPipeline.from_pretrained(path, device))
+    hf_name = target.removeprefix("hf:")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .teacher import resolve
+
+    try:
+        resolved = resolve(hf_name)
+        tok = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved).to(device).eval()
+    except OSError as e:
+        raise UserError(f"model '{target}' is neither a textldm checkpoint nor a loadable HF causal LM: "
+                        f"{str(e).splitlines()[0]}") from None
+    return Contestant(name or hf_name, "hf", (tok, model))
+
+
+class Scorer:
+    """Scores generations for one benchmark; reference features (for MAUVE) are computed once."""
+
+    def __init__(self, items: list[dict], mcfg: MetricsConfig, device: str = "cpu", metrics=None):
+        self.items, self.mcfg, self.device = items, mcfg, device
+        self.metrics = set(metrics or ("rouge", "bertscore", "mauve", "gen_ppl", "stats"))
+        self.refs = [it["reference"] for it in items]
+        self._ref_features = None
+
+    def ref_features(self):
+        if self._ref_features is None:
+            self._ref_features = featurize(self.refs, self.mcfg.mauve_featurizer, self.mcfg.mauve_pooling,
+                                           device=self.device)
+        return self._ref_features
+
+    def __call__(self, generations: list[str], metrics=None) -> dict:
+        m, wanted = self.mcfg, set(metrics or self.metrics)
+        out = {}
+        if "rouge" in wanted:
+            out.update(rouge_scores(generations, self.refs))
+        if "bertscore" in wanted:
+            out["bertscore"] = bertscore(generations, self.refs, m.bertscore_model, m.bertscore_layers,
+                                         device=self.device)
+        if "mauve" in wanted:
+            q = featurize(generations, m.mauve_featurizer, m.mauve_pooling, device=self.device)
+            out["mauve"] = mauve_score(self.ref_features(), q, m.mauve_buckets)
+        if "gen_ppl" in wanted:
+            out["gen_ppl"] = generative_perplexity([it["prompt"] for it in self.items], generations, m.judge,
+                                                   device=self.device)
+        if "stats" in wanted:
+            stats = text_statistics(generations)
+            out.update(stats)
+            out["reference_words"] = text_statistics(self.refs)["mean_words"]
+        return out
+
+
+def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Path | str, *, device: str = "cpu",
+             source: str | None = None, steps_sweep=(), cfg_sweep=(), max_new_tokens: int = 128,
+             contestants: list[Contestant] | None = None) -> dict:
+    """Score every model (and the human row) on every benchmark; sweeps run on the first benchmark."""
+    out = Path(out_dir)
+    mc = cfg.metrics
+    contestants = contestants or [load_contestant(spec, device) for spec in models]
+    names = [c.name for c in contestants]
+    if len(set(names)) != len(names):
+        raise UserError(f"two models share a name ({names}); name them with NAME=PATH")
+    results = {"metrics_config": vars(mc).copy(), "sample": vars(cfg.sample).copy(), "benchmarks": {},
+               "models": {c.name: c.kind for c in contestants}, "sweeps": {}}
+    for bench_i, bench_name in enumerate(benchmarks):
+        name, items = benchmark(bench_name, mc.samples, cfg.seed, source)
+        scorer = Scorer(items, mc, device)
+        rows = {}
+        log.info("benchmark %s: %d items", name, len(items))
+        human = [it.get("second_reference") for it in items]
+        if all(isinstance(h, str) for h in human):
+            rows[HUMAN] = scorer(human)
+        for c in contestants:
+            start = time.time()
+            gens = c.continue_items(items, cfg.sample, mc.batch_size, max_new_tokens)
+            seconds = time.time() - start
+            _save_generations(out / "generations" / name / f"{_slug(c.name)}.jsonl", items, gens)
+            rows[c.name] = {**scorer(gens), "generation_seconds": round(seconds, 2)}
+            log.info("%s on %s: %s", c.name, name, {k: round(v, 4) for k, v in rows[c.name].items()
+                                                     if k in TABLE_METRICS})
+        results["benchmarks"][name] = {"items": len(items), "rows": rows}
+        if bench_i == 0:
+            results["sweeps"] = _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, mc.batch_size,
+                                        name)
+    write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", format_results(results) + "\n")
+    if results["sweeps"]:
+        plot_sweeps(results["sweeps"], out)
+    return results
+
+
+def _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, batch_size, bench) -> dict:
+    """Quality vs sampling steps and vs CFG scale, for TextLDM models (gen-PPL left out: it dominates time)."""
+    sweeps = {}
+    for c in contestants:
+        if c.kind != "textldm" or not (steps_sweep or cfg_sweep):
+            continue
+        entry = {"benchmark": bench, "steps": [], "cfg_scale": []}
+        for steps in steps_sweep:
+            gens = c.continue_items(items, cfg.sample, batch_size, 0, steps=int(steps))
+            entry["steps"].append({"value": int(steps), **scorer(gens, ("rouge", "bertscore", "mauve", "stats"))})
+        for scale in cfg_sweep:
+            gens = c.continue_items(items, cfg.sample, batch_size, 0, cfg_scale=float(scale))
+            entry["cfg_scale"].append({"value": float(scale), **scorer(gens, ("rouge", "bertscore", "mauve", "stats"))})
+        sweeps[c.name] = entry
+    return sweeps
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "model"
+
+
+def _save_generations(path: Path, items: list[dict], gens: list[str]) -> None:
+    lines = [json.dumps({"id": it.get("id", i), "prompt": it["prompt"], "reference": it["reference"],
+                         "generated": g}, ensure_ascii=False) for i, (it, g) in enumerate(zip(items, gens))]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def format_results(results: dict) -> str:
+    benches = list(results["benchmarks"])
+    mc = results["metrics_config"]
+    models = list(dict.fromkeys(m for b in benches for m in results["benchmarks"][b]["rows"]))
+    lines = ["# Continuation benchmark results", "",
+             f"ROUGE-1 / ROUGE-2 / ROUGE-L / BERTScore / MAUVE, all x100. BERTScore: {mc['bertscore_model']} layer "
+             f"{mc['bertscore_layers']}; MAUVE: {mc['mauve_featurizer']} features ({mc['mauve_pooling']} pooling), "
+             f"{mc['mauve_buckets']} buckets; gen-PPL judge: {mc['judge']}. Human row: an independent human "
+             f"continuation (MAUVE ceiling; ROUGE/BERTScore of a fluent, prompt-blind writer).", "",
+             "| model | " + " | ".join(f"{b} ({results['benchmarks'][b]['items']})" for b in benches) + " |",
+             "|---" * (len(benches) + 1) + "|"]
+    for m in models:
+        cells = []
+        for b in benches:
+            row = results["benchmarks"][b]["rows"].get(m)
+            cells.append("-" if row is None else "/".join(f"{100 * row[k]:.1f}" if k in row else "-"
+                                                          for k in TABLE_METRICS))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | benchmark | gen-PPL | distinct-1 | distinct-2 | distinct-3 | unigram entropy (bits) "
+                  "| words: generated / reference | generation s |", "|---" * 9 + "|"]
+    for b in benches:
+        for m, row in results["benchmarks"][b]["rows"].items():
+            lines.append(f"| {m} | {b} | {row.get('gen_ppl', float('nan')):.1f} | {row['distinct_1']:.3f} "
+                         f"| {row['distinct_2']:.3f} | {row['distinct_3']:.3f} | {row['unigram_entropy']:.2f} "
+                         f"| {row['mean_words']:.1f} / {row['reference_words']:.1f} "
+                         f"| {row.get('generation_seconds', '-')} |")
+    for name, sweep in results.get("sweeps", {}).items():
+        for axis in ("steps", "cfg_scale"):
+            if sweep[axis]:
+                lines += ["", f"{name} on {sweep['benchmark']}: quality vs {axis}", "",
+                          f"| {axis} | ROUGE-L | BERTScore | MAUVE | distinct-2 |", "|---|---|---|---|---|"]
+                lines += [f"| {p['value']} | {100 * p['rougeL']:.1f} | {100 * p['bertscore']:.1f} "
+                          f"| {100 * p['mauve']:.1f} | {p['distinct_2']:.3f} |" for p in sweep[axis]]
+    return "\n".join(lines)
+
+
+def plot_sweeps(sweeps: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for axis, file, label in (("steps", "quality_vs_steps.png", "sampling steps"),
+                              ("cfg_scale", "cfg_sweep.png", "CFG scale")):
+        entries = {n: s[axis] for n, s in sweeps.items() if s[axis]}
+        if not entries:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        for ax, key, title in zip(axes, ("rougeL", "bertscore", "mauve"), ("ROUGE-L", "BERTScore", "MAUVE")):
+            for name, points in entries.items():
+                ax.plot([p["value"] for p in points], [100 * p[key] for p in points], marker="o", label=name)
+            ax.set_xlabel(label)
+            ax.set_title(title + " (x100)")
+            if axis == "steps":
+                ax.set_xscale("log")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        tmp = out / f".{file}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(out / file)
+        written.append(out / file)
+    return written
