@@ -89,6 +89,7 @@ class ARConfig:
     depth: int = 8
     heads: int = 4
     mlp_ratio: float = 4.0
+    embed_init: str = "teacher"  # as the VAE's: the teacher's embeddings projected to width ("random": N(0, 0.02))
     seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
 
 
@@ -166,6 +167,7 @@ CHOICES = {
     ("vae", "embed_init"): ("teacher", "random"),
     ("vae", "softmax"): ("full", "sampled"),
     ("vae", "repa_source"): ("encoder", "latent"),
+    ("ar", "embed_init"): ("teacher", "random"),
     ("dit", "null_context"): ("learned", "zeros"),
     ("dit", "t_distribution"): ("logit_normal", "uniform"),
     ("sample", "solver"): ("euler", "heun"),

@@ -21,7 +21,7 @@ from .evaluate import corpus_vocabulary, evaluate_ar, evaluate_dit, evaluate_vae
 from .metrics import rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
-from .teacher import Teacher, end_of_text_id, load_tokenizer
+from .teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
 from .train import fit, is_main, setup_distributed
 from .utils import atomic_write_text, environment, seed_everything, write_json
 from .vae import TextVAE, param_count
@@ -150,7 +150,12 @@ def train_ar(cfg: Config, progress: bool = True, data=None) -> tuple[ARPipeline,
     device = start_run(cfg)
     tokenizer, eot, train, val = data or prepare_data(cfg)
     out = record_run(cfg)
-    model = CausalLM(cfg.ar, len(tokenizer)).to(device)
+    model = CausalLM(cfg.ar, len(tokenizer))
+    if cfg.ar.embed_init == "teacher":  # the same head start the VAE gets
+        with torch.no_grad():
+            model.embed.weight.copy_(project_embeddings(Teacher(cfg.teacher.name, 1).input_embeddings(), cfg.ar.width,
+                                                        cfg.seed))
+    model.to(device)
     seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
     tcfg = cfg.ar_train
     log.info("AR: %.1fM parameters, %d steps of %d x %d tokens", param_count(model) / 1e6, tcfg.steps,

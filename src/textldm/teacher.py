@@ -133,3 +133,20 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True):  # the teacher is never put in training mode
         return super().train(False)
+
+
+@torch.no_grad()
+def project_embeddings(teacher_embeddings: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
+    """The teacher's embedding matrix (V, D), centred, mapped to `width` by a random orthogonal map and
+    rescaled to rms width^-0.5. Tokens start out where the teacher puts them relative to each other, which
+    speeds up early training a lot on a CPU budget (used by the VAE and, for parity, the AR baseline)."""
+    D = teacher_embeddings.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    if D >= width:  # orthonormal columns: D -> width
+        proj, _ = torch.linalg.qr(torch.randn(D, width, generator=g))
+    else:  # isometric embedding of D dims into width
+        proj = torch.linalg.qr(torch.randn(width, D, generator=g))[0].t()
+    e = teacher_embeddings.float() - teacher_embeddings.float().mean(0)
+    e = e @ proj
+    return e / e.pow(2).mean().sqrt() * width ** -0.5
+

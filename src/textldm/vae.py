@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .blocks import TransformerBlock, padding_attn_mask, rope_angles
 from .config import VAEConfig
+from .teacher import project_embeddings
 
 
 class TextVAE(nn.Module):
@@ -51,22 +52,10 @@ class TextVAE(nn.Module):
 
     @torch.no_grad()
     def init_embeddings_from(self, teacher_embeddings: torch.Tensor, seed: int = 0):
-        """Token embedding = the teacher's embedding matrix (V, D), centred, projected to the VAE width by a
-        random orthogonal map and rescaled to the default init's scale. Tokens start out where the teacher
-        puts them relative to each other, which speeds up early training a lot on a CPU budget."""
-        V, D = teacher_embeddings.shape
-        if V != self.vocab_size:
-            raise ValueError(f"teacher vocabulary {V} != VAE vocabulary {self.vocab_size}")
-        g = torch.Generator().manual_seed(seed)
-        w = self.cfg.width
-        if D >= w:  # orthonormal columns: D -> w
-            proj, _ = torch.linalg.qr(torch.randn(D, w, generator=g))
-        else:  # isometric embedding of D dims into w
-            proj = torch.linalg.qr(torch.randn(w, D, generator=g))[0].t()
-        e = teacher_embeddings.float() - teacher_embeddings.float().mean(0)
-        e = e @ proj
-        e = e / e.pow(2).mean().sqrt() * w ** -0.5
-        self.embed.weight.copy_(e)
+        """Token embedding = the teacher's embeddings projected to the VAE width (`project_embeddings`)."""
+        if teacher_embeddings.shape[0] != self.vocab_size:
+            raise ValueError(f"teacher vocabulary {teacher_embeddings.shape[0]} != VAE vocabulary {self.vocab_size}")
+        self.embed.weight.copy_(project_embeddings(teacher_embeddings, self.cfg.width, seed))
 
     @torch.no_grad()
     def build_neighbor_table(self, k: int, chunk: int = 2048) -> None:

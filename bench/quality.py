@@ -1,0 +1,134 @@
+"""TextLDM vs the AR baseline at equal parameters and equal wall-clock, plus the REPA ablation, on the
+embedded corpus's continuation benchmark. One table, printed and written to OUT/quality.md.
+
+    python bench/quality.py [--minutes-per-model 12] [--samples 500] [--out runs/quality]
+
+Three models are trained on the same data with the same tokenizer and optimizer, each for the same
+wall-clock budget (`--minutes-per-model`):
+  - TextLDM: VAE (with REPA) for 40% of the budget, then the DiT for 60%;
+  - the AR baseline: a causal Transformer from the same block, its depth chosen so its parameter count
+    matches TextLDM's inference parameters (VAE without the REPA projector + DiT);
+  - TextLDM without REPA (vae.repa_weight=0), same budget split: the paper's central ablation.
+Then all three, and the human-reference row, are scored on the same benchmark items, with sampling-step
+and CFG sweeps for TextLDM. Sizes come from the `demo` preset (any preset: --config).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from textldm import load_config, runs
+from textldm.ar import CausalLM
+from textldm.config import ARConfig
+from textldm.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
+from textldm.utils import atomic_write_text, write_json
+from textldm.vae import param_count
+
+
+def inference_params(pipe) -> int:
+    vae = pipe.vae
+    repa = param_count(vae.repa_proj) if vae.repa_proj is not None else 0
+    return param_count(vae) - repa + param_count(pipe.dit)
+
+
+def matched_ar_depth(target: int, width: int, heads: int, vocab: int) -> int:
+    one, two = (param_count(CausalLM(ARConfig(width=width, depth=d, heads=heads), vocab)) for d in (1, 2))
+    block = two - one
+    return max(1, round((target - (one - block)) / block))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="demo")
+    p.add_argument("--minutes-per-model", type=float, default=12.0)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--buckets", type=int, default=50)
+    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--steps-sweep", default="5,10,25,50")
+    p.add_argument("--cfg-sweep", default="1,3,7")
+    p.add_argument("--no-sweeps", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out)
+    minutes = args.minutes_per_model
+    budget = [f"vae_train.max_minutes={0.4 * minutes}", "vae_train.steps=1000000",
+              f"dit_train.max_minutes={0.6 * minutes}", "dit_train.steps=1000000",
+              f"ar_train.max_minutes={minutes}", "ar_train.steps=1000000", "eval.rouge_samples=0",
+              f"metrics.samples={args.samples}", f"metrics.mauve_buckets={args.buckets}"]
+    cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm'}"])
+    start = time.time()
+    data = runs.prepare_data(cfg)
+
+    vae_pipe, vae_report = runs.train_vae(cfg, progress=False, data=data)
+    ldm, dit_report = runs.train_dit(cfg, vae_pipe=vae_pipe, progress=False, data=data)
+    target = inference_params(ldm)
+
+    depth = matched_ar_depth(target, cfg.dit.width, cfg.dit.heads, len(data[0]))
+    ar_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'ar'}", f"ar.width={cfg.dit.width}",
+                                       f"ar.heads={cfg.dit.heads}", f"ar.depth={depth}",
+                                       f"ar_train.batch_size={cfg.dit_train.batch_size}",
+                                       f"ar_train.lr={cfg.dit_train.lr}",
+                                       f"ar_train.warmup_steps={cfg.dit_train.warmup_steps}"])
+    ar, ar_report = runs.train_ar(ar_cfg, progress=False, data=data)
+
+    norepa_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm-no-repa'}",
+                                           "vae.repa_weight=0"])
+    nr_vae, nr_vae_report = runs.train_vae(norepa_cfg, progress=False, data=data)
+    norepa, nr_dit_report = runs.train_dit(norepa_cfg, vae_pipe=nr_vae, progress=False, data=data)
+    train_minutes = (time.time() - start) / 60
+
+    ctx_tgt = (cfg.dit.context_min + cfg.dit.context_max + cfg.dit.target_min + cfg.dit.target_max) / 2
+    facts = {
+        "TextLDM": {"params": target, "seconds": vae_report["vae_train"]["seconds"] + dit_report["dit_train"]["seconds"],
+                    "tokens": vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
+                    + dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,
+                    "steps": f"VAE {vae_report['vae_train']['steps']} + DiT {dit_report['dit_train']['steps']}",
+                    "recon": vae_report["vae_eval"]["recon_acc"]},
+        "AR baseline": {"params": ar_report["ar_parameters"], "seconds": ar_report["ar_train"]["seconds"],
+                        "tokens": ar_report["ar_train"]["steps"] * ar_cfg.ar_train.batch_size * ar_report["ar_seq_len"],
+                        "steps": f"{ar_report['ar_train']['steps']} (depth {depth})",
+                        "val_ppl": ar_report["ar_eval"]["perplexity"]},
+        "TextLDM no REPA": {"params": inference_params(norepa),
+                            "seconds": nr_vae_report["vae_train"]["seconds"] + nr_dit_report["dit_train"]["seconds"],
+                            "tokens": nr_vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
+                            + nr_dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,
+                            "steps": f"VAE {nr_vae_report['vae_train']['steps']} + DiT "
+                                     f"{nr_dit_report['dit_train']['steps']}",
+                            "recon": nr_vae_report["vae_eval"]["recon_acc"]},
+    }
+    contestants = [Contestant("TextLDM", "textldm", ldm), Contestant("AR baseline", "ar", ar),
+                   Contestant("TextLDM no REPA", "textldm", norepa)]
+    sweeps = {} if args.no_sweeps else {"steps_sweep": [int(x) for x in args.steps_sweep.split(",")],
+                                        "cfg_sweep": [float(x) for x in args.cfg_sweep.split(",")]}
+    results = run_eval([], ["embedded"], cfg, out / "eval", contestants=contestants, **sweeps)
+    rows = results["benchmarks"]["embedded"]["rows"]
+
+    lines = [f"# TextLDM vs AR baseline vs TextLDM without REPA (embedded benchmark, {args.samples} items)", "",
+             f"`python bench/quality.py --minutes-per-model {minutes} --samples {args.samples}` "
+             f"(preset {args.config}; training {train_minutes:.1f} min in all)", "",
+             "| model | params | train tokens | train wall-clock | steps | R1 | R2 | RL | BERTScore | MAUVE "
+             "| gen-PPL | distinct-2 | unigram entropy | words gen/ref |", "|---" * 15 + "|"]
+    for name in [*facts, HUMAN]:
+        r, f = rows[name], facts.get(name, {})
+        head = (f"| {name} | {f['params'] / 1e6:.1f}M | {f['tokens'] / 1e6:.2f}M | {f['seconds'] / 60:.1f} min "
+                f"| {f['steps']} |") if f else f"| {name} | - | - | - | - |"
+        lines.append(head + " " + " | ".join(f"{100 * r[k]:.1f}" for k in TABLE_METRICS)
+                     + f" | {r['gen_ppl']:.1f} | {r['distinct_2']:.3f} | {r['unigram_entropy']:.2f} "
+                     f"| {r['mean_words']:.1f}/{r['reference_words']:.1f} |")
+    lines += ["", "REPA ablation, VAE side: held-out reconstruction accuracy (posterior mean): "
+              f"with REPA {100 * facts['TextLDM']['recon']:.2f}%, without {100 * facts['TextLDM no REPA']['recon']:.2f}%. "
+              f"AR baseline held-out perplexity: {facts['AR baseline']['val_ppl']:.1f}.", "",
+              "Full harness output (sweeps included):", "", format_results(results)]
+    text = "\n".join(lines)
+    write_json(out / "quality.json", {"facts": facts, "results": results, "argv": sys.argv})
+    atomic_write_text(out / "quality.md", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
