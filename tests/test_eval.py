@@ -221,9 +221,40 @@ def test_ablation_reuses_shared_parts_and_reports(runs_and_bench, tiny_model_dir
 
 def test_eval_bad_inputs_exit_2(runs_and_bench, capsys, tmp_path):
     out, bench, overrides = runs_and_bench
-    for argv, msg in [(["--model", str(tmp_path / "nope")], "neither a textldm checkpoint"),
+    for argv, msg in [(["--model", str(tmp_path / "nope")], "not a textldm checkpoint"),
                       (["--model", str(out / "ldm"), "--bench", "no-such-bench"], "unknown benchmark"),
                       (["--model", str(out / "ldm"), "--steps-sweep", "a,b"], "comma-separated")]:
         with pytest.raises(SystemExit) as e:
             main(["eval", "--quiet", *overrides[1:], *argv, "--out", str(tmp_path / "e")])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_builtin_ablation_grids_are_valid_configs():
+    from textldm.ablation import GRIDS
+
+    for grid in GRIDS.values():
+        for overrides in grid.values():
+            load_config("demo", overrides)
+
+
+def test_continuation_length_is_the_reference_length_capped():
+    from textldm.harness import _continue_with
+
+    class WordTokenizer:  # one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+        def decode(self, ids):
+            return " " + " ".join("x" * i for i in ids)
+
+    items = [{"prompt": "a bb ccc dddd", "reference": " e " * n} for n in (1, 3, 9)]
+    calls = []
+
+    def fake_generate(prompts, n, seed):
+        calls.append((prompts, n))
+        return [[2] * n for _ in prompts]
+
+    out = _continue_with(WordTokenizer(), items, context=2, cap=4, batch_size=8, generate_ids=fake_generate, seed=0)
+    assert sorted(n for _, n in calls) == [1, 3, 4]  # reference lengths 1, 3, 9 -> capped at 4
+    assert all(p == [[3, 4]] for p, _ in calls)  # the prompt keeps its last `context` tokens
+    assert [len(o.split()) for o in out] == [1, 3, 4]

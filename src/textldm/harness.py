@@ -26,7 +26,7 @@ import torch
 from .benchmark import benchmark
 from .config import Config, MetricsConfig, SampleConfig
 from .errors import UserError
-from .metrics import bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
+from .metrics import _require, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
 from .utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -125,17 +125,9 @@ def load_contestant(spec: str, device: str = "cpu") -> Contestant:
             return Contestant(name or f"{default} (AR)", "ar", ARPipeline.from_pretrained(path, device))
         return Contestant(name or f"{default} (TextLDM)", "textldm", TextLDMPipeline.from_pretrained(path, device))
     hf_name = target.removeprefix("hf:")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .teacher import load_hf_model
 
-    from .teacher import resolve
-
-    try:
-        resolved = resolve(hf_name)
-        tok = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModelForCausalLM.from_pretrained(resolved).to(device).eval()
-    except OSError as e:
-        raise UserError(f"model '{target}' is neither a textldm checkpoint nor a loadable HF causal LM: "
-                        f"{str(e).splitlines()[0]}") from None
+    tok, model = load_hf_model(hf_name, device, causal=True, role="HF causal LM (not a textldm checkpoint either)")
     return Contestant(name or hf_name, "hf", (tok, model))
 
 
@@ -278,8 +270,7 @@ def format_results(results: dict) -> str:
 
 
 def plot_sweeps(sweeps: dict, out: Path) -> list[Path]:
-    import matplotlib
-
+    matplotlib = _require("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

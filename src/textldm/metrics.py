@@ -32,6 +32,13 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
+def _require(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"this metric needs the package '{package}': pip install 'textldm[eval]'") from None
+
+
 def resolve_encoder(name: str) -> str:
     """Folder or hub name of a BERTScore / featurizer backbone."""
     if name == MINILM:
@@ -82,8 +89,7 @@ def text_statistics(texts: list[str], vocabulary: set[str] | None = None) -> dic
 def bertscore(candidates: list[str], references: list[str], model: str = MINILM, num_layers: int = 6,
               batch_size: int = 64, device: str = "cpu") -> float:
     """Mean BERTScore F1 (no idf, no baseline rescaling)."""
-    import bert_score
-
+    bert_score = _require("bert_score", "bert-score")
     if not candidates:
         return 0.0
     # bert-score drops empty strings badly (NaN); an empty continuation scores as a single space
@@ -95,15 +101,9 @@ def bertscore(candidates: list[str], references: list[str], model: str = MINILM,
 
 @lru_cache(maxsize=2)
 def _load_encoder(name: str, device: str):
-    from transformers import AutoModel, AutoTokenizer
+    from .teacher import load_hf_model
 
-    path = resolve_encoder(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).to(device).eval()
-    except OSError as e:
-        raise UserError(f"cannot load featurizer '{name}': {str(e).splitlines()[0]}") from None
-    return tok, model
+    return load_hf_model(resolve_encoder(name), device, causal=False, role="featurizer")
 
 
 @torch.no_grad()
@@ -129,8 +129,7 @@ def featurize(texts: list[str], model: str = MINILM, pooling: str = "mean", max_
 
 def mauve_score(p_features: np.ndarray, q_features: np.ndarray, num_buckets: int = 25, seed: int = 25) -> float:
     """MAUVE between human (p) and model (q) feature sets, with a fixed number of k-means buckets."""
-    import mauve
-
+    mauve = _require("mauve", "mauve-text")
     n = min(len(p_features), len(q_features))
     if num_buckets >= n:
         raise UserError(f"MAUVE needs more samples than buckets: {n} samples, num_buckets={num_buckets}; "
@@ -142,17 +141,9 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, num_buckets: int
 
 @lru_cache(maxsize=1)
 def _load_judge(name: str, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .teacher import load_hf_model
 
-    from .teacher import resolve
-
-    path = resolve(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    except OSError as e:
-        raise UserError(f"cannot load judge LM '{name}': {str(e).splitlines()[0]}") from None
-    return tok, model.requires_grad_(False)
+    return load_hf_model(name, device, causal=True, role="judge LM")
 
 
 @torch.no_grad()

@@ -150,3 +150,16 @@ def project_embeddings(teacher_embeddings: torch.Tensor, width: int, seed: int =
     e = e @ proj
     return e / e.pow(2).mean().sqrt() * width ** -0.5
 
+
+def load_hf_model(name: str, device: str = "cpu", causal: bool = True, role: str = "model"):
+    """(tokenizer, frozen eval-mode model) for an alias, HF hub name or local folder; failures -> UserError."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load {role} '{name}': {str(e).splitlines()[0]}") from None
+    return tok, model.to(device).eval().requires_grad_(False)
+
