@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from textldm import load_config, runs
-from textldm.ar import CausalLM
+from textldm.ar import ARPipeline, CausalLM
 from textldm.config import ARConfig
+from textldm.pipeline import TextLDMPipeline, read_checkpoint_config
 from textldm.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
 from textldm.utils import atomic_write_text, write_json
 from textldm.vae import param_count
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps-sweep", default="5,10,25,50")
     p.add_argument("--cfg-sweep", default="1,3,7")
     p.add_argument("--no-sweeps", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="load the models a previous run left in --out (re-score only)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -60,11 +61,19 @@ def main(argv=None) -> int:
               f"ar_train.max_minutes={minutes}", "ar_train.steps=1000000", "eval.rouge_samples=0",
               f"metrics.samples={args.samples}", f"metrics.mauve_buckets={args.buckets}"]
     cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm'}"])
-    start = time.time()
     data = runs.prepare_data(cfg)
 
-    vae_pipe, vae_report = runs.train_vae(cfg, progress=False, data=data)
-    ldm, dit_report = runs.train_dit(cfg, vae_pipe=vae_pipe, progress=False, data=data)
+    def textldm(run_cfg):
+        """(pipeline, VAE report, DiT report): trained now, or loaded with --reuse."""
+        run = Path(run_cfg.out_dir)
+        if args.reuse:
+            return (TextLDMPipeline.from_pretrained(run / "model"), read_checkpoint_config(run / "vae")["report"],
+                    read_checkpoint_config(run / "model")["report"])
+        vae_pipe, vae_report = runs.train_vae(run_cfg, progress=False, data=data)
+        pipe, dit_report = runs.train_dit(run_cfg, vae_pipe=vae_pipe, progress=False, data=data)
+        return pipe, vae_report, dit_report
+
+    ldm, vae_report, dit_report = textldm(cfg)
     target = inference_params(ldm)
 
     depth = matched_ar_depth(target, cfg.dit.width, cfg.dit.heads, len(data[0]))
@@ -73,13 +82,15 @@ def main(argv=None) -> int:
                                        f"ar_train.batch_size={cfg.dit_train.batch_size}",
                                        f"ar_train.lr={cfg.dit_train.lr}",
                                        f"ar_train.warmup_steps={cfg.dit_train.warmup_steps}"])
-    ar, ar_report = runs.train_ar(ar_cfg, progress=False, data=data)
+    if args.reuse:
+        ar = ARPipeline.from_pretrained(out / "ar" / "ar")
+        ar_report = read_checkpoint_config(out / "ar" / "ar")["report"]
+    else:
+        ar, ar_report = runs.train_ar(ar_cfg, progress=False, data=data)
 
     norepa_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm-no-repa'}",
                                            "vae.repa_weight=0"])
-    nr_vae, nr_vae_report = runs.train_vae(norepa_cfg, progress=False, data=data)
-    norepa, nr_dit_report = runs.train_dit(norepa_cfg, vae_pipe=nr_vae, progress=False, data=data)
-    train_minutes = (time.time() - start) / 60
+    norepa, nr_vae_report, nr_dit_report = textldm(norepa_cfg)
 
     ctx_tgt = (cfg.dit.context_min + cfg.dit.context_max + cfg.dit.target_min + cfg.dit.target_max) / 2
     facts = {
@@ -100,6 +111,7 @@ def main(argv=None) -> int:
                                      f"{nr_dit_report['dit_train']['steps']}",
                             "recon": nr_vae_report["vae_eval"]["recon_acc"]},
     }
+    train_minutes = sum(f["seconds"] for f in facts.values()) / 60
     contestants = [Contestant("TextLDM", "textldm", ldm), Contestant("AR baseline", "ar", ar),
                    Contestant("TextLDM no REPA", "textldm", norepa)]
     sweeps = {} if args.no_sweeps else {"steps_sweep": [int(x) for x in args.steps_sweep.split(",")],
@@ -109,7 +121,8 @@ def main(argv=None) -> int:
 
     lines = [f"# TextLDM vs AR baseline vs TextLDM without REPA (embedded benchmark, {args.samples} items)", "",
              f"`python bench/quality.py --minutes-per-model {minutes} --samples {args.samples}` "
-             f"(preset {args.config}; training {train_minutes:.1f} min in all)", "",
+             f"(preset {args.config}; training {train_minutes:.1f} min in all"
+             f"{', models reused from an earlier run of the same command' if args.reuse else ''})", "",
              "| model | params | train tokens | train wall-clock | steps | R1 | R2 | RL | BERTScore | MAUVE "
              "| gen-PPL | distinct-2 | unigram entropy | words gen/ref |", "|---" * 15 + "|"]
     for name in [*facts, HUMAN]:

@@ -49,6 +49,8 @@ def test_bertscore_equals_greedy_cosine_matching_by_hand():
     sim = embed(cand) @ embed(ref).T
     p, r = sim.max(1).values.mean().item(), sim.max(0).values.mean().item()
     assert bertscore([cand], [ref], num_layers=4) == pytest.approx(2 * p * r / (p + r), abs=1e-4)
+    # an empty continuation scores 0 (bert-score cannot embed it), so the mean halves
+    assert bertscore([cand, ""], [ref, ref], num_layers=4) == pytest.approx(p * r / (p + r), abs=1e-4)
     assert bertscore([cand], [cand], num_layers=4) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -193,32 +193,40 @@ def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Pat
             seconds = time.time() - start
             _save_generations(out / "generations" / name / f"{_slug(c.name)}.jsonl", items, gens)
             rows[c.name] = {**scorer(gens), "generation_seconds": round(seconds, 2)}
+            results["benchmarks"][name] = {"items": len(items), "rows": rows}
+            write_json(out / "results.partial.json", results)  # a crash later loses no finished row
             log.info("%s on %s: %s", c.name, name, {k: round(v, 4) for k, v in rows[c.name].items()
                                                      if k in TABLE_METRICS})
         results["benchmarks"][name] = {"items": len(items), "rows": rows}
         if bench_i == 0:
             results["sweeps"] = _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, mc.batch_size,
-                                        name)
+                                        name, rows)
     write_json(out / "results.json", results)
+    (out / "results.partial.json").unlink(missing_ok=True)
     atomic_write_text(out / "results.md", format_results(results) + "\n")
     if results["sweeps"]:
         plot_sweeps(results["sweeps"], out)
     return results
 
 
-def _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, batch_size, bench) -> dict:
-    """Quality vs sampling steps and vs CFG scale, for TextLDM models (gen-PPL left out: it dominates time)."""
+def _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, batch_size, bench, main_rows) -> dict:
+    """Quality vs sampling steps and vs CFG scale, for TextLDM models (gen-PPL left out: it dominates time).
+    The point at the eval's own sampler setting reuses the main row."""
     sweeps = {}
+    keys = ("rouge", "bertscore", "mauve", "stats")
     for c in contestants:
         if c.kind != "textldm" or not (steps_sweep or cfg_sweep):
             continue
         entry = {"benchmark": bench, "steps": [], "cfg_scale": []}
-        for steps in steps_sweep:
-            gens = c.continue_items(items, cfg.sample, batch_size, 0, steps=int(steps))
-            entry["steps"].append({"value": int(steps), **scorer(gens, ("rouge", "bertscore", "mauve", "stats"))})
-        for scale in cfg_sweep:
-            gens = c.continue_items(items, cfg.sample, batch_size, 0, cfg_scale=float(scale))
-            entry["cfg_scale"].append({"value": float(scale), **scorer(gens, ("rouge", "bertscore", "mauve", "stats"))})
+        for axis, values, cast, own in (("steps", steps_sweep, int, cfg.sample.steps),
+                                        ("cfg_scale", cfg_sweep, float, cfg.sample.cfg_scale)):
+            for value in values:
+                if cast(value) == own:
+                    scores = {k: v for k, v in main_rows[c.name].items() if k != "gen_ppl"}
+                else:
+                    gens = c.continue_items(items, cfg.sample, batch_size, 0, **{axis: cast(value)})
+                    scores = scorer(gens, keys)
+                entry[axis].append({"value": cast(value), **scores})
         sweeps[c.name] = entry
     return sweeps
 

@@ -88,15 +88,18 @@ def text_statistics(texts: list[str], vocabulary: set[str] | None = None) -> dic
 # model-based ---------------------------------------------------------------------------------------------
 def bertscore(candidates: list[str], references: list[str], model: str = MINILM, num_layers: int = 6,
               batch_size: int = 64, device: str = "cpu") -> float:
-    """Mean BERTScore F1 (no idf, no baseline rescaling)."""
+    """Mean BERTScore F1 (no idf, no baseline rescaling). An empty candidate (a model that stopped at once)
+    scores 0: it matches nothing (bert-score itself cannot embed an empty string)."""
     bert_score = _require("bert_score", "bert-score")
     if not candidates:
         return 0.0
-    # bert-score drops empty strings badly (NaN); an empty continuation scores as a single space
-    cands = [c if c.strip() else " " for c in candidates]
-    _, _, f1 = bert_score.score(cands, list(references), model_type=resolve_encoder(model), num_layers=num_layers,
-                                batch_size=batch_size, device=device, verbose=False)
-    return float(f1.mean())
+    keep = [i for i, c in enumerate(candidates) if c.strip()]
+    if not keep:
+        return 0.0
+    _, _, f1 = bert_score.score([candidates[i] for i in keep], [references[i] for i in keep],
+                                model_type=resolve_encoder(model), num_layers=num_layers, batch_size=batch_size,
+                                device=device, verbose=False)
+    return float(f1.sum()) / len(candidates)
 
 
 @lru_cache(maxsize=2)
