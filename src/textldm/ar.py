@@ -17,6 +17,7 @@ from .blocks import KVCache, TransformerBlock, rope_angles
 from .config import ARConfig, Config, config_from_dict, to_dict
 from .errors import UserError
 from .pipeline import load_weights, read_checkpoint_config, read_tokenizer, write_checkpoint
+from .utils import cut_at
 from .train import local_slice, step_generator
 
 
@@ -180,4 +181,4 @@ class ARPipeline:
         prompts = [p[-keep:] for p in prompt_ids]
         out = generate(self.model, prompts, max_new_tokens, s.temperature if temperature is None else temperature,
                        s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p, seed).tolist()
-        return [row[: row.index(self.eot_id)] if self.eot_id in row else row for row in out]
+        return cut_at(out, self.eot_id)

@@ -27,7 +27,7 @@ from .benchmark import benchmark
 from .config import Config, MetricsConfig, SampleConfig
 from .errors import UserError
 from .metrics import _require, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
-from .utils import atomic_write_text, write_json
+from .utils import atomic_write_text, cut_at, write_json
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def _hf_generate(tok, model, prompts: list[list[int]], n: int, seed: int, temper
         {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p}
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
                          min_new_tokens=1, pad_token_id=pad, **sampling)[:, P:].tolist()
-    eos = tok.eos_token_id
-    return [row[: row.index(eos)] if eos in row else row for row in out]
+    return cut_at(out, tok.eos_token_id)
 
 
 def load_contestant(spec: str, device: str = "cpu") -> Contestant:

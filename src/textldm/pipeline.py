@@ -21,7 +21,7 @@ from .dit import TextDiT
 from .errors import UserError
 from .flow import time_grid
 from .sampling import integrate
-from .utils import atomic_dir, environment
+from .utils import atomic_dir, cut_at, environment
 from .vae import TextVAE
 
 FORMAT = "textldm-checkpoint-v1"
@@ -194,7 +194,7 @@ class TextLDMPipeline:
         if self.config.dit.normalize_latents:
             z = self.vae.denormalize(z)
         ids = self.vae.decode(z).argmax(-1).tolist()
-        return [row[: row.index(self.eot_id)] if self.eot_id in row else row for row in ids]
+        return cut_at(ids, self.eot_id)
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,

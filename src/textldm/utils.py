@@ -81,3 +81,9 @@ def environment() -> dict:
         except md.PackageNotFoundError:
             pass
     return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+
+
+def cut_at(rows: list[list[int]], stop_id: int | None) -> list[list[int]]:
+    """Each row of token ids up to (not including) its first `stop_id`."""
+    return [row[: row.index(stop_id)] if stop_id in row else row for row in rows]
+
