@@ -149,7 +149,8 @@ def runs_and_bench(tmp_path_factory, tiny_model_dir, tiny_corpus):
         overrides = tiny_overrides(tiny_model_dir, tiny_corpus, str(out / "ldm"))
         runs.demo(load_config("demo", overrides), progress=False)
         assert main_ok(["train-ar", "--quiet", *overrides[1:], f"out_dir={out / 'arrun'}", "ar.width=32",
-                        "ar.heads=2", "ar.depth=2", "ar_train.steps=20", "ar_train.batch_size=8"])
+                        "ar.heads=2", "ar.depth=2", "ar_train.steps=20", "ar_train.batch_size=8",
+                        "ar_train.eval_every=5", "eval.val_batches=1"])
         docs = [json.loads(line)["text"] for line in open(tiny_corpus)]
         bench = save_benchmark(build_benchmark(BenchmarkSpec("tiny", passage_words=24), 24, seed=0, documents=docs),
                                out / "tiny.jsonl", {})
@@ -260,3 +261,19 @@ def test_continuation_length_is_the_reference_length_capped():
     assert sorted(n for _, n in calls) == [1, 3, 4]  # reference lengths 1, 3, 9 -> capped at 4
     assert all(p == [[3, 4]] for p, _ in calls)  # the prompt keeps its last `context` tokens
     assert [len(o.split()) for o in out] == [1, 3, 4]
+
+
+def test_plot_draws_every_log_of_a_run(runs_and_bench, tmp_path, capsys):
+    from textldm.plot import _eval_series, read_log
+
+    out, _, _ = runs_and_bench
+    assert main_ok(["plot", str(out / "ldm"), "--out", str(tmp_path)])
+    assert {p.name for p in tmp_path.glob("*.png")} == {"vae_log.png", "dit_log.png"}
+    assert all(p.stat().st_size > 5000 for p in tmp_path.glob("*.png"))
+    train, evals = read_log(out / "arrun" / "ar_log.jsonl")
+    assert [r["step"] for r in evals] == [5, 10, 15] and "loss" in _eval_series(evals)
+    assert main_ok(["plot", str(out / "arrun")]) and (out / "arrun" / "plots" / "ar_log.png").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path)])
+    assert e.value.code == 2 and "no training logs" in capsys.readouterr().err
+

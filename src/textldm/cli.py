@@ -1,4 +1,5 @@
-"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, build-bench, eval, ablate.
+"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, build-bench, eval, ablate,
+plot.
 
 Every training command takes a preset (`--config demo`, a built-in name or a .yaml path) and any number
 of `section.key=value` overrides. Bad input exits with status 2 and one line naming the problem and the fix.
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     a = training("ablate", "train and score a grid of config variants (Tables 2-4 shape)")
     a.add_argument("--grid", default="repa", help="built-in grid (repa, paper) or a YAML file: name -> overrides")
     a.add_argument("--bench", default="embedded", help="benchmark preset or JSONL file")
+
+    pl = sub.add_parser("plot", help="draw a run's training curves (loss terms, lr, tokens/s, held-out) to PNG")
+    pl.add_argument("run", help="a run folder (holding *_log.jsonl)")
+    pl.add_argument("--out", help="output folder (default: RUN/plots)")
 
     g = sub.add_parser("generate", help="continue prompts with a trained model")
     g.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
@@ -142,6 +147,12 @@ def run(argv: list[str] | None = None) -> int:
     _setup_logging()
     if args.command == "generate":
         _generate(args)
+        return 0
+    if args.command == "plot":
+        from .plot import plot_run
+
+        for path in plot_run(args.run, args.out):
+            print(path)
         return 0
     if args.command == "build-bench":
         _build_bench(args)
