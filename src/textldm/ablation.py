@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import yaml
@@ -19,7 +19,7 @@ import yaml
 from .benchmark import benchmark
 from .config import load_config
 from .errors import UserError
-from .harness import TABLE_METRICS, Contestant, Scorer
+from .harness import TABLE_METRICS, Contestant, Scorer, scoring_device
 from .utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def load_grid(grid: str) -> dict[str, list[str]]:
 
 
 def _key(cfg, sections: tuple[str, ...]) -> str:
-    return json.dumps({s: asdict(getattr(cfg, s)) if hasattr(getattr(cfg, s), "__dataclass_fields__")
-                       else getattr(cfg, s) for s in sections}, sort_keys=True)
+    values = {s: getattr(cfg, s) for s in sections}
+    return json.dumps({s: asdict(v) if is_dataclass(v) else v for s, v in values.items()}, sort_keys=True)
 
 
 VAE_SIDE = ("vae", "teacher", "data", "seed", "vae_train", "precision", "device")
@@ -69,7 +69,7 @@ DIT_SIDE = VAE_SIDE + ("dit", "dit_train")
 
 
 def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], bench: str, out_dir: str,
-                 progress: bool = True, device: str = "cpu") -> dict:
+                 progress: bool = True) -> dict:
     from . import runs
 
     out = Path(out_dir)
@@ -93,7 +93,7 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
             models[dit_key] = (pipe, report, name)
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)
         gens = Contestant(name, "textldm", pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
-        row["metrics"] = Scorer(items, cfg.metrics, device)(gens)
+        row["metrics"] = Scorer(items, cfg.metrics, scoring_device(cfg.device))(gens)
         row["vae_eval"] = report.get("vae_eval", {})
         row["dit_val_loss"] = report.get("dit_eval", {}).get("with_prompt")
         row["train_seconds"] = report["vae_train"]["seconds"] + report["dit_train"]["seconds"]

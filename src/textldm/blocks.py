@@ -7,8 +7,8 @@ The zero-initialisation of that modulation (adaLN-Zero) lives in the DiT's `init
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from torch import nn
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0):

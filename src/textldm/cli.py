@@ -172,8 +172,9 @@ def run(argv: list[str] | None = None) -> int:
         from .harness import run_eval
 
         out = args.out or str(Path(cfg.out_dir) / "eval")
-        device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
-        run_eval(args.model, args.bench or ["embedded"], cfg, out, device=device, source=args.source,
+        from .harness import scoring_device
+
+        run_eval(args.model, args.bench or ["embedded"], cfg, out, device=scoring_device(cfg.device), source=args.source,
                  steps_sweep=[int(x) for x in _floats(args.steps_sweep, "--steps-sweep")],
                  cfg_sweep=_floats(args.cfg_sweep, "--cfg-sweep"), max_new_tokens=args.max_new_tokens)
         print((Path(out) / "results.md").read_text())
@@ -192,12 +193,6 @@ def run(argv: list[str] | None = None) -> int:
             print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
     runs.finish_run()
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ import torch
 from .benchmark import benchmark
 from .config import Config, MetricsConfig, SampleConfig
 from .errors import UserError
-from .metrics import _require, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
+from .metrics import require_package, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
 from .utils import atomic_write_text, cut_at, write_json
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,13 @@ def _hf_generate(tok, model, prompts: list[list[int]], n: int, seed: int, temper
     return cut_at(out, tok.eos_token_id)
 
 
+def scoring_device(preference: str) -> str:
+    """The config's `device` for scoring: "auto" = the GPU when there is one."""
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
 def load_contestant(spec: str, device: str = "cpu") -> Contestant:
     """`NAME=PATH` or `PATH`: a textldm checkpoint (TextLDM or AR; a run folder works too), `hf:NAME` or any
     HF causal LM name / folder (the teacher alias `smollm2-135m` included)."""
@@ -137,6 +144,7 @@ class Scorer:
         self.items, self.mcfg, self.device = items, mcfg, device
         self.metrics = set(metrics or ("rouge", "bertscore", "mauve", "gen_ppl", "stats"))
         self.refs = [it["reference"] for it in items]
+        self.reference_words = text_statistics(self.refs)["mean_words"]
         self._ref_features = None
 
     def ref_features(self):
@@ -162,7 +170,7 @@ class Scorer:
         if "stats" in wanted:
             stats = text_statistics(generations)
             out.update(stats)
-            out["reference_words"] = text_statistics(self.refs)["mean_words"]
+            out["reference_words"] = self.reference_words
         return out
 
 
@@ -277,7 +285,7 @@ def format_results(results: dict) -> str:
 
 
 def plot_sweeps(sweeps: dict, out: Path) -> list[Path]:
-    matplotlib = _require("matplotlib", "matplotlib")
+    matplotlib = require_package("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -32,7 +32,7 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def _require(module: str, package: str):
+def require_package(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -90,7 +90,7 @@ def bertscore(candidates: list[str], references: list[str], model: str = MINILM,
               batch_size: int = 64, device: str = "cpu") -> float:
     """Mean BERTScore F1 (no idf, no baseline rescaling). An empty candidate (a model that stopped at once)
     scores 0: it matches nothing (bert-score itself cannot embed an empty string)."""
-    bert_score = _require("bert_score", "bert-score")
+    bert_score = require_package("bert_score", "bert-score")
     if not candidates:
         return 0.0
     keep = [i for i, c in enumerate(candidates) if c.strip()]
@@ -132,7 +132,7 @@ def featurize(texts: list[str], model: str = MINILM, pooling: str = "mean", max_
 
 def mauve_score(p_features: np.ndarray, q_features: np.ndarray, num_buckets: int = 25, seed: int = 25) -> float:
     """MAUVE between human (p) and model (q) feature sets, with a fixed number of k-means buckets."""
-    mauve = _require("mauve", "mauve-text")
+    mauve = require_package("mauve", "mauve-text")
     n = min(len(p_features), len(q_features))
     if num_buckets >= n:
         raise UserError(f"MAUVE needs more samples than buckets: {n} samples, num_buckets={num_buckets}; "

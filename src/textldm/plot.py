@@ -50,9 +50,9 @@ def _eval_series(evals: list[dict]) -> dict[str, tuple[list, list]]:
 
 
 def plot_log(path: Path, out: Path) -> Path:
-    from .metrics import _require
+    from .metrics import require_package
 
-    matplotlib = _require("matplotlib", "matplotlib")
+    matplotlib = require_package("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
