@@ -30,11 +30,11 @@ class Quadratic(torch.nn.Module):
 def test_fit_trains_logs_and_stops_on_budget(tmp_path):
     model = Quadratic()
     target = torch.tensor([0.0, 2.0, -1.0])
-    summary = fit(model, lambda step: target, TrainConfig(steps=200, lr=0.05, warmup_steps=5, log_every=50,
+    summary = fit(model, lambda step, *_: target, TrainConfig(steps=200, lr=0.05, warmup_steps=5, log_every=50,
                                                            weight_decay=0.0), log_path=tmp_path / "log.jsonl",
                   progress=False, precision="fp32")
     assert summary["steps"] == 200 and torch.allclose(model.w, target, atol=1e-2)
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) >= 5
-    quick = fit(Quadratic(), lambda step: target, TrainConfig(steps=10**6, max_minutes=0.02, log_every=10**6),
+    quick = fit(Quadratic(), lambda step, *_: target, TrainConfig(steps=10**6, max_minutes=0.02, log_every=10**6),
                 progress=False, precision="fp32")
     assert quick["steps"] < 10**6 and quick["seconds"] < 10

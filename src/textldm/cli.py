@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", default="demo", help="preset name (demo, cpu-long, paper) or a .yaml file")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. vae_train.steps=100")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
+        s.add_argument("--resume", action="store_true",
+                       help="continue from the newest training checkpoint in OUT_DIR/checkpoints (same config)")
         return s
 
     training("train-vae", "train the TextVAE (writes OUT_DIR/vae)")
@@ -163,11 +165,11 @@ def run(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     progress = not args.quiet
     if args.command == "train-vae":
-        runs.train_vae(cfg, progress)
+        runs.train_vae(cfg, progress, resume=args.resume)
     elif args.command == "train-dit":
-        runs.train_dit(cfg, vae_dir=args.vae, progress=progress)
+        runs.train_dit(cfg, vae_dir=args.vae, progress=progress, resume=args.resume)
     elif args.command == "train-ar":
-        runs.train_ar(cfg, progress)
+        runs.train_ar(cfg, progress, resume=args.resume)
     elif args.command == "eval":
         from .harness import run_eval
 
@@ -186,7 +188,7 @@ def run(argv: list[str] | None = None) -> int:
         result = run_ablation(args.config, args.overrides, grid, args.bench, cfg.out_dir, progress)
         print(format_ablation(result))
     else:
-        report = runs.demo(cfg, progress, vae_dir=args.vae)
+        report = runs.demo(cfg, progress, vae_dir=args.vae, resume=args.resume)
         if int(os.environ.get("RANK", 0)) == 0:
             print(runs.format_report(report))
             print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")

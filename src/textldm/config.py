@@ -96,7 +96,11 @@ class ARConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 32  # sequences per step, global (split over DDP ranks)
+    batch_size: int = 32  # sequences per optimizer step, global (split over the processes)
+    batch_tokens: int = 0  # >0: the global batch in tokens instead (batch_size = batch_tokens // sequence length)
+    micro_batch: int = 0  # sequences per forward on each device (0 = its whole share); the rest is accumulation
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard: sharded weights/states)
+    compile: bool = False  # torch.compile each Transformer block
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     warmup_steps: int = 100
@@ -106,6 +110,9 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = evaluate only at the end
     max_minutes: float | None = None  # stop early (and cleanly) after this wall-clock budget
+    checkpoint_every: int = 0  # save the resumable training state every N steps (and at the end); 0 = never
+    keep_checkpoints: int = 2  # how many of the newest training checkpoints to keep
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a matrix product at the start
 
 
 @dataclass
@@ -164,6 +171,9 @@ class Config:
 
 CHOICES = {
     ("", "precision"): ("auto", "bf16", "fp32"),
+    ("vae_train", "parallel"): ("ddp", "fsdp"),
+    ("dit_train", "parallel"): ("ddp", "fsdp"),
+    ("ar_train", "parallel"): ("ddp", "fsdp"),
     ("vae", "embed_init"): ("teacher", "random"),
     ("vae", "softmax"): ("full", "sampled"),
     ("vae", "repa_source"): ("encoder", "latent"),
@@ -309,7 +319,10 @@ def validate(cfg: Config) -> None:
     for section in (cfg.vae_train, cfg.dit_train, cfg.ar_train):
         checks += [(section.steps >= 0, "train steps must be >= 0"),
                    (section.batch_size >= 1, "train batch_size must be >= 1"),
-                   (section.lr > 0, "train lr must be positive")]
+                   (section.lr > 0, "train lr must be positive"),
+                   (section.batch_tokens >= 0 and section.micro_batch >= 0,
+                    "train batch_tokens and micro_batch must be >= 0 (0 = off)"),
+                   (section.keep_checkpoints >= 1, "train keep_checkpoints must be >= 1")]
     for ok, message in checks:
         if not ok:
             raise UserError(f"invalid config: {message}")

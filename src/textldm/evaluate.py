@@ -74,7 +74,7 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
     for b in range(n_batches):
         g = step_generator(seed, b, EVAL_STREAM + 2)
         t = ((torch.arange(batch_size) % 4) + torch.rand(batch_size, generator=g)) / 4
-        batch = batches(b, t)
+        batch = batches(b, t=t)
         x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
         x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
         v = dit(x_t, tt, batch["context"], batch["context_mask"], mask)

@@ -34,17 +34,17 @@ class VAEObjective(nn.Module):
 def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None):
     L = cfg.max_len
 
-    def get(step: int) -> dict:
+    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
         g = step_generator(seed, step)
         ids = stream.windows(batch_size, L, g)
         lengths = torch.full((batch_size,), L)
         cut = torch.rand(batch_size, generator=g) < cfg.truncate_prob
         lengths[cut] = torch.randint(1, L + 1, (int(cut.sum()),), generator=g)
         noise = torch.randn(batch_size, L, cfg.latent_channels, generator=g)
-        sl = local_slice(batch_size)
+        sl = local_slice(batch_size, micro, accum)
         ids, lengths, noise = ids[sl].to(device), lengths[sl].to(device), noise[sl].to(device)
         mask = torch.arange(L, device=device)[None] < lengths[:, None]
-        batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1)}
+        batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1 + micro)}
         if teacher is not None:  # the teacher sees the first `repa_fraction` of the sequences
             n = max(1, round(cfg.repa_fraction * ids.shape[0]))
             with teacher_context(device):
@@ -89,11 +89,12 @@ def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target
 def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
                 shard: bool = True):
     """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately.
-    `get(step, t)` takes given timesteps (global batch) instead of drawing them - for stratified evaluation.
+    `get(step, micro, accum)` is this rank's micro-th part of step `step`'s global batch;
+    `get(step, t=...)` takes given timesteps (global batch) instead of drawing them - for stratified evaluation.
     shard=False keeps the whole global batch (evaluation runs on rank 0 alone)."""
     C = vae.cfg.latent_channels
 
-    def get(step: int, t: torch.Tensor | None = None) -> dict:
+    def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
         g = step_generator(seed, step)
         window = stream.windows(batch_size, cfg.context_max + cfg.target_max, g)
         context_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
@@ -102,7 +103,7 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
             t = sample_t(batch_size, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g)
         drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
         noise = torch.randn(batch_size, cfg.target_max, C, generator=g)
-        sl = local_slice(batch_size) if shard else slice(None)
+        sl = local_slice(batch_size, micro, accum) if shard else slice(None)
         ctx, ctx_mask, tgt, tgt_mask = split_context_target(window[sl], context_len[sl], target_len[sl], cfg.context_max)
         ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in (ctx, ctx_mask, tgt, tgt_mask))
         return {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,

@@ -22,7 +22,8 @@ from .metrics import rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
-from .train import fit, is_main, setup_distributed
+from .perf import TRAIN_FACTOR, ar_flops_per_sequence, dit_flops_per_sequence, vae_flops_per_sequence
+from .train import fit, is_main, resolve_batch_size, setup_distributed, split_batch
 from .utils import atomic_write_text, environment, seed_everything, write_json
 from .vae import TextVAE, param_count
 
@@ -73,8 +74,14 @@ def prepare_data(cfg: Config):
     return tokenizer, eot, TokenStream(folder, "train"), TokenStream(folder, "val")
 
 
-def train_vae(cfg: Config, progress: bool = True, data=None) -> tuple[TextLDMPipeline, dict]:
-    """`data`: the result of `prepare_data(cfg)` when the caller has it already."""
+def checkpoint_dir(cfg: Config, stage: str) -> Path:
+    """Where a stage ("vae", "dit", "ar") keeps its resumable training state."""
+    return Path(cfg.out_dir) / "checkpoints" / stage
+
+
+def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[TextLDMPipeline, dict]:
+    """`data`: the result of `prepare_data(cfg)` when the caller has it already. `resume`: continue from the
+    newest training checkpoint in OUT_DIR/checkpoints/vae (a fresh start if there is none)."""
     device = start_run(cfg)
     tokenizer, eot, train, val = data or prepare_data(cfg)
     need_teacher = cfg.vae.repa_weight > 0 or cfg.vae.embed_init == "teacher"
@@ -90,6 +97,12 @@ def train_vae(cfg: Config, progress: bool = True, data=None) -> tuple[TextLDMPip
     repa_teacher = teacher if cfg.vae.repa_weight > 0 else None
     out = record_run(cfg)
     tcfg = cfg.vae_train
+    resolve_batch_size(tcfg, cfg.vae.max_len)
+    per_device, _ = split_batch(tcfg.batch_size, tcfg.micro_batch)
+    softmax_rows = len(tokenizer) if cfg.vae.softmax == "full" else min(  # sampled: an upper bound
+        len(tokenizer), cfg.vae.sampled_negatives + (1 + cfg.vae.hard_negatives) * per_device * cfg.vae.max_len)
+    flops = TRAIN_FACTOR * tcfg.batch_size * vae_flops_per_sequence(vae, cfg.vae.max_len, softmax_rows,
+                                                                    cfg.vae.repa_fraction if repa_teacher else 0.0)
     log.info("VAE: %.1fM parameters, %d steps of %d x %d tokens", param_count(vae) / 1e6, tcfg.steps,
              tcfg.batch_size, cfg.vae.max_len)
     def periodic_eval(step: int) -> dict:  # held-out numbers in the log every eval_every steps (rank 0)
@@ -98,7 +111,8 @@ def train_vae(cfg: Config, progress: bool = True, data=None) -> tuple[TextLDMPip
 
     summary = fit(VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher),
                   tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress, on_eval=periodic_eval,
-                  tokens_per_step=tcfg.batch_size * cfg.vae.max_len, precision=cfg.precision)
+                  tokens_per_step=tcfg.batch_size * cfg.vae.max_len, flops_per_step=flops, precision=cfg.precision,
+                  checkpoint_dir=checkpoint_dir(cfg, "vae"), resume=resume)
     mean, std = latent_statistics(vae, train, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device)
     vae.latent_mean.copy_(mean.to(device))
     vae.latent_std.copy_(std.to(device))
@@ -113,7 +127,7 @@ def train_vae(cfg: Config, progress: bool = True, data=None) -> tuple[TextLDMPip
 
 
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
-              progress: bool = True, data=None) -> tuple[TextLDMPipeline, dict]:
+              progress: bool = True, data=None, resume: bool = False) -> tuple[TextLDMPipeline, dict]:
     """Train a DiT on a frozen VAE (given in memory or as a checkpoint folder)."""
     if vae_pipe is None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
@@ -125,6 +139,8 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
     tcfg = cfg.dit_train
+    resolve_batch_size(tcfg, cfg.dit.context_max + cfg.dit.target_max)
+    flops = TRAIN_FACTOR * tcfg.batch_size * dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
     log.info("DiT: %.1fM parameters, %d steps of %d sequences", param_count(dit) / 1e6, tcfg.steps, tcfg.batch_size)
     batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
     mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2
@@ -133,8 +149,8 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
             if is_main() else {}
 
     summary = fit(DiTObjective(dit), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
-                  on_eval=periodic_eval,
-                  tokens_per_step=mean_tokens, precision=cfg.precision)
+                  on_eval=periodic_eval, tokens_per_step=mean_tokens, flops_per_step=flops, precision=cfg.precision,
+                  checkpoint_dir=checkpoint_dir(cfg, "dit"), resume=resume)
     pipe = TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)
     report = {"dit_parameters": param_count(dit), "dit_train": summary}
     if is_main():
@@ -144,7 +160,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     return pipe, report
 
 
-def train_ar(cfg: Config, progress: bool = True, data=None) -> tuple[ARPipeline, dict]:
+def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[ARPipeline, dict]:
     """The AR baseline under the same settings: tokenizer, data, window (the DiT's prompt + continuation),
     optimizer and loop. Writes OUT_DIR/ar."""
     device = start_run(cfg)
@@ -158,6 +174,8 @@ def train_ar(cfg: Config, progress: bool = True, data=None) -> tuple[ARPipeline,
     model.to(device)
     seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
     tcfg = cfg.ar_train
+    resolve_batch_size(tcfg, seq_len)
+    flops = TRAIN_FACTOR * tcfg.batch_size * ar_flops_per_sequence(model, seq_len)
     log.info("AR: %.1fM parameters, %d steps of %d x %d tokens", param_count(model) / 1e6, tcfg.steps,
              tcfg.batch_size, seq_len)
     def periodic_eval(step: int) -> dict:
@@ -166,7 +184,8 @@ def train_ar(cfg: Config, progress: bool = True, data=None) -> tuple[ARPipeline,
 
     summary = fit(ARObjective(model), ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device), tcfg,
                   log_path=out / "ar_log.jsonl", desc="AR", progress=progress, on_eval=periodic_eval,
-                  tokens_per_step=tcfg.batch_size * seq_len, precision=cfg.precision)
+                  tokens_per_step=tcfg.batch_size * seq_len, flops_per_step=flops, precision=cfg.precision,
+                  checkpoint_dir=checkpoint_dir(cfg, "ar"), resume=resume)
     pipe = ARPipeline(cfg, tokenizer, model, eot)
     report = {"ar_parameters": param_count(model), "ar_train": summary, "ar_seq_len": seq_len}
     if is_main():
@@ -253,9 +272,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("`", "'")
 
 
-def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None) -> dict:
+def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume: bool = False) -> dict:
     """The main job: data -> VAE -> DiT -> measurements and samples, on the configured preset.
-    With `vae_dir`, the VAE checkpoint there is reused (and its own report carried over)."""
+    With `vae_dir`, the VAE checkpoint there is reused (and its own report carried over). `resume`: a
+    finished VAE in OUT_DIR/vae is reused, and an interrupted stage continues from its training checkpoint."""
+    if vae_dir is None and resume and (Path(cfg.out_dir) / "vae" / "config.json").exists():
+        vae_dir = str(Path(cfg.out_dir) / "vae")
     if vae_dir is not None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
@@ -263,8 +285,8 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None) -> dict
     start_run(cfg)  # joins the process group before rank 0 tokenizes
     data = prepare_data(cfg)
     if vae_dir is None:
-        vae_pipe, report = train_vae(cfg, progress, data=data)
-    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data)
+        vae_pipe, report = train_vae(cfg, progress, data=data, resume=resume)
+    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data, resume=resume)
     report.update(dit_report)
     if is_main():
         _, _, train, val = data

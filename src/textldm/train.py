@@ -8,6 +8,8 @@ the number of processes, which is what makes a DDP run comparable to a single-pr
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import math
@@ -58,15 +60,47 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def local_slice(global_batch: int) -> slice:
-    """This rank's share of a global batch."""
-    world, r = world_size(), rank()
+def split_batch(global_batch: int, micro_batch: int = 0, world: int | None = None) -> tuple[int, int]:
+    """(sequences per forward on each device, gradient-accumulation steps) for a global batch:
+    micro_batch 0 = each device's whole share in one forward."""
+    from .errors import UserError
+
+    world = world or world_size()
     if global_batch % world:
+        raise UserError(f"the global batch of {global_batch} sequences is not divisible by the {world} processes; "
+                        f"change batch_size (or batch_tokens)")
+    share = global_batch // world
+    if micro_batch <= 0 or micro_batch >= share:
+        return share, 1
+    if share % micro_batch:
+        raise UserError(f"micro_batch {micro_batch} does not divide the {share} sequences each of the {world} "
+                        f"processes gets per step; choose a divisor of {share}")
+    return micro_batch, share // micro_batch
+
+
+def local_slice(global_batch: int, micro: int = 0, accum: int = 1) -> slice:
+    """This rank's `micro`-th share of a global batch (rank r holds micro-batches r*accum ... r*accum+accum-1)."""
+    parts = world_size() * accum
+    if global_batch % parts:
         from .errors import UserError
 
-        raise UserError(f"batch_size {global_batch} is not divisible by the {world} processes; change batch_size")
-    per = global_batch // world
-    return slice(r * per, (r + 1) * per)
+        raise UserError(f"the global batch of {global_batch} sequences does not split into {parts} equal parts "
+                        f"({world_size()} processes x {accum} accumulation steps); change batch_size or micro_batch")
+    per = global_batch // parts
+    index = rank() * accum + micro
+    return slice(index * per, (index + 1) * per)
+
+
+def resolve_batch_size(cfg: TrainConfig, tokens_per_sequence: int) -> int:
+    """Set cfg.batch_size (sequences) from cfg.batch_tokens when that is given; returns it."""
+    if cfg.batch_tokens:
+        from .errors import UserError
+
+        if cfg.batch_tokens < tokens_per_sequence:
+            raise UserError(f"batch_tokens {cfg.batch_tokens} is smaller than one sequence of {tokens_per_sequence} "
+                            f"tokens; raise batch_tokens")
+        cfg.batch_size = cfg.batch_tokens // tokens_per_sequence
+    return cfg.batch_size
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -86,12 +120,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params)."""
+    """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params). The fused kernel
+    on GPU, and on CPU where parameters are plain tensors (FSDP's sharded ones take the foreach path)."""
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = bool(params) and params[0].is_cuda
+    fused = bool(params) and (params[0].is_cuda or not isinstance(params[0], DTensor))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
 
@@ -106,7 +143,16 @@ def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) tensor gathered whole - a collective: every rank calls it; plain tensors pass."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 class EMA:
+    """Exponential moving average of a model's state (kept sharded like the model under FSDP)."""
+
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -118,6 +164,16 @@ class EMA:
                 self.shadow[k].lerp_(v, 1 - self.decay)
             else:
                 self.shadow[k].copy_(v)
+
+    def full_state(self) -> dict:
+        return {k: _full(v).cpu() for k, v in self.shadow.items()}
+
+    def load_full_state(self, state: dict):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for k, v in self.shadow.items():
+            full = state[k].to(v.device)
+            self.shadow[k] = distribute_tensor(full, v.device_mesh, v.placements) if isinstance(v, DTensor) else full
 
 
 class JsonlLogger:
@@ -134,73 +190,204 @@ class JsonlLogger:
             self.file.close()
 
 
-def fit(objective: nn.Module, batches: Callable[[int], object], cfg: TrainConfig, *, log_path: Path | None = None,
-        desc: str = "train", tokens_per_step: int | None = None, on_eval: Callable[[int], dict] | None = None,
-        progress: bool = True, precision: str = "auto") -> dict:
-    """Train `objective` for cfg.steps (or until cfg.max_minutes). Returns a summary dict."""
+# the training loop ------------------------------------------------------------------------------------
+def wrap_for_training(objective: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the module to call, the module whose parameters are trained). One process: the objective itself.
+    DDP: a DDP wrapper around it. FSDP2: a copy of it with every TransformerBlock and the root sharded
+    (`fully_shard`); the trained weights are gathered back into `objective` at the end of `fit`."""
+    from .blocks import TransformerBlock
+
+    inner = copy.deepcopy(objective) if cfg.parallel == "fsdp" and world_size() > 1 else objective
+    if cfg.compile:  # per block, as torchtitan does: small graphs, compiled once, reused by every block
+        for m in inner.modules():
+            if isinstance(m, TransformerBlock):
+                m.compile()
+    if world_size() == 1:
+        return inner, inner
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for m in inner.modules():
+            if isinstance(m, TransformerBlock):
+                fully_shard(m)
+        fully_shard(inner)
+        return inner, inner
+    ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    return ddp, inner
+
+
+def _uncompile(module: nn.Module):
+    """Drop the per-block compiled forwards once training is over: evaluation and sampling run other shapes
+    (and the KV cache), which would only trigger recompilations."""
+    for m in module.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+
+
+def _training_state(inner: nn.Module, optimizer, ema: EMA | None, next_step: int, time_used: float,
+                    cfg: TrainConfig) -> dict:
+    """Everything a resume needs, as full (unsharded) tensors; collective under FSDP, so every rank calls it.
+    Only rank 0's return value is complete."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    from .checkpoint import rng_state
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = {"model": get_model_state_dict(inner, options=options),
+             "optimizer": get_optimizer_state_dict(inner, optimizer, options=options),
+             "ema": ema.full_state() if ema is not None else None,
+             "step": next_step, "time_used": time_used, "world_size": world_size(), "train_config": asdict(cfg)}
+    rngs = [rng_state()]
+    if dist.is_initialized():
+        rngs = [None] * world_size()
+        dist.all_gather_object(rngs, rng_state())
+    state["rng"] = rngs
+    return state
+
+
+def _restore(state: dict, inner: nn.Module, optimizer, ema: EMA | None):
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    from .checkpoint import set_rng_state
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(inner, state["model"], options=options)
+    set_optimizer_state_dict(inner, optimizer, state["optimizer"], options=options)
+    if ema is not None and state.get("ema") is not None:
+        ema.load_full_state(state["ema"])
+    rngs = state["rng"]
+    set_rng_state(rngs[rank() % len(rngs)])  # exact when the world size is unchanged
+
+
+def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: TrainConfig, *,
+        log_path: Path | None = None, desc: str = "train", tokens_per_step: int | None = None,
+        flops_per_step: float = 0.0, on_eval: Callable[[int], dict] | None = None, progress: bool = True,
+        precision: str = "auto", checkpoint_dir: Path | None = None, resume: bool = False) -> dict:
+    """Train `objective` for cfg.steps (or until cfg.max_minutes). `batches(step, micro, accum)` returns this
+    rank's `micro`-th part of step `step`'s global batch. `flops_per_step`: model FLOPs of one optimizer step
+    over the global batch (for FLOP/s and MFU). With `checkpoint_dir`, the training state is saved every
+    cfg.checkpoint_every steps and at the end; `resume` continues from the newest one there.
+    Returns a summary dict; `objective` holds the trained (EMA, if on) weights afterwards."""
     from tqdm.auto import tqdm
 
-    model = objective
+    from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from .perf import Throughput, matmul_peak_flops
+
     device = next(objective.parameters()).device
     amp_dtype = autocast_dtype(precision, device)
-    if world_size() > 1:
-        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(objective, cfg)
-    ema = EMA(objective, cfg.ema) if cfg.ema > 0 else None
+    per_device, accum = split_batch(cfg.batch_size, cfg.micro_batch)
+    model, inner = wrap_for_training(objective, cfg, device)
+    optimizer = make_optimizer(inner, cfg)
+    ema = EMA(inner, cfg.ema) if cfg.ema > 0 else None
+    first_step, time_offset = 0, 0.0
+    found = latest_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
+    if found is not None:
+        state = load_checkpoint(found)
+        try:
+            _restore(state, inner, optimizer, ema)
+        except (RuntimeError, KeyError, ValueError) as e:
+            from .errors import UserError
+
+            raise UserError(f"checkpoint {found} does not fit this model/optimizer ({str(e).splitlines()[0][:200]}); "
+                            f"resume with the configuration the run was started with") from None
+        first_step, time_offset = state["step"], state["time_used"]
+        log.info("%s: resuming from %s (step %d)", desc, found, first_step)
+    peak = cfg.peak_flops or (matmul_peak_flops(device, amp_dtype or torch.float32) if flops_per_step else 0.0)
     logger = JsonlLogger(log_path)
-    logger.write({"event": "start", "desc": desc, "config": asdict(cfg), "world_size": world_size(),
-                  "autocast": str(amp_dtype)})
+    logger.write({"event": "resume" if found is not None else "start", "desc": desc, "step": first_step,
+                  "config": asdict(cfg), "world_size": world_size(), "per_device_batch": per_device,
+                  "grad_accumulation": accum, "parallel": cfg.parallel if world_size() > 1 else "none",
+                  "autocast": str(amp_dtype), "peak_flops": peak, "flops_per_step": flops_per_step})
     start = time.time()
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not (progress and is_main()), dynamic_ncols=True)
-    window_start, window_tokens, metrics, step = time.time(), 0, {}, 0
-    objective.train()
-    time_used = 0.0
-    for step in range(cfg.steps):
+    bar = tqdm(total=cfg.steps, initial=first_step, desc=desc, disable=not (progress and is_main()),
+               dynamic_ncols=True)
+    meter = Throughput(tokens_per_step or 0, flops_per_step, peak, world_size())
+    metrics, done, time_used = {}, first_step, time_offset
+    inner.train()
+
+    def save(next_step: int):
+        state = _training_state(inner, optimizer, ema, next_step, time_used, cfg)
+        if is_main():
+            save_checkpoint(checkpoint_dir, next_step, state, cfg.keep_checkpoints)
+        if dist.is_initialized():
+            dist.barrier()
+
+    for step in range(first_step, cfg.steps):
         lr = lr_at(step, cfg, time_used)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = batches(step)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss, metrics = model(batch, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        totals = {}
+        for micro in range(accum):
+            sync = micro == accum - 1  # reduce gradients across ranks once, after the last micro-batch
+            if hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(sync)
+            no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not sync \
+                else contextlib.nullcontext()
+            batch = batches(step, micro, accum)
+            with no_sync:
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss, metrics = model(batch, step)
+                (loss / accum).backward()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v.detach() / accum if torch.is_tensor(v) else v
+        metrics = totals
+        grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         optimizer.step()
         if ema is not None:
-            ema.update(objective)
-        window_tokens += tokens_per_step or 0
+            ema.update(inner)
+        meter.step()
         bar.update(1)
+        done = step + 1
         last = step == cfg.steps - 1
         if cfg.max_minutes is not None:
-            time_used = (time.time() - start) / (60 * cfg.max_minutes)
+            time_used = time_offset + (time.time() - start) / (60 * cfg.max_minutes)
             if dist.is_initialized():  # one clock for all ranks: same learning rate, same stopping step
                 shared = torch.tensor([time_used], device=loss.device)
                 dist.all_reduce(shared, op=dist.ReduceOp.MAX)
                 time_used = float(shared.item())
         out_of_time = time_used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
-            elapsed = time.time() - window_start
-            record = {"step": step, "lr": lr, "elapsed_s": round(time.time() - start, 2),
+            record = {"step": step, "lr": lr, "elapsed_s": round(time.time() - start, 3),
                       **{k: round(float(v), 6) for k, v in metrics.items()}}
             if grad_norm is not None:
-                record["grad_norm"] = round(float(grad_norm), 4)
-            if tokens_per_step:
-                record["tokens_per_s"] = round(window_tokens / max(elapsed, 1e-9), 1)
+                record["grad_norm"] = round(float(_full(grad_norm)), 4)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+            record.update(meter.read())
             logger.write(record)
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if k in ("loss", "acc", "repa_cos", "ce")})
-            window_start, window_tokens = time.time(), 0
+        if checkpoint_dir is not None and cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0
+                                                                     or last or out_of_time):
+            save(step + 1)
+            meter.reset()  # the write is not training time
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
             logger.write({"step": step, "eval": on_eval(step)})
-            objective.train()
+            inner.train()
+            meter.reset()
         if out_of_time:
             log.info("%s: stopping at step %d (max_minutes=%s reached)", desc, step + 1, cfg.max_minutes)
             break
     bar.close()
-    if ema is not None:
-        objective.load_state_dict(ema.shadow)
-    summary = {"steps": step + 1, "seconds": round(time.time() - start, 1),
+    _finish(objective, inner, ema)
+    summary = {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
                "final": {k: float(v) for k, v in metrics.items()}}
     logger.write({"event": "end", **summary})
     logger.close()
     objective.eval()
     return summary
+
+
+def _finish(objective: nn.Module, inner: nn.Module, ema: EMA | None):
+    """Leave the trained weights (the EMA's, if on) in `objective` as plain tensors on every rank."""
+    if inner is not objective:  # FSDP: gather the sharded copy into the caller's module
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True))
+        objective.load_state_dict({k: _full(v) for k, v in full.items()})
+    _uncompile(objective)
+    if ema is not None:
+        objective.load_state_dict(ema.full_state())

@@ -1,0 +1,104 @@
+"""Training FLOPs from the model shape, a measured matrix-product peak, and the throughput meter that
+turns both into tokens/s, achieved FLOP/s and MFU for the training log.
+
+FLOPs are *model* FLOPs of the network being trained: every matrix product counted as 2 * m * n * k,
+attention scores and weighted values as 4 * L_kv * width per token (the full square, causal or not, as in
+PaLM's MFU), backward = 2x forward. Frozen helpers (the REPA teacher, the frozen VAE that encodes the
+DiT's latents) are real work but not counted: MFU says how well the trained network uses the machine.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+TRAIN_FACTOR = 3  # forward + backward (2x forward)
+
+
+def linear_flops(*layers: nn.Linear) -> float:
+    """Forward FLOPs per row pushed through each of these linear layers."""
+    return float(sum(2 * layer.in_features * layer.out_features for layer in layers))
+
+
+def block_flops(block, kv_len: int) -> float:
+    """Forward FLOPs per token of one TransformerBlock attending over kv_len keys (per-token products only;
+    the adaLN modulation is per sequence and counted by the DiT)."""
+    width = block.attn.proj.out_features
+    return linear_flops(block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2) + 4.0 * kv_len * width
+
+
+def vae_flops_per_sequence(vae, length: int, softmax_rows: int, repa_fraction: float) -> float:
+    """Forward FLOPs of the VAE on one training sequence: encoder, latent heads, decoder, the output
+    softmax over `softmax_rows` candidates, and the REPA projector on `repa_fraction` of the sequences."""
+    per_token = sum(block_flops(b, length) for b in (*vae.encoder, *vae.decoder))
+    per_token += linear_flops(vae.to_moments, vae.from_latent) + 2.0 * vae.cfg.width * softmax_rows
+    if vae.repa_proj is not None:
+        per_token += repa_fraction * linear_flops(*[m for m in vae.repa_proj if isinstance(m, nn.Linear)])
+    return per_token * length
+
+
+def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
+    """Forward FLOPs of the DiT on one [context ; target] sequence (padded lengths: that is what runs)."""
+    L = context_len + target_len
+    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, L) for b in dit.blocks)
+    per_sequence = per_token * L + linear_flops(dit.final.linear) * target_len
+    conditioners = [b.modulation[-1] for b in dit.blocks] + [dit.final.modulation[-1]]
+    if dit.t_embedder is not None:
+        conditioners += [m for m in dit.t_embedder.mlp if isinstance(m, nn.Linear)]
+    if dit.context_pool is not None:
+        conditioners += [m for m in dit.context_pool if isinstance(m, nn.Linear)]
+    return per_sequence + linear_flops(*conditioners)
+
+
+def ar_flops_per_sequence(model, length: int) -> float:
+    """Forward FLOPs of the causal LM on one sequence of `length` tokens (tied output head included)."""
+    per_token = sum(block_flops(b, length) for b in model.blocks) + 2.0 * model.cfg.width * model.vocab_size
+    return per_token * length
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
+                      repeats: int = 5) -> float:
+    """FLOP/s of a square matrix product measured on `device` now - the denominator of MFU. On a GPU an
+    8192^3 product (bf16 at ~800 TFLOP/s on an H100), on a CPU 2048^3."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+class Throughput:
+    """Accumulates optimizer steps between two log records; `read()` gives the window's rates."""
+
+    def __init__(self, tokens_per_step: float, flops_per_step: float, peak_flops: float, devices: int):
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.peak_flops, self.devices = peak_flops, devices
+        self.reset()
+
+    def reset(self):
+        self.start, self.steps = time.perf_counter(), 0
+
+    def step(self):
+        self.steps += 1
+
+    def read(self) -> dict:
+        """tokens/s over all devices; FLOP/s and MFU per device."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {}
+        if self.tokens_per_step:
+            out["tokens_per_s"] = round(self.tokens_per_step * self.steps / elapsed, 1)
+        if self.flops_per_step:
+            per_device = self.flops_per_step * self.steps / elapsed / self.devices
+            out["tflops_per_s"] = round(per_device / 1e12, 4)
+            if self.peak_flops:
+                out["mfu"] = round(per_device / self.peak_flops, 4)
+        self.reset()
+        return out
