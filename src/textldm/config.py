@@ -270,20 +270,39 @@ def preset_path(name: str) -> Path:
     return builtin
 
 
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_preset(name: str, _seen: tuple = ()) -> dict:
+    """A preset's settings as a nested dict. A preset may start from another one: `base: NAME` (its keys
+    are applied first, this file's on top)."""
+    path = preset_path(name)
+    if path.resolve() in _seen:
+        raise UserError(f"config file '{path}' includes itself through 'base:'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections, e.g. 'vae: {{width: 256}}'")
+    base = data.pop("base", None)
+    if base is not None:
+        parent = PRESET_DIR / f"{base}.yaml" if not str(base).endswith((".yaml", ".yml")) else path.parent / base
+        data = _deep_merge(read_preset(str(parent), _seen + (path.resolve(),)), data)
+    return data
+
+
 def load_config(preset: str | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
     """Defaults <- `base` (e.g. a checkpoint's saved config) <- preset YAML <- key=value overrides."""
     cfg = Config()
     if base:
         _apply(cfg, base)
     if preset:
-        path = preset_path(preset)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file '{path}' must hold a mapping of sections, e.g. 'vae: {{width: 256}}'")
-        _apply(cfg, data)
+        _apply(cfg, read_preset(preset))
     for text in overrides:
         _apply(cfg, parse_override(text))
     validate(cfg)

@@ -96,16 +96,19 @@ class Teacher(nn.Module):
     from the end, so -1 is the last block and -3 (the paper's choice) the third-to-last entry.
     """
 
-    def __init__(self, name: str, layer: int = -3):
+    def __init__(self, name: str | nn.Module, layer: int = -3):
+        """`name`: an alias, HF model name or local folder - or an already built HF causal LM."""
         super().__init__()
         from transformers import AutoModelForCausalLM
 
-        path = resolve(name)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load teacher '{name}': {first_line(e)}; give a Hugging Face causal LM name "
-                            f"(needs internet the first time) or a local model folder") from None
+        if isinstance(name, nn.Module):
+            model = name
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot load teacher '{name}': {first_line(e)}; give a Hugging Face causal LM name "
+                                f"(needs internet the first time) or a local model folder") from None
         n = model.config.num_hidden_layers
         k = layer if layer >= 0 else n + 1 + layer
         if not 1 <= k <= n:
