@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--eager-steps", type=int, default=60)
     ap.add_argument("--vae-steps", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--extra-dit-batch", type=int, nargs="*", default=[64], help="more compiled DiT runs at these batches")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (with a tiny --teacher)")
     ap.add_argument("--teacher", default="2048,6144,28,16,8", help="hidden,mlp,layers,heads,kv_heads (Qwen3-1.7B)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. dit.depth=2 for a dry run")
@@ -95,14 +96,15 @@ def main():
 
     # TextDiT-114M ------------------------------------------------------------------------------------------
     C = cfg.vae.latent_channels
-    batch = cfg.dit_train.micro_batch
-    for compiled, steps in ((False, args.eager_steps), (True, args.dit_steps)):
+    runs = [(False, args.eager_steps, cfg.dit_train.micro_batch), (True, args.dit_steps, cfg.dit_train.micro_batch)]
+    runs += [(True, args.dit_steps // 2, b) for b in args.extra_dit_batch]
+    for compiled, steps, batch in runs:
         torch.manual_seed(0)
         dit = TextDiT(cfg.dit, C).to(device)
         flops = TRAIN_FACTOR * batch * dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
         tcfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-4, warmup_steps=10, log_every=args.log_every, ema=0.9999,
                            compile=compiled, peak_flops=peak)
-        log = out / f"dit_{'compiled' if compiled else 'eager'}.jsonl"
+        log = out / f"dit_{'compiled' if compiled else 'eager'}_{batch}.jsonl"
         t0 = time.time()
         fit(DiTObjective(dit), dit_batches(cfg.dit, batch, C, device), tcfg, log_path=log, desc="DiT",
             tokens_per_step=batch * (cfg.dit.context_max + cfg.dit.target_max), flops_per_step=flops,

@@ -156,14 +156,27 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.bind(model)
+
+    def bind(self, model: nn.Module):
+        """Pair each shadow tensor with the live tensor it follows, once (not a state_dict() per step)."""
+        live = model.state_dict(keep_vars=True)
+        self._groups: dict[type, tuple[list, list]] = {}  # sharded (DTensor) and plain tensors go apart
+        self._others = []
+        for k, v in self.shadow.items():
+            if v.dtype.is_floating_point:
+                shadows, lives = self._groups.setdefault(type(v), ([], []))
+                shadows.append(v)
+                lives.append(live[k].detach())
+            else:
+                self._others.append((v, live[k]))
 
     @torch.no_grad()
-    def update(self, model: nn.Module):
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+    def update(self, model: nn.Module | None = None):
+        for shadows, lives in self._groups.values():  # one fused pass over all weights
+            torch._foreach_lerp_(shadows, lives, 1 - self.decay)
+        for shadow, live in self._others:
+            shadow.copy_(live)
 
     def full_state(self) -> dict:
         return {k: _full(v).cpu() for k, v in self.shadow.items()}
@@ -171,9 +184,10 @@ class EMA:
     def load_full_state(self, state: dict):
         from torch.distributed.tensor import DTensor, distribute_tensor
 
-        for k, v in self.shadow.items():
-            full = state[k].to(v.device)
-            self.shadow[k] = distribute_tensor(full, v.device_mesh, v.placements) if isinstance(v, DTensor) else full
+        with torch.no_grad():
+            for k, v in self.shadow.items():
+                full = state[k].to(v.device)
+                v.copy_(distribute_tensor(full, v.device_mesh, v.placements) if isinstance(v, DTensor) else full)
 
 
 class JsonlLogger:
