@@ -58,7 +58,7 @@ def test_tokenize_shards_and_windows(tiny_model_dir, tiny_corpus, cache_home, mo
     train, val = TokenStream(folder, "train"), TokenStream(folder, "val")
     assert len(train) == meta["splits"]["train"]["tokens"] and len(val) > 0
     all_tokens = np.concatenate([np.asarray(p) for p in train.parts])
-    assert all_tokens.dtype == np.uint32 and (all_tokens == eot).sum() == meta["splits"]["train"]["documents"]
+    assert all_tokens.dtype == np.uint16 and (all_tokens == eot).sum() == meta["splits"]["train"]["documents"]
     # documents round-trip through the shards
     first = all_tokens[: int(np.flatnonzero(all_tokens == eot)[0])]
     first_train_doc = next(d for d in make_corpus() if not is_validation(d, 0.1))
@@ -86,3 +86,66 @@ def test_markup_helpers():
              "", "CHAPTER II", "", "Too short."]
     chapters = _austen_chapters(lines)
     assert len(chapters) == 1 and chapters[0].startswith("First para goes on.\nSecond para.")
+
+
+def _zst(path, docs):
+    import zstandard
+
+    path.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"text": d, "meta": {"n": i}}) + "\n" for i, d in enumerate(docs)).encode()))
+
+
+def test_jsonl_zst_archive_gives_identical_shards_with_one_or_several_workers(tmp_path, tiny_model_dir, monkeypatch):
+    """OpenWebText2's layout - a .tar of .jsonl.zst files - tokenized by 1 and by 3 processes."""
+    import tarfile
+
+    docs = make_corpus(90, seed=4)
+    src = tmp_path / "owt"
+    src.mkdir()
+    for k in range(3):
+        _zst(src / f"2019-0{k + 1}.jsonl.zst", docs[30 * k: 30 * k + 30])
+    with tarfile.open(tmp_path / "archive.tar", "w") as tar:
+        for k in range(3):
+            tar.add(src / f"2019-0{k + 1}.jsonl.zst", arcname=f"2019-0{k + 1}.jsonl.zst")
+    tok = load_tokenizer(tiny_model_dir)
+    monkeypatch.setattr(shards, "SHARD_TOKENS", 700)  # several shards per split
+    folders = {}
+    for source in (str(src), str(tmp_path / "archive.tar")):
+        for workers in (1, 3):
+            monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / f"cache-{len(folders)}"))
+            folders[source, workers] = tokenize_corpus(DataConfig(source=source, val_fraction=0.2), tok,
+                                                       tiny_model_dir, 0, workers=workers)
+    reference = folders[str(src), 1]
+    names = sorted(p.name for p in reference.iterdir())
+    assert len([n for n in names if n.startswith("train-")]) > 3
+    for folder in folders.values():
+        assert sorted(p.name for p in folder.iterdir()) == names
+        for name in names:
+            if name != "meta.json":
+                assert (folder / name).read_bytes() == (reference / name).read_bytes(), (folder, name)
+    # every document is there once, in source order, in its hash-fixed split, each shard's header counting it
+    stream = TokenStream(reference, "train")
+    tokens = np.concatenate([np.asarray(p) for p in stream.parts])
+    texts = tok.decode(tokens.tolist()).split("<|endoftext|>")
+    expected = [d for d in docs if not is_validation(d, 0.2)]
+    assert [re.findall(r"\w+", t) for t in texts if t.strip()] == [re.findall(r"\w+", d) for d in expected]
+    for name in stream.meta["splits"]["train"]["files"]:
+        dtype, n_tokens, n_docs = shards.read_header(reference / name)
+        assert dtype == np.uint16 and n_tokens == len(np.fromfile(reference / name, dtype=np.uint16)) - 32
+    # data.max_documents keeps the first N documents of the source
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache-cut"))
+    cut = tokenize_corpus(DataConfig(source=str(src), val_fraction=0.2, max_documents=40), tok, tiny_model_dir, 0,
+                          workers=2)
+    meta = json.loads((cut / "meta.json").read_text())
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 40
+    assert meta["splits"]["val"]["documents"] == sum(is_validation(d, 0.2) for d in docs[:40])
+
+
+def test_unreadable_archives_are_clear_errors(tmp_path, tiny_model_dir, cache_home):
+    (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
+    tok = load_tokenizer(tiny_model_dir)
+    with pytest.raises(UserError, match="cannot read archive"):
+        tokenize_corpus(DataConfig(source=str(tmp_path / "bad.tar")), tok, tiny_model_dir, 0)
+    _zst(tmp_path / "x.jsonl.zst", ["a b c"])
+    with pytest.raises(UserError, match="no 'body' field"):
+        tokenize_corpus(DataConfig(source=str(tmp_path / "x.jsonl.zst"), text_field="body"), tok, tiny_model_dir, 0)

@@ -26,7 +26,8 @@ class DataConfig:
     hf_config: str | None = None  # HF data set configuration name
     hf_split: str = "train"
     val_fraction: float = 0.05  # document-level held-out fraction (fixed by a hash of the document)
-    max_documents: int | None = None
+    max_documents: int | None = None  # the first N documents of the source (in source order)
+    num_workers: int = 0  # tokenization processes (0 = up to 8, one per CPU); the shards do not depend on it
 
 
 @dataclass

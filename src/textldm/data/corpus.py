@@ -4,13 +4,15 @@
     State of the Union addresses (npm), Jane Austen's novels (Debian, split into chapters) and the
     Wikipedia sample inside the gensim wheel (PyPI). Each source is optional: a missing tool is reported
     with a clear message and the others are used.
-(b) local .txt / .jsonl / .parquet files, or a folder of them.
+(b) local .txt / .jsonl / .jsonl.gz / .jsonl.zst / .parquet files, uncompressed .tar archives of them (such as
+    OpenWebText2's openwebtext2.jsonl.zst.tar), or a folder of any of these.
 (c) any Hugging Face data set name (needs internet or a local HF cache).
 """
 from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import logging
 import re
@@ -21,6 +23,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -168,42 +171,135 @@ def embedded_documents(sources=SOURCES) -> list[str]:
     return docs
 
 
-def _read_file(path: Path, text_field: str) -> list[str]:
-    if path.suffix == ".txt":  # one document per file, or several separated by <|endoftext|> lines
-        return path.read_text(encoding="utf-8", errors="replace").split("\n<|endoftext|>\n")
-    if path.suffix == ".jsonl":
-        docs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{n} is not valid JSON; each line of a .jsonl file must be one object") from None
-            if not isinstance(row, dict) or text_field not in row:
-                raise UserError(f"{path}:{n} has no '{text_field}' field; set data.text_field=NAME")
-            docs.append(str(row[text_field]))
-        return docs
-    if path.suffix == ".parquet":
+# local files: each file (or member of a .tar archive) is a *unit* read as a stream of documents -----------
+TEXT_KINDS = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".txt", ".parquet")
+
+
+def file_kind(name: str) -> str | None:
+    """The document format a file name says (".jsonl.zst", ...), ".tar" for an archive, None otherwise."""
+    return next((k for k in TEXT_KINDS + (".tar",) if name.endswith(k)), None)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An independently readable piece of a source, the grain of parallel tokenization: a file, a byte range
+    of an uncompressed .tar archive (one member, e.g. one month of OpenWebText2), or a list of texts."""
+    path: str | None = None
+    kind: str = ""
+    offset: int = 0  # tar member: where its bytes start in the archive
+    size: int = -1  # tar member: how many bytes (-1: the whole file)
+    texts: tuple = ()
+
+
+class _ByteRange(io.RawIOBase):
+    """Read-only view of bytes [offset, offset + size) of a file (a member inside a .tar)."""
+
+    def __init__(self, f, offset: int, size: int):
+        self.f, self.left = f, size
+        f.seek(offset)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.f.readinto(memoryview(buffer)[: max(0, min(len(buffer), self.left))])
+        self.left -= n
+        return n
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+def _tar_units(path: Path) -> list[Unit]:
+    try:
+        with tarfile.open(path, "r:") as tar:  # uncompressed tar: members are plain byte ranges
+            members = [m for m in tar.getmembers() if m.isfile() and file_kind(m.name) in TEXT_KINDS]
+    except tarfile.ReadError as e:
+        raise UserError(f"cannot read archive '{path}' ({e}); give an uncompressed .tar (such as "
+                        f"openwebtext2.jsonl.zst.tar) or unpack it") from None
+    return [Unit(str(path), file_kind(m.name), m.offset_data, m.size) for m in members if file_kind(m.name) != ".parquet"]
+
+
+def local_units(source: str) -> list[Unit]:
+    """A local file or folder (searched recursively, sorted by path) as units; .tar archives contribute one
+    unit per text member."""
+    path = Path(source)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    units = []
+    for f in files:
+        kind = file_kind(f.name)
+        if kind == ".tar":
+            units += _tar_units(f)
+        elif kind is not None:
+            units.append(Unit(str(f), kind))
+        elif not path.is_dir():
+            raise UserError(f"unsupported file type for {f}; use {', '.join(TEXT_KINDS)} files, a .tar of them, "
+                            f"or a folder")
+    if not units:
+        raise UserError(f"'{source}' holds no {', '.join(TEXT_KINDS)} files (or .tar archives of them)")
+    return units
+
+
+def _text_lines(unit: Unit):
+    raw = open(unit.path, "rb")
+    stream = _ByteRange(raw, unit.offset, unit.size) if unit.size >= 0 else raw
+    if unit.kind == ".jsonl.zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise UserError("reading .zst archives needs `pip install zstandard`") from None
+        stream = zstandard.ZstdDecompressor().stream_reader(stream)
+    elif unit.kind == ".jsonl.gz":
+        stream = gzip.GzipFile(fileobj=stream)
+    return io.TextIOWrapper(io.BufferedReader(stream) if isinstance(stream, io.RawIOBase) else stream,
+                            encoding="utf-8", errors="replace")
+
+
+def read_unit(unit: Unit, text_field: str = "text"):
+    """Stream the documents of a unit."""
+    if unit.path is None:
+        yield from unit.texts
+        return
+    where = unit.path + (f"@{unit.offset}" if unit.size >= 0 else "")
+    if unit.kind == ".txt":  # one document per file, or several separated by <|endoftext|> lines
+        yield from Path(unit.path).read_text(encoding="utf-8", errors="replace").split("\n<|endoftext|>\n")
+    elif unit.kind == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.read_table(unit.path)
         if text_field not in table.column_names:
-            raise UserError(f"{path} has no column '{text_field}' (columns: {', '.join(table.column_names)}); "
+            raise UserError(f"{unit.path} has no column '{text_field}' (columns: {', '.join(table.column_names)}); "
                             f"set data.text_field=NAME")
-        return [str(x) for x in table.column(text_field).to_pylist()]
-    raise UserError(f"unsupported file type '{path.suffix}' for {path}; use .txt, .jsonl or .parquet")
+        yield from (str(x) for x in table.column(text_field).to_pylist())
+    else:
+        with _text_lines(unit) as lines:
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(f"{where}:{n} is not valid JSON; each line of a .jsonl file must be one object") \
+                        from None
+                if not isinstance(row, dict) or text_field not in row:
+                    raise UserError(f"{where}:{n} has no '{text_field}' field; set data.text_field=NAME")
+                yield str(row[text_field])
 
 
 def local_documents(source: str, text_field: str = "text") -> list[str]:
-    path = Path(source)
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet")) if path.is_dir() else [path]
-    if not files:
-        raise UserError(f"folder '{source}' holds no .txt, .jsonl or .parquet files")
-    docs = []
-    for f in files:
-        docs.extend(_read_file(f, text_field))
-    return docs
+    return [doc for unit in local_units(source) for doc in read_unit(unit, text_field)]
+
+
+def source_units(source: str, text_field: str = "text", hf_config: str | None = None, hf_split: str = "train",
+                 texts_per_unit: int = 2000) -> list[Unit]:
+    """Any source as units: local files stream from disk; the embedded corpus and HF data sets are read
+    into memory and cut into units of `texts_per_unit` documents."""
+    check_source(source)
+    if Path(source).exists():
+        return local_units(source)
+    docs = load_documents(source, text_field, hf_config, hf_split)
+    return [Unit(texts=tuple(docs[i: i + texts_per_unit])) for i in range(0, len(docs), texts_per_unit)]
 
 
 def hf_documents(name: str, config: str | None, split: str, text_field: str) -> list[str]:
