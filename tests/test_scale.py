@@ -217,3 +217,33 @@ def test_throughput_logging_reports_sane_numbers(tmp_path):
     window = (4 * by_step[8]["tokens_per_s"] + 3 * by_step[11]["tokens_per_s"]) / 7
     assert 0.5 < window / clock < 2.0, (window, clock)
     assert summary["steps"] == 12
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_head_cross_entropy_equals_the_plain_one(autocast, monkeypatch):
+    """linear_cross_entropy (chunked, gradients formed in the forward) == F.cross_entropy over the full logits:
+    loss, weighted masking, argmax and both gradients, in fp32 and under bf16 autocast; several chunks."""
+    import textldm.lmhead as lmhead
+
+    monkeypatch.setattr(lmhead, "_chunk_rows", lambda vocab, device: 7)  # uneven chunks
+    torch.manual_seed(0)
+    h = torch.randn(50, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    t = torch.randint(0, 300, (50,))
+    mask = torch.rand(50) > 0.3
+    weights = mask.float() / mask.sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = (h @ w.t()).float()
+        ref = (torch.nn.functional.cross_entropy(logits, t, reduction="none") * weights).sum()
+    (3 * ref).backward()
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, correct = lmhead.linear_cross_entropy(h, w, t, weights)
+    (3 * loss).backward()
+    tol = 1e-2 if autocast else 1e-5
+    assert torch.allclose(loss, ref, rtol=tol, atol=tol)
+    assert torch.equal(correct, logits.argmax(-1) == t)
+    assert torch.allclose(h.grad, grads[0], atol=tol) and torch.allclose(w.grad, grads[1], atol=tol)
+    with torch.no_grad():  # evaluation: no gradient work, same loss
+        assert torch.allclose(lmhead.linear_cross_entropy(h, w, t, weights)[0], loss.detach(), atol=tol)

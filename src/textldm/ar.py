@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .blocks import KVCache, TransformerBlock, rope_angles
 from .config import ARConfig, Config, config_from_dict, to_dict
 from .errors import UserError
+from .lmhead import linear_cross_entropy
 from .pipeline import load_weights, read_checkpoint_config, read_tokenizer, write_checkpoint
 from .utils import cut_at
 from .train import local_slice, step_generator
@@ -45,6 +46,11 @@ class CausalLM(nn.Module):
                 caches: list[KVCache] | None = None) -> torch.Tensor:
         """Logits (B, L, V) for `ids` (B, L). Training: plain causal attention. Decoding: `key_mask` (B, T)
         covers the cached tokens plus these L (True = real token), `positions` (B, L) their RoPE positions."""
+        return F.linear(self.hidden(ids, key_mask, positions, caches), self.embed.weight)  # tied output head
+
+    def hidden(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+               caches: list[KVCache] | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, L, width), before the output head."""
         B, L = ids.shape
         past = len(caches[0]) if caches else 0
         if positions is None:
@@ -63,19 +69,21 @@ class CausalLM(nn.Module):
         x = self.embed(ids)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, attn_mask, causal=attn_mask is None, cache=None if caches is None else caches[i])
-        return F.linear(self.norm(x), self.embed.weight)  # tied output head
+        return self.norm(x)
 
 
 class ARObjective(nn.Module):
-    """Next-token cross-entropy, in fp32."""
+    """Next-token cross-entropy (softmax in fp32), head and loss fused (`linear_cross_entropy`)."""
 
     def __init__(self, model: CausalLM):
         super().__init__()
         self.model = model
 
     def forward(self, batch: dict, step: int):
-        logits = self.model(batch["ids"][:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["ids"][:, 1:].flatten())
+        hidden = self.model.hidden(batch["ids"][:, :-1]).flatten(0, 1)
+        targets = batch["ids"][:, 1:].flatten()
+        weights = torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)
+        loss, _ = linear_cross_entropy(hidden, self.model.embed.weight, targets, weights)
         return loss, {"loss": loss.detach()}
 
 
