@@ -32,3 +32,37 @@ def test_teacher_errors(tiny_model_dir, tmp_path):
         Teacher(str(tmp_path / "nothing-here"))
     with pytest.raises(UserError, match="cannot load tokenizer"):
         load_tokenizer(str(tmp_path / "nothing-here"))
+
+
+def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_dir, tiny_corpus, cache_home):
+    """vae.teacher_cache: features stored once (float16) match the teacher run live on the same windows, VAE
+    batches read them, and a second run reuses the folder."""
+    import numpy as np
+
+    from textldm import runs
+    from textldm.config import load_config
+    from textldm.objectives import vae_batches
+    from textldm.teacher_cache import TeacherCache, aligned_windows
+    from conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
+                      ["vae.teacher_cache=auto", "vae.teacher_cache_windows=20", "vae.repa_fraction=0.5"])
+    folder = runs.cache_teacher(cfg, progress=False)
+    _, _, train, _ = runs.prepare_data(cfg)
+    cache = TeacherCache(folder, train)
+    assert len(cache) == 20 and cache.length == cfg.vae.max_len
+    assert np.array_equal(cache.rows, aligned_windows(train, cfg.vae.max_len, 20))
+    teacher = Teacher(tiny_model_dir, cfg.teacher.layer)
+    idx = torch.tensor([0, 7, 19])
+    ids = cache.ids(idx)
+    assert torch.equal(ids[1], torch.from_numpy(np.asarray(train.parts[cache.rows[7][0]][cache.rows[7][1]:][:32],
+                                                           dtype=np.int64)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        live = teacher(ids)
+    assert torch.allclose(cache.features(idx), live, atol=2e-2 * live.abs().max().item())
+    batch = vae_batches(train, cfg.vae, 8, 0, torch.device("cpu"), cache=cache)(3)
+    assert batch["teacher"].shape == (4, 32, teacher.hidden_size)  # repa_fraction 0.5 of 8
+    mtime = (folder / "features.bin").stat().st_mtime_ns
+    cfg.vae_train.steps = 3
+    runs.train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
+    assert (folder / "features.bin").stat().st_mtime_ns == mtime

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     s = training("train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
     s.add_argument("--vae", required=True, help="a VAE checkpoint folder (OUT_DIR/vae of train-vae)")
     training("train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
+    training("cache-teacher", "precompute the REPA teacher's features to disk (then train-vae vae.teacher_cache=auto)")
     s = training("demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
     s.add_argument("--vae", help="reuse this VAE checkpoint folder instead of training one")
 
@@ -170,6 +171,8 @@ def run(argv: list[str] | None = None) -> int:
         runs.train_dit(cfg, vae_dir=args.vae, progress=progress, resume=args.resume)
     elif args.command == "train-ar":
         runs.train_ar(cfg, progress, resume=args.resume)
+    elif args.command == "cache-teacher":
+        print(f"teacher features: {runs.cache_teacher(cfg, progress)}  (train with vae.teacher_cache=auto)")
     elif args.command == "eval":
         from .harness import run_eval
 

@@ -55,6 +55,8 @@ class VAEConfig:
     kl_warmup_steps: int = 200  # linear warm-up of the KL weight from 0
     repa_weight: float = 1.0  # 0 disables REPA (and the teacher)
     repa_fraction: float = 1.0  # share of each batch's sequences that get teacher features and the REPA term
+    teacher_cache: str = ""  # "" = teacher on the fly; "auto" or a folder = features precomputed to disk (reused)
+    teacher_cache_windows: int = 0  # windows of max_len tokens to precompute (0 = the whole training split)
     logvar_init: float = -6.0  # bias of the log-variance head at start
     truncate_prob: float = 0.5  # probability that a training sequence is cut to a random length
     softmax: str = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)

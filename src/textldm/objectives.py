@@ -31,12 +31,18 @@ class VAEObjective(nn.Module):
                         kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"])
 
 
-def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None):
+def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None,
+                cache=None):
+    """With a `TeacherCache`, whole cached windows are drawn and their stored teacher features used."""
     L = cfg.max_len
 
     def get(step: int, micro: int = 0, accum: int = 1) -> dict:
         g = step_generator(seed, step)
-        ids = stream.windows(batch_size, L, g)
+        if cache is not None:
+            idx = torch.randint(0, len(cache), (batch_size,), generator=g)
+            ids = cache.ids(idx)
+        else:
+            ids = stream.windows(batch_size, L, g)
         lengths = torch.full((batch_size,), L)
         cut = torch.rand(batch_size, generator=g) < cfg.truncate_prob
         lengths[cut] = torch.randint(1, L + 1, (int(cut.sum()),), generator=g)
@@ -45,8 +51,10 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
         ids, lengths, noise = ids[sl].to(device), lengths[sl].to(device), noise[sl].to(device)
         mask = torch.arange(L, device=device)[None] < lengths[:, None]
         batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1 + micro)}
-        if teacher is not None:  # the teacher sees the first `repa_fraction` of the sequences
-            n = max(1, round(cfg.repa_fraction * ids.shape[0]))
+        n = max(1, round(cfg.repa_fraction * ids.shape[0]))  # teacher features for the first n sequences
+        if cache is not None:
+            batch["teacher"] = cache.features(idx[sl][:n]).to(device)
+        elif teacher is not None:
             with teacher_context(device):
                 batch["teacher"] = teacher(ids[:n], mask[:n])
         return batch

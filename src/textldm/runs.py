@@ -24,6 +24,7 @@ from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
 from .perf import TRAIN_FACTOR, ar_flops_per_sequence, dit_flops_per_sequence, vae_flops_per_sequence
 from .train import fit, is_main, resolve_batch_size, setup_distributed, split_batch
+from .errors import UserError
 from .utils import atomic_write_text, environment, seed_everything, write_json
 from .vae import TextVAE, param_count
 
@@ -95,6 +96,7 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
     if teacher is not None:  # frozen, inference only: bf16 weights on GPU (half the memory, the fast kernels)
         teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else None)
     repa_teacher = teacher if cfg.vae.repa_weight > 0 else None
+    cache = teacher_cache(cfg, train, teacher, device, progress) if repa_teacher and cfg.vae.teacher_cache else None
     out = record_run(cfg)
     tcfg = cfg.vae_train
     resolve_batch_size(tcfg, cfg.vae.max_len)
@@ -109,7 +111,8 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
         return evaluate_vae(vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device, repa_teacher) \
             if is_main() else {}
 
-    summary = fit(VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher),
+    batches = vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher, cache)
+    summary = fit(VAEObjective(vae), batches,
                   tcfg, log_path=out / "vae_log.jsonl", desc="VAE", progress=progress, on_eval=periodic_eval,
                   tokens_per_step=tcfg.batch_size * cfg.vae.max_len, flops_per_step=flops, precision=cfg.precision,
                   checkpoint_dir=checkpoint_dir(cfg, "vae"), resume=resume)
@@ -124,6 +127,37 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
         pipe.save_pretrained(out / "vae", extra={"report": report})
     _barrier()
     return pipe, report
+
+
+def teacher_cache(cfg: Config, train: TokenStream, teacher: Teacher, device: torch.device, progress: bool = True):
+    """The precomputed teacher features that vae.teacher_cache names ("auto": a folder in the cache keyed by
+    corpus, teacher, layer and window), built on rank 0 the first time."""
+    from .teacher_cache import TeacherCache, build_teacher_cache, default_folder
+
+    v = cfg.vae
+    folder = default_folder(train, cfg.teacher.name, cfg.teacher.layer, v.max_len, v.teacher_cache_windows) \
+        if v.teacher_cache == "auto" else Path(v.teacher_cache)
+    if is_main() and not (folder / "meta.json").exists():
+        log.info("precomputing teacher features into %s", folder)
+        build_teacher_cache(train, teacher, cfg.teacher.name, cfg.teacher.layer, v.max_len, folder,
+                            v.teacher_cache_windows, cfg.eval.batch_size, device, progress)
+    _barrier()
+    cache = TeacherCache(folder, train)
+    if cache.length != v.max_len or cache.meta["layer"] != cfg.teacher.layer:
+        raise UserError(f"teacher cache '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} "
+                        f"tokens; this run needs layer {cfg.teacher.layer}, {v.max_len}: use another folder or auto")
+    return cache
+
+
+def cache_teacher(cfg: Config, progress: bool = True) -> Path:
+    """`textldm cache-teacher`: precompute the REPA teacher's features for vae.teacher_cache (default auto)."""
+    device = start_run(cfg)
+    _, _, train, _ = prepare_data(cfg)
+    cfg.vae.teacher_cache = cfg.vae.teacher_cache or "auto"
+    teacher = Teacher(cfg.teacher.name, cfg.teacher.layer).to(device, dtype=torch.bfloat16 if device.type == "cuda"
+                                                                else None)
+    cache = teacher_cache(cfg, train, teacher, device, progress)
+    return Path(cache.features_map.filename).parent
 
 
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,

@@ -221,7 +221,7 @@ class TokenStream:
     """Memory-mapped token stream of one split; draws fixed-length windows."""
 
     def __init__(self, folder: Path | str, split: str):
-        folder = Path(folder)
+        self.folder = folder = Path(folder)
         self.meta = json.loads((folder / "meta.json").read_text())
         files = self.meta["splits"][split]["files"]
         self.parts = []
