@@ -38,3 +38,19 @@ def test_fit_trains_logs_and_stops_on_budget(tmp_path):
     quick = fit(Quadratic(), lambda step, *_: target, TrainConfig(steps=10**6, max_minutes=0.02, log_every=10**6),
                 progress=False, precision="fp32")
     assert quick["steps"] < 10**6 and quick["seconds"] < 10
+
+
+def test_tensorboard_mirror_of_the_log(tmp_path):
+    """train.tensorboard=true writes the logged numbers (training and evaluation) as TensorBoard scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    target = torch.tensor([1.0, -2.0, 0.5])
+    fit(Quadratic(), lambda step, *_: target, TrainConfig(steps=6, lr=0.05, warmup_steps=1, log_every=2, eval_every=4,
+                                                          tensorboard=True),
+        log_path=tmp_path / "quad_log.jsonl", progress=False,
+        on_eval=lambda step: {"quarters": [{"t": "0-0.25", "loss": 0.5}], "acc": 0.9})
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "quad_log"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "eval/acc", "eval/quarters/0-0.25/loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 2, 4, 5]

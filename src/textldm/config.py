@@ -116,6 +116,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save the resumable training state every N steps (and at the end); 0 = never
     keep_checkpoints: int = 2  # how many of the newest training checkpoints to keep
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a matrix product at the start
+    tensorboard: bool = False  # also write the log as TensorBoard scalars (OUT_DIR/tensorboard/<log>/)
 
 
 @dataclass

@@ -191,17 +191,51 @@ class EMA:
 
 
 class JsonlLogger:
-    def __init__(self, path: Path | None):
+    """Rank 0's training log: one JSON record per line (what `textldm plot` reads) and, optionally, the same
+    numbers as TensorBoard scalars in `tensorboard/<log name>/` beside it."""
+
+    def __init__(self, path: Path | None, tensorboard: bool = False):
         self.file = open(path, "a") if path is not None and is_main() else None
+        self.board = None
+        if tensorboard and self.file is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from .errors import UserError
+
+                raise UserError("train tensorboard=true needs `pip install tensorboard`") from None
+            self.board = SummaryWriter(str(path.parent / "tensorboard" / path.stem))
 
     def write(self, record: dict):
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.board is not None and "step" in record and "event" not in record:
+            for name, value in _scalars(record.get("eval", record)).items():
+                self.board.add_scalar(("eval/" if "eval" in record else "train/") + name, value, record["step"])
 
     def close(self):
         if self.file:
             self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _scalars(record: dict, prefix: str = "") -> dict:
+    """Numbers of a (nested) record, flattened: {"quarters": [{"t": "0-0.25", "loss": 1}]} -> quarters/0-0.25/loss."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or key in ("step", "t"):
+            continue
+        if isinstance(value, (int, float)):
+            out[prefix + key] = float(value)
+        elif isinstance(value, dict):
+            out.update(_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    out.update(_scalars(item, f"{prefix}{key}/{item.get('t', i)}/"))
+    return out
 
 
 # the training loop ------------------------------------------------------------------------------------
@@ -309,7 +343,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         first_step, time_offset = state["step"], state["time_used"]
         log.info("%s: resuming from %s (step %d)", desc, found, first_step)
     peak = cfg.peak_flops or (matmul_peak_flops(device, amp_dtype or torch.float32) if flops_per_step else 0.0)
-    logger = JsonlLogger(log_path)
+    logger = JsonlLogger(log_path, cfg.tensorboard)
     logger.write({"event": "resume" if found is not None else "start", "desc": desc, "step": first_step,
                   "config": asdict(cfg), "world_size": world_size(), "per_device_batch": per_device,
                   "grad_accumulation": accum, "parallel": cfg.parallel if world_size() > 1 else "none",
