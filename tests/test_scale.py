@@ -247,3 +247,25 @@ def test_fused_head_cross_entropy_equals_the_plain_one(autocast, monkeypatch):
     assert torch.allclose(h.grad, grads[0], atol=tol) and torch.allclose(w.grad, grads[1], atol=tol)
     with torch.no_grad():  # evaluation: no gradient work, same loss
         assert torch.allclose(lmhead.linear_cross_entropy(h, w, t, weights)[0], loss.detach(), atol=tol)
+
+
+def test_cli_resume_continues_a_stopped_run(tmp_path, tiny_model_dir, tiny_corpus, cache_home):
+    """`textldm train-ar ... --resume` after a run that stopped at step 4 (checkpoint_every=2) continues at
+    step 4 with the optimizer state, and `textldm plot` draws one continuous curve."""
+    from conftest import tiny_overrides
+
+    from textldm.cli import run as main
+    from textldm.plot import read_log
+
+    base = tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) + [
+        "ar.width=32", "ar.heads=2", "ar.depth=1", "ar_train.batch_size=4", "ar_train.log_every=1",
+        "ar_train.checkpoint_every=2", "ar_train.warmup_steps=1"]
+    assert main(["train-ar", "--quiet", *base, "ar_train.steps=4"]) == 0
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints" / "ar").name == "step-00000004"
+    assert main(["train-ar", "--quiet", "--resume", *base, "ar_train.steps=6"]) == 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "ar_log.jsonl").read_text().splitlines()]
+    resumed = next(r for r in records if r.get("event") == "resume")
+    assert resumed["step"] == 4 and records[-1]["event"] == "end" and records[-1]["first_step"] == 4
+    train, _ = read_log(tmp_path / "run" / "ar_log.jsonl")
+    assert [r["step"] for r in train] == [0, 1, 2, 3, 4, 5]
+    assert main(["plot", str(tmp_path / "run")]) == 0

@@ -4,7 +4,8 @@ One PNG per log: a panel per logged term (loss, ce, kl, acc, repa_cos, ...), the
 throughput (tokens/s), and the held-out measurements logged every `eval_every` steps (DiT: velocity loss
 per timestep quarter; VAE: reconstruction accuracy and REPA cosine; AR: loss) - or the gradient norm when
 there are none.
-A log that holds several runs (a re-run into the same folder) is plotted from its last start.
+A log that holds several runs (a re-run into the same folder) is plotted from its last start; a resumed run
+(--resume) continues the curve of the run it resumes.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-BOOKKEEPING = {"step", "lr", "elapsed_s", "tokens_per_s", "grad_norm"}
+BOOKKEEPING = {"step", "lr", "elapsed_s", "tokens_per_s", "grad_norm", "tflops_per_s", "mfu", "peak_memory_gb"}
 
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
@@ -26,9 +27,10 @@ def read_log(path: Path) -> tuple[list[dict], list[dict]]:
             raise UserError(f"'{path}' line {i + 1} is not JSON; is this a textldm training log?") from None
     starts = [i for i, r in enumerate(records) if r.get("event") == "start"]
     records = records[starts[-1] + 1:] if starts else records
-    train = [r for r in records if "step" in r and "eval" not in r]
-    evals = [r for r in records if "eval" in r]
-    return train, evals
+    # a resumed run repeats the steps between its last checkpoint and the kill: the later record wins
+    train = {r["step"]: r for r in records if "step" in r and "eval" not in r and "event" not in r}
+    evals = {r["step"]: r for r in records if "eval" in r}
+    return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
 
 
 def _eval_series(evals: list[dict]) -> dict[str, tuple[list, list]]:
@@ -73,7 +75,12 @@ def plot_log(path: Path, out: Path) -> Path:
     tps = [(r["step"], r["tokens_per_s"]) for r in train if "tokens_per_s" in r]
     if tps:
         axes[1, 1].plot(*zip(*tps))
-    axes[1, 1].set_title("tokens / s")
+    mfu = [(r["step"], 100 * r["mfu"]) for r in train if "mfu" in r]
+    if mfu:  # model FLOP utilisation on a second axis
+        twin = axes[1, 1].twinx()
+        twin.plot(*zip(*mfu), color="tab:orange")
+        twin.set_ylabel("MFU %", color="tab:orange")
+    axes[1, 1].set_title("tokens / s" + (" and MFU" if mfu else ""))
     ax = axes[1, 2]
     series = _eval_series(evals)
     if series:
