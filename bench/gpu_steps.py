@@ -79,6 +79,7 @@ def main():
     ap.add_argument("--vae-steps", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--extra-dit-batch", type=int, nargs="*", default=[64], help="more compiled DiT runs at these batches")
+    ap.add_argument("--parts", default="eager,dit,vae", help="which rows: eager (DiT without compile), dit, vae")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (with a tiny --teacher)")
     ap.add_argument("--teacher", default="2048,6144,28,16,8", help="hidden,mlp,layers,heads,kv_heads (Qwen3-1.7B)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. dit.depth=2 for a dry run")
@@ -96,8 +97,11 @@ def main():
 
     # TextDiT-114M ------------------------------------------------------------------------------------------
     C = cfg.vae.latent_channels
-    runs = [(False, args.eager_steps, cfg.dit_train.micro_batch), (True, args.dit_steps, cfg.dit_train.micro_batch)]
-    runs += [(True, args.dit_steps // 2, b) for b in args.extra_dit_batch]
+    parts = args.parts.split(",")
+    runs = [(False, args.eager_steps, cfg.dit_train.micro_batch)] if "eager" in parts else []
+    if "dit" in parts:
+        runs += [(True, args.dit_steps, cfg.dit_train.micro_batch)]
+        runs += [(True, args.dit_steps // 2, b) for b in args.extra_dit_batch]
     for compiled, steps, batch in runs:
         torch.manual_seed(0)
         dit = TextDiT(cfg.dit, C).to(device)
@@ -118,6 +122,13 @@ def main():
             torch.cuda.reset_peak_memory_stats()
 
     # TextVAE-350M + Qwen3-1.7B-shaped teacher ----------------------------------------------------------------
+    if "vae" in parts:
+        rows.append(vae_row(cfg, args, device, peak, out))
+        print(rows[-1], flush=True)
+    write_table(rows, name, peak, out)
+
+
+def vae_row(cfg, args, device, peak, out) -> dict:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     hidden, mlp, layers, heads, kv_heads = (int(x) for x in args.teacher.split(","))
@@ -141,9 +152,10 @@ def main():
     # the teacher's forward is real work outside the model FLOPs: MFU counting it too
     steps_per_s = row["tokens_per_s"] / (batch * L)
     row["mfu_with_teacher"] = round((flops + teacher_flops) * steps_per_s / peak, 4)
-    rows.append(row)
-    print(rows[-1], flush=True)
+    return row
 
+
+def write_table(rows, name, peak, out):
     result = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "matmul_bf16_tflops": round(peak / 1e12, 1), "rows": rows}
     (out / "gpu_steps.json").write_text(json.dumps(result, indent=2))
