@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from synthetic import ZipfStream
 from textldm.config import TrainConfig, load_config
 from textldm.dit import TextDiT
 from textldm.objectives import DiTObjective, VAEObjective, vae_batches
@@ -27,16 +28,6 @@ from textldm.train import fit
 from textldm.vae import TextVAE, param_count
 
 QWEN3_VOCAB = 151_936
-
-
-class ZipfStream:
-    """Token windows with a Zipf-like frequency profile (a realistic spread of softmax targets)."""
-
-    def __init__(self, vocab: int):
-        self.weights = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float32)
-
-    def windows(self, n, length, generator):
-        return torch.multinomial(self.weights, n * length, replacement=True, generator=generator).view(n, length)
 
 
 def dit_batches(dit_cfg, batch: int, channels: int, device):

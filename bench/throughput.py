@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synthetic import ZipfStream
 from textldm.ar import ARObjective, CausalLM, ar_batches
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.dit import TextDiT
@@ -33,16 +34,6 @@ from textldm.vae import TextVAE, param_count
 
 VOCAB = 49_152  # SmolLM2's, the demo tokenizer
 TEACHER_DIM = 576
-
-
-class ZipfStream:
-    """Token windows with a Zipf-like frequency profile, as real text."""
-
-    def __init__(self, vocab: int):
-        self.weights = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float32)
-
-    def windows(self, n, length, generator):
-        return torch.multinomial(self.weights, n * length, replacement=True, generator=generator).view(n, length)
 
 
 class GPT2Objective(nn.Module):

@@ -327,6 +327,8 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
     amp_dtype = autocast_dtype(precision, device)
     per_device, accum = split_batch(cfg.batch_size, cfg.micro_batch)
     model, inner = wrap_for_training(objective, cfg, device)
+    if world_size() > 1:  # weights were initialised alike on every rank (FSDP does not broadcast them); from
+        torch.manual_seed(torch.initial_seed() + rank())  # here each rank draws its own global-RNG stream
     optimizer = make_optimizer(inner, cfg)
     ema = EMA(inner, cfg.ema) if cfg.ema > 0 else None
     first_step, time_offset = 0, 0.0
