@@ -78,13 +78,15 @@ def spawn(folder, name, cfg_kw=None, kill_at=None, resume=False):
     mp.spawn(worker, args=(2, str(folder), name, cfg_kw or {}, kill_at, resume), nprocs=2, join=True)
 
 
-def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
-    spawn(tmp_path, "full")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, parallel):
+    kw = {"parallel": parallel}
+    spawn(tmp_path, "full", kw)
     with pytest.raises(mp.ProcessExitedException):
-        spawn(tmp_path, "cut", kill_at=5)  # rank 1 dies inside step 5; checkpoints exist for steps 2 and 4
+        spawn(tmp_path, "cut", kw, kill_at=5)  # rank 1 dies inside step 5; checkpoints exist for steps 2 and 4
     assert not (tmp_path / "cut.pt").exists()
     assert latest_checkpoint(tmp_path / "ckpt-cut").name == "step-00000004"
-    spawn(tmp_path, "cut", resume=True)
+    spawn(tmp_path, "cut", kw, resume=True)
     full, resumed = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "cut.pt")
     for key in full:  # EMA weights, after AdamW states, LR schedule and KL warm-up were all restored
         assert torch.equal(full[key], resumed[key]), key
