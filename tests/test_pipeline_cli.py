@@ -11,6 +11,7 @@ import torch
 from textldm import TextLDMPipeline, load_config
 from textldm import runs
 from textldm.cli import main
+from textldm.flow import time_grid
 
 from conftest import tiny_overrides
 
@@ -73,6 +74,41 @@ def test_generate_respects_length_trimming_and_callbacks(trained):
     assert pipe.eot_id not in pipe.decode_latents(z)[0]
 
 
+def test_any_length_batches_seeds_and_guidance_interval(trained, monkeypatch):
+    """Past the trained window (dit.target_max = 12) the continuation comes in windows and has exactly the
+    requested length when no end-of-text is produced; a prompt's continuation does not depend on its batch;
+    the guidance interval halves the evaluations outside it."""
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    monkeypatch.setattr(pipe, "eot_id", -1)  # never produced: every row runs to the full length
+    prompts = pipe.encode_prompts(["The man", "Time will come and", "It was the"])
+    ids = pipe.generate_ids(prompts, length=30, steps=3, cfg_scale=3.0)
+    assert [len(r) for r in ids] == [30, 30, 30]
+    assert pipe.last_evaluations == 3 * 2 * 3  # 3 windows (12 + 12 + 6) x 3 steps x 2 (CFG)
+    assert pipe.generate_ids(prompts[1:2], length=30, steps=3, cfg_scale=3.0, first_index=1) == ids[1:2]
+    texts = pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, batch_size=2)
+    assert texts == pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, batch_size=3)
+    assert texts != pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, seed=99)
+    pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = 0.5, 1.0
+    grid = time_grid(4, pipe.config.dit.t_distribution, pipe.config.dit.t_mean, pipe.config.dit.t_std)
+    guided = int(((grid[:-1] >= 0.5) & (grid[:-1] <= 1.0)).sum())
+    pipe.generate_ids(prompts, length=8, steps=4, cfg_scale=3.0)
+    assert pipe.last_evaluations == 4 + guided
+
+
+def test_cli_generates_a_prompts_file_in_batches(capsys, trained, tmp_path):
+    out, _ = trained
+    (tmp_path / "p.txt").write_text("The man\nTime will come and\nIt was the\n")
+    for batch in (1, 2):
+        code, err = _cli(capsys, "generate", "--model", str(out / "model"), "--prompts-file", str(tmp_path / "p.txt"),
+                         "--length", "6", "--steps", "3", "--batch-size", str(batch), "--seed", "5", "--solver", "ab2",
+                         "--grid", "shifted", "--cfg-interval", "0,0.8", "--out", str(tmp_path / f"o{batch}.jsonl"))
+        assert code == 0, err
+    rows = [json.loads(x) for x in (tmp_path / "o1.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["The man", "Time will come and", "It was the"]
+    assert (tmp_path / "o1.jsonl").read_text() == (tmp_path / "o2.jsonl").read_text()
+
+
 def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
     out, _ = trained
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
@@ -118,7 +154,7 @@ def test_cli_bad_generation_input(capsys, trained, tmp_path):
     cases = [
         (["--prompt", "   "], "prompt 1 is empty"),
         (["--prompt", " ".join(["time"] * 40)], "but the model's context holds 12"),
-        (["--prompt", "The man", "--length", "500"], "outside 1..12"),
+        (["--prompt", "The man", "--length", "0"], "length must be >= 1"),
         (["--prompt", "The man", "--steps", "0"], "steps must be >= 1"),
         ([], "no prompt given"),
         (["--prompts-file", str(tmp_path / "none.txt")], "cannot read prompts file"),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .utils import atomic_write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--length", type=int, help="continuation length in tokens")
     g.add_argument("--steps", type=int, help="sampling steps")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
-    g.add_argument("--solver", choices=["euler", "heun"])
+    g.add_argument("--solver", choices=["euler", "heun", "ab2"])
     g.add_argument("--seed", type=int)
+    g.add_argument("--grid", choices=["schedule", "uniform", "shifted"], help="sampling time grid")
+    g.add_argument("--cfg-interval", help="apply guidance only for t in LO,HI (e.g. 0,0.7)")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
+    g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
     g.add_argument("--device", default="cpu")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     return p
@@ -102,9 +107,24 @@ def _generate(args) -> None:
             raise UserError(f"cannot read prompts file '{args.prompts_file}': {e.strerror}") from None
     if not prompts:
         raise UserError("no prompt given; use --prompt TEXT or --prompts-file FILE")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipe = TextLDMPipeline.from_pretrained(args.model, device=args.device)
+    if args.grid:
+        pipe.config.sample.grid = args.grid
+    if args.cfg_interval:
+        lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
+        if hi is None or not 0 <= lo <= hi <= 1:
+            raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
+        pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = lo, hi
     outputs = pipe.generate(prompts, length=args.length, steps=args.steps, cfg_scale=args.cfg_scale,
-                            solver=args.solver, seed=args.seed)
+                            solver=args.solver, seed=args.seed, batch_size=args.batch_size,
+                            progress=args.out is not None)
+    if args.out:
+        atomic_write_text(args.out, "".join(json.dumps({"prompt": p, "continuation": t}) + "\n"
+                                            for p, t in zip(prompts, outputs)))
+        print(f"{len(outputs)} continuations: {args.out}")
+        return
     for prompt, text in zip(prompts, outputs):
         if args.json:
             print(json.dumps({"prompt": prompt, "continuation": text}))

@@ -123,7 +123,11 @@ class TrainConfig:
 class SampleConfig:
     steps: int = 50
     cfg_scale: float = 7.0
-    solver: str = "euler"  # "euler" or "heun"
+    solver: str = "euler"  # "euler", "heun" (2nd order, 2 evaluations a step) or "ab2" (2nd-order multistep)
+    grid: str = "schedule"  # time grid: "schedule" (training-distribution quantiles), "uniform", "shifted"
+    shift: float = 3.0  # with grid=shifted: SD3's shift of the noise level (>1: more steps near the noise)
+    cfg_min_t: float = 0.0  # guidance interval: CFG is applied only for t in [cfg_min_t, cfg_max_t]
+    cfg_max_t: float = 1.0  # (outside it, one conditional evaluation instead of two)
     length: int = 48  # continuation length in tokens
     seed: int = 0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
@@ -184,7 +188,8 @@ CHOICES = {
     ("ar", "embed_init"): ("teacher", "random"),
     ("dit", "null_context"): ("learned", "zeros"),
     ("dit", "t_distribution"): ("logit_normal", "uniform"),
-    ("sample", "solver"): ("euler", "heun"),
+    ("sample", "solver"): ("euler", "heun", "ab2"),
+    ("sample", "grid"): ("schedule", "uniform", "shifted"),
     ("metrics", "mauve_pooling"): ("mean", "last"),
 }
 
@@ -329,6 +334,8 @@ def validate(cfg: Config) -> None:
         (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),
+        (0 <= cfg.sample.cfg_min_t <= cfg.sample.cfg_max_t <= 1, "need 0 <= sample.cfg_min_t <= cfg_max_t <= 1"),
+        (cfg.sample.shift > 0, "sample.shift must be positive"),
         (cfg.sample.length >= 1, "sample.length must be >= 1"),
         (cfg.sample.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
         (0 < cfg.sample.top_p <= 1, "sample.top_p must be in (0, 1]"),

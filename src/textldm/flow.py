@@ -31,18 +31,26 @@ def sample_t(n: int, distribution: str = "logit_normal", mean: float = 0.0, std:
     raise ValueError(f"unknown timestep distribution {distribution!r}")
 
 
-def time_grid(steps: int, distribution: str = "logit_normal", mean: float = 0.0, std: float = 1.5) -> torch.Tensor:
-    """steps + 1 times from 0 to 1 at equally spaced quantiles of the training distribution, so the
-    sampler spends its steps where training put its samples (the paper's "same schedule")."""
+def time_grid(steps: int, distribution: str = "logit_normal", mean: float = 0.0, std: float = 1.5,
+              kind: str = "schedule", shift: float = 3.0) -> torch.Tensor:
+    """steps + 1 sampling times from 0 (noise) to 1 (data).
+    schedule: equally spaced quantiles of the training distribution, so the sampler spends its steps where
+              training put its samples (the paper's "same schedule").
+    uniform:  equally spaced.
+    shifted:  uniform, then SD3's shift on the noise level sigma = 1 - t: sigma' = s sigma / (1 + (s-1) sigma)
+              (s > 1 puts more steps near the noise end)."""
     q = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    if distribution == "uniform":
+    if kind == "uniform" or (kind == "schedule" and distribution == "uniform"):
         grid = q
-    elif distribution == "logit_normal":
+    elif kind == "shifted":
+        sigma = 1 - q
+        grid = 1 - shift * sigma / (1 + (shift - 1) * sigma)
+    elif kind == "schedule" and distribution == "logit_normal":
         inner = q[1:-1]
         normal_quantile = math.sqrt(2.0) * torch.erfinv(2 * inner - 1)
         grid = torch.cat([q[:1], torch.sigmoid(mean + std * normal_quantile), q[-1:]])
     else:
-        raise ValueError(f"unknown timestep distribution {distribution!r}")
+        raise ValueError(f"unknown time grid {kind!r} / timestep distribution {distribution!r}")
     return grid.float()
 
 

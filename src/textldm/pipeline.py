@@ -20,7 +20,7 @@ from .config import Config, config_from_dict, to_dict
 from .dit import TextDiT
 from .errors import UserError
 from .flow import time_grid
-from .sampling import integrate
+from .sampling import SOLVERS, integrate
 from .utils import atomic_dir, cut_at, environment
 from .vae import TextVAE
 
@@ -152,52 +152,84 @@ class TextLDMPipeline:
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
-                     callback: Callable[[int, float, torch.Tensor], None] | None = None) -> list[list[int]]:
-        """Continue each prompt (token ids) by `length` latent positions; returns ids trimmed at end-of-text."""
+                     callback: Callable[[int, float, torch.Tensor], None] | None = None,
+                     first_index: int = 0) -> list[list[int]]:
+        """Continue each prompt (token ids) by up to `length` tokens; returns ids trimmed at end-of-text.
+
+        Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
+        each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
+        end-of-text. Row i's noise comes from (seed, first_index + i), so a prompt gets the same continuation
+        whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
+        guidance interval); `self.last_evaluations` holds the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
-        s = self.config.sample
+        s, d = self.config.sample, self.config.dit
         length = s.length if length is None else length
         steps, cfg_scale = s.steps if steps is None else steps, s.cfg_scale if cfg_scale is None else cfg_scale
         solver, seed = solver or s.solver, s.seed if seed is None else seed
-        if not 1 <= length <= self.config.dit.target_max:
-            raise UserError(f"length {length} is outside 1..{self.config.dit.target_max} (the DiT's trained "
-                            f"continuation window, dit.target_max)")
+        if length < 1:
+            raise UserError(f"length must be >= 1, got {length}")
         if steps < 1:
             raise UserError(f"steps must be >= 1, got {steps}")
-        if solver not in ("euler", "heun"):
-            raise UserError(f"unknown solver '{solver}'; use euler or heun")
-        device, C = self.device, self.vae.cfg.latent_channels
-        B, Lc = len(prompt_ids), max(len(p) for p in prompt_ids)
+        if solver not in SOLVERS:
+            raise UserError(f"unknown solver '{solver}'; use one of {', '.join(SOLVERS)}")
+        grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
+        out = [[] for _ in prompt_ids]
+        active = list(range(len(prompt_ids)))
+        self.last_evaluations = 0
+        window = 0
+        while active and length > 0:
+            n = min(d.target_max, length)
+            contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
+            rows = self._sample_window(contexts, n, grid, cfg_scale, solver,
+                                       [seed * 1_000_003 + 7919 * window + first_index + i for i in active], callback)
+            for i, row in zip(active, rows):
+                out[i] += row
+            active = [i for i, row in zip(active, rows) if self.eot_id not in row]
+            length -= n
+            window += 1
+        return cut_at(out, self.eot_id)
+
+    def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
+                       solver: str, seeds: list[int], callback) -> list[list[int]]:
+        """One window of `length` latents after each context -> raw token ids (not cut at end-of-text)."""
+        device, C, s = self.device, self.vae.cfg.latent_channels, self.config.sample
+        B, Lc = len(contexts), max(len(p) for p in contexts)
         ctx = torch.zeros(B, Lc, dtype=torch.long, device=device)
         ctx_mask = torch.zeros(B, Lc, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompt_ids):
+        for i, p in enumerate(contexts):
             ctx[i, : len(p)] = torch.tensor(p, device=device)
             ctx_mask[i, : len(p)] = True
         context = self.vae.encode(ctx, ctx_mask)
         if self.config.dit.normalize_latents:
             context = self.vae.normalize(context)
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(B, length, C, generator=g).to(device)
-        d = self.config.dit
-        grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std)
+        x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds]).to(device)
 
         def velocity(x_t, t):
-            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale)
+            guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
+            self.last_evaluations += 2 if guided else 1
+            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0)
 
-        z = integrate(velocity, x, grid, solver, callback)
-        return self.decode_latents(z)
+        return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> list[list[int]]:
-        """DiT-space latents (B, L, C) -> token ids per row, cut at the first end-of-text."""
+    def decode_latents(self, z: torch.Tensor, cut: bool = True) -> list[list[int]]:
+        """DiT-space latents (B, L, C) -> token ids per row, cut at the first end-of-text (if `cut`)."""
         if self.config.dit.normalize_latents:
             z = self.vae.denormalize(z)
         ids = self.vae.decode(z).argmax(-1).tolist()
-        return cut_at(ids, self.eot_id)
+        return cut_at(ids, self.eot_id) if cut else ids
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
-                 callback=None) -> list[str]:
-        ids = self.generate_ids(self.encode_prompts(prompts), length, steps, cfg_scale, solver, seed, callback)
-        return [self.tokenizer.decode(row) for row in ids]
+                 callback=None, batch_size: int = 16, progress: bool = False) -> list[str]:
+        """Continue text prompts, `batch_size` at a time (with a progress bar if `progress`). Deterministic in
+        `seed` and independent of the batch size: prompt i always gets the noise of (seed, i)."""
+        from tqdm.auto import tqdm
+
+        ids = self.encode_prompts(prompts)
+        out = []
+        for start in tqdm(range(0, len(ids), batch_size), desc="generate", unit="batch", disable=not progress):
+            out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
+                                     first_index=start)
+        return [self.tokenizer.decode(row) for row in out]
