@@ -121,6 +121,25 @@ def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, t
     assert [r["step"] for r in evals] == [2, 4] and all("quarters" in r["eval"] for r in evals)
 
 
+def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_cache(trained, tiny_model_dir,
+                                                                                   tiny_corpus, tmp_path, monkeypatch):
+    out, _ = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
+                      + ["dit_train.steps=6", "dit.context_cache=true"])
+    runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.dit.context_cond is not None
+    finals = {}
+    for use_cache in (True, False):
+        pipe.config.sample.context_cache = use_cache
+        states = []
+        pipe.generate_ids(pipe.encode_prompts(["The man", "Time will come and"]), length=6, steps=4, cfg_scale=3.0,
+                          callback=lambda i, t, x: states.append(x.clone()))
+        finals[use_cache] = states[-1]
+    assert torch.allclose(finals[True], finals[False], atol=1e-4)
+
+
 def _cli(capsys, *args):
     with pytest.raises(SystemExit) as e:
         main(list(args))

@@ -32,10 +32,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far in one attention layer (autoregressive decoding)."""
+    """Keys and values of the tokens seen so far in one attention layer. Autoregressive decoding appends to
+    it; a frozen cache (the DiT's clean context, the same at every sampling step) is prepended and kept."""
 
     def __init__(self):
         self.k = self.v = None
+        self.frozen = False
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
@@ -43,7 +45,8 @@ class KVCache:
     def update(self, k: torch.Tensor, v: torch.Tensor):
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
+        if not self.frozen:
+            self.k, self.v = k, v
         return k, v
 
 
@@ -108,14 +111,18 @@ class TransformerBlock(nn.Module):
         self.modulation = None if cond_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
 
     def forward(self, x, rope, attn_mask=None, cond=None, causal=False, cache: KVCache | None = None):
+        """`cond`: (B, cond_dim) for the whole sequence, (B, L, cond_dim) per token, or piecewise as a tuple of
+        ((B, cond_dim), length) pairs covering the sequence in order (one modulation per piece)."""
         if self.modulation is None:
             x = x + self.attn(self.norm1(x), rope, attn_mask, causal, cache)
             return x + self.mlp(self.norm2(x))
-        mod = self.modulation(cond)
-        if mod.dim() == 2:
-            mod = mod.unsqueeze(1)
+        if isinstance(cond, tuple):
+            mod = torch.cat([self.modulation(c).unsqueeze(1).expand(-1, n, -1) for c, n in cond], dim=1)
+        else:
+            mod = self.modulation(cond)
+            mod = mod.unsqueeze(1) if mod.dim() == 2 else mod
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, cache)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 

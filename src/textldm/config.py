@@ -73,6 +73,7 @@ class DiTConfig:
     t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
     null_context: str = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
+    context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -128,6 +129,7 @@ class SampleConfig:
     shift: float = 3.0  # with grid=shifted: SD3's shift of the noise level (>1: more steps near the noise)
     cfg_min_t: float = 0.0  # guidance interval: CFG is applied only for t in [cfg_min_t, cfg_max_t]
     cfg_max_t: float = 1.0  # (outside it, one conditional evaluation instead of two)
+    context_cache: bool = True  # with a dit.context_cache model: compute the context's keys/values once
     length: int = 48  # continuation length in tokens
     seed: int = 0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)

@@ -5,6 +5,12 @@ Sequence layout: [context (Lc) ; target (Lt)], full self-attention. Each token g
 (context / target), and RoPE positions run on across the boundary: target token j sits at position
 len(context) + j, so "the token right after the prompt" is a fixed relative offset. Only the target
 positions produce outputs.
+
+Cacheable-context variant (`dit.context_cache`): context tokens attend only to the context and are
+modulated by a condition without t (a learned vector + the pooled prompt), so every block's context keys
+and values are the same at every sampling step: `cache_context` computes them once per generation (for
+both CFG branches) and `forward_cached` runs only the target tokens against them. Target tokens still
+attend to everything, with the t-modulation.
 """
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .blocks import TransformerBlock, modulate, padding_attn_mask, rope_angles
+from dataclasses import dataclass
+
+from .blocks import KVCache, TransformerBlock, modulate, padding_attn_mask, rope_angles
 from .config import DiTConfig
 
 
@@ -44,6 +52,23 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+@dataclass
+class ContextCache:
+    """Per-block keys/values of clean context latents (cacheable-context DiT), with what the target pass needs."""
+    blocks: list[KVCache]
+    context_mask: torch.Tensor  # (B, Lc)
+    pooled: torch.Tensor  # (B, width): the pooled-prompt term of the adaLN condition (0 when off)
+
+    def head(self, n: int) -> ContextCache:
+        """The first n rows (the conditional half of a [context ; null] cache)."""
+        blocks = []
+        for c in self.blocks:
+            part = KVCache()
+            part.k, part.v, part.frozen = c.k[:n], c.v[:n], True
+            blocks.append(part)
+        return ContextCache(blocks, self.context_mask[:n], self.pooled[:n])
+
+
 class TextDiT(nn.Module):
     def __init__(self, cfg: DiTConfig, latent_channels: int):
         super().__init__()
@@ -62,6 +87,8 @@ class TextDiT(nn.Module):
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
             if cfg.pooled_context else None
         self.null_context = nn.Parameter(torch.zeros(latent_channels), requires_grad=cfg.null_context == "learned")
+        # cacheable-context variant: the context's adaLN condition, free of t
+        self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
         self.final = FinalLayer(w, latent_channels)
         self.initialize_weights()
@@ -96,6 +123,18 @@ class TextDiT(nn.Module):
         null = self.null_context.to(context.dtype).expand_as(context)
         return torch.where(drop.view(-1, 1, 1), null, context)
 
+    def _pooled(self, context, context_mask) -> torch.Tensor | float:
+        """The pooled-prompt term of the adaLN condition (SD3-style), or 0."""
+        if self.context_pool is None:
+            return 0.0
+        weights = context_mask.unsqueeze(-1).to(context.dtype)
+        pooled = (context * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.context_pool(pooled.to(self.in_proj.weight.dtype))
+
+    def _embed(self, latents, segment: int):
+        x = self.in_proj(latents.to(self.in_proj.weight.dtype))
+        return x + self.segment.weight[segment]
+
     def forward(self, x_t, t, context, context_mask=None, target_mask=None):
         """x_t (B, Lt, C) noisy target latents, t (B,), context (B, Lc, C) clean latents,
         masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C)."""
@@ -106,33 +145,82 @@ class TextDiT(nn.Module):
             context_mask = torch.ones(B, Lc, dtype=torch.bool, device=device)
         if target_mask is None:
             target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
-        x = self.in_proj(torch.cat([context, x_t], dim=1).to(self.in_proj.weight.dtype))
-        segments = torch.cat([torch.zeros(Lc, dtype=torch.long, device=device),
-                              torch.ones(Lt, dtype=torch.long, device=device)])
-        x = x + self.segment(segments)
+        x = torch.cat([self._embed(context, 0), self._embed(x_t, 1)], dim=1)
         context_len = context_mask.sum(1, keepdim=True)
         positions = torch.cat([torch.arange(Lc, device=device).expand(B, Lc),
                                context_len + torch.arange(Lt, device=device)], dim=1)
         rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
-        attn_mask = padding_attn_mask(torch.cat([context_mask, target_mask], dim=1))
-        cond = self.condition(t)
-        if self.context_pool is not None:
-            weights = context_mask.unsqueeze(-1).to(context.dtype)
-            pooled = (context * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-            cond = cond + self.context_pool(pooled.to(self.in_proj.weight.dtype))
+        keys = torch.cat([context_mask, target_mask], dim=1)
+        pooled = self._pooled(context, context_mask)
+        cond = self.condition(t) + pooled
+        if self.context_cond is None:
+            attn_mask, block_cond = padding_attn_mask(keys), cond
+        else:  # context queries see only context keys; the context is modulated without t
+            is_context = torch.arange(Lc + Lt, device=device) < Lc
+            attn_mask = (keys[:, None, :] & (~is_context[:, None] | is_context[None, :]))[:, None]
+            block_cond = ((self.context_cond + pooled).expand(B, -1), Lc), (cond, Lt)
         for block in self.blocks:
-            x = block(x, rope, attn_mask, cond=cond)
+            x = block(x, rope, attn_mask, cond=block_cond)
         return self.final(x[:, Lc:], cond)
 
-    def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0):
+    @torch.no_grad()
+    def cache_context(self, context, context_mask=None) -> ContextCache:
+        """Run the clean context through every block once and keep its keys/values (cacheable variant)."""
+        if self.context_cond is None:
+            raise ValueError("this DiT attends jointly over context and target; train with dit.context_cache=true")
+        B, Lc, _ = context.shape
+        if context_mask is None:
+            context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)
+        pooled = self._pooled(context, context_mask)
+        cond = (self.context_cond + pooled).expand(B, -1)
+        rope = rope_angles(torch.arange(Lc, device=context.device), self.cfg.width // self.cfg.heads)
+        x, caches = self._embed(context, 0), [KVCache() for _ in self.blocks]
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, rope, padding_attn_mask(context_mask), cond=cond, cache=cache)
+            cache.frozen = True
+        pooled = pooled if torch.is_tensor(pooled) else torch.zeros(B, self.cfg.width, device=context.device)
+        return ContextCache(caches, context_mask, pooled)
+
+    def forward_cached(self, x_t, t, cache: ContextCache, target_mask=None):
+        """The velocity of `forward`, running only the target tokens against a `cache_context` result."""
+        B, Lt, _ = x_t.shape
+        device = x_t.device
+        if target_mask is None:
+            target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
+        positions = cache.context_mask.sum(1, keepdim=True) + torch.arange(Lt, device=device)
+        rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
+        attn_mask = padding_attn_mask(torch.cat([cache.context_mask, target_mask], dim=1))
+        cond = self.condition(t) + cache.pooled
+        x = self._embed(x_t, 1)
+        for block, kv in zip(self.blocks, cache.blocks):
+            x = block(x, rope, attn_mask, cond=cond, cache=kv)
+        return self.final(x, cond)
+
+    def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
+                        cache: ContextCache | None = None):
         """Classifier-free guidance as one batched forward over [conditional ; unconditional]:
-        v = v_uncond + scale * (v_cond - v_uncond). scale 1 is plain conditional sampling."""
-        if cfg_scale == 1.0:
-            return self(x_t, t, context, context_mask, target_mask)
+        v = v_uncond + scale * (v_cond - v_uncond). scale 1 is plain conditional sampling. With a `cache`
+        (from `cache_context` over [context ; null context], or over the context alone when scale is 1),
+        only the target tokens run."""
         B = x_t.shape[0]
-        null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=x_t.device))
         cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
-        v = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null]),
-                 cat(context_mask, context_mask), cat(target_mask, target_mask))
+        if cfg_scale == 1.0:
+            if cache is not None:
+                return self.forward_cached(x_t, t, cache.head(B), target_mask)
+            return self(x_t, t, context, context_mask, target_mask)
+        if cache is not None:
+            v = self.forward_cached(torch.cat([x_t, x_t]), torch.cat([t, t]), cache, cat(target_mask, target_mask))
+        else:
+            null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=x_t.device))
+            v = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null]),
+                     cat(context_mask, context_mask), cat(target_mask, target_mask))
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+    def cache_for_guidance(self, context, context_mask=None) -> ContextCache:
+        """`cache_context` over [context ; null context]: one cache serves both CFG branches at every step."""
+        B, Lc, _ = context.shape
+        if context_mask is None:
+            context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)
+        null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=context.device))
+        return self.cache_context(torch.cat([context, null]), torch.cat([context_mask, context_mask]))

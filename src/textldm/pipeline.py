@@ -204,11 +204,15 @@ class TextLDMPipeline:
         if self.config.dit.normalize_latents:
             context = self.vae.normalize(context)
         x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds]).to(device)
+        cache = None
+        if self.dit.context_cond is not None and s.context_cache:  # context keys/values once, for every step
+            cache = self.dit.cache_for_guidance(context, ctx_mask) if cfg_scale != 1.0 else \
+                self.dit.cache_context(context, ctx_mask)
 
         def velocity(x_t, t):
             guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
             self.last_evaluations += 2 if guided else 1
-            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0)
+            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0, cache)
 
         return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
 
