@@ -51,6 +51,14 @@ def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     return per_sequence + linear_flops(*conditioners)
 
 
+def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tuple[float, float]:
+    """Cacheable-context DiT at sampling: (the context pass, once per generation; one target-only pass)."""
+    context = context_len * (linear_flops(dit.in_proj) + sum(block_flops(b, context_len) for b in dit.blocks))
+    L = context_len + target_len
+    target = target_len * (linear_flops(dit.in_proj, dit.final.linear) + sum(block_flops(b, L) for b in dit.blocks))
+    return context, target
+
+
 def ar_flops_per_sequence(model, length: int) -> float:
     """Forward FLOPs of the causal LM on one sequence of `length` tokens (tied output head included)."""
     per_token = sum(block_flops(b, length) for b in model.blocks) + 2.0 * model.cfg.width * model.vocab_size
