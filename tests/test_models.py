@@ -270,3 +270,34 @@ def test_cached_context_gives_the_same_velocities():
     # the default (joint) DiT has no cache
     with pytest.raises(ValueError, match="context_cache"):
         TextDiT(DiTConfig(width=32, depth=1, heads=4), 8).cache_context(ctx, ctx_mask)
+
+
+def test_right_context_for_infilling():
+    """dit.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
+    changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
+    from textldm.config import DiTConfig
+    from textldm.dit import TextDiT
+    from textldm.objectives import right_context
+
+    torch.manual_seed(0)
+    for cacheable in (False, True):
+        dit = TextDiT(DiTConfig(width=32, depth=2, heads=4, infill_prob=0.5, context_cache=cacheable), 8)
+        with torch.no_grad():
+            for p in dit.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        B = 2
+        ctx, x, t, right = torch.randn(B, 6, 8), torch.randn(B, 5, 8), torch.rand(B), torch.randn(B, 4, 8)
+        ctx_mask = torch.arange(6)[None] < torch.tensor([[6], [3]])
+        tgt_mask = torch.arange(5)[None] < torch.tensor([[5], [2]])
+        plain = dit(x, t, ctx, ctx_mask, tgt_mask)
+        masked = dit(x, t, ctx, ctx_mask, tgt_mask, right, torch.zeros(B, 4, dtype=torch.bool))
+        assert torch.allclose(plain, masked, atol=1e-5)
+        with_right = dit(x, t, ctx, ctx_mask, tgt_mask, right, torch.ones(B, 4, dtype=torch.bool))
+        assert not torch.allclose(plain[tgt_mask], with_right[tgt_mask], atol=1e-3)
+        guided = dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 3.0, None, right, torch.ones(B, 4, dtype=torch.bool))
+        assert guided.shape == x.shape and torch.isfinite(guided).all()
+    with pytest.raises(ValueError, match="infill_prob"):
+        TextDiT(DiTConfig(width=32, depth=1, heads=4), 8)(x, t, ctx, ctx_mask, tgt_mask, right)
+    window = torch.arange(40).view(2, 20)  # context_max 6: the target starts at 6
+    ids, mask = right_context(window, torch.tensor([3, 5]), torch.tensor([4, 0]), 6)
+    assert ids[0, :4].tolist() == [9, 10, 11, 12] and mask.sum().item() == 4

@@ -140,6 +140,25 @@ def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_
     assert torch.allclose(finals[True], finals[False], atol=1e-4)
 
 
+def test_infilling_between_two_texts(trained, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+    from textldm.errors import UserError
+
+    out, _ = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    with pytest.raises(UserError, match="infill_prob"):
+        TextLDMPipeline.from_pretrained(out / "model").infill("The man", "of the day.")
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
+                      + ["dit_train.steps=6", "dit.infill_prob=0.5"])
+    runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
+    middles = pipe.infill(["The man", "It was"], ["of the day.", "said that"], length=5, steps=3)
+    assert len(middles) == 2 and all(isinstance(m, str) for m in middles)
+    assert pipe.last_evaluations == 3 * 2
+    assert middles == pipe.infill(["The man", "It was"], ["of the day.", "said that"], length=5, steps=3)
+    with pytest.raises(UserError, match="one right per left"):
+        pipe.infill(["The man", "It was"], ["of the day."], length=5)
+
+
 def _cli(capsys, *args):
     with pytest.raises(SystemExit) as e:
         main(list(args))

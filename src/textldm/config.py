@@ -74,6 +74,7 @@ class DiTConfig:
     null_context: str = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
+    infill_prob: float = 0.0  # share of training examples that also get the text after the target (infilling)
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -333,6 +334,7 @@ def validate(cfg: Config) -> None:
         (max(cfg.dit.context_max, cfg.dit.target_max) <= cfg.vae.max_len,
          "dit.context_max and dit.target_max must not exceed vae.max_len"),
         (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
+        (0 <= cfg.dit.infill_prob <= 1, "dit.infill_prob must be in [0, 1]"),
         (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),

@@ -76,7 +76,8 @@ class TextDiT(nn.Module):
         self.latent_channels = latent_channels
         w = cfg.width
         self.in_proj = nn.Linear(latent_channels, w)
-        self.segment = nn.Embedding(2, w)  # 0 = context, 1 = target
+        # 0 = context, 1 = target, 2 = right context (infilling; only in models trained with dit.infill_prob > 0)
+        self.segment = nn.Embedding(3 if cfg.infill_prob > 0 else 2, w)
         if cfg.t_conditioning:
             self.t_embedder = TimestepEmbedder(w)
         else:  # t-free variant: the blocks keep their adaLN, driven by one learned vector
@@ -135,9 +136,11 @@ class TextDiT(nn.Module):
         x = self.in_proj(latents.to(self.in_proj.weight.dtype))
         return x + self.segment.weight[segment]
 
-    def forward(self, x_t, t, context, context_mask=None, target_mask=None):
+    def forward(self, x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None):
         """x_t (B, Lt, C) noisy target latents, t (B,), context (B, Lc, C) clean latents,
-        masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C)."""
+        masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C).
+        Infilling: `right` (B, Lr, C) clean latents of the text after the target, placed after the target's
+        real length (a model trained with dit.infill_prob > 0)."""
         B, Lt, _ = x_t.shape
         Lc = context.shape[1]
         device = x_t.device
@@ -145,23 +148,35 @@ class TextDiT(nn.Module):
             context_mask = torch.ones(B, Lc, dtype=torch.bool, device=device)
         if target_mask is None:
             target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
-        x = torch.cat([self._embed(context, 0), self._embed(x_t, 1)], dim=1)
         context_len = context_mask.sum(1, keepdim=True)
-        positions = torch.cat([torch.arange(Lc, device=device).expand(B, Lc),
-                               context_len + torch.arange(Lt, device=device)], dim=1)
-        rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
-        keys = torch.cat([context_mask, target_mask], dim=1)
-        pooled = self._pooled(context, context_mask)
+        parts, keys = [self._embed(context, 0), self._embed(x_t, 1)], [context_mask, target_mask]
+        positions = [torch.arange(Lc, device=device).expand(B, Lc), context_len + torch.arange(Lt, device=device)]
+        clean, clean_mask = context, context_mask
+        Lr = 0
+        if right is not None:
+            if self.segment.num_embeddings < 3:
+                raise ValueError("this DiT was trained without a right context; train with dit.infill_prob > 0")
+            Lr = right.shape[1]
+            right_mask = torch.ones(B, Lr, dtype=torch.bool, device=device) if right_mask is None else right_mask
+            parts.append(self._embed(right, 2))
+            keys.append(right_mask)
+            positions.append(context_len + target_mask.sum(1, keepdim=True) + torch.arange(Lr, device=device))
+            clean, clean_mask = torch.cat([context, right], 1), torch.cat([context_mask, right_mask], 1)
+        x, keys = torch.cat(parts, 1), torch.cat(keys, 1)
+        rope = rope_angles(torch.cat(positions, 1), self.cfg.width // self.cfg.heads)
+        pooled = self._pooled(clean, clean_mask)
         cond = self.condition(t) + pooled
         if self.context_cond is None:
             attn_mask, block_cond = padding_attn_mask(keys), cond
         else:  # context queries see only context keys; the context is modulated without t
-            is_context = torch.arange(Lc + Lt, device=device) < Lc
+            index = torch.arange(Lc + Lt + Lr, device=device)
+            is_context = (index < Lc) | (index >= Lc + Lt)
             attn_mask = (keys[:, None, :] & (~is_context[:, None] | is_context[None, :]))[:, None]
-            block_cond = ((self.context_cond + pooled).expand(B, -1), Lc), (cond, Lt)
+            context_cond = (self.context_cond + pooled).expand(B, -1)
+            block_cond = ((context_cond, Lc), (cond, Lt)) + (((context_cond, Lr),) if Lr else ())
         for block in self.blocks:
             x = block(x, rope, attn_mask, cond=block_cond)
-        return self.final(x[:, Lc:], cond)
+        return self.final(x[:, Lc: Lc + Lt], cond)
 
     @torch.no_grad()
     def cache_context(self, context, context_mask=None) -> ContextCache:
@@ -197,7 +212,7 @@ class TextDiT(nn.Module):
         return self.final(x, cond)
 
     def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
-                        cache: ContextCache | None = None):
+                        cache: ContextCache | None = None, right=None, right_mask=None):
         """Classifier-free guidance as one batched forward over [conditional ; unconditional]:
         v = v_uncond + scale * (v_cond - v_uncond). scale 1 is plain conditional sampling. With a `cache`
         (from `cache_context` over [context ; null context], or over the context alone when scale is 1),
@@ -207,13 +222,16 @@ class TextDiT(nn.Module):
         if cfg_scale == 1.0:
             if cache is not None:
                 return self.forward_cached(x_t, t, cache.head(B), target_mask)
-            return self(x_t, t, context, context_mask, target_mask)
+            return self(x_t, t, context, context_mask, target_mask, right, right_mask)
         if cache is not None:
             v = self.forward_cached(torch.cat([x_t, x_t]), torch.cat([t, t]), cache, cat(target_mask, target_mask))
         else:
-            null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=x_t.device))
+            drop = torch.ones(B, dtype=torch.bool, device=x_t.device)
+            null = self.drop_context(context, drop)
+            null_right = None if right is None else torch.cat([right, self.drop_context(right, drop)])
             v = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null]),
-                     cat(context_mask, context_mask), cat(target_mask, target_mask))
+                     cat(context_mask, context_mask), cat(target_mask, target_mask), null_right,
+                     cat(right_mask, right_mask))
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 

@@ -72,7 +72,11 @@ class DiTObjective(nn.Module):
     def forward(self, batch: dict, step: int):
         x0, x1, t = batch["noise"], batch["target"], batch["t"]
         context = self.dit.drop_context(batch["context"], batch["drop"])
-        v = self.dit(interpolate(x0, x1, t), t, context, batch["context_mask"], batch["target_mask"])
+        right = batch.get("right")
+        if right is not None:  # infilling examples: the text after the target is dropped with the context
+            right = self.dit.drop_context(right, batch["drop"])
+        v = self.dit(interpolate(x0, x1, t), t, context, batch["context_mask"], batch["target_mask"], right,
+                     batch.get("right_mask"))
         per_sample = flow_loss(v, x0, x1, batch["target_mask"])
         return per_sample.mean(), {"loss": per_sample.mean().detach()}
 
@@ -94,6 +98,15 @@ def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target
     return context, context_mask, torch.where(target_mask, target, 0), target_mask
 
 
+def right_context(window: torch.Tensor, target_len: torch.Tensor, right_len: torch.Tensor, context_max: int):
+    """The `right_len` tokens that follow each target's real end (at context_max + target_len) in `window`,
+    moved to the left edge (right padding)."""
+    start = context_max + target_len
+    idx = (start[:, None] + torch.arange(context_max)[None]).clamp(max=window.shape[1] - 1)
+    mask = torch.arange(context_max)[None] < right_len[:, None]
+    return torch.where(mask, window.gather(1, idx), 0), mask
+
+
 def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
                 shard: bool = True):
     """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately.
@@ -104,7 +117,8 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
 
     def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
         g = step_generator(seed, step)
-        window = stream.windows(batch_size, cfg.context_max + cfg.target_max, g)
+        span = cfg.context_max + cfg.target_max
+        window = stream.windows(batch_size, span + (cfg.context_max if cfg.infill_prob > 0 else 0), g)
         context_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
         target_len = torch.randint(cfg.target_min, cfg.target_max + 1, (batch_size,), generator=g)
         if t is None:
@@ -112,11 +126,19 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
         drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
         noise = torch.randn(batch_size, cfg.target_max, C, generator=g)
         sl = local_slice(batch_size, micro, accum) if shard else slice(None)
-        ctx, ctx_mask, tgt, tgt_mask = split_context_target(window[sl], context_len[sl], target_len[sl], cfg.context_max)
+        ctx, ctx_mask, tgt, tgt_mask = split_context_target(window[sl, :span], context_len[sl], target_len[sl],
+                                                            cfg.context_max)
         ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in (ctx, ctx_mask, tgt, tgt_mask))
-        return {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,
-                "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
-                "noise": noise[sl].to(device), "t": t[sl].to(device),
-                "drop": drop[sl].to(device)}
+        batch = {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,
+                 "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
+                 "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device)}
+        if cfg.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
+            right_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
+            right_len[torch.rand(batch_size, generator=g) >= cfg.infill_prob] = 0
+            right, right_mask = right_context(window[sl], target_len[sl], right_len[sl], cfg.context_max)
+            right, right_mask = right.to(device), right_mask.to(device)
+            batch["right"] = encode_latents(vae, right, right_mask, cfg.normalize_latents)
+            batch["right_mask"] = right_mask
+        return batch
 
     return get

@@ -190,31 +190,60 @@ class TextLDMPipeline:
             window += 1
         return cut_at(out, self.eot_id)
 
+    def _encode(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists -> (clean DiT-space latents (B, L, C), mask), right-padded."""
+        device = self.device
+        ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long, device=device)
+        mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, device=device)
+            mask[i, : len(r)] = True
+        z = self.vae.encode(ids, mask)
+        return (self.vae.normalize(z) if self.config.dit.normalize_latents else z), mask
+
     def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
-                       solver: str, seeds: list[int], callback) -> list[list[int]]:
-        """One window of `length` latents after each context -> raw token ids (not cut at end-of-text)."""
+                       solver: str, seeds: list[int], callback, rights: list[list[int]] | None = None) -> list[list[int]]:
+        """One window of `length` latents after each context (and before each right context, when infilling)
+        -> raw token ids (not cut at end-of-text)."""
         device, C, s = self.device, self.vae.cfg.latent_channels, self.config.sample
-        B, Lc = len(contexts), max(len(p) for p in contexts)
-        ctx = torch.zeros(B, Lc, dtype=torch.long, device=device)
-        ctx_mask = torch.zeros(B, Lc, dtype=torch.bool, device=device)
-        for i, p in enumerate(contexts):
-            ctx[i, : len(p)] = torch.tensor(p, device=device)
-            ctx_mask[i, : len(p)] = True
-        context = self.vae.encode(ctx, ctx_mask)
-        if self.config.dit.normalize_latents:
-            context = self.vae.normalize(context)
+        context, ctx_mask = self._encode(contexts)
+        right, right_mask = self._encode(rights) if rights is not None else (None, None)
         x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds]).to(device)
         cache = None
-        if self.dit.context_cond is not None and s.context_cache:  # context keys/values once, for every step
+        if self.dit.context_cond is not None and s.context_cache and right is None:  # context K/V once per window
             cache = self.dit.cache_for_guidance(context, ctx_mask) if cfg_scale != 1.0 else \
                 self.dit.cache_context(context, ctx_mask)
 
         def velocity(x_t, t):
             guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
             self.last_evaluations += 2 if guided else 1
-            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0, cache)
+            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0, cache,
+                                            right, right_mask)
 
         return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
+
+    @torch.no_grad()
+    def infill(self, left: list[str] | str, right: list[str] | str, length: int | None = None,
+               steps: int | None = None, cfg_scale: float | None = None, solver: str | None = None,
+               seed: int | None = None) -> list[str]:
+        """The `length` tokens between each left and right text, both given to the DiT as clean latents (a model
+        trained with dit.infill_prob > 0). Returns the middles; left + middle + right is the filled text."""
+        if self.dit is None or self.dit.segment.num_embeddings < 3:
+            raise UserError("this model was not trained for infilling; train the DiT with dit.infill_prob > 0 "
+                            "(e.g. 0.3)")
+        lefts, rights = self.encode_prompts(left), self.encode_prompts(right)
+        if len(lefts) != len(rights):
+            raise UserError(f"{len(lefts)} left texts but {len(rights)} right texts; give one right per left")
+        s, d = self.config.sample, self.config.dit
+        length = s.length if length is None else length
+        if not 1 <= length <= d.target_max:
+            raise UserError(f"infill length {length} is outside 1..{d.target_max} (dit.target_max)")
+        solver, seed = solver or s.solver, s.seed if seed is None else seed
+        grid = time_grid(steps or s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
+        self.last_evaluations = 0
+        rows = self._sample_window(lefts, length, grid, s.cfg_scale if cfg_scale is None else cfg_scale, solver,
+                                   [seed * 1_000_003 + i for i in range(len(lefts))], None, rights)
+        return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, cut: bool = True) -> list[list[int]]:

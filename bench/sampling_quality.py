@@ -1,0 +1,82 @@
+"""Quality vs network evaluations on one trained TextLDM checkpoint: ROUGE-L and MAUVE on a continuation
+benchmark for the paper's sampler (Euler, 50 steps) and cheaper ones (fewer Euler steps, Heun, the AB2
+multistep solver, other time grids, a CFG guidance interval). Goal (issue 5): the 50-step Euler quality
+within 2% at <= 10 evaluations.
+
+    python bench/sampling_quality.py --model runs/quality/textldm/model [--samples 500] [--out bench/results]
+
+Every configuration continues the same prompts with the same seeds; MAUVE uses fixed buckets (see
+docs/evaluation.md), so differences of a few points at 500 samples are within its noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from textldm.benchmark import benchmark
+from textldm.config import MetricsConfig
+from textldm.harness import Scorer, load_contestant
+from textldm.sampling import evaluations
+
+CONFIGS = [  # label, solver, steps, extra sample settings
+    ("euler 50 (paper)", "euler", 50, {}),
+    ("euler 10", "euler", 10, {}),
+    ("euler 5", "euler", 5, {}),
+    ("heun 5", "heun", 5, {}),
+    ("ab2 9", "ab2", 9, {}),
+    ("ab2 5", "ab2", 5, {}),
+    ("euler 10, uniform grid", "euler", 10, {"grid": "uniform"}),
+    ("euler 10, shifted grid (3)", "euler", 10, {"grid": "shifted", "shift": 3.0}),
+    ("ab2 9, CFG only for t <= 0.7", "ab2", 9, {"cfg_max_t": 0.7}),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--bench", default="embedded")
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    contestant = load_contestant(args.model)
+    pipe = contestant.model
+    sample = pipe.config.sample
+    base = {k: getattr(sample, k) for k in ("grid", "shift", "cfg_min_t", "cfg_max_t")}
+    name, items = benchmark(args.bench, args.samples, 0)
+    scorer = Scorer(items, MetricsConfig(samples=args.samples), metrics=("rouge", "mauve", "stats"))
+    rows = []
+    for label, solver, steps, extra in CONFIGS:
+        for key, value in {**base, **extra}.items():
+            setattr(sample, key, value)
+        start = time.time()
+        gens = contestant.continue_items(items, sample, args.batch_size, 0, solver=solver, steps=steps)
+        seconds = time.time() - start
+        scores = scorer(gens)
+        guided = evaluations(solver, steps) if sample.cfg_max_t >= 1.0 and sample.cfg_min_t <= 0 else None
+        rows.append({"config": label, "solver": solver, "steps": steps, **extra,
+                     "evaluations": evaluations(solver, steps), "forwards_per_window": guided and 2 * guided,
+                     "rouge_l": scores["rouge_l"], "mauve": scores["mauve"], "distinct_2": scores["distinct_2"],
+                     "generation_seconds": round(seconds, 1)})
+        print(rows[-1], flush=True)
+    ref = rows[0]
+    lines = [f"Benchmark `{name}`, {len(items)} items, model `{args.model}` (CFG {sample.cfg_scale}).", "",
+             "| sampler | evaluations | ROUGE-L x100 | vs Euler 50 | MAUVE x100 | vs Euler 50 | distinct-2 | generation s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['evaluations']} | {100 * r['rouge_l']:.2f} "
+                     f"| {100 * (r['rouge_l'] / ref['rouge_l'] - 1):+.1f}% | {100 * r['mauve']:.1f} "
+                     f"| {100 * (r['mauve'] / ref['mauve'] - 1):+.1f}% | {r['distinct_2']:.3f} | {r['generation_seconds']} |")
+    text = "\n".join(lines) + "\n"
+    (out / "sampling_quality.md").write_text(text)
+    (out / "sampling_quality.json").write_text(json.dumps({"model": args.model, "benchmark": name, "rows": rows},
+                                                          indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
