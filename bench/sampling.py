@@ -77,8 +77,11 @@ def ar_flops(model, length: int) -> float:
 
 
 def timed(fn) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -88,6 +91,7 @@ def main():
     ap.add_argument("--lengths", default="64,256,1024")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,13 +99,19 @@ def main():
     batches = [int(x) for x in args.batches.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    default, cacheable = textldm_pipeline(False), textldm_pipeline(True)
+    default, cacheable = textldm_pipeline(False).to(args.device), textldm_pipeline(True).to(args.device)
     torch.manual_seed(0)
-    ar = CausalLM(ARConfig(width=256, depth=14, heads=4), VOCAB).eval()
+    ar = CausalLM(ARConfig(width=256, depth=14, heads=4), VOCAB).eval().to(args.device)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     params = {"textldm": param_count(default.vae) + param_count(default.dit), "ar": param_count(ar)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; parameters: TextLDM "
+    print(f"{device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads; parameters: TextLDM "
           f"{params['textldm'] / 1e6:.1f}M (VAE + DiT), AR {params['ar'] / 1e6:.1f}M", flush=True)
     g = torch.Generator().manual_seed(0)
+    warm = torch.randint(0, VOCAB, (1, PROMPT), generator=g).tolist()
+    with torch.no_grad():  # kernels, allocator and (on GPU) library initialisation out of the timings
+        for pipe in (default, cacheable):
+            pipe.generate_ids(warm, 8, 2, 7.0, "euler", 0)
+        ar_generate(ar, warm, 8)
     rows = []
     for batch in batches:
         prompts = torch.randint(0, VOCAB, (batch, PROMPT), generator=g).tolist()
@@ -133,7 +143,7 @@ def main():
             with torch.no_grad():
                 s = timed(lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0))
             add("AR, KV cache", s, length, length, ar_flops(ar, length))
-    (out / "sampling.json").write_text(json.dumps({"params": params, "rows": rows}, indent=2))
+    (out / "sampling.json").write_text(json.dumps({"device": device_name, "params": params, "rows": rows}, indent=2))
     lines = ["| model / sampler | length | batch | s / continuation | tokens/s | evaluations | forwards | GFLOP / continuation |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
