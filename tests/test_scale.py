@@ -183,6 +183,18 @@ def test_flops_from_the_shape_match_the_counted_flops():
     predicted = TRAIN_FACTOR * B * dit_flops_per_sequence(dit, 8, 16)
     assert 0.95 < counted(lambda: flow_loss(dit(x, t, ctx), x, x, None).mean()) / predicted < 1.05
 
+    # the cacheable-context DiT at sampling: one context pass, then target-only passes
+    from textldm.perf import dit_cached_flops_per_sequence
+
+    cached = TextDiT(DiTConfig(width=64, depth=2, heads=4, context_cache=True), 8)
+    context_pass, target_pass = dit_cached_flops_per_sequence(cached, 8, 16)
+    with FlopCounterMode(display=False) as counter:
+        cache = cached.cache_context(ctx)
+    assert 0.95 < counter.get_total_flops() / (B * context_pass) < 1.05
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        cached.forward_cached(x, t, cache)
+    assert 0.95 < counter.get_total_flops() / (B * target_pass) < 1.05
+
     vae = TextVAE(VAEConfig(width=64, heads=4, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
                             repa_hidden=32, softmax="full"), 300, TEACHER_DIM)
     ids, mask = torch.randint(0, 300, (B, 16)), torch.ones(B, 16, dtype=torch.bool)

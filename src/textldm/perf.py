@@ -43,12 +43,20 @@ def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     L = context_len + target_len
     per_token = linear_flops(dit.in_proj) + sum(block_flops(b, L) for b in dit.blocks)
     per_sequence = per_token * L + linear_flops(dit.final.linear) * target_len
-    conditioners = [b.modulation[-1] for b in dit.blocks] + [dit.final.modulation[-1]]
-    if dit.t_embedder is not None:
-        conditioners += [m for m in dit.t_embedder.mlp if isinstance(m, nn.Linear)]
-    if dit.context_pool is not None:
-        conditioners += [m for m in dit.context_pool if isinstance(m, nn.Linear)]
-    return per_sequence + linear_flops(*conditioners)
+    return per_sequence + _conditioner_flops(dit, target=True, context=True)
+
+
+def _conditioner_flops(dit, target: bool, context: bool) -> float:
+    """The per-sequence adaLN work: the blocks' modulation for each condition used, plus its embedders."""
+    layers = []
+    if target:
+        layers += [b.modulation[-1] for b in dit.blocks] + [dit.final.modulation[-1]]
+        layers += [m for m in dit.t_embedder.mlp if isinstance(m, nn.Linear)] if dit.t_embedder is not None else []
+    if context and dit.context_pool is not None:
+        layers += [m for m in dit.context_pool if isinstance(m, nn.Linear)]
+    if context and getattr(dit, "context_cond", None) is not None:
+        layers += [b.modulation[-1] for b in dit.blocks]  # the context's own, t-free modulation
+    return linear_flops(*layers)
 
 
 def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tuple[float, float]:
@@ -56,7 +64,7 @@ def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tup
     context = context_len * (linear_flops(dit.in_proj) + sum(block_flops(b, context_len) for b in dit.blocks))
     L = context_len + target_len
     target = target_len * (linear_flops(dit.in_proj, dit.final.linear) + sum(block_flops(b, L) for b in dit.blocks))
-    return context, target
+    return context + _conditioner_flops(dit, False, True), target + _conditioner_flops(dit, True, False)
 
 
 def ar_flops_per_sequence(model, length: int) -> float:
