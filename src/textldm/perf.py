@@ -110,11 +110,11 @@ class Throughput:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {}
         if self.tokens_per_step:
-            out["tokens_per_s"] = round(self.tokens_per_step * self.steps / elapsed, 1)
+            out["tokens_per_s"] = float(f"{self.tokens_per_step * self.steps / elapsed:.5g}")
         if self.flops_per_step:
             per_device = self.flops_per_step * self.steps / elapsed / self.devices
-            out["tflops_per_s"] = round(per_device / 1e12, 4)
+            out["tflops_per_s"] = float(f"{per_device / 1e12:.4g}")  # 4 significant digits, also for tiny models
             if self.peak_flops:
-                out["mfu"] = round(per_device / self.peak_flops, 4)
+                out["mfu"] = float(f"{per_device / self.peak_flops:.4g}")
         self.reset()
         return out
