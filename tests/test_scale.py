@@ -228,7 +228,7 @@ def test_throughput_logging_reports_sane_numbers(tmp_path):
     # the logged rates agree with the wall clock between two records (steps 5..11)
     by_step = {r["step"]: r for r in rates}
     clock = 8 * 32 * 7 / max(by_step[11]["elapsed_s"] - by_step[4]["elapsed_s"], 1e-3)
-    window = (4 * by_step[8]["tokens_per_s"] + 3 * by_step[11]["tokens_per_s"]) / 7
+    window = 7 / (4 / by_step[8]["tokens_per_s"] + 3 / by_step[11]["tokens_per_s"])  # tokens over summed window times
     assert 0.5 < window / clock < 2.0, (window, clock)
     assert summary["steps"] == 12
 
