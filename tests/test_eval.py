@@ -138,6 +138,8 @@ def test_top_k_and_top_p_filters():
     draws = {sample_next(logits, 1.0, 0, 0.6, g).item() for _ in range(200)}
     assert draws == {1, 3}  # the two top tokens hold ~0.47 and ~0.43 of the mass: top-p 0.6 keeps both
     assert sample_next(logits, 0.0, 0, 1.0, g).item() == 1
+    # a tiny temperature (found by the web API's schemathesis run: 1e-300 made inf - inf = nan) is greedy
+    assert all(sample_next(logits * 1e30, t, 0, p, g).item() == 1 for t in (1e-300, 5e-324) for p in (1.0, 0.9))
 
 
 # end to end ----------------------------------------------------------------------------------------------

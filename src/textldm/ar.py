@@ -99,9 +99,11 @@ def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.d
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids. temperature 0 = greedy."""
-    if temperature == 0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or so small it would round to 0 in float32
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # shifted so the top logit is 0: a tiny temperature then gives -inf / 0 (greedy), never inf - inf = nan
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
