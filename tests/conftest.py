@@ -85,3 +85,20 @@ def tiny_overrides(model_dir: str, corpus: str, out_dir: str) -> list[str]:
             "dit_train.steps=20", "dit_train.batch_size=8", "dit_train.warmup_steps=5", "dit_train.log_every=10",
             "sample.steps=4", "sample.length=8", "eval.val_batches=2", "eval.batch_size=8", "eval.num_prompts=2",
             "eval.rouge_samples=0"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """One tiny demo run (VAE + DiT) shared by the tests: (run folder, report)."""
+    import os
+
+    from textldm import load_config, runs
+
+    out = tmp_path_factory.mktemp("run")
+    os.environ["TEXTLDM_CACHE"] = str(out / "cache")
+    try:
+        cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)))
+        report = runs.demo(cfg, progress=False)
+    finally:
+        del os.environ["TEXTLDM_CACHE"]
+    return out, report

@@ -16,19 +16,6 @@ from textldm.flow import time_grid
 from conftest import tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
-    """One tiny demo run shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("run")
-    os.environ["TEXTLDM_CACHE"] = str(out / "cache")
-    try:
-        cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)))
-        report = runs.demo(cfg, progress=False)
-    finally:
-        del os.environ["TEXTLDM_CACHE"]
-    return out, report
-
-
 def test_demo_writes_everything(trained):
     out, report = trained
     for name in ("config.yaml", "environment.json", "vae_log.jsonl", "dit_log.jsonl", "report.json", "report.md",

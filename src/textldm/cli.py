@@ -1,4 +1,4 @@
-"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, build-bench, eval, ablate,
+"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, serve, build-bench, eval, ablate,
 plot.
 
 Every training command takes a preset (`--config demo`, a built-in name or a .yaml path) and any number
@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
     g.add_argument("--device", default="cpu")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+
+    v = sub.add_parser("serve", help="a local web app + JSON API: watch generations denoise step by step")
+    v.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
+    v.add_argument("--ar", help="an AR baseline checkpoint (OUT_DIR/ar) shown side by side")
+    v.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--max-length", type=int, default=256, help="longest continuation a request may ask for")
+    v.add_argument("--max-steps", type=int, default=200, help="most sampling steps a request may ask for")
+    v.add_argument("--max-queue", type=int, default=4, help="requests waiting behind the running one (more: 503)")
+    v.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queueing included (then 504)")
     return p
 
 
@@ -171,6 +182,18 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         _generate(args)
         return 0
+    if args.command == "serve":
+        from .serve import ServeLimits, serve
+
+        for name in ("max_length", "max_steps", "timeout"):
+            if getattr(args, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+        if args.max_queue < 0:
+            raise UserError(f"--max-queue must be >= 0, got {args.max_queue}")
+        serve(args.model, args.ar, args.host, args.port, args.device,
+              ServeLimits(max_length=args.max_length, max_steps=args.max_steps, max_queue=args.max_queue,
+                          timeout_s=args.timeout))
+        return 0
     if args.command == "plot":
         from .plot import plot_run
 
@@ -216,6 +239,8 @@ def run(argv: list[str] | None = None) -> int:
             print(runs.format_report(report))
             print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")
             print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
+            print(f"watch it denoise in your browser: textldm serve --model {cfg.out_dir}/model  "
+                  f"(or `make serve`), then open http://localhost:8000/")
     runs.finish_run()
     return 0
 

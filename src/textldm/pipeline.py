@@ -225,9 +225,10 @@ class TextLDMPipeline:
     @torch.no_grad()
     def infill(self, left: list[str] | str, right: list[str] | str, length: int | None = None,
                steps: int | None = None, cfg_scale: float | None = None, solver: str | None = None,
-               seed: int | None = None) -> list[str]:
+               seed: int | None = None, callback=None) -> list[str]:
         """The `length` tokens between each left and right text, both given to the DiT as clean latents (a model
-        trained with dit.infill_prob > 0). Returns the middles; left + middle + right is the filled text."""
+        trained with dit.infill_prob > 0). Returns the middles; left + middle + right is the filled text.
+        `callback(step, t, x)` sees the latents after every sampling step."""
         if self.dit is None or self.dit.segment.num_embeddings < 3:
             raise UserError("this model was not trained for infilling; train the DiT with dit.infill_prob > 0 "
                             "(e.g. 0.3)")
@@ -242,7 +243,7 @@ class TextLDMPipeline:
         grid = time_grid(steps or s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
         self.last_evaluations = 0
         rows = self._sample_window(lefts, length, grid, s.cfg_scale if cfg_scale is None else cfg_scale, solver,
-                                   [seed * 1_000_003 + i for i in range(len(lefts))], None, rights)
+                                   [seed * 1_000_003 + i for i in range(len(lefts))], callback, rights)
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()
