@@ -298,3 +298,31 @@ def test_page_in_a_headless_browser(models, tmp_path):
             assert (ARTIFACTS / "serve_page.png").stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_the_api_gives_what_the_python_api_gives(client, models):
+    pipe, _ = models
+    req = {"prompt": "the man said that", "length": 9, "steps": 4, "seed": 7, "cfg_scale": 2.5, "solver": "heun"}
+    api = client.post("/api/generate", json=req).json()["continuation"]
+    assert api == pipe.generate(req["prompt"], length=9, steps=4, seed=7, cfg_scale=2.5, solver="heun")[0]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "./no/such/model"], "does not exist"),
+    (["--model", "M", "--max-queue", "-1"], "--max-queue must be >= 0"),
+    (["--model", "M", "--timeout", "0"], "--timeout must be > 0"),
+    (["--model", "M", "--port", "PORT"], "cannot listen on 127.0.0.1"),
+])
+def test_cli_serve_bad_input_exits_2_with_one_line(capsys, trained, args, fragment):
+    from textldm.cli import main
+
+    with socket.socket() as busy:  # a port that is taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [str(trained[0] / "model") if a == "M" else str(busy.getsockname()[1]) if a == "PORT" else a
+                for a in args]
+        with pytest.raises(SystemExit) as e:
+            main(["serve", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
