@@ -239,6 +239,7 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
         detail: list | None = None
 
     errors = {code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 504)}
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
