@@ -87,6 +87,8 @@ def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
            *tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"))]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert f"textldm serve --model {tmp_path / 'run'}/model" in r.stdout  # the demo ends with how to watch it
+    assert r.stdout.count("watch it denoise") == 1  # printed by rank 0 only
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(report["dit_eval"]["quarters"]) == 4 and report["continuations"]["prompts_scored"] > 0
     start = json.loads((tmp_path / "run" / "vae_log.jsonl").read_text().splitlines()[0])
