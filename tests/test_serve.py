@@ -296,6 +296,13 @@ def test_page_in_a_headless_browser(models, tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
             assert (ARTIFACTS / "serve_page.png").stat().st_size > 10_000
+            # with a right context the page streams the middle between the two texts
+            middle = httpx.post(f"{url}/api/infill", json={"left": req["prompt"], "right": "of the day .", "length": 12,
+                                                           "steps": 30, "cfg_scale": 2.0, "seed": 5}).json()["middle"]
+            page.fill("#right", "of the day .")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+            assert page.text_content("#tokens") == middle and page.text_content("#shown-right") == "of the day ."
         finally:
             browser.close()
 
