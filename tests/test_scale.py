@@ -182,14 +182,11 @@ def test_flops_from_the_shape_match_the_counted_flops():
     x, ctx, t = torch.randn(B, 16, 8), torch.randn(B, 8, 8), torch.rand(B)
     predicted = TRAIN_FACTOR * B * dit_flops_per_sequence(dit, 8, 16)
     assert 0.95 < counted(lambda: flow_loss(dit(x, t, ctx), x, x, None).mean()) / predicted < 1.05
-    with_registers = TextDiT(DiTConfig(width=64, depth=2, heads=4, registers=4), 8)
-    predicted = TRAIN_FACTOR * B * dit_flops_per_sequence(with_registers, 8, 16)
-    assert 0.95 < counted(lambda: flow_loss(with_registers(x, t, ctx), x, x, None).mean()) / predicted < 1.05
 
     # the cacheable-context DiT at sampling: one context pass, then target-only passes
     from textldm.perf import dit_cached_flops_per_sequence
 
-    cached = TextDiT(DiTConfig(width=64, depth=2, heads=4, context_cache=True, registers=4), 8)
+    cached = TextDiT(DiTConfig(width=64, depth=2, heads=4, context_cache=True), 8)
     context_pass, target_pass = dit_cached_flops_per_sequence(cached, 8, 16)
     with FlopCounterMode(display=False) as counter:
         cache = cached.cache_context(ctx)

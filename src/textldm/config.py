@@ -75,7 +75,6 @@ class DiTConfig:
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
     infill_prob: float = 0.0  # share of training examples that also get the text after the target (infilling)
-    registers: int = 0  # learned scratch tokens in the target stream (see t and x_t, output discarded)
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16

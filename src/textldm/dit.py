@@ -11,9 +11,6 @@ modulated by a condition without t (a learned vector + the pooled prompt), so ev
 and values are the same at every sampling step: `cache_context` computes them once per generation (for
 both CFG branches) and `forward_cached` runs only the target tokens against them. Target tokens still
 attend to everything, with the t-modulation.
-
-Registers (`dit.registers`): learned tokens after the target that take part in every step (t-modulated,
-attending to everything) but produce no output: scratch space for the target's computation.
 """
 from __future__ import annotations
 
@@ -93,9 +90,6 @@ class TextDiT(nn.Module):
         self.null_context = nn.Parameter(torch.zeros(latent_channels), requires_grad=cfg.null_context == "learned")
         # cacheable-context variant: the context's adaLN condition, free of t
         self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
-        # register tokens: per-step scratch space beside the target. The default DiT's context tokens see x_t
-        # and t, so they double as such space; the cacheable variant's cannot (docs/performance.md)
-        self.registers = nn.Parameter(0.02 * torch.randn(cfg.registers, w)) if cfg.registers else None
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
         self.final = FinalLayer(w, latent_channels)
         self.initialize_weights()
@@ -168,11 +162,6 @@ class TextDiT(nn.Module):
             keys.append(right_mask)
             positions.append(context_len + target_mask.sum(1, keepdim=True) + torch.arange(Lr, device=device))
             clean, clean_mask = torch.cat([context, right], 1), torch.cat([context_mask, right_mask], 1)
-        R = self.cfg.registers
-        if R:  # last in the sequence, all at the continuation's first position
-            parts.append(self.registers.to(parts[0].dtype).expand(B, -1, -1))
-            keys.append(torch.ones(B, R, dtype=torch.bool, device=device))
-            positions.append(context_len.expand(B, R))
         x, keys = torch.cat(parts, 1), torch.cat(keys, 1)
         rope = rope_angles(torch.cat(positions, 1), self.cfg.width // self.cfg.heads)
         pooled = self._pooled(clean, clean_mask)
@@ -180,12 +169,11 @@ class TextDiT(nn.Module):
         if self.context_cond is None:
             attn_mask, block_cond = padding_attn_mask(keys), cond
         else:  # context queries see only context keys; the context is modulated without t
-            index = torch.arange(Lc + Lt + Lr + R, device=device)
-            is_context = (index < Lc) | ((index >= Lc + Lt) & (index < Lc + Lt + Lr))
+            index = torch.arange(Lc + Lt + Lr, device=device)
+            is_context = (index < Lc) | (index >= Lc + Lt)
             attn_mask = (keys[:, None, :] & (~is_context[:, None] | is_context[None, :]))[:, None]
             context_cond = (self.context_cond + pooled).expand(B, -1)
-            block_cond = ((context_cond, Lc), (cond, Lt)) + (((context_cond, Lr),) if Lr else ()) \
-                + (((cond, R),) if R else ())
+            block_cond = ((context_cond, Lc), (cond, Lt)) + (((context_cond, Lr),) if Lr else ())
         for block in self.blocks:
             x = block(x, rope, attn_mask, cond=block_cond)
         return self.final(x[:, Lc: Lc + Lt], cond)
@@ -214,20 +202,14 @@ class TextDiT(nn.Module):
         device = x_t.device
         if target_mask is None:
             target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
-        context_len = cache.context_mask.sum(1, keepdim=True)
-        positions = context_len + torch.arange(Lt, device=device)
-        x = self._embed(x_t, 1)
-        R = self.cfg.registers
-        if R:
-            x = torch.cat([x, self.registers.to(x.dtype).expand(B, -1, -1)], 1)
-            positions = torch.cat([positions, context_len.expand(B, R)], 1)
-            target_mask = torch.cat([target_mask, torch.ones(B, R, dtype=torch.bool, device=device)], 1)
+        positions = cache.context_mask.sum(1, keepdim=True) + torch.arange(Lt, device=device)
         rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
         attn_mask = padding_attn_mask(torch.cat([cache.context_mask, target_mask], dim=1))
         cond = self.condition(t) + cache.pooled
+        x = self._embed(x_t, 1)
         for block, kv in zip(self.blocks, cache.blocks):
             x = block(x, rope, attn_mask, cond=cond, cache=kv)
-        return self.final(x[:, :Lt], cond)
+        return self.final(x, cond)
 
     def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
                         cache: ContextCache | None = None, right=None, right_mask=None):

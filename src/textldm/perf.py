@@ -40,10 +40,9 @@ def vae_flops_per_sequence(vae, length: int, softmax_rows: int, repa_fraction: f
 
 def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     """Forward FLOPs of the DiT on one [context ; target] sequence (padded lengths: that is what runs)."""
-    R = dit.cfg.registers  # learned tokens: blocks only, no input projection
-    L = context_len + target_len + R
-    per_sequence = linear_flops(dit.in_proj) * (L - R) + sum(block_flops(b, L) for b in dit.blocks) * L
-    per_sequence += linear_flops(dit.final.linear) * target_len
+    L = context_len + target_len
+    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, L) for b in dit.blocks)
+    per_sequence = per_token * L + linear_flops(dit.final.linear) * target_len
     return per_sequence + _conditioner_flops(dit, target=True, context=True)
 
 
@@ -63,10 +62,8 @@ def _conditioner_flops(dit, target: bool, context: bool) -> float:
 def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tuple[float, float]:
     """Cacheable-context DiT at sampling: (the context pass, once per generation; one target-only pass)."""
     context = context_len * (linear_flops(dit.in_proj) + sum(block_flops(b, context_len) for b in dit.blocks))
-    R = dit.cfg.registers
-    L = context_len + target_len + R
-    target = target_len * linear_flops(dit.in_proj, dit.final.linear) \
-        + (target_len + R) * sum(block_flops(b, L) for b in dit.blocks)
+    L = context_len + target_len
+    target = target_len * (linear_flops(dit.in_proj, dit.final.linear) + sum(block_flops(b, L) for b in dit.blocks))
     return context + _conditioner_flops(dit, False, True), target + _conditioner_flops(dit, True, False)
 
 
