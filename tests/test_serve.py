@@ -244,6 +244,9 @@ def test_schemathesis_finds_no_server_error(models):
     assert not failures
 
 
+SET_VALUE = "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }"  # as a user dragging a slider
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -272,13 +275,13 @@ def test_page_in_a_headless_browser(models, tmp_path):
             assert "DiT" in page.text_content("#model-info")
             page.fill("#prompt", req["prompt"])
             for slider, value in (("steps", 30), ("cfg", 2), ("length", 20), ("seed", 5)):
-                page.eval_on_selector(f"#{slider}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
-                                      value)
+                page.eval_on_selector(f"#{slider}", SET_VALUE, value)
             assert page.text_content("#steps-out") == "30"
             # record every step label the page shows while it runs
             page.evaluate("""() => { window.seen = [];
                 new MutationObserver(() => window.seen.push(document.getElementById('step-label').textContent))
-                  .observe(document.getElementById('step-label'), {childList: true, characterData: true, subtree: true});
+                  .observe(document.getElementById('step-label'),
+                           {childList: true, characterData: true, subtree: true});
             }""")
             page.click("#generate")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
@@ -290,7 +293,7 @@ def test_page_in_a_headless_browser(models, tmp_path):
             assert page.text_content("#tokens") == expected  # the streamed run = the plain API call
             assert page.text_content("#ar-text") is not None
             # the scrubber replays step 3: its label and coloured tokens, not the final text
-            page.eval_on_selector("#scrubber", "el => { el.value = 2; el.dispatchEvent(new Event('input')); }")
+            page.eval_on_selector("#scrubber", SET_VALUE, 2)
             assert page.text_content("#step-label").startswith("step 3/30")
             assert page.locator("#tokens .tok").count() > 0
             ARTIFACTS.mkdir(exist_ok=True)

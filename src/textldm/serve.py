@@ -160,7 +160,8 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
 
 def _model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimits) -> dict:
     s, d = pipe.config.sample, pipe.config.dit
-    info = {"model": model_path or "textldm model", "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
+    info = {"model": model_path or "textldm model",
+            "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
             "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": d.context_max,
             "window_tokens": d.target_max, "context_cache": bool(d.context_cache),
             "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),
