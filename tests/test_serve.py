@@ -336,3 +336,27 @@ def test_cli_serve_bad_input_exits_2_with_one_line(capsys, trained, args, fragme
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_token_pieces_join_to_the_decoded_text_with_a_byte_level_tokenizer():
+    """Streamed tokens are shown piece by piece: spaces kept, and characters whose bytes span several tokens
+    shown once complete (a byte-level BPE splits rare characters into bytes)."""
+    import random
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from textldm.serve import token_pieces
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the man said that the day was long"] * 20, vocab_size=300, min_frequency=1)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    text = "the man said ünïcode 日本語 🙂 that"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(tok, ids)
+    assert "".join(pieces) == tok.decode(ids) == text and len(pieces) == len(ids)
+    assert " man" in pieces and "\ufffd" not in "".join(pieces) and "" in pieces  # 🙂 is 4 byte tokens
+    rng = random.Random(0)
+    for _ in range(50):  # any id sequence, even one that is not valid UTF-8
+        ids = [rng.randrange(len(tok)) for _ in range(20)]
+        assert "".join(token_pieces(tok, ids)) == tok.decode(ids)

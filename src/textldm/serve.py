@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,14 +148,22 @@ class Trajectory:
             self.committed += ids
 
 
-def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds to the decoded row (spaces and merged characters included, which decoding
-    tokens one by one would lose), so the pieces join to exactly the decoded text."""
-    pieces, text = [], ""
+def token_pieces(tokenizer, ids: list[int], context: int = 4) -> list[str]:
+    """The text each token adds: decode(up to `context` tokens before it + it) minus decode(those before), so
+    word-initial spaces and merged characters survive (decoding tokens alone loses them) and the pieces join
+    to the decoded text. Tokens that leave a character incomplete (its bytes spread over several tokens) add
+    "", and their text shows with the token that completes it. Short windows keep this linear in the row
+    length (it runs at every streamed step)."""
+    pieces, start = [], 0  # ids[start:] are the tokens whose text has not been given out yet
     for k in range(len(ids)):
-        longer = tokenizer.decode(ids[: k + 1])
-        pieces.append(longer[len(text):] if longer.startswith(text) else tokenizer.decode(ids[k: k + 1]))
-        text = longer
+        lo = max(0, start - context)
+        full = tokenizer.decode(ids[lo: k + 1])
+        if full.endswith("\ufffd") and k + 1 < len(ids):
+            pieces.append("")
+            continue
+        left = tokenizer.decode(ids[lo:start])
+        pieces.append(full[len(os.path.commonprefix([full, left])):])
+        start = k + 1
     return pieces
 
 
