@@ -29,6 +29,7 @@ CONFIGS = [  # label, solver, steps, extra sample settings
     ("euler 10, uniform grid", "euler", 10, {"grid": "uniform"}),
     ("euler 10, shifted grid (3)", "euler", 10, {"grid": "shifted", "shift": 3.0}),
     ("ab2 9, CFG only for t <= 0.7", "ab2", 9, {"cfg_max_t": 0.7}),
+    ("euler 10, bf16 autocast", "euler", 10, {"precision": "bf16"}),
 ]
 
 
@@ -39,16 +40,20 @@ def main():
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--configs", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--configs", help="labels to run, separated by ';' (labels contain commas; default: all)")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     args = ap.parse_args()
-    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs.split(",")]
+    wanted = [label.strip() for label in (args.configs or "").split(";") if label.strip()]
+    unknown = set(wanted) - {c[0] for c in CONFIGS}
+    if unknown:
+        raise SystemExit(f"unknown --configs labels {sorted(unknown)}; choose from {[c[0] for c in CONFIGS]}")
+    configs = [c for c in CONFIGS if not wanted or c[0] in wanted]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     contestant = load_contestant(args.model)
     pipe = contestant.model
     sample = pipe.config.sample
-    base = {k: getattr(sample, k) for k in ("grid", "shift", "cfg_min_t", "cfg_max_t")}
+    base = {k: getattr(sample, k) for k in ("grid", "shift", "cfg_min_t", "cfg_max_t", "precision")}
     name, items = benchmark(args.bench, args.samples, 0)
     scorer = Scorer(items, MetricsConfig(samples=args.samples), metrics=("rouge", "mauve", "stats"))
     rows = []
@@ -67,7 +72,8 @@ def main():
         print(rows[-1], flush=True)
     ref = rows[0]
     lines = [f"Benchmark `{name}`, {len(items)} items, model `{args.model}` (CFG {sample.cfg_scale}).", "",
-             "| sampler | evaluations | ROUGE-L x100 | vs Euler 50 | MAUVE x100 | vs Euler 50 | distinct-2 | generation s |",
+             f"| sampler | evaluations | ROUGE-L x100 | vs {ref['config']} | MAUVE x100 | vs {ref['config']} "
+             "| distinct-2 | generation s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['evaluations']} | {100 * r['rouge_l']:.2f} "

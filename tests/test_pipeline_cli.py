@@ -83,6 +83,27 @@ def test_any_length_batches_seeds_and_guidance_interval(trained, monkeypatch):
     assert pipe.last_evaluations == 4 + guided
 
 
+def test_bf16_sampling_runs_under_autocast_deterministically(trained, monkeypatch):
+    """sample.precision=bf16: the DiT's matrix products run in bf16 (seen by a hook), the result repeats for
+    the same batch layout, and lengths and evaluation counts are those of fp32 sampling."""
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    monkeypatch.setattr(pipe, "eot_id", -1)
+    prompts = pipe.encode_prompts(["The man", "Time will come and", "It was the"])
+    dtypes = []
+    pipe.dit.final.linear.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    fp32 = pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
+    assert set(dtypes) == {torch.float32}
+    pipe.config.sample.precision = "bf16"
+    dtypes.clear()
+    bf16 = pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
+    assert set(dtypes) == {torch.bfloat16} and pipe.last_evaluations == 2 * 3 * 2
+    assert [len(r) for r in bf16] == [len(r) for r in fp32] == [16, 16, 16]
+    assert bf16 == pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
+    with pytest.raises(Exception, match="sample.precision"):
+        load_config("demo", ["sample.precision=fp16"])
+
+
 def test_cli_generates_a_prompts_file_in_batches(capsys, trained, tmp_path):
     out, _ = trained
     (tmp_path / "p.txt").write_text("The man\nTime will come and\nIt was the\n")

@@ -131,6 +131,9 @@ class SampleConfig:
     cfg_min_t: float = 0.0  # guidance interval: CFG is applied only for t in [cfg_min_t, cfg_max_t]
     cfg_max_t: float = 1.0  # (outside it, one conditional evaluation instead of two)
     context_cache: bool = True  # with a dit.context_cache model: compute the context's keys/values once
+    # "bf16": sample under bf16 autocast (2.2-2.6x faster on a CPU with bf16 matrix units; deterministic for a
+    # given batch layout but no longer bit-independent of the batch size); "fp32": exact, batch-independent
+    precision: str = "fp32"
     length: int = 48  # continuation length in tokens
     seed: int = 0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
@@ -193,6 +196,7 @@ CHOICES = {
     ("dit", "t_distribution"): ("logit_normal", "uniform"),
     ("sample", "solver"): ("euler", "heun", "ab2"),
     ("sample", "grid"): ("schedule", "uniform", "shifted"),
+    ("sample", "precision"): ("fp32", "bf16"),
     ("metrics", "mauve_pooling"): ("mean", "last"),
 }
 

@@ -204,23 +204,25 @@ class TextLDMPipeline:
     def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
                        solver: str, seeds: list[int], callback, rights: list[list[int]] | None = None) -> list[list[int]]:
         """One window of `length` latents after each context (and before each right context, when infilling)
-        -> raw token ids (not cut at end-of-text)."""
+        -> raw token ids (not cut at end-of-text). Under bf16 autocast with sample.precision=bf16."""
         device, C, s = self.device, self.vae.cfg.latent_channels, self.config.sample
-        context, ctx_mask = self._encode(contexts)
-        right, right_mask = self._encode(rights) if rights is not None else (None, None)
-        x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds]).to(device)
-        cache = None
-        if self.dit.context_cond is not None and s.context_cache and right is None:  # context K/V once per window
-            cache = self.dit.cache_for_guidance(context, ctx_mask) if cfg_scale != 1.0 else \
-                self.dit.cache_context(context, ctx_mask)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            context, ctx_mask = self._encode(contexts)
+            right, right_mask = self._encode(rights) if rights is not None else (None, None)
+            x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds])
+            x = x.to(device)
+            cache = None
+            if self.dit.context_cond is not None and s.context_cache and right is None:  # context K/V once a window
+                cache = self.dit.cache_for_guidance(context, ctx_mask) if cfg_scale != 1.0 else \
+                    self.dit.cache_context(context, ctx_mask)
 
-        def velocity(x_t, t):
-            guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
-            self.last_evaluations += 2 if guided else 1
-            return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0, cache,
-                                            right, right_mask)
+            def velocity(x_t, t):
+                guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
+                self.last_evaluations += 2 if guided else 1
+                return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0,
+                                                cache, right, right_mask)
 
-        return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
+            return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
 
     @torch.no_grad()
     def infill(self, left: list[str] | str, right: list[str] | str, length: int | None = None,

@@ -172,7 +172,7 @@ def _model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLim
     info = {"model": model_path or "textldm model",
             "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
             "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": d.context_max,
-            "window_tokens": d.target_max, "context_cache": bool(d.context_cache),
+            "window_tokens": d.target_max, "context_cache": bool(d.context_cache), "precision": s.precision,
             "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),
             "defaults": {"length": min(s.length, limits.max_length), "steps": min(s.steps, limits.max_steps),
                          "cfg_scale": s.cfg_scale, "seed": s.seed, "solver": s.solver},
@@ -515,7 +515,7 @@ def check_port_free(host: str, port: int):
 
 
 def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          limits: ServeLimits | None = None) -> None:
+          precision: str | None = None, limits: ServeLimits | None = None) -> None:
     """Load the model(s) and serve until interrupted."""
     require_serve_packages()
     import uvicorn
@@ -525,6 +525,8 @@ def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int 
 
     check_port_free(host, port)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
+    if precision:
+        pipe.config.sample.precision = precision
     ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
     app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar)
     print(f"textldm serve: open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ "
