@@ -27,13 +27,14 @@ demo: install
 long: install
 	$(VENV)/bin/textldm demo --config cpu-long $(ARGS)
 
-# Debian's chromium for the web app's browser test (root on Debian/Ubuntu; elsewhere that test is skipped)
+# Debian's chromium for the web app's browser test (installed as root on Debian/Ubuntu; elsewhere install
+# chromium yourself or set CHROMIUM=/path/to/chrome, or that test fails saying so)
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) ; } || \
-	  echo "note: no chromium; the browser test will be skipped"
+	  echo "note: no chromium found; install it (or set CHROMIUM) or the browser test fails"
 
 serve: install
 	$(VENV)/bin/textldm serve --model $(or $(MODEL),runs/demo/model) $(ARGS)

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+import httpx
+import schemathesis
+import uvicorn
+from fastapi.testclient import TestClient
+from playwright.sync_api import sync_playwright
 
-from textldm import TextLDMPipeline, load_config, runs  # noqa: E402
-from textldm.ar import ARPipeline  # noqa: E402
-from textldm.serve import ServeLimits, create_app  # noqa: E402
+from textldm import TextLDMPipeline, load_config, runs
+from textldm.ar import ARPipeline
+from textldm.serve import ServeLimits, create_app
 
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 LIMITS = ServeLimits(max_length=40, max_steps=60, max_prompt_chars=500, max_body_bytes=4096, max_queue=1,
@@ -219,7 +220,6 @@ def test_a_client_that_goes_away_frees_its_slot(models):
 
 
 def test_schemathesis_finds_no_server_error(models):
-    schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
@@ -247,19 +247,16 @@ def test_schemathesis_finds_no_server_error(models):
 SET_VALUE = "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }"  # as a user dragging a slider
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def _chromium() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, ("no chromium for the browser test: `make test` installs Debian's (as root); elsewhere install "
+                  "chromium or point CHROMIUM at a Chromium/Chrome binary")
+    return path
 
 
 def test_page_in_a_headless_browser(models, tmp_path):
     """Load the page, submit a prompt, see intermediate steps arrive and the final text appear, move the
     scrubber; a screenshot goes to tests/artifacts/serve_page.png."""
-    if _chromium() is None or pytest.importorskip("playwright") is None:
-        if os.environ.get("TEXTLDM_REQUIRE_BROWSER"):
-            pytest.fail("TEXTLDM_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
-        pytest.skip("no chromium on this machine (`make test` installs Debian's as root)")
-    from playwright.sync_api import sync_playwright
-
     pipe, ar = models
     app = create_app(pipe, ar, ServeLimits(max_length=40, max_steps=60))
     req = {"prompt": "the man said that", "length": 20, "steps": 30, "cfg_scale": 2.0, "seed": 5, "solver": "euler"}
