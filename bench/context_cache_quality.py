@@ -18,13 +18,7 @@ import numpy as np
 from textldm.benchmark import benchmark
 from textldm.config import MetricsConfig
 from textldm.harness import Scorer, load_contestant
-
-
-def per_item_rouge_l(candidates: list[str], references: list[str]) -> np.ndarray:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array([scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references, strict=True)])
+from textldm.metrics import rouge_per_item
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -65,7 +59,7 @@ def main():
                 gens = contestant.continue_items(items, sample, args.batch_size, 0, solver=args.solver,
                                                  steps=args.steps)
                 seconds = time.time() - start
-                per_item[label, scale, seed] = per_item_rouge_l(gens, refs)
+                per_item[label, scale, seed] = np.array(rouge_per_item(gens, refs)["rougeL"])
                 rows.append({"model": label, "cfg": scale, "seed": seed,
                              "rouge_l": float(per_item[label, scale, seed].mean()),
                              "mauve": scorer(gens)["mauve"], "generation_seconds": round(seconds, 1)})

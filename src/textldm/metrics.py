@@ -51,17 +51,22 @@ def resolve_encoder(name: str) -> str:
 
 
 # lexical -------------------------------------------------------------------------------------------------
-def rouge_scores(candidates: list[str], references: list[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measure over pairs."""
+def rouge_per_item(candidates: list[str], references: list[str]) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F-measure of each (candidate, reference) pair (stemmed), e.g. for paired comparisons."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    sums = Counter()
+    out = {"rouge1": [], "rouge2": [], "rougeL": []}
     for cand, ref in zip(candidates, references, strict=True):
         for key, score in scorer.score(ref, cand).items():
-            sums[key] += score.fmeasure
+            out[key].append(score.fmeasure)
+    return out
+
+
+def rouge_scores(candidates: list[str], references: list[str]) -> dict:
+    """Mean ROUGE-1/2/L F-measure over pairs."""
     n = max(1, len(candidates))
-    return {"rouge1": sums["rouge1"] / n, "rouge2": sums["rouge2"] / n, "rougeL": sums["rougeL"] / n}
+    return {key: sum(values) / n for key, values in rouge_per_item(candidates, references).items()}
 
 
 def rouge_l(candidates: list[str], references: list[str]) -> float:
