@@ -55,6 +55,14 @@ PRESETS = {
 }
 
 
+def shortest_cut() -> tuple[int, int]:
+    """(words, words): the fewest words a prompt and a reference of any benchmark can have (a passage of
+    MIN_WORDS cut at the 40-60% rule). A word is at least one token, so a DiT meant for every preset must be
+    trained on prompts and continuations that short (dit.context_min / target_min)."""
+    prompt = int(np.ceil(CUT_RANGE[0] * MIN_WORDS))
+    return prompt, MIN_WORDS - int(np.floor(CUT_RANGE[1] * MIN_WORDS))
+
+
 def _passage_starts(doc: str, passage_words: int) -> list[int]:
     """Character offsets where a passage may start: the document start and (for passages shorter than the
     document) every sentence start that leaves at least MIN_WORDS words."""

@@ -50,12 +50,17 @@ class KVCache:
         return k, v
 
 
+def use_sdpa(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Which branch `attention` takes (the tests force SDPA on CPU through this, to check its mask polarity)."""
+    return q.is_cuda or q.shape[-2] * k.shape[-2] > 2048 * 2048
+
+
 def attention(q, k, v, attn_mask=None, causal=False):
     """Softmax attention over (B, H, L, D) tensors. On GPU: SDPA (flash / memory-efficient kernels). On CPU the
     explicit product is used instead: at the sequence lengths trained on CPUs it runs the forward + backward
     2.2x faster than SDPA's CPU flash kernel (scores in fp32 for the softmax); past 2048 x 2048 scores per head,
     SDPA again, whose memory does not grow with the square of the length."""
-    if q.is_cuda or q.shape[-2] * k.shape[-2] > 2048 * 2048:
+    if use_sdpa(q, k):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
     scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
     if causal and attn_mask is None:

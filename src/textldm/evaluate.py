@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -18,6 +20,8 @@ from .objectives import dit_batches, teacher_context
 from .train import step_generator
 from .vae import TextVAE, repa_cosine
 
+log = logging.getLogger(__name__)
+STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std
 EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
 HEAD_TOKENS = 4  # the first target tokens, where the prompt carries the most information
 
@@ -58,8 +62,20 @@ def latent_statistics(vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
         z = vae.encode(ids).double().reshape(-1, vae.cfg.latent_channels)
         s, s2, n = s + z.sum(0), s2 + z.pow(2).sum(0), n + z.shape[0]
     mean = s / n
-    std = (s2 / n - mean.pow(2)).clamp_min(1e-12).sqrt()
-    return mean.float(), std.float()
+    std = (s2 / n - mean.pow(2)).clamp_min(0).sqrt()
+    return mean.float(), std_floor(std).float()
+
+
+def std_floor(std: torch.Tensor) -> torch.Tensor:
+    """Raise channel stds below STD_FLOOR x the median channel std to that floor, with a warning. A collapsed
+    channel (the VAE stopped using it) then stays near 0 after normalisation instead of having its numerical
+    noise blown up to unit variance, which the DiT would have to learn to predict."""
+    floor = max(STD_FLOOR * float(std.median()), 1e-6)
+    collapsed = (std < floor).nonzero().flatten().tolist()
+    if collapsed:
+        log.warning("latent channels %s have collapsed (std below %.0e x the median channel std %.3g); normalising "
+                    "them by that floor", collapsed, STD_FLOOR, float(std.median()))
+    return std.clamp_min(floor)
 
 
 @torch.no_grad()

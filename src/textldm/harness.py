@@ -60,6 +60,18 @@ def _continue_with(tokenizer, items: list[dict], context: int, cap: int, batch_s
     return out
 
 
+def warn_outside_trained_lengths(name: str, tokenizer, items: list[dict], context_min: int, target_min: int) -> int:
+    """Warn when prompts or references are shorter than the DiT ever saw in training (dit.context_min /
+    target_min): such items test lengths the model was not trained for. Returns how many items are."""
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    short = sum(count(it["prompt"]) < context_min or count(it["reference"]) < target_min for it in items)
+    if short:
+        log.warning("%s: %d of %d items have a prompt shorter than dit.context_min=%d or a reference shorter than "
+                    "dit.target_min=%d tokens, lengths it was never trained on", name, short, len(items), context_min,
+                    target_min)
+    return short
+
+
 @dataclass
 class Contestant:
     name: str
@@ -71,6 +83,7 @@ class Contestant:
         if self.kind == "textldm":
             pipe, d = self.model, self.model.config.dit
             opts = {"steps": sample.steps, "cfg_scale": sample.cfg_scale, "solver": sample.solver, **textldm_overrides}
+            warn_outside_trained_lengths(self.name, pipe.tokenizer, items, d.context_min, d.target_min)
             return _continue_with(pipe.tokenizer, items, d.context_max, d.target_max, batch_size,
                                   lambda p, n, s: pipe.generate_ids(p, n, seed=s, **opts), sample.seed)
         sampling = {"temperature": sample.temperature, "top_k": sample.top_k, "top_p": sample.top_p}

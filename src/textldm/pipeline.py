@@ -21,7 +21,7 @@ from .dit import TextDiT
 from .errors import UserError
 from .flow import time_grid
 from .sampling import SOLVERS, integrate
-from .utils import atomic_dir, cut_at, environment
+from .utils import atomic_dir, cut_at, derive_seed, environment
 from .vae import TextVAE
 
 FORMAT = "textldm-checkpoint-v1"
@@ -84,6 +84,11 @@ def load_weights(module: torch.nn.Module, file: Path):
         raise UserError(f"cannot read '{file}': its weights do not match the model its config.json describes "
                         f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); "
                         f"the checkpoint is from another textldm version or config")
+
+
+def noise_seed(seed: int, window: int, row: int) -> int:
+    """The seed of the starting noise of prompt `row` in generation window `window` (infilling: window 0)."""
+    return derive_seed("noise", seed, window, row)
 
 
 class TextLDMPipeline:
@@ -158,8 +163,8 @@ class TextLDMPipeline:
 
         Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
         each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
-        end-of-text. Row i's noise comes from (seed, first_index + i), so a prompt gets the same continuation
-        whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
+        end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt gets
+        the same continuation whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
         guidance interval); `self.last_evaluations` holds the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
@@ -182,7 +187,7 @@ class TextLDMPipeline:
             n = min(d.target_max, length)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
             rows = self._sample_window(contexts, n, grid, cfg_scale, solver,
-                                       [seed * 1_000_003 + 7919 * window + first_index + i for i in active], callback)
+                                       [noise_seed(seed, window, first_index + i) for i in active], callback)
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if self.eot_id not in row]
@@ -245,7 +250,7 @@ class TextLDMPipeline:
         grid = time_grid(steps or s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
         self.last_evaluations = 0
         rows = self._sample_window(lefts, length, grid, s.cfg_scale if cfg_scale is None else cfg_scale, solver,
-                                   [seed * 1_000_003 + i for i in range(len(lefts))], callback, rights)
+                                   [noise_seed(seed, 0, i) for i in range(len(lefts))], callback, rights)
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()

@@ -89,7 +89,7 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
     teacher = Teacher(cfg.teacher.name, cfg.teacher.layer if cfg.vae.repa_weight > 0 else 1) if need_teacher else None
     vae = TextVAE(cfg.vae, len(tokenizer), teacher.hidden_size if cfg.vae.repa_weight > 0 else None)
     if cfg.vae.embed_init == "teacher":
-        vae.init_embeddings_from(teacher.input_embeddings(), seed=cfg.seed)
+        vae.init_embeddings_from(teacher.input_embeddings(len(tokenizer)), seed=cfg.seed)
     vae.to(device)
     if cfg.vae.softmax == "sampled" and cfg.vae.hard_negatives > 0:
         vae.build_neighbor_table(cfg.vae.hard_negatives)
@@ -203,8 +203,8 @@ def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False
     model = CausalLM(cfg.ar, len(tokenizer))
     if cfg.ar.embed_init == "teacher":  # the same head start the VAE gets
         with torch.no_grad():
-            model.embed.weight.copy_(project_embeddings(Teacher(cfg.teacher.name, 1).input_embeddings(), cfg.ar.width,
-                                                        cfg.seed))
+            embeddings = Teacher(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
+            model.embed.weight.copy_(project_embeddings(embeddings, cfg.ar.width, cfg.seed))
     model.to(device)
     seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
     tcfg = cfg.ar_train
@@ -241,7 +241,7 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
     tok = pipe.tokenizer
     generated = []
     for i in range(0, len(pairs), 16):
-        generated += pipe.generate_ids([p for p, _ in pairs[i: i + 16]], seed=cfg.sample.seed + i)
+        generated += pipe.generate_ids([p for p, _ in pairs[i: i + 16]], first_index=i)
     prompts = [tok.decode(p) for p, _ in pairs]
     refs = [tok.decode(r) for _, r in pairs]
     gens = [tok.decode(g) for g in generated]

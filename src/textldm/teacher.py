@@ -101,6 +101,7 @@ class Teacher(nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
+        self.name = name if isinstance(name, str) else type(name).__name__
         if isinstance(name, nn.Module):
             model = name
         else:
@@ -124,8 +125,17 @@ class Teacher(nn.Module):
     def _capture(self, module, args, output):
         self._captured = output[0] if isinstance(output, tuple) else output
 
-    def input_embeddings(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight.detach()
+    def input_embeddings(self, vocab_size: int | None = None) -> torch.Tensor:
+        """The embedding matrix; with `vocab_size`, its rows for the tokenizer's ids 0..vocab_size-1. Teachers
+        often pad the matrix past the tokenizer (Qwen3: 151,936 rows for ~151,669 tokens); those rows are
+        never used and are dropped."""
+        weight = self.model.get_input_embeddings().weight.detach()
+        if vocab_size is None:
+            return weight
+        if weight.shape[0] < vocab_size:
+            raise UserError(f"teacher '{self.name}' embeds {weight.shape[0]} tokens but its tokenizer has "
+                            f"{vocab_size}; use embed_init=random")
+        return weight[:vocab_size]
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Mutation testing of the recipe: apply one recipe-breaking change at a time to a copy of the source, run
+the fast suite on it, and report which changes the tests catch ("killed") and which they miss ("survived").
+
+    python tests/mutation.py                      # every mutant against the working tree   (make mutation)
+    python tests/mutation.py --only M03,M07       # some of them
+    python tests/mutation.py --rev 12af6a5        # against a commit (its own tests): the score before a change
+    python tests/mutation.py --out docs/mutation.md
+
+Each mutant is (id, file, the exact code it replaces, the replacement, why it matters). The code to replace
+must occur exactly once in the file; where it does not (e.g. a commit that predates the code) the mutant is
+reported as "n/a". The source is copied to a temporary folder, so an interrupted run never leaves a mutated
+file behind; the copy is imported through PYTHONPATH, ahead of the editable install.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the fast suite: the recipe's unit tests, the learning test and the pipeline / CLI round trips (~1-2 min)
+FAST_SUITE = ["tests/test_recipe.py", "tests/test_learning.py", "tests/test_models.py", "tests/test_flow.py",
+              "tests/test_train.py", "tests/test_pipeline_cli.py"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str  # under src/textldm/
+    old: str
+    new: str
+    why: str
+
+
+MUTANTS = [
+    # objectives: what the DiT is trained on
+    Mutant("M01", "objectives.py", "self.dit(interpolate(x0, x1, t), t,", "self.dit(interpolate(x1, x0, t), t,",
+           "DiT objective swaps noise and data in the path"),
+    Mutant("M02", "objectives.py", "self.dit(interpolate(x0, x1, t), t,", "self.dit(interpolate(x0, x1, t), 1 - t,",
+           "DiT is fed 1 - t instead of t"),
+    Mutant("M03", "objectives.py", 'context = self.dit.drop_context(batch["context"], batch["drop"])',
+           'context = batch["context"]', "CFG condition dropout switched off in training"),
+    Mutant("M04", "objectives.py", "drop = torch.rand(batch_size, generator=g) < cfg.p_uncond",
+           "drop = torch.rand(batch_size, generator=g) >= cfg.p_uncond", "CFG condition dropout inverted (90% dropped)"),
+    Mutant("M05", "objectives.py", "idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]",
+           "idx = torch.arange(context_max)[None] + (context_max - context_len + 1)[:, None]",
+           "context window shifted by one: the first target token leaks into the prompt"),
+    Mutant("M06", "objectives.py", 'per_sample = flow_loss(v, x0, x1, batch["target_mask"])',
+           "per_sample = flow_loss(v, x0, x1)", "loss also on padded target positions"),
+    Mutant("M07", "objectives.py", 'x1, t = batch["noise"], batch["target"], batch["t"]',
+           'x1, t = batch["noise"], batch["target"], batch["t"].clamp(0.5, 1.0)',
+           "training never sees the noisy half of the path"),
+    # flow
+    Mutant("M08", "flow.py", "return x1 - x0", "return x0 - x1", "velocity target sign flipped"),
+    Mutant("M09", "flow.py", "return torch.sigmoid(mean + std * torch.randn(", "return torch.sigmoid(std * torch.randn(",
+           "logit-normal timesteps ignore their mean"),
+    Mutant("M10", "flow.py", "grid = torch.cat([q[:1], torch.sigmoid(mean + std * normal_quantile), q[-1:]])",
+           "grid = torch.cat([q[:1], torch.sigmoid(std * normal_quantile), q[-1:]])",
+           "sampling grid ignores the timestep distribution's mean"),
+    # sampling
+    Mutant("M11", "sampling.py", "x = x + (grid[i + 1] - grid[i]) * velocity(x, _at(grid[i], x))",
+           "x = x + (grid[i + 1] - grid[i]) * velocity(x, _at(grid[i + 1], x))", "Euler evaluates at the step's end"),
+    Mutant("M12", "sampling.py", "x = x + h * 0.5 * (v0 + v1)", "x = x + h * v0", "Heun drops its corrector"),
+    # dit
+    Mutant("M13", "dit.py", "return v_uncond + cfg_scale * (v_cond - v_uncond)",
+           "return v_cond + cfg_scale * (v_cond - v_uncond)", "CFG extrapolates from the wrong branch"),
+    Mutant("M14", "dit.py", "return self.t_embedder(t)", "return self.t_embedder(torch.zeros_like(t))",
+           "a t-conditioned DiT that ignores t"),
+    Mutant("M15", "dit.py", "nn.init.zeros_(self.final.linear.weight)", "pass",
+           "adaLN-Zero: output layer not zero-initialised"),
+    Mutant("M16", "dit.py", "weights = context_mask.unsqueeze(-1).to(context.dtype)",
+           "weights = torch.ones_like(context_mask).unsqueeze(-1).to(context.dtype)",
+           "pooled prompt includes padding"),
+    Mutant("M17", "dit.py", "positions = [torch.arange(Lc, device=device).expand(B, Lc), context_len + torch.arange(Lt, device=device)]",
+           "positions = [torch.arange(Lc, device=device).expand(B, Lc), Lc + torch.arange(Lt, device=device)]",
+           "target positions start after the padded, not the real, context"),
+    # blocks
+    Mutant("M18", "blocks.py", "shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)",
+           "scale1, shift1, gate1, scale2, shift2, gate2 = mod.chunk(6, dim=-1)", "adaLN shift and scale swapped"),
+    Mutant("M19", "blocks.py", "F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,",
+           "F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_mask is None else ~attn_mask,",
+           "GPU (SDPA) attention mask inverted"),
+    Mutant("M20", "blocks.py", "scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)",
+           "scores = scores.masked_fill(attn_mask, torch.finfo(scores.dtype).min)", "CPU attention mask inverted"),
+    Mutant("M21", "blocks.py", "out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)",
+           "out = torch.cat((x1 * cos + x2 * sin, x1 * sin + x2 * cos), dim=-1)", "RoPE is not a rotation"),
+    # vae
+    Mutant("M22", "vae.py", "z = mean + (0.5 * logvar).exp() * noise", "z = mean + logvar.exp() * noise",
+           "reparameterisation uses the variance as the std"),
+    Mutant("M23", "vae.py", "return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)",
+           "return cfg.kl_weight * min(1.0, (step / cfg.kl_warmup_steps) ** 2)", "KL warm-up quadratic, not linear"),
+    Mutant("M24", "objectives.py", "kl_weight=kl_weight_at(step, self.vae.cfg)", "kl_weight=self.vae.cfg.kl_weight",
+           "KL warm-up never applied"),
+    Mutant("M25", "vae.py", "return F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-6)",
+           "return F.cosine_similarity(projected.float(), teacher.float(), dim=-1, eps=1e-6)",
+           "REPA gradient reaches the teacher"),
+    Mutant("M26", "vae.py", "return (z - self.latent_mean) / self.latent_std", "return (z - self.latent_mean) / self.latent_std ** 2",
+           "latent normalisation divides by the variance"),
+    # pipeline
+    Mutant("M27", "pipeline.py", "return (self.vae.normalize(z) if self.config.dit.normalize_latents else z), mask",
+           "return z, mask", "latent normalisation skipped when encoding prompts for sampling"),
+    Mutant("M28", "pipeline.py", "            z = self.vae.denormalize(z)\n", "            pass\n",
+           "latent normalisation skipped when decoding samples"),
+    Mutant("M29", "pipeline.py", "cfg_scale if guided else 1.0,", "1.0,", "CFG scale ignored when sampling"),
+    Mutant("M30", "pipeline.py", "contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]",
+           "contexts = [prompt_ids[i][-d.context_max:] for i in active]",
+           "later windows are not conditioned on the text generated so far"),
+    # train
+    Mutant("M31", "train.py", "        objective.load_state_dict(ema.full_state())\n", "        pass\n",
+           "EMA weights never loaded at the end of training"),
+    Mutant("M32", "train.py", "torch._foreach_lerp_(shadows, lives, 1 - self.decay)",
+           "torch._foreach_lerp_(shadows, lives, self.decay)", "EMA decay used as the update weight"),
+    Mutant("M33", "train.py", "(loss / accum).backward()", "loss.backward()",
+           "gradient accumulation sums instead of averaging"),
+    # evaluate
+    Mutant("M34", "evaluate.py", "std = (s2 / n - mean.pow(2)).clamp_min(1e-12).sqrt()",
+           "std = (s2 / n - mean.pow(2)).clamp_min(1e-12)", "latent 'std' computed as a variance"),
+    Mutant("M35", "evaluate.py", "null = dit.drop_context(batch[\"context\"], torch.ones(batch_size, dtype=torch.bool, device=device))",
+           "null = batch[\"context\"]", "the 'prompt dropped' loss keeps the prompt"),
+]
+
+
+def export_tree(rev: str | None, dest: Path) -> None:
+    """The source, tests and project files of `rev` (a git revision) or of the working tree, into `dest`."""
+    if rev:
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "artifacts")
+    for name in ("src", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def run_suite(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    """("passed" | "failed" | "timeout", the first failing test or the last output line, seconds)."""
+    present = [t for t in tests if (tree / t).exists()]
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *present],
+                              cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"over {timeout:.0f} s", time.time() - start
+    lines = proc.stdout.strip().splitlines()
+    failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    detail = failed[0] if failed else (lines[-1] if lines else proc.stderr.strip()[-200:])
+    return ("passed" if proc.returncode == 0 else "failed"), detail, time.time() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", help="git revision to test (default: the working tree)")
+    parser.add_argument("--only", help="comma-separated mutant ids")
+    parser.add_argument("--tests", default=",".join(FAST_SUITE), help="comma-separated test files (the fast suite)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant run (a timeout counts as killed)")
+    parser.add_argument("--out", help="also write the results as a markdown table here")
+    args = parser.parse_args()
+    tests = args.tests.split(",")
+    chosen = [m for m in MUTANTS if not args.only or m.id in args.only.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="textldm-mutation-") as tmp:
+        tree = Path(tmp)
+        export_tree(args.rev, tree)
+        status, detail, seconds = run_suite(tree, tests, args.timeout)
+        print(f"unmutated suite: {status} in {seconds:.0f} s ({detail})", flush=True)
+        if status != "passed":
+            print("the unmutated suite must pass first", file=sys.stderr)
+            return 1
+        for m in chosen:
+            path = tree / "src" / "textldm" / m.file
+            original = path.read_text()
+            if original.count(m.old) != 1:
+                rows.append((m, "n/a", f"code not found once in {m.file}", 0.0))
+                print(f"{m.id} n/a      {m.why}", flush=True)
+                continue
+            path.write_text(original.replace(m.old, m.new))
+            try:
+                status, detail, seconds = run_suite(tree, tests, args.timeout)
+            finally:
+                path.write_text(original)
+            result = "survived" if status == "passed" else "killed"
+            rows.append((m, result, detail if result == "killed" else "", seconds))
+            print(f"{m.id} {result:8s} {seconds:5.0f} s  {m.why}  {detail if result == 'killed' else ''}", flush=True)
+    applicable = [r for r in rows if r[1] != "n/a"]
+    killed = sum(r[1] == "killed" for r in applicable)
+    summary = f"mutation score: {killed} / {len(applicable)} killed" + (
+        f" ({len(rows) - len(applicable)} not applicable to this tree)" if len(applicable) < len(rows) else "")
+    print(summary)
+    if args.out:
+        table = ["| id | file | change | result | caught by |", "|---|---|---|---|---|"]
+        table += [f"| {m.id} | {m.file} | {m.why} | {result} | `{detail}` |" if detail else
+                  f"| {m.id} | {m.file} | {m.why} | {result} | |" for m, result, detail, _ in rows]
+        Path(args.out).write_text(f"{summary} (tests: {', '.join(tests)}; tree: {args.rev or 'working tree'})\n\n"
+                                  + "\n".join(table) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
