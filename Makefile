@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PRESET ?= demo
 ARGS ?=
 
-.PHONY: install demo test long serve browser clean
+.PHONY: install demo test long serve browser mutation clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,11 @@ serve: install
 
 test: install browser
 	$(PY) -m pytest $(ARGS)
+
+# recipe-breaking changes applied one at a time to a copy of the source; prints killed / survived
+# (about 30 minutes on 2 cores; results and survivors' reasons: docs/testing.md)
+mutation: install
+	$(PY) tests/mutation.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -24,6 +24,8 @@ from textldm.train import fit, step_generator
 from textldm.utils import derive_seed
 from textldm.vae import TextVAE, kl_weight_at, vae_loss
 
+from test_train import Quadratic
+
 C = 8  # latent channels
 
 
@@ -252,24 +254,15 @@ def test_generate_ids_is_guided_euler_from_the_documented_noise():
 
 
 # --- EMA -----------------------------------------------------------------------------------------------
-class Quadratic(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(4))
-
-    def forward(self, batch, step):
-        loss = (self.w - batch).pow(2).sum()
-        return loss, {"loss": loss.detach()}
-
-
 @pytest.mark.parametrize("decay", [0.9, 0.9999])
 def test_training_leaves_the_warmed_up_ema_in_the_model(decay):
     """fit() ends with the EMA of the weights after every optimizer step, with decay min(d, (1+n)/(10+n))."""
-    model, trajectory = Quadratic(), [torch.zeros(4)]
+    model = Quadratic()
+    trajectory = [model.w.detach().clone()]
     handle = register_optimizer_step_post_hook(
         lambda opt, args, kwargs: trajectory.append(model.w.detach().clone()))
     try:
-        targets = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+        targets = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
         fit(model, lambda step, *_: targets[step], TrainConfig(steps=30, lr=0.1, warmup_steps=1, ema=decay,
                                                                weight_decay=0.0), progress=False, precision="fp32")
     finally:
