@@ -41,14 +41,14 @@ def _train_cfg(steps: int, lr: float) -> TrainConfig:
                        grad_clip=1.0)
 
 
-def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250):
+def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0):
     """(pipeline, held-out prompts, their true continuations)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     stream = PeriodicStream()
     vae_cfg = VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
                         embed_init="random", repa_weight=0.0, softmax="full", truncate_prob=0.0, kl_warmup_steps=20)
     vae = TextVAE(vae_cfg, VOCAB)
-    fit(VAEObjective(vae), vae_batches(stream, vae_cfg, 64, seed=1, device=torch.device("cpu")),
+    fit(VAEObjective(vae), vae_batches(stream, vae_cfg, 64, seed=1 + seed, device=torch.device("cpu")),
         _train_cfg(vae_steps, 3e-3), progress=False, precision="fp32")
     vae.eval().requires_grad_(False)
     mean, std = latent_statistics(vae, stream, 4, 64, seed=1, device=torch.device("cpu"))
@@ -57,7 +57,7 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250):
     dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX,
                         target_min=PERIOD, target_max=PERIOD)
     dit = TextDiT(dit_cfg, vae_cfg.latent_channels)
-    fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2, device=torch.device("cpu")),
+    fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
     cfg = Config(vae=vae_cfg, dit=dit_cfg)
     cfg.sample.steps = 10

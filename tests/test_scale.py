@@ -121,6 +121,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert start["grad_accumulation"] == (4 if micro else 1) and start["per_device_batch"] == (micro or 8)
     for key in results[0]:
         assert torch.allclose(results[0][key], results[2][key], atol=2e-5), key
+    # AdamW hides a gradient that is a sum over micro-batches instead of their mean; the logged norm does not
+    norms = {m: [json.loads(x)["grad_norm"] for x in (tmp_path / f"m{m}.jsonl").read_text().splitlines()
+                 if "grad_norm" in x] for m in (0, 2)}
+    assert len(norms[0]) == 8 and norms[0] == pytest.approx(norms[2], rel=1e-2, abs=2e-4)
     assert split_batch(64, 4, world=2) == (4, 8) and split_batch(64, 0, world=4) == (16, 1)
     with pytest.raises(UserError, match="micro_batch 5"):
         split_batch(64, 5, world=2)
