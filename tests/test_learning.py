@@ -1,22 +1,25 @@
-"""The end-to-end learning test: a tiny TextVAE + TextDiT, trained on CPU in well under a minute through the
-real training loop, batch builder, latent statistics and pipeline, must learn a task whose continuation is a
-deterministic function of the prompt - and must fail it when the prompt is taken away.
+"""The end-to-end learning test: a tiny TextVAE + TextDiT, trained on CPU in seconds through the real training
+loop, batch builder, latent statistics and pipeline, must learn a task whose continuation is a deterministic
+function of the prompt - and must fail it when the prompt is taken away.
 
 Task: every sequence repeats a random block of PERIOD tokens (vocabulary VOCAB). With a context of at least
 PERIOD tokens and a continuation of at most PERIOD, every continuation token is a copy of the token PERIOD
 positions before it, which sits in the prompt. Without the prompt the continuation is a uniform draw: chance
 is 1 / VOCAB per token.
 
-Thresholds were calibrated on this machine (see docs/testing.md) with a wide margin: a working recipe scores
-far above them, a recipe broken in any way that reaches sampling (noise/data swapped, 1 - t, latent
-normalisation skipped, the context window shifted into the target, ...) scores near chance.
+What is checked: the continuation with the default sampler (with and without CFG); after ONE Euler step (for a
+deterministic continuation the exact velocity at t = 0 reaches it in one step, so a flow with noise and data
+swapped or the time reversed - which many contracting steps would still steer to the one right answer -
+lands off the tokens); near-chance accuracy with the prompt dropped; and an unconditional branch that has
+learned to denoise (the CFG dropout's work). Thresholds were calibrated over several seeds, with wide
+margins, in docs/testing.md.
 """
 import pytest
 import torch
 
 from textldm.config import Config, DiTConfig, TrainConfig, VAEConfig
 from textldm.dit import TextDiT
-from textldm.evaluate import latent_statistics
+from textldm.evaluate import evaluate_dit, latent_statistics
 from textldm.objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from textldm.pipeline import TextLDMPipeline
 from textldm.train import fit
@@ -92,6 +95,16 @@ def test_the_dit_continues_a_prompt_it_must_copy(learned, cfg_scale):
     assert acc > 0.8, f"token accuracy {acc:.3f} with CFG {cfg_scale} (chance {CHANCE:.2f})"
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_one_euler_step_lands_on_a_deterministic_continuation(learned, cfg_scale):
+    """The continuation is a function of the prompt, so the exact velocity at t = 0 is (that continuation's
+    latents - the noise) and one Euler step reaches it. A flow trained with the noise and data swapped or the
+    time reversed gets there only through many contracting steps, if at all: one step lands off the tokens."""
+    pipe, prompts, truths = learned
+    acc = accuracy(pipe.generate_ids(prompts, length=PERIOD, steps=1, cfg_scale=cfg_scale), truths)
+    assert acc > 0.8, f"token accuracy {acc:.3f} after one Euler step with CFG {cfg_scale} (chance {CHANCE:.2f})"
+
+
 def test_without_the_prompt_it_scores_near_chance(learned):
     """cfg_scale 0 samples from the unconditional branch alone (v = v_uncond): the prompt is dropped."""
     pipe, prompts, truths = learned
@@ -100,10 +113,21 @@ def test_without_the_prompt_it_scores_near_chance(learned):
 
 
 def validation_loss(dit: TextDiT, vae: TextVAE) -> float:
-    from textldm.evaluate import evaluate_dit
-
     return evaluate_dit(dit, vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                         device=torch.device("cpu"))["with_prompt"]
+
+
+def test_the_unconditional_branch_learned_to_denoise(learned):
+    """CFG needs a trained unconditional branch: with the prompt dropped the continuation is uniform noise-free
+    tokens, which the DiT must still denoise better than the best linear predictor over the second half of the
+    path. Without CFG condition dropout in training the null branch is untrained and its loss is several times
+    that baseline."""
+    pipe = learned[0]
+    quarters = evaluate_dit(pipe.dit, pipe.vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
+                            device=torch.device("cpu"))["quarters"]
+    for q in quarters[2:]:
+        assert q["prompt_dropped"] < q["linear_gaussian"], q
+        assert q["with_prompt"] < 0.5 * q["linear_gaussian"], q
 
 
 def test_paper_shaped_ema_saves_trained_weights_after_a_few_dozen_steps(learned):
