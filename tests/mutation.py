@@ -25,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: the recipe's unit tests, the learning test and the pipeline / CLI round trips (~1-2 min)
-FAST_SUITE = ["tests/test_recipe.py", "tests/test_learning.py", "tests/test_models.py", "tests/test_flow.py",
+FAST_SUITE = ["tests/test_recipe.py", "tests/test_levers.py", "tests/test_learning.py", "tests/test_models.py",
+              "tests/test_flow.py",
               "tests/test_train.py", "tests/test_pipeline_cli.py",
               "tests/test_scale.py::test_gradient_accumulation_matches_one_big_batch"]
 
@@ -41,9 +42,9 @@ class Mutant:
 
 MUTANTS = [
     # objectives: what the DiT is trained on
-    Mutant("M01", "objectives.py", "self.dit(interpolate(x0, x1, t), t,", "self.dit(interpolate(x1, x0, t), t,",
+    Mutant("M01", "objectives.py", "x_t = interpolate(x0, x1, t)", "x_t = interpolate(x1, x0, t)",
            "DiT objective swaps noise and data in the path"),
-    Mutant("M02", "objectives.py", "self.dit(interpolate(x0, x1, t), t,", "self.dit(interpolate(x0, x1, t), 1 - t,",
+    Mutant("M02", "objectives.py", "v = self.dit(x_t, t, *conditions,", "v = self.dit(x_t, 1 - t, *conditions,",
            "DiT is fed 1 - t instead of t"),
     Mutant("M03", "objectives.py", 'context = self.dit.drop_context(batch["context"], batch["drop"])',
            'context = batch["context"]', "CFG condition dropout switched off in training"),
@@ -138,6 +139,15 @@ MUTANTS = [
     Mutant("M41", "utils.py", 'data = b"\\x00".join(len(part).to_bytes(2, "little") + part for part in parts)',
            'data = str(sum(int.from_bytes(part, "little") for part in parts)).encode()',
            "seeding helper hashes the sum of its keys: (seed, window, row) tuples collide"),
+    # levers (issue 13)
+    Mutant("M42", "pipeline.py", "estimate = x_t + (1 - t).view(-1, 1, 1) * v", "estimate = torch.zeros_like(x_t)",
+           "self-conditioning never reads the previous estimate at sampling"),
+    Mutant("M43", "objectives.py", "(x_t[rows] + (1 - t[rows]).view(-1, 1, 1) * v)", "(x_t[rows] + t[rows].view(-1, 1, 1) * v)",
+           "self-conditioning estimate in training is not the clean-target estimate"),
+    Mutant("M44", "dit.py", "            nn.init.zeros_(self.self_cond_proj.weight)\n", "            pass\n",
+           "self-conditioning input not zero-initialised"),
+    Mutant("M45", "objectives.py", "    @torch.no_grad()\n    def self_condition(", "    def self_condition(",
+           "self-conditioning's first pass is back-propagated through"),
 ]
 
 

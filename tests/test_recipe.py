@@ -71,11 +71,12 @@ class SpyDiT(torch.nn.Module):
     def __init__(self, dit: TextDiT, out: torch.Tensor):
         super().__init__()
         self.dit, self.out, self.calls = dit, out, []
+        self.self_cond_proj = dit.self_cond_proj
 
     def drop_context(self, context, drop):
         return self.dit.drop_context(context, drop)
 
-    def forward(self, x_t, t, context, context_mask, target_mask, right=None, right_mask=None):
+    def forward(self, x_t, t, context, context_mask, target_mask, right=None, right_mask=None, self_cond=None):
         self.calls.append({"x_t": x_t, "t": t, "context": context, "target_mask": target_mask})
         return self.out
 
@@ -91,8 +92,8 @@ def test_dit_objective_feeds_the_documented_path_time_and_cfg_drop():
     target_mask = torch.arange(Lt)[None] < torch.tensor([[6], [3], [5], [1]])
     v = torch.randn(B, Lt, C, generator=g)
     spy = SpyDiT(small_dit(), v)
-    batch = {"noise": noise, "target": target, "t": t, "context": context, "context_mask": torch.ones(B, Lc, dtype=torch.bool),
-             "target_mask": target_mask, "drop": drop}
+    batch = {"noise": noise, "target": target, "t": t, "context": context, "target_mask": target_mask,
+             "context_mask": torch.ones(B, Lc, dtype=torch.bool), "drop": drop}
     loss, _ = DiTObjective(spy)(batch, step=0)
     call = spy.calls[0]
     assert torch.allclose(call["x_t"], (1 - t)[:, None, None] * noise + t[:, None, None] * target)

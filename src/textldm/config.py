@@ -75,6 +75,10 @@ class DiTConfig:
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
     infill_prob: float = 0.0  # share of training examples that also get the text after the target (infilling)
+    # self-conditioning (Chen et al.): the DiT also reads its previous estimate of the clean target latents
+    # through a zero-initialised projection; in training a no-grad first pass makes that estimate for this share
+    # of the examples (the rest get zeros), at sampling it is the previous evaluation's estimate
+    self_condition_prob: float = 0.0  # 0 = off (no extra input); 0.5 is the usual choice
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -339,6 +343,7 @@ def validate(cfg: Config) -> None:
          "dit.context_max and dit.target_max must not exceed vae.max_len"),
         (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
         (0 <= cfg.dit.infill_prob <= 1, "dit.infill_prob must be in [0, 1]"),
+        (0 <= cfg.dit.self_condition_prob <= 1, "dit.self_condition_prob must be in [0, 1]"),
         (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),

@@ -76,6 +76,8 @@ class TextDiT(nn.Module):
         self.latent_channels = latent_channels
         w = cfg.width
         self.in_proj = nn.Linear(latent_channels, w)
+        # self-conditioning: the previous clean-latent estimate of the target, added to its input embedding
+        self.self_cond_proj = nn.Linear(latent_channels, w) if cfg.self_condition_prob > 0 else None
         # 0 = context, 1 = target, 2 = right context (infilling; only in models trained with dit.infill_prob > 0)
         self.segment = nn.Embedding(3 if cfg.infill_prob > 0 else 2, w)
         if cfg.t_conditioning:
@@ -113,6 +115,9 @@ class TextDiT(nn.Module):
         nn.init.zeros_(self.final.modulation[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if self.self_cond_proj is not None:  # zero: the estimate starts as no input at all
+            nn.init.zeros_(self.self_cond_proj.weight)
+            nn.init.zeros_(self.self_cond_proj.bias)
 
     def condition(self, t: torch.Tensor) -> torch.Tensor:
         if self.t_embedder is None:
@@ -136,11 +141,21 @@ class TextDiT(nn.Module):
         x = self.in_proj(latents.to(self.in_proj.weight.dtype))
         return x + self.segment.weight[segment]
 
-    def forward(self, x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None):
+    def _embed_target(self, x_t, self_cond):
+        """The target's input embedding, plus the self-conditioning estimate (None = zeros) when the model has it."""
+        x = self._embed(x_t, 1)
+        if self.self_cond_proj is not None:
+            estimate = torch.zeros_like(x_t) if self_cond is None else self_cond
+            x = x + self.self_cond_proj(estimate.to(self.self_cond_proj.weight.dtype))
+        return x
+
+    def forward(self, x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None,
+                self_cond=None):
         """x_t (B, Lt, C) noisy target latents, t (B,), context (B, Lc, C) clean latents,
         masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C).
         Infilling: `right` (B, Lr, C) clean latents of the text after the target, placed after the target's
-        real length (a model trained with dit.infill_prob > 0)."""
+        real length (a model trained with dit.infill_prob > 0). `self_cond` (B, Lt, C): the previous estimate
+        of the clean target (a model trained with dit.self_condition_prob > 0; None = zeros)."""
         B, Lt, _ = x_t.shape
         Lc = context.shape[1]
         device = x_t.device
@@ -149,7 +164,7 @@ class TextDiT(nn.Module):
         if target_mask is None:
             target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
         context_len = context_mask.sum(1, keepdim=True)
-        parts, keys = [self._embed(context, 0), self._embed(x_t, 1)], [context_mask, target_mask]
+        parts, keys = [self._embed(context, 0), self._embed_target(x_t, self_cond)], [context_mask, target_mask]
         positions = [torch.arange(Lc, device=device).expand(B, Lc), context_len + torch.arange(Lt, device=device)]
         clean, clean_mask = context, context_mask
         Lr = 0
@@ -196,7 +211,7 @@ class TextDiT(nn.Module):
         pooled = pooled if torch.is_tensor(pooled) else torch.zeros(B, self.cfg.width, device=context.device)
         return ContextCache(caches, context_mask, pooled)
 
-    def forward_cached(self, x_t, t, cache: ContextCache, target_mask=None):
+    def forward_cached(self, x_t, t, cache: ContextCache, target_mask=None, self_cond=None):
         """The velocity of `forward`, running only the target tokens against a `cache_context` result."""
         B, Lt, _ = x_t.shape
         device = x_t.device
@@ -206,32 +221,33 @@ class TextDiT(nn.Module):
         rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
         attn_mask = padding_attn_mask(torch.cat([cache.context_mask, target_mask], dim=1))
         cond = self.condition(t) + cache.pooled
-        x = self._embed(x_t, 1)
+        x = self._embed_target(x_t, self_cond)
         for block, kv in zip(self.blocks, cache.blocks):
             x = block(x, rope, attn_mask, cond=cond, cache=kv)
         return self.final(x, cond)
 
     def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
-                        cache: ContextCache | None = None, right=None, right_mask=None):
+                        cache: ContextCache | None = None, right=None, right_mask=None, self_cond=None):
         """Classifier-free guidance as one batched forward over [conditional ; unconditional]:
         v = v_uncond + scale * (v_cond - v_uncond). scale 1 is plain conditional sampling. With a `cache`
         (from `cache_context` over [context ; null context], or over the context alone when scale is 1),
-        only the target tokens run."""
+        only the target tokens run. `self_cond`: the same clean-target estimate for both branches."""
         B = x_t.shape[0]
         cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
         if cfg_scale == 1.0:
             if cache is not None:
-                return self.forward_cached(x_t, t, cache.head(B), target_mask)
-            return self(x_t, t, context, context_mask, target_mask, right, right_mask)
+                return self.forward_cached(x_t, t, cache.head(B), target_mask, self_cond)
+            return self(x_t, t, context, context_mask, target_mask, right, right_mask, self_cond)
         if cache is not None:
-            v = self.forward_cached(torch.cat([x_t, x_t]), torch.cat([t, t]), cache, cat(target_mask, target_mask))
+            v = self.forward_cached(torch.cat([x_t, x_t]), torch.cat([t, t]), cache, cat(target_mask, target_mask),
+                                    cat(self_cond, self_cond))
         else:
             drop = torch.ones(B, dtype=torch.bool, device=x_t.device)
             null = self.drop_context(context, drop)
             null_right = None if right is None else torch.cat([right, self.drop_context(right, drop)])
             v = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null]),
                      cat(context_mask, context_mask), cat(target_mask, target_mask), null_right,
-                     cat(right_mask, right_mask))
+                     cat(right_mask, right_mask), cat(self_cond, self_cond))
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 

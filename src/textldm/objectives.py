@@ -75,10 +75,24 @@ class DiTObjective(nn.Module):
         right = batch.get("right")
         if right is not None:  # infilling examples: the text after the target is dropped with the context
             right = self.dit.drop_context(right, batch["drop"])
-        v = self.dit(interpolate(x0, x1, t), t, context, batch["context_mask"], batch["target_mask"], right,
-                     batch.get("right_mask"))
+        x_t = interpolate(x0, x1, t)
+        conditions = (context, batch["context_mask"], batch["target_mask"], right, batch.get("right_mask"))
+        v = self.dit(x_t, t, *conditions, self_cond=self.self_condition(x_t, t, conditions, batch.get("self_cond")))
         per_sample = flow_loss(v, x0, x1, batch["target_mask"])
         return per_sample.mean(), {"loss": per_sample.mean().detach()}
+
+    @torch.no_grad()
+    def self_condition(self, x_t, t, conditions: tuple, chosen: torch.Tensor | None):
+        """The clean-target estimate x_t + (1 - t) v of a first, gradient-free pass for the `chosen` rows (zeros
+        for the others, as at the first sampling step); None when the model does not self-condition."""
+        if self.dit.self_cond_proj is None:
+            return None
+        estimate = torch.zeros_like(x_t)
+        rows = chosen.nonzero().flatten()
+        if len(rows):  # only the chosen rows pay for the extra pass
+            v = self.dit(x_t[rows], t[rows], *(None if c is None else c[rows] for c in conditions))
+            estimate[rows] = (x_t[rows] + (1 - t[rows]).view(-1, 1, 1) * v).to(estimate.dtype)
+        return estimate
 
 
 @torch.no_grad()
@@ -139,6 +153,8 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
             right, right_mask = right.to(device), right_mask.to(device)
             batch["right"] = encode_latents(vae, right, right_mask, cfg.normalize_latents)
             batch["right_mask"] = right_mask
+        if cfg.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
+            batch["self_cond"] = (torch.rand(batch_size, generator=g) < cfg.self_condition_prob)[sl].to(device)
         return batch
 
     return get

@@ -42,8 +42,15 @@ def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     """Forward FLOPs of the DiT on one [context ; target] sequence (padded lengths: that is what runs)."""
     L = context_len + target_len
     per_token = linear_flops(dit.in_proj) + sum(block_flops(b, L) for b in dit.blocks)
-    per_sequence = per_token * L + linear_flops(dit.final.linear) * target_len
+    per_sequence = per_token * L + _target_io_flops(dit) * target_len
     return per_sequence + _conditioner_flops(dit, target=True, context=True)
+
+
+def _target_io_flops(dit) -> float:
+    """Per target token, besides the blocks and the input projection: the output layer and, with
+    self-conditioning, the estimate's input projection."""
+    sc = getattr(dit, "self_cond_proj", None)
+    return linear_flops(dit.final.linear) + (linear_flops(sc) if sc is not None else 0.0)
 
 
 def _conditioner_flops(dit, target: bool, context: bool) -> float:
@@ -63,7 +70,8 @@ def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tup
     """Cacheable-context DiT at sampling: (the context pass, once per generation; one target-only pass)."""
     context = context_len * (linear_flops(dit.in_proj) + sum(block_flops(b, context_len) for b in dit.blocks))
     L = context_len + target_len
-    target = target_len * (linear_flops(dit.in_proj, dit.final.linear) + sum(block_flops(b, L) for b in dit.blocks))
+    per_target_token = linear_flops(dit.in_proj) + _target_io_flops(dit) + sum(block_flops(b, L) for b in dit.blocks)
+    target = target_len * per_target_token
     return context + _conditioner_flops(dit, False, True), target + _conditioner_flops(dit, True, False)
 
 

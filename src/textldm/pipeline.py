@@ -163,8 +163,8 @@ class TextLDMPipeline:
 
         Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
         each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
-        end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt gets
-        the same continuation whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
+        end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt
+        gets the same continuation whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
         guidance interval); `self.last_evaluations` holds the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
@@ -221,11 +221,17 @@ class TextLDMPipeline:
                 cache = self.dit.cache_for_guidance(context, ctx_mask) if cfg_scale != 1.0 else \
                     self.dit.cache_context(context, ctx_mask)
 
+            estimate = torch.zeros_like(x) if self.dit.self_cond_proj is not None else None
+
             def velocity(x_t, t):
+                nonlocal estimate
                 guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
                 self.last_evaluations += 2 if guided else 1
-                return self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0,
-                                                cache, right, right_mask)
+                v = self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0,
+                                             cache, right, right_mask, self_cond=estimate)
+                if estimate is not None:  # self-conditioning: the next evaluation reads this clean-target estimate
+                    estimate = x_t + (1 - t).view(-1, 1, 1) * v
+                return v
 
             return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
 

@@ -174,7 +174,9 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
     tcfg = cfg.dit_train
     resolve_batch_size(tcfg, cfg.dit.context_max + cfg.dit.target_max)
-    flops = TRAIN_FACTOR * tcfg.batch_size * dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
+    # forward + backward, plus the self-conditioning examples' gradient-free first pass
+    flops = (TRAIN_FACTOR + cfg.dit.self_condition_prob) * tcfg.batch_size * \
+        dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
     log.info("DiT: %.1fM parameters, %d steps of %d sequences", param_count(dit) / 1e6, tcfg.steps, tcfg.batch_size)
     batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
     mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2

@@ -1,0 +1,106 @@
+"""Mechanics of the quality levers (docs/design.md, "Levers"): each is off by default, and each test here fails
+when the lever is wired wrong.
+
+Self-conditioning (dit.self_condition_prob): a zero-initialised extra input; in training a gradient-free first
+pass makes the clean-target estimate x_t + (1 - t) v for the chosen rows; at sampling each evaluation reads the
+previous evaluation's estimate (zeros at the first)."""
+import pytest
+import torch
+
+from textldm.config import Config, DiTConfig, load_config
+from textldm.dit import TextDiT
+from textldm.objectives import DiTObjective
+from textldm.perf import dit_flops_per_sequence
+
+from test_recipe import C, perturbed, tiny_pipeline
+
+
+def self_cond_dit(**kw) -> TextDiT:
+    torch.manual_seed(0)
+    return TextDiT(DiTConfig(width=32, heads=2, depth=2, self_condition_prob=0.5, **kw), C)
+
+
+def test_self_conditioning_input_is_zero_at_init_and_used_once_trained():
+    dit = self_cond_dit()
+    assert dit.self_cond_proj is not None and TextDiT(DiTConfig(width=32, heads=2, depth=2), C).self_cond_proj is None
+    assert not dit.self_cond_proj.weight.any() and not dit.self_cond_proj.bias.any()  # zero-initialised
+    perturbed(dit)
+    with torch.no_grad():  # only the projection back at zero: the estimate is not an input yet
+        dit.self_cond_proj.weight.zero_()
+        dit.self_cond_proj.bias.zero_()
+    x, t, ctx, estimate = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C), torch.randn(2, 5, C)
+    assert torch.equal(dit(x, t, ctx, self_cond=estimate), dit(x, t, ctx))
+    perturbed(dit, seed=2)
+    assert not torch.allclose(dit(x, t, ctx, self_cond=estimate), dit(x, t, ctx), atol=1e-4)
+    assert torch.equal(dit(x, t, ctx, self_cond=torch.zeros_like(x)), dit(x, t, ctx))  # None means zeros
+
+
+def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
+    dit = perturbed(self_cond_dit())
+    calls = []
+    real = TextDiT.forward
+
+    def spy(self, x, t, *args, self_cond=None):
+        calls.append({"x": x, "t": t, "self_cond": self_cond, "grad": torch.is_grad_enabled()})
+        out = real(self, x, t, *args, self_cond=self_cond)
+        calls[-1]["v"] = out.detach()
+        return out
+
+    B, Lc, Lt = 4, 5, 6
+    g = torch.Generator().manual_seed(0)
+    batch = {"noise": torch.randn(B, Lt, C, generator=g), "target": torch.randn(B, Lt, C, generator=g),
+             "t": torch.tensor([0.2, 0.5, 0.7, 0.9]), "context": torch.randn(B, Lc, C, generator=g),
+             "context_mask": torch.ones(B, Lc, dtype=torch.bool), "target_mask": torch.ones(B, Lt, dtype=torch.bool),
+             "drop": torch.zeros(B, dtype=torch.bool), "self_cond": torch.tensor([True, False, True, False])}
+    TextDiT.forward = spy
+    try:
+        loss, _ = DiTObjective(dit)(batch, step=0)
+    finally:
+        TextDiT.forward = real
+    first, second = calls
+    assert not first["grad"] and second["grad"] and first["x"].shape[0] == 2  # only the chosen rows
+    t = batch["t"][[0, 2]].view(-1, 1, 1)
+    estimate = second["self_cond"]
+    assert torch.allclose(estimate[[0, 2]], first["x"] + (1 - t) * first["v"], atol=1e-6)
+    assert torch.equal(estimate[[1, 3]], torch.zeros(2, Lt, C))
+    loss.backward()
+    assert dit.self_cond_proj.weight.grad is not None and dit.self_cond_proj.weight.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_self_conditioning_at_sampling_reads_the_previous_estimate():
+    pipe = tiny_pipeline()
+    pipe.dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2,
+                                           target_max=4, self_condition_prob=0.5), C)).eval()
+    pipe.config.dit = pipe.dit.cfg
+    seen = []
+    real = pipe.dit.guided_velocity
+
+    def spy(x, t, *args, self_cond=None, **kw):
+        v = real(x, t, *args, self_cond=self_cond, **kw)
+        seen.append((x, t, self_cond, v))
+        return v
+
+    pipe.dit.guided_velocity = spy
+    pipe.generate_ids([[1, 2, 3]], length=4, steps=4, cfg_scale=2.0)
+    assert len(seen) == 4 and torch.equal(seen[0][2], torch.zeros_like(seen[0][0]))
+    for (x, t, _, v), (_, _, estimate, _) in zip(seen, seen[1:]):
+        assert torch.allclose(estimate, x + (1 - t).view(-1, 1, 1) * v)
+
+
+def test_self_conditioning_costs_are_counted_and_the_setting_is_validated():
+    plain, sc = TextDiT(DiTConfig(width=32, heads=2, depth=2), C), self_cond_dit()
+    assert dit_flops_per_sequence(sc, 8, 8) - dit_flops_per_sequence(plain, 8, 8) == 8 * 2 * C * 32
+    cfg = Config()
+    assert cfg.dit.self_condition_prob == 0.0  # off by default until measured
+    with pytest.raises(Exception, match="self_condition_prob"):
+        load_config("demo", ["dit.self_condition_prob=1.5"])
+
+
+def test_cached_context_with_self_conditioning_matches_the_full_forward():
+    dit = perturbed(self_cond_dit(context_cache=True))
+    x, t, ctx, estimate = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C), torch.randn(2, 5, C)
+    with torch.no_grad():
+        full = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, self_cond=estimate)
+        cached = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, cache=dit.cache_for_guidance(ctx), self_cond=estimate)
+    assert torch.allclose(full, cached, atol=1e-5)
