@@ -19,7 +19,7 @@ import torch
 
 from textldm.config import Config, DiTConfig, TrainConfig, VAEConfig
 from textldm.dit import TextDiT
-from textldm.evaluate import evaluate_dit, latent_statistics
+from textldm.evaluate import evaluate_dit, latent_statistics, position_agreement, same_noise_agreement
 from textldm.objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from textldm.pipeline import TextLDMPipeline
 from textldm.train import fit
@@ -115,6 +115,15 @@ def test_without_the_prompt_it_scores_near_chance(learned):
 def validation_loss(dit: TextDiT, vae: TextVAE) -> float:
     return evaluate_dit(dit, vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                         device=torch.device("cpu"))["with_prompt"]
+
+
+def test_the_prompt_not_the_noise_decides_the_continuation(learned):
+    """Prompt dependence: continued from one shared noise, different prompts give different continuations
+    (agreement near the 1 / VOCAB of unrelated text), and the same prompt from another noise the same one."""
+    pipe, prompts, truths = learned
+    assert same_noise_agreement(pipe, prompts[:12], PERIOD, seed=3) < CHANCE + 0.12
+    assert position_agreement(truths[:12]) < CHANCE + 0.12
+    assert pipe.generate_ids(prompts[:1], PERIOD, seed=3) == pipe.generate_ids(prompts[:1], PERIOD, seed=4)
 
 
 def test_the_unconditional_branch_learned_to_denoise(learned):

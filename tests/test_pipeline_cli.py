@@ -29,6 +29,7 @@ def test_demo_writes_everything(trained):
     c = report["continuations"]
     assert all(0 <= c[k] <= 1 for k in ("rouge_l", "rouge_l_random_passage", "rouge_l_other_prompts_reference"))
     assert len(c["samples"]) == c["prompts_scored"] > 0
+    assert 0 <= c["same_noise_agreement"] <= 1 and 0 <= c["reference_agreement"] <= 1 and c["agreement_prompts"] > 1
     md = (out / "report.md").read_text()
     assert "with prompt" in md and "ROUGE-L" in md
     meta = json.loads((out / "model/config.json").read_text())

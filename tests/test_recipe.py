@@ -16,7 +16,7 @@ from textldm.ar import CausalLM
 from textldm.blocks import TransformerBlock, rope_angles
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.dit import TextDiT
-from textldm.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
+from textldm.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics, position_agreement
 from textldm.flow import sample_t, time_grid
 from textldm.objectives import DiTObjective, VAEObjective, dit_batches
 from textldm.pipeline import TextLDMPipeline, noise_seed
@@ -402,3 +402,9 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     assert pipe.vae.vocab_size == vocab
     ar, _ = runs.train_ar(load_config("demo", overrides), progress=False)
     assert ar.model.embed.weight.shape[0] == vocab
+
+
+def test_position_agreement_by_hand():
+    # pairs: (a, b) 2 of 3, (a, c) and (b, c) 1 of 2 (up to the shorter row)
+    assert position_agreement([[1, 2, 3], [1, 2, 4], [1, 5]]) == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert math.isnan(position_agreement([[1, 2]]))

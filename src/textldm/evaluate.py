@@ -135,6 +135,25 @@ def evaluate_ar(model, stream: TokenStream, seq_len: int, n_batches: int, batch_
             "tokens": total}
 
 
+def position_agreement(rows: list[list[int]]) -> float:
+    """Mean over pairs of rows of the share of positions (up to the shorter row) holding the same token."""
+    shares = []
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            n = min(len(rows[i]), len(rows[j]))
+            if n:
+                shares.append(sum(a == b for a, b in zip(rows[i][:n], rows[j][:n])) / n)
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+@torch.no_grad()
+def same_noise_agreement(pipe, prompts: list[list[int]], length: int, seed: int = 0) -> float:
+    """Prompt dependence: every prompt continued from the SAME starting noise (each alone, as row 0), then the
+    position agreement of the continuations. Continuations that follow their prompts agree about as often as
+    unrelated text does; a model whose output is decided by the noise agrees far more."""
+    return position_agreement([pipe.generate_ids([p], length, seed=seed)[0] for p in prompts])
+
+
 def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """n (prompt ids, reference ids) pairs cut at random places inside held-out documents (documents drawn in
     proportion to their length, so a few long documents can give many pairs; no pair crosses a document end)."""

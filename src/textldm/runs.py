@@ -17,7 +17,8 @@ from .data.corpus import check_source
 from .data.shards import TokenStream, tokenize_corpus
 from .dit import TextDiT
 from .ar import ARObjective, ARPipeline, CausalLM, ar_batches
-from .evaluate import corpus_vocabulary, evaluate_ar, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics
+from .evaluate import (corpus_vocabulary, evaluate_ar, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics,
+                       position_agreement, same_noise_agreement)
 from .metrics import rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
@@ -29,6 +30,7 @@ from .utils import atomic_write_text, environment, seed_everything, write_json
 from .vae import TextVAE, param_count
 
 log = logging.getLogger(__name__)
+AGREEMENT_PROMPTS = 24  # held-out prompts continued from one shared noise for the prompt-dependence figure
 
 
 def _barrier():
@@ -249,7 +251,11 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
     gens = [tok.decode(g) for g in generated]
     shuffled = refs[1:] + refs[:1]  # each reference paired with another prompt's passage
     vocab = corpus_vocabulary(train, tok)
+    k = min(len(pairs), AGREEMENT_PROMPTS)
     return {
+        "same_noise_agreement": same_noise_agreement(pipe, [p for p, _ in pairs[:k]], cfg.sample.length,
+                                                     cfg.sample.seed),
+        "reference_agreement": position_agreement([r for _, r in pairs[:k]]), "agreement_prompts": k,
         "samples": [{"prompt": p, "generated": g, "reference": r} for p, g, r in zip(prompts, gens, refs)],
         "rouge_l": rouge_l(gens, refs), "rouge_l_random_passage": rouge_l(shuffled, refs),
         "rouge_l_other_prompts_reference": rouge_l(gens, shuffled),
@@ -296,7 +302,12 @@ def format_report(report: dict) -> str:
                   f"{c['generated_stats']['distinct_3']:.3f}, known-word share "
                   f"{c['generated_stats'].get('known_word_share', float('nan')):.3f}; references: distinct-2 "
                   f"{c['reference_stats']['distinct_2']:.3f}, known-word share "
-                  f"{c['reference_stats'].get('known_word_share', float('nan')):.3f}", ""]
+                  f"{c['reference_stats'].get('known_word_share', float('nan')):.3f}"]
+        if "same_noise_agreement" in c:
+            lines.append(f"- prompt dependence: {c['agreement_prompts']} prompts continued from the same noise agree "
+                         f"on {100 * c['same_noise_agreement']:.1f}% of positions (their human continuations: "
+                         f"{100 * c['reference_agreement']:.1f}%; lower = the prompt, not the noise, decides)")
+        lines.append("")
         for i, sample in enumerate(c["samples"][:8]):
             lines += [f"**{i + 1}.** prompt: `{_one_line(sample['prompt'])}`", "",
                       f"- generated: `{_one_line(sample['generated'])}`",
