@@ -18,6 +18,7 @@ import torch
 
 from .data.shards import TokenStream
 from .errors import UserError
+from .objectives import teacher_context
 from .utils import atomic_dir, cache_dir
 
 
@@ -49,7 +50,7 @@ def build_teacher_cache(stream: TokenStream, teacher, teacher_name: str, layer: 
         features = np.memmap(tmp / "features.bin", dtype=np.float16, mode="w+", shape=(len(windows), length, hidden))
         for start in tqdm(range(0, len(windows), batch_size), desc="teacher features", disable=not progress):
             ids = window_ids(stream, windows[start: start + batch_size], length).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with teacher_context(device):
                 out = teacher(ids)
             features[start: start + len(ids)] = out.float().cpu().numpy().astype(np.float16)
         features.flush()
