@@ -104,3 +104,17 @@ def test_cached_context_with_self_conditioning_matches_the_full_forward():
         full = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, self_cond=estimate)
         cached = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, cache=dit.cache_for_guidance(ctx), self_cond=estimate)
     assert torch.allclose(full, cached, atol=1e-5)
+
+
+def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monkeypatch):
+    from textldm.evaluate import evaluate_dit
+    from test_recipe import CountingStream, small_vae
+
+    dit = perturbed(self_cond_dit(context_min=2, context_max=5, target_min=2, target_max=4))
+    estimates = []
+    real = TextDiT.forward
+    monkeypatch.setattr(TextDiT, "forward", lambda self, *a, self_cond=None, **k: estimates.append(self_cond)
+                        or real(self, *a, self_cond=self_cond, **k))
+    evaluate_dit(dit, small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
+                 device=torch.device("cpu"))
+    assert [e is None for e in estimates] == [True, False, True, False]  # with the prompt, then dropped

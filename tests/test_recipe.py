@@ -331,7 +331,8 @@ def test_the_prompt_dropped_loss_uses_the_null_condition(monkeypatch):
     dit, vae = small_dit(context_min=2, context_max=5, target_min=2, target_max=4), small_vae(vocab=1000)
     contexts = []
     real = TextDiT.forward
-    monkeypatch.setattr(TextDiT, "forward", lambda self, x, t, c, *a: contexts.append(c) or real(self, x, t, c, *a))
+    monkeypatch.setattr(TextDiT, "forward",
+                        lambda self, x, t, c, *a, **k: contexts.append(c) or real(self, x, t, c, *a, **k))
     evaluate_dit(dit, vae, CountingStream(), n_batches=1, batch_size=8, seed=0, device=torch.device("cpu"))
     with_prompt, dropped = contexts
     assert not torch.allclose(with_prompt, dit.null_context.expand_as(with_prompt))

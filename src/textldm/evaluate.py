@@ -93,9 +93,9 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
         batch = batches(b, t=t)
         x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
         x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
-        v = dit(x_t, tt, batch["context"], batch["context_mask"], mask)
+        v = _velocity(dit, x_t, tt, batch["context"], batch["context_mask"], mask)
         null = dit.drop_context(batch["context"], torch.ones(batch_size, dtype=torch.bool, device=device))
-        v_null = dit(x_t, tt, null, batch["context_mask"], mask)
+        v_null = _velocity(dit, x_t, tt, null, batch["context_mask"], mask)
         t_all.append(tt.cpu())
         cond_all.append(flow_loss(v, x0, x1, mask).cpu())
         uncond_all.append(flow_loss(v_null, x0, x1, mask).cpu())
@@ -117,6 +117,15 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
     return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
             "linear_gaussian": linear.mean().item(), "head_with_prompt": head_c.mean().item(),
             "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
+
+
+def _velocity(dit, x_t, t, context, context_mask, target_mask):
+    """The velocity as sampling computes it: a self-conditioning DiT reads its own first estimate (a sampler
+    has the previous step's), the others predict in one pass."""
+    estimate = None
+    if dit.self_cond_proj is not None:
+        estimate = x_t + (1 - t).view(-1, 1, 1) * dit(x_t, t, context, context_mask, target_mask)
+    return dit(x_t, t, context, context_mask, target_mask, self_cond=estimate)
 
 
 @torch.no_grad()
