@@ -140,10 +140,10 @@ MUTANTS = [
            'data = str(sum(int.from_bytes(part, "little") for part in parts)).encode()',
            "seeding helper hashes the sum of its keys: (seed, window, row) tuples collide"),
     # levers (issue 13)
-    Mutant("M42", "pipeline.py", "estimate = x_t + (1 - t).view(-1, 1, 1) * v", "estimate = torch.zeros_like(x_t)",
+    Mutant("M42", "pipeline.py", "estimate = clean_estimate(x_t, t, v)", "estimate = torch.zeros_like(x_t)",
            "self-conditioning never reads the previous estimate at sampling"),
-    Mutant("M43", "objectives.py", "(x_t[rows] + (1 - t[rows]).view(-1, 1, 1) * v)", "(x_t[rows] + t[rows].view(-1, 1, 1) * v)",
-           "self-conditioning estimate in training is not the clean-target estimate"),
+    Mutant("M43", "flow.py", "return x_t + (1 - t).view(", "return x_t + t.view(",
+           "the clean-target estimate (self-conditioning in training, sampling and evaluation) uses t, not 1 - t"),
     Mutant("M44", "dit.py", "            nn.init.zeros_(self.self_cond_proj.weight)\n", "            pass\n",
            "self-conditioning input not zero-initialised"),
     Mutant("M45", "objectives.py", "    @torch.no_grad()\n    def self_condition(", "    def self_condition(",

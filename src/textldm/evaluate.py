@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data.shards import TokenStream
-from .flow import flow_loss, gaussian_optimal_loss, interpolate
+from .flow import clean_estimate, flow_loss, gaussian_optimal_loss, interpolate
 from .metrics import words
 from .objectives import dit_batches, teacher_context
 from .train import step_generator
@@ -124,7 +124,7 @@ def _velocity(dit, x_t, t, context, context_mask, target_mask):
     has the previous step's), the others predict in one pass."""
     estimate = None
     if dit.self_cond_proj is not None:
-        estimate = x_t + (1 - t).view(-1, 1, 1) * dit(x_t, t, context, context_mask, target_mask)
+        estimate = clean_estimate(x_t, t, dit(x_t, t, context, context_mask, target_mask))
     return dit(x_t, t, context, context_mask, target_mask, self_cond=estimate)
 
 

@@ -21,6 +21,11 @@ def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x1 - x0
 
 
+def clean_estimate(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The data end of the straight line through x_t with velocity v: x1 = x_t + (1 - t) v. t: (B,)."""
+    return x_t + (1 - t).view(-1, *([1] * (x_t.dim() - 1))) * v
+
+
 def sample_t(n: int, distribution: str = "logit_normal", mean: float = 0.0, std: float = 1.5,
              generator=None, device=None) -> torch.Tensor:
     """Training timesteps. logit-normal(mean, std): t = sigmoid(mean + std * N(0, 1)) (SD3's choice)."""

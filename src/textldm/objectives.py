@@ -11,7 +11,7 @@ import torch.nn as nn
 from .config import DiTConfig, VAEConfig
 from .data.shards import TokenStream
 from .dit import TextDiT
-from .flow import flow_loss, interpolate, sample_t
+from .flow import clean_estimate, flow_loss, interpolate, sample_t
 from .train import autocast_dtype, local_slice, step_generator
 from .vae import TextVAE, kl_weight_at, vae_loss
 
@@ -92,7 +92,7 @@ class DiTObjective(nn.Module):
         rows = chosen.nonzero().flatten()
         if len(rows):  # only the chosen rows pay for the extra pass
             v = self.dit(x_t[rows], t[rows], *(None if c is None else c[rows] for c in conditions))
-            estimate[rows] = (x_t[rows] + (1 - t[rows]).view(-1, 1, 1) * v).to(estimate.dtype)
+            estimate[rows] = clean_estimate(x_t[rows], t[rows], v).to(estimate.dtype)
         return estimate
 
 

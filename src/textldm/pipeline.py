@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .config import Config, config_from_dict, to_dict
 from .dit import TextDiT
 from .errors import UserError
-from .flow import time_grid
+from .flow import clean_estimate, time_grid
 from .sampling import SOLVERS, integrate
 from .utils import atomic_dir, cut_at, derive_seed, environment
 from .vae import TextVAE
@@ -230,7 +230,7 @@ class TextLDMPipeline:
                 v = self.dit.guided_velocity(x_t, t, context, ctx_mask, None, cfg_scale if guided else 1.0,
                                              cache, right, right_mask, self_cond=estimate)
                 if estimate is not None:  # self-conditioning: the next evaluation reads this clean-target estimate
-                    estimate = x_t + (1 - t).view(-1, 1, 1) * v
+                    estimate = clean_estimate(x_t, t, v)
                 return v
 
             return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)

@@ -22,8 +22,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .errors import UserError
+from .perf import Throughput, matmul_peak_flops
 from .utils import seeded_generator
 
 log = logging.getLogger(__name__)
@@ -323,111 +326,50 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         log_path: Path | None = None, desc: str = "train", tokens_per_step: int | None = None,
         flops_per_step: float = 0.0, on_eval: Callable[[int], dict] | None = None, progress: bool = True,
         precision: str = "auto", checkpoint_dir: Path | None = None, resume: bool = False) -> dict:
-    """Train `objective` for cfg.steps (or until cfg.max_minutes). `batches(step, micro, accum)` returns this
-    rank's `micro`-th part of step `step`'s global batch. `flops_per_step`: model FLOPs of one optimizer step
-    over the global batch (for FLOP/s and MFU). With `checkpoint_dir`, the training state is saved every
-    cfg.checkpoint_every steps and at the end; `resume` continues from the newest one there.
-    Returns a summary dict; `objective` holds the trained (EMA, if on) weights afterwards."""
-    from tqdm.auto import tqdm
-
-    from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from .perf import Throughput, matmul_peak_flops
-
+    """Train `objective` for cfg.steps (or until cfg.max_minutes). `batches(step, micro, accum)` returns this rank's
+    `micro`-th part of step `step`'s global batch. `flops_per_step`: model FLOPs of one optimizer step over the
+    global batch (FLOP/s, MFU). With `checkpoint_dir` the training state is saved every cfg.checkpoint_every steps
+    and at the end; `resume` continues from the newest one. Returns a summary; `objective` holds the trained
+    (EMA, if on) weights afterwards."""
     device = next(objective.parameters()).device
     amp_dtype = autocast_dtype(precision, device)
     per_device, accum = split_batch(cfg.batch_size, cfg.micro_batch)
     model, inner = wrap_for_training(objective, cfg, device)
-    if world_size() > 1:  # weights were initialised alike on every rank (FSDP does not broadcast them); from
-        torch.manual_seed(torch.initial_seed() + rank())  # here each rank draws its own global-RNG stream
+    if world_size() > 1:  # initialised alike on every rank (FSDP does not broadcast); from here, own RNG streams
+        torch.manual_seed(torch.initial_seed() + rank())
     optimizer = make_optimizer(inner, cfg)
     ema = EMA(inner, cfg.ema) if cfg.ema > 0 else None
-    first_step, time_offset = 0, 0.0
-    found = latest_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
-    if found is not None:
-        state = load_checkpoint(found)
-        try:
-            _restore(state, inner, optimizer, ema)
-        except (RuntimeError, KeyError, ValueError) as e:
-            from .errors import UserError
-
-            raise UserError(f"checkpoint {found} does not fit this model/optimizer ({str(e).splitlines()[0][:200]}); "
-                            f"resume with the configuration the run was started with") from None
-        first_step, time_offset = state["step"], state["time_used"]
-        log.info("%s: resuming from %s (step %d)", desc, found, first_step)
+    found, first_step, time_offset = _resume(checkpoint_dir if resume else None, inner, optimizer, ema, desc)
     peak = cfg.peak_flops or (matmul_peak_flops(device, amp_dtype or torch.float32) if flops_per_step else 0.0)
     logger = JsonlLogger(log_path, cfg.tensorboard)
     logger.write({"event": "resume" if found is not None else "start", "desc": desc, "step": first_step,
-                  "config": asdict(cfg), "world_size": world_size(), "per_device_batch": per_device,
-                  "grad_accumulation": accum, "parallel": cfg.parallel if world_size() > 1 else "none",
-                  "autocast": str(amp_dtype), "peak_flops": peak, "flops_per_step": flops_per_step})
+                  **_run_facts(cfg, per_device, accum, amp_dtype, peak, flops_per_step)})
     start = time.time()
     bar = tqdm(total=cfg.steps, initial=first_step, desc=desc, disable=not (progress and is_main()),
                dynamic_ncols=True)
     meter = Throughput(tokens_per_step or 0, flops_per_step, peak, world_size())
     metrics, done, time_used = {}, first_step, time_offset
     inner.train()
-
-    def save(next_step: int):
-        state = _training_state(inner, optimizer, ema, next_step, time_used, cfg)
-        if is_main():
-            save_checkpoint(checkpoint_dir, next_step, state, cfg.keep_checkpoints)
-        if dist.is_initialized():
-            dist.barrier()
-
     for step in range(first_step, cfg.steps):
         lr = lr_at(step, cfg, time_used)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        _set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
-        totals = {}
-        for micro in range(accum):
-            sync = micro == accum - 1  # reduce gradients across ranks once, after the last micro-batch
-            if hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(sync)
-            no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not sync \
-                else contextlib.nullcontext()
-            batch = batches(step, micro, accum)
-            with no_sync:
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, metrics = model(batch, step)
-                (loss / accum).backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v.detach() / accum if torch.is_tensor(v) else v
-        metrics = totals
-        grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
-        if ema is not None:
-            ema.update(step)
+        loss, metrics = _forward_backward(model, batches, step, accum, amp_dtype, device)
+        grad_norm = _optimizer_step(inner, optimizer, ema, step, cfg.grad_clip)
         meter.step()
         bar.update(1)
-        done = step + 1
-        last = step == cfg.steps - 1
-        if cfg.max_minutes is not None:
-            time_used = time_offset + (time.time() - start) / (60 * cfg.max_minutes)
-            if dist.is_initialized():  # one clock for all ranks: same learning rate, same stopping step
-                shared = torch.tensor([time_used], device=loss.device)
-                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
-                time_used = float(shared.item())
+        done, last = step + 1, step == cfg.steps - 1
+        time_used = _budget_used(cfg.max_minutes, time_offset, start, loss.device)
         out_of_time = time_used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
-            record = {"step": step, "lr": lr, "elapsed_s": round(time.time() - start, 3),
-                      **{k: round(float(v), 6) for k, v in metrics.items()}}
-            if grad_norm is not None:
-                record["grad_norm"] = round(float(_full(grad_norm)), 4)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-            record.update(meter.read())
-            logger.write(record)
+            logger.write(_step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if k in ("loss", "acc", "repa_cos", "ce")})
-        if checkpoint_dir is not None and cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0
-                                                                     or last or out_of_time):
-            save(step + 1)
+        due = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or last or out_of_time)
+        if checkpoint_dir is not None and due:
+            _save(checkpoint_dir, _training_state(inner, optimizer, ema, step + 1, time_used, cfg), step + 1, cfg)
             meter.reset()  # the write is not training time
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
-            logger.write({"step": step, "eval": on_eval(step)})
-            inner.train()
-            meter.reset()
+            _evaluate(on_eval, step, logger, inner, meter)
         if out_of_time:
             log.info("%s: stopping at step %d (max_minutes=%s reached)", desc, step + 1, cfg.max_minutes)
             break
@@ -437,12 +379,110 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
                "final": {k: float(v) for k, v in metrics.items()}}
     logger.write({"event": "end", **summary})
     logger.close()
-    objective.eval()
     return summary
 
 
+def _optimizer_step(inner: nn.Module, optimizer, ema: EMA | None, step: int, grad_clip: float):
+    """Clip (if on), step, update the EMA; returns the gradient norm before clipping (None without clipping)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), grad_clip) if grad_clip > 0 else None
+    optimizer.step()
+    if ema is not None:
+        ema.update(step)
+    return grad_norm
+
+
+def _set_lr(optimizer, lr: float):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _run_facts(cfg: TrainConfig, per_device: int, accum: int, amp_dtype, peak: float, flops_per_step: float) -> dict:
+    """What the start (or resume) record of the log says about the run's layout and accounting."""
+    return {"config": asdict(cfg), "world_size": world_size(), "per_device_batch": per_device,
+            "grad_accumulation": accum, "parallel": cfg.parallel if world_size() > 1 else "none",
+            "autocast": str(amp_dtype), "peak_flops": peak, "flops_per_step": flops_per_step}
+
+
+def _evaluate(on_eval, step: int, logger: JsonlLogger, inner: nn.Module, meter):
+    """A periodic held-out evaluation into the log; its time is not training time."""
+    logger.write({"step": step, "eval": on_eval(step)})
+    inner.train()
+    meter.reset()
+
+
+def _resume(checkpoint_dir: Path | None, inner: nn.Module, optimizer, ema: EMA | None, desc: str):
+    """(the checkpoint resumed from or None, first step, share of the time budget already used)."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    found = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is None:
+        return None, 0, 0.0
+    state = load_checkpoint(found)
+    try:
+        _restore(state, inner, optimizer, ema)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"checkpoint {found} does not fit this model/optimizer ({str(e).splitlines()[0][:200]}); "
+                        f"resume with the configuration the run was started with") from None
+    log.info("%s: resuming from %s (step %d)", desc, found, state["step"])
+    return found, state["step"], state["time_used"]
+
+
+def _forward_backward(model: nn.Module, batches, step: int, accum: int, amp_dtype, device) -> tuple:
+    """One optimizer step's gradients over `accum` micro-batches: (last loss, metrics averaged over them)."""
+    totals = {}
+    for micro in range(accum):
+        sync = micro == accum - 1  # reduce gradients across ranks once, after the last micro-batch
+        if hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(sync)
+        no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not sync \
+            else contextlib.nullcontext()
+        batch = batches(step, micro, accum)
+        with no_sync:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, metrics = model(batch, step)
+            (loss / accum).backward()
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + v.detach() / accum if torch.is_tensor(v) else v
+    return loss, totals
+
+
+def _budget_used(max_minutes: float | None, time_offset: float, start: float, device) -> float:
+    """The share of the wall-clock budget used (`time_offset` before a resume; stays there without a budget), the
+    same on every rank (the slowest one's): one clock for all ranks gives the same learning rate and stopping step."""
+    if max_minutes is None:
+        return time_offset
+    local = time_offset + (time.time() - start) / (60 * max_minutes)
+    if not dist.is_initialized():
+        return local
+    shared = torch.tensor([local], device=device)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return float(shared.item())
+
+
+def _step_record(step: int, lr: float, elapsed: float, metrics: dict, grad_norm, device, meter) -> dict:
+    """One log line: losses and metrics, learning rate, gradient norm, GPU memory, tokens/s, FLOP/s and MFU."""
+    record = {"step": step, "lr": lr, "elapsed_s": round(elapsed, 3),
+              **{k: round(float(v), 6) for k, v in metrics.items()}}
+    if grad_norm is not None:
+        record["grad_norm"] = round(float(_full(grad_norm)), 4)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return {**record, **meter.read()}
+
+
+def _save(checkpoint_dir: Path, state: dict, next_step: int, cfg: TrainConfig):
+    """Rank 0 writes the (collectively gathered) training state; every rank waits for it."""
+    from .checkpoint import save_checkpoint
+
+    if is_main():
+        save_checkpoint(checkpoint_dir, next_step, state, cfg.keep_checkpoints)
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def _finish(objective: nn.Module, inner: nn.Module, ema: EMA | None):
-    """Leave the trained weights (the EMA's, if on) in `objective` as plain tensors on every rank."""
+    """Leave the trained weights (the EMA's, if on) in `objective` as plain tensors on every rank, in eval mode."""
     if inner is not objective:  # FSDP: gather the sharded copy into the caller's module
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -451,3 +491,4 @@ def _finish(objective: nn.Module, inner: nn.Module, ema: EMA | None):
     _uncompile(objective)
     if ema is not None:
         objective.load_state_dict(ema.full_state())
+    objective.eval()
