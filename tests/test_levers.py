@@ -3,14 +3,22 @@ when the lever is wired wrong.
 
 Self-conditioning (dit.self_condition_prob): a zero-initialised extra input; in training a gradient-free first
 pass makes the clean-target estimate x_t + (1 - t) v for the chosen rows; at sampling each evaluation reads the
-previous evaluation's estimate (zeros at the first)."""
+previous evaluation's estimate (zeros at the first).
+
+Token-aware loss (dit.decoder_ce_weight): + weight x mean over target tokens of t x CE(frozen decoder(clean
+estimate), token); its gradient reaches the DiT through the decoder, never the VAE.
+
+Robust decoder (vae.decoder_noise): in training only, the decoder reads the posterior sample plus Gaussian noise
+of std decoder_noise x U(0, 1) (per sequence) x the batch's per-channel std of the posterior means."""
 import pytest
 import torch
 
 from textldm.config import Config, DiTConfig, load_config
 from textldm.dit import TextDiT
 from textldm.objectives import DiTObjective
-from textldm.perf import dit_flops_per_sequence
+from textldm.lmhead import linear_cross_entropy
+from textldm.perf import decoder_ce_flops_per_sequence, dit_flops_per_sequence
+from textldm.vae import decoder_noise, vae_loss
 
 from test_recipe import C, perturbed, tiny_pipeline
 
@@ -118,3 +126,102 @@ def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monke
     evaluate_dit(dit, small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
                  device=torch.device("cpu"))
     assert [e is None for e in estimates] == [True, False, True, False]  # with the prompt, then dropped
+
+
+# --- token-aware loss ----------------------------------------------------------------------------------------
+def ce_batch(B=4, Lc=5, Lt=6, vocab=30):
+    g = torch.Generator().manual_seed(0)
+    return {"noise": torch.randn(B, Lt, C, generator=g), "target": torch.randn(B, Lt, C, generator=g),
+            "t": torch.tensor([0.2, 0.5, 0.7, 0.9]), "context": torch.randn(B, Lc, C, generator=g),
+            "context_mask": torch.ones(B, Lc, dtype=torch.bool),
+            "target_mask": torch.arange(Lt)[None] < torch.tensor([[6], [4], [6], [2]]),
+            "drop": torch.zeros(B, dtype=torch.bool), "target_ids": torch.randint(0, vocab, (B, Lt), generator=g),
+            "generator": torch.Generator().manual_seed(1)}
+
+
+def test_token_aware_loss_is_the_t_weighted_decoder_ce_of_the_clean_estimate():
+    from test_recipe import small_vae
+    vae = perturbed(small_vae()).eval().requires_grad_(False)
+    vae.latent_mean.fill_(0.3)
+    vae.latent_std.fill_(2.0)
+    vae.cfg.sampled_negatives = 10**4  # every token a candidate: the sampled softmax equals the full one
+    torch.manual_seed(0)
+    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, decoder_ce_weight=0.5), C))
+    batch = ce_batch()
+    loss, metrics = DiTObjective(dit, vae)(batch, step=0)
+    t, mask, ids = batch["t"], batch["target_mask"], batch["target_ids"]
+    x_t = (1 - t.view(-1, 1, 1)) * batch["noise"] + t.view(-1, 1, 1) * batch["target"]
+    v = dit(x_t, t, batch["context"], batch["context_mask"], mask)
+    z = (x_t + (1 - t.view(-1, 1, 1)) * v) * 2.0 + 0.3  # the estimate, denormalised
+    ce = torch.nn.functional.cross_entropy(vae.decode(z, mask).flatten(0, 1), ids.flatten(), reduction="none")
+    expected = (ce.view_as(ids) * t[:, None] * mask).sum() / mask.sum()
+    assert torch.allclose(metrics["decoder_ce"], expected, atol=1e-4)
+    assert torch.allclose(loss, metrics["flow_loss"] + 0.5 * expected, atol=1e-4)
+
+
+def test_token_aware_loss_trains_the_dit_not_the_vae():
+    from test_recipe import small_vae
+    vae = perturbed(small_vae()).eval().requires_grad_(False)
+    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, decoder_ce_weight=1.0), C))
+    objective = DiTObjective(dit, vae)
+    assert [n for n, _ in objective.named_parameters() if not n.startswith("dit.")] == []  # VAE not a child
+    assert not any(k.startswith("frozen") for k in objective.state_dict())
+    batch = ce_batch()
+    ce = objective.decoder_ce(torch.zeros(4, 6, C, requires_grad=True), batch["t"], batch)
+    x_t = torch.randn(4, 6, C)
+    v = dit(x_t, batch["t"], batch["context"], batch["context_mask"], batch["target_mask"])
+    objective.decoder_ce(x_t + (1 - batch["t"].view(-1, 1, 1)) * v, batch["t"], batch).backward()
+    assert dit.final.linear.weight.grad.abs().sum() > 0  # the CE's own gradient reaches the DiT
+    assert all(p.grad is None for p in vae.parameters())
+    assert ce.requires_grad
+    with pytest.raises(ValueError, match="frozen VAE"):
+        DiTObjective(dit)
+
+
+def test_token_aware_loss_is_off_by_default_counted_and_validated():
+    from test_recipe import small_vae
+    assert Config().dit.decoder_ce_weight == 0.0 and Config().vae.decoder_noise == 0.0
+    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2), C))
+    loss, metrics = DiTObjective(dit, small_vae())(ce_batch(), step=0)
+    assert set(metrics) == {"loss"}  # weight 0: no decoder pass
+    vae = small_vae()
+    block = 2 * 32 * (3 * 32) + 2 * 32 * 32 + 2 * (2 * 32 * 128) + 4 * 6 * 32  # qkv, proj, MLP, attention over 6
+    per_token = 2 * C * 32 + block + 2 * 32 * 50  # from the latent, one decoder block, 50 softmax rows
+    assert decoder_ce_flops_per_sequence(vae, 6, 50) == per_token * 6
+    for key in ("dit.decoder_ce_weight=-1", "vae.decoder_noise=-0.5"):
+        with pytest.raises(Exception, match=key.split("=")[0]):
+            load_config("demo", [key])
+
+
+# --- robust decoder -----------------------------------------------------------------------------------------
+def test_decoder_noise_has_the_documented_scale():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(400, 8, C, generator=g) * torch.linspace(0.5, 3, C)
+    mask = torch.ones(400, 8, dtype=torch.bool)
+    mask[:, 6:] = False
+    mean[~mask] = 1e3  # padding does not enter the channel std
+    noise = decoder_noise(mean, mask, 0.8, torch.Generator().manual_seed(1))
+    level = (noise / mean[mask].std(0)).std(dim=(1, 2))  # in channel-std units: a level per sequence, U(0, 0.8)
+    assert level.max() < 1.0 and level.min() < 0.05 and 0.35 < level.mean() < 0.45
+    ratio = noise.std(dim=(0, 1)) / mean[mask].std(0)  # per channel, proportional to the channel's std
+    assert torch.allclose(ratio, ratio.mean().expand(C), rtol=0.1)
+
+
+def test_robust_decoder_noise_is_applied_in_training_only(monkeypatch):
+    from test_recipe import small_vae
+    seen = []
+    vae = perturbed(small_vae(decoder_noise=1.0))
+    real = type(vae).decode_hidden
+    monkeypatch.setattr(type(vae), "decode_hidden", lambda self, z, mask=None: seen.append(z) or real(self, z, mask))
+    ids, mask = torch.randint(0, 30, (3, 7)), torch.ones(3, 7, dtype=torch.bool)
+    noise = torch.zeros(3, 7, C)
+    mean = vae.encode(ids, mask)
+    vae_loss(vae.train(), ids, mask, noise=noise, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(seen[-1], mean, atol=1e-3)  # training: noised
+    extra = decoder_noise(mean.detach(), mask, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[-1], mean + extra, atol=1e-5)
+    vae_loss(vae.eval(), ids, mask, noise=noise, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[-1], mean, atol=1e-6)  # evaluation (reconstruction accuracy): clean
+    vae.cfg.decoder_noise = 0.0
+    vae_loss(vae.train(), ids, mask, noise=noise, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[-1], mean, atol=1e-6)  # off by default

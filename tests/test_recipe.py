@@ -71,7 +71,7 @@ class SpyDiT(torch.nn.Module):
     def __init__(self, dit: TextDiT, out: torch.Tensor):
         super().__init__()
         self.dit, self.out, self.calls = dit, out, []
-        self.self_cond_proj = dit.self_cond_proj
+        self.self_cond_proj, self.cfg = dit.self_cond_proj, dit.cfg
 
     def drop_context(self, context, drop):
         return self.dit.drop_context(context, drop)

@@ -19,6 +19,7 @@ import yaml
 from .benchmark import benchmark
 from .config import load_config
 from .errors import UserError
+from .evaluate import same_noise_agreement
 from .harness import TABLE_METRICS, Contestant, Scorer, scoring_device
 from .utils import atomic_write_text, write_json
 
@@ -94,9 +95,11 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)
         gens = Contestant(name, "textldm", pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
         row["metrics"] = Scorer(items, cfg.metrics, scoring_device(cfg.device))(gens)
+        row["same_noise_agreement"] = _agreement(pipe, items[:runs.AGREEMENT_PROMPTS], cfg)
         row["vae_eval"] = report.get("vae_eval", {})
         row["dit_val_loss"] = report.get("dit_eval", {}).get("with_prompt")
         row["train_seconds"] = report["vae_train"]["seconds"] + report["dit_train"]["seconds"]
+        row["train_steps"] = {"vae": report["vae_train"]["steps"], "dit": report["dit_train"]["steps"]}
         rows[name] = row
     result = {"preset": preset, "overrides": overrides, "benchmark": bench, "variants": rows}
     write_json(out / "ablation.json", result)
@@ -104,23 +107,34 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
     return result
 
 
+def _agreement(pipe, items: list[dict], cfg) -> float:
+    """Prompt dependence: the benchmark prompts continued from one shared noise (`same_noise_agreement`)."""
+    prompts = [pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"][-cfg.dit.context_max:]
+               for it in items]
+    return same_noise_agreement(pipe, prompts, min(cfg.sample.length, cfg.dit.target_max))
+
+
 def format_ablation(result: dict) -> str:
     lines = [f"# Ablations on `{result['benchmark']}` (preset `{result['preset']}`)", "",
              "Generation metrics per variant (x100; gen-PPL raw):", "",
-             "| variant | overrides | R1 | R2 | RL | BERTScore | MAUVE | gen-PPL | distinct-2 |", "|---" * 9 + "|"]
+             "| variant | overrides | R1 | R2 | RL | BERTScore | MAUVE | gen-PPL | distinct-2 | same-noise agreement |",
+             "|---" * 10 + "|"]
     for name, row in result["variants"].items():
         m = row["metrics"]
         lines.append(f"| {name} | {' '.join(row['overrides']) or '-'} | "
                      + " | ".join(f"{100 * m[k]:.1f}" for k in TABLE_METRICS)
-                     + f" | {m.get('gen_ppl', float('nan')):.1f} | {m['distinct_2']:.3f} |")
+                     + f" | {m.get('gen_ppl', float('nan')):.1f} | {m['distinct_2']:.3f} "
+                     f"| {100 * row.get('same_noise_agreement', float('nan')):.1f}% |")
     lines += ["", "VAE per variant (held-out reconstruction from the posterior mean, REPA cosine, DiT loss):", "",
-              "| variant | reconstruction % | REPA cos | DiT val loss | trained with | train s |", "|---" * 6 + "|"]
+              "| variant | reconstruction % | REPA cos | DiT val loss | trained with | steps (VAE + DiT) | train s |",
+              "|---" * 7 + "|"]
     for name, row in result["variants"].items():
         v = row["vae_eval"]
         shared = row.get("model_from") and f"model of {row['model_from']}" or \
             row.get("vae_from") and f"VAE of {row['vae_from']}" or "own VAE + DiT"
         repa = f"{v['repa_cos']:.3f}" if "repa_cos" in v else "-"
         loss = f"{row['dit_val_loss']:.4f}" if row["dit_val_loss"] is not None else "-"
+        steps = row.get("train_steps", {})
         lines.append(f"| {name} | {100 * v.get('recon_acc', float('nan')):.2f} | {repa} | {loss} | {shared} "
-                     f"| {row['train_seconds']:.0f} |")
+                     f"| {steps.get('vae', '-')} + {steps.get('dit', '-')} | {row['train_seconds']:.0f} |")
     return "\n".join(lines)

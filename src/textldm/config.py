@@ -62,6 +62,9 @@ class VAEConfig:
     softmax: str = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
     sampled_negatives: int = 2048  # random negatives per step
     hard_negatives: int = 4  # nearest neighbours (in embedding space) of every batch token, added as negatives
+    # a decoder robust to generated latents: in training it also reads latents with Gaussian noise of std
+    # decoder_noise x U(0, 1) x the batch's per-channel latent std (one level per sequence)
+    decoder_noise: float = 0.0  # 0 = off
 
 
 @dataclass
@@ -79,6 +82,9 @@ class DiTConfig:
     # through a zero-initialised projection; in training a no-grad first pass makes that estimate for this share
     # of the examples (the rest get zeros), at sampling it is the previous evaluation's estimate
     self_condition_prob: float = 0.0  # 0 = off (no extra input); 0.5 is the usual choice
+    # token-aware loss: + weight x t x cross-entropy of the frozen VAE decoder on the DiT's clean-latent estimate
+    # (gradients reach the DiT through the decoder; softmax over the batch's tokens + sampled negatives)
+    decoder_ce_weight: float = 0.0  # 0 = off
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -344,6 +350,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
         (0 <= cfg.dit.infill_prob <= 1, "dit.infill_prob must be in [0, 1]"),
         (0 <= cfg.dit.self_condition_prob <= 1, "dit.self_condition_prob must be in [0, 1]"),
+        (cfg.dit.decoder_ce_weight >= 0, "dit.decoder_ce_weight must be >= 0 (0 = off)"),
+        (cfg.vae.decoder_noise >= 0, "vae.decoder_noise must be >= 0 (0 = off)"),
         (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
         (cfg.sample.steps >= 1, "sample.steps must be >= 1"),

@@ -13,7 +13,8 @@ from .data.shards import TokenStream
 from .dit import TextDiT
 from .flow import clean_estimate, flow_loss, interpolate, sample_t
 from .train import autocast_dtype, local_slice, step_generator
-from .vae import TextVAE, kl_weight_at, vae_loss
+from .lmhead import linear_cross_entropy
+from .vae import TextVAE, kl_weight_at, sampled_softmax, vae_loss
 
 
 def teacher_context(device: torch.device):
@@ -64,11 +65,16 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
 
 
 class DiTObjective(nn.Module):
-    """Velocity MSE on the target positions; the frozen VAE is not part of this module."""
+    """Velocity MSE on the target positions, plus (dit.cfg.decoder_ce_weight > 0) the token-aware term: the frozen
+    VAE decoder's cross-entropy on the DiT's clean-latent estimate. The VAE is held outside the module's
+    children, so DDP, the optimizer and the checkpoints see the DiT alone."""
 
-    def __init__(self, dit: TextDiT):
+    def __init__(self, dit: TextDiT, vae: TextVAE | None = None):
         super().__init__()
         self.dit = dit
+        self.frozen_vae = (vae,)  # a tuple: not registered as a submodule
+        if dit.cfg.decoder_ce_weight > 0 and vae is None:
+            raise ValueError("dit.decoder_ce_weight > 0 needs the frozen VAE: DiTObjective(dit, vae)")
 
     def forward(self, batch: dict, step: int):
         x0, x1, t = batch["noise"], batch["target"], batch["t"]
@@ -79,8 +85,28 @@ class DiTObjective(nn.Module):
         x_t = interpolate(x0, x1, t)
         conditions = (context, batch["context_mask"], batch["target_mask"], right, batch.get("right_mask"))
         v = self.dit(x_t, t, *conditions, self_cond=self.self_condition(x_t, t, conditions, batch.get("self_cond")))
-        per_sample = flow_loss(v, x0, x1, batch["target_mask"])
-        return per_sample.mean(), {"loss": per_sample.mean().detach()}
+        loss = flow_loss(v, x0, x1, batch["target_mask"]).mean()
+        metrics = {"loss": loss.detach()}
+        weight = self.dit.cfg.decoder_ce_weight
+        if weight > 0:
+            ce = self.decoder_ce(clean_estimate(x_t, t, v), t, batch)
+            metrics = {"flow_loss": loss.detach(), "decoder_ce": ce.detach()}
+            loss = loss + weight * ce
+            metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    def decoder_ce(self, estimate: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Mean over target tokens of t x CE(frozen decoder(estimate), target token). Weighted by t: near the
+        noise the estimate is a blur of many continuations, and pulling it onto one token's latent there would
+        fight the velocity loss; near the data it should decode to the right token."""
+        vae = self.frozen_vae[0]
+        mask = batch["target_mask"]
+        z = vae.denormalize(estimate) if self.dit.cfg.normalize_latents else estimate
+        hidden = vae.decode_hidden(z, mask)
+        weight, targets = sampled_softmax(vae, batch["target_ids"], mask, batch.get("generator"))
+        token_weights = (t[:, None] * mask).flatten() / mask.sum().clamp_min(1)
+        ce, _ = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), token_weights)
+        return ce
 
     @torch.no_grad()
     def self_condition(self, x_t, t, conditions: tuple, chosen: torch.Tensor | None):
@@ -146,7 +172,10 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
         ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in (ctx, ctx_mask, tgt, tgt_mask))
         batch = {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,
                  "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
-                 "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device)}
+                 "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device),
+                 "target_ids": tgt}
+        if cfg.decoder_ce_weight > 0:  # the token-aware loss's sampled negatives
+            batch["generator"] = step_generator(seed, step, stream=1 + micro)
         if cfg.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
             right_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
             right_len[torch.rand(batch_size, generator=g) >= cfg.infill_prob] = 0

@@ -23,7 +23,8 @@ from .metrics import rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
-from .perf import TRAIN_FACTOR, ar_flops_per_sequence, dit_flops_per_sequence, vae_flops_per_sequence
+from .perf import (TRAIN_FACTOR, ar_flops_per_sequence, decoder_ce_flops_per_sequence, dit_flops_per_sequence,
+                   vae_flops_per_sequence)
 from .train import fit, is_main, resolve_batch_size, setup_distributed, split_batch
 from .errors import UserError
 from .utils import atomic_write_text, environment, seed_everything, write_json
@@ -179,6 +180,9 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     # forward + backward, plus the self-conditioning examples' gradient-free first pass
     flops = (TRAIN_FACTOR + cfg.dit.self_condition_prob) * tcfg.batch_size * \
         dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
+    if cfg.dit.decoder_ce_weight > 0:  # the token-aware loss: the frozen decoder, forward and backward
+        rows = min(vae.vocab_size, cfg.vae.sampled_negatives + tcfg.batch_size * cfg.dit.target_max)
+        flops += TRAIN_FACTOR * tcfg.batch_size * decoder_ce_flops_per_sequence(vae, cfg.dit.target_max, rows)
     log.info("DiT: %.1fM parameters, %d steps of %d sequences", param_count(dit) / 1e6, tcfg.steps, tcfg.batch_size)
     batches = dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device)
     mean_tokens = tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2
@@ -186,7 +190,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
         return evaluate_dit(dit, vae, val, cfg.eval.val_batches, cfg.eval.batch_size, cfg.seed, device) \
             if is_main() else {}
 
-    summary = fit(DiTObjective(dit), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
+    summary = fit(DiTObjective(dit, vae), batches, tcfg, log_path=out / "dit_log.jsonl", desc="DiT", progress=progress,
                   on_eval=periodic_eval, tokens_per_step=mean_tokens, flops_per_step=flops, precision=cfg.precision,
                   checkpoint_dir=checkpoint_dir(cfg, "dit"), resume=resume)
     pipe = TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)

@@ -130,28 +130,44 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def sampled_softmax(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, generator=None):
+    """(output rows, targets as indices into them) of a softmax over the batch's own tokens, their nearest
+    neighbours (when `build_neighbor_table` ran) and vae.cfg.sampled_negatives random tokens: every target
+    stays a candidate, and on a CPU the vocabulary projection no longer dominates the cost."""
+    present = ids[mask]
+    negatives = [torch.randint(0, vae.vocab_size, (vae.cfg.sampled_negatives,), generator=generator).to(ids.device)]
+    if vae.neighbors is not None:
+        negatives.append(vae.neighbors[present].flatten())
+    candidates = torch.unique(torch.cat([present, *negatives]))
+    return vae.output_weight()[candidates], torch.searchsorted(candidates, ids.clamp(max=candidates[-1]))
+
+
+def decoder_noise(mean: torch.Tensor, mask: torch.Tensor, scale: float, generator=None) -> torch.Tensor:
+    """Extra noise for a decoder robust to generated latents: Gaussian, with a std of `scale` x U(0, 1) (one
+    level per sequence, so the decoder sees clean to very noisy latents) x each channel's std over the batch's
+    real tokens - the units of the DiT's normalised latents, where its errors live."""
+    B, L, C = mean.shape
+    channel_std = mean[mask].std(0) if mask.sum() > 1 else mean.new_ones(C)
+    level = scale * torch.rand(B, 1, 1, generator=generator).to(mean.device)
+    return level * channel_std * torch.randn(B, L, C, generator=generator).to(mean.device)
+
+
 def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None):
     """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos). Returns (loss, metrics dict).
 
-    With cfg.softmax == "sampled" (training only) the softmax runs over the batch's own tokens, their
-    nearest neighbours (`build_neighbor_table`) and random negatives instead of the whole vocabulary: on a
-    CPU the vocabulary projection dominates the cost, and every target stays in the candidate set."""
+    With cfg.softmax == "sampled" (training only) the softmax runs over `sampled_softmax`'s candidates; with
+    cfg.decoder_noise > 0 (training only) the decoder reads the latents with `decoder_noise` added."""
     cfg = vae.cfg
     mean, logvar, feature = vae.encode_features(ids, mask)
     if noise is None:
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     z = mean + (0.5 * logvar).exp() * noise
+    if cfg.decoder_noise > 0 and vae.training:
+        z = z + decoder_noise(mean.detach(), mask, cfg.decoder_noise, generator)
     hidden = vae.decode_hidden(z, mask)
-    weight = vae.output_weight()
-    targets = ids
+    weight, targets = vae.output_weight(), ids
     if cfg.softmax == "sampled" and vae.training:
-        present = ids[mask]
-        negatives = [torch.randint(0, vae.vocab_size, (cfg.sampled_negatives,), generator=generator).to(ids.device)]
-        if vae.neighbors is not None:
-            negatives.append(vae.neighbors[present].flatten())
-        candidates = torch.unique(torch.cat([present, *negatives]))
-        weight = weight[candidates]
-        targets = torch.searchsorted(candidates, ids.clamp(max=candidates[-1]))
+        weight, targets = sampled_softmax(vae, ids, mask, generator)
     # the masked mean of the per-token CE, without the (tokens x vocabulary) logits ever existing whole
     token_weights = mask.float() / mask.sum().clamp_min(1)
     ce, correct = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), token_weights.flatten())
