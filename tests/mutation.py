@@ -148,6 +148,19 @@ MUTANTS = [
            "self-conditioning input not zero-initialised"),
     Mutant("M45", "objectives.py", "    @torch.no_grad()\n    def self_condition(", "    def self_condition(",
            "self-conditioning's first pass is back-propagated through"),
+    Mutant("M46", "objectives.py", "            ce = self.decoder_ce(clean_estimate(x_t, t, v), t, batch)",
+           "            ce = self.decoder_ce(clean_estimate(x_t, t, v).detach(), t, batch)",
+           "token-aware loss detached: its gradient never reaches the DiT"),
+    Mutant("M47", "objectives.py", "ce = self.decoder_ce(clean_estimate(x_t, t, v), t, batch)",
+           "ce = self.decoder_ce(x_t, t, batch)", "token-aware loss decodes the noisy input, not the clean estimate"),
+    Mutant("M48", "objectives.py", "z = vae.denormalize(estimate) if self.dit.cfg.normalize_latents else estimate",
+           "z = estimate", "token-aware loss feeds the decoder normalised latents"),
+    Mutant("M49", "objectives.py", "token_weights = (t[:, None] * mask)", "token_weights = (mask * 1.0)",
+           "token-aware loss not weighted by t"),
+    Mutant("M50", "vae.py", "    if cfg.decoder_noise > 0 and vae.training:", "    if cfg.decoder_noise > 0:",
+           "robust-decoder noise also applied at evaluation (reconstruction accuracy, decoding samples)"),
+    Mutant("M51", "vae.py", "channel_std = mean[mask].std(0) if", "channel_std = mean.std(dim=(0, 1)) if",
+           "robust-decoder noise scaled by a std that includes the padding"),
 ]
 
 
