@@ -20,24 +20,10 @@ import sys
 from pathlib import Path
 
 from textldm import load_config, runs
-from textldm.ar import ARPipeline, CausalLM
-from textldm.config import ARConfig
+from textldm.ar import ARPipeline
 from textldm.pipeline import TextLDMPipeline, read_checkpoint_config
 from textldm.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
 from textldm.utils import atomic_write_text, write_json
-from textldm.vae import param_count
-
-
-def inference_params(pipe) -> int:
-    vae = pipe.vae
-    repa = param_count(vae.repa_proj) if vae.repa_proj is not None else 0
-    return param_count(vae) - repa + param_count(pipe.dit)
-
-
-def matched_ar_depth(target: int, width: int, heads: int, vocab: int) -> int:
-    one, two = (param_count(CausalLM(ARConfig(width=width, depth=d, heads=heads), vocab)) for d in (1, 2))
-    block = two - one
-    return max(1, round((target - (one - block)) / block))
 
 
 def main(argv=None) -> int:
@@ -74,14 +60,10 @@ def main(argv=None) -> int:
         return pipe, vae_report, dit_report
 
     ldm, vae_report, dit_report = textldm(cfg)
-    target = inference_params(ldm)
-
-    depth = matched_ar_depth(target, cfg.dit.width, cfg.dit.heads, len(data[0]))
-    ar_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'ar'}", f"ar.width={cfg.dit.width}",
-                                       f"ar.heads={cfg.dit.heads}", f"ar.depth={depth}",
-                                       f"ar_train.batch_size={cfg.dit_train.batch_size}",
-                                       f"ar_train.lr={cfg.dit_train.lr}",
-                                       f"ar_train.warmup_steps={cfg.dit_train.warmup_steps}"])
+    target = runs.inference_params(ldm)
+    ar_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'ar'}",
+                                       *runs.matched_ar_overrides(cfg, target, len(data[0]))])
+    depth = ar_cfg.ar.depth
     if args.reuse:
         ar = ARPipeline.from_pretrained(out / "ar" / "ar")
         ar_report = read_checkpoint_config(out / "ar" / "ar")["report"]
@@ -103,7 +85,7 @@ def main(argv=None) -> int:
                         "tokens": ar_report["ar_train"]["steps"] * ar_cfg.ar_train.batch_size * ar_report["ar_seq_len"],
                         "steps": f"{ar_report['ar_train']['steps']} (depth {depth})",
                         "val_ppl": ar_report["ar_eval"]["perplexity"]},
-        "TextLDM no REPA": {"params": inference_params(norepa),
+        "TextLDM no REPA": {"params": runs.inference_params(norepa),
                             "seconds": nr_vae_report["vae_train"]["seconds"] + nr_dit_report["dit_train"]["seconds"],
                             "tokens": nr_vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
                             + nr_dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,

@@ -13,8 +13,8 @@ def test_lr_schedule_warmup_cosine_and_time_budget():
     assert math.isclose(lr_at(10, cfg), 1.0) and math.isclose(lr_at(110, cfg), 0.1)
     assert math.isclose(lr_at(60, cfg), 0.55)  # half-way down the cosine
     # a wall-clock budget that is half spent puts the cosine half-way too, whatever the step
-    assert math.isclose(lr_at(20, cfg, time_used=0.5), 0.55)
-    assert math.isclose(lr_at(20, cfg, time_used=1.0), 0.1)
+    assert math.isclose(lr_at(20, cfg, budget_used=0.5), 0.55)
+    assert math.isclose(lr_at(20, cfg, budget_used=1.0), 0.1)
 
 
 class Quadratic(torch.nn.Module):
@@ -54,3 +54,20 @@ def test_tensorboard_mirror_of_the_log(tmp_path):
     tags = events.Tags()["scalars"]
     assert {"train/loss", "train/lr", "eval/acc", "eval/quarters/0-0.25/loss"} <= set(tags)
     assert [e.step for e in events.Scalars("train/loss")] == [0, 2, 4, 5]
+
+
+def test_a_flops_budget_stops_at_the_same_step_on_any_machine_and_drives_the_schedule(tmp_path):
+    """max_flops: stop once steps x flops_per_step reach the budget; the cosine ends there (not at cfg.steps)."""
+    import json
+    import pytest
+
+    target = torch.tensor([0.0, 2.0, -1.0])
+    cfg = TrainConfig(steps=1000, lr=0.1, warmup_steps=2, min_lr_ratio=0.1, log_every=1, max_flops=25e9)
+    summary = fit(Quadratic(), lambda step, *_: target, cfg, flops_per_step=1e9, log_path=tmp_path / "log.jsonl",
+                  progress=False, precision="fp32")
+    assert summary["steps"] == 25 and summary["flops"] == 25e9
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert len(lrs) == 25 and lrs[-1] == pytest.approx(lr_at(24, cfg, 24 / 25))
+    assert lrs[-1] < 0.02  # decayed by the budget's end, not left near the peak of a 1000-step cosine
+    with pytest.raises(ValueError, match="flops_per_step"):
+        fit(Quadratic(), lambda step, *_: target, cfg, progress=False, precision="fp32")

@@ -19,8 +19,7 @@ import yaml
 from .benchmark import benchmark
 from .config import load_config
 from .errors import UserError
-from .evaluate import same_noise_agreement
-from .harness import TABLE_METRICS, Contestant, Scorer, scoring_device
+from .harness import TABLE_METRICS, Contestant, Scorer, benchmark_agreement, scoring_device
 from .utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)
         gens = Contestant(name, "textldm", pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
         row["metrics"] = Scorer(items, cfg.metrics, scoring_device(cfg.device))(gens)
-        row["same_noise_agreement"] = _agreement(pipe, items[:runs.AGREEMENT_PROMPTS], cfg)
+        row["same_noise_agreement"] = benchmark_agreement(pipe, items[:runs.AGREEMENT_PROMPTS])
         row["vae_eval"] = report.get("vae_eval", {})
         row["dit_val_loss"] = report.get("dit_eval", {}).get("with_prompt")
         row["train_seconds"] = report["vae_train"]["seconds"] + report["dit_train"]["seconds"]
@@ -105,13 +104,6 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
     write_json(out / "ablation.json", result)
     atomic_write_text(out / "ablation.md", format_ablation(result) + "\n")
     return result
-
-
-def _agreement(pipe, items: list[dict], cfg) -> float:
-    """Prompt dependence: the benchmark prompts continued from one shared noise (`same_noise_agreement`)."""
-    prompts = [pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"][-cfg.dit.context_max:]
-               for it in items]
-    return same_noise_agreement(pipe, prompts, min(cfg.sample.length, cfg.dit.target_max))
 
 
 def format_ablation(result: dict) -> str:

@@ -125,6 +125,7 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = evaluate only at the end
     max_minutes: float | None = None  # stop early (and cleanly) after this wall-clock budget
+    max_flops: float | None = None  # stop early (and cleanly) once the counted model FLOPs (perf) reach this budget
     checkpoint_every: int = 0  # save the resumable training state every N steps (and at the end); 0 = never
     keep_checkpoints: int = 2  # how many of the newest training checkpoints to keep
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a matrix product at the start
@@ -373,7 +374,9 @@ def validate(cfg: Config) -> None:
                    (section.lr > 0, "train lr must be positive"),
                    (section.batch_tokens >= 0 and section.micro_batch >= 0,
                     "train batch_tokens and micro_batch must be >= 0 (0 = off)"),
-                   (section.keep_checkpoints >= 1, "train keep_checkpoints must be >= 1")]
+                   (section.keep_checkpoints >= 1, "train keep_checkpoints must be >= 1"),
+                   (all(b is None or b > 0 for b in (section.max_minutes, section.max_flops)),
+                    "train max_minutes and max_flops must be positive (leave unset for no budget)")]
     for ok, message in checks:
         if not ok:
             raise UserError(f"invalid config: {message}")

@@ -26,6 +26,7 @@ import torch
 from .benchmark import benchmark
 from .config import Config, MetricsConfig, SampleConfig
 from .errors import UserError
+from .evaluate import same_noise_agreement
 from .metrics import require_package, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
 from .utils import atomic_write_text, cut_at, write_json
 
@@ -70,6 +71,14 @@ def warn_outside_trained_lengths(name: str, tokenizer, items: list[dict], contex
                     "dit.target_min=%d tokens, lengths it was never trained on", name, short, len(items), context_min,
                     target_min)
     return short
+
+
+def benchmark_agreement(pipe, items: list[dict]) -> float:
+    """Prompt dependence on benchmark items: their prompts continued by a TextLDM pipeline from one shared noise
+    (`evaluate.same_noise_agreement`; the continuations' length is the sampler default, at most dit.target_max)."""
+    d = pipe.config.dit
+    prompts = [pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"][-d.context_max:] for it in items]
+    return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, d.target_max))
 
 
 @dataclass

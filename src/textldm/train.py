@@ -136,13 +136,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
 
-def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step - or, with a wall-clock
-    budget, at the end of the budget if that comes first (`time_used` = share of max_minutes spent), so a
-    budgeted run on a slow machine still ends with a decayed learning rate."""
+def lr_at(step: int, cfg: TrainConfig, budget_used: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step - or, with a wall-clock or FLOPs
+    budget, at the end of the budget if that comes first (`budget_used` = share of max_minutes or max_flops
+    spent), so a budgeted run on a slow machine still ends with a decayed learning rate."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_used)
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), budget_used)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -348,10 +348,13 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
     bar = tqdm(total=cfg.steps, initial=first_step, desc=desc, disable=not (progress and is_main()),
                dynamic_ncols=True)
     meter = Throughput(tokens_per_step or 0, flops_per_step, peak, world_size())
+    if cfg.max_flops and not flops_per_step:
+        raise ValueError("max_flops needs the FLOPs of one step (flops_per_step)")
     metrics, done, time_used = {}, first_step, time_offset
+    used = max(time_used, _flops_used(cfg.max_flops, first_step, flops_per_step))
     inner.train()
     for step in range(first_step, cfg.steps):
-        lr = lr_at(step, cfg, time_used)
+        lr = lr_at(step, cfg, used)
         _set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         loss, metrics = _forward_backward(model, batches, step, accum, amp_dtype, device)
@@ -360,7 +363,8 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         bar.update(1)
         done, last = step + 1, step == cfg.steps - 1
         time_used = _budget_used(cfg.max_minutes, time_offset, start, loss.device)
-        out_of_time = time_used >= 1.0
+        used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))
+        out_of_time = used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
             logger.write(_step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if k in ("loss", "acc", "repa_cos", "ce")})
@@ -371,12 +375,13 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
             _evaluate(on_eval, step, logger, inner, meter)
         if out_of_time:
-            log.info("%s: stopping at step %d (max_minutes=%s reached)", desc, step + 1, cfg.max_minutes)
+            log.info("%s: stopping at step %d (budget reached: max_minutes=%s, max_flops=%s)", desc, step + 1,
+                     cfg.max_minutes, cfg.max_flops)
             break
     bar.close()
     _finish(objective, inner, ema)
     summary = {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
-               "final": {k: float(v) for k, v in metrics.items()}}
+               "flops": float(done * flops_per_step), "final": {k: float(v) for k, v in metrics.items()}}
     logger.write({"event": "end", **summary})
     logger.close()
     return summary
@@ -457,6 +462,12 @@ def _budget_used(max_minutes: float | None, time_offset: float, start: float, de
     shared = torch.tensor([local], device=device)
     dist.all_reduce(shared, op=dist.ReduceOp.MAX)
     return float(shared.item())
+
+
+def _flops_used(max_flops: float | None, steps_done: int, flops_per_step: float) -> float:
+    """The share of a FLOPs budget spent after `steps_done` steps (0 without one): unlike the clock, the same
+    on every machine and under any load."""
+    return steps_done * flops_per_step / max_flops if max_flops else 0.0
 
 
 def _step_record(step: int, lr: float, elapsed: float, metrics: dict, grad_norm, device, meter) -> dict:
