@@ -76,6 +76,7 @@ def cache_home(tmp_path, monkeypatch):
 
 def tiny_overrides(model_dir: str, corpus: str, out_dir: str) -> list[str]:
     return [f"out_dir={out_dir}", f"teacher.name={model_dir}", "teacher.layer=-2", f"data.source={corpus}",
+            f"metrics.judge={model_dir}",
             "data.val_fraction=0.1", "device=cpu",
             "vae.width=32", "vae.heads=2", "vae.encoder_depth=1", "vae.decoder_depth=1", "vae.latent_channels=8",
             "vae.max_len=32", "vae.repa_hidden=32", "vae.softmax=full",

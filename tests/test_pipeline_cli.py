@@ -30,8 +30,9 @@ def test_demo_writes_everything(trained):
     assert all(0 <= c[k] <= 1 for k in ("rouge_l", "rouge_l_random_passage", "rouge_l_other_prompts_reference"))
     assert len(c["samples"]) == c["prompts_scored"] > 0
     assert 0 <= c["same_noise_agreement"] <= 1 and 0 <= c["reference_agreement"] <= 1 and c["agreement_prompts"] > 1
+    assert c["gen_ppl"] > 1 and c["reference_gen_ppl"] > 1  # fluency of generations and references, same judge
     md = (out / "report.md").read_text()
-    assert "with prompt" in md and "ROUGE-L" in md
+    assert "with prompt" in md and "ROUGE-L" in md and "generative perplexity" in md
     meta = json.loads((out / "model/config.json").read_text())
     assert meta["environment"]["versions"]["torch"] and meta["config"]["seed"] == 0
 

@@ -19,7 +19,7 @@ from .dit import TextDiT
 from .ar import ARObjective, ARPipeline, CausalLM, ar_batches
 from .evaluate import (corpus_vocabulary, evaluate_ar, evaluate_dit, evaluate_vae, heldout_prompts, latent_statistics,
                        position_agreement, same_noise_agreement)
-from .metrics import rouge_l, text_statistics
+from .metrics import generative_perplexity, rouge_l, text_statistics
 from .objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 from .pipeline import TextLDMPipeline, read_checkpoint_config
 from .teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
@@ -283,6 +283,9 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
         "rouge_l": rouge_l(gens, refs), "rouge_l_random_passage": rouge_l(shuffled, refs),
         "rouge_l_other_prompts_reference": rouge_l(gens, shuffled),
         "generated_stats": text_statistics(gens, vocab), "reference_stats": text_statistics(refs, vocab),
+        # fluency under the judge LM, for the generations and for the true continuations of the same prompts
+        "gen_ppl": generative_perplexity(prompts, gens, cfg.metrics.judge),
+        "reference_gen_ppl": generative_perplexity(prompts, refs, cfg.metrics.judge), "judge": cfg.metrics.judge,
         "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
                                                    "solver": cfg.sample.solver, "length": cfg.sample.length},
     }
@@ -326,6 +329,9 @@ def format_report(report: dict) -> str:
                   f"{c['generated_stats'].get('known_word_share', float('nan')):.3f}; references: distinct-2 "
                   f"{c['reference_stats']['distinct_2']:.3f}, known-word share "
                   f"{c['reference_stats'].get('known_word_share', float('nan')):.3f}"]
+        if "gen_ppl" in c:
+            lines.append(f"- generative perplexity under {c['judge']} (lower = more fluent): generated "
+                         f"**{c['gen_ppl']:.0f}**, references {c['reference_gen_ppl']:.0f}")
         if "same_noise_agreement" in c:
             lines.append(f"- prompt dependence: {c['agreement_prompts']} prompts continued from the same noise agree "
                          f"on {100 * c['same_noise_agreement']:.1f}% of positions (their human continuations: "
