@@ -100,6 +100,8 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
         row["train_seconds"] = report["vae_train"]["seconds"] + report["dit_train"]["seconds"]
         row["train_steps"] = {"vae": report["vae_train"]["steps"], "dit": report["dit_train"]["steps"]}
         rows[name] = row
+        write_json(out / "ablation.partial.json", {"preset": preset, "overrides": overrides, "benchmark": bench,
+                                                   "variants": rows})  # a crash later loses no finished row
     result = {"preset": preset, "overrides": overrides, "benchmark": bench, "variants": rows}
     write_json(out / "ablation.json", result)
     atomic_write_text(out / "ablation.md", format_ablation(result) + "\n")
