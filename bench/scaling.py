@@ -1,7 +1,7 @@
 """Quality vs training compute: TextLDM and the AR baseline trained at several equal budgets, one table, two
 plots and the compute multiplier.
 
-    python bench/scaling.py --minutes 3,12,48 --seeds 12=0,1,2 --samples 500 --out runs/scaling [k=v ...]
+    python bench/scaling.py --minutes 3,12,48 --reference 12 --samples 500 --out runs/scaling [k=v ...]
 
 For every budget B (minutes of training per model) and seed:
   - TextLDM: VAE for --vae-share of B, then the DiT for the rest (the `runs` stages, preset --config);
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for both models")
     p.add_argument("--minutes", default="3,12,48", help="training budgets per model, comma-separated")
-    p.add_argument("--seeds", default="12=0,1,2", help="seeds per budget, e.g. '12=0,1,2;48=0' (others: seed 0)")
+    p.add_argument("--seeds", default=None, help="seeds per budget, e.g. '12=0,1,2;48=0' (others: seed 0); "
+                                                 "default: 0,1,2 at the --reference budget, 0 elsewhere; '' = seed 0 only")
     p.add_argument("--reference", type=float, default=12.0, help="the budget whose AR MAUVE TextLDM must reach")
     p.add_argument("--vae-share", type=float, default=0.4, help="share of TextLDM's budget spent on the VAE")
     p.add_argument("--samples", type=int, default=500, help="benchmark items scored")
@@ -177,9 +178,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     budgets = [float(m) for m in args.minutes.split(",")]
-    seeds = parse_seeds(args.seeds, budgets)
     if args.reference not in budgets:
         raise SystemExit(f"--reference {args.reference:g} must be one of --minutes {args.minutes}")
+    seeds = parse_seeds(f"{args.reference:g}=0,1,2" if args.seeds is None else args.seeds, budgets)
     base = load_config(args.config, [*args.overrides, f"metrics.samples={args.samples}",
                                      f"out_dir={args.out / 'eval'}"])
     data = runs.prepare_data(base)
