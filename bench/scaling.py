@@ -102,7 +102,7 @@ def summarize(runs_: list[dict], key: str) -> tuple[float, float]:
 
 
 def format_table(rows: dict, human: dict, budgets: list[float]) -> list[str]:
-    lines = ["| model | budget | seeds | params | train minutes | train PFLOPs | steps | "
+    lines = ["| model | budget | seeds | params | train minutes | train FLOPs | steps | "
              + " | ".join(METRICS.values()) + " | same-noise agreement |", "|---" * (8 + len(METRICS)) + "|"]
     for model in ("TextLDM", "AR baseline"):
         for b in budgets:
@@ -110,14 +110,14 @@ def format_table(rows: dict, human: dict, budgets: list[float]) -> list[str]:
             cells = []
             for key in METRICS:
                 mean, sd = summarize(rs, key)
-                scale = 100 if key in PERCENT else 1
-                cells.append(f"{scale * mean:.1f}" + (f" ± {scale * sd:.1f}" if len(rs) > 1 else ""))
+                scale, digits = (100, 1) if key in PERCENT else (1, 3 if key == "distinct_2" else 0)
+                cells.append(f"{scale * mean:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if len(rs) > 1 else ""))
             agree = [r["facts"].get("agreement") for r in rs]
             agree_cell = f"{100 * statistics.fmean(agree):.1f}%" if None not in agree else "-"
             f = rs[0]["facts"]
             lines.append(f"| {model} | {b:g} min | {len(rs)} | {f['params'] / 1e6:.1f}M "
                          f"| {statistics.fmean(r['facts']['minutes'] for r in rs):.1f} "
-                         f"| {statistics.fmean(r['facts']['flops'] for r in rs) / 1e15:.2f} | {f['steps']} | "
+                         f"| {statistics.fmean(r['facts']['flops'] for r in rs):.2e} | {f['steps']} | "
                          + " | ".join(cells) + f" | {agree_cell} |")
     lines.append("| human (2nd reference) | - | - | - | - | - | - | "
                  + " | ".join(f"{(100 if k in PERCENT else 1) * human[k]:.1f}" for k in METRICS)
