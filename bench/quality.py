@@ -26,6 +26,28 @@ from textldm.harness import HUMAN, TABLE_METRICS, Contestant, format_results, ru
 from textldm.utils import atomic_write_text, write_json
 
 
+def format_quality(args, facts: dict, results: dict, train_minutes: float) -> str:
+    """The markdown table of the three models and the human row, the REPA ablation line, the harness output."""
+    lines = [f"# TextLDM vs AR baseline vs TextLDM without REPA (embedded benchmark, {args.samples} items)", "",
+             f"`python bench/quality.py --minutes-per-model {args.minutes_per_model} --samples {args.samples}` "
+             f"(preset {args.config}; training {train_minutes:.1f} min in all"
+             f"{', models reused from an earlier run of the same command' if args.reuse else ''})", "",
+             "| model | params | train tokens | train wall-clock | steps | R1 | R2 | RL | BERTScore | MAUVE "
+             "| gen-PPL | distinct-2 | unigram entropy | words gen/ref |", "|---" * 15 + "|"]
+    for name in [*facts, HUMAN]:
+        r, f = results["benchmarks"]["embedded"]["rows"][name], facts.get(name, {})
+        head = (f"| {name} | {f['params'] / 1e6:.1f}M | {f['tokens'] / 1e6:.2f}M | {f['seconds'] / 60:.1f} min "
+                f"| {f['steps']} |") if f else f"| {name} | - | - | - | - |"
+        lines.append(head + " " + " | ".join(f"{100 * r[k]:.1f}" for k in TABLE_METRICS)
+                     + f" | {r['gen_ppl']:.1f} | {r['distinct_2']:.3f} | {r['unigram_entropy']:.2f} "
+                     f"| {r['mean_words']:.1f}/{r['reference_words']:.1f} |")
+    lines += ["", "REPA ablation, VAE side: held-out reconstruction accuracy (posterior mean): "
+              f"with REPA {100 * facts['TextLDM']['recon']:.2f}%, without {100 * facts['TextLDM no REPA']['recon']:.2f}%. "
+              f"AR baseline held-out perplexity: {facts['AR baseline']['val_ppl']:.1f}.", "",
+              "Full harness output (sweeps included):", "", format_results(results)]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo")
@@ -99,26 +121,8 @@ def main(argv=None) -> int:
     sweeps = {} if args.no_sweeps else {"steps_sweep": [int(x) for x in args.steps_sweep.split(",")],
                                         "cfg_sweep": [float(x) for x in args.cfg_sweep.split(",")]}
     results = run_eval([], ["embedded"], cfg, out / "eval", contestants=contestants, **sweeps)
-    rows = results["benchmarks"]["embedded"]["rows"]
 
-    lines = [f"# TextLDM vs AR baseline vs TextLDM without REPA (embedded benchmark, {args.samples} items)", "",
-             f"`python bench/quality.py --minutes-per-model {minutes} --samples {args.samples}` "
-             f"(preset {args.config}; training {train_minutes:.1f} min in all"
-             f"{', models reused from an earlier run of the same command' if args.reuse else ''})", "",
-             "| model | params | train tokens | train wall-clock | steps | R1 | R2 | RL | BERTScore | MAUVE "
-             "| gen-PPL | distinct-2 | unigram entropy | words gen/ref |", "|---" * 15 + "|"]
-    for name in [*facts, HUMAN]:
-        r, f = rows[name], facts.get(name, {})
-        head = (f"| {name} | {f['params'] / 1e6:.1f}M | {f['tokens'] / 1e6:.2f}M | {f['seconds'] / 60:.1f} min "
-                f"| {f['steps']} |") if f else f"| {name} | - | - | - | - |"
-        lines.append(head + " " + " | ".join(f"{100 * r[k]:.1f}" for k in TABLE_METRICS)
-                     + f" | {r['gen_ppl']:.1f} | {r['distinct_2']:.3f} | {r['unigram_entropy']:.2f} "
-                     f"| {r['mean_words']:.1f}/{r['reference_words']:.1f} |")
-    lines += ["", "REPA ablation, VAE side: held-out reconstruction accuracy (posterior mean): "
-              f"with REPA {100 * facts['TextLDM']['recon']:.2f}%, without {100 * facts['TextLDM no REPA']['recon']:.2f}%. "
-              f"AR baseline held-out perplexity: {facts['AR baseline']['val_ppl']:.1f}.", "",
-              "Full harness output (sweeps included):", "", format_results(results)]
-    text = "\n".join(lines)
+    text = format_quality(args, facts, results, train_minutes)
     write_json(out / "quality.json", {"facts": facts, "results": results, "argv": sys.argv})
     atomic_write_text(out / "quality.md", text + "\n")
     print(text)

@@ -161,7 +161,7 @@ def plot(rows: dict, human: dict, axis: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for both models")
     p.add_argument("--minutes", default="3,12,48", help="training budgets per model, comma-separated")
@@ -175,7 +175,29 @@ def main(argv=None) -> int:
     p.add_argument("--textldm", nargs="*", default=[], metavar="K=V", help="overrides for TextLDM alone (levers)")
     p.add_argument("--reuse", action="store_true", help="load the models an earlier run left in --out (re-score)")
     p.add_argument("overrides", nargs="*", metavar="K=V", help="config overrides for both models")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def report(args, rows: dict, human: dict, facts: dict, budgets: list[float], mult: dict) -> str:
+    """The markdown of the run: the table, the multiplier, the prompt gain per quarter, the plots."""
+    lines = [f"# Quality vs training compute: TextLDM vs the AR baseline ({args.samples} embedded-benchmark items)", "",
+             f"`python bench/scaling.py {' '.join(sys.argv[1:])}` (preset {args.config})", "",
+             *format_table(rows, human, budgets), "",
+             f"**Compute multiplier** (TextLDM's training compute to reach the AR baseline's MAUVE "
+             f"{100 * mult['ar_mauve']:.1f} at {args.reference:g} min, over the AR baseline's): "
+             f"{mult['flops'][1]} {mult['flops'][0]:.2f}x in FLOPs, {mult['minutes'][1]} {mult['minutes'][0]:.2f}x in "
+             "minutes ('>=': never reached in the measured range, a lower bound).", "",
+             "TextLDM's prompt gain per timestep quarter (1 - loss with the prompt / loss with it dropped; t = 0 noise):",
+             "", "| model | 0-0.25 | 0.25-0.5 | 0.5-0.75 | 0.75-1 |", "|---|---|---|---|---|"]
+    for name, (model, b, f) in facts.items():
+        if model == "TextLDM":
+            lines.append(f"| {name} | " + " | ".join(f"{100 * g:.1f}%" for g in f["prompt_gain"]) + " |")
+    lines += ["", "![vs FLOPs](scaling_flops.png)", "![vs minutes](scaling_minutes.png)"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     budgets = [float(m) for m in args.minutes.split(",")]
     if args.reference not in budgets:
@@ -207,20 +229,7 @@ def main(argv=None) -> int:
     mult = multiplier(rows, args.reference)
     plot(rows, human, "flops", args.out / "scaling_flops.png")
     plot(rows, human, "minutes", args.out / "scaling_minutes.png")
-    lines = [f"# Quality vs training compute: TextLDM vs the AR baseline ({args.samples} embedded-benchmark items)", "",
-             f"`python bench/scaling.py {' '.join(sys.argv[1:])}` (preset {args.config})", "",
-             *format_table(rows, human, budgets), "",
-             f"**Compute multiplier** (TextLDM's training compute to reach the AR baseline's MAUVE "
-             f"{100 * mult['ar_mauve']:.1f} at {args.reference:g} min, over the AR baseline's): "
-             f"{mult['flops'][1]} {mult['flops'][0]:.2f}x in FLOPs, {mult['minutes'][1]} {mult['minutes'][0]:.2f}x in "
-             "minutes ('>=': never reached in the measured range, a lower bound).", "",
-             "TextLDM's prompt gain per timestep quarter (1 - loss with the prompt / loss with it dropped; t = 0 noise):",
-             "", "| model | 0-0.25 | 0.25-0.5 | 0.5-0.75 | 0.75-1 |", "|---|---|---|---|---|"]
-    for name, (model, b, f) in facts.items():
-        if model == "TextLDM":
-            lines.append(f"| {name} | " + " | ".join(f"{100 * g:.1f}%" for g in f["prompt_gain"]) + " |")
-    lines += ["", "![vs FLOPs](scaling_flops.png)", "![vs minutes](scaling_minutes.png)"]
-    text = "\n".join(lines)
+    text = report(args, rows, human, facts, budgets, mult)
     write_json(args.out / "scaling.json", {"rows": rows, "human": human, "multiplier": mult, "argv": sys.argv,
                                            "results": results})
     atomic_write_text(args.out / "scaling.md", text + "\n")

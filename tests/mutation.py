@@ -161,6 +161,8 @@ MUTANTS = [
            "robust-decoder noise also applied at evaluation (reconstruction accuracy, decoding samples)"),
     Mutant("M51", "vae.py", "channel_std = mean[mask].std(0) if", "channel_std = mean.std(dim=(0, 1)) if",
            "robust-decoder noise scaled by a std that includes the padding"),
+    Mutant("M52", "train.py", "        used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))",
+           "        used = time_used", "a FLOPs budget neither stops the run nor drives the schedule"),
 ]
 
 

@@ -348,8 +348,6 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
     bar = tqdm(total=cfg.steps, initial=first_step, desc=desc, disable=not (progress and is_main()),
                dynamic_ncols=True)
     meter = Throughput(tokens_per_step or 0, flops_per_step, peak, world_size())
-    if cfg.max_flops and not flops_per_step:
-        raise ValueError("max_flops needs the FLOPs of one step (flops_per_step)")
     metrics, done, time_used = {}, first_step, time_offset
     used = max(time_used, _flops_used(cfg.max_flops, first_step, flops_per_step))
     inner.train()
@@ -375,8 +373,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
             _evaluate(on_eval, step, logger, inner, meter)
         if out_of_time:
-            log.info("%s: stopping at step %d (budget reached: max_minutes=%s, max_flops=%s)", desc, step + 1,
-                     cfg.max_minutes, cfg.max_flops)
+            log.info("%s: stopping at step %d (budget reached)", desc, step + 1)
             break
     bar.close()
     _finish(objective, inner, ema)
@@ -467,7 +464,11 @@ def _budget_used(max_minutes: float | None, time_offset: float, start: float, de
 def _flops_used(max_flops: float | None, steps_done: int, flops_per_step: float) -> float:
     """The share of a FLOPs budget spent after `steps_done` steps (0 without one): unlike the clock, the same
     on every machine and under any load."""
-    return steps_done * flops_per_step / max_flops if max_flops else 0.0
+    if not max_flops:
+        return 0.0
+    if not flops_per_step:
+        raise ValueError("max_flops needs the FLOPs of one step (flops_per_step)")
+    return steps_done * flops_per_step / max_flops
 
 
 def _step_record(step: int, lr: float, elapsed: float, metrics: dict, grad_norm, device, meter) -> dict:
