@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PRESET ?= demo
 ARGS ?=
 
-.PHONY: install demo test long serve browser mutation clean
+.PHONY: install demo test lint long serve browser mutation clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,8 +39,12 @@ browser:
 serve: install
 	$(VENV)/bin/textldm serve --model $(or $(MODEL),runs/demo/model) $(ARGS)
 
-test: install browser
+test: lint browser
 	$(PY) -m pytest $(ARGS)
+
+# ruff: pyflakes, pycodestyle and import order (settings in pyproject.toml); part of `make test`
+lint: install
+	$(VENV)/bin/ruff check src tests bench
 
 # recipe-breaking changes applied one at a time to a copy of the source; prints killed / survived
 # (about 30 minutes on 2 cores; results and survivors' reasons: docs/testing.md)

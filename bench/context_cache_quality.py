@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from textldm.benchmark import benchmark
 from textldm.config import MetricsConfig
-from textldm.harness import Scorer, load_contestant
-from textldm.metrics import rouge_per_item
+from textldm.evaluation.benchmark import benchmark
+from textldm.evaluation.harness import Scorer, load_contestant
+from textldm.evaluation.metrics import rouge_per_item
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -18,11 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import PeriodicStream, train_tiny_recipe, validation_loss  # noqa: E402
-
 from textldm.config import TrainConfig  # noqa: E402
-from textldm.dit import TextDiT  # noqa: E402
-from textldm.objectives import DiTObjective, dit_batches  # noqa: E402
-from textldm.train import EMA, fit  # noqa: E402
+from textldm.models.dit import TextDiT  # noqa: E402
+from textldm.training.loop import EMA, fit  # noqa: E402
+from textldm.training.objectives import DiTObjective, dit_batches  # noqa: E402
 
 
 def run(pipe, steps: int, seed: int, ema: float, warmup: bool) -> float:

@@ -20,12 +20,12 @@ import torch
 
 from synthetic import ZipfStream
 from textldm.config import TrainConfig, load_config
-from textldm.dit import TextDiT
-from textldm.objectives import DiTObjective, VAEObjective, vae_batches
-from textldm.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
-from textldm.teacher import Teacher
-from textldm.train import fit
-from textldm.vae import TextVAE, param_count
+from textldm.models.dit import TextDiT
+from textldm.models.teacher import Teacher
+from textldm.models.vae import TextVAE, param_count
+from textldm.training.loop import fit
+from textldm.training.objectives import DiTObjective, VAEObjective, vae_batches
+from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
 
 QWEN3_VOCAB = 151_936
 
@@ -69,7 +69,8 @@ def main():
     ap.add_argument("--eager-steps", type=int, default=60)
     ap.add_argument("--vae-steps", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--extra-dit-batch", type=int, nargs="*", default=[64], help="more compiled DiT runs at these batches")
+    ap.add_argument("--extra-dit-batch", type=int, nargs="*", default=[64],
+                    help="more compiled DiT runs at these batches")
     ap.add_argument("--parts", default="eager,dit,vae", help="which rows: eager (DiT without compile), dit, vae")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (with a tiny --teacher)")
     ap.add_argument("--teacher", default="2048,6144,28,16,8", help="hidden,mlp,layers,heads,kv_heads (Qwen3-1.7B)")
@@ -97,7 +98,8 @@ def main():
         torch.manual_seed(0)
         dit = TextDiT(cfg.dit, C).to(device)
         flops = TRAIN_FACTOR * batch * dit_flops_per_sequence(dit, cfg.dit.context_max, cfg.dit.target_max)
-        tcfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-4, warmup_steps=10, log_every=args.log_every, ema=0.9999,
+        tcfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-4, warmup_steps=10, log_every=args.log_every,
+                           ema=0.9999,
                            compile=compiled, peak_flops=peak)
         log = out / f"dit_{'compiled' if compiled else 'eager'}_{batch}.jsonl"
         t0 = time.time()
@@ -133,7 +135,8 @@ def vae_row(cfg, args, device, peak, out) -> dict:
     batch, L = cfg.vae_train.micro_batch, cfg.vae.max_len
     flops = TRAIN_FACTOR * batch * vae_flops_per_sequence(vae, L, QWEN3_VOCAB, cfg.vae.repa_fraction)
     teacher_flops = batch * L * 2 * sum(p.numel() for n, p in teacher.named_parameters() if "embed" not in n)
-    tcfg = TrainConfig(steps=args.vae_steps, batch_size=batch, lr=1e-4, warmup_steps=10, log_every=max(1, args.log_every // 2), compile=True,
+    tcfg = TrainConfig(steps=args.vae_steps, batch_size=batch, lr=1e-4, warmup_steps=10,
+                       log_every=max(1, args.log_every // 2), compile=True,
                        peak_flops=peak)
     log = out / "vae_compiled.jsonl"
     t0 = time.time()
@@ -153,7 +156,8 @@ def write_table(rows, name, peak, out):
     print("\n| step | params | batch x 1024 | tokens/s | TFLOP/s | MFU | peak memory |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['params_M']}M | {r['per_device_batch']} | {r['tokens_per_s']:,} | {r['tflops_per_s']} "
+        print(f"| {r['name']} | {r['params_M']}M | {r['per_device_batch']} | {r['tokens_per_s']:,} "
+              f"| {r['tflops_per_s']} "
               f"| {100 * r['mfu']:.1f}% | {r['peak_memory_gb']:.1f} GB |")
 
 

@@ -19,10 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
-from textldm import load_config, runs
-from textldm.ar import ARPipeline
-from textldm.pipeline import TextLDMPipeline, read_checkpoint_config
-from textldm.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
+from textldm import load_config
+from textldm.evaluation import matched
+from textldm.evaluation.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
+from textldm.pipeline import ARPipeline, TextLDMPipeline, read_model_config
+from textldm.training import stages
 from textldm.utils import atomic_write_text, write_json
 
 
@@ -42,7 +43,8 @@ def format_quality(args, facts: dict, results: dict, train_minutes: float) -> st
                      + f" | {r['gen_ppl']:.1f} | {r['distinct_2']:.3f} | {r['unigram_entropy']:.2f} "
                      f"| {r['mean_words']:.1f}/{r['reference_words']:.1f} |")
     lines += ["", "REPA ablation, VAE side: held-out reconstruction accuracy (posterior mean): "
-              f"with REPA {100 * facts['TextLDM']['recon']:.2f}%, without {100 * facts['TextLDM no REPA']['recon']:.2f}%. "
+              f"with REPA {100 * facts['TextLDM']['recon']:.2f}%, "
+              f"without {100 * facts['TextLDM no REPA']['recon']:.2f}%. "
               f"AR baseline held-out perplexity: {facts['AR baseline']['val_ppl']:.1f}.", "",
               "Full harness output (sweeps included):", "", format_results(results)]
     return "\n".join(lines)
@@ -69,28 +71,28 @@ def main(argv=None) -> int:
               f"ar_train.max_minutes={minutes}", "ar_train.steps=1000000", "eval.rouge_samples=0",
               f"metrics.samples={args.samples}", f"metrics.mauve_buckets={args.buckets}"]
     cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm'}"])
-    data = runs.prepare_data(cfg)
+    data = stages.prepare_data(cfg)
 
     def textldm(run_cfg):
         """(pipeline, VAE report, DiT report): trained now, or loaded with --reuse."""
         run = Path(run_cfg.out_dir)
         if args.reuse:
-            return (TextLDMPipeline.from_pretrained(run / "model"), read_checkpoint_config(run / "vae")["report"],
-                    read_checkpoint_config(run / "model")["report"])
-        vae_pipe, vae_report = runs.train_vae(run_cfg, progress=False, data=data)
-        pipe, dit_report = runs.train_dit(run_cfg, vae_pipe=vae_pipe, progress=False, data=data)
+            return (TextLDMPipeline.from_pretrained(run / "model"), read_model_config(run / "vae")["report"],
+                    read_model_config(run / "model")["report"])
+        vae_pipe, vae_report = stages.train_vae(run_cfg, progress=False, data=data)
+        pipe, dit_report = stages.train_dit(run_cfg, vae_pipe=vae_pipe, progress=False, data=data)
         return pipe, vae_report, dit_report
 
     ldm, vae_report, dit_report = textldm(cfg)
-    target = runs.inference_params(ldm)
+    target = matched.inference_params(ldm)
     ar_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'ar'}",
-                                       *runs.matched_ar_overrides(cfg, target, len(data[0]))])
+                                       *matched.matched_ar_overrides(cfg, target, len(data[0]))])
     depth = ar_cfg.ar.depth
     if args.reuse:
         ar = ARPipeline.from_pretrained(out / "ar" / "ar")
-        ar_report = read_checkpoint_config(out / "ar" / "ar")["report"]
+        ar_report = read_model_config(out / "ar" / "ar")["report"]
     else:
-        ar, ar_report = runs.train_ar(ar_cfg, progress=False, data=data)
+        ar, ar_report = stages.train_ar(ar_cfg, progress=False, data=data)
 
     norepa_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm-no-repa'}",
                                            "vae.repa_weight=0"])
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
 
     ctx_tgt = (cfg.dit.context_min + cfg.dit.context_max + cfg.dit.target_min + cfg.dit.target_max) / 2
     facts = {
-        "TextLDM": {"params": target, "seconds": vae_report["vae_train"]["seconds"] + dit_report["dit_train"]["seconds"],
+        "TextLDM": {"params": target,
+                    "seconds": vae_report["vae_train"]["seconds"] + dit_report["dit_train"]["seconds"],
                     "tokens": vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
                     + dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,
                     "steps": f"VAE {vae_report['vae_train']['steps']} + DiT {dit_report['dit_train']['steps']}",
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
                         "tokens": ar_report["ar_train"]["steps"] * ar_cfg.ar_train.batch_size * ar_report["ar_seq_len"],
                         "steps": f"{ar_report['ar_train']['steps']} (depth {depth})",
                         "val_ppl": ar_report["ar_eval"]["perplexity"]},
-        "TextLDM no REPA": {"params": runs.inference_params(norepa),
+        "TextLDM no REPA": {"params": matched.inference_params(norepa),
                             "seconds": nr_vae_report["vae_train"]["seconds"] + nr_dit_report["dit_train"]["seconds"],
                             "tokens": nr_vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
                             + nr_dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,

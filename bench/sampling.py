@@ -22,13 +22,19 @@ from pathlib import Path
 
 import torch
 
-from textldm.ar import CausalLM, generate as ar_generate
 from textldm.config import ARConfig, Config, DiTConfig, VAEConfig
-from textldm.dit import TextDiT
-from textldm.perf import ar_flops_per_sequence, block_flops, dit_cached_flops_per_sequence, dit_flops_per_sequence
+from textldm.diffusion.sampling import evaluations
+from textldm.models.ar import CausalLM
+from textldm.models.ar import generate as ar_generate
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, param_count
 from textldm.pipeline import TextLDMPipeline
-from textldm.sampling import evaluations
-from textldm.vae import TextVAE, param_count
+from textldm.training.perf import (
+    ar_flops_per_sequence,
+    block_flops,
+    dit_cached_flops_per_sequence,
+    dit_flops_per_sequence,
+)
 
 VOCAB, PROMPT, WINDOW = 49_152, 256, 256
 SOLVERS = [("euler", 50), ("euler", 10), ("heun", 5), ("ab2", 9)]
@@ -144,7 +150,8 @@ def main():
                 s = timed(lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0))
             add("AR, KV cache", s, length, length, ar_flops(ar, length))
     (out / "sampling.json").write_text(json.dumps({"device": device_name, "params": params, "rows": rows}, indent=2))
-    lines = ["| model / sampler | length | batch | s / continuation | tokens/s | evaluations | forwards | GFLOP / continuation |",
+    lines = ["| model / sampler | length | batch | s / continuation | tokens/s | evaluations | forwards "
+             "| GFLOP / continuation |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['length']} | {r['batch']} | {r['seconds_per_continuation']:.3f} "
@@ -157,8 +164,8 @@ def main():
     lines.append("")
     for (length, batch), pair in sorted(ratio.items()):
         if len(pair) == 2:
-            lines.append(f"context caching, length {length}, batch {batch}: "
-                         f"{pair['TextLDM cacheable, cache off, euler 10'] / pair['TextLDM cached ctx, euler 10']:.2f}x "
+            speedup = pair['TextLDM cacheable, cache off, euler 10'] / pair['TextLDM cached ctx, euler 10']
+            lines.append(f"context caching, length {length}, batch {batch}: {speedup:.2f}x "
                          f"faster per step (same model, cache on vs off)")
     (out / "sampling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

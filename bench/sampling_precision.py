@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from sampling import PROMPT, VOCAB, textldm_pipeline, timed  # bench/sampling.py
-from textldm.ar import CausalLM, generate as ar_generate
 from textldm.config import ARConfig
+from textldm.models.ar import CausalLM
+from textldm.models.ar import generate as ar_generate
 
 
 def main():
@@ -38,7 +39,8 @@ def main():
         prompts = torch.randint(0, VOCAB, (batch, PROMPT), generator=g).tolist()
         for length in [int(n) for n in args.lengths.split(",")]:
             jobs = {"TextLDM, euler 10": lambda: default.generate_ids(prompts, length, 10, 7.0, "euler", 0),
-                    "TextLDM cached ctx, euler 10": lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0),
+                    "TextLDM cached ctx, euler 10":
+                        lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0),
                     "AR, KV cache": lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0)}
             for name, job in jobs.items():
                 seconds = {}
@@ -55,7 +57,8 @@ def main():
                 print(rows[-1], flush=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     lines = [f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, seconds per continuation", "",
-             "| model / sampler | length | batch | fp32 s | bf16 autocast s | bf16 speed-up |", "|---|---|---|---|---|---|"]
+             "| model / sampler | length | batch | fp32 s | bf16 autocast s | bf16 speed-up |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['length']} | {r['batch']} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} "
               f"| {r['speedup']:.2f}x |" for r in rows]
     out = Path(args.out)

@@ -15,10 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from textldm.benchmark import benchmark
 from textldm.config import MetricsConfig
-from textldm.harness import Scorer, load_contestant
-from textldm.sampling import evaluations
+from textldm.diffusion.sampling import evaluations
+from textldm.evaluation.benchmark import benchmark
+from textldm.evaluation.harness import Scorer, load_contestant
 
 CONFIGS = [  # label, solver, steps, extra sample settings
     ("euler 50 (paper)", "euler", 50, {}),
@@ -78,10 +78,12 @@ def main():
     for r in rows:
         lines.append(f"| {r['config']} | {r['evaluations']} | {100 * r['rouge_l']:.2f} "
                      f"| {100 * (r['rouge_l'] / ref['rouge_l'] - 1):+.1f}% | {100 * r['mauve']:.1f} "
-                     f"| {100 * (r['mauve'] / ref['mauve'] - 1):+.1f}% | {r['distinct_2']:.3f} | {r['generation_seconds']} |")
+                     f"| {100 * (r['mauve'] / ref['mauve'] - 1):+.1f}% | {r['distinct_2']:.3f} "
+                     f"| {r['generation_seconds']} |")
     text = "\n".join(lines) + "\n"
     (out / f"sampling_quality{args.tag}.md").write_text(text)
-    (out / f"sampling_quality{args.tag}.json").write_text(json.dumps({"model": args.model, "benchmark": name, "rows": rows},
+    result = {"model": args.model, "benchmark": name, "rows": rows}
+    (out / f"sampling_quality{args.tag}.json").write_text(json.dumps(result,
                                                           indent=2))
     print(text)
 

@@ -6,7 +6,7 @@ plots and the compute multiplier.
 For every budget B (minutes of training per model) and seed:
   - TextLDM: VAE for --vae-share of B, then the DiT for the rest (the `runs` stages, preset --config);
   - the AR baseline: a causal Transformer from the same block with TextLDM's inference parameters
-    (`runs.matched_ar_overrides`: width, heads, batch, learning rate, warm-up), trained for B on the same data,
+    (`matched.matched_ar_overrides`: width, heads, batch, learning rate, warm-up), trained for B on the same data,
     tokenizer and optimizer with the same seed.
 Overrides (k=v) apply to both, so a lever that changes the data or the optimizer stays matched; --textldm
 takes overrides for TextLDM alone (its levers). Every model is scored on the same benchmark items (fixed
@@ -27,11 +27,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from textldm import load_config, runs
-from textldm.ar import ARPipeline
-from textldm.harness import HUMAN, Contestant, benchmark_agreement, run_eval
-from textldm.pipeline import TextLDMPipeline, read_checkpoint_config
-from textldm.benchmark import benchmark
+from textldm import load_config
+from textldm.evaluation import matched
+from textldm.evaluation.benchmark import benchmark
+from textldm.evaluation.harness import HUMAN, Contestant, benchmark_agreement, run_eval
+from textldm.pipeline import ARPipeline, TextLDMPipeline, read_model_config
+from textldm.training import stages
 from textldm.utils import atomic_write_text, write_json
 
 METRICS = {"mauve": "MAUVE", "gen_ppl": "gen-PPL", "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
@@ -74,20 +75,21 @@ def train_pair(args, budget: float, seed: int, data):
     run = Path(ldm_cfg.out_dir)
     if args.reuse:
         ldm = TextLDMPipeline.from_pretrained(run / "model")
-        vae_report, dit_report = read_checkpoint_config(run / "vae")["report"], read_checkpoint_config(run / "model")["report"]
+        vae_report, dit_report = read_model_config(run / "vae")["report"], read_model_config(run / "model")["report"]
     else:
-        vae_pipe, vae_report = runs.train_vae(ldm_cfg, progress=False, data=data)
-        ldm, dit_report = runs.train_dit(ldm_cfg, vae_pipe=vae_pipe, progress=False, data=data)
+        vae_pipe, vae_report = stages.train_vae(ldm_cfg, progress=False, data=data)
+        ldm, dit_report = stages.train_dit(ldm_cfg, vae_pipe=vae_pipe, progress=False, data=data)
     ar_cfg = load_config(args.config, [*common, f"ar_train.max_minutes={budget}", f"out_dir={args.out / tag / 'ar'}",
-                                       *runs.matched_ar_overrides(ldm_cfg, runs.inference_params(ldm), len(data[0]))])
+                                       *matched.matched_ar_overrides(ldm_cfg, matched.inference_params(ldm),
+                                                                     len(data[0]))])
     if args.reuse:
         ar = ARPipeline.from_pretrained(args.out / tag / "ar" / "ar")
-        ar_report = read_checkpoint_config(args.out / tag / "ar" / "ar")["report"]
+        ar_report = read_model_config(args.out / tag / "ar" / "ar")["report"]
     else:
-        ar, ar_report = runs.train_ar(ar_cfg, progress=False, data=data)
+        ar, ar_report = stages.train_ar(ar_cfg, progress=False, data=data)
     v, d, a = vae_report["vae_train"], dit_report["dit_train"], ar_report["ar_train"]
     quarters = dit_report["dit_eval"]["quarters"]
-    ldm_facts = {"params": runs.inference_params(ldm), "minutes": (v["seconds"] + d["seconds"]) / 60,
+    ldm_facts = {"params": matched.inference_params(ldm), "minutes": (v["seconds"] + d["seconds"]) / 60,
                  "flops": v["flops"] + d["flops"], "steps": f"VAE {v['steps']} + DiT {d['steps']}",
                  "recon": vae_report["vae_eval"]["recon_acc"],
                  "prompt_gain": [1 - q["with_prompt"] / q["prompt_dropped"] for q in quarters]}
@@ -166,7 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for both models")
     p.add_argument("--minutes", default="3,12,48", help="training budgets per model, comma-separated")
     p.add_argument("--seeds", default=None, help="seeds per budget, e.g. '12=0,1,2;48=0' (others: seed 0); "
-                                                 "default: 0,1,2 at the --reference budget, 0 elsewhere; '' = seed 0 only")
+                                                 "default: 0,1,2 at the --reference budget, 0 elsewhere; "
+                                                 "'' = seed 0 only")
     p.add_argument("--reference", type=float, default=12.0, help="the budget whose AR MAUVE TextLDM must reach")
     p.add_argument("--vae-share", type=float, default=0.4, help="share of TextLDM's budget spent on the VAE")
     p.add_argument("--samples", type=int, default=500, help="benchmark items scored")
@@ -187,7 +190,8 @@ def report(args, rows: dict, human: dict, facts: dict, budgets: list[float], mul
              f"{100 * mult['ar_mauve']:.1f} at {args.reference:g} min, over the AR baseline's): "
              f"{mult['flops'][1]} {mult['flops'][0]:.2f}x in FLOPs, {mult['minutes'][1]} {mult['minutes'][0]:.2f}x in "
              "minutes ('>=': never reached in the measured range, a lower bound).", "",
-             "TextLDM's prompt gain per timestep quarter (1 - loss with the prompt / loss with it dropped; t = 0 noise):",
+             "TextLDM's prompt gain per timestep quarter (1 - loss with the prompt / loss with it dropped; "
+             "t = 0 noise):",
              "", "| model | 0-0.25 | 0.25-0.5 | 0.5-0.75 | 0.75-1 |", "|---|---|---|---|---|"]
     for name, (model, b, f) in facts.items():
         if model == "TextLDM":
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
     seeds = parse_seeds(f"{args.reference:g}=0,1,2" if args.seeds is None else args.seeds, budgets)
     base = load_config(args.config, [*args.overrides, f"metrics.samples={args.samples}",
                                      f"out_dir={args.out / 'eval'}"])
-    data = runs.prepare_data(base)
+    data = stages.prepare_data(base)
     _, items = benchmark("embedded", args.samples, base.seed)
     contestants, facts = [], {}
     for b in budgets:
@@ -222,7 +226,7 @@ def main(argv=None) -> int:
     for name, (model, b, f) in facts.items():
         rows[model][b].append({"name": name, "facts": f, "metrics": scored[name]})
     human = dict(scored[HUMAN])
-    from textldm.evaluate import position_agreement
+    from textldm.evaluation.heldout import position_agreement
     tok = data[0]
     human["agreement"] = position_agreement([tok(it["second_reference"], add_special_tokens=False)["input_ids"]
                                              [:base.sample.length] for it in items[:args.agreement_prompts]])

@@ -6,7 +6,7 @@ MFU = achieved model FLOP/s over a bf16 matrix product measured in the same run.
     python bench/throughput.py [--steps 6] [--threads 2] [--json out.json]
 
 Targets (issue 4): the AR step >= 1.3x HF GPT-2's tokens/s at equal shape; the DiT step >= 50% MFU at width 512.
-Every row's FLOPs come from the model shape (textldm.perf); GPT-2 has the AR baseline's exact matrix shapes
+Every row's FLOPs come from the model shape (textldm.training.perf); GPT-2 has the AR baseline's exact matrix shapes
 (width, depth, heads, MLP, tied head, vocabulary, sequence), so the same count applies to it.
 """
 from __future__ import annotations
@@ -23,14 +23,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthetic import ZipfStream
-from textldm.ar import ARObjective, CausalLM, ar_batches
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
-from textldm.dit import TextDiT
-from textldm.objectives import DiTObjective, VAEObjective, vae_batches
-from textldm.perf import (TRAIN_FACTOR, ar_flops_per_sequence, dit_flops_per_sequence, matmul_peak_flops,
-                          vae_flops_per_sequence)
-from textldm.train import autocast_dtype, fit
-from textldm.vae import TextVAE, param_count
+from textldm.models.ar import CausalLM
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, param_count
+from textldm.training.loop import autocast_dtype, fit
+from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective, ar_batches, vae_batches
+from textldm.training.perf import (
+    TRAIN_FACTOR,
+    ar_flops_per_sequence,
+    dit_flops_per_sequence,
+    matmul_peak_flops,
+    vae_flops_per_sequence,
+)
 
 VOCAB = 49_152  # SmolLM2's, the demo tokenizer
 TEACHER_DIM = 576
@@ -116,9 +121,10 @@ def main():
     for width, depth, heads in ((256, 6, 4), (512, 8, 8)) if "DiT" in only else ():  # DiT: the demo size, and width 512
         torch.manual_seed(0)
         dit, B, Lc, Lt = TextDiT(DiTConfig(width=width, depth=depth, heads=heads), 64), 32, 64, 64
-        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, DiTObjective(dit), dit_batches(B, Lc, Lt), B, B * (Lc + Lt),
-            TRAIN_FACTOR * B * dit_flops_per_sequence(dit, Lc, Lt))
-    for width, depth, heads in ((256, 2, 4), (512, 4, 8)) if "VAE" in only else ():  # VAE: full softmax over the vocabulary, REPA on
+        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, DiTObjective(dit), dit_batches(B, Lc, Lt), B,
+            B * (Lc + Lt), TRAIN_FACTOR * B * dit_flops_per_sequence(dit, Lc, Lt))
+    # VAE: full softmax over the vocabulary, REPA on
+    for width, depth, heads in ((256, 2, 4), (512, 4, 8)) if "VAE" in only else ():
         torch.manual_seed(0)
         cfg = VAEConfig(width=width, encoder_depth=depth, decoder_depth=depth, heads=heads, max_len=128, softmax="full",
                         repa_fraction=1.0)
@@ -129,7 +135,8 @@ def main():
             vae_batches(ZipfStream(VOCAB), cfg, B, 0, cpu, teacher), B, B * 128,
             TRAIN_FACTOR * B * vae_flops_per_sequence(vae, 128, VOCAB, 1.0))
     ratios = []
-    for width, depth, heads in ((256, 8, 4), (512, 8, 8)) if "AR" in only else ():  # AR: the baseline's default shape, and width 512
+    # AR: the baseline's default shape, and width 512
+    for width, depth, heads in ((256, 8, 4), (512, 8, 8)) if "AR" in only else ():
         cfg, B, L = ARConfig(width=width, depth=depth, heads=heads), 16, 128
         torch.manual_seed(0)
         ar = CausalLM(cfg, VOCAB)

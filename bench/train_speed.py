@@ -14,9 +14,9 @@ import time
 import torch
 
 from textldm.config import DiTConfig, VAEConfig
-from textldm.dit import TextDiT
-from textldm.flow import flow_loss, interpolate
-from textldm.vae import TextVAE, vae_loss
+from textldm.diffusion.flow import flow_loss, interpolate
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, vae_loss
 
 
 def timed(step, n: int) -> float:

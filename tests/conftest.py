@@ -40,7 +40,7 @@ def make_corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A local folder holding a word-level tokenizer and a 2-layer random LlamaForCausalLM."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-lm")

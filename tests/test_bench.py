@@ -44,7 +44,7 @@ def test_seed_spec():
 
 
 def test_table_and_plots_from_scorer_rows(tmp_path):
-    from textldm.harness import TABLE_METRICS
+    from textldm.evaluation.harness import TABLE_METRICS
     assert set(scaling.METRICS) <= {*TABLE_METRICS, "gen_ppl", "distinct_2"}  # the keys the scorer writes
 
     def run(seed, minutes, mauve):

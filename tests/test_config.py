@@ -1,7 +1,7 @@
 """Presets, overrides and their errors."""
 import pytest
 
-from textldm.config import Config, PRESET_DIR, config_from_dict, load_config, parse_override, to_dict
+from textldm.config import PRESET_DIR, Config, config_from_dict, load_config, parse_override, to_dict
 from textldm.errors import UserError
 
 
@@ -55,3 +55,45 @@ def test_bad_preset_files(tmp_path):
         load_config(str(bad))
     with pytest.raises(UserError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_literal_types_are_the_one_source_of_allowed_values(capsys):
+    """The samplers, time grids and CLI choices implement exactly what the config's Literal types allow."""
+    import typing
+
+    from textldm.cli import _parser
+    from textldm.config import Grid, SampleConfig, Solver
+    from textldm.diffusion.flow import time_grid
+    from textldm.diffusion.sampling import SOLVERS
+
+    assert set(SOLVERS) == set(typing.get_args(Solver))
+    for kind in typing.get_args(Grid):
+        grid = time_grid(8, "logit_normal", 0.0, 1.5, kind, 3.0)
+        assert float(grid[0]) == 0.0 and float(grid[-1]) == 1.0 and len(grid) == 9
+        assert bool((grid[1:] > grid[:-1]).all()), kind
+    generate = _parser()._subparsers._group_actions[0].choices["generate"]
+    choices = {a.dest: a.choices for a in generate._actions if a.choices}
+    assert tuple(choices["solver"]) == typing.get_args(typing.get_type_hints(SampleConfig)["solver"])
+    assert tuple(choices["grid"]) == typing.get_args(Grid)
+    with pytest.raises(UserError, match="must be one of schedule, uniform, shifted"):
+        load_config("demo", ["sample.grid=cosine"])
+
+
+def test_textldm_config_prints_the_resolved_config_and_every_key(capsys):
+    import yaml
+
+    from textldm.cli import run
+
+    assert run(["config", "--config", "demo", "vae.width=128", "sample.steps=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert config_from_dict(printed) == load_config("demo", ["vae.width=128", "sample.steps=7"])
+    assert run(["config", "--keys", "dit.depth=3"]) == 0
+    keys = capsys.readouterr().out.splitlines()
+    fields = [line.split(" ", 1)[0] for line in keys]
+    assert len(fields) == len(set(fields)) and "vae_train.max_flops" in fields and "sample.solver" in fields
+    line = next(k for k in keys if k.startswith("dit.depth "))
+    assert line.startswith("dit.depth (int) = 3")  # the resolved value, with its type
+    solver = next(k for k in keys if k.startswith("sample.solver "))
+    assert "(euler|heun|ab2)" in solver and "2 evaluations a step" in solver  # allowed values and the field's comment
+    noise = next(k for k in keys if k.startswith("vae.decoder_noise "))
+    assert "robust to generated latents" in noise and "0 = off" in noise  # comment above + trailing comment

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_corpus
 from textldm.config import DataConfig
 from textldm.data import shards
-from textldm.data.corpus import load_documents, strip_wiki_markup, _austen_chapters
+from textldm.data.corpus import _austen_chapters, load_documents, strip_wiki_markup
 from textldm.data.shards import TokenStream, is_validation, tokenize_corpus
 from textldm.errors import UserError
-from textldm.teacher import load_tokenizer, end_of_text_id
-
-from conftest import make_corpus
+from textldm.models.teacher import end_of_text_id, load_tokenizer
 
 
 def test_local_sources(tmp_path):

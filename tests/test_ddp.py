@@ -5,9 +5,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from textldm.config import TrainConfig, VAEConfig
-from textldm.objectives import VAEObjective, vae_batches
-from textldm.train import fit
-from textldm.vae import TextVAE
+from textldm.models.vae import TextVAE
+from textldm.training.loop import fit
+from textldm.training.objectives import VAEObjective, vae_batches
 
 VOCAB, TEACHER_DIM = 40, 12
 

@@ -8,16 +8,22 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_corpus, tiny_overrides
 from textldm import load_config, runs
-from textldm.ar import ARPipeline, CausalLM, generate, sample_next
-from textldm.benchmark import BenchmarkSpec, build_benchmark, read_benchmark, save_benchmark
 from textldm.cli import main
 from textldm.config import ARConfig
 from textldm.errors import UserError
-from textldm.metrics import (bertscore, generative_perplexity, mauve_score, resolve_encoder, rouge_scores,
-                             text_statistics)
-
-from conftest import make_corpus, tiny_overrides
+from textldm.evaluation.benchmark import BenchmarkSpec, build_benchmark, read_benchmark, save_benchmark
+from textldm.evaluation.metrics import (
+    bertscore,
+    generative_perplexity,
+    mauve_score,
+    resolve_encoder,
+    rouge_scores,
+    text_statistics,
+)
+from textldm.models.ar import CausalLM, generate, sample_next
+from textldm.pipeline import ARPipeline
 
 
 # metrics -------------------------------------------------------------------------------------------------
@@ -235,7 +241,7 @@ def test_eval_bad_inputs_exit_2(runs_and_bench, capsys, tmp_path):
 
 
 def test_builtin_ablation_grids_are_valid_configs():
-    from textldm.ablation import GRIDS
+    from textldm.evaluation.ablation import GRIDS
 
     for grid in GRIDS.values():
         for overrides in grid.values():
@@ -243,7 +249,7 @@ def test_builtin_ablation_grids_are_valid_configs():
 
 
 def test_continuation_length_is_the_reference_length_capped():
-    from textldm.harness import _continue_with
+    from textldm.evaluation.harness import _continue_with
 
     class WordTokenizer:  # one token per word
         def __call__(self, text, add_special_tokens=False):
@@ -266,7 +272,7 @@ def test_continuation_length_is_the_reference_length_capped():
 
 
 def test_plot_draws_every_log_of_a_run(runs_and_bench, tmp_path, capsys):
-    from textldm.plot import _eval_series, read_log
+    from textldm.evaluation.plot import _eval_series, read_log
 
     out, _, _ = runs_and_bench
     assert main_ok(["plot", str(out / "ldm"), "--out", str(tmp_path)])

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from textldm.flow import flow_loss, gaussian_optimal_loss, interpolate, sample_t, time_grid, velocity_target
-from textldm.sampling import integrate
+from textldm.diffusion.flow import flow_loss, gaussian_optimal_loss, interpolate, sample_t, time_grid, velocity_target
+from textldm.diffusion.sampling import integrate
 
 
 def test_path_endpoints_and_velocity():
@@ -96,7 +96,7 @@ def test_solver_accuracy_order(solver, order, spacing):
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "ab2"])
 def test_solvers_report_their_evaluations(solver):
-    from textldm.sampling import evaluations
+    from textldm.diffusion.sampling import evaluations
 
     calls = []
     integrate(lambda x, t: calls.append(1) or -x, torch.ones(2, 3), time_grid(6, "uniform"), solver)

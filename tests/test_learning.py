@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from textldm.config import Config, DiTConfig, TrainConfig, VAEConfig
-from textldm.dit import TextDiT
-from textldm.evaluate import evaluate_dit, latent_statistics, position_agreement, same_noise_agreement
-from textldm.objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
+from textldm.evaluation.heldout import evaluate_dit, latent_statistics, position_agreement, same_noise_agreement
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
-from textldm.train import fit
-from textldm.vae import TextVAE
+from textldm.training.loop import fit
+from textldm.training.objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
 
 VOCAB, PERIOD = 10, 4
 CONTEXT_MIN, CONTEXT_MAX = PERIOD, PERIOD + 3

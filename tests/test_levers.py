@@ -13,14 +13,12 @@ of std decoder_noise x U(0, 1) (per sequence) x the batch's per-channel std of t
 import pytest
 import torch
 
-from textldm.config import Config, DiTConfig, load_config
-from textldm.dit import TextDiT
-from textldm.objectives import DiTObjective
-from textldm.lmhead import linear_cross_entropy
-from textldm.perf import decoder_ce_flops_per_sequence, dit_flops_per_sequence
-from textldm.vae import decoder_noise, vae_loss
-
 from test_recipe import C, perturbed, tiny_pipeline
+from textldm.config import Config, DiTConfig, load_config
+from textldm.models.dit import TextDiT
+from textldm.models.vae import decoder_noise, vae_loss
+from textldm.training.objectives import DiTObjective
+from textldm.training.perf import decoder_ce_flops_per_sequence, dit_flops_per_sequence
 
 
 def self_cond_dit(**kw) -> TextDiT:
@@ -115,8 +113,8 @@ def test_cached_context_with_self_conditioning_matches_the_full_forward():
 
 
 def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monkeypatch):
-    from textldm.evaluate import evaluate_dit
     from test_recipe import CountingStream, small_vae
+    from textldm.evaluation.heldout import evaluate_dit
 
     dit = perturbed(self_cond_dit(context_min=2, context_max=5, target_min=2, target_max=4))
     estimates = []

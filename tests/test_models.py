@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from textldm.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
 from textldm.config import DiTConfig, VAEConfig
-from textldm.dit import TextDiT
-from textldm.vae import TextVAE, kl_per_token, repa_cosine, vae_loss
+from textldm.models.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, kl_per_token, repa_cosine, vae_loss
 
 
 def small_vae(**kw) -> TextVAE:
@@ -243,7 +243,7 @@ def test_cached_context_gives_the_same_velocities():
     plain and with CFG (a [context ; null] cache), with padded contexts; and the context really does not
     depend on the noisy targets (the variant's premise)."""
     from textldm.config import DiTConfig
-    from textldm.dit import TextDiT
+    from textldm.models.dit import TextDiT
 
     torch.manual_seed(0)
     dit = TextDiT(DiTConfig(width=32, depth=3, heads=4, context_cache=True, null_context="learned"), 8)
@@ -276,8 +276,8 @@ def test_right_context_for_infilling():
     """dit.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
     changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
     from textldm.config import DiTConfig
-    from textldm.dit import TextDiT
-    from textldm.objectives import right_context
+    from textldm.models.dit import TextDiT
+    from textldm.training.objectives import right_context
 
     torch.manual_seed(0)
     for cacheable in (False, True):
@@ -294,7 +294,8 @@ def test_right_context_for_infilling():
         assert torch.allclose(plain, masked, atol=1e-5)
         with_right = dit(x, t, ctx, ctx_mask, tgt_mask, right, torch.ones(B, 4, dtype=torch.bool))
         assert not torch.allclose(plain[tgt_mask], with_right[tgt_mask], atol=1e-3)
-        guided = dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 3.0, None, right, torch.ones(B, 4, dtype=torch.bool))
+        right_mask = torch.ones(B, 4, dtype=torch.bool)
+        guided = dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 3.0, None, right, right_mask)
         assert guided.shape == x.shape and torch.isfinite(guided).all()
     with pytest.raises(ValueError, match="infill_prob"):
         TextDiT(DiTConfig(width=32, depth=1, heads=4), 8)(x, t, ctx, ctx_mask, tgt_mask, right)

@@ -8,12 +8,11 @@ import sys
 import pytest
 import torch
 
-from textldm import TextLDMPipeline, load_config
-from textldm import runs
-from textldm.cli import main
-from textldm.flow import time_grid
-
 from conftest import tiny_overrides
+from textldm import TextLDMPipeline, load_config, runs
+from textldm.cli import main
+from textldm.diffusion.flow import time_grid
+from textldm.training import stages
 
 
 def test_demo_writes_everything(trained):
@@ -124,7 +123,7 @@ def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, t
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit_train.eval_every=2"])
-    pipe, report = runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    pipe, report = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     assert report["dit_train"]["steps"] == 6 and (tmp_path / "model" / "dit.safetensors").exists()
     log = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "eval" in r]  # the last step is evaluated by the report instead
@@ -137,7 +136,7 @@ def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit.context_cache=true"])
-    runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.dit.context_cond is not None
     finals = {}
@@ -159,7 +158,7 @@ def test_infilling_between_two_texts(trained, tiny_model_dir, tiny_corpus, tmp_p
         TextLDMPipeline.from_pretrained(out / "model").infill("The man", "of the day.")
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit.infill_prob=0.5"])
-    runs.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     middles = pipe.infill(["The man", "It was"], ["of the day.", "said that"], length=5, steps=3)
     assert len(middles) == 2 and all(isinstance(m, str) for m in middles)

@@ -11,20 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from textldm import blocks
-from textldm.ar import CausalLM
-from textldm.blocks import TransformerBlock, rope_angles
-from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
-from textldm.dit import TextDiT
-from textldm.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics, position_agreement
-from textldm.flow import sample_t, time_grid
-from textldm.objectives import DiTObjective, VAEObjective, dit_batches
-from textldm.pipeline import TextLDMPipeline, noise_seed
-from textldm.train import fit, step_generator
-from textldm.utils import derive_seed
-from textldm.vae import TextVAE, kl_weight_at, vae_loss
-
 from test_train import Quadratic
+from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
+from textldm.diffusion.flow import sample_t, time_grid
+from textldm.evaluation.heldout import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics, position_agreement
+from textldm.models import blocks
+from textldm.models.ar import CausalLM
+from textldm.models.blocks import TransformerBlock, rope_angles
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, kl_weight_at, vae_loss
+from textldm.pipeline import TextLDMPipeline, noise_seed
+from textldm.training.distributed import step_generator
+from textldm.training.loop import fit
+from textldm.training.objectives import DiTObjective, VAEObjective, dit_batches
+from textldm.utils import derive_seed
 
 C = 8  # latent channels
 
@@ -283,7 +283,7 @@ def test_kl_warmup_is_linear_and_reaches_the_training_objective(monkeypatch):
     assert [kl_weight_at(s, cfg) for s in (0, 50, 100, 200, 1000)] == pytest.approx([0, 2.5e-4, 5e-4, 1e-3, 1e-3])
     assert kl_weight_at(7, VAEConfig(kl_weight=1e-3, kl_warmup_steps=0)) == 1e-3
     seen = []
-    monkeypatch.setattr("textldm.objectives.vae_loss", lambda *a, **k: seen.append(k["kl_weight"]))
+    monkeypatch.setattr("textldm.training.objectives.vae_loss", lambda *a, **k: seen.append(k["kl_weight"]))
     vae = small_vae()
     vae.cfg.kl_warmup_steps = 200
     for step in (0, 100, 400):
@@ -356,7 +356,7 @@ def test_one_seeding_helper_without_collisions():
 def test_paper_presets_train_on_the_benchmarks_shortest_prompts(preset):
     """Every benchmark preset can cut a prompt and a reference of shortest_cut() words (1BW sentences), and a
     word is at least one token: the paper presets must train on prompts and continuations that short."""
-    from textldm.benchmark import shortest_cut
+    from textldm.evaluation.benchmark import shortest_cut
 
     d = load_config(preset).dit
     prompt_words, reference_words = shortest_cut()
@@ -365,7 +365,7 @@ def test_paper_presets_train_on_the_benchmarks_shortest_prompts(preset):
 
 
 def test_harness_warns_about_items_shorter_than_training(caplog):
-    from textldm.harness import warn_outside_trained_lengths
+    from textldm.evaluation.harness import warn_outside_trained_lengths
 
     tokenizer = lambda text, add_special_tokens=False: {"input_ids": text.split()}  # noqa: E731
     items = [{"prompt": "a b c d e f g h", "reference": "x y z w v u"}, {"prompt": "a b", "reference": "x y z w v u"}]
@@ -383,10 +383,9 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from textldm import runs
-    from textldm.teacher import Teacher
-
     from conftest import tiny_overrides
+    from textldm.models.teacher import Teacher
+    from textldm.training import stages
 
     padded = tmp_path / "padded-lm"
     shutil.copytree(tiny_model_dir, padded)
@@ -399,9 +398,9 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     overrides = tiny_overrides(str(padded), tiny_corpus, str(tmp_path / "run")) + [
         "vae.embed_init=teacher", "vae_train.steps=2", "ar.embed_init=teacher", "ar.width=32", "ar.heads=2",
         "ar.depth=1", "ar_train.steps=2", "ar_train.batch_size=4"]
-    pipe, _ = runs.train_vae(load_config("demo", overrides), progress=False)
+    pipe, _ = stages.train_vae(load_config("demo", overrides), progress=False)
     assert pipe.vae.vocab_size == vocab
-    ar, _ = runs.train_ar(load_config("demo", overrides), progress=False)
+    ar, _ = stages.train_ar(load_config("demo", overrides), progress=False)
     assert ar.model.embed.weight.shape[0] == vocab
 
 
@@ -413,7 +412,7 @@ def test_position_agreement_by_hand():
 
 def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
     """Emulated bf16 autocast ran the REPA teacher 5.4x slower on a CPU without bf16 units."""
-    from textldm import objectives
+    from textldm.training import objectives
 
     cpu = torch.device("cpu")
     for native, expected in ((torch.bfloat16, True), (None, False)):

@@ -10,12 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from textldm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.errors import UserError
-from textldm.objectives import VAEObjective, vae_batches
-from textldm.train import fit, split_batch
-from textldm.vae import TextVAE
+from textldm.models.vae import TextVAE
+from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from textldm.training.distributed import split_batch
+from textldm.training.loop import fit
+from textldm.training.objectives import VAEObjective, vae_batches
 
 VOCAB, TEACHER_DIM = 40, 12
 
@@ -165,11 +166,16 @@ def test_flops_from_the_shape_match_the_counted_flops():
     over one forward + backward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from textldm.ar import CausalLM
-    from textldm.dit import TextDiT
-    from textldm.flow import flow_loss
-    from textldm.perf import TRAIN_FACTOR, ar_flops_per_sequence, dit_flops_per_sequence, vae_flops_per_sequence
-    from textldm.vae import vae_loss
+    from textldm.diffusion.flow import flow_loss
+    from textldm.models.ar import CausalLM
+    from textldm.models.dit import TextDiT
+    from textldm.models.vae import vae_loss
+    from textldm.training.perf import (
+        TRAIN_FACTOR,
+        ar_flops_per_sequence,
+        dit_flops_per_sequence,
+        vae_flops_per_sequence,
+    )
 
     def counted(fn):
         with FlopCounterMode(display=False) as counter:
@@ -188,7 +194,7 @@ def test_flops_from_the_shape_match_the_counted_flops():
     assert 0.95 < counted(lambda: flow_loss(dit(x, t, ctx), x, x, None).mean()) / predicted < 1.05
 
     # the cacheable-context DiT at sampling: one context pass, then target-only passes
-    from textldm.perf import dit_cached_flops_per_sequence
+    from textldm.training.perf import dit_cached_flops_per_sequence
 
     cached = TextDiT(DiTConfig(width=64, depth=2, heads=4, context_cache=True), 8)
     context_pass, target_pass = dit_cached_flops_per_sequence(cached, 8, 16)
@@ -210,8 +216,9 @@ def test_flops_from_the_shape_match_the_counted_flops():
 def test_throughput_logging_reports_sane_numbers(tmp_path):
     """tokens/s, FLOP/s and MFU in the log agree with each other and with the wall clock, and MFU is a
     fraction of a matrix-product peak measured in the same process."""
-    from textldm.ar import ARObjective, CausalLM, ar_batches
-    from textldm.perf import TRAIN_FACTOR, ar_flops_per_sequence, matmul_peak_flops
+    from textldm.models.ar import CausalLM
+    from textldm.training.objectives import ARObjective, ar_batches
+    from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, matmul_peak_flops
 
     torch.manual_seed(0)
     model = CausalLM(ARConfig(width=64, depth=2, heads=4), VOCAB)
@@ -241,7 +248,7 @@ def test_throughput_logging_reports_sane_numbers(tmp_path):
 def test_fused_head_cross_entropy_equals_the_plain_one(autocast, monkeypatch):
     """linear_cross_entropy (chunked, gradients formed in the forward) == F.cross_entropy over the full logits:
     loss, weighted masking, argmax and both gradients, in fp32 and under bf16 autocast; several chunks."""
-    import textldm.lmhead as lmhead
+    import textldm.models.lmhead as lmhead
 
     monkeypatch.setattr(lmhead, "_chunk_rows", lambda vocab, device: 7)  # uneven chunks
     torch.manual_seed(0)
@@ -271,9 +278,8 @@ def test_cli_resume_continues_a_stopped_run(tmp_path, tiny_model_dir, tiny_corpu
     """`textldm train-ar ... --resume` after a run that stopped at step 4 (checkpoint_every=2) continues at
     step 4 with the optimizer state, and `textldm plot` draws one continuous curve."""
     from conftest import tiny_overrides
-
     from textldm.cli import run as main
-    from textldm.plot import read_log
+    from textldm.evaluation.plot import read_log
 
     base = tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) + [
         "ar.width=32", "ar.heads=2", "ar.depth=1", "ar_train.batch_size=4", "ar_train.log_every=1",

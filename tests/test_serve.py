@@ -11,19 +11,19 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import httpx
+import pytest
 import schemathesis
 import uvicorn
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
 
-from textldm import TextLDMPipeline, load_config, runs
-from textldm.ar import ARPipeline
-from textldm.serve import ServeLimits, create_app
-
 from conftest import tiny_overrides
+from textldm import TextLDMPipeline, load_config
+from textldm.pipeline import ARPipeline
+from textldm.serving.app import create_app
+from textldm.serving.service import ServeLimits
+from textldm.training import stages
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 LIMITS = ServeLimits(max_length=40, max_steps=60, max_prompt_chars=500, max_body_bytes=4096, max_queue=1,
@@ -38,9 +38,9 @@ def models(trained, tiny_model_dir, tiny_corpus, tmp_path_factory):
     os.environ["TEXTLDM_CACHE"] = str(out / "cache")
     try:
         base = tiny_overrides(tiny_model_dir, tiny_corpus, str(root))
-        runs.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.infill_prob=0.5"]),
+        stages.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.infill_prob=0.5"]),
                        vae_dir=str(out / "vae"), progress=False)
-        runs.train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
+        stages.train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
                                                   "ar_train.batch_size=4", "ar.embed_init=random"]), progress=False)
     finally:
         del os.environ["TEXTLDM_CACHE"]
@@ -343,7 +343,7 @@ def test_token_pieces_join_to_the_decoded_text_with_a_byte_level_tokenizer():
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from textldm.serve import token_pieces
+    from textldm.serving.trajectory import token_pieces
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(["the man said that the day was long"] * 20, vocab_size=300, min_frequency=1)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from textldm.errors import UserError
-from textldm.teacher import Teacher, load_tokenizer
+from textldm.models.teacher import Teacher, load_tokenizer
 
 
 @pytest.mark.parametrize("layer", [-3, -1, 2])
@@ -39,16 +39,16 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     batches read them, and a second run reuses the folder."""
     import numpy as np
 
-    from textldm import runs
-    from textldm.config import load_config
-    from textldm.objectives import vae_batches
-    from textldm.teacher_cache import TeacherCache, aligned_windows
     from conftest import tiny_overrides
+    from textldm.config import load_config
+    from textldm.training import stages
+    from textldm.training.objectives import vae_batches
+    from textldm.training.teacher_cache import TeacherCache, aligned_windows
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
                       ["vae.teacher_cache=auto", "vae.teacher_cache_windows=20", "vae.repa_fraction=0.5"])
-    folder = runs.cache_teacher(cfg, progress=False)
-    _, _, train, _ = runs.prepare_data(cfg)
+    folder = stages.cache_teacher(cfg, progress=False)
+    _, _, train, _ = stages.prepare_data(cfg)
     cache = TeacherCache(folder, train)
     assert len(cache) == 20 and cache.length == cfg.vae.max_len
     assert np.array_equal(cache.rows, aligned_windows(train, cfg.vae.max_len, 20))
@@ -64,5 +64,5 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     assert batch["teacher"].shape == (4, 32, teacher.hidden_size)  # repa_fraction 0.5 of 8
     mtime = (folder / "features.bin").stat().st_mtime_ns
     cfg.vae_train.steps = 3
-    runs.train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
+    stages.train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
     assert (folder / "features.bin").stat().st_mtime_ns == mtime

@@ -4,7 +4,7 @@ import math
 import torch
 
 from textldm.config import TrainConfig
-from textldm.train import fit, lr_at
+from textldm.training.loop import fit, lr_at
 
 
 def test_lr_schedule_warmup_cosine_and_time_budget():
@@ -59,6 +59,7 @@ def test_tensorboard_mirror_of_the_log(tmp_path):
 def test_a_flops_budget_stops_at_the_same_step_on_any_machine_and_drives_the_schedule(tmp_path):
     """max_flops: stop once steps x flops_per_step reach the budget; the cosine ends there (not at cfg.steps)."""
     import json
+
     import pytest
 
     target = torch.tensor([0.0, 2.0, -1.0])

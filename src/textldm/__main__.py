@@ -1,3 +1,3 @@
-from .cli import main
+from textldm.cli import main
 
 main()

@@ -1,8 +1,9 @@
-"""`textldm` command line: train-vae, train-dit, train-ar, demo, generate, serve, build-bench, eval, ablate,
-plot.
+"""`textldm` command line: train-vae, train-dit, train-ar, cache-teacher, demo, config, generate, serve,
+build-bench, eval, ablate, plot.
 
-Every training command takes a preset (`--config demo`, a built-in name or a .yaml path) and any number
-of `section.key=value` overrides. Bad input exits with status 2 and one line naming the problem and the fix.
+Every command that runs a config takes a preset (`--config demo`, a built-in name or a .yaml path) and any
+number of `section.key=value` overrides; `textldm config --keys` lists every key with its type, default and
+meaning. Bad input exits with status 2 and one line naming the problem and the fix.
 """
 from __future__ import annotations
 
@@ -11,45 +12,66 @@ import json
 import logging
 import os
 import sys
+import typing
+from dataclasses import asdict
 from pathlib import Path
 
-from .errors import UserError
-from .utils import atomic_write_text
+import yaml
+
+from textldm import runs
+from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
+from textldm.errors import UserError
+from textldm.serving.service import ServeLimits
+from textldm.training import stages
+from textldm.training.distributed import finish, is_main
+from textldm.utils import atomic_write_text
+
+KEYS_HINT = "every key, its type, default and meaning: `textldm config --keys`"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="textldm", description="Language modeling with continuous latent diffusion.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _choices(section: type, name: str) -> tuple:
+    """A config field's allowed values (its Literal type): the CLI offers exactly what the config accepts."""
+    return typing.get_args(typing.get_type_hints(section)[name])
 
-    def training(name, help_):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", default="demo", help="preset name (demo, cpu-long, paper) or a .yaml file")
-        s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. vae_train.steps=100")
-        s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+def _with_config(sub, name: str, help_: str, resume: bool = True) -> argparse.ArgumentParser:
+    s = sub.add_parser(name, help=help_, description=f"{help_}. Config: --config PRESET plus KEY=VALUE overrides; "
+                                                     f"{KEYS_HINT}.")
+    s.add_argument("--config", default="demo", help="preset name (demo, cpu-long, paper, ...) or a .yaml file")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. vae_train.steps=100 "
+                                                                    f"({KEYS_HINT})")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    if resume:
         s.add_argument("--resume", action="store_true",
                        help="continue from the newest training checkpoint in OUT_DIR/checkpoints (same config)")
-        return s
+    return s
 
-    training("train-vae", "train the TextVAE (writes OUT_DIR/vae)")
-    s = training("train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
-    s.add_argument("--vae", required=True, help="a VAE checkpoint folder (OUT_DIR/vae of train-vae)")
-    training("train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
-    training("cache-teacher", "precompute the REPA teacher's features to disk (then train-vae vae.teacher_cache=auto)")
-    s = training("demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
-    s.add_argument("--vae", help="reuse this VAE checkpoint folder instead of training one")
 
+def _add_training(sub) -> None:
+    _with_config(sub, "train-vae", "train the TextVAE (writes OUT_DIR/vae)")
+    s = _with_config(sub, "train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
+    s.add_argument("--vae", required=True, help="a saved VAE folder (OUT_DIR/vae of train-vae)")
+    _with_config(sub, "train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
+    _with_config(sub, "cache-teacher", "precompute the REPA teacher's features to disk (then train-vae "
+                                       "vae.teacher_cache=auto)", resume=False)
+    s = _with_config(sub, "demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
+    s.add_argument("--vae", help="reuse this saved VAE folder instead of training one")
+    c = _with_config(sub, "config", "print the resolved config of a preset with overrides (YAML)", resume=False)
+    c.add_argument("--keys", action="store_true", help="list every key with its type, value and meaning instead")
+
+
+def _add_evaluation(sub) -> None:
     b = sub.add_parser("build-bench", help="turn a text source into a fixed continuation benchmark (JSONL)")
     b.add_argument("--preset", help="embedded, wikisource, wikipedia, tinystories or lm1b")
     b.add_argument("--source", help="a local file/folder or HF data set (replaces the preset's source)")
-    b.add_argument("--text-field", default="text")
+    b.add_argument("--text-field", default="text", help="the column holding the text (jsonl/parquet/HF)")
     b.add_argument("--passage-words", type=int, help="passage length in words (0 = whole documents)")
-    b.add_argument("--samples", type=int, default=1000)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--samples", type=int, default=1000, help="benchmark items")
+    b.add_argument("--seed", type=int, default=0, help="which documents and cut points are drawn")
     b.add_argument("--out", required=True, help="output .jsonl path")
-
-    e = training("eval", "score models on continuation benchmarks (JSON, markdown table, plots)")
+    e = _with_config(sub, "eval", "score models on continuation benchmarks (JSON, markdown table, plots)", resume=False)
     e.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                   help="a textldm checkpoint or run folder, an AR baseline, or an HF causal LM (hf:NAME); repeatable")
+                   help="a textldm model or run folder, an AR baseline, or an HF causal LM (hf:NAME); repeatable")
     e.add_argument("--bench", action="append", metavar="NAME|FILE.jsonl",
                    help="benchmark preset or JSONL file (repeatable; default: embedded)")
     e.add_argument("--source", help="local data for a hub preset (e.g. a TinyStories .jsonl)")
@@ -57,44 +79,60 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps-sweep", default="", help="comma-separated sampling steps for the quality-vs-steps plot")
     e.add_argument("--cfg-sweep", default="", help="comma-separated CFG scales for the CFG plot")
     e.add_argument("--max-new-tokens", type=int, default=128, help="cap on HF models' continuation length")
-
-    a = training("ablate", "train and score a grid of config variants (Tables 2-4 shape)")
+    a = _with_config(sub, "ablate", "train and score a grid of config variants (Tables 2-4 shape)", resume=False)
     a.add_argument("--grid", default="repa", help="built-in grid (repa, paper) or a YAML file: name -> overrides")
     a.add_argument("--bench", default="embedded", help="benchmark preset or JSONL file")
-
     pl = sub.add_parser("plot", help="draw a run's training curves (loss terms, lr, tokens/s, held-out) to PNG")
     pl.add_argument("run", help="a run folder (holding *_log.jsonl)")
     pl.add_argument("--out", help="output folder (default: RUN/plots)")
 
+
+def _add_generate(sub) -> None:
     g = sub.add_parser("generate", help="continue prompts with a trained model")
-    g.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
+    g.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model)")
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", help="a text file, one prompt per line")
-    g.add_argument("--length", type=int, help="continuation length in tokens")
-    g.add_argument("--steps", type=int, help="sampling steps")
-    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
-    g.add_argument("--solver", choices=["euler", "heun", "ab2"])
-    g.add_argument("--seed", type=int)
-    g.add_argument("--grid", choices=["schedule", "uniform", "shifted"], help="sampling time grid")
+    g.add_argument("--length", type=int, help="continuation length in tokens (default: the model's sample.length)")
+    g.add_argument("--steps", type=int, help="sampling steps (default: the model's sample.steps)")
+    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: sample.cfg_scale)")
+    g.add_argument("--solver", choices=_choices(SampleConfig, "solver"), help="ODE solver (default: sample.solver)")
+    g.add_argument("--seed", type=int, help="noise seed (default: sample.seed)")
+    g.add_argument("--grid", choices=_choices(SampleConfig, "grid"), help="sampling time grid (default: sample.grid)")
     g.add_argument("--cfg-interval", help="apply guidance only for t in LO,HI (e.g. 0,0.7)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--precision", choices=["fp32", "bf16"],
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    g.add_argument("--precision", choices=typing.get_args(SamplePrecision),
                    help="bf16: sample under bf16 autocast (faster on bf16 hardware; not batch-size independent)")
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
+
+def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="a local web app + JSON API: watch generations denoise step by step")
-    v.add_argument("--model", required=True, help="checkpoint folder (OUT_DIR/model)")
-    v.add_argument("--ar", help="an AR baseline checkpoint (OUT_DIR/ar) shown side by side")
+    v.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model)")
+    v.add_argument("--ar", help="an AR baseline folder (OUT_DIR/ar) shown side by side")
     v.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--device", default="cpu")
-    v.add_argument("--precision", choices=["fp32", "bf16"], help="sampling precision (default: the model's, fp32)")
-    v.add_argument("--max-length", type=int, default=256, help="longest continuation a request may ask for")
-    v.add_argument("--max-steps", type=int, default=200, help="most sampling steps a request may ask for")
-    v.add_argument("--max-queue", type=int, default=4, help="requests waiting behind the running one (more: 503)")
-    v.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queueing included (then 504)")
+    v.add_argument("--port", type=int, default=8000, help="port to listen on")
+    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    v.add_argument("--precision", choices=typing.get_args(SamplePrecision),
+                   help="sampling precision (default: the model's, fp32)")
+    limits = ServeLimits()
+    v.add_argument("--max-length", type=int, default=limits.max_length,
+                   help="longest continuation a request may ask for")
+    v.add_argument("--max-steps", type=int, default=limits.max_steps, help="most sampling steps a request may ask for")
+    v.add_argument("--max-queue", type=int, default=limits.max_queue,
+                   help="requests waiting behind the running one (more: 503)")
+    v.add_argument("--timeout", type=float, default=limits.timeout_s,
+                   help="seconds per request, queueing included (then 504)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textldm", description="Language modeling with continuous latent diffusion.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_training(sub)
+    _add_evaluation(sub)
+    _add_generate(sub)
+    _add_serve(sub)
     return p
 
 
@@ -110,8 +148,16 @@ def _setup_logging(quiet_libraries: bool = True):
         hf_logging.disable_progress_bar()
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+# the commands -----------------------------------------------------------------------------------------------
 def _generate(args) -> None:
-    from .pipeline import TextLDMPipeline
+    from textldm.pipeline import TextLDMPipeline
 
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -124,15 +170,13 @@ def _generate(args) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipe = TextLDMPipeline.from_pretrained(args.model, device=args.device)
-    if args.grid:
-        pipe.config.sample.grid = args.grid
-    if args.precision:
-        pipe.config.sample.precision = args.precision
+    s = pipe.config.sample
+    s.grid, s.precision = args.grid or s.grid, args.precision or s.precision
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
         if hi is None or not 0 <= lo <= hi <= 1:
             raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
-        pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = lo, hi
+        s.cfg_min_t, s.cfg_max_t = lo, hi
     outputs = pipe.generate(prompts, length=args.length, steps=args.steps, cfg_scale=args.cfg_scale,
                             solver=args.solver, seed=args.seed, batch_size=args.batch_size,
                             progress=args.out is not None)
@@ -148,17 +192,29 @@ def _generate(args) -> None:
             print(f"{prompt}\033[1m{text}\033[0m" if sys.stdout.isatty() else f"{prompt} || {text}")
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, got '{text}'") from None
+def _serve(args) -> None:
+    from textldm.serving.app import serve
+
+    limits = ServeLimits(max_length=args.max_length, max_steps=args.max_steps, max_queue=args.max_queue,
+                         timeout_s=args.timeout)
+    for option, value in (("max-length", limits.max_length), ("max-steps", limits.max_steps),
+                          ("timeout", limits.timeout_s)):
+        if value <= 0:
+            raise UserError(f"--{option} must be > 0, got {value}")
+    if limits.max_queue < 0:
+        raise UserError(f"--max-queue must be >= 0, got {limits.max_queue}")
+    serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits)
+
+
+def _plot(args) -> None:
+    from textldm.evaluation.plot import plot_run
+
+    for path in plot_run(args.run, args.out):
+        print(path)
 
 
 def _build_bench(args) -> None:
-    from dataclasses import asdict
-
-    from .benchmark import PRESETS, BenchmarkSpec, build_benchmark, save_benchmark
+    from textldm.evaluation.benchmark import PRESETS, BenchmarkSpec, build_benchmark, save_benchmark
 
     if not args.preset and not args.source:
         raise UserError("give --preset NAME or --source PATH (or both)")
@@ -176,6 +232,51 @@ def _build_bench(args) -> None:
     print(f"{len(items)} items -> {path}")
 
 
+def _config(args, cfg: Config) -> None:
+    print(describe_keys(cfg) if args.keys else yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+
+
+def _eval(args, cfg: Config) -> None:
+    from textldm.evaluation.harness import run_eval, scoring_device
+
+    out = args.out or str(Path(cfg.out_dir) / "eval")
+    run_eval(args.model, args.bench or ["embedded"], cfg, out, device=scoring_device(cfg.device), source=args.source,
+             steps_sweep=[int(x) for x in _floats(args.steps_sweep, "--steps-sweep")],
+             cfg_sweep=_floats(args.cfg_sweep, "--cfg-sweep"), max_new_tokens=args.max_new_tokens)
+    print((Path(out) / "results.md").read_text())
+    print(f"results: {out}/results.json, {out}/results.md")
+
+
+def _ablate(args, cfg: Config) -> None:
+    from textldm.evaluation.ablation import format_ablation, load_grid, run_ablation
+
+    result = run_ablation(args.config, args.overrides, load_grid(args.grid), args.bench, cfg.out_dir, not args.quiet)
+    print(format_ablation(result))
+
+
+def _demo(args, cfg: Config) -> None:
+    report = runs.demo(cfg, not args.quiet, vae_dir=args.vae, resume=args.resume)
+    if is_main():
+        print(runs.format_report(report))
+        print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")
+        print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
+        print(f"watch it denoise in your browser: textldm serve --model {cfg.out_dir}/model  "
+              f"(or `make serve`), then open http://localhost:8000/")
+
+
+def _cache_teacher(args, cfg: Config) -> None:
+    print(f"teacher features: {stages.cache_teacher(cfg, not args.quiet)}  (train with vae.teacher_cache=auto)")
+
+
+PLAIN = {"generate": _generate, "serve": _serve, "plot": _plot, "build-bench": _build_bench}  # command(args)
+CONFIGURED = {  # command(args, the resolved config)
+    "config": _config, "eval": _eval, "ablate": _ablate, "demo": _demo, "cache-teacher": _cache_teacher,
+    "train-vae": lambda args, cfg: stages.train_vae(cfg, not args.quiet, resume=args.resume),
+    "train-dit": lambda args, cfg: stages.train_dit(cfg, vae_dir=args.vae, progress=not args.quiet, resume=args.resume),
+    "train-ar": lambda args, cfg: stages.train_ar(cfg, not args.quiet, resume=args.resume),
+}
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # key=value overrides may come after options too
@@ -183,70 +284,14 @@ def run(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
-    _setup_logging()
-    if args.command == "generate":
-        _generate(args)
+    if args.command in PLAIN:
+        _setup_logging()
+        PLAIN[args.command](args)
         return 0
-    if args.command == "serve":
-        from .serve import ServeLimits, serve
-
-        for name in ("max_length", "max_steps", "timeout"):
-            if getattr(args, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-        if args.max_queue < 0:
-            raise UserError(f"--max-queue must be >= 0, got {args.max_queue}")
-        serve(args.model, args.ar, args.host, args.port, args.device, args.precision,
-              ServeLimits(max_length=args.max_length, max_steps=args.max_steps, max_queue=args.max_queue,
-                          timeout_s=args.timeout))
-        return 0
-    if args.command == "plot":
-        from .plot import plot_run
-
-        for path in plot_run(args.run, args.out):
-            print(path)
-        return 0
-    if args.command == "build-bench":
-        _build_bench(args)
-        return 0
-    from . import runs
-    from .config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    progress = not args.quiet
-    if args.command == "train-vae":
-        runs.train_vae(cfg, progress, resume=args.resume)
-    elif args.command == "train-dit":
-        runs.train_dit(cfg, vae_dir=args.vae, progress=progress, resume=args.resume)
-    elif args.command == "train-ar":
-        runs.train_ar(cfg, progress, resume=args.resume)
-    elif args.command == "cache-teacher":
-        print(f"teacher features: {runs.cache_teacher(cfg, progress)}  (train with vae.teacher_cache=auto)")
-    elif args.command == "eval":
-        from .harness import run_eval
-
-        out = args.out or str(Path(cfg.out_dir) / "eval")
-        from .harness import scoring_device
-
-        run_eval(args.model, args.bench or ["embedded"], cfg, out, device=scoring_device(cfg.device), source=args.source,
-                 steps_sweep=[int(x) for x in _floats(args.steps_sweep, "--steps-sweep")],
-                 cfg_sweep=_floats(args.cfg_sweep, "--cfg-sweep"), max_new_tokens=args.max_new_tokens)
-        print((Path(out) / "results.md").read_text())
-        print(f"results: {out}/results.json, {out}/results.md")
-    elif args.command == "ablate":
-        from .ablation import format_ablation, load_grid, run_ablation
-
-        grid = load_grid(args.grid)
-        result = run_ablation(args.config, args.overrides, grid, args.bench, cfg.out_dir, progress)
-        print(format_ablation(result))
-    else:
-        report = runs.demo(cfg, progress, vae_dir=args.vae, resume=args.resume)
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(runs.format_report(report))
-            print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")
-            print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
-            print(f"watch it denoise in your browser: textldm serve --model {cfg.out_dir}/model  "
-                  f"(or `make serve`), then open http://localhost:8000/")
-    runs.finish_run()
+    if args.command != "config":
+        _setup_logging()
+    CONFIGURED[args.command](args, load_config(args.config, args.overrides))
+    finish()
     return 0
 
 

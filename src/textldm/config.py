@@ -7,16 +7,34 @@ UserErrors that name the key and list what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from .errors import UserError
+from textldm.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+# the allowed values of every choice, stated once: validation, the CLI's choices and `textldm config --keys`
+# read them from here (diffusion/sampling.py's SOLVERS and diffusion/flow.py's time grids implement them)
+Precision = Literal["auto", "bf16", "fp32"]
+SamplePrecision = Literal["fp32", "bf16"]
+Parallel = Literal["ddp", "fsdp"]
+EmbedInit = Literal["teacher", "random"]
+Softmax = Literal["full", "sampled"]
+RepaSource = Literal["encoder", "latent"]
+NullContext = Literal["learned", "zeros"]
+TDistribution = Literal["logit_normal", "uniform"]
+Solver = Literal["euler", "heun", "ab2"]
+Grid = Literal["schedule", "uniform", "shifted"]
+Pooling = Literal["mean", "last"]
 
 
 @dataclass
@@ -45,13 +63,12 @@ class VAEConfig:
     mlp_ratio: float = 4.0
     latent_channels: int = 64
     max_len: int = 128  # longest sequence the VAE sees (training windows are cut to this)
-    embed_init: str = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
+    embed_init: EmbedInit = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
     tie_embeddings: bool = True  # decoder output head shares the token embedding matrix
-    repa_source: str = "encoder"  # align an encoder block's output ("encoder") or the latent mean itself ("latent")
+    repa_source: RepaSource = "encoder"  # align an encoder block's output ("encoder") or the latent mean ("latent")
     repa_block: int = -1  # with repa_source=encoder: which encoder block (negative from the end)
     repa_hidden: int = 512  # projector MLP hidden size
-    # loss
-    kl_weight: float = 1e-3
+    kl_weight: float = 1e-3  # weight of the KL term (reached after its warm-up)
     kl_warmup_steps: int = 200  # linear warm-up of the KL weight from 0
     repa_weight: float = 1.0  # 0 disables REPA (and the teacher)
     repa_fraction: float = 1.0  # share of each batch's sequences that get teacher features and the REPA term
@@ -59,7 +76,7 @@ class VAEConfig:
     teacher_cache_windows: int = 0  # windows of max_len tokens to precompute (0 = the whole training split)
     logvar_init: float = -6.0  # bias of the log-variance head at start
     truncate_prob: float = 0.5  # probability that a training sequence is cut to a random length
-    softmax: str = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
+    softmax: Softmax = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
     sampled_negatives: int = 2048  # random negatives per step
     hard_negatives: int = 4  # nearest neighbours (in embedding space) of every batch token, added as negatives
     # a decoder robust to generated latents: in training it also reads latents with Gaussian noise of std
@@ -74,7 +91,7 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
-    null_context: str = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
+    null_context: NullContext = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
     infill_prob: float = 0.0  # share of training examples that also get the text after the target (infilling)
@@ -89,11 +106,10 @@ class DiTConfig:
     context_max: int = 64
     target_min: int = 16
     target_max: int = 64
-    # flow matching
-    t_distribution: str = "logit_normal"  # or "uniform"
-    t_mean: float = 0.0
-    t_std: float = 1.5
-    p_uncond: float = 0.1
+    t_distribution: TDistribution = "logit_normal"  # timesteps in training (and the schedule grid)
+    t_mean: float = 0.0  # logit-normal timestep mean (< 0: more training near the noise)
+    t_std: float = 1.5  # logit-normal timestep std
+    p_uncond: float = 0.1  # share of training examples with the prompt dropped (the CFG null condition)
     normalize_latents: bool = True  # per-channel standardisation with the VAE's latent statistics
 
 
@@ -104,7 +120,7 @@ class ARConfig:
     depth: int = 8
     heads: int = 4
     mlp_ratio: float = 4.0
-    embed_init: str = "teacher"  # as the VAE's: the teacher's embeddings projected to width ("random": N(0, 0.02))
+    embed_init: EmbedInit = "teacher"  # as the VAE's: teacher embeddings projected to width ("random": N(0, 0.02))
     seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
 
 
@@ -114,7 +130,7 @@ class TrainConfig:
     batch_size: int = 32  # sequences per optimizer step, global (split over the processes)
     batch_tokens: int = 0  # >0: the global batch in tokens instead (batch_size = batch_tokens // sequence length)
     micro_batch: int = 0  # sequences per forward on each device (0 = its whole share); the rest is accumulation
-    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard: sharded weights/states)
+    parallel: Parallel = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2: sharded weights and states)
     compile: bool = False  # torch.compile each Transformer block
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
@@ -136,15 +152,15 @@ class TrainConfig:
 class SampleConfig:
     steps: int = 50
     cfg_scale: float = 7.0
-    solver: str = "euler"  # "euler", "heun" (2nd order, 2 evaluations a step) or "ab2" (2nd-order multistep)
-    grid: str = "schedule"  # time grid: "schedule" (training-distribution quantiles), "uniform", "shifted"
+    solver: Solver = "euler"  # "euler", "heun" (2nd order, 2 evaluations a step) or "ab2" (2nd-order multistep)
+    grid: Grid = "schedule"  # time grid: "schedule" (training-distribution quantiles), "uniform", "shifted"
     shift: float = 3.0  # with grid=shifted: SD3's shift of the noise level (>1: more steps near the noise)
     cfg_min_t: float = 0.0  # guidance interval: CFG is applied only for t in [cfg_min_t, cfg_max_t]
     cfg_max_t: float = 1.0  # (outside it, one conditional evaluation instead of two)
     context_cache: bool = True  # with a dit.context_cache model: compute the context's keys/values once
     # "bf16": sample under bf16 autocast (2.2-2.6x faster on a CPU with bf16 matrix units; deterministic for a
     # given batch layout but no longer bit-independent of the batch size); "fp32": exact, batch-independent
-    precision: str = "fp32"
+    precision: SamplePrecision = "fp32"
     length: int = 48  # continuation length in tokens
     seed: int = 0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
@@ -167,7 +183,7 @@ class MetricsConfig:
     bertscore_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), an HF name or a local folder
     bertscore_layers: int = 6  # bert-score needs the layer for local folders; 6 = MiniLM's last layer
     mauve_featurizer: str = "minilm"  # encoder whose pooled final hidden states are MAUVE's features
-    mauve_pooling: str = "mean"  # "mean" over tokens, or "last" token (for causal LM featurizers)
+    mauve_pooling: Pooling = "mean"  # "mean" over tokens, or "last" token (for causal LM featurizers)
     mauve_buckets: int = 50  # k-means buckets; fixed, since rankings move with the automatic count
     judge: str = "smollm2-135m"  # causal LM for generative perplexity (alias, HF name or folder)
     samples: int = 1000  # items per benchmark
@@ -180,7 +196,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
-    precision: str = "auto"  # "bf16" autocast for training, "fp32", or "auto" (bf16 where the hardware has it)
+    precision: Precision = "auto"  # "bf16" autocast for training, "fp32", or "auto" (bf16 where the hardware has it)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -194,24 +210,6 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-CHOICES = {
-    ("", "precision"): ("auto", "bf16", "fp32"),
-    ("vae_train", "parallel"): ("ddp", "fsdp"),
-    ("dit_train", "parallel"): ("ddp", "fsdp"),
-    ("ar_train", "parallel"): ("ddp", "fsdp"),
-    ("vae", "embed_init"): ("teacher", "random"),
-    ("vae", "softmax"): ("full", "sampled"),
-    ("vae", "repa_source"): ("encoder", "latent"),
-    ("ar", "embed_init"): ("teacher", "random"),
-    ("dit", "null_context"): ("learned", "zeros"),
-    ("dit", "t_distribution"): ("logit_normal", "uniform"),
-    ("sample", "solver"): ("euler", "heun", "ab2"),
-    ("sample", "grid"): ("schedule", "uniform", "shifted"),
-    ("sample", "precision"): ("fp32", "bf16"),
-    ("metrics", "mauve_pooling"): ("mean", "last"),
-}
-
-
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -220,6 +218,10 @@ def _coerce(value, tp, key: str):
     """Check/convert a YAML value against a dataclass field type."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise UserError(f"config key '{key}' must be one of {', '.join(map(str, args))}, got {value!r}")
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None
@@ -257,12 +259,7 @@ def _apply(obj, updates: dict, prefix: str = ""):
                 raise UserError(f"config key '{full}' is a section; set its keys, e.g. {full}.{names[0]}=...")
             _apply(current, value, f"{full}.")
             continue
-        value = _coerce(value, hints[key], full)
-        section = prefix.rstrip(".").split(".")[-1] if prefix else ""
-        allowed = CHOICES.get((section, key))
-        if allowed and value not in allowed:
-            raise UserError(f"config key '{full}' must be one of {', '.join(allowed)}, got {value!r}")
-        setattr(obj, key, value)
+        setattr(obj, key, _coerce(value, hints[key], full))
 
 
 def parse_override(text: str) -> dict:
@@ -337,11 +334,10 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple = (), ba
 
 
 def validate(cfg: Config) -> None:
-    checks = [
-        (cfg.vae.width % cfg.vae.heads == 0, "vae.width must be divisible by vae.heads"),
-        (cfg.dit.width % cfg.dit.heads == 0, "dit.width must be divisible by dit.heads"),
-        ((cfg.vae.width // cfg.vae.heads) % 2 == 0, "vae head size (width/heads) must be even for RoPE"),
-        ((cfg.dit.width // cfg.dit.heads) % 2 == 0, "dit head size (width/heads) must be even for RoPE"),
+    checks = [(m.width % m.heads == 0 and (m.width // m.heads) % 2 == 0,
+               f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)")
+              for name, m in (("vae", cfg.vae), ("dit", cfg.dit), ("ar", cfg.ar))]
+    checks += [
         (cfg.vae.latent_channels > 0, "vae.latent_channels must be positive"),
         (0 < cfg.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
         (1 <= cfg.dit.context_min <= cfg.dit.context_max, "need 1 <= dit.context_min <= dit.context_max"),
@@ -362,8 +358,6 @@ def validate(cfg: Config) -> None:
         (cfg.sample.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
         (0 < cfg.sample.top_p <= 1, "sample.top_p must be in (0, 1]"),
         (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 = off)"),
-        (cfg.ar.width % cfg.ar.heads == 0 and (cfg.ar.width // cfg.ar.heads) % 2 == 0,
-         "ar.width must be divisible by ar.heads with an even head size"),
         (cfg.ar.seq_len >= 0, "ar.seq_len must be >= 0 (0 = dit.context_max + dit.target_max)"),
         (cfg.metrics.mauve_buckets >= 2, "metrics.mauve_buckets must be >= 2"),
         (cfg.metrics.samples >= 1, "metrics.samples must be >= 1"),
@@ -386,3 +380,49 @@ def config_from_dict(data: dict) -> Config:
     cfg = Config()
     _apply(cfg, data)
     return cfg
+
+
+def field_help(section_type: type) -> dict[str, str]:
+    """Each field's comment in this file - the one on its line, else the comment lines right above it - as its
+    help text (`textldm config --keys`): the comments are the documentation, kept in one place."""
+    help_, above = {}, []
+    for line in inspect.getsource(section_type).splitlines()[1:]:
+        tokens = [tok for tok in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
+                  if tok.type in (tokenize.NAME, tokenize.OP, tokenize.COMMENT)]
+        if tokens and tokens[0].type == tokenize.COMMENT:
+            above.append(tokens[0].string.lstrip("#").strip())
+        elif len(tokens) > 1 and tokens[0].type == tokenize.NAME and tokens[1].string == ":":
+            trailing = tokens[-1].string.lstrip("#").strip() if tokens[-1].type == tokenize.COMMENT else ""
+            help_[tokens[0].string] = "; ".join(filter(None, [" ".join(above), trailing]))
+            above = []
+        else:
+            above = []
+    return help_
+
+
+def describe_keys(cfg: Config | None = None) -> str:
+    """Every config key with its type, value (the defaults, or `cfg`'s) and help, one line each."""
+    cfg = cfg or Config()
+    lines = []
+    for top in dataclasses.fields(cfg):
+        value = getattr(cfg, top.name)
+        section = value if dataclasses.is_dataclass(value) else None
+        owner = type(section) if section is not None else Config
+        hints, help_ = typing.get_type_hints(owner), field_help(owner)
+        names = [f.name for f in dataclasses.fields(section)] if section is not None else [top.name]
+        for name in names:
+            key = f"{top.name}.{name}" if section is not None else name
+            current = getattr(section, name) if section is not None else value
+            text = help_.get(name, "")
+            lines.append(f"{key} ({_type_name(hints[name])}) = {current!r}" + (f"  # {text}" if text else ""))
+    return "\n".join(lines)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:  # X | None
+        return f"{_type_name(args[0])}, optional"
+    return getattr(tp, "__name__", str(tp))
+

@@ -1,89 +1,27 @@
-"""TextLDMPipeline: tokenizer + frozen TextVAE + TextDiT, saved and loaded as one folder.
+"""The user-facing pipelines: TextLDMPipeline (tokenizer + frozen TextVAE + TextDiT) and ARPipeline (tokenizer +
+the AR baseline), each saved and loaded as one folder (`export.py` holds the folder format).
 
-Folder layout (written atomically: a temporary folder renamed into place):
-    config.json        full run config, vocab size, teacher size, tokenizer reference, environment
-    vae.safetensors    VAE weights, including the per-channel latent statistics
-    dit.safetensors    DiT weights (absent in a VAE-only checkpoint)
-    tokenizer/         the tokenizer files, so a checkpoint is self-contained
+    pipe = TextLDMPipeline.from_pretrained("runs/demo/model")
+    pipe.generate(["The President said that"], length=48, steps=10, cfg_scale=2.0, seed=0)
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from .config import Config, config_from_dict, to_dict
-from .dit import TextDiT
-from .errors import UserError
-from .flow import clean_estimate, time_grid
-from .sampling import SOLVERS, integrate
-from .utils import atomic_dir, cut_at, derive_seed, environment
-from .vae import TextVAE
-
-FORMAT = "textldm-checkpoint-v1"
-
-
-def _state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-
-
-def write_checkpoint(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module], tokenizer) -> None:
-    """One folder, written atomically: config.json (`meta` + format + environment), `<name>.safetensors`
-    per module, and the tokenizer files."""
-    meta = {"format": FORMAT, "environment": environment(), **meta}
-    with atomic_dir(path) as tmp:
-        for name, module in modules.items():
-            save_file(_state(module), str(tmp / f"{name}.safetensors"))
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-
-def read_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    except (OSError, ValueError):
-        raise UserError(f"cannot read the tokenizer in '{path}/tokenizer'; re-create the checkpoint") from None
-
-
-def read_checkpoint_config(path: Path | str) -> dict:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"'{path}' is not a textldm checkpoint (no config.json); give the folder written by "
-                        f"train-vae, train-dit or demo")
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"'{path}/config.json' is corrupt (not JSON); re-create the checkpoint") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"'{path}' has checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
-def checkpoint_type(path: Path | str) -> str:
-    """"textldm" (VAE [+ DiT]) or "ar" (the autoregressive baseline)."""
-    return read_checkpoint_config(path).get("model_type", "textldm")
-
-
-def load_weights(module: torch.nn.Module, file: Path):
-    try:
-        state = load_file(str(file))
-        result = module.load_state_dict(state, strict=False)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint file '{file}' is missing; re-create the checkpoint") from None
-    except (RuntimeError, OSError, ValueError, SafetensorError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(e).__name__)
-        raise UserError(f"cannot read '{file}': {detail}; the checkpoint is damaged or from another config") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(f"cannot read '{file}': its weights do not match the model its config.json describes "
-                        f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); "
-                        f"the checkpoint is from another textldm version or config")
+from textldm.config import Config, SampleConfig, config_from_dict, to_dict
+from textldm.diffusion.flow import clean_estimate, time_grid
+from textldm.diffusion.sampling import SOLVERS, integrate
+from textldm.errors import UserError
+from textldm.export import load_weights, read_model_config, read_tokenizer, write_model_folder
+from textldm.models.ar import CausalLM, generate
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE
+from textldm.utils import cut_at, derive_seed
 
 
 def noise_seed(seed: int, window: int, row: int) -> int:
@@ -111,7 +49,7 @@ class TextLDMPipeline:
                 "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
         modules = {"vae": self.vae} if self.dit is None else {"vae": self.vae, "dit": self.dit}
-        write_checkpoint(path, meta, modules, self.tokenizer)
+        write_model_folder(path, meta, modules, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True):
@@ -119,10 +57,10 @@ class TextLDMPipeline:
         if not path.exists():
             raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm demo` or "
                             f"`textldm train-dit`")
-        meta = read_checkpoint_config(path)
+        meta = read_model_config(path)
         if meta.get("model_type", "textldm") != "textldm":
             raise UserError(f"'{path}' is a {meta['model_type']} checkpoint, not a TextLDM one; load it with "
-                            f"textldm.ar.ARPipeline")
+                            f"textldm.ARPipeline")
         config = config_from_dict(meta["config"])
         vae = TextVAE(config.vae, meta["vocab_size"], meta["teacher_dim"])
         load_weights(vae, path / "vae.safetensors")
@@ -164,21 +102,14 @@ class TextLDMPipeline:
         Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
         each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
         end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt
-        gets the same continuation whatever batch it is in. Sampler settings not given come from config.sample (solver, grid, shift,
+        gets the same continuation whatever batch it is in. Sampler settings not given come from config.sample
+        (`sampler`: solver, grid, shift,
         guidance interval); `self.last_evaluations` holds the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
-        s, d = self.config.sample, self.config.dit
-        length = s.length if length is None else length
-        steps, cfg_scale = s.steps if steps is None else steps, s.cfg_scale if cfg_scale is None else cfg_scale
-        solver, seed = solver or s.solver, s.seed if seed is None else seed
-        if length < 1:
-            raise UserError(f"length must be >= 1, got {length}")
-        if steps < 1:
-            raise UserError(f"steps must be >= 1, got {steps}")
-        if solver not in SOLVERS:
-            raise UserError(f"unknown solver '{solver}'; use one of {', '.join(SOLVERS)}")
-        grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
+        s, d = self.sampler(length=length, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed), self.config.dit
+        length, cfg_scale, solver, seed = s.length, s.cfg_scale, s.solver, s.seed
+        grid = self.time_grid(s)
         out = [[] for _ in prompt_ids]
         active = list(range(len(prompt_ids)))
         self.last_evaluations = 0
@@ -195,6 +126,20 @@ class TextLDMPipeline:
             window += 1
         return cut_at(out, self.eot_id)
 
+    def sampler(self, **overrides) -> SampleConfig:
+        """config.sample with the given settings (None = the configured default) replacing its own; checked."""
+        s = dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+        for name in ("length", "steps"):
+            if getattr(s, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(s, name)}")
+        if s.solver not in SOLVERS:
+            raise UserError(f"unknown solver '{s.solver}'; use one of {', '.join(SOLVERS)}")
+        return s
+
+    def time_grid(self, s: SampleConfig) -> torch.Tensor:
+        d = self.config.dit
+        return time_grid(s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
+
     def _encode(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token id lists -> (clean DiT-space latents (B, L, C), mask), right-padded."""
         device = self.device
@@ -207,7 +152,8 @@ class TextLDMPipeline:
         return (self.vae.normalize(z) if self.config.dit.normalize_latents else z), mask
 
     def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
-                       solver: str, seeds: list[int], callback, rights: list[list[int]] | None = None) -> list[list[int]]:
+                       solver: str, seeds: list[int], callback,
+                       rights: list[list[int]] | None = None) -> list[list[int]]:
         """One window of `length` latents after each context (and before each right context, when infilling)
         -> raw token ids (not cut at end-of-text). Under bf16 autocast with sample.precision=bf16."""
         device, C, s = self.device, self.vae.cfg.latent_channels, self.config.sample
@@ -248,15 +194,12 @@ class TextLDMPipeline:
         lefts, rights = self.encode_prompts(left), self.encode_prompts(right)
         if len(lefts) != len(rights):
             raise UserError(f"{len(lefts)} left texts but {len(rights)} right texts; give one right per left")
-        s, d = self.config.sample, self.config.dit
-        length = s.length if length is None else length
-        if not 1 <= length <= d.target_max:
-            raise UserError(f"infill length {length} is outside 1..{d.target_max} (dit.target_max)")
-        solver, seed = solver or s.solver, s.seed if seed is None else seed
-        grid = time_grid(steps or s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
+        s = self.sampler(length=length, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)
+        if s.length > self.config.dit.target_max:
+            raise UserError(f"infill length {s.length} is outside 1..{self.config.dit.target_max} (dit.target_max)")
         self.last_evaluations = 0
-        rows = self._sample_window(lefts, length, grid, s.cfg_scale if cfg_scale is None else cfg_scale, solver,
-                                   [noise_seed(seed, 0, i) for i in range(len(lefts))], callback, rights)
+        rows = self._sample_window(lefts, s.length, self.time_grid(s), s.cfg_scale, s.solver,
+                                   [noise_seed(s.seed, 0, i) for i in range(len(lefts))], callback, rights)
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()
@@ -272,11 +215,54 @@ class TextLDMPipeline:
                  callback=None, batch_size: int = 16, progress: bool = False) -> list[str]:
         """Continue text prompts, `batch_size` at a time (with a progress bar if `progress`). Deterministic in
         `seed` and independent of the batch size: prompt i always gets the noise of (seed, i)."""
-        from tqdm.auto import tqdm
-
         ids = self.encode_prompts(prompts)
         out = []
         for start in tqdm(range(0, len(ids), batch_size), desc="generate", unit="batch", disable=not progress):
             out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
                                      first_index=start)
         return [self.tokenizer.decode(row) for row in out]
+
+
+class ARPipeline:
+    """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
+
+    def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
+        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.ar.seq_len or self.config.dit.context_max + self.config.dit.target_max
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        write_model_folder(path, meta, {"ar": self.model}, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu") -> ARPipeline:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm train-ar`")
+        meta = read_model_config(path)
+        if meta.get("model_type") != "ar":
+            raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
+        config = config_from_dict(meta["config"])
+        model = CausalLM(config.ar, meta["vocab_size"])
+        load_weights(model, path / "ar.safetensors")
+        return cls(config, read_tokenizer(path), model.eval().to(device), meta["eot_id"])
+
+    def generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
+        """Continuations trimmed at end-of-text; prompts are left-truncated to fit the training window."""
+        s = self.config.sample
+        if not 1 <= max_new_tokens < self.seq_len:
+            raise UserError(f"max_new_tokens {max_new_tokens} must be in 1..{self.seq_len - 1} (ar.seq_len)")
+        keep = self.seq_len - max_new_tokens
+        prompts = [p[-keep:] for p in prompt_ids]
+        out = generate(self.model, prompts, max_new_tokens, s.temperature if temperature is None else temperature,
+                       s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p, seed).tolist()
+        return cut_at(out, self.eot_id)

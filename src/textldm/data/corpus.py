@@ -26,8 +26,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..utils import atomic_write_text, cache_dir
+from textldm.errors import UserError
+from textldm.utils import atomic_write_text, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ def embedded_documents(sources=SOURCES) -> list[str]:
                 try:
                     texts = FETCHERS[name](Path(work))
                 except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
-                    msg = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if getattr(e, "stderr", None) else [str(e)]
+                    stderr = getattr(e, "stderr", None)
+                    msg = stderr.decode(errors="replace").strip().splitlines()[-1:] if stderr else [str(e)]
                     missing.append(f"{name} ({msg[0] if msg else type(e).__name__})")
                     log.warning("embedded source '%s' unavailable: %s", name, missing[-1])
                     continue
@@ -218,7 +219,8 @@ def _tar_units(path: Path) -> list[Unit]:
     except tarfile.ReadError as e:
         raise UserError(f"cannot read archive '{path}' ({e}); give an uncompressed .tar (such as "
                         f"openwebtext2.jsonl.zst.tar) or unpack it") from None
-    return [Unit(str(path), file_kind(m.name), m.offset_data, m.size) for m in members if file_kind(m.name) != ".parquet"]
+    return [Unit(str(path), file_kind(m.name), m.offset_data, m.size)
+            for m in members if file_kind(m.name) != ".parquet"]
 
 
 def local_units(source: str) -> list[Unit]:
@@ -310,7 +312,8 @@ def hf_documents(name: str, config: str | None, split: str, text_field: str) -> 
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # the hub raises many types (connection, not found, gated)
-        raise UserError(f"cannot load data set '{name}': {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; "
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load data set '{name}': {reason}; "
                         f"check the name and your internet access, or pass a local file") from None
     if text_field not in ds.column_names:
         raise UserError(f"data set '{name}' has no column '{text_field}' (columns: {', '.join(ds.column_names)}); "
@@ -327,7 +330,8 @@ def check_source(source: str) -> None:
                         f"or a Hugging Face data set name")
 
 
-def load_documents(source: str, text_field: str = "text", hf_config: str | None = None, hf_split: str = "train") -> list[str]:
+def load_documents(source: str, text_field: str = "text", hf_config: str | None = None,
+                   hf_split: str = "train") -> list[str]:
     if source == "embedded":
         return embedded_documents()
     if source.startswith("embedded:"):

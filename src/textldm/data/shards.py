@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from ..errors import UserError
-from ..utils import atomic_dir, cache_dir
 from tqdm.auto import tqdm
 
-from .corpus import read_unit, source_units
+from textldm.data.corpus import read_unit, source_units
+from textldm.errors import UserError
+from textldm.models.teacher import load_tokenizer
+from textldm.utils import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,6 @@ _worker_tokenizer = None
 def _init_worker(tokenizer_name: str):
     global _worker_tokenizer
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the parallelism is ours: one process per unit
-    from ..teacher import load_tokenizer
-
     _worker_tokenizer = load_tokenizer(tokenizer_name)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from textldm.errors import UserError
+from textldm.evaluation.metrics import require_package
 
 BOOKKEEPING = {"step", "lr", "elapsed_s", "tokens_per_s", "grad_norm", "tflops_per_s", "mfu", "peak_memory_gb"}
 
@@ -52,8 +53,6 @@ def _eval_series(evals: list[dict]) -> dict[str, tuple[list, list]]:
 
 
 def plot_log(path: Path, out: Path) -> Path:
-    from .metrics import require_package
-
     matplotlib = require_package("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,16 +13,17 @@ import logging
 import numpy as np
 import torch
 
-from .data.shards import TokenStream
-from .flow import clean_estimate, flow_loss, gaussian_optimal_loss, interpolate
-from .metrics import words
-from .objectives import dit_batches, teacher_context
-from .train import step_generator
-from .vae import TextVAE, repa_cosine
+from textldm.data.shards import TokenStream
+from textldm.diffusion.flow import clean_estimate, flow_loss, gaussian_optimal_loss, interpolate
+from textldm.evaluation.metrics import words
+from textldm.models.vae import TextVAE, repa_cosine
+from textldm.training.distributed import step_generator
+from textldm.training.objectives import dit_batches, teacher_context
 
 log = logging.getLogger(__name__)
 STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std
 EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
+AGREEMENT_PROMPTS = 24  # prompts continued from one shared noise for the prompt-dependence figure
 HEAD_TOKENS = 4  # the first target tokens, where the prompt carries the most information
 
 
@@ -113,7 +114,8 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
         c, u, lin = cond[sel].mean().item(), uncond[sel].mean().item(), linear[sel].mean().item()
         quarters.append({"t": f"{q / 4:.2f}-{(q + 1) / 4:.2f}", "with_prompt": c, "prompt_dropped": u,
                          "linear_gaussian": lin, "with_prompt_over_linear": c / lin,
-                         "head_with_prompt": head_c[sel].mean().item(), "head_prompt_dropped": head_u[sel].mean().item()})
+                         "head_with_prompt": head_c[sel].mean().item(),
+                         "head_prompt_dropped": head_u[sel].mean().item()})
     return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
             "linear_gaussian": linear.mean().item(), "head_with_prompt": head_c.mean().item(),
             "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
@@ -163,7 +165,8 @@ def same_noise_agreement(pipe, prompts: list[list[int]], length: int, seed: int 
     return position_agreement([pipe.generate_ids([p], length, seed=seed)[0] for p in prompts])
 
 
-def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
+def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int,
+                    seed: int) -> list[tuple[list[int], list[int]]]:
     """n (prompt ids, reference ids) pairs cut at random places inside held-out documents (documents drawn in
     proportion to their length, so a few long documents can give many pairs; no pair crosses a document end)."""
     tokens = np.concatenate([np.asarray(p) for p in stream.parts])

@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,92 +23,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .errors import UserError
-from .perf import Throughput, matmul_peak_flops
-from .utils import seeded_generator
+from textldm.config import TrainConfig
+from textldm.errors import UserError
+from textldm.models.blocks import TransformerBlock
+from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textldm.training.distributed import is_main, rank, split_batch, world_size
+from textldm.training.perf import Throughput, matmul_peak_flops
 
 log = logging.getLogger(__name__)
-
-
-# distributed ------------------------------------------------------------------------------------------
-def setup_distributed(device_pref: str = "auto"):
-    """(rank, world_size, device). Under torchrun (RANK/WORLD_SIZE set) joins the process group:
-    nccl on GPU, gloo on CPU."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_pref.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UserError
-
-        raise UserError(f"device '{device_pref}' requested but CUDA is not available; use device=cpu")
-    device = torch.device(f"cuda:{local_rank}" if device_pref == "cuda" and world > 1 else device_pref)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def split_batch(global_batch: int, micro_batch: int = 0, world: int | None = None) -> tuple[int, int]:
-    """(sequences per forward on each device, gradient-accumulation steps) for a global batch:
-    micro_batch 0 = each device's whole share in one forward."""
-    from .errors import UserError
-
-    world = world or world_size()
-    if global_batch % world:
-        raise UserError(f"the global batch of {global_batch} sequences is not divisible by the {world} processes; "
-                        f"change batch_size (or batch_tokens)")
-    share = global_batch // world
-    if micro_batch <= 0 or micro_batch >= share:
-        return share, 1
-    if share % micro_batch:
-        raise UserError(f"micro_batch {micro_batch} does not divide the {share} sequences each of the {world} "
-                        f"processes gets per step; choose a divisor of {share}")
-    return micro_batch, share // micro_batch
-
-
-def local_slice(global_batch: int, micro: int = 0, accum: int = 1) -> slice:
-    """This rank's `micro`-th share of a global batch (rank r holds micro-batches r*accum ... r*accum+accum-1)."""
-    parts = world_size() * accum
-    if global_batch % parts:
-        from .errors import UserError
-
-        raise UserError(f"the global batch of {global_batch} sequences does not split into {parts} equal parts "
-                        f"({world_size()} processes x {accum} accumulation steps); change batch_size or micro_batch")
-    per = global_batch // parts
-    index = rank() * accum + micro
-    return slice(index * per, (index + 1) * per)
-
-
-def resolve_batch_size(cfg: TrainConfig, tokens_per_sequence: int) -> int:
-    """Set cfg.batch_size (sequences) from cfg.batch_tokens when that is given; returns it."""
-    if cfg.batch_tokens:
-        from .errors import UserError
-
-        if cfg.batch_tokens < tokens_per_sequence:
-            raise UserError(f"batch_tokens {cfg.batch_tokens} is smaller than one sequence of {tokens_per_sequence} "
-                            f"tokens; raise batch_tokens")
-        cfg.batch_size = cfg.batch_tokens // tokens_per_sequence
-    return cfg.batch_size
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """The same generator on every rank for a given (seed, step, stream); distinct triples never share draws."""
-    return seeded_generator("batch", seed, step, stream)
 
 
 # optimisation -----------------------------------------------------------------------------------------
@@ -120,7 +41,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "bf16" or device.type == "cuda":
         return torch.bfloat16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else None
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -214,8 +136,6 @@ class JsonlLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                from .errors import UserError
-
                 raise UserError("train tensorboard=true needs `pip install tensorboard`") from None
             self.board = SummaryWriter(str(path.parent / "tensorboard" / path.stem))
 
@@ -256,8 +176,6 @@ def wrap_for_training(objective: nn.Module, cfg: TrainConfig, device: torch.devi
     """(the module to call, the module whose parameters are trained). One process: the objective itself.
     DDP: a DDP wrapper around it. FSDP2: a copy of it with every TransformerBlock and the root sharded
     (`fully_shard`); the trained weights are gathered back into `objective` at the end of `fit`."""
-    from .blocks import TransformerBlock
-
     inner = copy.deepcopy(objective) if cfg.parallel == "fsdp" and world_size() > 1 else objective
     if cfg.compile:  # per block, as torchtitan does: small graphs, compiled once, reused by every block
         for m in inner.modules():
@@ -289,10 +207,7 @@ def _training_state(inner: nn.Module, optimizer, ema: EMA | None, next_step: int
                     cfg: TrainConfig) -> dict:
     """Everything a resume needs, as full (unsharded) tensors; collective under FSDP, so every rank calls it.
     Only rank 0's return value is complete."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
-    from .checkpoint import rng_state
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = {"model": get_model_state_dict(inner, options=options),
@@ -308,10 +223,7 @@ def _training_state(inner: nn.Module, optimizer, ema: EMA | None, next_step: int
 
 
 def _restore(state: dict, inner: nn.Module, optimizer, ema: EMA | None):
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-
-    from .checkpoint import set_rng_state
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(inner, state["model"], options=options)
@@ -364,8 +276,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))
         out_of_time = used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
-            logger.write(_step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
-            bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if k in ("loss", "acc", "repa_cos", "ce")})
+            _log_step(logger, bar, _step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
         due = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or last or out_of_time)
         if checkpoint_dir is not None and due:
             _save(checkpoint_dir, _training_state(inner, optimizer, ema, step + 1, time_used, cfg), step + 1, cfg)
@@ -414,8 +325,6 @@ def _evaluate(on_eval, step: int, logger: JsonlLogger, inner: nn.Module, meter):
 
 def _resume(checkpoint_dir: Path | None, inner: nn.Module, optimizer, ema: EMA | None, desc: str):
     """(the checkpoint resumed from or None, first step, share of the time budget already used)."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
-
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if found is None:
         return None, 0, 0.0
@@ -483,10 +392,14 @@ def _step_record(step: int, lr: float, elapsed: float, metrics: dict, grad_norm,
     return {**record, **meter.read()}
 
 
+def _log_step(logger: JsonlLogger, bar, record: dict):
+    """One step's record into the log, its headline numbers onto the progress bar."""
+    logger.write(record)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "acc", "repa_cos", "ce")})
+
+
 def _save(checkpoint_dir: Path, state: dict, next_step: int, cfg: TrainConfig):
     """Rank 0 writes the (collectively gathered) training state; every rank waits for it."""
-    from .checkpoint import save_checkpoint
-
     if is_main():
         save_checkpoint(checkpoint_dir, next_step, state, cfg.keep_checkpoints)
     if dist.is_initialized():

@@ -1,25 +1,19 @@
 """The autoregressive baseline: a GPT-style causal Transformer trained under TextLDM's settings.
 
 Same tokenizer, data, sequence length (the DiT's prompt + continuation window), optimizer and training
-loop (`train.fit`) as the VAE and DiT, and the same `TransformerBlock` (causal, with a KV cache for
+loop (`training.loop.fit`) as the VAE and DiT, and the same `TransformerBlock` (causal, with a KV cache for
 decoding). Sampling: temperature / top-k / top-p, greedy at temperature 0; batches of prompts are
 left-padded, with positions counted from each row's first real token.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import KVCache, TransformerBlock, rope_angles
-from .config import ARConfig, Config, config_from_dict, to_dict
-from .errors import UserError
-from .lmhead import linear_cross_entropy
-from .pipeline import load_weights, read_checkpoint_config, read_tokenizer, write_checkpoint
-from .utils import cut_at
-from .train import local_slice, step_generator
+from textldm.config import ARConfig
+from textldm.errors import UserError
+from textldm.models.blocks import KVCache, TransformerBlock, rope_angles
 
 
 class CausalLM(nn.Module):
@@ -70,30 +64,6 @@ class CausalLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, attn_mask, causal=attn_mask is None, cache=None if caches is None else caches[i])
         return self.norm(x)
-
-
-class ARObjective(nn.Module):
-    """Next-token cross-entropy (softmax in fp32), head and loss fused (`linear_cross_entropy`)."""
-
-    def __init__(self, model: CausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict, step: int):
-        hidden = self.model.hidden(batch["ids"][:, :-1]).flatten(0, 1)
-        targets = batch["ids"][:, 1:].flatten()
-        weights = torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)
-        loss, _ = linear_cross_entropy(hidden, self.model.embed.weight, targets, weights)
-        return loss, {"loss": loss.detach()}
-
-
-def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.device):
-    """Windows of seq_len + 1 tokens (inputs and shifted targets), global batch drawn from (seed, step)."""
-    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
-        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
-        return {"ids": ids[local_slice(batch_size, micro, accum)].to(device)}
-
-    return get
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -147,48 +117,3 @@ def generate(model: CausalLM, prompts: list[list[int]], max_new_tokens: int, tem
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
         step_ids, step_pos = token[:, None], mask.long().sum(1, keepdim=True) - 1
     return torch.stack(new, 1) if new else torch.zeros(B, 0, dtype=torch.long, device=device)
-
-
-class ARPipeline:
-    """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
-
-    def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
-        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
-
-    @property
-    def seq_len(self) -> int:
-        return self.config.ar.seq_len or self.config.dit.context_max + self.config.dit.target_max
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
-        meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
-                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
-        write_checkpoint(path, meta, {"ar": self.model}, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu") -> ARPipeline:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm train-ar`")
-        meta = read_checkpoint_config(path)
-        if meta.get("model_type") != "ar":
-            raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
-        config = config_from_dict(meta["config"])
-        model = CausalLM(config.ar, meta["vocab_size"])
-        load_weights(model, path / "ar.safetensors")
-        return cls(config, read_tokenizer(path), model.eval().to(device), meta["eot_id"])
-
-    def generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float | None = None,
-                     top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
-        """Continuations trimmed at end-of-text; prompts are left-truncated to fit the training window."""
-        s = self.config.sample
-        if not 1 <= max_new_tokens < self.seq_len:
-            raise UserError(f"max_new_tokens {max_new_tokens} must be in 1..{self.seq_len - 1} (ar.seq_len)")
-        keep = self.seq_len - max_new_tokens
-        prompts = [p[-keep:] for p in prompt_ids]
-        out = generate(self.model, prompts, max_new_tokens, s.temperature if temperature is None else temperature,
-                       s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p, seed).tolist()
-        return cut_at(out, self.eot_id)

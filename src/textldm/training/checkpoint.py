@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .utils import atomic_dir, atomic_write_text
+from textldm.errors import UserError
+from textldm.utils import atomic_dir, atomic_write_text
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from .benchmark import benchmark
-from .config import load_config
-from .errors import UserError
-from .harness import TABLE_METRICS, Contestant, Scorer, benchmark_agreement, scoring_device
-from .utils import atomic_write_text, write_json
+from textldm.config import load_config
+from textldm.errors import UserError
+from textldm.evaluation.benchmark import benchmark
+from textldm.evaluation.harness import TABLE_METRICS, Contestant, Scorer, benchmark_agreement, scoring_device
+from textldm.evaluation.heldout import AGREEMENT_PROMPTS
+from textldm.training import stages
+from textldm.utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,6 @@ DIT_SIDE = VAE_SIDE + ("dit", "dit_train")
 
 def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], bench: str, out_dir: str,
                  progress: bool = True) -> dict:
-    from . import runs
-
     out = Path(out_dir)
     configs = {name: load_config(preset, [*overrides, *extra, f"out_dir={out / name}"])
                for name, extra in grid.items()}  # validate every variant before training any
@@ -86,15 +86,15 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
             if vae_key in vaes:
                 vae_pipe, vae_report, row["vae_from"] = vaes[vae_key]
             else:
-                vae_pipe, vae_report = runs.train_vae(cfg, progress)
+                vae_pipe, vae_report = stages.train_vae(cfg, progress)
                 vaes[vae_key] = (vae_pipe, vae_report, name)
-            pipe, dit_report = runs.train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
+            pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
             report = {**vae_report, **dit_report}
             models[dit_key] = (pipe, report, name)
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)
         gens = Contestant(name, "textldm", pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
         row["metrics"] = Scorer(items, cfg.metrics, scoring_device(cfg.device))(gens)
-        row["same_noise_agreement"] = benchmark_agreement(pipe, items[:runs.AGREEMENT_PROMPTS])
+        row["same_noise_agreement"] = benchmark_agreement(pipe, items[:AGREEMENT_PROMPTS])
         row["vae_eval"] = report.get("vae_eval", {})
         row["dit_val_loss"] = report.get("dit_eval", {}).get("with_prompt")
         row["train_seconds"] = report["vae_train"]["seconds"] + report["dit_train"]["seconds"]

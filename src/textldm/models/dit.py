@@ -15,14 +15,13 @@ attend to everything, with the t-modulation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from dataclasses import dataclass
-
-from .blocks import KVCache, TransformerBlock, modulate, padding_attn_mask, rope_angles
-from .config import DiTConfig
+from textldm.config import DiTConfig
+from textldm.models.blocks import KVCache, TransformerBlock, modulate, padding_attn_mask, rope_angles
 
 
 class TimestepEmbedder(nn.Module):

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import TransformerBlock, padding_attn_mask, rope_angles
-from .config import VAEConfig
-from .lmhead import linear_cross_entropy
-from .teacher import project_embeddings
+from textldm.config import VAEConfig
+from textldm.models.blocks import TransformerBlock, padding_attn_mask, rope_angles
+from textldm.models.lmhead import linear_cross_entropy
+from textldm.models.teacher import project_embeddings
 
 
 class TextVAE(nn.Module):

@@ -8,13 +8,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import DiTConfig, VAEConfig
-from .data.shards import TokenStream
-from .dit import TextDiT
-from .flow import clean_estimate, flow_loss, interpolate, sample_t
-from .train import autocast_dtype, local_slice, step_generator
-from .lmhead import linear_cross_entropy
-from .vae import TextVAE, kl_weight_at, sampled_softmax, vae_loss
+from textldm.config import DiTConfig, VAEConfig
+from textldm.data.shards import TokenStream
+from textldm.diffusion.flow import clean_estimate, flow_loss, interpolate, sample_t
+from textldm.models.ar import CausalLM
+from textldm.models.dit import TextDiT
+from textldm.models.lmhead import linear_cross_entropy
+from textldm.models.vae import TextVAE, kl_weight_at, sampled_softmax, vae_loss
+from textldm.training.distributed import local_slice, step_generator
+from textldm.training.loop import autocast_dtype
 
 
 def teacher_context(device: torch.device):
@@ -186,5 +188,29 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
         if cfg.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
             batch["self_cond"] = (torch.rand(batch_size, generator=g) < cfg.self_condition_prob)[sl].to(device)
         return batch
+
+    return get
+
+
+class ARObjective(nn.Module):
+    """Next-token cross-entropy (softmax in fp32), head and loss fused (`linear_cross_entropy`)."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, step: int):
+        hidden = self.model.hidden(batch["ids"][:, :-1]).flatten(0, 1)
+        targets = batch["ids"][:, 1:].flatten()
+        weights = torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)
+        loss, _ = linear_cross_entropy(hidden, self.model.embed.weight, targets, weights)
+        return loss, {"loss": loss.detach()}
+
+
+def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.device):
+    """Windows of seq_len + 1 tokens (inputs and shifted targets), global batch drawn from (seed, step)."""
+    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
+        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
+        return {"ids": ids[local_slice(batch_size, micro, accum)].to(device)}
 
     return get

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from textldm.errors import UserError
+from textldm.models.teacher import load_hf_model
 
 MINILM = "minilm"
 
@@ -109,8 +110,6 @@ def bertscore(candidates: list[str], references: list[str], model: str = MINILM,
 
 @lru_cache(maxsize=2)
 def _load_encoder(name: str, device: str):
-    from .teacher import load_hf_model
-
     return load_hf_model(resolve_encoder(name), device, causal=False, role="featurizer")
 
 
@@ -149,8 +148,6 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, num_buckets: int
 
 @lru_cache(maxsize=1)
 def _load_judge(name: str, device: str):
-    from .teacher import load_hf_model
-
     return load_hf_model(name, device, causal=True, role="judge LM")
 
 
@@ -180,7 +177,8 @@ def generative_perplexity(prompts: list[str], continuations: list[str], judge: s
             attn[r, : len(p) + len(c)] = 1
             scored[r, len(p): len(p) + len(c)] = True
         ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+        kind = torch.device(device).type
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         mask = scored[:, 1:]

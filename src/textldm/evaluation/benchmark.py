@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.corpus import load_documents
-from .data.shards import is_validation
-from .errors import UserError
-from .utils import atomic_write_text, cache_dir, write_json
+from textldm.data.corpus import load_documents
+from textldm.data.shards import is_validation
+from textldm.errors import UserError
+from textldm.utils import atomic_write_text, cache_dir, write_json
 
 CUT_RANGE = (0.4, 0.6)
 MIN_WORDS = 8  # shortest passage: leaves at least 3 prompt and 3 reference words
@@ -88,7 +88,8 @@ def _cut(doc: str, start: int, passage_words: int, rng: np.random.Generator) -> 
     return {"prompt": doc[start:cut], "reference": doc[cut:end], "cut_fraction": k / n, "words": n}
 
 
-def build_benchmark(spec: BenchmarkSpec, n: int = 1000, seed: int = 0, documents: list[str] | None = None) -> list[dict]:
+def build_benchmark(spec: BenchmarkSpec, n: int = 1000, seed: int = 0,
+                    documents: list[str] | None = None) -> list[dict]:
     """n items (plus n independent second references). Deterministic in (documents, spec, n, seed)."""
     if n < 1:
         raise UserError(f"a benchmark needs at least 1 sample, got {n}")

@@ -12,8 +12,8 @@ import logging
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .utils import cache_dir, atomic_dir
+from textldm.errors import UserError
+from textldm.utils import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
 

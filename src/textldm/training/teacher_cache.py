@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.shards import TokenStream
-from .errors import UserError
-from .objectives import teacher_context
-from .utils import atomic_dir, cache_dir
+from textldm.data.shards import TokenStream
+from textldm.errors import UserError
+from textldm.training.objectives import teacher_context
+from textldm.utils import atomic_dir, cache_dir
 
 
 def default_folder(stream: TokenStream, teacher_name: str, layer: int, length: int, windows: int) -> Path:
@@ -29,7 +29,8 @@ def default_folder(stream: TokenStream, teacher_name: str, layer: int, length: i
 
 def aligned_windows(stream: TokenStream, length: int, limit: int = 0) -> np.ndarray:
     """(n, 2) int64 [shard, offset] of the consecutive windows of `length` tokens, in shard order."""
-    rows = [(part, start) for part, size in enumerate(stream.sizes) for start in range(0, int(size) - length + 1, length)]
+    rows = [(part, start) for part, size in enumerate(stream.sizes)
+            for start in range(0, int(size) - length + 1, length)]
     if not rows:
         raise UserError(f"no token shard holds a window of {length} tokens; use more data or a shorter vae.max_len")
     rows = np.asarray(rows, dtype=np.int64)

@@ -23,12 +23,23 @@ from typing import Callable
 
 import torch
 
-from .benchmark import benchmark
-from .config import Config, MetricsConfig, SampleConfig
-from .errors import UserError
-from .evaluate import same_noise_agreement
-from .metrics import require_package, bertscore, featurize, generative_perplexity, mauve_score, rouge_scores, text_statistics
-from .utils import atomic_write_text, cut_at, write_json
+from textldm.config import Config, MetricsConfig, SampleConfig
+from textldm.errors import UserError
+from textldm.evaluation.benchmark import benchmark
+from textldm.evaluation.heldout import same_noise_agreement
+from textldm.evaluation.metrics import (
+    bertscore,
+    featurize,
+    generative_perplexity,
+    mauve_score,
+    require_package,
+    rouge_scores,
+    text_statistics,
+)
+from textldm.export import model_type
+from textldm.models.teacher import load_hf_model
+from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.utils import atomic_write_text, cut_at, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +148,6 @@ def load_contestant(spec: str, device: str = "cpu") -> Contestant:
     """`NAME=PATH` or `PATH`: a textldm checkpoint (TextLDM or AR; a run folder works too), `hf:NAME` or any
     HF causal LM name / folder (the teacher alias `smollm2-135m` included)."""
     name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    from .ar import ARPipeline
-    from .pipeline import TextLDMPipeline, checkpoint_type
-
     path = Path(target)
     if not target.startswith("hf:") and path.is_dir() and not (path / "config.json").exists():
         for sub in ("model", "ar"):  # a run folder: use its final checkpoint
@@ -149,12 +157,10 @@ def load_contestant(spec: str, device: str = "cpu") -> Contestant:
     if not target.startswith("hf:") and (path / "config.json").exists() and \
             json.loads((path / "config.json").read_text()).get("format", "").startswith("textldm"):
         default = path.parent.name if path.name in ("model", "ar") else path.name
-        if checkpoint_type(path) == "ar":
+        if model_type(path) == "ar":
             return Contestant(name or f"{default} (AR)", "ar", ARPipeline.from_pretrained(path, device))
         return Contestant(name or f"{default} (TextLDM)", "textldm", TextLDMPipeline.from_pretrained(path, device))
     hf_name = target.removeprefix("hf:")
-    from .teacher import load_hf_model
-
     tok, model = load_hf_model(hf_name, device, causal=True, role="HF causal LM (not a textldm checkpoint either)")
     return Contestant(name or hf_name, "hf", (tok, model))
 

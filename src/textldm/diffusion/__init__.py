@@ -1,0 +1,1 @@
+"""The flow-matching process: time convention, path, loss, samplers."""

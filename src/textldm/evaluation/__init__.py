@@ -1,0 +1,1 @@
+"""Held-out evaluation, benchmark building, metrics, the eval harness, ablations, plots."""

@@ -1,0 +1,1 @@
+"""The networks: Transformer block, VAE, DiT, AR baseline, the frozen teacher."""

@@ -1,0 +1,1 @@
+"""The web app: request models, the generation service, the routes."""

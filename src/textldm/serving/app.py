@@ -1,0 +1,252 @@
+"""`textldm serve`: a local web app and JSON API over a trained TextLDM model, with the denoising trajectory
+streamed step by step (server-sent events) and an AR baseline side by side.
+
+    GET  /                      the page (static/index.html)
+    GET  /api/health            liveness and load
+    GET  /api/info              model facts, sampler defaults and the server's limits
+    POST /api/generate          a continuation (JSON)
+    POST /api/generate/stream   the same, as SSE: one `step` event per sampling step, then `done`
+    POST /api/infill            the middle between two texts (models trained with dit.infill_prob > 0)
+    POST /api/infill/stream     the same, streamed
+    POST /api/ar/generate       the AR baseline's continuation (when started with --ar)
+    GET  /docs, /openapi.json   FastAPI's schema and its explorer
+
+The routes only translate HTTP to the generation service (`service.py`: admission, queue, deadline, cancel)
+and back. Every error is a JSON {"error": ...} with a 4xx/5xx status (`install_error_handlers`); requests are
+validated against the limits (`schemas.py`, stated in the OpenAPI schema) before any work.
+"""
+
+import contextlib
+import json
+import logging
+import socket
+from dataclasses import asdict
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+
+from textldm.diffusion.sampling import SOLVERS
+from textldm.errors import UserError
+from textldm.models.vae import param_count
+from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.serving.service import Busy, GenerationService, JobTimeout, NotLoaded, ServeLimits
+
+log = logging.getLogger(__name__)
+SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+             "description": "server-sent events: `step` per sampling step, then `done` (or `error`)"}}
+
+
+def require_serve_packages():
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("`textldm serve` needs FastAPI and uvicorn: pip install 'textldm[serve]'") from None
+
+
+def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimits) -> dict:
+    """What /api/info answers: the model's facts, the sampler defaults a request gets, the limits."""
+    s, d = pipe.config.sample, pipe.config.dit
+    info = {"model": model_path or "textldm model",
+            "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
+            "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": d.context_max,
+            "window_tokens": d.target_max, "context_cache": bool(d.context_cache), "precision": s.precision,
+            "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),
+            "defaults": {"length": min(s.length, limits.max_length), "steps": min(s.steps, limits.max_steps),
+                         "cfg_scale": s.cfg_scale, "seed": s.seed, "solver": s.solver},
+            "limits": asdict(limits), "ar": None}
+    if ar is not None:
+        info["ar"] = {"model": ar_path, "parameters": param_count(ar.model), "max_length": ar.seq_len - 1}
+    return info
+
+
+def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str = "", ar_path: str | None = None):
+    """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline)."""
+    require_serve_packages()
+    from fastapi import FastAPI
+
+    from textldm.serving.schemas import request_models
+
+    limits = limits or ServeLimits()
+    service = GenerationService(pipe, ar, limits)
+    info = model_info(pipe, ar, model_path, ar_path, limits)
+    requests = request_models(limits, {**info["defaults"], "temperature": pipe.config.sample.temperature},
+                              info["window_tokens"])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.shutdown()
+
+    app = FastAPI(title="textldm", version=_version(), lifespan=lifespan,
+                  description="TextLDM generation with the denoising trajectory streamed step by step.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.service = service
+    install_error_handlers(app)
+    add_routes(app, service, info, requests)
+    return app
+
+
+def add_routes(app, service: GenerationService, info: dict, requests) -> None:
+    from fastapi.responses import HTMLResponse, StreamingResponse
+
+    from textldm.serving.schemas import ARContinuation, Continuation, ErrorBody, Infill
+
+    errors = {code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 504)}
+    Generate, InfillRequest, ARRequest = requests.generate, requests.infill, requests.ar  # noqa: N806
+
+    def sse(job, steps: int) -> StreamingResponse:
+        return StreamingResponse(service.stream(job, steps), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(resources.files("textldm.serving").joinpath("static/index.html").read_text())
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        return service.health()
+
+    @app.get("/api/info")
+    async def model_facts() -> dict:
+        return info
+
+    @app.post("/api/generate", response_model=Continuation, responses=errors)
+    async def generate(req: Generate):
+        return await service.run(service.generate_job(req))
+
+    @app.post("/api/generate/stream", responses={**errors, **SSE})
+    async def generate_stream(req: Generate):
+        return sse(service.generate_job(req), req.steps)
+
+    @app.post("/api/infill", response_model=Infill, responses=errors)
+    async def infill(req: InfillRequest):
+        return await service.run(service.infill_job(req))
+
+    @app.post("/api/infill/stream", responses={**errors, **SSE})
+    async def infill_stream(req: InfillRequest):
+        return sse(service.infill_job(req), req.steps)
+
+    @app.post("/api/ar/generate", response_model=ARContinuation, responses=errors)
+    async def ar_generate(req: ARRequest):
+        return await service.run(service.ar_job(req))
+
+
+def install_error_handlers(app) -> None:
+    """Every failure as a JSON {"error": one line}: invalid requests 422, the service's failures by kind
+    (UserError 400, NotLoaded 404, Busy 503, JobTimeout 504), HTTP errors as they are, anything else 500."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    statuses = {UserError: 400, NotLoaded: 404, Busy: 503, JobTimeout: 504}
+
+    async def known(request, exc):
+        headers = {"Retry-After": "2"} if isinstance(exc, Busy) else None
+        return _error(statuses[type(exc)], str(exc), headers=headers)
+
+    for kind in statuses:
+        app.add_exception_handler(kind, known)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')}); "
+                               f"send a JSON object", detail)
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid value')}", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):  # logged in full, answered in one line
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}; see the server log")
+
+
+def _error(status: int, message: str, detail=None, headers=None):
+    from fastapi.responses import JSONResponse
+
+    body = {"error": message} if detail is None else {"error": message, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over `max_bytes` get a 413 JSON answer before the app parses them
+    (by the declared Content-Length, or by counting a chunked body)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _reject(self, send, status: int, message: str):
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        too_big = f"request body over the server's limit of {self.max_bytes} bytes; send a shorter prompt"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await self._reject(send, 400, "invalid Content-Length header")
+            if int(declared) > self.max_bytes:
+                return await self._reject(send, 413, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._reject(send, 413, too_big)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _version() -> str:
+    try:
+        return version("textldm")
+    except PackageNotFoundError:
+        return "0"
+
+
+def check_port_free(host: str, port: int):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
+
+
+def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          precision: str | None = None, limits: ServeLimits | None = None) -> None:
+    """Load the model(s) and serve until interrupted."""
+    require_serve_packages()
+    import uvicorn
+
+    check_port_free(host, port)
+    pipe = TextLDMPipeline.from_pretrained(model, device=device)
+    if precision:
+        pipe.config.sample.precision = precision
+    ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
+    app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar)
+    print(f"textldm serve: open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ "
+          f"(API docs at /docs); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,1 @@
+"""The training loop, distributed helpers, objectives, checkpoints, FLOPs, the stages."""
