@@ -55,12 +55,17 @@ class TeacherConfig:
 
 
 @dataclass
-class VAEConfig:
-    width: int = 256
-    encoder_depth: int = 2
-    decoder_depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
+class TransformerShape:
+    """What every Transformer here shares (VAE encoder and decoder, DiT, AR baseline)."""
+    width: int = 256  # model width (width / heads: an even head size, for RoPE)
+    heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden size / width
+
+
+@dataclass
+class VAEConfig(TransformerShape):
+    encoder_depth: int = 2  # encoder blocks
+    decoder_depth: int = 2  # decoder blocks
     latent_channels: int = 64
     max_len: int = 128  # longest sequence the VAE sees (training windows are cut to this)
     embed_init: EmbedInit = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
@@ -85,11 +90,8 @@ class VAEConfig:
 
 
 @dataclass
-class DiTConfig:
-    width: int = 256
-    depth: int = 6
-    heads: int = 4
-    mlp_ratio: float = 4.0
+class DiTConfig(TransformerShape):
+    depth: int = 6  # DiT blocks
     t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
     null_context: NullContext = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
@@ -114,12 +116,9 @@ class DiTConfig:
 
 
 @dataclass
-class ARConfig:
+class ARConfig(TransformerShape):
     """The autoregressive baseline: a GPT-style causal Transformer built from the same block."""
-    width: int = 256
-    depth: int = 8
-    heads: int = 4
-    mlp_ratio: float = 4.0
+    depth: int = 8  # Transformer blocks
     embed_init: EmbedInit = "teacher"  # as the VAE's: teacher embeddings projected to width ("random": N(0, 0.02))
     seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
 
@@ -386,7 +385,8 @@ def field_help(section_type: type) -> dict[str, str]:
     """Each field's comment in this file - the one on its line, else the comment lines right above it - as its
     help text (`textldm config --keys`): the comments are the documentation, kept in one place."""
     help_, above = {}, []
-    for line in inspect.getsource(section_type).splitlines()[1:]:
+    bases = [c for c in reversed(section_type.__mro__) if dataclasses.is_dataclass(c)]
+    for line in [line for c in bases for line in inspect.getsource(c).splitlines()[1:]]:
         tokens = [tok for tok in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
                   if tok.type in (tokenize.NAME, tokenize.OP, tokenize.COMMENT)]
         if tokens and tokens[0].type == tokenize.COMMENT:

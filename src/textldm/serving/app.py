@@ -15,7 +15,8 @@ The routes only translate HTTP to the generation service (`service.py`: admissio
 and back. Every error is a JSON {"error": ...} with a 4xx/5xx status (`install_error_handlers`); requests are
 validated against the limits (`schemas.py`, stated in the OpenAPI schema) before any work.
 """
-
+# no `from __future__ import annotations` here: FastAPI reads the request models from the route functions'
+# annotations, which must stay real classes (they are built per app, from its limits)
 import contextlib
 import json
 import logging
@@ -87,16 +88,11 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
 
 
 def add_routes(app, service: GenerationService, info: dict, requests) -> None:
-    from fastapi.responses import HTMLResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse
 
     from textldm.serving.schemas import ARContinuation, Continuation, ErrorBody, Infill
 
     errors = {code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 504)}
-    Generate, InfillRequest, ARRequest = requests.generate, requests.infill, requests.ar  # noqa: N806
-
-    def sse(job, steps: int) -> StreamingResponse:
-        return StreamingResponse(service.stream(job, steps), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -110,25 +106,28 @@ def add_routes(app, service: GenerationService, info: dict, requests) -> None:
     async def model_facts() -> dict:
         return info
 
-    @app.post("/api/generate", response_model=Continuation, responses=errors)
-    async def generate(req: Generate):
-        return await service.run(service.generate_job(req))
+    _job_routes(app, "/api/generate", "generate", requests.generate, service.generate_job, Continuation, errors,
+                service)
+    _job_routes(app, "/api/infill", "infill", requests.infill, service.infill_job, Infill, errors, service)
+    _job_routes(app, "/api/ar/generate", "ar_generate", requests.ar, service.ar_job, ARContinuation, errors, service,
+                stream=False)
 
-    @app.post("/api/generate/stream", responses={**errors, **SSE})
-    async def generate_stream(req: Generate):
-        return sse(service.generate_job(req), req.steps)
 
-    @app.post("/api/infill", response_model=Infill, responses=errors)
-    async def infill(req: InfillRequest):
-        return await service.run(service.infill_job(req))
+def _job_routes(app, path: str, name: str, request_model, make_job, response_model, errors: dict,
+                service: GenerationService, stream: bool = True) -> None:
+    """POST `path`: the job's JSON answer; POST `path`/stream (if `stream`): the same job as server-sent events."""
+    from fastapi.responses import StreamingResponse
 
-    @app.post("/api/infill/stream", responses={**errors, **SSE})
-    async def infill_stream(req: InfillRequest):
-        return sse(service.infill_job(req), req.steps)
+    async def answer(req: request_model):
+        return await service.run(make_job(req))
 
-    @app.post("/api/ar/generate", response_model=ARContinuation, responses=errors)
-    async def ar_generate(req: ARRequest):
-        return await service.run(service.ar_job(req))
+    async def events(req: request_model):
+        return StreamingResponse(service.stream(make_job(req), req.steps), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    app.post(path, response_model=response_model, responses=errors, name=name)(answer)
+    if stream:
+        app.post(f"{path}/stream", responses={**errors, **SSE}, name=f"{name}_stream")(events)
 
 
 def install_error_handlers(app) -> None:
