@@ -148,3 +148,39 @@ def test_unreadable_archives_are_clear_errors(tmp_path, tiny_model_dir, cache_ho
     _zst(tmp_path / "x.jsonl.zst", ["a b c"])
     with pytest.raises(UserError, match="no 'body' field"):
         tokenize_corpus(DataConfig(source=str(tmp_path / "x.jsonl.zst"), text_field="body"), tok, tiny_model_dir, 0)
+
+
+def test_hub_data_sets_are_streamed_shard_by_shard(tiny_model_dir, tmp_path, cache_home, monkeypatch):
+    """A Hugging Face data set is read with streaming=True, one unit per source shard, and gives the same token
+    shards as the same documents in a local file. The Hub is replaced by a local data set folder, loaded
+    through the same `datasets.load_dataset` call a Hub name takes."""
+    datasets = pytest.importorskip("datasets")
+    docs = make_corpus(60, seed=3)
+    repo = tmp_path / "someone-corpus"
+    (repo / "data").mkdir(parents=True)
+    for i in range(3):  # three source files: three shards
+        (repo / "data" / f"train-{i}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[i::3]))
+    (tmp_path / "same.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for i in range(3) for d in docs[i::3]))
+    real, calls = datasets.load_dataset, []
+
+    def hub(name, *args, **kwargs):
+        calls.append((name, kwargs.get("streaming")))
+        return real(str(repo) if name == "someone/corpus" else name, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    from textldm.data.corpus import source_units
+
+    units = source_units("someone/corpus")
+    assert [u.kind for u in units] == ["hf"] * 3 and all(streaming for _, streaming in calls)
+    tok = load_tokenizer(tiny_model_dir)
+    eot = end_of_text_id(tok)
+    # one process: the stand-in Hub lives in this one (worker processes would look for the real one)
+    streamed = tokenize_corpus(DataConfig(source="someone/corpus", val_fraction=0.1, num_workers=1), tok,
+                               tiny_model_dir, eot)
+    local = tokenize_corpus(DataConfig(source=str(tmp_path / "same.jsonl"), val_fraction=0.1), tok, tiny_model_dir, eot)
+    for split in ("train", "val"):
+        a, b = TokenStream(streamed, split), TokenStream(local, split)
+        assert np.array_equal(np.concatenate([np.asarray(p) for p in a.parts]),
+                              np.concatenate([np.asarray(p) for p in b.parts]))
+    with pytest.raises(UserError, match="no column 'body'"):
+        source_units("someone/corpus", text_field="body")

@@ -25,6 +25,7 @@ from textldm.serving.service import ServeLimits
 from textldm.training import stages
 from textldm.training.distributed import finish, is_main
 from textldm.utils import atomic_write_text
+from textldm.version import __version__
 
 KEYS_HINT = "every key, its type, default and meaning: `textldm config --keys`"
 
@@ -128,6 +129,7 @@ def _add_serve(sub) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textldm", description="Language modeling with continuous latent diffusion.")
+    p.add_argument("--version", action="version", version=f"textldm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_training(sub)
     _add_evaluation(sub)
@@ -278,6 +280,7 @@ CONFIGURED = {  # command(args, the resolved config)
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the command; returns the exit status (bad input raises UserError)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # key=value overrides may come after options too
     if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
@@ -296,6 +299,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `textldm` entry point: run, and turn a UserError into one line on stderr and exit status 2."""
     try:
         code = run(argv)
     except UserError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import textwrap
 import tokenize
 import types
 import typing
@@ -39,6 +40,7 @@ Pooling = Literal["mean", "last"]
 
 @dataclass
 class DataConfig:
+    """The training text: where it comes from and how it is split (`data.*`)."""
     source: str = "embedded"  # "embedded", a local .txt/.jsonl/.parquet file or folder, or an HF data set name
     text_field: str = "text"  # column holding the text (jsonl/parquet/HF)
     hf_config: str | None = None  # HF data set configuration name
@@ -50,6 +52,7 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
+    """The tokenizer and frozen REPA teacher (`teacher.*`)."""
     name: str = "smollm2-135m"  # tokenizer + REPA teacher: built-in alias, HF model name or local folder
     layer: int = -3  # index into HF hidden_states; negative from the end (-3 = the paper's third-to-last)
 
@@ -64,6 +67,7 @@ class TransformerShape:
 
 @dataclass
 class VAEConfig(TransformerShape):
+    """The TextVAE: shape, REPA, loss and the VAE's training-only options (`vae.*`)."""
     encoder_depth: int = 2  # encoder blocks
     decoder_depth: int = 2  # decoder blocks
     latent_channels: int = 64
@@ -91,6 +95,7 @@ class VAEConfig(TransformerShape):
 
 @dataclass
 class DiTConfig(TransformerShape):
+    """The TextDiT: shape, conditioning, levers, training windows and timesteps (`dit.*`)."""
     depth: int = 6  # DiT blocks
     t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
     null_context: NullContext = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
@@ -125,6 +130,8 @@ class ARConfig(TransformerShape):
 
 @dataclass
 class TrainConfig:
+    """One training stage's loop (`vae_train.*`, `dit_train.*`, `ar_train.*`): steps, batch, optimizer, budgets,
+    logging, checkpoints."""
     steps: int = 1000
     batch_size: int = 32  # sequences per optimizer step, global (split over the processes)
     batch_tokens: int = 0  # >0: the global batch in tokens instead (batch_size = batch_tokens // sequence length)
@@ -145,10 +152,14 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many of the newest training checkpoints to keep
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a matrix product at the start
     tensorboard: bool = False  # also write the log as TensorBoard scalars (OUT_DIR/tensorboard/<log>/)
+    # also log to a Weights & Biases project (pip install 'textldm[wandb]'; WANDB_MODE=offline writes OUT_DIR/wandb/)
+    wandb_project: str = ""  # "" = off
 
 
 @dataclass
 class SampleConfig:
+    """Sampling defaults (`sample.*`): steps, guidance, solver, time grid, precision, length, seed; temperature and
+    top-k/p for AR models."""
     steps: int = 50
     cfg_scale: float = 7.0
     solver: Solver = "euler"  # "euler", "heun" (2nd order, 2 evaluations a step) or "ab2" (2nd-order multistep)
@@ -170,6 +181,7 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
+    """Held-out measurements during and after training (`eval.*`)."""
     val_batches: int = 8
     batch_size: int = 32
     num_prompts: int = 4  # held-out prompts continued and printed
@@ -191,6 +203,7 @@ class MetricsConfig:
 
 @dataclass
 class Config:
+    """A run's whole configuration: top-level settings and one section per part (see `textldm config --keys`)."""
     out_dir: str = "runs/demo"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -210,6 +223,7 @@ class Config:
 
 
 def to_dict(cfg) -> dict:
+    """A config (or section) as nested plain dicts (YAML/JSON-ready)."""
     return dataclasses.asdict(cfg)
 
 
@@ -262,6 +276,7 @@ def _apply(obj, updates: dict, prefix: str = ""):
 
 
 def parse_override(text: str) -> dict:
+    """'a.b=value' -> {'a': {'b': value}} (the value parsed as YAML)."""
     if "=" not in text:
         raise UserError(f"override '{text}' is not key=value (e.g. dit.depth=8)")
     key, raw = text.split("=", 1)
@@ -281,6 +296,7 @@ def parse_override(text: str) -> dict:
 
 
 def preset_path(name: str) -> Path:
+    """A preset name (built in) or a .yaml path -> the file, checked."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
@@ -333,6 +349,7 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple = (), ba
 
 
 def validate(cfg: Config) -> None:
+    """Raise a UserError naming the first invalid combination of values."""
     checks = [(m.width % m.heads == 0 and (m.width // m.heads) % 2 == 0,
                f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)")
               for name, m in (("vae", cfg.vae), ("dit", cfg.dit), ("ar", cfg.ar))]
@@ -376,27 +393,33 @@ def validate(cfg: Config) -> None:
 
 
 def config_from_dict(data: dict) -> Config:
+    """A Config from nested dicts (e.g. a saved model's config.json), checked like overrides."""
     cfg = Config()
     _apply(cfg, data)
     return cfg
 
 
 def field_help(section_type: type) -> dict[str, str]:
-    """Each field's comment in this file - the one on its line, else the comment lines right above it - as its
+    """Each field's comment in this file - the comment lines right above it and the one on its line - as its
     help text (`textldm config --keys`): the comments are the documentation, kept in one place."""
-    help_, above = {}, []
-    bases = [c for c in reversed(section_type.__mro__) if dataclasses.is_dataclass(c)]
-    for line in [line for c in bases for line in inspect.getsource(c).splitlines()[1:]]:
-        tokens = [tok for tok in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
-                  if tok.type in (tokenize.NAME, tokenize.OP, tokenize.COMMENT)]
-        if tokens and tokens[0].type == tokenize.COMMENT:
-            above.append(tokens[0].string.lstrip("#").strip())
-        elif len(tokens) > 1 and tokens[0].type == tokenize.NAME and tokens[1].string == ":":
-            trailing = tokens[-1].string.lstrip("#").strip() if tokens[-1].type == tokenize.COMMENT else ""
-            help_[tokens[0].string] = "; ".join(filter(None, [" ".join(above), trailing]))
-            above = []
-        else:
-            above = []
+    help_ = {}
+    for cls in [c for c in reversed(section_type.__mro__) if dataclasses.is_dataclass(c)]:
+        source = textwrap.dedent(inspect.getsource(cls))
+        above, line = [], []
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in (tokenize.NEWLINE, tokenize.NL):
+                if tok.type not in (tokenize.INDENT, tokenize.DEDENT):
+                    line.append(tok)
+                continue
+            if len(line) == 1 and line[0].type == tokenize.COMMENT:
+                above.append(line[0].string.lstrip("#").strip())
+            elif len(line) > 1 and line[0].type == tokenize.NAME and line[1].string == ":" and line[0].start[1] == 4:
+                trailing = line[-1].string.lstrip("#").strip() if line[-1].type == tokenize.COMMENT else ""
+                help_[line[0].string] = "; ".join(filter(None, [" ".join(above), trailing]))
+                above = []
+            elif line:
+                above = []
+            line = []
     return help_
 
 

@@ -2,6 +2,7 @@
 
 Layout (written atomically: a temporary folder renamed into place):
     config.json            format, model_type, the full run config, vocab size, tokenizer, environment, report
+    README.md              the model card (what it is, how it was trained, its numbers, how to load it)
     <module>.safetensors   weights per module (vae, dit / ar)
     tokenizer/             the tokenizer files, so a saved model is self-contained
 
@@ -10,6 +11,7 @@ Not to be confused with the resumable *training* state (`training/checkpoint.py`
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,16 +30,18 @@ def _state(module: torch.nn.Module) -> dict:
 
 def write_model_folder(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module], tokenizer) -> None:
     """One folder, written atomically: config.json (`meta` + format + environment), `<name>.safetensors`
-    per module, and the tokenizer files."""
+    per module, the tokenizer files and the model card (README.md)."""
     meta = {"format": FORMAT, "environment": environment(), **meta}
     with atomic_dir(path) as tmp:
         for name, module in modules.items():
             save_file(_state(module), str(tmp / f"{name}.safetensors"))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(model_card(meta))
 
 
 def read_tokenizer(path: Path):
+    """The tokenizer saved in a model folder's tokenizer/ subfolder."""
     from transformers import AutoTokenizer
 
     try:
@@ -47,6 +51,7 @@ def read_tokenizer(path: Path):
 
 
 def read_model_config(path: Path | str) -> dict:
+    """A model folder's config.json, checked (present, JSON, this format)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"'{path}' is not a textldm checkpoint (no config.json); give the folder written by "
@@ -66,6 +71,7 @@ def model_type(path: Path | str) -> str:
 
 
 def load_weights(module: torch.nn.Module, file: Path):
+    """Load `file` (safetensors) into `module`, exactly: missing or unexpected weights are a UserError."""
     try:
         state = load_file(str(file))
         result = module.load_state_dict(state, strict=False)
@@ -79,3 +85,125 @@ def load_weights(module: torch.nn.Module, file: Path):
         raise UserError(f"cannot read '{file}': its weights do not match the model its config.json describes "
                         f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); "
                         f"the checkpoint is from another textldm version or config")
+
+
+# the Hugging Face Hub ---------------------------------------------------------------------------------------
+def _could_be_repo_id(name: str) -> bool:
+    """'name' or 'owner/name' (Hub ids); paths with more parts, absolute or relative-looking ones are local."""
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+
+
+def locate_model_folder(name_or_path: Path | str, revision: str | None = None, train_hint: str = "") -> Path:
+    """A local folder as it is; otherwise a Hub repo id, fetched with `huggingface_hub.snapshot_download` (its
+    local cache first; with HF_HUB_OFFLINE=1 the cache only). `revision`: a branch, tag or commit."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if not _could_be_repo_id(str(name_or_path)):
+        raise UserError(f"model folder '{path}' does not exist{train_hint}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), revision=revision))
+    except Exception as e:  # offline without a cached copy, no such repo, gated, network errors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"'{name_or_path}' is neither a local model folder nor a loadable Hub repo ({reason}); "
+                        f"check the path or the repo id (and your network, or HF_HUB_OFFLINE with a cached copy)"
+                        ) from None
+
+
+def upload_model_folder(folder: Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                        commit_message: str = "Upload textldm model", revision: str | None = None) -> str:
+    """Create the Hub repo if needed and upload a saved model folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             revision=revision)
+    return str(getattr(info, "commit_url", info))
+
+
+class HubMixin:
+    """`push_to_hub` for anything with `save_pretrained(path)` (both pipelines)."""
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload textldm model", revision: str | None = None,
+                    extra: dict | None = None) -> str:
+        """Save to a temporary folder (weights, config.json, tokenizer, model card) and upload it to `repo_id`;
+        returns the commit URL. Load it back with `from_pretrained(repo_id)`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder, extra=extra)
+            return upload_model_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                                       revision=revision)
+
+
+# dtype -------------------------------------------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """torch.float32 / torch.bfloat16 or their names; None keeps the saved fp32 weights."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise UserError(f"dtype {dtype!r} is not supported; use float32 or bfloat16")
+
+
+# the model card (README.md of every saved model) -------------------------------------------------------------
+def model_card(meta: dict) -> str:
+    """A Hub model card from a saved model's config.json contents: what it is, how it was trained, its
+    measured numbers, how to load and sample it, license and citation."""
+    cfg, report, kind = meta["config"], meta.get("report", {}), meta.get("model_type", "textldm")
+    what = {"ar": "the autoregressive baseline (a causal Transformer) trained under TextLDM's settings",
+            "textldm": "a TextLDM model: a TextVAE (one 64-d latent per token, REPA-aligned) and a TextDiT "
+                       "(flow matching in that latent space)"}[kind]
+    if kind == "textldm" and "dit_train" not in report:
+        what = "the TextVAE of a TextLDM model (no DiT yet: train one with `textldm train-dit --vae DIR`)"
+    loader = "ARPipeline" if kind == "ar" else "TextLDMPipeline"
+    sample = 'pipe.generate(["The President said that"], length=48)'
+    lines = ["---", "license: apache-2.0", "library_name: textldm", "pipeline_tag: text-generation",
+             "tags: [textldm, text-generation, " + ("autoregressive" if kind == "ar" else "latent-diffusion") + "]",
+             "---", "", f"# {Path(cfg.get('out_dir', 'textldm')).name} ({kind})", "",
+             f"This is {what}, made with [textldm](https://pypi.org/project/textldm/) "
+             f"{meta.get('environment', {}).get('versions', {}).get('textldm', '')}.", "",
+             "## Training", "", f"- data: `{cfg['data']['source']}`; tokenizer and REPA teacher: "
+             f"`{cfg['teacher']['name']}` (layer {cfg['teacher']['layer']}); vocabulary {meta.get('vocab_size')}"]
+    lines += _card_stages(report) + ["", "## Measured (held-out text of the training corpus)", ""]
+    lines += _card_numbers(report) or ["- no held-out numbers were recorded with this model"]
+    lines += ["", "## Use", "", "```python", f"from textldm import {loader}", "",
+              f'pipe = {loader}.from_pretrained("REPO_OR_FOLDER")  # a local folder or a Hub repo id',
+              sample if kind != "ar" else 'pipe.generate(["The President said that"], length=48, top_p=0.95)',
+              "```", "", "The full configuration is in `config.json`; `textldm generate --model REPO_OR_FOLDER "
+              "--prompt TEXT` samples from the command line.", "", "## License and citation", "",
+              "Apache-2.0. TextLDM: \"TextLDM: Language Modeling with Continuous Latent Diffusion\", "
+              "arXiv:2605.07748 (2026); the software: see CITATION.cff in the textldm repository.", ""]
+    return "\n".join(lines)
+
+
+def _card_stages(report: dict) -> list[str]:
+    lines = []
+    for stage, name in (("vae", "TextVAE"), ("dit", "TextDiT"), ("ar", "AR baseline")):
+        train = report.get(f"{stage}_train")
+        if train:
+            lines.append(f"- {name}: {report.get(f'{stage}_parameters', 0) / 1e6:.1f}M parameters, "
+                         f"{train['steps']} steps in {train['seconds']:.0f} s, {train.get('flops', 0):.3g} FLOPs")
+    return lines
+
+
+def _card_numbers(report: dict) -> list[str]:
+    v, d, a = report.get("vae_eval", {}), report.get("dit_eval", {}), report.get("ar_eval", {})
+    lines = []
+    if v:
+        lines.append(f"- TextVAE token reconstruction accuracy: {100 * v['recon_acc']:.2f}%"
+                     + (f"; REPA cosine with the teacher: {v['repa_cos']:.3f}" if "repa_cos" in v else ""))
+    if d:
+        lines.append(f"- TextDiT velocity loss: {d['with_prompt']:.4f} with the prompt, {d['prompt_dropped']:.4f} "
+                     f"with it dropped (a linear Gaussian predictor: {d['linear_gaussian']:.4f})")
+    if a:
+        lines.append(f"- AR next-token loss {a['loss']:.4f} nats (perplexity {a['perplexity']:.1f}), accuracy "
+                     f"{100 * a['next_token_acc']:.1f}%")
+    return lines

@@ -7,7 +7,6 @@ the AR baseline), each saved and loaded as one folder (`export.py` holds the fol
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,9 +14,17 @@ from tqdm.auto import tqdm
 
 from textldm.config import Config, SampleConfig, config_from_dict, to_dict
 from textldm.diffusion.flow import clean_estimate, time_grid
-from textldm.diffusion.sampling import SOLVERS, integrate
+from textldm.diffusion.sampling import SOLVERS, STOP, Callback, integrate
 from textldm.errors import UserError
-from textldm.export import load_weights, read_model_config, read_tokenizer, write_model_folder
+from textldm.export import (
+    HubMixin,
+    load_weights,
+    locate_model_folder,
+    read_model_config,
+    read_tokenizer,
+    resolve_dtype,
+    write_model_folder,
+)
 from textldm.models.ar import CausalLM, generate
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
@@ -29,22 +36,31 @@ def noise_seed(seed: int, window: int, row: int) -> int:
     return derive_seed("noise", seed, window, row)
 
 
-class TextLDMPipeline:
+class TextLDMPipeline(HubMixin):
+    """Tokenizer + frozen TextVAE + TextDiT: `from_pretrained` / `save_pretrained` / `push_to_hub`, and
+    `generate` (text in, text out), `generate_ids`, `infill`."""
+
     def __init__(self, config: Config, tokenizer, vae: TextVAE, dit: TextDiT | None, eot_id: int):
         self.config, self.tokenizer, self.vae, self.dit, self.eot_id = config, tokenizer, vae, dit, eot_id
 
     @property
     def device(self) -> torch.device:
+        """The device the networks are on."""
         return next(self.vae.parameters()).device
 
-    def to(self, device) -> TextLDMPipeline:
-        self.vae.to(device)
-        if self.dit is not None:
-            self.dit.to(device)
+    def to(self, device=None, dtype: torch.dtype | None = None) -> TextLDMPipeline:
+        """Move (and with `dtype`, cast) the networks; bf16 weights sample under bf16 autocast."""
+        for module in (self.vae, self.dit):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        if dtype == torch.bfloat16:
+            self.config.sample.precision = "bf16"
         return self
 
     # persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        """Write the model folder (atomically): config.json, vae/dit safetensors, tokenizer, model card. `extra`: more
+        entries for config.json (e.g. the training report, which the card shows)."""
         meta = {"model_type": "textldm", "config": to_dict(self.config), "vocab_size": self.vae.vocab_size,
                 "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
@@ -52,11 +68,12 @@ class TextLDMPipeline:
         write_model_folder(path, meta, modules, self.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True):
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm demo` or "
-                            f"`textldm train-dit`")
+    def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True,
+                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> TextLDMPipeline:
+        """Load a saved model: a local folder or a Hugging Face Hub repo id (`revision`: branch, tag or commit;
+        the local HF cache is used, and with HF_HUB_OFFLINE=1 only it). `dtype` torch.bfloat16 (or "bf16")
+        casts the weights and samples under bf16 autocast; the default keeps the saved float32."""
+        path = locate_model_folder(name_or_path, revision, "; train one with `textldm demo` or `textldm train-dit`")
         meta = read_model_config(path)
         if meta.get("model_type", "textldm") != "textldm":
             raise UserError(f"'{path}' is a {meta['model_type']} checkpoint, not a TextLDM one; load it with "
@@ -70,12 +87,12 @@ class TextLDMPipeline:
             load_weights(dit, path / "dit.safetensors")
         elif require_dit:
             raise UserError(f"'{path}' holds only a VAE; train a DiT on it with `textldm train-dit --vae {path}`")
-        tokenizer = read_tokenizer(path)
-        pipe = cls(config, tokenizer, vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
-        return pipe.to(device)
+        pipe = cls(config, read_tokenizer(path), vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
+        return pipe.to(device, resolve_dtype(dtype))
 
     # generation ----------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Text prompts -> token ids, each checked (non-empty, at most dit.context_max tokens)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
@@ -95,34 +112,42 @@ class TextLDMPipeline:
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
-                     callback: Callable[[int, float, torch.Tensor], None] | None = None,
-                     first_index: int = 0) -> list[list[int]]:
-        """Continue each prompt (token ids) by up to `length` tokens; returns ids trimmed at end-of-text.
+                     callback: Callback | None = None, first_index: int = 0, *,
+                     max_new_tokens: int | None = None) -> list[list[int]]:
+        """Continue each prompt (token ids) by up to `length` tokens (`max_new_tokens`: the same, Hugging Face's
+        name); returns ids trimmed at end-of-text.
 
         Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
         each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
         end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt
-        gets the same continuation whatever batch it is in. Sampler settings not given come from config.sample
-        (`sampler`: solver, grid, shift,
-        guidance interval); `self.last_evaluations` holds the network evaluations per row of the last call."""
+        gets the same continuation whatever batch it is in. Settings not given come from config.sample
+        (`sampler`). `callback(step, t, x)` sees the latents after every sampling step; it may return new
+        latents (used from then on) or `STOP` (decode now, no further windows). `self.last_evaluations`: the
+        network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
-        s, d = self.sampler(length=length, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed), self.config.dit
-        length, cfg_scale, solver, seed = s.length, s.cfg_scale, s.solver, s.seed
-        grid = self.time_grid(s)
-        out = [[] for _ in prompt_ids]
-        active = list(range(len(prompt_ids)))
-        self.last_evaluations = 0
-        window = 0
-        while active and length > 0:
-            n = min(d.target_max, length)
+        s = self.sampler(length=_length(length, max_new_tokens, None), steps=steps, cfg_scale=cfg_scale,
+                         solver=solver, seed=seed)
+        d, grid, remaining = self.config.dit, self.time_grid(s), s.length
+        out, active, stopped = [[] for _ in prompt_ids], list(range(len(prompt_ids))), []
+
+        def step(i: int, t: float, x: torch.Tensor):
+            result = callback(i, t, x)
+            if isinstance(result, str) and result == STOP:
+                stopped.append(i)
+            return result
+
+        self.last_evaluations, window = 0, 0
+        while active and remaining > 0 and not stopped:
+            n = min(d.target_max, remaining)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
-            rows = self._sample_window(contexts, n, grid, cfg_scale, solver,
-                                       [noise_seed(seed, window, first_index + i) for i in active], callback)
+            rows = self._sample_window(contexts, n, grid, s.cfg_scale, s.solver,
+                                       [noise_seed(s.seed, window, first_index + i) for i in active],
+                                       step if callback else None)
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if self.eot_id not in row]
-            length -= n
+            remaining -= n
             window += 1
         return cut_at(out, self.eot_id)
 
@@ -137,6 +162,7 @@ class TextLDMPipeline:
         return s
 
     def time_grid(self, s: SampleConfig) -> torch.Tensor:
+        """The sampling time grid of these settings (the training timestep distribution's, for grid=schedule)."""
         d = self.config.dit
         return time_grid(s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
 
@@ -212,18 +238,19 @@ class TextLDMPipeline:
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
-                 callback=None, batch_size: int = 16, progress: bool = False) -> list[str]:
+                 callback: Callback | None = None, batch_size: int = 16, progress: bool = False, *,
+                 max_new_tokens: int | None = None) -> list[str]:
         """Continue text prompts, `batch_size` at a time (with a progress bar if `progress`). Deterministic in
         `seed` and independent of the batch size: prompt i always gets the noise of (seed, i)."""
         ids = self.encode_prompts(prompts)
         out = []
         for start in tqdm(range(0, len(ids), batch_size), desc="generate", unit="batch", disable=not progress):
             out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
-                                     first_index=start)
+                                     first_index=start, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode(row) for row in out]
 
 
-class ARPipeline:
+class ARPipeline(HubMixin):
     """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
 
     def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
@@ -231,38 +258,66 @@ class ARPipeline:
 
     @property
     def seq_len(self) -> int:
+        """The training window: the longest prompt + continuation the AR baseline reads."""
         return self.config.ar.seq_len or self.config.dit.context_max + self.config.dit.target_max
 
     @property
     def device(self) -> torch.device:
+        """The device the model is on."""
         return next(self.model.parameters()).device
 
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        """Write the model folder (atomically): config.json, ar.safetensors, tokenizer, model card."""
         meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
         write_model_folder(path, meta, {"ar": self.model}, self.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, path: Path | str, device: str | torch.device = "cpu") -> ARPipeline:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"checkpoint folder '{path}' does not exist; train one with `textldm train-ar`")
+    def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> ARPipeline:
+        """A saved AR baseline from a local folder or a Hub repo id (as TextLDMPipeline.from_pretrained)."""
+        path = locate_model_folder(name_or_path, revision, "; train one with `textldm train-ar`")
         meta = read_model_config(path)
         if meta.get("model_type") != "ar":
             raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
         config = config_from_dict(meta["config"])
         model = CausalLM(config.ar, meta["vocab_size"])
         load_weights(model, path / "ar.safetensors")
-        return cls(config, read_tokenizer(path), model.eval().to(device), meta["eot_id"])
+        return cls(config, read_tokenizer(path), model.eval().to(device=device, dtype=resolve_dtype(dtype)),
+                   meta["eot_id"])
 
-    def generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float | None = None,
-                     top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
-        """Continuations trimmed at end-of-text; prompts are left-truncated to fit the training window."""
+    def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                     max_new_tokens: int | None = None) -> list[list[int]]:
+        """Up to `length` new tokens per prompt (`max_new_tokens`: the same, Hugging Face's name), trimmed at
+        end-of-text; prompts are left-truncated to fit the training window. Settings not given: config.sample."""
         s = self.config.sample
-        if not 1 <= max_new_tokens < self.seq_len:
-            raise UserError(f"max_new_tokens {max_new_tokens} must be in 1..{self.seq_len - 1} (ar.seq_len)")
-        keep = self.seq_len - max_new_tokens
+        length = _length(length, max_new_tokens, s.length)
+        if not 1 <= length < self.seq_len:
+            raise UserError(f"length {length} must be in 1..{self.seq_len - 1} (ar.seq_len)")
+        keep = self.seq_len - length
         prompts = [p[-keep:] for p in prompt_ids]
-        out = generate(self.model, prompts, max_new_tokens, s.temperature if temperature is None else temperature,
-                       s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p, seed).tolist()
+        bf16 = next(self.model.parameters()).dtype == torch.bfloat16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = generate(self.model, prompts, length, s.temperature if temperature is None else temperature,
+                           s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p,
+                           s.seed if seed is None else seed).tolist()
         return cut_at(out, self.eot_id)
+
+    def generate(self, prompts: list[str] | str, length: int | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Continue text prompts (the same arguments as TextLDMPipeline.generate where they mean the same)."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if not ids or any(not row for row in ids):
+            raise UserError("every prompt needs at least one token; give some text")
+        rows = self.generate_ids(ids, length, temperature, top_k, top_p, seed, max_new_tokens=max_new_tokens)
+        return [self.tokenizer.decode(row) for row in rows]
+
+
+def _length(length: int | None, max_new_tokens: int | None, default: int | None) -> int | None:
+    """`length` and its Hugging Face name `max_new_tokens` are the same argument; give one."""
+    if length is not None and max_new_tokens is not None and length != max_new_tokens:
+        raise UserError(f"length={length} and max_new_tokens={max_new_tokens} disagree; give one of them")
+    return next((v for v in (length, max_new_tokens) if v is not None), default)

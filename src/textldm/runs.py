@@ -62,6 +62,7 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
 
 
 def format_report(report: dict) -> str:
+    """The demo's report as markdown (VAE, DiT per-quarter losses, continuations and their measurements)."""
     lines = ["# textldm run report", ""]
     v = report.get("vae_eval", {})
     if v:

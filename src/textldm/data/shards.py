@@ -35,6 +35,8 @@ MAGIC = b"TLDMTOK\x00"
 
 
 def is_validation(doc: str, val_fraction: float) -> bool:
+    """Whether a document is held out: a fixed function of its text (a hash), so the split never depends on order or
+    sharding."""
     h = int.from_bytes(hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest(), "little")
     return h / 2**64 < val_fraction
 
@@ -114,6 +116,7 @@ class ShardWriter:
             start_doc, start_tok = stop_doc, stop_tok
 
     def close(self) -> dict:
+        """Finish the last shard; returns the split's files, tokens and documents."""
         self._close()
         return {"files": self.files, "tokens": self.tokens, "documents": self.documents}
 

@@ -13,11 +13,13 @@ import torch
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The path x_t = (1 - t) x0 + t x1 (t = 0 noise, t = 1 data)."""
     t = t.view(-1, *([1] * (x1.dim() - 1)))
     return (1 - t) * x0 + t * x1
 
 
 def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """The velocity along the path: x1 - x0."""
     return x1 - x0
 
 

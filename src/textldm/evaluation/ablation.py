@@ -72,6 +72,8 @@ DIT_SIDE = VAE_SIDE + ("dit", "dit_train")
 
 def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], bench: str, out_dir: str,
                  progress: bool = True) -> dict:
+    """Train (sharing VAEs and models between variants that agree on them) and score every variant of `grid`; writes
+    ablation.json / .md (and a partial file as rows finish)."""
     out = Path(out_dir)
     configs = {name: load_config(preset, [*overrides, *extra, f"out_dir={out / name}"])
                for name, extra in grid.items()}  # validate every variant before training any
@@ -109,6 +111,7 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
 
 
 def format_ablation(result: dict) -> str:
+    """An ablation's results as markdown tables (generation metrics; VAE, DiT and training facts)."""
     lines = [f"# Ablations on `{result['benchmark']}` (preset `{result['preset']}`)", "",
              "Generation metrics per variant (x100; gen-PPL raw):", "",
              "| variant | overrides | R1 | R2 | RL | BERTScore | MAUVE | gen-PPL | distinct-2 | same-noise agreement |",

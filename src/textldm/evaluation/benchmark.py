@@ -32,6 +32,7 @@ MIN_WORDS = 8  # shortest passage: leaves at least 3 prompt and 3 reference word
 
 @dataclass
 class BenchmarkSpec:
+    """How to build a continuation benchmark from a text source: passage length, cut points, split."""
     source: str  # "embedded", a local file/folder, or an HF data set name (see data.corpus)
     text_field: str = "text"
     hf_config: str | None = None
@@ -120,6 +121,7 @@ def build_benchmark(spec: BenchmarkSpec, n: int = 1000, seed: int = 0,
 
 
 def save_benchmark(items: list[dict], path: Path | str, meta: dict) -> Path:
+    """Write benchmark items as JSONL with a header line (atomically)."""
     path = Path(path)
     atomic_write_text(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
     write_json(path.with_suffix(".meta.json"), meta)
@@ -127,6 +129,7 @@ def save_benchmark(items: list[dict], path: Path | str, meta: dict) -> Path:
 
 
 def read_benchmark(path: Path | str) -> list[dict]:
+    """Read a benchmark JSONL file (header + items), checked."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()

@@ -94,12 +94,14 @@ def benchmark_agreement(pipe, items: list[dict]) -> float:
 
 @dataclass
 class Contestant:
+    """A model in an evaluation: a name, its kind (textldm, ar, hf) and the loaded model."""
     name: str
     kind: str  # "textldm", "ar", "hf"
     model: object
 
     def continue_items(self, items: list[dict], sample: SampleConfig, batch_size: int, max_new_tokens: int,
                        **textldm_overrides) -> list[str]:
+        """Continuations of the benchmark items' prompts with the given sampler settings."""
         if self.kind == "textldm":
             pipe, d = self.model, self.model.config.dit
             opts = {"steps": sample.steps, "cfg_scale": sample.cfg_scale, "solver": sample.solver, **textldm_overrides}
@@ -176,6 +178,7 @@ class Scorer:
         self._ref_features = None
 
     def ref_features(self):
+        """The references' MAUVE features (computed once per benchmark)."""
         if self._ref_features is None:
             self._ref_features = featurize(self.refs, self.mcfg.mauve_featurizer, self.mcfg.mauve_pooling,
                                            device=self.device)
@@ -277,6 +280,7 @@ def _save_generations(path: Path, items: list[dict], gens: list[str]) -> None:
 
 
 def format_results(results: dict) -> str:
+    """The evaluation results as markdown tables (Table-1 shape) per benchmark."""
     benches = list(results["benchmarks"])
     mc = results["metrics_config"]
     models = list(dict.fromkeys(m for b in benches for m in results["benchmarks"][b]["rows"]))
@@ -313,6 +317,7 @@ def format_results(results: dict) -> str:
 
 
 def plot_sweeps(sweeps: dict, out: Path) -> list[Path]:
+    """Quality-vs-steps and quality-vs-CFG plots of the sweeps (PNG files)."""
     matplotlib = require_package("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

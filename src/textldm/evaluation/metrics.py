@@ -30,10 +30,12 @@ MINILM = "minilm"
 
 
 def words(text: str) -> list[str]:
+    """Lower-cased words of a text (for distinct-n and the known-word share)."""
     return re.findall(r"[a-z]+", text.lower())
 
 
 def require_package(module: str, package: str):
+    """Import a package, or raise a UserError naming the extra that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -71,6 +73,7 @@ def rouge_scores(candidates: list[str], references: list[str]) -> dict:
 
 
 def rouge_l(candidates: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F1 of generations against references."""
     return rouge_scores(candidates, references)["rougeL"] if candidates else 0.0
 
 

@@ -53,6 +53,7 @@ def _eval_series(evals: list[dict]) -> dict[str, tuple[list, list]]:
 
 
 def plot_log(path: Path, out: Path) -> Path:
+    """One run log's curves (loss terms, lr, tokens/s, held-out numbers) into PNG files."""
     matplotlib = require_package("matplotlib", "matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,6 +106,7 @@ def plot_log(path: Path, out: Path) -> Path:
 
 
 def plot_run(run: Path | str, out: Path | str | None = None) -> list[Path]:
+    """Every *_log.jsonl of a run folder drawn to PNG; returns the files."""
     run = Path(run)
     logs = sorted(run.glob("*_log.jsonl"))
     if not logs:

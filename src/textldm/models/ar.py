@@ -17,6 +17,7 @@ from textldm.models.blocks import KVCache, TransformerBlock, rope_angles
 
 
 class CausalLM(nn.Module):
+    """A GPT-style causal Transformer from the shared block: token embedding, blocks, final norm, tied output head."""
     def __init__(self, cfg: ARConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size

@@ -28,6 +28,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with (B, D) modulation broadcast over positions."""
     return x * (1 + scale) + shift
 
 
@@ -43,6 +44,7 @@ class KVCache:
         return 0 if self.k is None else self.k.shape[2]
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Append this step's keys and values; returns all cached so far."""
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
         if not self.frozen:
@@ -71,6 +73,7 @@ def attention(q, k, v, attn_mask=None, causal=False):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with RoPE, SDPA, an optional boolean mask and an optional KV cache."""
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
@@ -92,6 +95,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The Transformer MLP: Linear -> GELU (tanh) -> Linear."""
     def __init__(self, width: int, mlp_ratio: float = 4.0):
         super().__init__()
         hidden = int(width * mlp_ratio)
@@ -99,6 +103,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x):
+        """(B, L, D) -> (B, L, D)."""
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 

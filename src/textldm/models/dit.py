@@ -33,6 +33,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) timesteps in [0, 1] -> (B, D) embeddings (sinusoidal features through an MLP)."""
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = (t.float() * 1000.0)[:, None] * freqs[None]
@@ -40,6 +41,7 @@ class TimestepEmbedder(nn.Module):
 
 
 class FinalLayer(nn.Module):
+    """adaLN-modulated norm and a linear map to the latent channels (zero-initialised: the DiT starts at v = 0)."""
     def __init__(self, width: int, out_channels: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -47,6 +49,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, out_channels)
 
     def forward(self, x, cond):
+        """(B, L, D) hidden, (B, D) condition -> (B, L, C) velocity."""
         shift, scale = self.modulation(cond).unsqueeze(1).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
@@ -69,6 +72,9 @@ class ContextCache:
 
 
 class TextDiT(nn.Module):
+    """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
+    context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
+    context and its own previous clean estimate."""
     def __init__(self, cfg: DiTConfig, latent_channels: int):
         super().__init__()
         self.cfg = cfg
@@ -119,6 +125,7 @@ class TextDiT(nn.Module):
             nn.init.zeros_(self.self_cond_proj.bias)
 
     def condition(self, t: torch.Tensor) -> torch.Tensor:
+        """The adaLN condition per example: the timestep embedding (+ the pooled context when on), (B, D)."""
         if self.t_embedder is None:
             return self.free_cond.expand(t.shape[0], -1)
         return self.t_embedder(t)

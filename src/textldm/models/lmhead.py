@@ -22,6 +22,7 @@ def _chunk_rows(vocab: int, device: torch.device) -> int:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, compute_dtype, need_grad):
+        """The weighted CE summed over row chunks, and each token's correctness."""
         h = hidden.to(compute_dtype)
         w = weight.to(compute_dtype)
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -47,6 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_correct):
+        """Recompute each chunk's logits for its gradient: nothing of size (tokens x vocabulary) is kept."""
         grad_h, grad_w = ctx.saved_tensors
         return (grad_h.to(ctx.dtypes[0]) * grad_loss, (grad_w * grad_loss).to(ctx.dtypes[1]), None, None, None, None)
 

@@ -52,6 +52,7 @@ def resolve(name: str) -> str:
 
 
 def load_tokenizer(name: str):
+    """The tokenizer of an alias, HF model name or local folder (failures -> UserError)."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
@@ -77,6 +78,7 @@ def end_of_text_id(tok) -> int:
 
 
 def first_line(e: Exception) -> str:
+    """The first line of an exception's message (for one-line errors)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
 
@@ -145,6 +147,7 @@ class Teacher(nn.Module):
         return out.float()
 
     def train(self, mode: bool = True):  # the teacher is never put in training mode
+        """Ignored: the teacher always stays in eval mode."""
         return super().train(False)
 
 

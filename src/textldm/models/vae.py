@@ -17,6 +17,8 @@ from textldm.models.teacher import project_embeddings
 
 
 class TextVAE(nn.Module):
+    """One continuous latent per token: an encoder to a diagonal Gaussian per position, and a parallel (non-
+    autoregressive) decoder from latents to vocabulary logits; REPA projector and latent statistics included."""
     def __init__(self, cfg: VAEConfig, vocab_size: int, teacher_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
@@ -43,6 +45,7 @@ class TextVAE(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
+        """Xavier-uniform linears, zero biases, N(0, width^-0.5) embeddings, a small initial posterior variance."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -94,6 +97,7 @@ class TextVAE(nn.Module):
         return self.encode_features(ids, mask)[0]
 
     def decode_hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, L, C) -> the decoder's final hidden states (B, L, width)."""
         x = self.from_latent(z.to(self.from_latent.weight.dtype))
         rope, attn_mask = self._rope(z.shape[1], z.device), padding_attn_mask(mask)
         for block in self.decoder:
@@ -101,6 +105,7 @@ class TextVAE(nn.Module):
         return self.decoder_norm(x)
 
     def output_weight(self) -> torch.Tensor:
+        """The output projection (the token embedding when tied)."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def decode(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,9 +114,11 @@ class TextVAE(nn.Module):
 
     # latent normalisation used by the DiT -------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents -> the DiT's per-channel standardised latents."""
         return (z - self.latent_mean) / self.latent_std
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The DiT's standardised latents -> raw latents (the decoder's input)."""
         return z * self.latent_std + self.latent_mean
 
 
@@ -126,6 +133,7 @@ def repa_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is true."""
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -185,10 +193,12 @@ def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 
 
 
 def param_count(module: nn.Module) -> int:
+    """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
 
 
 def kl_weight_at(step: int, cfg: VAEConfig) -> float:
+    """The KL weight at a step: linear warm-up from 0 over kl_warmup_steps."""
     if cfg.kl_warmup_steps <= 0:
         return cfg.kl_weight
     return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)

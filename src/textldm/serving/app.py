@@ -37,6 +37,7 @@ SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
 
 
 def require_serve_packages():
+    """FastAPI and uvicorn, or a UserError saying how to install them."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -88,6 +89,7 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
 
 
 def add_routes(app, service: GenerationService, info: dict, requests) -> None:
+    """The page, health, info and the job routes (generate, infill, AR; streamed variants) of `create_app`."""
     from fastapi.responses import HTMLResponse
 
     from textldm.serving.schemas import ARContinuation, Continuation, ErrorBody, Infill
@@ -227,6 +229,7 @@ def _version() -> str:
 
 
 def check_port_free(host: str, port: int):
+    """A UserError now (not a traceback later) when host:port cannot be bound."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))

@@ -15,6 +15,7 @@ MAX_SEED = 2**31 - 1
 
 
 class Continuation(BaseModel):
+    """The answer to /api/generate."""
     prompt: str
     continuation: str
     tokens: int
@@ -23,6 +24,7 @@ class Continuation(BaseModel):
 
 
 class Infill(BaseModel):
+    """The answer to /api/infill."""
     left: str
     middle: str
     right: str
@@ -31,6 +33,7 @@ class Infill(BaseModel):
 
 
 class ARContinuation(BaseModel):
+    """The answer to /api/ar/generate."""
     prompt: str
     continuation: str
     tokens: int
@@ -38,12 +41,14 @@ class ARContinuation(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error: a one-line message (and the validation details for 422)."""
     error: str
     detail: list | None = None
 
 
 @dataclass(frozen=True)
 class RequestModels:
+    """The request bodies of one app (their bounds come from its limits)."""
     generate: type[BaseModel]
     infill: type[BaseModel]
     ar: type[BaseModel]

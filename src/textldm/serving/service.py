@@ -67,9 +67,11 @@ class GenerationService:
 
     # admission, deadline, cancellation ------------------------------------------------------------------
     def health(self) -> dict:
+        """What /api/health answers: admitted, capacity, completed."""
         return {"status": "ok", "admitted": self.admitted, "capacity": self.capacity, "completed": self.completed}
 
     def admit(self) -> None:
+        """Take a slot, or raise Busy when 1 + max_queue are running or waiting."""
         with self._lock:
             if self.admitted >= self.capacity:
                 raise Busy(f"busy: {self.admitted} requests are running or queued (limit {self.capacity}); "
@@ -135,6 +137,7 @@ class GenerationService:
         return body()
 
     def shutdown(self) -> None:
+        """Stop the worker thread (pending jobs are cancelled)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # the jobs ---------------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ class GenerationService:
         return ids[-self.pipe.config.dit.context_max:]
 
     def generate_job(self, req) -> Job:
+        """The job continuing `req.prompt` (its prompt is checked now, before admission)."""
         ids = self.prompt_ids(req.prompt)
 
         def job(callback):
@@ -156,6 +160,7 @@ class GenerationService:
         return job
 
     def infill_job(self, req) -> Job:
+        """The job filling the gap between `req.left` and `req.right` (checked now)."""
         if self.pipe.dit.segment.num_embeddings < 3:
             raise UserError("this model was not trained for infilling; train its DiT with dit.infill_prob > 0")
         self.prompt_ids(req.left, "left text"), self.prompt_ids(req.right, "right text")
@@ -168,6 +173,7 @@ class GenerationService:
         return job
 
     def ar_job(self, req) -> Job:
+        """The AR baseline's job continuing `req.prompt` (checked now)."""
         if self.ar is None:
             raise NotLoaded("no AR baseline is loaded; start the server with --ar DIR (a `textldm train-ar` "
                               "checkpoint)")

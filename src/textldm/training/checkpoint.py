@@ -26,6 +26,7 @@ STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 def rng_state() -> dict:
+    """The RNG states of Python, NumPy, torch (and CUDA): what a resume restores."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -33,6 +34,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -79,6 +81,7 @@ def save_checkpoint(folder: Path | str, step: int, state: dict, keep: int = 2) -
 
 
 def load_checkpoint(path: Path | str) -> dict:
+    """A training checkpoint's state (a UserError if it is unreadable)."""
     path = Path(path)
     file = path / "state.pt" if path.is_dir() else path
     if not file.exists():

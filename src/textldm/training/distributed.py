@@ -30,14 +30,17 @@ def setup_distributed(device_pref: str = "auto"):
 
 
 def is_main() -> bool:
+    """Whether this is rank 0 (always, without a process group)."""
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def world_size() -> int:
+    """The number of processes (1 without a process group)."""
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 without a process group)."""
     return dist.get_rank() if dist.is_initialized() else 0
 
 
@@ -84,6 +87,7 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
     if dist.is_initialized():
         dist.barrier()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from textldm.models.blocks import TransformerBlock
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textldm.training.distributed import is_main, rank, split_batch, world_size
 from textldm.training.perf import Throughput, matmul_peak_flops
+from textldm.training.tracking import TrainingLog
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class EMA:
                 self._others.append((v, live[k]))
 
     def decay_at(self, n: int) -> float:
+        """The decay of update n: min(decay, (1 + n) / (10 + n))."""
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
@@ -114,61 +115,17 @@ class EMA:
             shadow.copy_(live)
 
     def full_state(self) -> dict:
+        """The averaged weights as full (unsharded) CPU tensors: a collective under FSDP."""
         return {k: _full(v).cpu() for k, v in self.shadow.items()}
 
     def load_full_state(self, state: dict):
+        """Load full tensors (from `full_state`) into the shadow, re-sharding under FSDP."""
         from torch.distributed.tensor import DTensor, distribute_tensor
 
         with torch.no_grad():
             for k, v in self.shadow.items():
                 full = state[k].to(v.device)
                 v.copy_(distribute_tensor(full, v.device_mesh, v.placements) if isinstance(v, DTensor) else full)
-
-
-class JsonlLogger:
-    """Rank 0's training log: one JSON record per line (what `textldm plot` reads) and, optionally, the same
-    numbers as TensorBoard scalars in `tensorboard/<log name>/` beside it."""
-
-    def __init__(self, path: Path | None, tensorboard: bool = False):
-        self.file = open(path, "a") if path is not None and is_main() else None
-        self.board = None
-        if tensorboard and self.file is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("train tensorboard=true needs `pip install tensorboard`") from None
-            self.board = SummaryWriter(str(path.parent / "tensorboard" / path.stem))
-
-    def write(self, record: dict):
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.board is not None and "step" in record and "event" not in record:
-            for name, value in _scalars(record.get("eval", record)).items():
-                self.board.add_scalar(("eval/" if "eval" in record else "train/") + name, value, record["step"])
-
-    def close(self):
-        if self.file:
-            self.file.close()
-        if self.board is not None:
-            self.board.close()
-
-
-def _scalars(record: dict, prefix: str = "") -> dict:
-    """Numbers of a (nested) record, flattened: {"quarters": [{"t": "0-0.25", "loss": 1}]} -> quarters/0-0.25/loss."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, bool) or key in ("step", "t"):
-            continue
-        if isinstance(value, (int, float)):
-            out[prefix + key] = float(value)
-        elif isinstance(value, dict):
-            out.update(_scalars(value, f"{prefix}{key}/"))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if isinstance(item, dict):
-                    out.update(_scalars(item, f"{prefix}{key}/{item.get('t', i)}/"))
-    return out
 
 
 # the training loop ------------------------------------------------------------------------------------
@@ -237,12 +194,13 @@ def _restore(state: dict, inner: nn.Module, optimizer, ema: EMA | None):
 def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: TrainConfig, *,
         log_path: Path | None = None, desc: str = "train", tokens_per_step: int | None = None,
         flops_per_step: float = 0.0, on_eval: Callable[[int], dict] | None = None, progress: bool = True,
-        precision: str = "auto", checkpoint_dir: Path | None = None, resume: bool = False) -> dict:
+        precision: str = "auto", checkpoint_dir: Path | None = None, resume: bool = False,
+        run_config: dict | None = None) -> dict:
     """Train `objective` for cfg.steps (or until cfg.max_minutes). `batches(step, micro, accum)` returns this rank's
     `micro`-th part of step `step`'s global batch. `flops_per_step`: model FLOPs of one optimizer step over the
     global batch (FLOP/s, MFU). With `checkpoint_dir` the training state is saved every cfg.checkpoint_every steps
-    and at the end; `resume` continues from the newest one. Returns a summary; `objective` holds the trained
-    (EMA, if on) weights afterwards."""
+    and at the end; `resume` continues from the newest one. `run_config`: the run's resolved config, for the
+    experiment tracker. Returns a summary; `objective` holds the trained (EMA, if on) weights afterwards."""
     device = next(objective.parameters()).device
     amp_dtype = autocast_dtype(precision, device)
     per_device, accum = split_batch(cfg.batch_size, cfg.micro_batch)
@@ -253,7 +211,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
     ema = EMA(inner, cfg.ema) if cfg.ema > 0 else None
     found, first_step, time_offset = _resume(checkpoint_dir if resume else None, inner, optimizer, ema, desc)
     peak = cfg.peak_flops or (matmul_peak_flops(device, amp_dtype or torch.float32) if flops_per_step else 0.0)
-    logger = JsonlLogger(log_path, cfg.tensorboard)
+    logger = TrainingLog(log_path, cfg, desc, run_config)
     logger.write({"event": "resume" if found is not None else "start", "desc": desc, "step": first_step,
                   **_run_facts(cfg, per_device, accum, amp_dtype, peak, flops_per_step)})
     start = time.time()
@@ -316,7 +274,7 @@ def _run_facts(cfg: TrainConfig, per_device: int, accum: int, amp_dtype, peak: f
             "autocast": str(amp_dtype), "peak_flops": peak, "flops_per_step": flops_per_step}
 
 
-def _evaluate(on_eval, step: int, logger: JsonlLogger, inner: nn.Module, meter):
+def _evaluate(on_eval, step: int, logger: TrainingLog, inner: nn.Module, meter):
     """A periodic held-out evaluation into the log; its time is not training time."""
     logger.write({"step": step, "eval": on_eval(step)})
     inner.train()
@@ -392,7 +350,7 @@ def _step_record(step: int, lr: float, elapsed: float, metrics: dict, grad_norm,
     return {**record, **meter.read()}
 
 
-def _log_step(logger: JsonlLogger, bar, record: dict):
+def _log_step(logger: TrainingLog, bar, record: dict):
     """One step's record into the log, its headline numbers onto the progress bar."""
     logger.write(record)
     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "acc", "repa_cos", "ce")})

@@ -26,11 +26,13 @@ def teacher_context(device: torch.device):
 
 
 class VAEObjective(nn.Module):
+    """The VAE's training objective: `vae_loss` with the KL warm-up at the current step."""
     def __init__(self, vae: TextVAE):
         super().__init__()
         self.vae = vae
 
     def forward(self, batch: dict, step: int):
+        """(loss, metrics) of one micro-batch."""
         return vae_loss(self.vae, batch["ids"], batch["mask"], batch.get("teacher"),
                         kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"])
 
@@ -79,6 +81,7 @@ class DiTObjective(nn.Module):
             raise ValueError("dit.decoder_ce_weight > 0 needs the frozen VAE: DiTObjective(dit, vae)")
 
     def forward(self, batch: dict, step: int):
+        """(loss, metrics) of one micro-batch: the flow-matching loss (+ the token-aware loss when on)."""
         x0, x1, t = batch["noise"], batch["target"], batch["t"]
         context = self.dit.drop_context(batch["context"], batch["drop"])
         right = batch.get("right")
@@ -126,6 +129,7 @@ class DiTObjective(nn.Module):
 
 @torch.no_grad()
 def encode_latents(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Token ids -> the frozen VAE's posterior means, standardised when the DiT uses normalised latents."""
     z = vae.encode(ids, mask)
     return vae.normalize(z) if normalize else z
 
@@ -200,6 +204,7 @@ class ARObjective(nn.Module):
         self.model = model
 
     def forward(self, batch: dict, step: int):
+        """(loss, metrics) of one micro-batch: next-token CE."""
         hidden = self.model.hidden(batch["ids"][:, :-1]).flatten(0, 1)
         targets = batch["ids"][:, 1:].flatten()
         weights = torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)

@@ -115,9 +115,11 @@ class Throughput:
         self.reset()
 
     def reset(self):
+        """Restart the clock (after time that is not training: checkpoint writes, evaluation)."""
         self.start, self.steps = time.perf_counter(), 0
 
     def step(self):
+        """Count one optimizer step."""
         self.steps += 1
 
     def read(self) -> dict:

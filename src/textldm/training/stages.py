@@ -72,7 +72,7 @@ def train_stage(cfg: Config, stage: Stage, progress: bool = True, resume: bool =
     summary = fit(stage.objective, stage.batches, stage.train, log_path=out / f"{stage.name}_log.jsonl",
                   desc=stage.desc, progress=progress, on_eval=periodic_eval, tokens_per_step=stage.tokens_per_step,
                   flops_per_step=stage.flops_per_step, precision=cfg.precision,
-                  checkpoint_dir=checkpoint_dir(cfg, stage.name), resume=resume)
+                  checkpoint_dir=checkpoint_dir(cfg, stage.name), resume=resume, run_config=to_dict(cfg))
     if stage.after_fit is not None:
         stage.after_fit()
     report = {f"{stage.name}_parameters": param_count(stage.model), f"{stage.name}_train": summary,
@@ -85,6 +85,7 @@ def train_stage(cfg: Config, stage: Stage, progress: bool = True, resume: bool =
 
 
 def start_run(cfg: Config) -> torch.device:
+    """Join the process group (under torchrun), set CPU threads and seeds; returns the device."""
     _, _, device = setup_distributed(cfg.device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)

@@ -23,6 +23,7 @@ from textldm.utils import atomic_dir, cache_dir
 
 
 def default_folder(stream: TokenStream, teacher_name: str, layer: int, length: int, windows: int) -> Path:
+    """The cache folder for (corpus, teacher, layer, window length, windows), under the textldm cache."""
     key = json.dumps([stream.folder.name, teacher_name, layer, length, windows])
     return cache_dir() / "teacher" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -63,6 +64,7 @@ def build_teacher_cache(stream: TokenStream, teacher, teacher_name: str, layer: 
 
 
 def window_ids(stream: TokenStream, rows: np.ndarray, length: int) -> torch.Tensor:
+    """(n, length) token ids of cached windows given as (shard, offset) rows."""
     return torch.from_numpy(np.stack([np.asarray(stream.parts[p][o: o + length], dtype=np.int64) for p, o in rows]))
 
 
@@ -86,7 +88,9 @@ class TeacherCache:
         return len(self.rows)
 
     def ids(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids of the cached windows `idx`."""
         return window_ids(self.stream, self.rows[idx.numpy()], self.length)
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """Teacher features (float32) of the cached windows `idx`."""
         return torch.from_numpy(np.stack([self.features_map[i] for i in idx.tolist()]).astype(np.float32))

@@ -1,0 +1,166 @@
+"""Fit with the ecosystem: loading by Hub id (offline, from a Hub-layout cache), model cards, push_to_hub,
+W&B offline runs, dtype, step callbacks that stop or edit, argument names, version and run metadata."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from textldm import ARPipeline, TextLDMPipeline, load_config
+from textldm.diffusion.sampling import STOP
+from textldm.errors import UserError
+from textldm.training import stages
+from textldm.version import __version__
+
+
+def hub_cache_entry(cache, repo_id: str, folder, commit: str = "a" * 40):
+    """`folder` laid out as huggingface_hub's cache holds a downloaded repo: models--owner--name/ with
+    snapshots/<commit>/ (the files) and refs/main (the commit)."""
+    root = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return root
+
+
+@pytest.fixture()
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hub cache in tmp_path with the network off (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_saved_model_loads_by_hub_id_offline(trained, offline_hub):
+    out, _ = trained
+    hub_cache_entry(offline_hub, "someone/tiny-textldm", out / "model")
+    by_id = TextLDMPipeline.from_pretrained("someone/tiny-textldm")
+    local = TextLDMPipeline.from_pretrained(out / "model")
+    prompts = ["the man said that"]
+    assert by_id.generate(prompts, steps=2, length=6) == local.generate(prompts, steps=2, length=6)
+    assert TextLDMPipeline.from_pretrained("someone/tiny-textldm", revision="a" * 40).dit is not None
+    with pytest.raises(UserError, match="neither a local model folder nor a loadable Hub repo"):
+        TextLDMPipeline.from_pretrained("someone/not-cached")
+    with pytest.raises(UserError, match="does not exist"):  # a path that cannot be a repo id stays a path
+        TextLDMPipeline.from_pretrained("./runs/nowhere/model")
+
+
+def test_every_saved_model_has_a_model_card_with_its_numbers(trained):
+    out, report = trained
+    card = (out / "model" / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: textldm")
+    assert f"{100 * report['vae_eval']['recon_acc']:.2f}%" in card  # measured numbers of this model
+    assert f"{report['dit_eval']['with_prompt']:.4f}" in card
+    assert f"{report['dit_train']['steps']} steps" in card and "TextLDMPipeline.from_pretrained" in card
+    vae_card = (out / "vae" / "README.md").read_text()
+    assert "no DiT yet" in vae_card and f"{100 * report['vae_eval']['recon_acc']:.2f}%" in vae_card
+
+
+def test_push_to_hub_uploads_the_saved_folder(trained, monkeypatch):
+    """No network here: HfApi is replaced by a recorder; what would be uploaded is checked."""
+    import huggingface_hub
+
+    seen = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            seen["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            seen["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None):
+            from pathlib import Path
+
+            seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            seen["config"] = json.loads((Path(folder_path) / "config.json").read_text())
+            return "https://huggingface.co/someone/x/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    pipe = TextLDMPipeline.from_pretrained(trained[0] / "model")
+    url = pipe.push_to_hub("someone/x", private=True, token="t")
+    assert url.endswith("/commit/1") and seen["repo"] == ("someone/x", True, True) and seen["token"] == "t"
+    assert seen["files"] == ["README.md", "config.json", "dit.safetensors", "tokenizer", "vae.safetensors"]
+    assert seen["config"]["environment"]["versions"]["textldm"] == __version__
+
+
+def test_wandb_offline_run_directory(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, cache_home):
+    """train.wandb_project writes a W&B run (offline here) beside the JSONL log, with the same numbers."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)) + [
+        "ar_train.steps=4", "ar_train.batch_size=4", "ar_train.log_every=1", "ar.width=32", "ar.heads=2",
+        "ar.depth=1", "ar_train.wandb_project=textldm-test"])
+    stages.train_ar(cfg, progress=False)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    logged = (runs[0] / "files" / "config.yaml").read_text()
+    assert "textldm-test" in logged and "ar_train" in logged and __version__ in logged  # config + environment
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    jsonl = [json.loads(line) for line in (out / "ar_log.jsonl").read_text().splitlines()]
+    last = [r for r in jsonl if "loss" in r][-1]
+    assert summary["train/loss"] == pytest.approx(last["loss"]) and summary["steps"] == 4
+
+
+def test_from_pretrained_dtype(trained):
+    pipe = TextLDMPipeline.from_pretrained(trained[0] / "model", dtype="bf16")
+    assert {p.dtype for p in pipe.dit.parameters()} == {torch.bfloat16} and pipe.config.sample.precision == "bf16"
+    text = pipe.generate(["the man said that"], steps=2, length=6)
+    assert len(text) == 1 and isinstance(text[0], str)
+    with pytest.raises(UserError, match="float32 or bfloat16"):
+        TextLDMPipeline.from_pretrained(trained[0] / "model", dtype="int8")
+
+
+def test_a_step_callback_may_stop_the_sampler_or_replace_its_latents(trained):
+    pipe = TextLDMPipeline.from_pretrained(trained[0] / "model")
+    d = pipe.config.dit
+    seen = []
+
+    def stop_at_two(step, t, x):
+        seen.append(step)
+        return STOP if step == 2 else None
+
+    pipe.generate_ids([[5, 6, 7]], length=2 * d.target_max, steps=4, callback=stop_at_two)
+    assert seen == [1, 2]  # stopped inside the first window, and no second window was started
+    replaced = pipe.generate_ids([[5, 6, 7]], length=4, steps=4, callback=lambda s, t, x: torch.zeros_like(x))
+    zeros = pipe.decode_latents(torch.zeros(1, 4, pipe.vae.cfg.latent_channels))
+    assert replaced == zeros  # the last step's replacement is what gets decoded
+    with pytest.raises(ValueError, match="latents of shape"):
+        pipe.generate_ids([[5, 6, 7]], length=4, steps=2, callback=lambda s, t, x: torch.zeros(3))
+
+
+def test_argument_names_are_shared_by_both_pipelines(trained, tiny_model_dir, tiny_corpus, tmp_path, cache_home):
+    pipe = TextLDMPipeline.from_pretrained(trained[0] / "model")
+    same = pipe.generate_ids([[5, 6, 7]], length=5, steps=2)
+    assert pipe.generate_ids([[5, 6, 7]], max_new_tokens=5, steps=2) == same
+    with pytest.raises(UserError, match="disagree"):
+        pipe.generate_ids([[5, 6, 7]], length=4, max_new_tokens=5)
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "ar")) + [
+        "ar_train.steps=2", "ar_train.batch_size=4", "ar.width=32", "ar.heads=2", "ar.depth=1"])
+    ar, _ = stages.train_ar(cfg, progress=False)
+    loaded = ARPipeline.from_pretrained(tmp_path / "ar" / "ar")
+    a = loaded.generate(["the man said"], length=5, seed=3)
+    assert a == loaded.generate(["the man said"], max_new_tokens=5, seed=3)
+    assert a == [ar.tokenizer.decode(r) for r in ar.generate_ids([ar.tokenizer("the man said")["input_ids"]], 5,
+                                                                  seed=3)]
+
+
+def test_version_and_run_metadata(trained):
+    out, _ = trained
+    cli = subprocess.run([sys.executable, "-m", "textldm", "--version"], capture_output=True, text=True)
+    assert cli.returncode == 0 and cli.stdout.strip() == f"textldm {__version__}"
+    env = json.loads((out / "environment.json").read_text())
+    assert env["versions"]["textldm"] == __version__ and isinstance(env["command"], list)
+    assert env["devices"]["cpu_count"] >= 1 and "cuda" in env["devices"]
+    saved = json.loads((out / "model" / "config.json").read_text())["environment"]
+    assert saved["versions"]["textldm"] == __version__
+    git = env["git"]
+    assert git is None or len(git["commit"]) == 40  # a git checkout records its revision
