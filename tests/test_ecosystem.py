@@ -89,6 +89,10 @@ def test_push_to_hub_uploads_the_saved_folder(trained, monkeypatch):
     assert url.endswith("/commit/1") and seen["repo"] == ("someone/x", True, True) and seen["token"] == "t"
     assert seen["files"] == ["README.md", "config.json", "dit.safetensors", "tokenizer", "vae.safetensors"]
     assert seen["config"]["environment"]["versions"]["textldm"] == __version__
+    from textldm.cli import run
+
+    assert run(["push-to-hub", "--model", str(trained[0] / "vae"), "--repo", "someone/vae-only"]) == 0
+    assert seen["repo"] == ("someone/vae-only", None, True) and "dit.safetensors" not in seen["files"]
 
 
 def test_wandb_offline_run_directory(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, cache_home):

@@ -1,5 +1,5 @@
 """`textldm` command line: train-vae, train-dit, train-ar, cache-teacher, demo, config, generate, serve,
-build-bench, eval, ablate, plot.
+build-bench, eval, ablate, plot, push-to-hub.
 
 Every command that runs a config takes a preset (`--config demo`, a built-in name or a .yaml path) and any
 number of `section.key=value` overrides; `textldm config --keys` lists every key with its type, default and
@@ -108,6 +108,14 @@ def _add_generate(sub) -> None:
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
 
+def _add_push(sub) -> None:
+    h = sub.add_parser("push-to-hub", help="upload a saved model (TextLDM or AR) to the Hugging Face Hub")
+    h.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model, OUT_DIR/ar, ...)")
+    h.add_argument("--repo", required=True, help="the Hub repo id, e.g. you/textldm-demo (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--revision", help="the branch to push to (default: main)")
+
+
 def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="a local web app + JSON API: watch generations denoise step by step")
     v.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model)")
@@ -135,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluation(sub)
     _add_generate(sub)
     _add_serve(sub)
+    _add_push(sub)
     return p
 
 
@@ -208,6 +217,17 @@ def _serve(args) -> None:
     serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits)
 
 
+def _push(args) -> None:
+    from textldm.export import model_type
+    from textldm.pipeline import ARPipeline, TextLDMPipeline
+
+    if model_type(args.model) == "ar":
+        pipe = ARPipeline.from_pretrained(args.model)
+    else:
+        pipe = TextLDMPipeline.from_pretrained(args.model, require_dit=False)
+    print(pipe.push_to_hub(args.repo, private=args.private or None, revision=args.revision))
+
+
 def _plot(args) -> None:
     from textldm.evaluation.plot import plot_run
 
@@ -270,7 +290,8 @@ def _cache_teacher(args, cfg: Config) -> None:
     print(f"teacher features: {stages.cache_teacher(cfg, not args.quiet)}  (train with vae.teacher_cache=auto)")
 
 
-PLAIN = {"generate": _generate, "serve": _serve, "plot": _plot, "build-bench": _build_bench}  # command(args)
+PLAIN = {"generate": _generate, "serve": _serve, "plot": _plot, "build-bench": _build_bench,  # command(args)
+         "push-to-hub": _push}
 CONFIGURED = {  # command(args, the resolved config)
     "config": _config, "eval": _eval, "ablate": _ablate, "demo": _demo, "cache-teacher": _cache_teacher,
     "train-vae": lambda args, cfg: stages.train_vae(cfg, not args.quiet, resume=args.resume),
