@@ -22,7 +22,8 @@ from pathlib import Path
 from textldm import load_config
 from textldm.evaluation import matched
 from textldm.evaluation.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
-from textldm.pipeline import ARPipeline, TextLDMPipeline, read_model_config
+from textldm.export import read_model_config
+from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.training import stages
 from textldm.utils import atomic_write_text, write_json
 

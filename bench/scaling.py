@@ -31,7 +31,8 @@ from textldm import load_config
 from textldm.evaluation import matched
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import HUMAN, Contestant, benchmark_agreement, run_eval
-from textldm.pipeline import ARPipeline, TextLDMPipeline, read_model_config
+from textldm.export import read_model_config
+from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.training import stages
 from textldm.utils import atomic_write_text, write_json
 

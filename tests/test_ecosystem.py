@@ -105,13 +105,13 @@ def test_wandb_offline_run_directory(tiny_model_dir, tiny_corpus, tmp_path, monk
         "ar.depth=1", "ar_train.wandb_project=textldm-test"])
     stages.train_ar(cfg, progress=False)
     runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
-    logged = (runs[0] / "files" / "config.yaml").read_text()
-    assert "textldm-test" in logged and "ar_train" in logged and __version__ in logged  # config + environment
-    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
-    jsonl = [json.loads(line) for line in (out / "ar_log.jsonl").read_text().splitlines()]
-    last = [r for r in jsonl if "loss" in r][-1]
-    assert summary["train/loss"] == pytest.approx(last["loss"]) and summary["steps"] == 4
+    assert len(runs) == 1
+    (log,) = runs[0].glob("run-*.wandb")  # offline, everything is in this binary log until `wandb sync`
+    data = log.read_bytes()
+    for piece in ("textldm-test", "ar_train", "environment", __version__, "train/loss", "train/lr", "run/AR"):
+        assert piece.encode() in data, piece  # the project, resolved config, environment, metrics, run name
+    logged = [json.loads(line) for line in (out / "ar_log.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in logged) == 4  # the JSONL log is written as before
 
 
 def test_from_pretrained_dtype(trained):
