@@ -97,3 +97,15 @@ def test_textldm_config_prints_the_resolved_config_and_every_key(capsys):
     assert "(euler|heun|ab2)" in solver and "2 evaluations a step" in solver  # allowed values and the field's comment
     noise = next(k for k in keys if k.startswith("vae.decoder_noise "))
     assert "robust to generated latents" in noise and "0 = off" in noise  # comment above + trailing comment
+
+
+def test_every_cli_option_has_help_and_training_help_says_where_the_keys_are():
+    import argparse
+
+    from textldm.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {a.dest}" for name, sub in commands.items() for a in sub._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing
+    assert "textldm config --keys" in commands["train-vae"].format_help()
