@@ -1,4 +1,4 @@
-"""The training loop shared by the VAE and the DiT (and later the AR baseline), top to bottom.
+"""The training loop every stage shares (VAE, DiT, AR baseline), top to bottom: `fit`, and its helpers.
 
 An *objective* is an nn.Module whose forward(batch) returns (loss, metrics); only its trainable
 parameters are optimised, and it is what DDP wraps, so frozen helpers (teacher, frozen VAE) are kept
