@@ -99,6 +99,7 @@ def test_wandb_offline_run_directory(tiny_model_dir, tiny_corpus, tmp_path, monk
     """train.wandb_project writes a W&B run (offline here) beside the JSONL log, with the same numbers."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
     out = tmp_path / "run"
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)) + [
         "ar_train.steps=4", "ar_train.batch_size=4", "ar_train.log_every=1", "ar.width=32", "ar.heads=2",
