@@ -273,7 +273,11 @@ def read_unit(unit: Unit, text_field: str = "text"):
         yield from unit.texts
         return
     if unit.kind == "hf":
-        yield from (str(row[text_field]) for row in _hf_stream(unit.path, *unit.hf))
+        for row in _hf_stream(unit.path, *unit.hf):
+            if text_field not in row:
+                raise UserError(f"data set '{unit.path}' has no column '{text_field}' (columns: {', '.join(row)}); "
+                                f"set data.text_field=NAME")
+            yield str(row[text_field])
         return
     where = unit.path + (f"@{unit.offset}" if unit.size >= 0 else "")
     if unit.kind == ".txt":  # one document per file, or several separated by <|endoftext|> lines
