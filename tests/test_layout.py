@@ -11,7 +11,7 @@ ALLOWED = {  # folder -> the textldm modules / folders it may import
     "models": BASE | {"models"},
     "diffusion": {"diffusion"},
     "data": BASE | {"data", "models.teacher"},
-    "training": BASE | {"models", "diffusion", "data", "training", "evaluation.heldout", "pipeline"},
+    "training": BASE | {"models", "diffusion", "data", "training", "evaluation.heldout", "pipeline", "export"},
     "evaluation": BASE | {"models", "diffusion", "data", "training", "evaluation", "pipeline", "export"},
     "serving": BASE | {"models", "diffusion", "pipeline", "serving"},
 }

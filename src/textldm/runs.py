@@ -136,7 +136,8 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     data = prepare_data(cfg)
     if vae_dir is None:
         vae_pipe, report = train_vae(cfg, progress, data=data, resume=resume)
-    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data, resume=resume)
+    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data, resume=resume,
+                                 vae_report=report)
     report.update(dit_report)
     if is_main():
         _, _, train, val = data

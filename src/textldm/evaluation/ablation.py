@@ -90,7 +90,7 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
             else:
                 vae_pipe, vae_report = stages.train_vae(cfg, progress)
                 vaes[vae_key] = (vae_pipe, vae_report, name)
-            pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=progress)
+            pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=progress, vae_report=vae_report)
             report = {**vae_report, **dit_report}
             models[dit_key] = (pipe, report, name)
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)

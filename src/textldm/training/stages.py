@@ -21,6 +21,7 @@ from textldm.data.corpus import check_source
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
 from textldm.evaluation.heldout import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
+from textldm.export import read_model_config
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
@@ -213,10 +214,13 @@ def _dit_flops(cfg: Config, dit: TextDiT, vae: TextVAE) -> float:
 
 
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
-              progress: bool = True, data=None, resume: bool = False) -> tuple[TextLDMPipeline, dict]:
-    """Train a DiT on a frozen VAE (given in memory or as a saved-model folder)."""
+              progress: bool = True, data=None, resume: bool = False,
+              vae_report: dict | None = None) -> tuple[TextLDMPipeline, dict]:
+    """Train a DiT on a frozen VAE (given in memory, with its `vae_report`, or as a saved-model folder). The
+    saved model's report (and card) carries the VAE's numbers beside the DiT's."""
     if vae_pipe is None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
+        vae_report = read_model_config(vae_dir).get("report", {})
         # the VAE, its tokenizer and its teacher are fixed by the saved model
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
     device = start_run(cfg)
@@ -230,7 +234,8 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
         "dit", "DiT", dit, DiTObjective(dit, vae), dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device),
         tcfg, tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2, _dit_flops(cfg, dit, vae),
         lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
-        TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), "model")
+        TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), "model",
+        report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})
     report = train_stage(cfg, stage, progress, resume)
     return stage.pipeline, report
 
