@@ -312,8 +312,8 @@ def local_documents(source: str, text_field: str = "text") -> list[str]:
 
 def source_units(source: str, text_field: str = "text", hf_config: str | None = None, hf_split: str = "train",
                  texts_per_unit: int = 2000) -> list[Unit]:
-    """Any source as units: local files and Hugging Face data sets stream (memory stays flat in the corpus
-    size); the embedded corpus is read into memory and cut into units of `texts_per_unit` documents."""
+    """Any source as units: local files and Hugging Face data sets stream (the corpus is never held in
+    memory); the embedded corpus is read into memory and cut into units of `texts_per_unit` documents."""
     check_source(source)
     if Path(source).exists():
         return local_units(source)
