@@ -29,7 +29,7 @@ def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int =
     return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--default", required=True, help="the default (joint attention) TextLDM model folder")
     ap.add_argument("--cached", required=True, help="the dit.context_cache=true model folder")
@@ -42,7 +42,32 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tag", default="")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def format_report(args, name: str, n_items: int, seeds: list, pairs: list, best_pair: dict, rows: list) -> str:
+    """The paired ROUGE-L comparison per CFG scale (and at each model's best), then every run's row."""
+    lines = [f"Benchmark `{name}`, {n_items} items x seeds {seeds}, {args.solver} {args.steps} steps; "
+             f"default `{args.default}`, cached `{args.cached}`.", "",
+             "| CFG | default ROUGE-L x100 | cached ROUGE-L x100 | cached - default (95% paired CI) | relative |",
+             "|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['cfg']:g} | {100 * p['default']:.2f} | {100 * p['cached']:.2f} | "
+                     f"{100 * p['difference']:+.2f} [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] | "
+                     f"{100 * p['relative']:+.1f}% |")
+    lines.append(f"| best each ({best_pair['default_cfg']:g} / {best_pair['cached_cfg']:g}) | "
+                 f"{100 * best_pair['default']:.2f} | {100 * best_pair['cached']:.2f} | "
+                 f"{100 * best_pair['difference']:+.2f} [{100 * best_pair['ci95'][0]:+.2f}, "
+                 f"{100 * best_pair['ci95'][1]:+.2f}] | {100 * best_pair['relative']:+.1f}% |")
+    lines += ["", "| model | CFG | seed | ROUGE-L x100 | MAUVE x100 | generation s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['cfg']:g} | {r['seed']} | {100 * r['rouge_l']:.2f} | "
+                     f"{100 * r['mauve']:.1f} | {r['generation_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    args = parse_args()
     scales = [float(s) for s in args.cfg.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     name, items = benchmark(args.bench, args.samples, 0)
@@ -78,23 +103,7 @@ def main():
     best_pair = {"default_cfg": best["default"], "cached_cfg": best["cached"], "default": float(a.mean()),
                  "cached": float(b.mean()), "difference": mean, "ci95": [lo, hi], "relative": mean / float(a.mean())}
 
-    lines = [f"Benchmark `{name}`, {len(items)} items x seeds {seeds}, {args.solver} {args.steps} steps; "
-             f"default `{args.default}`, cached `{args.cached}`.", "",
-             "| CFG | default ROUGE-L x100 | cached ROUGE-L x100 | cached - default (95% paired CI) | relative |",
-             "|---|---|---|---|---|"]
-    for p in pairs:
-        lines.append(f"| {p['cfg']:g} | {100 * p['default']:.2f} | {100 * p['cached']:.2f} | "
-                     f"{100 * p['difference']:+.2f} [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] | "
-                     f"{100 * p['relative']:+.1f}% |")
-    lines.append(f"| best each ({best_pair['default_cfg']:g} / {best_pair['cached_cfg']:g}) | "
-                 f"{100 * best_pair['default']:.2f} | {100 * best_pair['cached']:.2f} | "
-                 f"{100 * best_pair['difference']:+.2f} [{100 * best_pair['ci95'][0]:+.2f}, "
-                 f"{100 * best_pair['ci95'][1]:+.2f}] | {100 * best_pair['relative']:+.1f}% |")
-    lines += ["", "| model | CFG | seed | ROUGE-L x100 | MAUVE x100 | generation s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['cfg']:g} | {r['seed']} | {100 * r['rouge_l']:.2f} | "
-                     f"{100 * r['mauve']:.1f} | {r['generation_seconds']} |")
-    text = "\n".join(lines) + "\n"
+    text = format_report(args, name, len(items), seeds, pairs, best_pair, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"context_cache_quality{args.tag}.md").write_text(text)

@@ -51,7 +51,7 @@ def format_quality(args, facts: dict, results: dict, train_minutes: float) -> st
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo")
     p.add_argument("--minutes-per-model", type=float, default=12.0)
@@ -63,7 +63,21 @@ def main(argv=None) -> int:
     p.add_argument("--no-sweeps", action="store_true")
     p.add_argument("--reuse", action="store_true", help="load the models a previous run left in --out (re-score only)")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def textldm_facts(cfg, pipe, vae_report: dict, dit_report: dict) -> dict:
+    """A TextLDM run's parameters, training time, tokens, steps and reconstruction for the table."""
+    v, d = vae_report["vae_train"], dit_report["dit_train"]
+    ctx_tgt = (cfg.dit.context_min + cfg.dit.context_max + cfg.dit.target_min + cfg.dit.target_max) / 2
+    return {"params": matched.inference_params(pipe), "seconds": v["seconds"] + d["seconds"],
+            "tokens": v["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
+            + d["steps"] * cfg.dit_train.batch_size * ctx_tgt,
+            "steps": f"VAE {v['steps']} + DiT {d['steps']}", "recon": vae_report["vae_eval"]["recon_acc"]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
     minutes = args.minutes_per_model
@@ -99,25 +113,13 @@ def main(argv=None) -> int:
                                            "vae.repa_weight=0"])
     norepa, nr_vae_report, nr_dit_report = textldm(norepa_cfg)
 
-    ctx_tgt = (cfg.dit.context_min + cfg.dit.context_max + cfg.dit.target_min + cfg.dit.target_max) / 2
     facts = {
-        "TextLDM": {"params": target,
-                    "seconds": vae_report["vae_train"]["seconds"] + dit_report["dit_train"]["seconds"],
-                    "tokens": vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
-                    + dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,
-                    "steps": f"VAE {vae_report['vae_train']['steps']} + DiT {dit_report['dit_train']['steps']}",
-                    "recon": vae_report["vae_eval"]["recon_acc"]},
+        "TextLDM": textldm_facts(cfg, ldm, vae_report, dit_report),
         "AR baseline": {"params": ar_report["ar_parameters"], "seconds": ar_report["ar_train"]["seconds"],
                         "tokens": ar_report["ar_train"]["steps"] * ar_cfg.ar_train.batch_size * ar_report["ar_seq_len"],
                         "steps": f"{ar_report['ar_train']['steps']} (depth {depth})",
                         "val_ppl": ar_report["ar_eval"]["perplexity"]},
-        "TextLDM no REPA": {"params": matched.inference_params(norepa),
-                            "seconds": nr_vae_report["vae_train"]["seconds"] + nr_dit_report["dit_train"]["seconds"],
-                            "tokens": nr_vae_report["vae_train"]["steps"] * cfg.vae_train.batch_size * cfg.vae.max_len
-                            + nr_dit_report["dit_train"]["steps"] * cfg.dit_train.batch_size * ctx_tgt,
-                            "steps": f"VAE {nr_vae_report['vae_train']['steps']} + DiT "
-                                     f"{nr_dit_report['dit_train']['steps']}",
-                            "recon": nr_vae_report["vae_eval"]["recon_acc"]},
+        "TextLDM no REPA": textldm_facts(cfg, norepa, nr_vae_report, nr_dit_report),
     }
     train_minutes = sum(f["seconds"] for f in facts.values()) / 60
     contestants = [Contestant("TextLDM", "textldm", ldm), Contestant("AR baseline", "ar", ar),

@@ -91,14 +91,42 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--lengths", default="64,256,1024")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def write_report(out: Path, device_name: str, params: dict, rows: list[dict]) -> None:
+    """sampling.json, and sampling.md: the table and the context-caching speed-ups."""
+    (out / "sampling.json").write_text(json.dumps({"device": device_name, "params": params, "rows": rows}, indent=2))
+    lines = ["| model / sampler | length | batch | s / continuation | tokens/s | evaluations | forwards "
+             "| GFLOP / continuation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['length']} | {r['batch']} | {r['seconds_per_continuation']:.3f} "
+                     f"| {r['tokens_per_s']:,.0f} | {r['evaluations']} | {r['forwards']} "
+                     f"| {r['gflops_per_continuation']:,.1f} |")
+    ratio = {}
+    for r in rows:
+        if r["model"] in ("TextLDM cacheable, cache off, euler 10", "TextLDM cached ctx, euler 10"):
+            ratio.setdefault((r["length"], r["batch"]), {})[r["model"]] = r["seconds_per_continuation"]
+    lines.append("")
+    for (length, batch), pair in sorted(ratio.items()):
+        if len(pair) == 2:
+            speedup = pair['TextLDM cacheable, cache off, euler 10'] / pair['TextLDM cached ctx, euler 10']
+            lines.append(f"context caching, length {length}, batch {batch}: {speedup:.2f}x "
+                         f"faster per step (same model, cache on vs off)")
+    (out / "sampling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main():
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -149,26 +177,7 @@ def main():
             with torch.no_grad():
                 s = timed(lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0))
             add("AR, KV cache", s, length, length, ar_flops(ar, length))
-    (out / "sampling.json").write_text(json.dumps({"device": device_name, "params": params, "rows": rows}, indent=2))
-    lines = ["| model / sampler | length | batch | s / continuation | tokens/s | evaluations | forwards "
-             "| GFLOP / continuation |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['length']} | {r['batch']} | {r['seconds_per_continuation']:.3f} "
-                     f"| {r['tokens_per_s']:,.0f} | {r['evaluations']} | {r['forwards']} "
-                     f"| {r['gflops_per_continuation']:,.1f} |")
-    ratio = {}
-    for r in rows:
-        if r["model"] in ("TextLDM cacheable, cache off, euler 10", "TextLDM cached ctx, euler 10"):
-            ratio.setdefault((r["length"], r["batch"]), {})[r["model"]] = r["seconds_per_continuation"]
-    lines.append("")
-    for (length, batch), pair in sorted(ratio.items()):
-        if len(pair) == 2:
-            speedup = pair['TextLDM cacheable, cache off, euler 10'] / pair['TextLDM cached ctx, euler 10']
-            lines.append(f"context caching, length {length}, batch {batch}: {speedup:.2f}x "
-                         f"faster per step (same model, cache on vs off)")
-    (out / "sampling.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, device_name, params, rows)
     plot(rows, out / "sampling.png")
 
 

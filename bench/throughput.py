@@ -90,14 +90,32 @@ def measure(objective, batches, batch: int, tokens: int, flops: float, peak: flo
             "tflops_per_s": statistics.median(r["tflops_per_s"] for r in records)}
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also torch.compile every row (slow to start on a CPU)")
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--only", default="DiT,VAE,AR", help="which models to run (comma-separated)")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def print_report(rows: list[dict], ratios: list, peak: float) -> None:
+    """The markdown table, the AR / GPT-2 ratios and the DiT MFU against their targets."""
+    print(f"\n| training step | params | tokens/s | achieved GFLOP/s | MFU (vs {peak / 1e9:.0f} GFLOP/s matmul) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['params_M']}M | {r['tokens_per_s']:,.0f} | {1000 * r['tflops_per_s']:.0f} "
+              f"| {100 * r['mfu']:.1f}% |")
+    for width, ratio in ratios:
+        print(f"AR w{width}: textldm / HF GPT-2 tokens/s = {ratio:.2f}x (target >= 1.3x)")
+    for r in rows:
+        if r["name"].startswith("DiT w512"):
+            print(f"DiT w512 MFU = {100 * r['mfu']:.1f}% (target >= 50%)")
+
+
+def main():
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
@@ -148,16 +166,7 @@ def main():
         theirs = add(f"AR w{width} d{depth} (HF GPT2LMHeadModel)", gpt2, GPT2Objective(gpt2), batches, B, B * L, flops)
         ratios.append((width, ours["tokens_per_s"] / theirs["tokens_per_s"]))
 
-    print(f"\n| training step | params | tokens/s | achieved GFLOP/s | MFU (vs {peak / 1e9:.0f} GFLOP/s matmul) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} | {r['params_M']}M | {r['tokens_per_s']:,.0f} | {1000 * r['tflops_per_s']:.0f} "
-              f"| {100 * r['mfu']:.1f}% |")
-    for width, ratio in ratios:
-        print(f"AR w{width}: textldm / HF GPT-2 tokens/s = {ratio:.2f}x (target >= 1.3x)")
-    for r in rows:
-        if r["name"].startswith("DiT w512"):
-            print(f"DiT w512 MFU = {100 * r['mfu']:.1f}% (target >= 50%)")
+    print_report(rows, ratios, peak)
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_flops": peak, "rows": rows, "ar_vs_gpt2": ratios}, indent=2))
 

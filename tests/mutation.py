@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_SUITE = ["tests/test_recipe.py", "tests/test_levers.py", "tests/test_learning.py", "tests/test_models.py",
               "tests/test_flow.py",
               "tests/test_train.py", "tests/test_pipeline_cli.py",
+              "tests/test_ecosystem.py::test_a_step_callback_may_stop_the_sampler_or_replace_its_latents",
               "tests/test_scale.py::test_gradient_accumulation_matches_one_big_batch"]
 
 
@@ -163,6 +164,11 @@ MUTANTS = [
            "robust-decoder noise scaled by a std that includes the padding"),
     Mutant("M52", "training/loop.py", "        used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))",
            "        used = time_used", "a FLOPs budget neither stops the run nor drives the schedule"),
+    # step callbacks (0.2.0): they may replace the latents or stop the sampler
+    Mutant("M53", "diffusion/sampling.py", "    return out.to(x.dtype)", "    return x",
+           "latents returned by a step callback are ignored"),
+    Mutant("M54", "pipeline.py", "while active and remaining > 0 and not stopped:", "while active and remaining > 0:",
+           "STOP ends a window but the next window is still generated"),
 ]
 
 
