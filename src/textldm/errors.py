@@ -6,3 +6,9 @@ class UserError(Exception):
 
     The message must say what was wrong and what to do about it.
     """
+
+
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message, or its type's name (for one-line errors)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

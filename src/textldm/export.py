@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from textldm.errors import UserError
+from textldm.errors import UserError, first_line
 from textldm.utils import atomic_dir, environment
 
 FORMAT = "textldm-checkpoint-v1"
@@ -107,7 +107,7 @@ def locate_model_folder(name_or_path: Path | str, revision: str | None = None, t
     try:
         return Path(snapshot_download(repo_id=str(name_or_path), revision=revision))
     except Exception as e:  # offline without a cached copy, no such repo, gated, network errors
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"'{name_or_path}' is neither a local model folder nor a loadable Hub repo ({reason}); "
                         f"check the path or the repo id (and your network, or HF_HUB_OFFLINE with a cached copy)"
                         ) from None

@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from textldm.errors import UserError
+from textldm.errors import UserError, first_line
 from textldm.utils import atomic_write_text, cache_dir
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def _hf_stream(name: str, config: str | None, split: str, index: int = 0, shards
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # the hub raises many types (connection, not found, gated)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"cannot load data set '{name}': {reason}; "
                         f"check the name and your internet access, or pass a local file") from None
     return ds.shard(num_shards=shards, index=index) if shards > 1 else ds

@@ -12,7 +12,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from textldm.errors import UserError
+from textldm.errors import UserError, first_line
 from textldm.utils import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,6 @@ def end_of_text_id(tok) -> int:
     if tok.eos_token_id is None:
         raise UserError("the tokenizer has neither <|endoftext|> nor an eos token; pick another tokenizer")
     return tok.eos_token_id
-
-
-def first_line(e: Exception) -> str:
-    """The first line of an exception's message (for one-line errors)."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _decoder_layers(model) -> nn.ModuleList:
