@@ -36,6 +36,8 @@ TDistribution = Literal["logit_normal", "uniform"]
 Solver = Literal["euler", "heun", "ab2"]
 Grid = Literal["schedule", "uniform", "shifted"]
 Pooling = Literal["mean", "last"]
+BlockTime = Literal["per_block", "shared"]
+BlockUncond = Literal["empty", "null"]
 
 
 @dataclass
@@ -88,6 +90,9 @@ class VAEConfig(TransformerShape):
     softmax: Softmax = "full"  # "full" vocabulary, or "sampled": batch tokens + random negatives (training only)
     sampled_negatives: int = 2048  # random negatives per step
     hard_negatives: int = 4  # nearest neighbours (in embedding space) of every batch token, added as negatives
+    # block-causal encoder: a latent sees the tokens up to the end of its own block of this many tokens, never later
+    # ones, so the clean latents of earlier blocks carry nothing of what follows (needed by dit.block_size > 0)
+    encoder_block_size: int = 0  # 0 = bidirectional (the paper's); 1 = causal
     # a decoder robust to generated latents: in training it also reads latents with Gaussian noise of std
     # decoder_noise x U(0, 1) x the batch's per-channel latent std (one level per sequence)
     decoder_noise: float = 0.0  # 0 = off
@@ -118,6 +123,15 @@ class DiTConfig(TransformerShape):
     t_std: float = 1.5  # logit-normal timestep std
     p_uncond: float = 0.1  # share of training examples with the prompt dropped (the CFG null condition)
     normalize_latents: bool = True  # per-channel standardisation with the VAE's latent statistics
+    # block-causal generation (BD3-LM / Cola DLM): windows of context_max + target_max tokens cut into blocks of
+    # block_size tokens; every noisy block sees the clean latents of the earlier blocks and itself, never later
+    # ones, and is trained in one masked forward over [clean ; noisy]; sampling goes block by block against a
+    # cached clean prefix. Needs a VAE whose vae.encoder_block_size divides it; pooled_context is not used.
+    block_size: int = 0  # 0 = the paper's full window (a prompt, then one target of up to target_max tokens)
+    block_t: BlockTime = "per_block"  # block mode: each block its own timestep, or one shared by a window's blocks
+    # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null" = the prefix's
+    # latents are replaced by the null vector (dit.null_context)
+    block_uncond: BlockUncond = "empty"
 
 
 @dataclass
@@ -361,6 +375,8 @@ def validate(cfg: Config) -> None:
         (max(cfg.dit.context_max, cfg.dit.target_max) <= cfg.vae.max_len,
          "dit.context_max and dit.target_max must not exceed vae.max_len"),
         (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
+        (cfg.vae.encoder_block_size >= 0, "vae.encoder_block_size must be >= 0 (0 = bidirectional)"),
+        *_block_checks(cfg),
         (0 <= cfg.dit.infill_prob <= 1, "dit.infill_prob must be in [0, 1]"),
         (0 <= cfg.dit.self_condition_prob <= 1, "dit.self_condition_prob must be in [0, 1]"),
         (cfg.dit.decoder_ce_weight >= 0, "dit.decoder_ce_weight must be >= 0 (0 = off)"),
@@ -390,6 +406,32 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"invalid config: {message}")
+
+
+def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """What block-causal mode (dit.block_size > 0) needs; its levers not built for it are refused by name."""
+    d, B = cfg.dit, cfg.dit.block_size
+    if B == 0:
+        return []
+    enc = cfg.vae.encoder_block_size
+    return [
+        (B > 0, "dit.block_size must be >= 0 (0 = the full window)"),
+        ((d.context_max + d.target_max) % B == 0,
+         f"dit.block_size {B} must divide the window dit.context_max + dit.target_max = {d.context_max + d.target_max}"),
+        (-(-d.context_max // B) * B + B <= d.context_max + d.target_max,
+         f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} tokens "
+         "(rounded up to whole blocks) in the window dit.context_max + dit.target_max; use a smaller block"),
+        (d.context_max + d.target_max <= cfg.vae.max_len,
+         "in block mode the window dit.context_max + dit.target_max must not exceed vae.max_len"),
+        (enc > 0 and B % enc == 0,
+         f"dit.block_size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
+         "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
+         "vae.encoder_block_size=1 (causal) or a divisor of the block"),
+        (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
+        (d.self_condition_prob == 0 and d.decoder_ce_weight == 0 and not d.context_cache,
+         "dit.self_condition_prob, dit.decoder_ce_weight and dit.context_cache are full-window options; turn them "
+         "off with dit.block_size > 0 (block mode caches its clean prefix by construction)"),
+    ]
 
 
 def config_from_dict(data: dict) -> Config:

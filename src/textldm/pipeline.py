@@ -128,8 +128,7 @@ class TextLDMPipeline(HubMixin):
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
         s = self.sampler(length=_length(length, max_new_tokens, None), steps=steps, cfg_scale=cfg_scale,
                          solver=solver, seed=seed)
-        d, grid, remaining = self.config.dit, self.time_grid(s), s.length
-        out, active, stopped = [[] for _ in prompt_ids], list(range(len(prompt_ids))), []
+        stopped = []
 
         def step(i: int, t: float, x: torch.Tensor):
             result = callback(i, t, x)
@@ -137,19 +136,68 @@ class TextLDMPipeline(HubMixin):
                 stopped.append(i)
             return result
 
-        self.last_evaluations, window = 0, 0
+        self.last_evaluations = 0
+        generate = self._generate_blocks if self.config.dit.block_size else self._generate_windows
+        out = generate(prompt_ids, s, step if callback else None, stopped, first_index)
+        return cut_at([row[: s.length] for row in out], self.eot_id)
+
+    def _generate_windows(self, prompt_ids, s: SampleConfig, callback, stopped: list, first_index: int):
+        """The full-window recipe: windows of up to dit.target_max tokens, each after the last dit.context_max
+        tokens of prompt + text so far."""
+        d, grid, remaining = self.config.dit, self.time_grid(s), s.length
+        out, active, window = [[] for _ in prompt_ids], list(range(len(prompt_ids))), 0
         while active and remaining > 0 and not stopped:
             n = min(d.target_max, remaining)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
             rows = self._sample_window(contexts, n, grid, s.cfg_scale, s.solver,
-                                       [noise_seed(s.seed, window, first_index + i) for i in active],
-                                       step if callback else None)
+                                       [noise_seed(s.seed, window, first_index + i) for i in active], callback)
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if self.eot_id not in row]
             remaining -= n
             window += 1
-        return cut_at(out, self.eot_id)
+        return out
+
+    def _generate_blocks(self, prompt_ids, s: SampleConfig, callback, stopped: list, first_index: int):
+        """Block mode: blocks of dit.block_size tokens, each sampled against the cached clean prefix. A window holds
+        dit.context_max + dit.target_max tokens; when it is full, the last dit.context_max tokens start the next.
+        Row i's noise for its k-th block comes from `noise_seed(seed, k, first_index + i)`."""
+        d, grid = self.config.dit, self.time_grid(s)
+        out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            while active and remaining > 0 and not stopped:
+                state = BlockState(self, [(prompt_ids[i] + out[i])[-d.context_max:] for i in active],
+                                   guided=s.cfg_scale != 1.0)
+                while active and remaining > 0 and not stopped and state.has_room():
+                    rows = self._sample_block(state, grid, s, [noise_seed(s.seed, k, first_index + i) for i in active],
+                                              callback)
+                    for i, row in zip(active, rows):
+                        out[i] += row
+                    alive = [j for j, row in enumerate(rows) if self.eot_id not in row]
+                    active = [active[j] for j in alive]
+                    state.append(torch.tensor(rows, device=self.device))
+                    state.keep(torch.tensor(alive, dtype=torch.long, device=self.device))
+                    remaining, k = remaining - d.block_size, k + 1
+        return out
+
+    def _sample_block(self, state: BlockState, grid: torch.Tensor, s: SampleConfig, seeds: list[int],
+                      callback) -> list[list[int]]:
+        """One block of latents after each row's cached prefix -> its raw token ids, decoded beside the prefix's
+        latents (the decoder reads the whole window, as in training)."""
+        B, C = self.config.dit.block_size, self.vae.cfg.latent_channels
+        x = torch.stack([torch.randn(B, C, generator=torch.Generator().manual_seed(k)) for k in seeds]).to(self.device)
+        conditional = state.prefix.rows(torch.arange(len(seeds), device=self.device)) if state.guided else state.prefix
+
+        def velocity(x_t, t):
+            guided = state.guided and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t
+            self.last_evaluations += 2 if guided else 1
+            if guided:
+                return self.dit.guided_block_velocity(x_t, t, state.prefix, s.cfg_scale)
+            return self.dit.block_velocity(x_t, t, conditional)
+
+        x = integrate(velocity, x, grid, s.solver, callback)
+        mask = torch.cat([state.mask, torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)], 1)
+        return [row[-B:] for row in self.decode_latents(torch.cat([state.latents, x], 1), cut=False, mask=mask)]
 
     def sampler(self, **overrides) -> SampleConfig:
         """config.sample with the given settings (None = the configured default) replacing its own; checked."""
@@ -174,8 +222,12 @@ class TextLDMPipeline(HubMixin):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, device=device)
             mask[i, : len(r)] = True
+        return self.latents(ids, mask), mask
+
+    def latents(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, L) -> the clean latents the DiT reads (posterior means, standardised when it uses that)."""
         z = self.vae.encode(ids, mask)
-        return (self.vae.normalize(z) if self.config.dit.normalize_latents else z), mask
+        return self.vae.normalize(z) if self.config.dit.normalize_latents else z
 
     def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
                        solver: str, seeds: list[int], callback,
@@ -229,11 +281,12 @@ class TextLDMPipeline(HubMixin):
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor, cut: bool = True) -> list[list[int]]:
-        """DiT-space latents (B, L, C) -> token ids per row, cut at the first end-of-text (if `cut`)."""
+    def decode_latents(self, z: torch.Tensor, cut: bool = True, mask: torch.Tensor | None = None) -> list[list[int]]:
+        """DiT-space latents (B, L, C) (`mask`: True at real positions) -> token ids per row, cut at the first
+        end-of-text (if `cut`)."""
         if self.config.dit.normalize_latents:
             z = self.vae.denormalize(z)
-        ids = self.vae.decode(z).argmax(-1).tolist()
+        ids = self.vae.decode(z, mask).argmax(-1).tolist()
         return cut_at(ids, self.eot_id) if cut else ids
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
@@ -248,6 +301,49 @@ class TextLDMPipeline(HubMixin):
             out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
                                      first_index=start, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode(row) for row in out]
+
+
+class BlockState:
+    """Block-mode sampling state of a batch of rows within one window: its tokens (left-padded to whole blocks, the
+    same layout for any batch), their clean latents, and the DiT's cached prefix - [conditional rows ;
+    unconditional rows] when guided. Each generated block is decoded, re-encoded and appended: the prefix the DiT
+    reads always comes from the (block-causal) encoder, as in training, never from its own samples."""
+
+    def __init__(self, pipe: TextLDMPipeline, rows: list[list[int]], guided: bool):
+        d, device = pipe.config.dit, pipe.device
+        start = -(-d.context_max // d.block_size) * d.block_size
+        self.pipe, self.guided, self.window = pipe, guided, d.context_max + d.target_max
+        self.ids = torch.zeros(len(rows), start, dtype=torch.long, device=device)
+        self.mask = torch.zeros(self.ids.shape, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            self.ids[i, start - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
+            self.mask[i, start - len(r):] = True
+        self.latents = pipe.latents(self.ids, self.mask)
+        self.prefix = pipe.dit.extend_prefix(None, *self._prefix_input(self.latents, self.mask))
+
+    def has_room(self) -> bool:
+        """Whether one more block fits in the window."""
+        return self.ids.shape[1] + self.pipe.config.dit.block_size <= self.window
+
+    def _prefix_input(self, latents, mask):
+        if not self.guided:
+            return latents, mask
+        null, null_mask = self.pipe.dit.null_prefix_input(latents, mask)
+        return torch.cat([latents, null]), torch.cat([mask, null_mask])
+
+    def append(self, block_ids: torch.Tensor) -> None:
+        """A generated block's tokens (N, B) join the window; their encoding joins the prefix cache."""
+        ones = torch.ones(block_ids.shape, dtype=torch.bool, device=block_ids.device)
+        self.ids, self.mask = torch.cat([self.ids, block_ids], 1), torch.cat([self.mask, ones], 1)
+        new = self.pipe.latents(self.ids, self.mask)[:, -block_ids.shape[1]:]  # block-causal: the rest is unchanged
+        self.latents = torch.cat([self.latents, new], 1)
+        self.prefix = self.pipe.dit.extend_prefix(self.prefix, *self._prefix_input(new, ones))
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep these rows only (the others have ended)."""
+        n = self.ids.shape[0]
+        self.ids, self.mask, self.latents = self.ids[index], self.mask[index], self.latents[index]
+        self.prefix = self.prefix.rows(torch.cat([index, index + n]) if self.guided else index)
 
 
 class ARPipeline(HubMixin):

@@ -13,8 +13,9 @@ import torch
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The path x_t = (1 - t) x0 + t x1 (t = 0 noise, t = 1 data)."""
-    t = t.view(-1, *([1] * (x1.dim() - 1)))
+    """The path x_t = (1 - t) x0 + t x1 (t = 0 noise, t = 1 data). t: (B,) one time per sample, or (B, L) one
+    per position (block mode, each block at its own time)."""
+    t = t.reshape(*t.shape, *([1] * (x1.dim() - t.dim())))
     return (1 - t) * x0 + t * x1
 
 
@@ -61,9 +62,14 @@ def time_grid(steps: int, distribution: str = "logit_normal", mean: float = 0.0,
     return grid.float()
 
 
+def velocity_error(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """Per-position velocity squared error, mean over channels: (B, L, C) -> (B, L)."""
+    return (v_pred.float() - velocity_target(x0, x1).float()).pow(2).mean(-1)
+
+
 def flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor | None = None):
     """Per-sample velocity MSE (mean over channels and the masked positions): (B, L, C) -> (B,)."""
-    err = (v_pred.float() - velocity_target(x0, x1).float()).pow(2).mean(-1)
+    err = velocity_error(v_pred, x0, x1)
     if mask is None:
         return err.mean(-1)
     mask = mask.float()

@@ -6,6 +6,8 @@ The zero-initialisation of that modulation (adaLN-Zero) lives in the DiT's `init
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -107,9 +109,29 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+@dataclass
+class Conditions:
+    """Several adaLN conditions over one sequence: `values` (B, P, D), and `index` (L,) the row of `values` each
+    token reads (e.g. a DiT's clean context and noisy target, or each block's own timestep)."""
+    values: torch.Tensor
+    index: torch.Tensor
+
+    def part(self, start: int, stop: int) -> Conditions:
+        """The conditions of tokens start..stop-1."""
+        return Conditions(self.values, self.index[start:stop])
+
+
+def per_token_modulation(modulation: nn.Module, cond: torch.Tensor | Conditions) -> torch.Tensor:
+    """The adaLN modulation: (B, 1, M) from one condition per sequence (B, D); (B, L, M) from `Conditions`, computed
+    once per condition and gathered per token."""
+    if isinstance(cond, Conditions):
+        return modulation(cond.values)[:, cond.index]
+    return modulation(cond).unsqueeze(1)
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block. Unconditioned (VAE, AR): LayerNorms with affine parameters.
-    Conditioned (DiT): affine-free LayerNorms modulated by `cond` (B, cond_dim) or per token (B, L, cond_dim)."""
+    Conditioned (DiT): affine-free LayerNorms modulated by `cond`: (B, cond_dim), or `Conditions`."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
         super().__init__()
@@ -121,16 +143,11 @@ class TransformerBlock(nn.Module):
         self.modulation = None if cond_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
 
     def forward(self, x, rope, attn_mask=None, cond=None, causal=False, cache: KVCache | None = None):
-        """`cond`: (B, cond_dim) for the whole sequence, (B, L, cond_dim) per token, or piecewise as a tuple of
-        ((B, cond_dim), length) pairs covering the sequence in order (one modulation per piece)."""
+        """`cond`: (B, cond_dim) for the whole sequence, or `Conditions` (one of several per token)."""
         if self.modulation is None:
             x = x + self.attn(self.norm1(x), rope, attn_mask, causal, cache)
             return x + self.mlp(self.norm2(x))
-        if isinstance(cond, tuple):
-            mod = torch.cat([self.modulation(c).unsqueeze(1).expand(-1, n, -1) for c, n in cond], dim=1)
-        else:
-            mod = self.modulation(cond)
-            mod = mod.unsqueeze(1) if mod.dim() == 2 else mod
+        mod = per_token_modulation(self.modulation, cond)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask, causal, cache)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -139,3 +156,17 @@ class TransformerBlock(nn.Module):
 def padding_attn_mask(key_mask: torch.Tensor | None):
     """(B, L) bool, True = real token -> (B, 1, 1, L) boolean SDPA mask (True = may attend)."""
     return None if key_mask is None else key_mask[:, None, None, :]
+
+
+def block_index(length: int, block: int, device=None, start: int = 0) -> torch.Tensor:
+    """The block of each position start..start+length-1 in a sequence cut into blocks of `block` tokens."""
+    return torch.arange(start, start + length, device=device) // block
+
+
+def block_causal_attn_mask(key_mask: torch.Tensor, block: int) -> torch.Tensor:
+    """Block-causal attention: a query sees the keys of its own block and of earlier blocks, never later ones.
+    key_mask (B, L), True = real token -> (B, 1, L, L). Every query also sees itself, so a padded query never
+    has an empty row (SDPA would return NaN for it); real queries never see padding."""
+    blocks = block_index(key_mask.shape[1], block, key_mask.device)
+    allowed = (blocks[None, :] <= blocks[:, None])[None] & key_mask[:, None, :]
+    return (allowed | torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device))[:, None]

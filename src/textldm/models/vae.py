@@ -1,6 +1,7 @@
 """TextVAE: one continuous latent per token.
 
-Encoder: token embedding -> bidirectional pre-norm Transformer (RoPE) -> per-token diagonal Gaussian.
+Encoder: token embedding -> bidirectional pre-norm Transformer (RoPE) -> per-token diagonal Gaussian; or
+block-causal (`vae.encoder_block_size`): a latent sees its own block and earlier ones, for block-causal DiTs.
 Decoder: latents -> bidirectional pre-norm Transformer -> vocabulary logits at every position in one
 parallel pass (non-autoregressive). Trained with CE + beta * KL + lambda * REPA (see `losses`).
 """
@@ -11,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textldm.config import VAEConfig
-from textldm.models.blocks import TransformerBlock, padding_attn_mask, rope_angles
+from textldm.models.blocks import TransformerBlock, block_causal_attn_mask, padding_attn_mask, rope_angles
 from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.teacher import project_embeddings
 
@@ -77,10 +78,17 @@ class TextVAE(nn.Module):
     def _rope(self, L: int, device):
         return rope_angles(torch.arange(L, device=device), self.cfg.width // self.cfg.heads)
 
+    def encoder_attn_mask(self, ids: torch.Tensor, mask: torch.Tensor | None):
+        """Padding only (bidirectional), or block-causal with blocks of vae.encoder_block_size tokens."""
+        if self.cfg.encoder_block_size == 0:
+            return padding_attn_mask(mask)
+        mask = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask
+        return block_causal_attn_mask(mask, self.cfg.encoder_block_size)
+
     def encode_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
         """-> (mean, logvar, the feature REPA aligns: an encoder block's output or the latent mean)."""
         x = self.embed(ids)
-        rope, attn_mask = self._rope(ids.shape[1], ids.device), padding_attn_mask(mask)
+        rope, attn_mask = self._rope(ids.shape[1], ids.device), self.encoder_attn_mask(ids, mask)
         repa_at = self.cfg.repa_block % len(self.encoder)
         feature = None
         for i, block in enumerate(self.encoder):

@@ -82,6 +82,8 @@ class DiTObjective(nn.Module):
 
     def forward(self, batch: dict, step: int):
         """(loss, metrics) of one micro-batch: the flow-matching loss (+ the token-aware loss when on)."""
+        if self.dit.cfg.block_size:
+            return self.block_loss(batch)
         x0, x1, t = batch["noise"], batch["target"], batch["t"]
         context = self.dit.drop_context(batch["context"], batch["drop"])
         right = batch.get("right")
@@ -99,6 +101,15 @@ class DiTObjective(nn.Module):
             loss = loss + weight * ce
             metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def block_loss(self, batch: dict):
+        """Block mode: the velocity loss of every noisy block of the window, each at its own time and against the
+        clean blocks before it, in one masked forward (`TextDiT.forward_blocks`)."""
+        x0, x1, mask, t = batch["noise"], batch["target"], batch["mask"], batch["t"]
+        x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
+        v = self.dit.forward_blocks(x_t, t, x1, mask, batch["drop"])
+        loss = flow_loss(v, x0, x1, mask).mean()
+        return loss, {"loss": loss.detach()}
 
     def decoder_ce(self, estimate: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
         """Mean over target tokens of t x CE(frozen decoder(estimate), target token). Weighted by t: near the
@@ -159,7 +170,9 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
     """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately.
     `get(step, micro, accum)` is this rank's micro-th part of step `step`'s global batch;
     `get(step, t=...)` takes given timesteps (global batch) instead of drawing them - for stratified evaluation.
-    shard=False keeps the whole global batch (evaluation runs on rank 0 alone)."""
+    shard=False keeps the whole global batch (evaluation runs on rank 0 alone). Block mode: `block_batches`."""
+    if cfg.block_size:
+        return block_batches(stream, vae, cfg, batch_size, seed, device, shard)
     C = vae.cfg.latent_channels
 
     def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
@@ -192,6 +205,33 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
         if cfg.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
             batch["self_cond"] = (torch.rand(batch_size, generator=g) < cfg.self_condition_prob)[sl].to(device)
         return batch
+
+    return get
+
+
+def block_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
+                  shard: bool = True):
+    """Block mode's batches: windows of context_max + target_max tokens, encoded once by the block-causal VAE (the
+    clean latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
+    dit.block_t=shared - and the CFG drop per window. The first block is left-padded by 0..B-1 tokens, as a prompt
+    that does not fill whole blocks is at sampling. `get(step, t=...)` takes given (N, L / B) times."""
+    C, B, L = vae.cfg.latent_channels, cfg.block_size, cfg.context_max + cfg.target_max
+
+    def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
+        g = step_generator(seed, step)
+        ids = stream.windows(batch_size, L, g)
+        pad = torch.randint(0, B, (batch_size,), generator=g)
+        if t is None:
+            per_window = 1 if cfg.block_t == "shared" else L // B
+            t = sample_t(batch_size * per_window, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g)
+            t = t.view(batch_size, per_window).expand(batch_size, L // B)
+        drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
+        noise = torch.randn(batch_size, L, C, generator=g)
+        sl = local_slice(batch_size, micro, accum) if shard else slice(None)
+        mask = (torch.arange(L)[None] >= pad[:, None])[sl].to(device)
+        ids = torch.where(mask, ids[sl].to(device), 0)
+        return {"target": encode_latents(vae, ids, mask, cfg.normalize_latents), "mask": mask,
+                "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device), "target_ids": ids}
 
     return get
 

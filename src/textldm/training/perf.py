@@ -53,6 +53,24 @@ def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     return per_sequence + _conditioner_flops(dit, target=True, context=True)
 
 
+def dit_block_flops_per_sequence(dit, length: int) -> float:
+    """Forward FLOPs of a block-mode DiT on one window of `length` tokens: the [clean ; noisy] pass over 2 x length
+    tokens (every key counted, as for causal attention), outputs for the noisy half, and the adaLN work once per
+    condition (the clean one and each block's)."""
+    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, 2 * length) for b in dit.blocks)
+    conditions = 1 + length // dit.cfg.block_size
+    return per_token * 2 * length + _target_io_flops(dit) * length + conditions * _conditioner_flops(dit, True, False)
+
+
+def dit_block_sampling_flops(dit, prefix_len: int, block: int) -> tuple[float, float]:
+    """Block-mode DiT at sampling, one block after `prefix_len` cached positions: (the block's clean pass that
+    joins the cache, once; one evaluation of the noisy block)."""
+    kv = prefix_len + block
+    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, kv) for b in dit.blocks)
+    return block * per_token + _conditioner_flops(dit, True, False), \
+        block * (per_token + _target_io_flops(dit)) + _conditioner_flops(dit, True, False)
+
+
 def _target_io_flops(dit) -> float:
     """Per target token, besides the blocks and the input projection: the output layer and, with
     self-conditioning, the estimate's input projection."""

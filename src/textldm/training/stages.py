@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from textldm.config import Config, TrainConfig, to_dict
+from textldm.config import Config, TrainConfig, to_dict, validate
 from textldm.data.corpus import check_source
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
@@ -34,6 +34,7 @@ from textldm.training.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
     decoder_ce_flops_per_sequence,
+    dit_block_flops_per_sequence,
     dit_flops_per_sequence,
     vae_flops_per_sequence,
 )
@@ -205,12 +206,21 @@ def _dit_flops(cfg: Config, dit: TextDiT, vae: TextVAE) -> float:
     """Counted FLOPs of one DiT optimizer step: forward + backward, the self-conditioning examples' gradient-free
     first pass, and the token-aware loss's frozen decoder (forward and backward) when on."""
     tcfg, d = cfg.dit_train, cfg.dit
+    if d.block_size:
+        return TRAIN_FACTOR * tcfg.batch_size * dit_block_flops_per_sequence(dit, d.context_max + d.target_max)
     flops = (TRAIN_FACTOR + d.self_condition_prob) * tcfg.batch_size * \
         dit_flops_per_sequence(dit, d.context_max, d.target_max)
     if d.decoder_ce_weight > 0:
         rows = min(vae.vocab_size, cfg.vae.sampled_negatives + tcfg.batch_size * d.target_max)
         flops += TRAIN_FACTOR * tcfg.batch_size * decoder_ce_flops_per_sequence(vae, d.target_max, rows)
     return flops
+
+
+def _dit_tokens_per_step(cfg: Config) -> int:
+    """Target tokens an optimizer step trains on: the mean target length (full window) or every window token."""
+    d = cfg.dit
+    per_sequence = d.context_max + d.target_max if d.block_size else (d.target_min + d.target_max) // 2
+    return cfg.dit_train.batch_size * per_sequence
 
 
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
@@ -223,6 +233,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
         vae_report = read_model_config(vae_dir).get("report", {})
         # the VAE, its tokenizer and its teacher are fixed by the saved model
         cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
+    validate(cfg)  # the DiT's settings against the VAE it trains on (e.g. block mode needs a block-causal encoder)
     device = start_run(cfg)
     _, eot, train, val = data or prepare_data(cfg)
     record_run(cfg)
@@ -232,7 +243,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     resolve_batch_size(tcfg, cfg.dit.context_max + cfg.dit.target_max)
     stage = Stage(
         "dit", "DiT", dit, DiTObjective(dit, vae), dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device),
-        tcfg, tcfg.batch_size * (cfg.dit.target_min + cfg.dit.target_max) // 2, _dit_flops(cfg, dit, vae),
+        tcfg, _dit_tokens_per_step(cfg), _dit_flops(cfg, dit, vae),
         lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
         TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), "model",
         report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})

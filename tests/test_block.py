@@ -1,0 +1,222 @@
+"""Block-causal mode (dit.block_size > 0): the attention masks, no leak from later tokens, the cached block sampler
+against the training forward and against a hand-written reference loop, CFG's null prefix, config checks."""
+import pytest
+import torch
+
+from textldm.config import Config, DiTConfig, VAEConfig, load_config
+from textldm.diffusion.flow import interpolate
+from textldm.errors import UserError
+from textldm.models.blocks import block_causal_attn_mask
+from textldm.models.dit import TextDiT, clean_noisy_attn_mask
+from textldm.models.vae import TextVAE
+from textldm.pipeline import TextLDMPipeline
+
+VOCAB, C, BLOCK = 11, 8, 4
+CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
+
+
+def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight away from its initialisation (adaLN-Zero starts as the identity with a zero output, which
+    would hide every path the tests look at)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def tiny_vae(encoder_block: int = 1, seed: int = 0) -> TextVAE:
+    torch.manual_seed(seed)
+    cfg = VAEConfig(width=32, heads=2, encoder_depth=2, decoder_depth=1, latent_channels=C, max_len=16,
+                    embed_init="random", repa_weight=0.0, encoder_block_size=encoder_block)
+    return randomized(TextVAE(cfg, VOCAB), seed)
+
+
+def tiny_dit(uncond: str = "empty", seed: int = 1, **overrides) -> TextDiT:
+    torch.manual_seed(seed)
+    cfg = DiTConfig(width=32, depth=2, heads=2, context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET,
+                    block_size=BLOCK, block_uncond=uncond, **overrides)
+    return randomized(TextDiT(cfg, C), seed)
+
+
+def window(n: int = 3, seed: int = 0, pad=(0, 1, 3)):
+    """Clean latents, noisy latents, per-block times and a mask whose first block is left-padded by `pad`."""
+    g = torch.Generator().manual_seed(seed)
+    L = CONTEXT + TARGET
+    clean, x_t = torch.randn(n, L, C, generator=g), torch.randn(n, L, C, generator=g)
+    t = torch.rand(n, L // BLOCK, generator=g)
+    mask = torch.arange(L)[None] >= torch.tensor(pad[:n])[:, None]
+    return clean, x_t, t, mask
+
+
+def test_the_clean_noisy_mask_is_block_causal():
+    """Blocks of 2 over 4 tokens: clean queries see clean keys of their block and before; noisy queries the clean
+    keys of earlier blocks and the noisy keys of their own block; padding (token 0 of row 1) is seen by nobody
+    but itself; an empty prefix (row 2) removes every clean key from the noisy queries."""
+    key_mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    m = clean_noisy_attn_mask(key_mask, 2, see_prefix=torch.tensor([True, True, False]))[:, 0].int()
+    expected = torch.tensor([
+        # clean 0..3      noisy 0..3
+        [1, 1, 0, 0, 0, 0, 0, 0],  # clean 0
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],  # clean 2
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],  # noisy 0: no earlier block
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0, 1, 1],  # noisy 2: clean block 0 and itself
+        [1, 1, 0, 0, 0, 0, 1, 1]])
+    assert torch.equal(m[0], expected)
+    padded = expected.clone()
+    padded[:, 0] = 0
+    padded[:, 4] = 0
+    padded[0, 0] = padded[4, 4] = 1  # a padded query sees itself only
+    assert torch.equal(m[1], padded)
+    empty = expected.clone()
+    empty[4:, :4] = 0
+    assert torch.equal(m[2], empty)
+    assert torch.equal(block_causal_attn_mask(key_mask[:1], 2)[0, 0].int(), expected[:4, :4])
+
+
+@pytest.mark.parametrize("part", ["clean", "noisy"])
+def test_a_block_output_ignores_later_blocks_and_earlier_noisy_ones(part):
+    """Velocity of block 1 (tokens 4..7): unchanged when any later block changes (clean or noisy) and when the noisy
+    block 0 changes; changed when its own noisy tokens or the clean block 0 change (the prefix is read)."""
+    dit = tiny_dit()
+    clean, x_t, t, mask = window()
+    v = dit.forward_blocks(x_t, t, clean, mask)[:, 4:8]
+
+    def moved(tensor_name: str, positions: slice) -> bool:
+        c, x = clean.clone(), x_t.clone()
+        (c if tensor_name == "clean" else x)[:, positions] += 1.0
+        return not torch.equal(dit.forward_blocks(x, t, c, mask)[:, 4:8], v)
+
+    assert not moved(part, slice(8, 16))
+    assert not moved("noisy", slice(0, 4))
+    assert moved("noisy", slice(4, 8)) and moved("clean", slice(0, 4))
+    assert not moved("clean", slice(4, 8))  # a noisy block never sees its own clean copy (the answer)
+
+
+def test_no_leak_changing_a_token_moves_no_earlier_latent_or_velocity():
+    """Token 9 (block 2) changed: the block-causal encoder's latents of blocks 0-1 and the DiT's velocities of
+    blocks 0-2 (block 2 reads only blocks 0-1's clean latents) stay exactly equal. The bidirectional encoder, the
+    paper's, moves them: that is the leak block mode must not have."""
+    vae, dit = tiny_vae(encoder_block=4), tiny_dit()
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % VOCAB
+    z, z2 = vae.encode(ids), vae.encode(changed)
+    assert torch.equal(z[:, :8], z2[:, :8]) and not torch.equal(z[:, 8:12], z2[:, 8:12])
+    _, x_t, t, mask = window(2, pad=(0, 2))
+    v, v2 = dit.forward_blocks(x_t, t, z, mask), dit.forward_blocks(x_t, t, z2, mask)
+    assert torch.equal(v[:, :12], v2[:, :12]) and not torch.equal(v[:, 12:], v2[:, 12:])
+    bidirectional = tiny_vae(encoder_block=0)
+    assert not torch.allclose(bidirectional.encode(ids)[:, :8], bidirectional.encode(changed)[:, :8])
+
+
+def test_the_prefix_cache_matches_the_training_forward():
+    """extend_prefix block by block == one pass over the whole prefix; block_velocity of block 2 after the cached
+    clean blocks 0-1 == forward_blocks' output for block 2 (whatever the other blocks hold)."""
+    dit = tiny_dit()
+    clean, x_t, t, mask = window()
+    whole = dit.extend_prefix(None, clean[:, :8], mask[:, :8])
+    stepwise = dit.extend_prefix(dit.extend_prefix(None, clean[:, :4], mask[:, :4]), clean[:, 4:8], mask[:, 4:8])
+    for a, b in zip(whole.blocks, stepwise.blocks):
+        assert torch.allclose(a.k, b.k, atol=1e-5) and torch.allclose(a.v, b.v, atol=1e-5)
+    v = dit.forward_blocks(x_t, t, clean, mask)[:, 8:12]
+    assert torch.allclose(dit.block_velocity(x_t[:, 8:12], t[:, 2], stepwise), v, atol=1e-5)
+
+
+@pytest.mark.parametrize("uncond", ["empty", "null"])
+def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
+    """The sampler's unconditional rows are exactly training's dropped rows: v = v_drop + s (v_cond - v_drop)."""
+    dit = tiny_dit(uncond)
+    clean, x_t, t, mask = window()
+    n = clean.shape[0]
+    v_cond = dit.forward_blocks(x_t, t, clean, mask)[:, 8:12]
+    v_drop = dit.forward_blocks(x_t, t, clean, mask, torch.ones(n, dtype=torch.bool))[:, 8:12]
+    null, null_mask = dit.null_prefix_input(clean[:, :8], mask[:, :8])
+    prefix = dit.extend_prefix(None, torch.cat([clean[:, :8], null]), torch.cat([mask[:, :8], null_mask]))
+    guided = dit.guided_block_velocity(x_t[:, 8:12], t[:, 2], prefix, cfg_scale=3.0)
+    assert torch.allclose(guided, v_drop + 3.0 * (v_cond - v_drop), atol=1e-4)
+    assert not torch.allclose(v_cond, v_drop, atol=1e-3)
+
+
+def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty") -> TextLDMPipeline:
+    vae, dit = tiny_vae(), tiny_dit(uncond)
+    cfg = Config(vae=vae.cfg, dit=dit.cfg)
+    cfg.sample.steps, cfg.sample.cfg_scale = 4, cfg_scale
+    return TextLDMPipeline(cfg, None, vae, dit, eot_id=-1)
+
+
+def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int) -> list[int]:
+    """Block sampling written out with the training forward (no cache, the window re-encoded from its tokens at
+    every block): Euler on the schedule grid, CFG over training's dropped rows, decode beside the prefix."""
+    from textldm.pipeline import noise_seed
+
+    vae, dit, s = pipe.vae, pipe.dit, pipe.config.sample
+    grid = pipe.time_grid(s).tolist()
+    start = -(-CONTEXT // BLOCK) * BLOCK
+    out, k, ids, pad = [], 0, None, 0
+    while len(out) < length:
+        if ids is None or ids.shape[1] + BLOCK > CONTEXT + TARGET:  # a new window: the last CONTEXT tokens
+            recent = (prompt + out)[-CONTEXT:]
+            pad = start - len(recent)
+            ids = torch.tensor([[0] * pad + recent])
+        L = ids.shape[1] + BLOCK
+        mask = torch.arange(L)[None] >= pad
+        full = torch.cat([ids, torch.zeros(1, BLOCK, dtype=torch.long)], 1)
+        clean = vae.normalize(vae.encode(full, mask))
+        clean[:, -BLOCK:] = 0.0  # never read: a noisy block does not see its own clean copy
+        x = torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
+        for a, b in zip(grid, grid[1:]):
+            noisy = torch.cat([torch.zeros(1, L - BLOCK, C), x], 1)
+            t = torch.full((1, L // BLOCK), a)
+            v_c = dit.forward_blocks(noisy, t, clean, mask)[:, -BLOCK:]
+            v_u = dit.forward_blocks(noisy, t, clean, mask, torch.ones(1, dtype=torch.bool))[:, -BLOCK:]
+            x = x + (b - a) * (v_u + s.cfg_scale * (v_c - v_u))
+        z = vae.denormalize(torch.cat([clean[:, :-BLOCK], x], 1))
+        block = vae.decode(z, mask).argmax(-1)[0, -BLOCK:].tolist()
+        out += block
+        ids = torch.cat([ids, torch.tensor([block])], 1)
+        k += 1
+    return out[:length]
+
+
+@pytest.mark.parametrize("uncond", ["empty", "null"])
+def test_the_block_sampler_equals_a_reference_loop(uncond):
+    """Prompts of 3, 5 and 8 tokens continued by 13 tokens (4 blocks over two windows of 16 tokens, the second
+    starting from the last 8 tokens) in one batch: token for token what the reference loop writes for each."""
+    pipe = block_pipeline(uncond=uncond)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1, 2, 3, 4, 5, 6]]
+    rows = pipe.generate_ids(prompts, length=13, solver="euler", seed=5)
+    assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
+    assert pipe.last_evaluations == 4 * 4 * 2  # blocks x steps x (conditional + unconditional)
+    assert pipe.generate_ids(prompts[1:2], length=13, seed=5, first_index=1) == rows[1:2]  # any batch
+
+
+def test_the_block_sampler_honours_the_cfg_interval_and_stop():
+    """Outside [cfg_min_t, cfg_max_t] one conditional evaluation a step; a step callback's STOP ends the generation
+    after the current block's sampling."""
+    from textldm.diffusion.sampling import STOP
+
+    pipe = block_pipeline()
+    pipe.config.sample.cfg_min_t = 0.5
+    pipe.generate_ids([[1, 2, 3]], length=8)
+    grid = pipe.time_grid(pipe.config.sample)[:-1]
+    guided = int(((grid >= 0.5) & (grid <= 1.0)).sum())
+    assert pipe.last_evaluations == 2 * (4 + guided)
+    seen = []
+    rows = pipe.generate_ids([[1, 2, 3]], length=16, callback=lambda i, t, x: seen.append(x.shape) or STOP)
+    assert len(rows[0]) == BLOCK and seen == [(1, BLOCK, C)]
+
+
+def test_block_mode_config_checks():
+    """Block mode refuses, by name, a VAE that would leak later tokens and the full-window-only options."""
+    base = ["dit.block_size=8", "vae.encoder_block_size=1", "dit.context_max=32", "dit.target_max=32", "vae.max_len=64"]
+    load_config(None, base)
+    for extra, words in [(["vae.encoder_block_size=0"], "block-causal VAE"), (["vae.encoder_block_size=3"], "divides"),
+                         (["dit.block_size=24"], "divide the window"), (["dit.block_size=64"], "no room"),
+                         (["dit.infill_prob=0.3"], "infilling"), (["dit.self_condition_prob=0.5"], "full-window"),
+                         (["vae.max_len=32"], "vae.max_len")]:
+        with pytest.raises(UserError, match=words):
+            load_config(None, base + extra)
