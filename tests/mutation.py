@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: the recipe's unit tests, the learning test and the pipeline / CLI round trips (~1-2 min)
 FAST_SUITE = ["tests/test_recipe.py", "tests/test_levers.py", "tests/test_learning.py", "tests/test_models.py",
+              "tests/test_block.py",
               "tests/test_flow.py",
               "tests/test_train.py", "tests/test_pipeline_cli.py",
               "tests/test_ecosystem.py::test_a_step_callback_may_stop_the_sampler_or_replace_its_latents",
@@ -106,8 +107,8 @@ MUTANTS = [
     Mutant("M26", "models/vae.py", "return (z - self.latent_mean) / self.latent_std", "return (z - self.latent_mean) / self.latent_std ** 2",
            "latent normalisation divides by the variance"),
     # pipeline
-    Mutant("M27", "pipeline.py", "return (self.vae.normalize(z) if self.config.dit.normalize_latents else z), mask",
-           "return z, mask", "latent normalisation skipped when encoding prompts for sampling"),
+    Mutant("M27", "pipeline.py", "return self.vae.normalize(z) if self.config.dit.normalize_latents else z",
+           "return z", "latent normalisation skipped when encoding prompts for sampling"),
     Mutant("M28", "pipeline.py", "            z = self.vae.denormalize(z)\n", "            pass\n",
            "latent normalisation skipped when decoding samples"),
     Mutant("M29", "pipeline.py", "cfg_scale if guided else 1.0,", "1.0,", "CFG scale ignored when sampling"),
@@ -167,8 +168,30 @@ MUTANTS = [
     # step callbacks (0.2.0): they may replace the latents or stop the sampler
     Mutant("M53", "diffusion/sampling.py", "    return out.to(x.dtype)", "    return x",
            "latents returned by a step callback are ignored"),
-    Mutant("M54", "pipeline.py", "while active and remaining > 0 and not stopped:", "while active and remaining > 0:",
+    Mutant("M54", "pipeline.py", "while active and remaining > 0 and not stopped:\n            n = min(",
+           "while active and remaining > 0:\n            n = min(",
            "STOP ends a window but the next window is still generated"),
+    # block-causal mode (issue 20)
+    Mutant("M55", "models/dit.py", "torch.cat([earlier, same], 1)])",
+           "torch.cat([earlier & (blocks[None, :] < blocks[:, None] - 1), same], 1)])",
+           "block mode: a noisy block cannot see the clean block right before it (the mask is one block off)"),
+    Mutant("M56", "training/objectives.py", 'per_window = 1 if cfg.block_t == "shared" else L // B', "per_window = 1",
+           "block mode: one t shared by a window's blocks although per-block t is configured"),
+    Mutant("M57", "models/dit.py", "            cache.frozen = False\n", "            cache.frozen = prefix is not None\n",
+           "block mode: a stale prefix cache (generated blocks never join it)"),
+    Mutant("M58", "models/dit.py", "x = torch.cat([self._embed(clean, 0), self._embed(x_t, 1)], 1)",
+           "x = torch.cat([self._embed(x_t, 0), self._embed(x_t, 1)], 1)",
+           "block mode: the prefix is not clean (training reads the noisy latents as the prefix)"),
+    Mutant("M59", "models/vae.py", "        if self.cfg.encoder_block_size == 0:\n", "        if True:\n",
+           "block-causal encoder option ignored: later tokens leak into earlier latents"),
+    Mutant("M60", "models/dit.py", "clean_noisy_attn_mask(mask, B, None if drop is None or not empty else ~drop)",
+           "clean_noisy_attn_mask(mask, B)", "block mode: CFG dropout (the empty prefix) never applied in training"),
+    Mutant("M61", "models/dit.py", "rope = rope_angles(torch.arange(prefix.length, prefix.length + n, device=x_t.device),",
+           "rope = rope_angles(torch.arange(n, device=x_t.device),",
+           "block sampler: a new block's positions restart at 0 instead of following its prefix"),
+    Mutant("M62", "pipeline.py", "self.prefix = self.pipe.dit.extend_prefix(self.prefix, *self._prefix_input(new, ones))",
+           "self.prefix = self.pipe.dit.extend_prefix(self.prefix, *self._prefix_input(new, ones * False))",
+           "block sampler: the generated blocks join the prefix masked out (the DiT never reads its own text)"),
 ]
 
 

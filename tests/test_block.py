@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from textldm.config import Config, DiTConfig, VAEConfig, load_config
-from textldm.diffusion.flow import interpolate
 from textldm.errors import UserError
 from textldm.models.blocks import block_causal_attn_mask
 from textldm.models.dit import TextDiT, clean_noisy_attn_mask

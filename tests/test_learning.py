@@ -44,12 +44,13 @@ def _train_cfg(steps: int, lr: float) -> TrainConfig:
                        grad_clip=1.0)
 
 
-def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0):
-    """(pipeline, held-out prompts, their true continuations)."""
+def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, block_size: int = 0):
+    """(pipeline, held-out prompts, their true continuations). block_size > 0: block mode, on a causal VAE."""
     torch.manual_seed(seed)
     stream = PeriodicStream()
     vae_cfg = VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
-                        embed_init="random", repa_weight=0.0, softmax="full", truncate_prob=0.0, kl_warmup_steps=20)
+                        embed_init="random", repa_weight=0.0, softmax="full", truncate_prob=0.0, kl_warmup_steps=20,
+                        encoder_block_size=1 if block_size else 0)
     vae = TextVAE(vae_cfg, VOCAB)
     fit(VAEObjective(vae), vae_batches(stream, vae_cfg, 64, seed=1 + seed, device=torch.device("cpu")),
         _train_cfg(vae_steps, 3e-3), progress=False, precision="fp32")
@@ -59,6 +60,9 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0):
     vae.latent_std.copy_(std)
     dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX,
                         target_min=PERIOD, target_max=PERIOD)
+    if block_size:  # windows of 16 tokens (the VAE's max_len), blocks of `block_size`
+        dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_max=CONTEXT_MAX + 1, target_max=16 - CONTEXT_MAX - 1,
+                            block_size=block_size)
     dit = TextDiT(dit_cfg, vae_cfg.latent_channels)
     fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
@@ -157,3 +161,26 @@ def test_paper_shaped_ema_saves_trained_weights_after_a_few_dozen_steps(learned)
     learned_gap = losses["untrained"] - losses[0.0]
     assert learned_gap > 0.1, losses
     assert losses[0.9999] - losses[0.0] < 0.25 * learned_gap, losses
+
+
+@pytest.fixture(scope="module")
+def learned_blocks():
+    return train_tiny_recipe(block_size=PERIOD // 2)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_block_mode_continues_a_prompt_it_must_copy(learned_blocks, cfg_scale):
+    """Block mode (blocks of 2, a causal VAE) learns the copy task: continuations of two periods, four blocks, each
+    sampled against the cached clean prefix of the prompt and the blocks before it."""
+    pipe, prompts, truths = learned_blocks
+    long_truths = [t + t for t in truths]
+    acc = accuracy(pipe.generate_ids(prompts, length=2 * PERIOD, cfg_scale=cfg_scale), long_truths)
+    assert acc > 0.8, f"block mode: token accuracy {acc:.3f} with CFG {cfg_scale} (chance {CHANCE:.2f})"
+
+
+def test_block_mode_without_the_prefix_scores_near_chance_and_the_prompt_decides(learned_blocks):
+    """cfg_scale 0 samples the null branch (the empty prefix); and different prompts from one noise disagree."""
+    pipe, prompts, truths = learned_blocks
+    acc = accuracy(pipe.generate_ids(prompts, length=PERIOD, cfg_scale=0.0), truths)
+    assert acc < CHANCE + 0.12, f"block mode: token accuracy {acc:.3f} without the prefix (chance {CHANCE:.2f})"
+    assert same_noise_agreement(pipe, prompts[:12], PERIOD, seed=3) < CHANCE + 0.12

@@ -417,7 +417,7 @@ def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
     return [
         (B > 0, "dit.block_size must be >= 0 (0 = the full window)"),
         ((d.context_max + d.target_max) % B == 0,
-         f"dit.block_size {B} must divide the window dit.context_max + dit.target_max = {d.context_max + d.target_max}"),
+         f"dit.block_size {B} must divide the window dit.context_max + dit.target_max ({d.context_max + d.target_max})"),
         (-(-d.context_max // B) * B + B <= d.context_max + d.target_max,
          f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} tokens "
          "(rounded up to whole blocks) in the window dit.context_max + dit.target_max; use a smaller block"),

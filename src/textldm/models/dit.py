@@ -337,7 +337,8 @@ class TextDiT(nn.Module):
         blocks = block_index(L, B, device)
         x = torch.cat([self._embed(clean, 0), self._embed(x_t, 1)], 1)  # (N, 2L, D)
         rope = rope_angles(torch.cat([torch.arange(L, device=device)] * 2), self.cfg.width // self.cfg.heads)
-        values = torch.cat([self.clean_condition(N, device)[:, None], self.condition(t.flatten()).view(N, -1, x.shape[-1])], 1)
+        per_block = self.condition(t.flatten()).view(N, t.shape[1], -1)
+        values = torch.cat([self.clean_condition(N, device)[:, None], per_block], 1)  # (N, 1 + L / B, D)
         cond = Conditions(values, torch.cat([torch.zeros_like(blocks), 1 + blocks]))  # clean: row 0, block b: 1 + b
         attn_mask = clean_noisy_attn_mask(mask, B, None if drop is None or not empty else ~drop)
         for block in self.blocks:
