@@ -413,15 +413,15 @@ def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
     d, B = cfg.dit, cfg.dit.block_size
     if B == 0:
         return []
+    window = d.context_max + d.target_max
     enc = cfg.vae.encoder_block_size
     return [
         (B > 0, "dit.block_size must be >= 0 (0 = the full window)"),
-        ((d.context_max + d.target_max) % B == 0,
-         f"dit.block_size {B} must divide the window dit.context_max + dit.target_max ({d.context_max + d.target_max})"),
-        (-(-d.context_max // B) * B + B <= d.context_max + d.target_max,
+        (window % B == 0, f"dit.block_size {B} must divide the window dit.context_max + dit.target_max ({window})"),
+        (-(-d.context_max // B) * B + B <= window,
          f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} tokens "
          "(rounded up to whole blocks) in the window dit.context_max + dit.target_max; use a smaller block"),
-        (d.context_max + d.target_max <= cfg.vae.max_len,
+        (window <= cfg.vae.max_len,
          "in block mode the window dit.context_max + dit.target_max must not exceed vae.max_len"),
         (enc > 0 and B % enc == 0,
          f"dit.block_size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
