@@ -17,6 +17,7 @@ from textldm.evaluation.benchmark import BenchmarkSpec, build_benchmark, read_be
 from textldm.evaluation.metrics import (
     bertscore,
     generative_perplexity,
+    prompt_binding,
     mauve_score,
     resolve_encoder,
     rouge_scores,
@@ -85,6 +86,18 @@ def test_generative_perplexity_matches_manual_likelihood(tiny_model_dir):
         n += len(c)
     got = generative_perplexity([a for a, _ in pairs], [b for _, b in pairs], judge=tiny_model_dir, batch_size=2)
     assert got == pytest.approx(math.exp(nll / n), rel=1e-4)
+
+
+def test_prompt_binding_is_the_perplexity_ratio_after_another_prompt(tiny_model_dir):
+    """binding = gen-PPL of each continuation after the NEXT item's prompt / after its own; 1 for a prompt that
+    does not change (every item the same prompt), and not 1 when the prompts differ."""
+    prompts = ["the man said", "it was", "she had never"]
+    conts = [" that the world", " a good day and", " been so happy"]
+    own = generative_perplexity(prompts, conts, judge=tiny_model_dir)
+    other = generative_perplexity(prompts[1:] + prompts[:1], conts, judge=tiny_model_dir)
+    assert prompt_binding(prompts, conts, judge=tiny_model_dir) == pytest.approx(other / own, rel=1e-5)
+    assert prompt_binding(["it was"] * 3, conts, judge=tiny_model_dir) == pytest.approx(1.0, abs=1e-9)
+    assert abs(other / own - 1) > 1e-3
 
 
 # benchmark builder ---------------------------------------------------------------------------------------

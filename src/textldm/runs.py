@@ -19,7 +19,7 @@ from textldm.evaluation.heldout import (
     position_agreement,
     same_noise_agreement,
 )
-from textldm.evaluation.metrics import generative_perplexity, rouge_l, text_statistics
+from textldm.evaluation.metrics import generative_perplexity, prompt_binding, rouge_l, text_statistics
 from textldm.export import read_model_config
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.distributed import is_main
@@ -56,6 +56,9 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
         # fluency under the judge LM, for the generations and for the true continuations of the same prompts
         "gen_ppl": generative_perplexity(prompts, gens, cfg.metrics.judge),
         "reference_gen_ppl": generative_perplexity(prompts, refs, cfg.metrics.judge), "judge": cfg.metrics.judge,
+        # how much the text depends on its own prompt (judge perplexity after another prompt / after its own)
+        "prompt_binding": prompt_binding(prompts, gens, cfg.metrics.judge),
+        "reference_prompt_binding": prompt_binding(prompts, refs, cfg.metrics.judge),
         "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
                                                    "solver": cfg.sample.solver, "length": cfg.sample.length},
     }
@@ -106,6 +109,10 @@ def format_report(report: dict) -> str:
         if "gen_ppl" in c:
             lines.append(f"- generative perplexity under {c['judge']} (lower = more fluent): generated "
                          f"**{c['gen_ppl']:.0f}**, references {c['reference_gen_ppl']:.0f}")
+        if "prompt_binding" in c:
+            lines.append(f"- prompt binding (the judge's perplexity after another prompt / after its own; 1 = "
+                         f"prompt-blind): generated **{c['prompt_binding']:.3f}**, references "
+                         f"{c['reference_prompt_binding']:.3f}")
         if "same_noise_agreement" in c:
             lines.append(f"- prompt dependence: {c['agreement_prompts']} prompts continued from the same noise agree "
                          f"on {100 * c['same_noise_agreement']:.1f}% of positions (their human continuations: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.heldout import same_noise_agreement
 from textldm.evaluation.metrics import (
     bertscore,
+    continuation_nll,
     featurize,
-    generative_perplexity,
     mauve_score,
+    prompt_binding,
     require_package,
     rouge_scores,
     text_statistics,
@@ -196,8 +198,10 @@ class Scorer:
             q = featurize(generations, m.mauve_featurizer, m.mauve_pooling, device=self.device)
             out["mauve"] = mauve_score(self.ref_features(), q, m.mauve_buckets)
         if "gen_ppl" in wanted:
-            out["gen_ppl"] = generative_perplexity([it["prompt"] for it in self.items], generations, m.judge,
-                                                   device=self.device)
+            prompts = [it["prompt"] for it in self.items]
+            own = continuation_nll(prompts, generations, m.judge, self.device)
+            out["gen_ppl"] = math.exp(own[0] / own[1]) if own[1] else float("nan")
+            out["prompt_binding"] = prompt_binding(prompts, generations, m.judge, self.device, own)
         if "stats" in wanted:
             stats = text_statistics(generations)
             out.update(stats)
@@ -225,17 +229,19 @@ def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Pat
         human = [it.get("second_reference") for it in items]
         if all(isinstance(h, str) for h in human):
             rows[HUMAN] = scorer(human)
+        references = {"prompt_binding": prompt_binding([it["prompt"] for it in items], scorer.refs, mc.judge, device)} \
+            if "gen_ppl" in scorer.metrics else {}  # the true continuations' binding: the human value
         for c in contestants:
             start = time.time()
             gens = c.continue_items(items, cfg.sample, mc.batch_size, max_new_tokens)
             seconds = time.time() - start
             _save_generations(out / "generations" / name / f"{_slug(c.name)}.jsonl", items, gens)
             rows[c.name] = {**scorer(gens), "generation_seconds": round(seconds, 2)}
-            results["benchmarks"][name] = {"items": len(items), "rows": rows}
+            results["benchmarks"][name] = {"items": len(items), "rows": rows, "references": references}
             write_json(out / "results.partial.json", results)  # a crash later loses no finished row
             log.info("%s on %s: %s", c.name, name, {k: round(v, 4) for k, v in rows[c.name].items()
                                                      if k in TABLE_METRICS})
-        results["benchmarks"][name] = {"items": len(items), "rows": rows}
+        results["benchmarks"][name] = {"items": len(items), "rows": rows, "references": references}
         if bench_i == 0:
             results["sweeps"] = _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, mc.batch_size,
                                         name, rows)
@@ -298,14 +304,20 @@ def format_results(results: dict) -> str:
             cells.append("-" if row is None else "/".join(f"{100 * row[k]:.1f}" if k in row else "-"
                                                           for k in TABLE_METRICS))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | benchmark | gen-PPL | distinct-1 | distinct-2 | distinct-3 | unigram entropy (bits) "
-                  "| words: generated / reference | generation s |", "|---" * 9 + "|"]
+    lines += ["", "Prompt binding: the judge's perplexity of a continuation after another item's prompt over that "
+                  "after its own (1 = prompt-blind; the true continuations' value per benchmark in the last row).", "",
+              "| model | benchmark | gen-PPL | prompt binding | distinct-1 | distinct-2 | distinct-3 "
+              "| unigram entropy (bits) | words: generated / reference | generation s |", "|---" * 10 + "|"]
     for b in benches:
         for m, row in results["benchmarks"][b]["rows"].items():
-            lines.append(f"| {m} | {b} | {row.get('gen_ppl', float('nan')):.1f} | {row['distinct_1']:.3f} "
+            lines.append(f"| {m} | {b} | {row.get('gen_ppl', float('nan')):.1f} "
+                         f"| {row.get('prompt_binding', float('nan')):.3f} | {row['distinct_1']:.3f} "
                          f"| {row['distinct_2']:.3f} | {row['distinct_3']:.3f} | {row['unigram_entropy']:.2f} "
                          f"| {row['mean_words']:.1f} / {row['reference_words']:.1f} "
                          f"| {row.get('generation_seconds', '-')} |")
+        binding = results["benchmarks"][b].get("references", {}).get("prompt_binding")
+        if binding is not None:
+            lines.append(f"| true continuations | {b} | - | {binding:.3f} | - | - | - | - | - | - |")
     for name, sweep in results.get("sweeps", {}).items():
         for axis in ("steps", "cfg_scale"):
             if sweep[axis]:
