@@ -1,245 +1,373 @@
-"""Quality vs training compute: TextLDM and the AR baseline trained at several equal budgets, one table, two
-plots and the compute multiplier.
+"""Quality against training compute, and the compute multiplier of each design over the AR baseline, from a fit.
 
-    python bench/scaling.py --minutes 3,12,48 --reference 12 --samples 500 --out runs/scaling [k=v ...]
+    python bench/scaling.py run --design full,block8,ar --flops 2.5e12,5e12,1e13,2e13,4e13   # points
+    python bench/scaling.py run --design full,block8,ar --flops 2e13 --seed 1,2               # more seeds
+    python bench/scaling.py fit --reference 2e13                                              # table, fits, plots
 
-For every budget B (minutes of training per model) and seed:
-  - TextLDM: VAE for --vae-share of B, then the DiT for the rest (the `runs` stages, preset --config);
-  - the AR baseline: a causal Transformer from the same block with TextLDM's inference parameters
-    (`matched.matched_ar_overrides`: width, heads, batch, learning rate, warm-up), trained for B on the same data,
-    tokenizer and optimizer with the same seed.
-Overrides (k=v) apply to both, so a lever that changes the data or the optimizer stays matched; --textldm
-takes overrides for TextLDM alone (its levers). Every model is scored on the same benchmark items (fixed
-MAUVE buckets), and every TextLDM model's prompt dependence is measured: the same-noise agreement of
---agreement-prompts continuations, and the loss gap with vs without the prompt per timestep quarter.
+Designs (--grid, bench/grids/scaling.yaml): config overrides on --config (the demo preset) for TextLDM, or `ar`:
+the AR baseline with the full-window TextLDM's inference parameters and its DiT's width, heads, batch, learning
+rate and warm-up (`evaluation.matched`), on the same data, tokenizer and optimizer.
+A budget is total counted training FLOPs (`train.max_flops`, machine-independent): TextLDM gives --vae-share of it
+to the VAE and the rest to the DiT; designs whose VAE settings agree share one VAE per (budget, seed). The frozen
+teacher and the frozen encoder's forward passes are not counted (docs/results.md, "Compute accounting").
+Each point is scored on the same --samples items of the embedded benchmark (MAUVE, gen-PPL, prompt binding,
+ROUGE, BERTScore, distinct-2; TextLDM also same-noise agreement) and written to
+OUT/points/<design>/<flops>-s<seed>.json; a point already there is not run again, so a sweep can span sessions.
 
-The compute multiplier: the training compute TextLDM needs to reach the AR baseline's mean MAUVE at the
---reference budget, over the AR baseline's compute there (FLOPs and minutes), from log-linear interpolation
-between the measured budgets; a lower bound when TextLDM never reaches it.
-Writes OUT/scaling.md, OUT/scaling.json, OUT/scaling_flops.png, OUT/scaling_minutes.png.
+`fit`: per design and metric, a line in log10(FLOPs) (gen-PPL: log gen-PPL, a power law) by least squares over
+every run, and the compute multiplier: the FLOPs where a design's fit reaches the AR baseline's mean at the
+--reference budget, over the AR baseline's FLOPs there, with a 68% band from the fit's parameter uncertainty.
+Writes OUT/scaling.md, OUT/scaling.json and OUT/scaling_<metric>.png.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
+import json
 import logging
 import math
+import platform
 import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import yaml
+
 from textldm import load_config
+from textldm.config import to_dict
 from textldm.evaluation import matched
 from textldm.evaluation.benchmark import benchmark
-from textldm.evaluation.harness import HUMAN, Contestant, benchmark_agreement, run_eval
-from textldm.export import read_model_config
-from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
+from textldm.evaluation.heldout import position_agreement
+from textldm.evaluation.metrics import prompt_binding
+from textldm.models.dit import TextDiT
+from textldm.models.vae import TextVAE, param_count
+from textldm.pipeline import TextLDMPipeline
 from textldm.training import stages
-from textldm.utils import atomic_write_text, write_json
+from textldm.utils import atomic_write_text, environment, write_json
 
-METRICS = {"mauve": "MAUVE", "gen_ppl": "gen-PPL", "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-           "bertscore": "BERTScore", "distinct_2": "distinct-2"}  # harness.Scorer's keys
-PERCENT = {"mauve", "rougeL", "rouge1", "rouge2", "bertscore"}  # shown x100
-
-
-def parse_seeds(spec: str, budgets: list[float]) -> dict[float, list[int]]:
-    """'12=0,1,2;48=0' -> seeds per budget; budgets not named get seed 0."""
-    seeds = {b: [0] for b in budgets}
-    for part in filter(None, spec.split(";")):
-        budget, _, values = part.partition("=")
-        if float(budget) not in seeds:
-            raise SystemExit(f"--seeds names budget {budget}, which is not in --minutes {budgets}")
-        seeds[float(budget)] = [int(s) for s in values.split(",")]
-    return seeds
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = {"mauve": "MAUVE", "gen_ppl": "gen-PPL", "prompt_binding": "prompt binding", "rougeL": "ROUGE-L",
+           "bertscore": "BERTScore", "distinct_2": "distinct-2"}
+PERCENT = {"mauve", "rougeL", "bertscore"}  # shown x100
+LOG_METRICS = {"gen_ppl"}  # fitted in log space (a power law in compute)
+LOWER_IS_BETTER = {"gen_ppl"}
+MULTIPLIER_METRICS = ("mauve", "gen_ppl")
+AR = "ar"
 
 
-def crossing(points: list[tuple[float, float]], target: float) -> tuple[float, str]:
-    """The compute at which a curve of (compute, value) points first reaches `target` (log-linear interpolation
-    between neighbours): (value, "=") when it crosses, (largest compute, ">=") when it never does, (smallest
-    compute, "<=") when it is already there at the first point."""
-    points = sorted(points)
-    if points[0][1] >= target:
-        return points[0][0], "<="
-    for (c0, v0), (c1, v1) in zip(points, points[1:]):
-        if v1 >= target > v0:
-            return math.exp(math.log(c0) + (target - v0) / (v1 - v0) * (math.log(c1) - math.log(c0))), "="
-    return points[-1][0], ">="
+# designs and points ------------------------------------------------------------------------------------
+def load_designs(path: Path) -> dict[str, list[str] | str]:
+    """name -> TextLDM overrides (a list) or "ar"."""
+    designs = yaml.safe_load(Path(path).read_text())
+    for name, spec in designs.items():
+        if spec != AR and not isinstance(spec, list):
+            raise SystemExit(f"design {name!r} in {path}: give a list of overrides or 'ar'")
+    return designs
 
 
-def train_pair(args, budget: float, seed: int, data):
-    """(TextLDM pipeline, its facts, AR pipeline, its facts) for one budget and seed: trained, or loaded (--reuse)."""
-    tag = f"{budget:g}min-s{seed}"
-    common = [*args.overrides, f"seed={seed}", "eval.rouge_samples=0", "vae_train.steps=1000000",
-              "dit_train.steps=1000000", "ar_train.steps=1000000"]
-    ldm_cfg = load_config(args.config, [*common, *args.textldm, f"vae_train.max_minutes={args.vae_share * budget}",
-                                        f"dit_train.max_minutes={(1 - args.vae_share) * budget}",
-                                        f"out_dir={args.out / tag / 'textldm'}"])
-    run = Path(ldm_cfg.out_dir)
-    if args.reuse:
-        ldm = TextLDMPipeline.from_pretrained(run / "model")
-        vae_report, dit_report = read_model_config(run / "vae")["report"], read_model_config(run / "model")["report"]
+def point_path(out: Path, design: str, flops: float, seed: int) -> Path:
+    return out / "points" / design / f"{flops:.3g}-s{seed}.json"
+
+
+def read_points(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "points").glob("*/*.json"))]
+
+
+def textldm_config(args, overrides: list[str], flops: float, seed: int, run: Path):
+    return load_config(args.config, [*args.overrides, *overrides, f"seed={seed}", "eval.rouge_samples=0",
+                                     "vae_train.steps=1000000", "dit_train.steps=1000000", "vae_train.max_minutes=null",
+                                     "dit_train.max_minutes=null", f"vae_train.max_flops={args.vae_share * flops}",
+                                     f"dit_train.max_flops={(1 - args.vae_share) * flops}", f"out_dir={run}"])
+
+
+def vae_folder(args, cfg, flops: float, seed: int) -> Path:
+    """Where the VAE of these VAE-side settings, budget and seed lives (shared by the designs that agree)."""
+    key = json.dumps([to_dict(cfg.vae), to_dict(cfg.teacher), to_dict(cfg.data), to_dict(cfg.vae_train)],
+                     sort_keys=True)
+    return args.runs / "vae" / f"{hashlib.sha256(key.encode()).hexdigest()[:10]}-{flops:.3g}-s{seed}"
+
+
+def train_textldm(args, overrides: list[str], flops: float, seed: int, run: Path, data) -> tuple:
+    cfg = textldm_config(args, overrides, flops, seed, run)
+    shared = vae_folder(args, cfg, flops, seed)
+    if (shared / "vae" / "config.json").exists():
+        vae_pipe = TextLDMPipeline.from_pretrained(shared / "vae", require_dit=False)
+        vae_report = json.loads((shared / "vae" / "config.json").read_text())["report"]
     else:
-        vae_pipe, vae_report = stages.train_vae(ldm_cfg, progress=False, data=data)
-        ldm, dit_report = stages.train_dit(ldm_cfg, vae_pipe=vae_pipe, progress=False, data=data)
-    ar_cfg = load_config(args.config, [*common, f"ar_train.max_minutes={budget}", f"out_dir={args.out / tag / 'ar'}",
-                                       *matched.matched_ar_overrides(ldm_cfg, matched.inference_params(ldm),
-                                                                     len(data[0]))])
-    if args.reuse:
-        ar = ARPipeline.from_pretrained(args.out / tag / "ar" / "ar")
-        ar_report = read_model_config(args.out / tag / "ar" / "ar")["report"]
-    else:
-        ar, ar_report = stages.train_ar(ar_cfg, progress=False, data=data)
-    v, d, a = vae_report["vae_train"], dit_report["dit_train"], ar_report["ar_train"]
+        vae_cfg = textldm_config(args, overrides, flops, seed, shared)
+        vae_pipe, vae_report = stages.train_vae(vae_cfg, progress=False, data=data)
+    pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False, data=data, vae_report=vae_report)
+    v, d = vae_report["vae_train"], dit_report["dit_train"]
     quarters = dit_report["dit_eval"]["quarters"]
-    ldm_facts = {"params": matched.inference_params(ldm), "minutes": (v["seconds"] + d["seconds"]) / 60,
-                 "flops": v["flops"] + d["flops"], "steps": f"VAE {v['steps']} + DiT {d['steps']}",
-                 "recon": vae_report["vae_eval"]["recon_acc"],
-                 "prompt_gain": [1 - q["with_prompt"] / q["prompt_dropped"] for q in quarters]}
-    ar_facts = {"params": ar_report["ar_parameters"], "minutes": a["seconds"] / 60, "flops": a["flops"],
-                "steps": f"{a['steps']} (depth {ar_cfg.ar.depth})"}
-    return ldm, ldm_facts, ar, ar_facts
+    facts = {"params": matched.inference_params(pipe), "flops": v["flops"] + d["flops"],
+             "minutes": (v["seconds"] + d["seconds"]) / 60, "steps": {"vae": v["steps"], "dit": d["steps"]},
+             "recon": vae_report["vae_eval"]["recon_acc"],
+             "prompt_gain": [1 - q["with_prompt"] / q["prompt_dropped"] for q in quarters]}
+    return pipe, facts
 
 
-def summarize(runs_: list[dict], key: str) -> tuple[float, float]:
-    values = [r["metrics"][key] for r in runs_]
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def full_window_params(args, vocab_size: int) -> int:
+    """Inference parameters of the full-window TextLDM at --config (built, not trained): what the AR matches."""
+    cfg = load_config(args.config, args.overrides)
+    return param_count(TextVAE(cfg.vae, vocab_size)) + param_count(TextDiT(cfg.dit, cfg.vae.latent_channels))
 
 
-def format_table(rows: dict, human: dict, budgets: list[float]) -> list[str]:
-    lines = ["| model | budget | seeds | params | train minutes | train FLOPs | steps | "
-             + " | ".join(METRICS.values()) + " | same-noise agreement |", "|---" * (8 + len(METRICS)) + "|"]
-    for model in ("TextLDM", "AR baseline"):
-        for b in budgets:
-            rs = rows[model][b]
-            cells = []
-            for key in METRICS:
-                mean, sd = summarize(rs, key)
-                scale, digits = (100, 1) if key in PERCENT else (1, 3 if key == "distinct_2" else 0)
-                cells.append(f"{scale * mean:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if len(rs) > 1 else ""))
-            agree = [r["facts"].get("agreement") for r in rs]
-            agree_cell = f"{100 * statistics.fmean(agree):.1f}%" if None not in agree else "-"
-            f = rs[0]["facts"]
-            lines.append(f"| {model} | {b:g} min | {len(rs)} | {f['params'] / 1e6:.1f}M "
-                         f"| {statistics.fmean(r['facts']['minutes'] for r in rs):.1f} "
-                         f"| {statistics.fmean(r['facts']['flops'] for r in rs):.2e} | {f['steps']} | "
-                         + " | ".join(cells) + f" | {agree_cell} |")
-    lines.append("| human (2nd reference) | - | - | - | - | - | - | "
-                 + " | ".join(f"{(100 if k in PERCENT else 1) * human[k]:.1f}" for k in METRICS)
-                 + f" | {100 * human.get('agreement', float('nan')):.1f}% |")
-    return lines
+def train_ar(args, flops: float, seed: int, run: Path, data) -> tuple:
+    base = load_config(args.config, args.overrides)
+    matched_overrides = matched.matched_ar_overrides(base, full_window_params(args, len(data[0])), len(data[0]))
+    cfg = load_config(args.config, [*args.overrides, *matched_overrides, f"seed={seed}", "ar_train.steps=1000000",
+                                    "ar_train.max_minutes=null", f"ar_train.max_flops={flops}", f"out_dir={run}"])
+    pipe, report = stages.train_ar(cfg, progress=False, data=data)
+    a = report["ar_train"]
+    return pipe, {"params": report["ar_parameters"], "flops": a["flops"], "minutes": a["seconds"] / 60,
+                  "steps": {"ar": a["steps"], "depth": cfg.ar.depth}}
 
 
-def multiplier(rows: dict, reference: float) -> dict:
-    """TextLDM's training compute to reach the AR baseline's mean MAUVE at the reference budget, over AR's."""
-    target, _ = summarize(rows["AR baseline"][reference], "mauve")
-    ar = rows["AR baseline"][reference]
-    out = {"ar_mauve": target}
-    for axis in ("flops", "minutes"):
-        curve = [(statistics.fmean(r["facts"][axis] for r in rs), summarize(rs, "mauve")[0])
-                 for rs in rows["TextLDM"].values()]
-        needed, relation = crossing(curve, target)
-        out[axis] = (needed / statistics.fmean(r["facts"][axis] for r in ar), relation)
+def human_row(args, items, scorer: Scorer, cfg, tokenizer) -> dict:
+    """The independent human continuations' scores and the true continuations' prompt binding (computed once)."""
+    path = args.out / f"human-{args.samples}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    row = scorer([it["second_reference"] for it in items])
+    row["reference_prompt_binding"] = prompt_binding([it["prompt"] for it in items], scorer.refs, cfg.metrics.judge)
+    row["agreement"] = position_agreement([tokenizer(it["second_reference"], add_special_tokens=False)["input_ids"]
+                                           [:cfg.sample.length] for it in items[:args.agreement_prompts]])
+    write_json(path, row)
+    return row
+
+
+def run_point(args, design: str, spec, flops: float, seed: int, data, items, scorer: Scorer) -> dict:
+    run = args.runs / design / f"{flops:.3g}-s{seed}"
+    if spec == AR:
+        pipe, facts = train_ar(args, flops, seed, run, data)
+        contestant = Contestant(design, "ar", pipe)
+    else:
+        pipe, facts = train_textldm(args, spec, flops, seed, run, data)
+        contestant = Contestant(design, "textldm", pipe)
+        facts["agreement"] = benchmark_agreement(pipe, items[:args.agreement_prompts])
+    cfg = pipe.config
+    metrics = scorer(contestant.continue_items(items, cfg.sample, cfg.metrics.batch_size, 128))
+    return {"design": design, "overrides": spec, "flops_budget": flops, "seed": seed, "facts": facts,
+            "metrics": metrics, "samples": args.samples, "config": args.config, "date": str(datetime.date.today()),
+            "machine": {"processor": platform.processor() or platform.machine(), **environment()}}
+
+
+def cmd_run(args) -> int:
+    designs = load_designs(args.grid)
+    chosen = args.design.split(",")
+    unknown = [d for d in chosen if d not in designs]
+    if unknown:
+        raise SystemExit(f"unknown design(s) {unknown}; {args.grid} has {list(designs)}")
+    base = load_config(args.config, [*args.overrides, f"metrics.samples={args.samples}"])
+    data = stages.prepare_data(base)
+    _, items = benchmark("embedded", args.samples, base.seed)
+    scorer = Scorer(items, base.metrics)
+    human_row(args, items, scorer, base, data[0])
+    for flops in (float(f) for f in args.flops.split(",")):
+        for seed in (int(s) for s in args.seed.split(",")):
+            for design in chosen:
+                path = point_path(args.out, design, flops, seed)
+                if path.exists():
+                    logging.info("%s exists: skipped", path)
+                    continue
+                point = run_point(args, design, designs[design], flops, seed, data, items, scorer)
+                write_json(path, point)
+                logging.info("%s: %s", path, {k: round(v, 4) for k, v in point["metrics"].items() if k in METRICS})
+    return 0
+
+
+# the fit -----------------------------------------------------------------------------------------------
+def fit_line(xs: list[float], ys: list[float]) -> dict:
+    """Least squares y = a + b x: coefficients, their covariance (residual variance; n - 2 degrees of freedom) and
+    R^2."""
+    X = np.column_stack([np.ones(len(xs)), np.asarray(xs, dtype=float)])
+    y = np.asarray(ys, dtype=float)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    dof = max(len(xs) - 2, 1)
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.inv(X.T @ X)
+    total = float(((y - y.mean()) ** 2).sum())
+    return {"a": float(coef[0]), "b": float(coef[1]), "cov": cov.tolist(), "r2": 1 - float(resid @ resid) / total
+            if total > 0 else float("nan"), "n": len(xs)}
+
+
+def transform(metric: str, value: float) -> float:
+    return math.log(value) if metric in LOG_METRICS else value
+
+
+def crossing_flops(fit: dict, target: float, draws: int = 4000, seed: int = 0) -> dict:
+    """The log10 FLOPs where the fitted line reaches `target` (already transformed), with a 68% band from
+    (a, b) drawn from their estimated normal distribution. None where the line never gets there (a slope
+    of the wrong sign: more compute does not help)."""
+    def solve(a, b):
+        return (target - a) / b
+
+    centre = solve(fit["a"], fit["b"]) if fit["b"] != 0 else float("nan")
+    rng = np.random.default_rng(seed)
+    ab = rng.multivariate_normal([fit["a"], fit["b"]], np.asarray(fit["cov"]), size=draws)
+    sols = np.array([solve(a, b) for a, b in ab if b != 0])
+    lo, hi = np.percentile(sols, [16, 84]) if len(sols) else (float("nan"), float("nan"))
+    return {"log10_flops": centre, "band": [float(lo), float(hi)]}
+
+
+def design_fits(points: list[dict]) -> dict:
+    """design -> metric -> the fit of transform(metric) against log10(FLOPs) over that design's runs."""
+    fits = {}
+    for design in sorted({p["design"] for p in points}):
+        runs = [p for p in points if p["design"] == design]
+        if len({p["flops_budget"] for p in runs}) < 2:
+            continue
+        xs = [math.log10(p["facts"]["flops"]) for p in runs]
+        fits[design] = {m: fit_line(xs, [transform(m, p["metrics"][m]) for p in runs]) for m in METRICS}
+    return fits
+
+
+def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
+    """design -> metric -> FLOPs to reach the AR baseline's mean at the reference budget / AR's FLOPs there."""
+    ar = [p for p in points if p["design"] == AR and math.isclose(p["flops_budget"], reference, rel_tol=1e-6)]
+    if not ar:
+        return {}
+    ar_flops = math.log10(statistics.fmean(p["facts"]["flops"] for p in ar))
+    out = {}
+    for design, per_metric in fits.items():
+        if design == AR:
+            continue
+        out[design] = {}
+        for m in MULTIPLIER_METRICS:
+            target = statistics.fmean(p["metrics"][m] for p in ar)
+            fit = per_metric[m]
+            helps = fit["b"] < 0 if m in LOWER_IS_BETTER else fit["b"] > 0
+            cross = crossing_flops(fit, transform(m, target))
+            out[design][m] = {"ar_value": target, "helps": helps, "fit_r2": fit["r2"],
+                              "multiplier": 10 ** (cross["log10_flops"] - ar_flops) if helps else None,
+                              "band": [10 ** (x - ar_flops) for x in cross["band"]] if helps else None}
     return out
 
 
-def plot(rows: dict, human: dict, axis: str, path: Path) -> None:
+def summary_rows(points: list[dict]) -> list[dict]:
+    """One row per (design, budget): mean and sd over seeds of every metric and fact."""
+    rows = []
+    for design, budget in sorted({(p["design"], p["flops_budget"]) for p in points}):
+        runs = [p for p in points if p["design"] == design and p["flops_budget"] == budget]
+        row = {"design": design, "budget": budget, "seeds": len(runs),
+               "flops": statistics.fmean(p["facts"]["flops"] for p in runs),
+               "minutes": statistics.fmean(p["facts"]["minutes"] for p in runs),
+               "steps": runs[0]["facts"]["steps"], "params": runs[0]["facts"]["params"]}
+        for m in METRICS:
+            values = [p["metrics"][m] for p in runs]
+            row[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        agree = [p["facts"].get("agreement") for p in runs]
+        row["agreement"] = statistics.fmean(agree) if None not in agree else None
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], human: dict) -> list[str]:
+    lines = ["| design | budget (FLOPs) | seeds | params | counted FLOPs | minutes | steps | "
+             + " | ".join(METRICS.values()) + " | same-noise agreement |", "|---" * (8 + len(METRICS)) + "|"]
+    for r in rows:
+        cells = []
+        for m in METRICS:
+            mean, sd = r[m]
+            scale, digits = (100, 1) if m in PERCENT else (1, 0 if m == "gen_ppl" else 3)
+            cells.append(f"{scale * mean:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if r["seeds"] > 1 else ""))
+        steps = ", ".join(f"{k} {v}" for k, v in r["steps"].items())
+        agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.1f}%"
+        lines.append(f"| {r['design']} | {r['budget']:.3g} | {r['seeds']} | {r['params'] / 1e6:.1f}M "
+                     f"| {r['flops']:.3g} | {r['minutes']:.1f} | {steps} | " + " | ".join(cells) + f" | {agree} |")
+    human_cells = [f"{(100 if m in PERCENT else 1) * human[m]:.{1 if m in PERCENT else 3}f}" for m in METRICS]
+    human_cells[list(METRICS).index("prompt_binding")] = f"{human['reference_prompt_binding']:.3f} (true cont.)"
+    lines.append("| human (2nd reference) | - | - | - | - | - | - | " + " | ".join(human_cells)
+                 + f" | {100 * human['agreement']:.1f}% |")
+    return lines
+
+
+def format_multipliers(mult: dict, reference: float) -> list[str]:
+    lines = [f"| design | metric | AR at {reference:.3g} FLOPs | fit R² | compute multiplier (68% band) |",
+             "|---|---|---|---|---|"]
+    for design, per_metric in mult.items():
+        for m, r in per_metric.items():
+            value = f"{100 * r['ar_value']:.1f}" if m in PERCENT else f"{r['ar_value']:.0f}"
+            cell = "never (more compute does not improve the fit)" if not r["helps"] else \
+                f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
+            lines.append(f"| {design} | {METRICS[m]} | {value} | {r['fit_r2']:.2f} | {cell} |")
+    return lines
+
+
+def plot(points: list[dict], fits: dict, human: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    for ax, (key, label) in zip(axes.flat, METRICS.items()):
-        for model, marker in (("TextLDM", "o-"), ("AR baseline", "s-")):
-            xs = [statistics.fmean(r["facts"][axis] for r in rs) for rs in rows[model].values()]
-            means, sds = zip(*(summarize(rs, key) for rs in rows[model].values()))
-            ax.errorbar(xs, means, yerr=sds, fmt=marker, label=model, capsize=3)
-        ax.axhline(human[key], color="grey", ls="--", lw=1, label="human")
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (m, label) in zip(axes.flat, METRICS.items()):
+        for design in sorted({p["design"] for p in points}):
+            runs = [p for p in points if p["design"] == design]
+            xs = [p["facts"]["flops"] for p in runs]
+            line = ax.plot(xs, [p["metrics"][m] for p in runs], "o", alpha=0.7, label=design)[0]
+            if design in fits:
+                grid = np.linspace(math.log10(min(xs)), math.log10(max(xs)) + 1, 50)
+                f = fits[design][m]
+                y = f["a"] + f["b"] * grid
+                ax.plot(10 ** grid, np.exp(y) if m in LOG_METRICS else y, "-", color=line.get_color(), lw=1)
+        ref = human["reference_prompt_binding"] if m == "prompt_binding" else human[m]
+        ax.axhline(ref, color="grey", ls="--", lw=1, label="human")
         ax.set_xscale("log")
-        ax.set_yscale("log" if key == "gen_ppl" else "linear")
+        ax.set_yscale("log" if m in LOG_METRICS else "linear")
         ax.set_title(label)
-        ax.set_xlabel("training FLOPs" if axis == "flops" else "training minutes")
-    axes.flat[0].legend()
-    axes.flat[-1].axis("off")
+        ax.set_xlabel("training FLOPs (counted)")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "scaling.png", dpi=110)
     plt.close(fig)
+
+
+def cmd_fit(args) -> int:
+    points = read_points(args.out)
+    if not points:
+        raise SystemExit(f"no points under {args.out / 'points'}; run `bench/scaling.py run` first")
+    human = json.loads(sorted(args.out.glob("human-*.json"))[-1].read_text())
+    fits, rows = design_fits(points), summary_rows(points)
+    mult = multipliers(points, fits, args.reference)
+    lines = [f"# Quality against training compute ({points[0]['samples']} embedded-benchmark items)", "",
+             *format_table(rows, human), "",
+             f"Compute multiplier against the AR baseline at {args.reference:.3g} FLOPs (the FLOPs where a design's "
+             "log-linear fit reaches the AR baseline's mean there, over AR's FLOPs):", "",
+             *format_multipliers(mult, args.reference), "", "![quality vs compute](scaling.png)"]
+    plot(points, fits, human, args.out)
+    write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
+                                           "reference": args.reference})
+    atomic_write_text(args.out / "scaling.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for both models")
-    p.add_argument("--minutes", default="3,12,48", help="training budgets per model, comma-separated")
-    p.add_argument("--seeds", default=None, help="seeds per budget, e.g. '12=0,1,2;48=0' (others: seed 0); "
-                                                 "default: 0,1,2 at the --reference budget, 0 elsewhere; "
-                                                 "'' = seed 0 only")
-    p.add_argument("--reference", type=float, default=12.0, help="the budget whose AR MAUVE TextLDM must reach")
-    p.add_argument("--vae-share", type=float, default=0.4, help="share of TextLDM's budget spent on the VAE")
+    p.add_argument("command", choices=["run", "fit"])
+    p.add_argument("--design", default="full,ar", help="designs to run, comma-separated (names in --grid)")
+    p.add_argument("--grid", type=Path, default=ROOT / "bench" / "grids" / "scaling.yaml")
+    p.add_argument("--flops", default="5e13", help="total training FLOPs budgets, comma-separated")
+    p.add_argument("--seed", default="0", help="seeds, comma-separated")
+    p.add_argument("--reference", type=float, default=5e13, help="fit: the AR budget TextLDM must match")
+    p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for every design")
+    p.add_argument("--vae-share", type=float, default=0.35, help="share of TextLDM's FLOPs spent on the VAE")
     p.add_argument("--samples", type=int, default=500, help="benchmark items scored")
     p.add_argument("--agreement-prompts", type=int, default=24, help="prompts for the same-noise agreement")
-    p.add_argument("--out", type=Path, default=Path("runs/scaling"))
-    p.add_argument("--textldm", nargs="*", default=[], metavar="K=V", help="overrides for TextLDM alone (levers)")
-    p.add_argument("--reuse", action="store_true", help="load the models an earlier run left in --out (re-score)")
-    p.add_argument("overrides", nargs="*", metavar="K=V", help="config overrides for both models")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling", help="points, fits, plots")
+    p.add_argument("--runs", type=Path, default=Path("runs/scaling"), help="the trained models (not committed)")
+    p.add_argument("overrides", nargs="*", metavar="K=V", help="config overrides for every design")
     return p.parse_args(argv)
-
-
-def report(args, rows: dict, human: dict, facts: dict, budgets: list[float], mult: dict) -> str:
-    """The markdown of the run: the table, the multiplier, the prompt gain per quarter, the plots."""
-    lines = [f"# Quality vs training compute: TextLDM vs the AR baseline ({args.samples} embedded-benchmark items)", "",
-             f"`python bench/scaling.py {' '.join(sys.argv[1:])}` (preset {args.config})", "",
-             *format_table(rows, human, budgets), "",
-             f"**Compute multiplier** (TextLDM's training compute to reach the AR baseline's MAUVE "
-             f"{100 * mult['ar_mauve']:.1f} at {args.reference:g} min, over the AR baseline's): "
-             f"{mult['flops'][1]} {mult['flops'][0]:.2f}x in FLOPs, {mult['minutes'][1]} {mult['minutes'][0]:.2f}x in "
-             "minutes ('>=': never reached in the measured range, a lower bound).", "",
-             "TextLDM's prompt gain per timestep quarter (1 - loss with the prompt / loss with it dropped; "
-             "t = 0 noise):",
-             "", "| model | 0-0.25 | 0.25-0.5 | 0.5-0.75 | 0.75-1 |", "|---|---|---|---|---|"]
-    for name, (model, b, f) in facts.items():
-        if model == "TextLDM":
-            lines.append(f"| {name} | " + " | ".join(f"{100 * g:.1f}%" for g in f["prompt_gain"]) + " |")
-    lines += ["", "![vs FLOPs](scaling_flops.png)", "![vs minutes](scaling_minutes.png)"]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    budgets = [float(m) for m in args.minutes.split(",")]
-    if args.reference not in budgets:
-        raise SystemExit(f"--reference {args.reference:g} must be one of --minutes {args.minutes}")
-    seeds = parse_seeds(f"{args.reference:g}=0,1,2" if args.seeds is None else args.seeds, budgets)
-    base = load_config(args.config, [*args.overrides, f"metrics.samples={args.samples}",
-                                     f"out_dir={args.out / 'eval'}"])
-    data = stages.prepare_data(base)
-    _, items = benchmark("embedded", args.samples, base.seed)
-    contestants, facts = [], {}
-    for b in budgets:
-        for seed in seeds[b]:
-            ldm, ldm_facts, ar, ar_facts = train_pair(args, b, seed, data)
-            ldm_facts["agreement"] = benchmark_agreement(ldm, items[:args.agreement_prompts])
-            for model, pipe, kind, f in (("TextLDM", ldm, "textldm", ldm_facts), ("AR baseline", ar, "ar", ar_facts)):
-                name = f"{model} {b:g}min s{seed}"
-                contestants.append(Contestant(name, kind, pipe))
-                facts[name] = (model, b, f)
-    results = run_eval([], ["embedded"], base, args.out / "eval", contestants=contestants)
-    scored = results["benchmarks"]["embedded"]["rows"]
-    rows = {"TextLDM": {b: [] for b in budgets}, "AR baseline": {b: [] for b in budgets}}
-    for name, (model, b, f) in facts.items():
-        rows[model][b].append({"name": name, "facts": f, "metrics": scored[name]})
-    human = dict(scored[HUMAN])
-    from textldm.evaluation.heldout import position_agreement
-    tok = data[0]
-    human["agreement"] = position_agreement([tok(it["second_reference"], add_special_tokens=False)["input_ids"]
-                                             [:base.sample.length] for it in items[:args.agreement_prompts]])
-    mult = multiplier(rows, args.reference)
-    plot(rows, human, "flops", args.out / "scaling_flops.png")
-    plot(rows, human, "minutes", args.out / "scaling_minutes.png")
-    text = report(args, rows, human, facts, budgets, mult)
-    write_json(args.out / "scaling.json", {"rows": rows, "human": human, "multiplier": mult, "argv": sys.argv,
-                                           "results": results})
-    atomic_write_text(args.out / "scaling.md", text + "\n")
-    print(text)
-    return 0
+    return cmd_run(args) if args.command == "run" else cmd_fit(args)
 
 
 if __name__ == "__main__":

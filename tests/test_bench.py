@@ -9,52 +9,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import scaling  # noqa: E402
 
 
-def test_crossing_interpolates_in_log_compute():
-    points = [(1.0, 0.1), (10.0, 0.3), (100.0, 0.5)]
-    value, relation = scaling.crossing(points, 0.4)  # half-way between 10 and 100 in log space
-    assert relation == "=" and value == pytest.approx(math.sqrt(10 * 100))
-    assert scaling.crossing(points, 0.3) == (pytest.approx(10.0), "=")
-    assert scaling.crossing(list(reversed(points)), 0.2)[0] == pytest.approx(math.sqrt(10))  # order does not matter
+def point(design: str, flops: float, seed: int = 0, **metrics) -> dict:
+    values = {m: 0.5 for m in scaling.METRICS} | metrics
+    return {"design": design, "flops_budget": flops, "seed": seed, "samples": 100, "metrics": values,
+            "facts": {"flops": flops, "minutes": flops / 1e12, "params": 2e7, "steps": {"dit": 10},
+                      **({} if design == "ar" else {"agreement": 0.3})}}
 
 
-def test_crossing_bounds_when_never_or_already_reached():
-    points = [(1.0, 0.1), (10.0, 0.3)]
-    assert scaling.crossing(points, 0.9) == (10.0, ">=")  # a lower bound: more than the largest budget
-    assert scaling.crossing(points, 0.05) == (1.0, "<=")
-    assert scaling.crossing([(1.0, 0.1), (10.0, 0.05), (100.0, 0.2)], 0.15)[1] == "="  # non-monotone curves
+def test_fit_line_recovers_a_line_and_its_uncertainty():
+    exact = scaling.fit_line([1, 2, 3, 4], [1.0, 3.0, 5.0, 7.0])
+    assert exact["a"] == pytest.approx(-1.0) and exact["b"] == pytest.approx(2.0) and exact["r2"] == pytest.approx(1)
+    noisy = scaling.fit_line([1, 2, 3, 4, 4], [1.1, 2.9, 5.2, 6.8, 7.1])
+    assert 0 < noisy["cov"][1][1] and noisy["r2"] < 1
+
+
+def test_crossing_flops_solves_the_fit_with_a_band():
+    fit = scaling.fit_line([10, 11, 12, 12, 12], [0.10, 0.21, 0.29, 0.31, 0.30])  # ~0.1 per decade
+    cross = scaling.crossing_flops(fit, 0.5)  # two decades past the last point
+    assert cross["log10_flops"] == pytest.approx(10 + (0.5 - fit["a"] - 10 * fit["b"]) / fit["b"])
+    assert cross["band"][0] < cross["log10_flops"] < cross["band"][1]
 
 
 def test_multiplier_is_relative_to_the_ar_baseline_at_the_reference_budget():
-    def run(flops, minutes, mauve):
-        return {"facts": {"flops": flops, "minutes": minutes}, "metrics": {"mauve": mauve}}
-
-    rows = {"TextLDM": {3.0: [run(1e15, 3, 0.1)], 12.0: [run(4e15, 12, 0.2), run(4e15, 12, 0.4)]},
-            "AR baseline": {3.0: [run(2e15, 3, 0.2)], 12.0: [run(8e15, 12, 0.3), run(8e15, 12, 0.3)]}}
-    m = scaling.multiplier(rows, 12.0)
-    assert m["ar_mauve"] == pytest.approx(0.3)  # TextLDM's mean at 12 min is exactly 0.3: reached there
-    assert m["flops"] == (pytest.approx(0.5), "=") and m["minutes"] == (pytest.approx(1.0), "=")
-    rows["TextLDM"][12.0][1]["metrics"]["mauve"] = 0.2
-    assert m != scaling.multiplier(rows, 12.0) and scaling.multiplier(rows, 12.0)["flops"] == (pytest.approx(0.5), ">=")
-
-
-def test_seed_spec():
-    assert scaling.parse_seeds("12=0,1,2", [3.0, 12.0]) == {3.0: [0], 12.0: [0, 1, 2]}
-    with pytest.raises(SystemExit, match="not in --minutes"):
-        scaling.parse_seeds("5=0", [3.0, 12.0])
+    """A design whose MAUVE grows 0.1 per decade and sits 0.2 below AR at the reference needs 100x AR's FLOPs; a
+    gen-PPL falling with compute 'helps', one rising never reaches AR."""
+    points = [point("ar", 1e13, mauve=0.4, gen_ppl=100.0), point("ar", 1e14, mauve=0.5, gen_ppl=50.0)]
+    points += [point("block", 10.0 ** e, mauve=0.1 * (e - 13) + 0.2, gen_ppl=1000.0 * 10 ** (13 - e))
+               for e in (13, 14, 15)]
+    points += [point("worse", 10.0 ** e, mauve=0.1 * (e - 13), gen_ppl=10.0 ** e / 1e10) for e in (13, 14, 15)]
+    mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)
+    assert mult["block"]["mauve"]["multiplier"] == pytest.approx(100.0, rel=1e-6)
+    assert mult["block"]["gen_ppl"]["helps"] and mult["block"]["gen_ppl"]["multiplier"] == pytest.approx(10.0)
+    assert mult["worse"]["mauve"]["multiplier"] == pytest.approx(1e4, rel=1e-6)
+    assert not mult["worse"]["gen_ppl"]["helps"] and mult["worse"]["gen_ppl"]["multiplier"] is None
+    assert "ar" not in mult
 
 
-def test_table_and_plots_from_scorer_rows(tmp_path):
+def test_table_fit_and_plot_from_point_files(tmp_path):
     from textldm.evaluation.harness import TABLE_METRICS
-    assert set(scaling.METRICS) <= {*TABLE_METRICS, "gen_ppl", "distinct_2"}  # the keys the scorer writes
-
-    def run(seed, minutes, mauve):
-        return {"facts": {"flops": minutes * 1e14, "minutes": minutes, "params": 2e7, "steps": "10",
-                          "agreement": 0.3}, "metrics": {k: mauve + 0.01 * seed for k in scaling.METRICS}}
-
-    rows = {m: {3.0: [run(0, 3, 0.1)], 12.0: [run(s, 12, 0.2) for s in range(3)]} for m in ("TextLDM", "AR baseline")}
-    human = {k: 0.5 for k in scaling.METRICS} | {"agreement": 0.01}
-    lines = scaling.format_table(rows, human, [3.0, 12.0])
-    assert len(lines) == 2 + 4 + 1 and "21.0 ± 1.0" in lines[3]  # mean ± sd over the three seeds, x100
-    for axis in ("flops", "minutes"):
-        scaling.plot(rows, human, axis, tmp_path / f"{axis}.png")
-        assert (tmp_path / f"{axis}.png").stat().st_size > 10_000
+    assert set(scaling.METRICS) <= {*TABLE_METRICS, "gen_ppl", "distinct_2", "prompt_binding"}  # scorer keys
+    out = tmp_path / "scaling"
+    points = [point(d, f, s, mauve=0.1 * math.log10(f) - 1.2 + 0.01 * s) for d in ("ar", "full")
+              for f in (1e13, 1e14) for s in ((0, 1, 2) if f == 1e13 else (0,))]
+    for p in points:
+        scaling.write_json(scaling.point_path(out, p["design"], p["flops_budget"], p["seed"]), p)
+    human = {m: 0.5 for m in scaling.METRICS} | {"reference_prompt_binding": 2.4, "agreement": 0.01}
+    scaling.write_json(out / "human-100.json", human)
+    assert scaling.main(["fit", "--out", str(out), "--reference", "1e13"]) == 0
+    text = (out / "scaling.md").read_text()
+    assert "| full | 1e+13 | 3 |" in text and "11.0 ± 1.0" in text  # mean ± sd over three seeds, x100
+    assert "2.400 (true cont.)" in text and (out / "scaling.png").stat().st_size > 10_000
