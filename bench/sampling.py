@@ -12,6 +12,12 @@ DiT with a 256-token context and 256-token window (longer continuations: windows
 on the last 256 tokens); AR = w256 d14 causal LM, same vocabulary (23.6M parameters each side). Prompts
 are 256 tokens. CFG scale 7 doubles the rows of every evaluation; "evaluations" counts velocity calls
 (each a batched CFG pair), "forwards" counts network passes per sequence as the paper's Figure 2 does.
+
+Block mode (--blocks 16,8,4,1; dit.block_size B on a causal VAE): the same shapes, a 512-token window (the
+256-token prompt, then 256 / B blocks against the cached prefix; longer continuations slide to the last 256
+tokens), Euler 10 per block. Its FLOPs count the DiT (each block's clean pass into the cache and its noisy
+evaluations), the VAE's re-encoding of the window and the decoder pass per block, and the output head on the
+block's tokens only.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from textldm.pipeline import TextLDMPipeline
 from textldm.training.perf import (
     ar_flops_per_sequence,
     block_flops,
+    dit_block_sampling_flops,
     dit_cached_flops_per_sequence,
     dit_flops_per_sequence,
 )
@@ -40,10 +47,12 @@ VOCAB, PROMPT, WINDOW = 49_152, 256, 256
 SOLVERS = [("euler", 50), ("euler", 10), ("heun", 5), ("ab2", 9)]
 
 
-def textldm_pipeline(cacheable: bool) -> TextLDMPipeline:
+def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
     cfg = Config()
-    cfg.vae = VAEConfig(width=256, encoder_depth=2, decoder_depth=2, heads=4, max_len=1024)
-    cfg.dit = DiTConfig(width=256, depth=6, heads=4, context_max=PROMPT, target_max=WINDOW, context_cache=cacheable)
+    cfg.vae = VAEConfig(width=256, encoder_depth=2, decoder_depth=2, heads=4, max_len=1024,
+                        encoder_block_size=1 if block else 0)
+    cfg.dit = DiTConfig(width=256, depth=6, heads=4, context_max=PROMPT, target_max=WINDOW, context_cache=cacheable,
+                        block_size=block)
     cfg.sample.cfg_scale = 7.0
     torch.manual_seed(0)
     vae, dit = TextVAE(cfg.vae, VOCAB), TextDiT(cfg.dit, cfg.vae.latent_channels)
@@ -76,6 +85,24 @@ def textldm_flops(pipe, length: int, solver: str, steps: int, cached: bool) -> f
     return total
 
 
+def block_mode_flops(pipe, length: int, steps: int) -> float:
+    """Per continuation in block mode, CFG included (every DiT pass runs a conditional and a null row)."""
+    B, vae = pipe.config.dit.block_size, pipe.vae
+    total, left = 0.0, length
+    while left > 0:
+        prefix = PROMPT
+        total += 2 * dit_block_sampling_flops(pipe.dit, 0, PROMPT)[0] + vae_flops(vae, PROMPT, 0)
+        while left > 0 and prefix + B <= PROMPT + WINDOW:
+            clean_pass, noisy_pass = dit_block_sampling_flops(pipe.dit, prefix, B)
+            window = prefix + B
+            head = B * 2.0 * vae.cfg.width * vae.vocab_size  # the output head on the new block only
+            decode = window * sum(block_flops(b, window) for b in vae.decoder) + head
+            encode = window * sum(block_flops(b, window) for b in vae.encoder)
+            total += 2 * steps * noisy_pass + 2 * clean_pass + decode + encode
+            prefix, left = window, left - B
+    return total
+
+
 def ar_flops(model, length: int) -> float:
     per_token_head = 2.0 * model.cfg.width * model.vocab_size
     decode = sum(sum(block_flops(b, PROMPT + i + 1) for b in model.blocks) + per_token_head for i in range(length))
@@ -98,6 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--blocks", default="16,8,4,1", help="block-mode block sizes to time ('' = none)")
     return ap.parse_args(argv)
 
 
@@ -134,6 +162,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     default, cacheable = textldm_pipeline(False).to(args.device), textldm_pipeline(True).to(args.device)
+    blocks = {int(b): textldm_pipeline(False, int(b)).to(args.device) for b in filter(None, args.blocks.split(","))}
     torch.manual_seed(0)
     ar = CausalLM(ARConfig(width=256, depth=14, heads=4), VOCAB).eval().to(args.device)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -143,7 +172,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     warm = torch.randint(0, VOCAB, (1, PROMPT), generator=g).tolist()
     with torch.no_grad():  # kernels, allocator and (on GPU) library initialisation out of the timings
-        for pipe in (default, cacheable):
+        for pipe in (default, cacheable, *blocks.values()):
             pipe.generate_ids(warm, 8, 2, 7.0, "euler", 0)
         ar_generate(ar, warm, 8)
     rows = []
@@ -174,6 +203,11 @@ def main():
                 s = timed(lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0))
             add("TextLDM cacheable, cache off, euler 10", s, windows * 10, windows * 20,
                 textldm_flops(cacheable, length, "euler", 10, False))
+            for block, pipe in blocks.items():
+                with torch.no_grad():
+                    s = timed(lambda: pipe.generate_ids(prompts, length, 10, 7.0, "euler", 0))
+                n = -(-length // block)
+                add(f"TextLDM block {block}, euler 10", s, 10 * n, 20 * n, block_mode_flops(pipe, length, 10))
             with torch.no_grad():
                 s = timed(lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0))
             add("AR, KV cache", s, length, length, ar_flops(ar, length))

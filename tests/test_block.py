@@ -219,3 +219,28 @@ def test_block_mode_config_checks():
                          (["vae.max_len=32"], "vae.max_len")]:
         with pytest.raises(UserError, match=words):
             load_config(None, base + extra)
+
+
+class RandomStream:
+    def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, VOCAB, (n, length), generator=generator)
+
+
+@pytest.mark.parametrize("block_t", ["per_block", "shared"])
+def test_block_batches_noise_every_block_and_pad_the_first(block_t):
+    """Per-block times differ within a window (one shared time is the dit.block_t=shared alternative); the first
+    block is left-padded by 0..B-1 tokens (every amount occurs), later blocks never; the clean latents are the
+    block-causal VAE's encoding of the window under that mask."""
+    from textldm.training.objectives import block_batches, encode_latents
+
+    vae, dit = tiny_vae(), tiny_dit(block_t=block_t)
+    batch = block_batches(RandomStream(), vae, dit.cfg, 64, seed=0, device=torch.device("cpu"))(0)
+    t = batch["t"]
+    assert t.shape == (64, (CONTEXT + TARGET) // BLOCK)
+    if block_t == "per_block":
+        assert (t.std(1) > 0).all()
+    else:
+        assert (t == t[:, :1]).all() and t[:, 0].std() > 0
+    pad = (~batch["mask"]).sum(1)
+    assert set(pad.tolist()) == set(range(BLOCK)) and batch["mask"][:, BLOCK:].all()
+    assert torch.equal(batch["target"], encode_latents(vae, batch["target_ids"], batch["mask"], True))

@@ -197,7 +197,7 @@ class TextLDMPipeline(HubMixin):
 
         x = integrate(velocity, x, grid, s.solver, callback)
         mask = torch.cat([state.mask, torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)], 1)
-        return [row[-B:] for row in self.decode_latents(torch.cat([state.latents, x], 1), cut=False, mask=mask)]
+        return self.decode_latents(torch.cat([state.latents, x], 1), cut=False, mask=mask, last=B)
 
     def sampler(self, **overrides) -> SampleConfig:
         """config.sample with the given settings (None = the configured default) replacing its own; checked."""
@@ -281,12 +281,15 @@ class TextLDMPipeline(HubMixin):
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor, cut: bool = True, mask: torch.Tensor | None = None) -> list[list[int]]:
-        """DiT-space latents (B, L, C) (`mask`: True at real positions) -> token ids per row, cut at the first
-        end-of-text (if `cut`)."""
+    def decode_latents(self, z: torch.Tensor, cut: bool = True, mask: torch.Tensor | None = None,
+                       last: int | None = None) -> list[list[int]]:
+        """DiT-space latents (B, L, C) (`mask`: True at real positions) -> token ids per row (of the `last`
+        positions only, when given: the decoder still reads them all), cut at the first end-of-text (if `cut`)."""
         if self.config.dit.normalize_latents:
             z = self.vae.denormalize(z)
-        ids = self.vae.decode(z, mask).argmax(-1).tolist()
+        hidden = self.vae.decode_hidden(z, mask)
+        hidden = hidden if last is None else hidden[:, -last:]
+        ids = (hidden @ self.vae.output_weight().t()).argmax(-1).tolist()
         return cut_at(ids, self.eot_id) if cut else ids
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
