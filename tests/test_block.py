@@ -244,3 +244,22 @@ def test_block_batches_noise_every_block_and_pad_the_first(block_t):
     pad = (~batch["mask"]).sum(1)
     assert set(pad.tolist()) == set(range(BLOCK)) and batch["mask"][:, BLOCK:].all()
     assert torch.equal(batch["target"], encode_latents(vae, batch["target_ids"], batch["mask"], True))
+
+
+def test_the_live_view_streams_each_block_decoded_beside_its_prefix():
+    """The web app's trajectory in block mode: one 'window' of step events per block, and the text after each
+    block's last step is exactly the generated text so far (each block decoded beside its prefix)."""
+    from textldm.serving.trajectory import Trajectory
+
+    class Tokens:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    pipe = block_pipeline()
+    pipe.tokenizer = Tokens()
+    events = []
+    rows = pipe.generate_ids([[1, 2, 3]], length=12,
+                             callback=Trajectory(pipe, 4, events.append, check=lambda: None))
+    last_steps = [e for e in events if e["step"] == 4]
+    assert [e["window"] for e in last_steps] == [0, 1, 2]
+    assert [e["text"] for e in last_steps] == [Tokens().decode(rows[0][: 4 * (k + 1)]) for k in range(3)]

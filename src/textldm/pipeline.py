@@ -166,8 +166,8 @@ class TextLDMPipeline(HubMixin):
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
             while active and remaining > 0 and not stopped:
-                state = BlockState(self, [(prompt_ids[i] + out[i])[-d.context_max:] for i in active],
-                                   guided=s.cfg_scale != 1.0)
+                state = self._block_state = BlockState(self, [(prompt_ids[i] + out[i])[-d.context_max:]
+                                                              for i in active], guided=s.cfg_scale != 1.0)
                 while active and remaining > 0 and not stopped and state.has_room():
                     rows = self._sample_block(state, grid, s, [noise_seed(s.seed, k, first_index + i) for i in active],
                                               callback)
@@ -178,7 +178,19 @@ class TextLDMPipeline(HubMixin):
                     state.append(torch.tensor(rows, device=self.device))
                     state.keep(torch.tensor(alive, dtype=torch.long, device=self.device))
                     remaining, k = remaining - d.block_size, k + 1
+        self._block_state = None
         return out
+
+    def decode_step(self, x: torch.Tensor) -> list[list[int]]:
+        """Token ids of the latents a step callback sees (the first rows of the current window, or of the current
+        block: decoded beside its prefix, as the final text will be)."""
+        state = getattr(self, "_block_state", None)
+        if not self.config.dit.block_size or state is None:
+            return self.decode_latents(x, cut=False)
+        n = x.shape[0]
+        mask = torch.cat([state.mask[:n], torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)], 1)
+        return self.decode_latents(torch.cat([state.latents[:n], x.to(state.latents.dtype)], 1), cut=False, mask=mask,
+                                   last=x.shape[1])
 
     def _sample_block(self, state: BlockState, grid: torch.Tensor, s: SampleConfig, seeds: list[int],
                       callback) -> list[list[int]]:

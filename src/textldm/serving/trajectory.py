@@ -1,5 +1,6 @@
 """The denoising trajectory of a streamed generation, as events: per sampling step, the decoded tokens of the
-current window, how far each token's latent moved, and which tokens flipped."""
+current window (block-causal models: the current block, decoded beside its prefix), how far each token's latent
+moved, and which tokens flipped."""
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ class Trajectory:
         x = x[:1].float()
         if step == 1:  # a window starts from fresh noise (the sampler does not show us that noise)
             self.window, self.previous_x, self.previous_ids = self.window + 1, None, None
-        ids = self.pipe.decode_latents(x, cut=False)[0]
+        ids = self.pipe.decode_step(x)[0]
         if self.previous_x is None:
             change = [0.0] * len(ids)
         else:
