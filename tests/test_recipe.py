@@ -224,9 +224,10 @@ def test_pipeline_normalises_prompts_and_denormalises_samples():
     assert pipe.decode_latents(x, cut=False) == pipe.vae.decode(x * 2.5 + 3.0).argmax(-1).tolist()
 
 
-def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, cfg_scale: float, seed: int):
-    """Euler on the training-quantile grid with CFG, windows of dit.target_max tokens each conditioned on the
-    last context_max tokens of prompt + text so far, written out by hand."""
+def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, cfg_scale: float, seed: int,
+                       interval=(0.0, 1.0)):
+    """Euler on the training-quantile grid with CFG for t in `interval` (conditional only outside it), windows of
+    dit.target_max tokens each conditioned on the last context_max tokens of prompt + text so far, by hand."""
     d, vae, dit = pipe.config.dit, pipe.vae, pipe.dit
     grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std)
     out = [[] for _ in prompts]
@@ -240,7 +241,8 @@ def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, 
             for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):
                 t = torch.full((1,), a)
                 v_cond, v_null = dit(x, t, ctx), dit(x, t, null)
-                x = x + (b - a) * (v_null + cfg_scale * (v_cond - v_null))
+                scale = cfg_scale if interval[0] <= a <= interval[1] else 1.0
+                x = x + (b - a) * (v_null + scale * (v_cond - v_null))
             out[i] += vae.decode(x * vae.latent_std + vae.latent_mean).argmax(-1)[0].tolist()
     return out
 
@@ -252,6 +254,22 @@ def test_generate_ids_is_guided_euler_from_the_documented_noise():
     got = pipe.generate_ids(prompts, length=7, steps=5, cfg_scale=3.0, seed=4)
     assert got == reference_generate(pipe, prompts, 7, 5, 3.0, 4)
     assert pipe.last_evaluations == 2 * 5 * 2  # two windows, five steps, two CFG branches
+
+
+@torch.no_grad()
+def test_the_cfg_interval_guides_only_inside_it():
+    """An asymmetric interval [0.6, 1] over 5 steps: guided steps inside, one conditional evaluation outside -
+    exactly the hand-written loop, and not the loop guided everywhere."""
+    pipe = tiny_pipeline()
+    pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = 0.6, 1.0
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13]]
+    got = pipe.generate_ids(prompts, length=4, steps=5, cfg_scale=3.0, seed=4)
+    assert got == reference_generate(pipe, prompts, 4, 5, 3.0, 4, interval=(0.6, 1.0))
+    d = pipe.config.dit
+    grid = time_grid(5, d.t_distribution, d.t_mean, d.t_std)[:-1]
+    inside = int((grid >= 0.6).sum())
+    assert 0 < inside < 5 and pipe.last_evaluations == 2 * inside + (5 - inside)
+    assert got != reference_generate(pipe, prompts, 4, 5, 3.0, 4)
 
 
 # --- EMA -----------------------------------------------------------------------------------------------
