@@ -9,6 +9,7 @@ excludes 0). MAUVE is reported beside it (noise-level at this model quality, see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -78,8 +79,7 @@ def main():
     for scale in scales:
         for seed in seeds:
             for label, contestant in models.items():
-                sample = contestant.model.config.sample
-                sample.cfg_scale, sample.seed = scale, seed
+                sample = dataclasses.replace(contestant.model.config.sample, cfg_scale=scale, seed=seed)
                 start = time.time()
                 gens = contestant.continue_items(items, sample, args.batch_size, 0, solver=args.solver,
                                                  steps=args.steps)

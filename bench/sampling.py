@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from textldm.config import ARConfig, Config, DiTConfig, VAEConfig
+from textldm.config import ARConfig, Config, DiTConfig, SampleConfig, VAEConfig
 from textldm.diffusion.sampling import evaluations
 from textldm.models.ar import CausalLM
 from textldm.models.ar import generate as ar_generate
@@ -53,7 +53,7 @@ def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
                         encoder_block_size=1 if block else 0)
     cfg.dit = DiTConfig(width=256, depth=6, heads=4, context_max=PROMPT, target_max=WINDOW, context_cache=cacheable,
                         block_size=block)
-    cfg.sample.cfg_scale = 7.0
+    cfg.sample = SampleConfig(cfg_scale=7.0)
     torch.manual_seed(0)
     vae, dit = TextVAE(cfg.vae, VOCAB), TextDiT(cfg.dit, cfg.vae.latent_channels)
     with torch.no_grad():  # leave the adaLN-Zero start (identity blocks), as a trained model would
@@ -191,16 +191,15 @@ def main():
                 for pipe, use_cache, label in ((default, False, "TextLDM"), (cacheable, True, "TextLDM cached ctx")):
                     if use_cache and (solver, steps) not in (("euler", 50), ("euler", 10)):
                         continue
-                    pipe.config.sample.context_cache = use_cache
                     with torch.no_grad():
-                        s = timed(lambda: pipe.generate_ids(prompts, length, steps, 7.0, solver, 0))
+                        s = timed(lambda: pipe.generate_ids(prompts, length, steps, 7.0, solver, 0,
+                                                            context_cache=use_cache))
                     evals = windows * evaluations(solver, steps)
                     add(f"{label}, {solver} {steps}", s, evals, 2 * evals,
                         textldm_flops(pipe, length, solver, steps, use_cache))
             # the same cacheable model with its cache off: the per-step gain of caching alone
-            cacheable.config.sample.context_cache = False
             with torch.no_grad():
-                s = timed(lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0))
+                s = timed(lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0, context_cache=False))
             add("TextLDM cacheable, cache off, euler 10", s, windows * 10, windows * 20,
                 textldm_flops(cacheable, length, "euler", 10, False))
             for block, pipe in blocks.items():

@@ -38,15 +38,16 @@ def main():
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = torch.randint(0, VOCAB, (batch, PROMPT), generator=g).tolist()
         for length in [int(n) for n in args.lengths.split(",")]:
-            jobs = {"TextLDM, euler 10": lambda: default.generate_ids(prompts, length, 10, 7.0, "euler", 0),
+            jobs = {"TextLDM, euler 10": lambda p: default.generate_ids(prompts, length, 10, 7.0, "euler", 0,
+                                                                        precision=p),
                     "TextLDM cached ctx, euler 10":
-                        lambda: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0),
-                    "AR, KV cache": lambda: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0)}
-            for name, job in jobs.items():
+                        lambda p: cacheable.generate_ids(prompts, length, 10, 7.0, "euler", 0, precision=p),
+                    "AR, KV cache": lambda p: ar_generate(ar, prompts, length, temperature=1.0, top_p=0.95, seed=0)}
+            for name, run in jobs.items():
                 seconds = {}
                 for precision in ("fp32", "bf16"):
-                    default.config.sample.precision = cacheable.config.sample.precision = precision
-                    # the pipelines apply sample.precision themselves; the AR baseline gets the same autocast
+                    job = lambda: run(precision)  # noqa: E731
+                    # the pipelines apply the precision setting themselves; the AR baseline gets the same autocast
                     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                               enabled=precision == "bf16" and name.startswith("AR"))
                     with torch.no_grad(), autocast:

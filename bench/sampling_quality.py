@@ -11,6 +11,7 @@ docs/evaluation.md), so differences of a few points at 500 samples are within it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -58,10 +59,10 @@ def main():
     scorer = Scorer(items, MetricsConfig(samples=args.samples), metrics=("rouge", "mauve", "stats"))
     rows = []
     for label, solver, steps, extra in configs:
-        for key, value in {**base, **extra}.items():
-            setattr(sample, key, value)
+        sample = dataclasses.replace(pipe.config.sample, **{**base, **extra})
         start = time.time()
-        gens = contestant.continue_items(items, sample, args.batch_size, 0, solver=solver, steps=steps)
+        gens = contestant.continue_items(items, sample, args.batch_size, 0, solver=solver, steps=steps,
+                                         **{**base, **extra})
         seconds = time.time() - start
         scores = scorer(gens)
         guided = evaluations(solver, steps) if sample.cfg_max_t >= 1.0 and sample.cfg_min_t <= 0 else None

@@ -3,8 +3,8 @@ and its KV-cached decoding is the uncached model's."""
 import pytest
 import torch
 import torch.nn.functional as F
-from test_learning import PERIOD, VOCAB, PeriodicStream, accuracy
 
+from test_learning import PERIOD, VOCAB, PeriodicStream, accuracy
 from textldm.config import ARConfig, TrainConfig
 from textldm.models.ar import CausalLM, generate
 from textldm.training.loop import fit

@@ -3,7 +3,7 @@ against the training forward and against a hand-written reference loop, CFG's nu
 import pytest
 import torch
 
-from textldm.config import Config, DiTConfig, VAEConfig, load_config
+from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
 from textldm.errors import UserError
 from textldm.models.blocks import block_causal_attn_mask
 from textldm.models.dit import TextDiT, clean_noisy_attn_mask
@@ -142,8 +142,7 @@ def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
 
 def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty") -> TextLDMPipeline:
     vae, dit = tiny_vae(), tiny_dit(uncond)
-    cfg = Config(vae=vae.cfg, dit=dit.cfg)
-    cfg.sample.steps, cfg.sample.cfg_scale = 4, cfg_scale
+    cfg = Config(vae=vae.cfg, dit=dit.cfg, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
     return TextLDMPipeline(cfg, None, vae, dit, eot_id=-1)
 
 
@@ -199,8 +198,7 @@ def test_the_block_sampler_honours_the_cfg_interval_and_stop():
     from textldm.diffusion.sampling import STOP
 
     pipe = block_pipeline()
-    pipe.config.sample.cfg_min_t = 0.5
-    pipe.generate_ids([[1, 2, 3]], length=8)
+    pipe.generate_ids([[1, 2, 3]], length=8, cfg_min_t=0.5)
     grid = pipe.time_grid(pipe.config.sample)[:-1]
     guided = int(((grid >= 0.5) & (grid <= 1.0)).sum())
     assert pipe.last_evaluations == 2 * (4 + guided)

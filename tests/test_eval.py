@@ -17,8 +17,8 @@ from textldm.evaluation.benchmark import BenchmarkSpec, build_benchmark, read_be
 from textldm.evaluation.metrics import (
     bertscore,
     generative_perplexity,
-    prompt_binding,
     mauve_score,
+    prompt_binding,
     resolve_encoder,
     rouge_scores,
     text_statistics,

@@ -17,7 +17,7 @@ margins, in docs/testing.md.
 import pytest
 import torch
 
-from textldm.config import Config, DiTConfig, TrainConfig, VAEConfig
+from textldm.config import Config, DiTConfig, SampleConfig, TrainConfig, VAEConfig
 from textldm.evaluation.heldout import evaluate_dit, latent_statistics, position_agreement, same_noise_agreement
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
@@ -66,8 +66,7 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
     dit = TextDiT(dit_cfg, vae_cfg.latent_channels)
     fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
-    cfg = Config(vae=vae_cfg, dit=dit_cfg)
-    cfg.sample.steps = 10
+    cfg = Config(vae=vae_cfg, dit=dit_cfg, sample=SampleConfig(steps=10))
     pipe = TextLDMPipeline(cfg, None, vae, dit.eval(), eot_id=-1)  # generate_ids needs no tokenizer
     held_out = PeriodicStream().windows(48, CONTEXT_MAX + PERIOD, torch.Generator().manual_seed(12345))
     cut = torch.arange(48) % (CONTEXT_MAX - CONTEXT_MIN + 1) + CONTEXT_MIN  # every trained prompt length

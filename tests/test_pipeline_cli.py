@@ -77,10 +77,9 @@ def test_any_length_batches_seeds_and_guidance_interval(trained, monkeypatch):
     texts = pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, batch_size=2)
     assert texts == pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, batch_size=3)
     assert texts != pipe.generate(["The man", "Time will come and", "It was the"], length=8, steps=3, seed=99)
-    pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = 0.5, 1.0
     grid = time_grid(4, pipe.config.dit.t_distribution, pipe.config.dit.t_mean, pipe.config.dit.t_std)
     guided = int(((grid[:-1] >= 0.5) & (grid[:-1] <= 1.0)).sum())
-    pipe.generate_ids(prompts, length=8, steps=4, cfg_scale=3.0)
+    pipe.generate_ids(prompts, length=8, steps=4, cfg_scale=3.0, cfg_min_t=0.5, cfg_max_t=1.0)
     assert pipe.last_evaluations == 4 + guided
 
 
@@ -95,12 +94,12 @@ def test_bf16_sampling_runs_under_autocast_deterministically(trained, monkeypatc
     pipe.dit.final.linear.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     fp32 = pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
     assert set(dtypes) == {torch.float32}
-    pipe.config.sample.precision = "bf16"
     dtypes.clear()
-    bf16 = pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
+    bf16 = pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0, precision="bf16")
     assert set(dtypes) == {torch.bfloat16} and pipe.last_evaluations == 2 * 3 * 2
     assert [len(r) for r in bf16] == [len(r) for r in fp32] == [16, 16, 16]
-    assert bf16 == pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0)
+    assert bf16 == pipe.generate_ids(prompts, length=16, steps=3, cfg_scale=3.0, precision="bf16")
+    assert pipe.config.sample.precision == "fp32"  # a call's settings never write into the model's config
     with pytest.raises(Exception, match="sample.precision"):
         load_config("demo", ["sample.precision=fp16"])
 
@@ -141,10 +140,9 @@ def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_
     assert pipe.dit.context_cond is not None
     finals = {}
     for use_cache in (True, False):
-        pipe.config.sample.context_cache = use_cache
         states = []
         pipe.generate_ids(pipe.encode_prompts(["The man", "Time will come and"]), length=6, steps=4, cfg_scale=3.0,
-                          callback=lambda i, t, x: states.append(x.clone()))
+                          callback=lambda i, t, x: states.append(x.clone()), context_cache=use_cache)
         finals[use_cache] = states[-1]
     assert torch.allclose(finals[True], finals[False], atol=1e-4)
 
@@ -194,13 +192,39 @@ def test_cli_bad_training_input(capsys, args, fragment, cache_home, tmp_path):
     assert fragment in err.splitlines()[-1] and err.splitlines()[-1].startswith("textldm: error:")
 
 
+def test_one_prompt_length_policy_cut_from_the_left_with_a_warning(capsys, caplog, trained):
+    """A prompt longer than dit.context_max (12) keeps its last 12 tokens, with a warning, in the Python API, the
+    CLI, the server's prompt reader and the harness alike (`pipeline.fit_prompts`)."""
+    import logging
+
+    from textldm.evaluation.harness import _continue_with
+    from textldm.serving.service import GenerationService
+
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    long = " ".join(["time"] * 30) + " the man said that it was"
+    ids = pipe.tokenizer(long, add_special_tokens=False)["input_ids"]
+    with caplog.at_level(logging.WARNING):
+        assert pipe.encode_prompts([long]) == [ids[-12:]]
+        assert GenerationService(pipe).prompt_ids(long) == ids[-12:]
+        seen = []
+        _continue_with(pipe.tokenizer, [{"prompt": long, "reference": "a b"}], 12, 4, 1,
+                       lambda rows, n, seed: seen.extend(rows) or [[0] * n for _ in rows], 0)
+        assert seen == [ids[-12:]]
+    assert caplog.text.count("keeps its last 12 tokens") == 3
+    expected = pipe.generate_ids([ids[-12:]], length=5, steps=2)
+    assert pipe.generate([long], length=5, steps=2) == [pipe.tokenizer.decode(expected[0])]
+    code, err = _cli(capsys, "generate", "--model", str(out / "model"), "--prompt", long, "--length", "5",
+                     "--steps", "2", "--json")
+    assert code == 0 and json.loads(_cli.stdout)["continuation"] == pipe.tokenizer.decode(expected[0])
+
+
 def test_cli_bad_generation_input(capsys, trained, tmp_path):
     out, _ = trained
     model = str(out / "model")
     before = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")}
     cases = [
         (["--prompt", "   "], "prompt 1 is empty"),
-        (["--prompt", " ".join(["time"] * 40)], "but the model's context holds 12"),
         (["--prompt", "The man", "--length", "0"], "length must be >= 1"),
         (["--prompt", "The man", "--steps", "0"], "steps must be >= 1"),
         ([], "no prompt given"),

@@ -261,9 +261,8 @@ def test_the_cfg_interval_guides_only_inside_it():
     """An asymmetric interval [0.6, 1] over 5 steps: guided steps inside, one conditional evaluation outside -
     exactly the hand-written loop, and not the loop guided everywhere."""
     pipe = tiny_pipeline()
-    pipe.config.sample.cfg_min_t, pipe.config.sample.cfg_max_t = 0.6, 1.0
     prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13]]
-    got = pipe.generate_ids(prompts, length=4, steps=5, cfg_scale=3.0, seed=4)
+    got = pipe.generate_ids(prompts, length=4, steps=5, cfg_scale=3.0, seed=4, cfg_min_t=0.6, cfg_max_t=1.0)
     assert got == reference_generate(pipe, prompts, 4, 5, 3.0, 4, interval=(0.6, 1.0))
     d = pipe.config.dit
     grid = time_grid(5, d.t_distribution, d.t_mean, d.t_std)[:-1]

@@ -357,3 +357,55 @@ def test_token_pieces_join_to_the_decoded_text_with_a_byte_level_tokenizer():
     for _ in range(50):  # any id sequence, even one that is not valid UTF-8
         ids = [rng.randrange(len(tok)) for _ in range(20)]
         assert "".join(token_pieces(tok, ids)) == tok.decode(ids)
+
+
+def test_the_cli_the_python_api_and_http_sample_the_same_thing(trained, tmp_path, capsys):
+    """The same prompt, seed and options (solver, grid, cfg interval, precision, length) through the CLI,
+    TextLDMPipeline.generate and POST /api/generate give the same text; the stream's step times are the shifted
+    grid's and it makes the evaluations the interval implies (the options reach the sampler)."""
+    from textldm.cli import main
+    from textldm.diffusion.flow import time_grid
+    from textldm.diffusion.sampling import evaluations
+
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    prompt = "the man said that"
+    opts = dict(length=9, steps=4, seed=7, cfg_scale=2.5, solver="ab2", grid="shifted", cfg_min_t=0.2, cfg_max_t=0.8,
+                precision="bf16")
+    python = pipe.generate([prompt], **opts)[0]
+    calls = pipe.last_evaluations
+    with TestClient(create_app(pipe, None, LIMITS)) as c:
+        http = c.post("/api/generate", json={"prompt": prompt, **opts}).json()["continuation"]
+        assert c.post("/api/generate", json={"prompt": prompt, **opts, "cfg_min_t": 0.9}).status_code == 400
+        streamed = events(c.post("/api/generate/stream", json={"prompt": prompt, **opts}))
+    d = pipe.config.dit
+    grid = time_grid(4, d.t_distribution, d.t_mean, d.t_std, "shifted", pipe.config.sample.shift)
+    assert [e["t"] for k, e in streamed if k == "step"] == pytest.approx(grid[1:].tolist(), abs=1e-4)
+    call_times = [grid[0], grid[1], *grid[1:-1]]  # AB2: a Heun first step (t0 and t1), then one call a step
+    guided = sum(0.2 <= float(t) <= 0.8 for t in call_times)
+    assert len(call_times) == evaluations("ab2", 4) and streamed[-1][1]["evaluations"] == calls == 5 + guided
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", str(out / "model"), "--prompt", prompt, "--length", "9", "--steps", "4",
+              "--seed", "7", "--cfg-scale", "2.5", "--solver", "ab2", "--grid", "shifted", "--cfg-interval", "0.2,0.8",
+              "--precision", "bf16", "--out", str(tmp_path / "o.jsonl")])
+    assert e.value.code == 0
+    cli = json.loads((tmp_path / "o.jsonl").read_text())["continuation"]
+    assert python == http == cli == streamed[-1][1]["continuation"]
+    assert 0 < guided < 5  # the interval left some calls unguided
+
+
+@pytest.mark.parametrize("grid,shift", [("schedule", 3.0), ("uniform", 3.0), ("shifted", 3.0), ("shifted", 6.0)])
+def test_the_sampler_steps_through_the_documented_time_grid(trained, grid, shift):
+    """The step callback's times are time_grid(...)'s for each grid kind and shift, and each solver makes the
+    documented number of network evaluations (x2 with CFG)."""
+    from textldm.diffusion.flow import time_grid
+    from textldm.diffusion.sampling import evaluations
+
+    pipe = TextLDMPipeline.from_pretrained(trained[0] / "model")
+    d = pipe.config.dit
+    ts = []
+    pipe.generate_ids([[5, 6, 7]], length=4, steps=5, grid=grid, shift=shift, callback=lambda i, t, x: ts.append(t))
+    assert ts == pytest.approx(time_grid(5, d.t_distribution, d.t_mean, d.t_std, grid, shift)[1:].tolist())
+    for solver in ("euler", "heun", "ab2"):
+        pipe.generate_ids([[5, 6, 7]], length=4, steps=5, solver=solver, cfg_scale=2.0, grid=grid, shift=shift)
+        assert pipe.last_evaluations == 2 * evaluations(solver, 5) == 2 * {"euler": 5, "heun": 10, "ab2": 6}[solver]

@@ -181,16 +181,15 @@ def _generate(args) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipe = TextLDMPipeline.from_pretrained(args.model, device=args.device)
-    s = pipe.config.sample
-    s.grid, s.precision = args.grid or s.grid, args.precision or s.precision
+    settings = {"grid": args.grid, "precision": args.precision}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
         if hi is None or not 0 <= lo <= hi <= 1:
             raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
-        s.cfg_min_t, s.cfg_max_t = lo, hi
+        settings.update(cfg_min_t=lo, cfg_max_t=hi)
     outputs = pipe.generate(prompts, length=args.length, steps=args.steps, cfg_scale=args.cfg_scale,
                             solver=args.solver, seed=args.seed, batch_size=args.batch_size,
-                            progress=args.out is not None)
+                            progress=args.out is not None, **settings)
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps({"prompt": p, "continuation": t}) + "\n"
                                             for p, t in zip(prompts, outputs)))

@@ -170,10 +170,11 @@ class TrainConfig:
     wandb_project: str = ""  # "" = off
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     """Sampling defaults (`sample.*`): steps, guidance, solver, time grid, precision, length, seed; temperature and
-    top-k/p for AR models."""
+    top-k/p for AR models. Frozen: a generation's settings are this with its overrides (`dataclasses.replace`,
+    checked by `__post_init__`), never written into a loaded model's config."""
     steps: int = 50
     cfg_scale: float = 7.0
     solver: Solver = "euler"  # "euler", "heun" (2nd order, 2 evaluations a step) or "ab2" (2nd-order multistep)
@@ -191,6 +192,25 @@ class SampleConfig:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 0.95
     top_k: int = 0  # 0 = off
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise a UserError naming the first invalid setting (allowed choices: the Literal types above)."""
+        _check_choices(self, "sample")
+        for ok, message in [
+            (self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}"),
+            (self.length >= 1, f"sample.length must be >= 1, got {self.length}"),
+            (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
+             f"need 0 <= sample.cfg_min_t <= cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}"),
+            (self.shift > 0, "sample.shift must be positive"),
+            (self.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
+            (0 < self.top_p <= 1, "sample.top_p must be in (0, 1]"),
+            (self.top_k >= 0, "sample.top_k must be >= 0 (0 = off)"),
+        ]:
+            if not ok:
+                raise UserError(f"invalid config: {message}")
 
 
 @dataclass
@@ -273,6 +293,15 @@ def _coerce(value, tp, key: str):
     raise UserError(f"config key '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def _check_choices(section, name: str) -> None:
+    """Every Literal-typed field of a section holds one of its allowed values."""
+    for key, tp in typing.get_type_hints(type(section)).items():
+        value = getattr(section, key)
+        if typing.get_origin(tp) is Literal and value not in typing.get_args(tp):
+            raise UserError(f"config key '{name}.{key}' must be one of {', '.join(map(str, typing.get_args(tp)))}, "
+                            f"got {value!r}")
+
+
 def _apply(obj, updates: dict, prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
@@ -286,7 +315,7 @@ def _apply(obj, updates: dict, prefix: str = ""):
                 raise UserError(f"config key '{full}' is a section; set its keys, e.g. {full}.{names[0]}=...")
             _apply(current, value, f"{full}.")
             continue
-        setattr(obj, key, _coerce(value, hints[key], full))
+        object.__setattr__(obj, key, _coerce(value, hints[key], full))  # the loader also fills frozen sections
 
 
 def parse_override(text: str) -> dict:
@@ -383,13 +412,6 @@ def validate(cfg: Config) -> None:
         (cfg.vae.decoder_noise >= 0, "vae.decoder_noise must be >= 0 (0 = off)"),
         (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
         (cfg.dit.t_std > 0, "dit.t_std must be positive"),
-        (cfg.sample.steps >= 1, "sample.steps must be >= 1"),
-        (0 <= cfg.sample.cfg_min_t <= cfg.sample.cfg_max_t <= 1, "need 0 <= sample.cfg_min_t <= cfg_max_t <= 1"),
-        (cfg.sample.shift > 0, "sample.shift must be positive"),
-        (cfg.sample.length >= 1, "sample.length must be >= 1"),
-        (cfg.sample.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
-        (0 < cfg.sample.top_p <= 1, "sample.top_p must be in (0, 1]"),
-        (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 = off)"),
         (cfg.ar.seq_len >= 0, "ar.seq_len must be >= 0 (0 = dit.context_max + dit.target_max)"),
         (cfg.metrics.mauve_buckets >= 2, "metrics.mauve_buckets must be >= 2"),
         (cfg.metrics.samples >= 1, "metrics.samples must be >= 1"),
@@ -406,6 +428,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"invalid config: {message}")
+    cfg.sample.check()
 
 
 def _block_checks(cfg: Config) -> list[tuple[bool, str]]:

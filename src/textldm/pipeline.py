@@ -7,6 +7,7 @@ the AR baseline), each saved and loaded as one folder (`export.py` holds the fol
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from textldm.config import Config, SampleConfig, config_from_dict, to_dict
 from textldm.diffusion.flow import clean_estimate, time_grid
-from textldm.diffusion.sampling import SOLVERS, STOP, Callback, integrate
+from textldm.diffusion.sampling import STOP, Callback, integrate
 from textldm.errors import UserError
 from textldm.export import (
     HubMixin,
@@ -29,6 +30,19 @@ from textldm.models.ar import CausalLM, generate
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.utils import cut_at, derive_seed
+
+log = logging.getLogger(__name__)
+
+
+def fit_prompts(rows: list[list[int]], limit: int, what: str) -> list[list[int]]:
+    """The one prompt-length policy (the Python API, the CLI, the server and the evaluation harness): a prompt
+    longer than the model's context keeps its last `limit` tokens - the ones next to the continuation - with a
+    warning saying how many prompts were cut."""
+    cut = sum(len(r) > limit for r in rows)
+    if cut:
+        log.warning("%d of %d prompts are longer than the model's context of %d tokens (%s); each keeps its last %d "
+                    "tokens", cut, len(rows), limit, what, limit)
+    return [r[-limit:] for r in rows]
 
 
 def noise_seed(seed: int, window: int, row: int) -> int:
@@ -53,9 +67,12 @@ class TextLDMPipeline(HubMixin):
         for module in (self.vae, self.dit):
             if module is not None:
                 module.to(device=device, dtype=dtype)
-        if dtype == torch.bfloat16:
-            self.config.sample.precision = "bf16"
         return self
+
+    def autocast(self, s: SampleConfig):
+        """bf16 autocast for settings with precision bf16, or for bf16 weights; otherwise a no-op context."""
+        bf16 = s.precision == "bf16" or self.vae.embed.weight.dtype == torch.bfloat16
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
@@ -92,42 +109,38 @@ class TextLDMPipeline(HubMixin):
 
     # generation ----------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        """Text prompts -> token ids, each checked (non-empty, at most dit.context_max tokens)."""
+        """Text prompts -> token ids: each non-empty, and cut to its last dit.context_max tokens (`fit_prompts`)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
             raise UserError("no prompts given")
-        limit = self.config.dit.context_max
         out = []
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise UserError(f"prompt {i + 1} is empty; give some text to continue")
-            ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            if len(ids) > limit:
-                raise UserError(f"prompt {i + 1} has {len(ids)} tokens but the model's context holds {limit} "
-                                f"(dit.context_max); shorten the prompt")
-            out.append(ids)
-        return out
+            out.append(self.tokenizer(p, add_special_tokens=False)["input_ids"])
+        return fit_prompts(out, self.config.dit.context_max, "dit.context_max")
 
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
                      callback: Callback | None = None, first_index: int = 0, *,
-                     max_new_tokens: int | None = None) -> list[list[int]]:
+                     max_new_tokens: int | None = None, **settings) -> list[list[int]]:
         """Continue each prompt (token ids) by up to `length` tokens (`max_new_tokens`: the same, Hugging Face's
-        name); returns ids trimmed at end-of-text.
+        name); returns ids trimmed at end-of-text. `settings`: any other sampler setting (grid, shift, cfg_min_t,
+        cfg_max_t, precision, context_cache; see `SampleConfig`).
 
         Any length: past the DiT's trained window (dit.target_max) the continuation is generated in windows,
         each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at its first
         end-of-text. Row i's noise in window w comes from `noise_seed(seed, w, first_index + i)`, so a prompt
         gets the same continuation whatever batch it is in. Settings not given come from config.sample
-        (`sampler`). `callback(step, t, x)` sees the latents after every sampling step; it may return new
+        (`settings`). `callback(step, t, x)` sees the latents after every sampling step; it may return new
         latents (used from then on) or `STOP` (decode now, no further windows). `self.last_evaluations`: the
         network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
-        s = self.sampler(length=_length(length, max_new_tokens, None), steps=steps, cfg_scale=cfg_scale,
-                         solver=solver, seed=seed)
+        s = self.settings(length=_length(length, max_new_tokens, None), steps=steps, cfg_scale=cfg_scale,
+                          solver=solver, seed=seed, **settings)
         stopped = []
 
         def step(i: int, t: float, x: torch.Tensor):
@@ -149,8 +162,8 @@ class TextLDMPipeline(HubMixin):
         while active and remaining > 0 and not stopped:
             n = min(d.target_max, remaining)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
-            rows = self._sample_window(contexts, n, grid, s.cfg_scale, s.solver,
-                                       [noise_seed(s.seed, window, first_index + i) for i in active], callback)
+            rows = self._sample_window(contexts, n, grid, s, [noise_seed(s.seed, window, first_index + i)
+                                                              for i in active], callback)
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if self.eot_id not in row]
@@ -164,7 +177,7 @@ class TextLDMPipeline(HubMixin):
         Row i's noise for its k-th block comes from `noise_seed(seed, k, first_index + i)`."""
         d, grid = self.config.dit, self.time_grid(s)
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+        with self.autocast(s):
             while active and remaining > 0 and not stopped:
                 state = self._block_state = BlockState(self, [(prompt_ids[i] + out[i])[-d.context_max:]
                                                               for i in active], guided=s.cfg_scale != 1.0)
@@ -211,15 +224,15 @@ class TextLDMPipeline(HubMixin):
         mask = torch.cat([state.mask, torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)], 1)
         return self.decode_latents(torch.cat([state.latents, x], 1), cut=False, mask=mask, last=B)
 
-    def sampler(self, **overrides) -> SampleConfig:
-        """config.sample with the given settings (None = the configured default) replacing its own; checked."""
-        s = dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
-        for name in ("length", "steps"):
-            if getattr(s, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(s, name)}")
-        if s.solver not in SOLVERS:
-            raise UserError(f"unknown solver '{s.solver}'; use one of {', '.join(SOLVERS)}")
-        return s
+    def settings(self, **overrides) -> SampleConfig:
+        """The sampler settings of one call, resolved once: config.sample with the given ones (None = the model's
+        default) in their place, checked (`SampleConfig.check`). Frozen, passed down the sampler; the model's
+        config is never written."""
+        names = {f.name for f in dataclasses.fields(SampleConfig)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise UserError(f"unknown sampler setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
 
     def time_grid(self, s: SampleConfig) -> torch.Tensor:
         """The sampling time grid of these settings (the training timestep distribution's, for grid=schedule)."""
@@ -241,13 +254,12 @@ class TextLDMPipeline(HubMixin):
         z = self.vae.encode(ids, mask)
         return self.vae.normalize(z) if self.config.dit.normalize_latents else z
 
-    def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, cfg_scale: float,
-                       solver: str, seeds: list[int], callback,
-                       rights: list[list[int]] | None = None) -> list[list[int]]:
+    def _sample_window(self, contexts: list[list[int]], length: int, grid: torch.Tensor, s: SampleConfig,
+                       seeds: list[int], callback, rights: list[list[int]] | None = None) -> list[list[int]]:
         """One window of `length` latents after each context (and before each right context, when infilling)
-        -> raw token ids (not cut at end-of-text). Under bf16 autocast with sample.precision=bf16."""
-        device, C, s = self.device, self.vae.cfg.latent_channels, self.config.sample
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+        -> raw token ids (not cut at end-of-text). Under bf16 autocast with precision bf16."""
+        device, C, cfg_scale = self.device, self.vae.cfg.latent_channels, s.cfg_scale
+        with self.autocast(s):
             context, ctx_mask = self._encode(contexts)
             right, right_mask = self._encode(rights) if rights is not None else (None, None)
             x = torch.stack([torch.randn(length, C, generator=torch.Generator().manual_seed(k)) for k in seeds])
@@ -269,26 +281,26 @@ class TextLDMPipeline(HubMixin):
                     estimate = clean_estimate(x_t, t, v)
                 return v
 
-            return self.decode_latents(integrate(velocity, x, grid, solver, callback), cut=False)
+            return self.decode_latents(integrate(velocity, x, grid, s.solver, callback), cut=False)
 
     @torch.no_grad()
     def infill(self, left: list[str] | str, right: list[str] | str, length: int | None = None,
                steps: int | None = None, cfg_scale: float | None = None, solver: str | None = None,
-               seed: int | None = None, callback=None) -> list[str]:
+               seed: int | None = None, callback=None, **settings) -> list[str]:
         """The `length` tokens between each left and right text, both given to the DiT as clean latents (a model
         trained with dit.infill_prob > 0). Returns the middles; left + middle + right is the filled text.
-        `callback(step, t, x)` sees the latents after every sampling step."""
+        `callback(step, t, x)` sees the latents after every sampling step; `settings` as in `generate_ids`."""
         if self.dit is None or self.dit.segment.num_embeddings < 3:
             raise UserError("this model was not trained for infilling; train the DiT with dit.infill_prob > 0 "
                             "(e.g. 0.3)")
         lefts, rights = self.encode_prompts(left), self.encode_prompts(right)
         if len(lefts) != len(rights):
             raise UserError(f"{len(lefts)} left texts but {len(rights)} right texts; give one right per left")
-        s = self.sampler(length=length, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)
+        s = self.settings(length=length, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed, **settings)
         if s.length > self.config.dit.target_max:
             raise UserError(f"infill length {s.length} is outside 1..{self.config.dit.target_max} (dit.target_max)")
         self.last_evaluations = 0
-        rows = self._sample_window(lefts, s.length, self.time_grid(s), s.cfg_scale, s.solver,
+        rows = self._sample_window(lefts, s.length, self.time_grid(s), s,
                                    [noise_seed(s.seed, 0, i) for i in range(len(lefts))], callback, rights)
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
@@ -307,14 +319,14 @@ class TextLDMPipeline(HubMixin):
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
                  callback: Callback | None = None, batch_size: int = 16, progress: bool = False, *,
-                 max_new_tokens: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, **settings) -> list[str]:
         """Continue text prompts, `batch_size` at a time (with a progress bar if `progress`). Deterministic in
         `seed` and independent of the batch size: prompt i always gets the noise of (seed, i)."""
         ids = self.encode_prompts(prompts)
         out = []
         for start in tqdm(range(0, len(ids), batch_size), desc="generate", unit="batch", disable=not progress):
             out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
-                                     first_index=start, max_new_tokens=max_new_tokens)
+                                     first_index=start, max_new_tokens=max_new_tokens, **settings)
         return [self.tokenizer.decode(row) for row in out]
 
 

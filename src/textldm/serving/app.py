@@ -45,9 +45,9 @@ def require_serve_packages():
         raise UserError("`textldm serve` needs FastAPI and uvicorn: pip install 'textldm[serve]'") from None
 
 
-def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimits) -> dict:
-    """What /api/info answers: the model's facts, the sampler defaults a request gets, the limits."""
-    s, d = pipe.config.sample, pipe.config.dit
+def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimits, s) -> dict:
+    """What /api/info answers: the model's facts, the sampler defaults `s` a request gets, the limits."""
+    d = pipe.config.dit
     info = {"model": model_path or "textldm model",
             "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
             "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": d.context_max,
@@ -55,15 +55,18 @@ def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimi
             "precision": s.precision,
             "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),
             "defaults": {"length": min(s.length, limits.max_length), "steps": min(s.steps, limits.max_steps),
-                         "cfg_scale": s.cfg_scale, "seed": s.seed, "solver": s.solver},
+                         "cfg_scale": s.cfg_scale, "seed": s.seed, "solver": s.solver, "grid": s.grid,
+                         "cfg_min_t": s.cfg_min_t, "cfg_max_t": s.cfg_max_t, "precision": s.precision},
             "limits": asdict(limits), "ar": None}
     if ar is not None:
         info["ar"] = {"model": ar_path, "parameters": param_count(ar.model), "max_length": ar.seq_len - 1}
     return info
 
 
-def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str = "", ar_path: str | None = None):
-    """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline)."""
+def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str = "", ar_path: str | None = None,
+               settings: dict | None = None):
+    """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline). `settings`: the
+    sampler defaults a request gets where they differ from the model's (e.g. {"precision": "bf16"})."""
     require_serve_packages()
     from fastapi import FastAPI
 
@@ -71,9 +74,9 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
 
     limits = limits or ServeLimits()
     service = GenerationService(pipe, ar, limits)
-    info = model_info(pipe, ar, model_path, ar_path, limits)
-    requests = request_models(limits, {**info["defaults"], "temperature": pipe.config.sample.temperature},
-                              info["window_tokens"])
+    defaults = pipe.settings(**(settings or {}))
+    info = model_info(pipe, ar, model_path, ar_path, limits, defaults)
+    requests = request_models(limits, {**info["defaults"], "temperature": defaults.temperature}, info["window_tokens"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -246,10 +249,8 @@ def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int 
 
     check_port_free(host, port)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
-    if precision:
-        pipe.config.sample.precision = precision
     ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
-    app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar)
+    app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision})
     print(f"textldm serve: open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ "
           f"(API docs at /docs); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from textldm.config import Grid, SamplePrecision
 from textldm.diffusion.sampling import SOLVERS
 from textldm.serving.service import ServeLimits
 
@@ -56,7 +57,8 @@ class RequestModels:
 
 def request_models(limits: ServeLimits, defaults: dict, window: int) -> RequestModels:
     """The request bodies for a server with these limits, a model with these sampler `defaults` (length, steps,
-    cfg_scale, seed, solver, temperature) and a DiT window of `window` tokens (the longest infill)."""
+    cfg_scale, seed, solver, grid, cfg_min_t, cfg_max_t, precision, temperature) and a DiT window of `window`
+    tokens (the longest infill)."""
     def text(what: str):
         return str, Field(min_length=1, max_length=limits.max_prompt_chars, description=what)
 
@@ -66,11 +68,18 @@ def request_models(limits: ServeLimits, defaults: dict, window: int) -> RequestM
     def seed():
         return int, Field(defaults["seed"], ge=0, le=MAX_SEED)
 
+    def unit_interval(name: str, what: str):
+        return float, Field(defaults[name], ge=0.0, le=1.0, allow_inf_nan=False, description=what)
+
     def sampling() -> dict:
         return {"steps": (int, Field(defaults["steps"], ge=1, le=limits.max_steps, description="sampling steps")),
                 "cfg_scale": (float, Field(defaults["cfg_scale"], ge=0.0, le=limits.max_cfg_scale, allow_inf_nan=False,
                                            description="classifier-free guidance scale (1 = none)")),
-                "seed": seed(), "solver": (Literal[tuple(SOLVERS)], Field(defaults["solver"]))}
+                "seed": seed(), "solver": (Literal[tuple(SOLVERS)], Field(defaults["solver"])),
+                "grid": (Grid, Field(defaults["grid"], description="sampling time grid")),
+                "cfg_min_t": unit_interval("cfg_min_t", "guidance only for t >= this (t = 0 noise, 1 data)"),
+                "cfg_max_t": unit_interval("cfg_max_t", "guidance only for t <= this"),
+                "precision": (SamplePrecision, Field(defaults["precision"], description="bf16: faster, not exact"))}
 
     return RequestModels(
         generate=create_model("GenerateRequest", __config__=STRICT, prompt=text("text to continue"),

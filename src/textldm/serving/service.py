@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from textldm.errors import UserError
+from textldm.pipeline import fit_prompts
 from textldm.serving.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -142,19 +143,26 @@ class GenerationService:
 
     # the jobs ---------------------------------------------------------------------------------------------
     def prompt_ids(self, text: str, what: str = "prompt") -> list[int]:
-        """Token ids of a prompt, keeping its last dit.context_max tokens (the model sees no more)."""
+        """Token ids of a prompt, cut to the model's context as everywhere (`pipeline.fit_prompts`)."""
         ids = self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or not text.strip():
             raise UserError(f"the {what} has no tokens; give some text")
-        return ids[-self.pipe.config.dit.context_max:]
+        return fit_prompts([ids], self.pipe.config.dit.context_max, "dit.context_max")[0]
+
+    def sampler_args(self, req) -> dict:
+        """A request's sampler settings, checked now (a 400 before admission, e.g. cfg_min_t > cfg_max_t)."""
+        args = {"steps": req.steps, "cfg_scale": req.cfg_scale, "solver": req.solver, "seed": req.seed,
+                "grid": req.grid, "cfg_min_t": req.cfg_min_t, "cfg_max_t": req.cfg_max_t, "precision": req.precision}
+        self.pipe.settings(length=req.length, **args)
+        return args
 
     def generate_job(self, req) -> Job:
         """The job continuing `req.prompt` (its prompt is checked now, before admission)."""
-        ids = self.prompt_ids(req.prompt)
+        ids, args = self.prompt_ids(req.prompt), self.sampler_args(req)
 
         def job(callback):
             start = time.perf_counter()
-            row = self.pipe.generate_ids([ids], req.length, callback=callback, **_sampler_args(req))[0]
+            row = self.pipe.generate_ids([ids], req.length, callback=callback, **args)[0]
             return {"prompt": req.prompt, "continuation": self.pipe.tokenizer.decode(row), "tokens": len(row),
                     "evaluations": self.pipe.last_evaluations, "seconds": _since(start)}
         return job
@@ -164,10 +172,11 @@ class GenerationService:
         if self.pipe.dit.segment.num_embeddings < 3:
             raise UserError("this model was not trained for infilling; train its DiT with dit.infill_prob > 0")
         self.prompt_ids(req.left, "left text"), self.prompt_ids(req.right, "right text")
+        args = self.sampler_args(req)
 
         def job(callback):
             start = time.perf_counter()
-            middle = self.pipe.infill(req.left, req.right, req.length, callback=callback, **_sampler_args(req))[0]
+            middle = self.pipe.infill(req.left, req.right, req.length, callback=callback, **args)[0]
             return {"left": req.left, "middle": middle, "right": req.right, "evaluations": self.pipe.last_evaluations,
                     "seconds": _since(start)}
         return job
@@ -189,10 +198,6 @@ class GenerationService:
             return {"prompt": req.prompt, "continuation": self.ar.tokenizer.decode(row), "tokens": len(row),
                     "seconds": _since(start)}
         return job
-
-
-def _sampler_args(req) -> dict:
-    return {"steps": req.steps, "cfg_scale": req.cfg_scale, "solver": req.solver, "seed": req.seed}
 
 
 def _since(start: float) -> float:
