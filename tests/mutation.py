@@ -26,11 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: the recipe's unit tests, the learning test and the pipeline / CLI round trips (~1-2 min)
 FAST_SUITE = ["tests/test_recipe.py", "tests/test_levers.py", "tests/test_learning.py", "tests/test_models.py",
-              "tests/test_block.py",
+              "tests/test_block.py", "tests/test_ar.py", "tests/test_teacher.py", "tests/test_data.py",
               "tests/test_flow.py",
               "tests/test_train.py", "tests/test_pipeline_cli.py",
               "tests/test_ecosystem.py::test_a_step_callback_may_stop_the_sampler_or_replace_its_latents",
-              "tests/test_scale.py::test_gradient_accumulation_matches_one_big_batch"]
+              "tests/test_scale.py::test_gradient_accumulation_matches_one_big_batch",
+              "tests/test_scale.py::test_interrupted_checkpoint_write_never_replaces_the_last_good_one",
+              "tests/test_eval.py::test_generative_perplexity_matches_manual_likelihood",
+              "tests/test_eval.py::test_prompt_binding_is_the_perplexity_ratio_after_another_prompt",
+              "tests/test_serve.py::test_generate_is_deterministic_and_respects_length",
+              "tests/test_serve.py::test_stream_sends_every_step_then_the_same_text_as_generate"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ MUTANTS = [
            "drop = torch.rand(batch_size, generator=g) >= cfg.p_uncond", "CFG condition dropout inverted (90% dropped)"),
     Mutant("M05", "training/objectives.py", "idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]",
            "idx = torch.arange(context_max)[None] + (context_max - context_len + 1)[:, None]",
-           "context window shifted by one: the first target token leaks into the prompt"),
+           "context window shifted by one: the prompt loses its last token (the clamp keeps the target out)"),
     Mutant("M06", "training/objectives.py", 'loss = flow_loss(v, x0, x1, batch["target_mask"]).mean()',
            "loss = flow_loss(v, x0, x1).mean()", "loss also on padded target positions"),
     Mutant("M07", "training/objectives.py", 'x1, t = batch["noise"], batch["target"], batch["t"]',
@@ -85,8 +90,6 @@ MUTANTS = [
            "positions = [torch.arange(Lc, device=device).expand(B, Lc), 0 * context_len + Lc + torch.arange(Lt, device=device)]",
            "target positions start after the padded, not the real, context"),
     # blocks
-    Mutant("M18", "models/blocks.py", "shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)",
-           "scale1, shift1, gate1, scale2, shift2, gate2 = mod.chunk(6, dim=-1)", "adaLN shift and scale swapped"),
     Mutant("M19", "models/blocks.py", "F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,",
            "F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_mask is None else ~attn_mask,",
            "GPU (SDPA) attention mask inverted"),
@@ -97,8 +100,6 @@ MUTANTS = [
     # vae
     Mutant("M22", "models/vae.py", "z = mean + (0.5 * logvar).exp() * noise", "z = mean + logvar.exp() * noise",
            "reparameterisation uses the variance as the std"),
-    Mutant("M23", "models/vae.py", "return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)",
-           "return cfg.kl_weight * min(1.0, (step / cfg.kl_warmup_steps) ** 2)", "KL warm-up quadratic, not linear"),
     Mutant("M24", "training/objectives.py", "kl_weight=kl_weight_at(step, self.vae.cfg)", "kl_weight=self.vae.cfg.kl_weight",
            "KL warm-up never applied"),
     Mutant("M25", "models/vae.py", "return F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-6)",
@@ -192,6 +193,49 @@ MUTANTS = [
     Mutant("M62", "pipeline.py", "self.prefix = self.pipe.dit.extend_prefix(self.prefix, *self._prefix_input(new, ones))",
            "self.prefix = self.pipe.dit.extend_prefix(self.prefix, *self._prefix_input(new, ones * False))",
            "block sampler: the generated blocks join the prefix masked out (the DiT never reads its own text)"),
+    # issue 21: the AR baseline, the CFG interval, REPA wiring, infilling, data, checkpoints, metrics, serving, export
+    Mutant("M63", "training/objectives.py", 'targets = batch["ids"][:, 1:].flatten()', 'targets = batch["ids"][:, :-1].flatten()',
+           "AR baseline: targets not shifted (it learns to copy the current token)"),
+    Mutant("M64", "models/ar.py", "step_ids, step_pos = token[:, None], mask.long().sum(1, keepdim=True) - 1",
+           "step_ids, step_pos = token[:, None], mask.long().sum(1, keepdim=True)",
+           "AR decoding: the KV-cached step's position is off by one"),
+    Mutant("M65", "models/ar.py", "causal=attn_mask is None, cache=", "causal=False, cache=",
+           "AR training attends to the future"),
+    Mutant("M66", "training/stages.py", "_frozen_teacher(cfg, device, cfg.teacher.layer if repa else 1)",
+           "_frozen_teacher(cfg, device, -1 if repa else 1)", "the VAE stage aligns to the last teacher layer, not teacher.layer"),
+    Mutant("M67", "models/vae.py", "loss = loss + cfg.repa_weight * (-cos)", "loss = loss + (-cos)",
+           "REPA weight ignored (always 1)"),
+    Mutant("M68", "training/stages.py", "        vae.latent_mean.copy_(mean.to(device))\n        vae.latent_std.copy_(std.to(device))\n",
+           "        pass\n", "the VAE's latent statistics are never measured: a saved model keeps mean 0 / std 1"),
+    Mutant("M69", "models/dit.py", "null_right = None if right is None else torch.cat([right, self.drop_context(right, drop)])",
+           "null_right = None if right is None else torch.cat([right, right])",
+           "infilling CFG: the unconditional branch keeps the right context"),
+    Mutant("M70", "training/objectives.py", '            right = self.dit.drop_context(right, batch["drop"])\n',
+           "            pass\n", "infilling training: dropped rows keep their right context"),
+    Mutant("M71", "pipeline.py", "guided = cfg_scale != 1.0 and s.cfg_min_t <= float(t[0]) <= s.cfg_max_t",
+           "guided = cfg_scale != 1.0 and not s.cfg_min_t <= float(t[0]) <= s.cfg_max_t",
+           "CFG interval inverted (guided outside it)"),
+    Mutant("M72", "pipeline.py", "cfg_scale if guided else 1.0,", "cfg_scale if guided else 0.0,",
+           "outside the CFG interval the unconditional branch alone (scale 0), not the conditional"),
+    Mutant("M73", "data/shards.py", "np.asarray(ids + [eot_id], dtype=dtype)", "np.asarray(ids, dtype=dtype)",
+           "shards drop the end-of-text between documents (documents run together)"),
+    Mutant("M74", "data/shards.py", "return h / 2**64 < val_fraction", "return h / 2**64 >= val_fraction",
+           "the held-out split inverted (most documents held out)"),
+    Mutant("M75", "data/shards.py", "usable = np.maximum(self.sizes - length, 0)", "usable = self.sizes",
+           "windows may run past a shard's end"),
+    Mutant("M76", "training/checkpoint.py", "return found[-1] if found else None", "return found[0] if found else None",
+           "without a `latest` pointer, a resume starts from the oldest checkpoint"),
+    Mutant("M77", "export.py", "return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}",
+           "return {k: v.detach().contiguous().cpu() for k, v in module.named_parameters()}",
+           "a saved model is missing its buffers (the latent statistics)"),
+    Mutant("M78", "serving/service.py", '"seed": req.seed,', '"seed": None,', "the server ignores a request's seed"),
+    Mutant("M79", "serving/service.py", '"steps": req.steps,', '"steps": None,', "the server ignores a request's steps"),
+    Mutant("M80", "evaluation/metrics.py", "scored[r, len(p): len(p) + len(c)] = True", "scored[r, : len(p)] = True",
+           "gen-PPL scores the prompt's tokens, not the continuation's"),
+    Mutant("M81", "evaluation/metrics.py", "continuation_nll(prompts[1:] + prompts[:1], continuations",
+           "continuation_nll(prompts, continuations", "prompt binding scores after the own prompt twice (always 1)"),
+    Mutant("M82", "evaluation/metrics.py", "return math.exp((other - own) / tokens)", "return math.exp((own - other) / tokens)",
+           "prompt binding inverted"),
 ]
 
 
@@ -207,8 +251,15 @@ def export_tree(rev: str | None, dest: Path) -> None:
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
 
 
+def failure_kind(line: str) -> str:
+    """A pytest short-summary line ("FAILED test - ExceptionType: message") -> "assertion" when a test's check
+    failed, "crash" when the code raised something else first."""
+    reason = line.split(" - ", 1)[1] if " - " in line else ""
+    return "assertion" if reason.startswith(("AssertionError", "assert ", "Failed:")) or not reason else "crash"
+
+
 def run_suite(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
-    """("passed" | "failed" | "timeout", the first failing test or the last output line, seconds)."""
+    """("passed" | "failed" | "timeout", the first failing test and how it failed, or the last output line, s)."""
     present = [t for t in tests if (tree / t.split("::")[0]).exists()]
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.time()
@@ -218,7 +269,7 @@ def run_suite(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, f
     except subprocess.TimeoutExpired:
         return "timeout", f"over {timeout:.0f} s", time.time() - start
     lines = proc.stdout.strip().splitlines()
-    failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    failed = [f"{line.split(' ')[1]} ({failure_kind(line)})" for line in lines if line.startswith(("FAILED ", "ERROR "))]
     detail = failed[0] if failed else (lines[-1] if lines else proc.stderr.strip()[-200:])
     return ("passed" if proc.returncode == 0 else "failed"), detail, time.time() - start
 

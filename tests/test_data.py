@@ -62,6 +62,9 @@ def test_tokenize_shards_and_windows(tiny_model_dir, tiny_corpus, cache_home, mo
     first = all_tokens[: int(np.flatnonzero(all_tokens == eot)[0])]
     first_train_doc = next(d for d in make_corpus() if not is_validation(d, 0.1))
     assert re.findall(r"\w+", tok.decode(first.tolist())) == re.findall(r"\w+", first_train_doc)
+    long = train.windows(64, 450, torch.Generator().manual_seed(1))  # near a shard's size: never past its end
+    text = [np.asarray(part).tolist() for part in train.parts]
+    assert all(any(_contains(part, row.tolist()) for part in text) for row in long[:8])
     w1 = train.windows(16, 20, torch.Generator().manual_seed(0))
     w2 = train.windows(16, 20, torch.Generator().manual_seed(0))
     assert w1.shape == (16, 20) and torch.equal(w1, w2)
@@ -184,3 +187,8 @@ def test_hub_data_sets_are_streamed_shard_by_shard(tiny_model_dir, tmp_path, cac
                               np.concatenate([np.asarray(p) for p in b.parts]))
     with pytest.raises(UserError, match="no column 'body'"):
         source_units("someone/corpus", text_field="body")
+
+
+def _contains(seq: list[int], window: list[int]) -> bool:
+    n = len(window)
+    return any(seq[i: i + n] == window for i in range(len(seq) - n + 1))

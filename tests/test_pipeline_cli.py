@@ -34,6 +34,9 @@ def test_demo_writes_everything(trained):
     assert "with prompt" in md and "ROUGE-L" in md and "generative perplexity" in md
     meta = json.loads((out / "model/config.json").read_text())
     assert meta["environment"]["versions"]["torch"] and meta["config"]["seed"] == 0
+    vae = TextLDMPipeline.from_pretrained(out / "model").vae  # the latent statistics were measured and saved
+    assert not torch.all(vae.latent_mean == 0) and not torch.all(vae.latent_std == 1)
+    assert c["prompt_binding"] > 0 and c["reference_prompt_binding"] > 0
 
 
 def test_save_load_round_trip_gives_identical_outputs(trained, tmp_path):

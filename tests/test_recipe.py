@@ -436,3 +436,43 @@ def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
         monkeypatch.setattr(objectives, "autocast_dtype", lambda precision, device: native)
         with objectives.teacher_context(cpu):
             assert torch.is_autocast_enabled("cpu") == expected
+
+
+# --- infilling: the right context under CFG -----------------------------------------------------------
+@torch.no_grad()
+def test_infill_guidance_nulls_both_contexts_in_the_unconditional_branch():
+    """v = v_u + s (v_c - v_u), where v_u sees the null latent in place of the prompt AND of the right context."""
+    dit = small_dit(infill_prob=0.5).eval()
+    g = torch.Generator().manual_seed(3)
+    x, ctx, right = (torch.randn(2, n, C, generator=g) for n in (4, 5, 3))
+    t = torch.tensor([0.3, 0.7])
+    drop = torch.ones(2, dtype=torch.bool)
+    v_c = dit(x, t, ctx, right=right)
+    v_u = dit(x, t, dit.drop_context(ctx, drop), right=dit.drop_context(right, drop))
+    guided = dit.guided_velocity(x, t, ctx, cfg_scale=2.5, right=right)
+    assert torch.allclose(guided, v_u + 2.5 * (v_c - v_u), atol=1e-5)
+    v_u_right_kept = dit(x, t, dit.drop_context(ctx, drop), right=right)
+    assert not torch.allclose(guided, v_u_right_kept + 2.5 * (v_c - v_u_right_kept), atol=1e-3)
+
+
+def test_dropped_training_rows_lose_the_right_context_too():
+    """In training, a row whose prompt is dropped (CFG) gets the null latent for its right context as well; the
+    other rows keep theirs."""
+    dit = small_dit(infill_prob=0.5)
+    calls = []
+    original = dit.forward
+
+    def spy(x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None, self_cond=None):
+        calls.append(right.clone())
+        return original(x_t, t, context, context_mask, target_mask, right, right_mask, self_cond)
+
+    dit.forward = spy
+    g = torch.Generator().manual_seed(0)
+    batch = {"noise": torch.randn(2, 4, C, generator=g), "target": torch.randn(2, 4, C, generator=g),
+             "t": torch.tensor([0.2, 0.8]), "context": torch.randn(2, 5, C, generator=g),
+             "context_mask": torch.ones(2, 5, dtype=torch.bool), "target_mask": torch.ones(2, 4, dtype=torch.bool),
+             "right": torch.randn(2, 3, C, generator=g), "right_mask": torch.ones(2, 3, dtype=torch.bool),
+             "drop": torch.tensor([True, False])}
+    DiTObjective(dit)(batch, step=0)
+    (right,) = calls
+    assert torch.equal(right[0], dit.null_context.detach().expand(3, C)) and torch.equal(right[1], batch["right"][1])

@@ -156,6 +156,9 @@ def test_interrupted_checkpoint_write_never_replaces_the_last_good_one(tmp_path,
     assert latest_checkpoint(folder).name == "step-00000002"
     save_checkpoint(folder, 6, {"step": 6})
     assert not stale.exists() and latest_checkpoint(folder).name == "step-00000006"
+    (folder / "latest").unlink()  # without the pointer, the newest complete checkpoint (not the oldest)
+    assert [p.name for p in sorted(folder.glob("step-*"))] == ["step-00000002", "step-00000006"]
+    assert latest_checkpoint(folder).name == "step-00000006"
     with pytest.raises(UserError, match="cannot read"):
         (folder / "step-00000006" / "state.pt").write_bytes(b"garbage")
         load_checkpoint(folder / "step-00000006")

@@ -66,3 +66,37 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     cfg.vae_train.steps = 3
     stages.train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
     assert (folder / "features.bin").stat().st_mtime_ns == mtime
+
+
+def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tmp_path, tiny_model_dir, tiny_corpus,
+                                                                               cache_home, monkeypatch):
+    """The teacher features the live VAE stage trains against are Teacher(name, teacher.layer)'s on the same ids
+    (not another layer's), and the loss it optimises is ce + kl_weight * kl - repa_weight * cos with weight 0.3."""
+    from conftest import tiny_overrides
+    from textldm.config import load_config
+    from textldm.models.vae import kl_weight_at
+    from textldm.training import stages
+    from textldm.training.objectives import VAEObjective, teacher_context
+
+    seen = []
+    original = VAEObjective.forward
+
+    def spy(self, batch, step):
+        loss, metrics = original(self, batch, step)
+        seen.append((batch, step, loss.detach(), metrics))
+        return loss, metrics
+
+    monkeypatch.setattr(VAEObjective, "forward", spy)
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
+                      ["vae.repa_weight=0.3", "vae_train.steps=2", "vae.kl_warmup_steps=2", "vae.repa_fraction=0.5"])
+    stages.train_vae(cfg, progress=False)
+    batch, step, loss, m = seen[-1]
+    n = batch["teacher"].shape[0]
+    assert n == 4  # repa_fraction 0.5 of a batch of 8
+    with torch.no_grad(), teacher_context(torch.device("cpu")):
+        expected = Teacher(tiny_model_dir, cfg.teacher.layer)(batch["ids"][:n], batch["mask"][:n])
+        other = Teacher(tiny_model_dir, -1)(batch["ids"][:n], batch["mask"][:n])
+    assert torch.allclose(batch["teacher"], expected, atol=1e-6)
+    assert not torch.allclose(batch["teacher"], other, atol=1e-2)
+    beta = kl_weight_at(step, cfg.vae)
+    assert beta > 0 and loss.item() == pytest.approx((m["ce"] + beta * m["kl"] - 0.3 * m["repa_cos"]).item(), rel=1e-5)
