@@ -162,8 +162,8 @@ class TextLDMPipeline(HubMixin):
         while active and remaining > 0 and not stopped:
             n = min(d.target_max, remaining)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
-            rows = self._sample_window(contexts, n, grid, s, [noise_seed(s.seed, window, first_index + i)
-                                                              for i in active], callback)
+            seeds = [noise_seed(s.seed, window, first_index + i) for i in active]
+            rows = self._sample_window(contexts, n, grid, s, seeds, callback)
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if self.eot_id not in row]
