@@ -24,18 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the fast suite: the recipe's unit tests, the learning test and the pipeline / CLI round trips (~1-2 min)
-FAST_SUITE = ["tests/test_recipe.py", "tests/test_levers.py", "tests/test_learning.py", "tests/test_models.py",
-              "tests/test_block.py", "tests/test_ar.py", "tests/test_teacher.py", "tests/test_data.py",
-              "tests/test_flow.py",
-              "tests/test_train.py", "tests/test_pipeline_cli.py",
-              "tests/test_ecosystem.py::test_a_step_callback_may_stop_the_sampler_or_replace_its_latents",
-              "tests/test_scale.py::test_gradient_accumulation_matches_one_big_batch",
-              "tests/test_scale.py::test_interrupted_checkpoint_write_never_replaces_the_last_good_one",
-              "tests/test_eval.py::test_generative_perplexity_matches_manual_likelihood",
-              "tests/test_eval.py::test_prompt_binding_is_the_perplexity_ratio_after_another_prompt",
-              "tests/test_serve.py::test_generate_is_deterministic_and_respects_length",
-              "tests/test_serve.py::test_stream_sends_every_step_then_the_same_text_as_generate"]
+# the fast suite: every test not marked slow or browser (pyproject.toml's markers), stopped at the first failure
+FAST_SUITE = ["tests"]
+FAST_MARKERS = "not slow and not browser"
 
 
 @dataclass(frozen=True)
@@ -272,7 +263,8 @@ def run_suite(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, f
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *present],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", FAST_MARKERS,
+                               *present],
                               cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", f"over {timeout:.0f} s", time.time() - start
@@ -286,7 +278,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", help="git revision to test (default: the working tree)")
     parser.add_argument("--only", help="comma-separated mutant ids")
-    parser.add_argument("--tests", default=",".join(FAST_SUITE), help="comma-separated test files (the fast suite)")
+    parser.add_argument("--tests", default=",".join(FAST_SUITE),
+                        help="comma-separated test files or ids (default: the fast suite, every test not slow/browser)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant run (a timeout counts as killed)")
     parser.add_argument("--out", help="also write the results as a markdown table here")
     args = parser.parse_args()

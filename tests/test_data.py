@@ -97,6 +97,7 @@ def _zst(path, docs):
         "".join(json.dumps({"text": d, "meta": {"n": i}}) + "\n" for i, d in enumerate(docs)).encode()))
 
 
+@pytest.mark.slow
 def test_jsonl_zst_archive_gives_identical_shards_with_one_or_several_workers(tmp_path, tiny_model_dir, monkeypatch):
     """OpenWebText2's layout - a .tar of .jsonl.zst files - tokenized by 1 and by 3 processes."""
     import tarfile

@@ -1,5 +1,6 @@
 """A 2-process gloo DDP run keeps replicas identical and follows the single-process trajectory for the same
 global batches (the batch builders draw the global batch from (seed, step) and each rank takes its slice)."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -52,6 +53,7 @@ def worker(rank, world, folder):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
     mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     vae = build()
@@ -72,6 +74,7 @@ def test_ddp_matches_single_process(tmp_path):
         assert torch.allclose(p0[name], p, atol=1e-4), f"DDP and single-process differ at {name}"
 
 
+@pytest.mark.slow
 def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus):
     """The whole demo under torchrun with 2 gloo processes: training on both ranks, evaluation and the
     report on rank 0, a clean exit on both."""

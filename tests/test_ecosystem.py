@@ -172,3 +172,63 @@ def test_version_and_run_metadata(trained):
     assert saved["versions"]["textldm"] == __version__
     git = env["git"]
     assert git is None or len(git["commit"]) == 40  # a git checkout records its revision
+
+
+# --- every network-touching command fails with one clear line offline -------------------------------------
+def _one_line_exit_2(capsys, args) -> str:
+    from textldm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_push_to_hub_offline_or_without_a_token_is_one_line(trained, capsys, monkeypatch, tmp_path):
+    """`textldm push-to-hub` with the Hub unreachable (HF_HUB_OFFLINE here; a refused connection or a missing token
+    the same way): one line naming the network and the token, exit 2, nothing written beside the model."""
+    import huggingface_hub
+
+    model = trained[0] / "model"
+    before = sorted(p.name for p in model.parent.iterdir())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = _one_line_exit_2(capsys, ["push-to-hub", "--model", str(model), "--repo", "someone/tiny"])
+    assert "cannot push to the Hub repo 'someone/tiny'" in err and "network" in err and "token" in err
+
+    class NoToken:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *a, **k):
+            raise huggingface_hub.errors.LocalTokenNotFoundError("Token is required (`token=True`), but no token found")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoToken)
+    err = _one_line_exit_2(capsys, ["push-to-hub", "--model", str(model), "--repo", "someone/tiny"])
+    assert "no token found" in err and "huggingface-cli login" in err
+    assert sorted(p.name for p in model.parent.iterdir()) == before
+
+
+def test_hub_ids_and_hub_data_offline_are_one_line(capsys, cache_home, tiny_model_dir, tmp_path):
+    """A model, a teacher and a data set named by Hub id with the Hub unreachable: one line each, exit 2."""
+    err = _one_line_exit_2(capsys, ["generate", "--model", "nobody/no-such-model", "--prompt", "x"])
+    assert "neither a local model folder nor a loadable Hub repo" in err
+    err = _one_line_exit_2(capsys, ["train-vae", "--config", "demo", "teacher.name=nobody/no-such-lm",
+                                    f"out_dir={tmp_path / 'a'}"])
+    assert "nobody/no-such-lm" in err
+    err = _one_line_exit_2(capsys, ["train-vae", "--config", "demo", "data.source=nobody/no-such-data",
+                                    f"teacher.name={tiny_model_dir}", f"out_dir={tmp_path / 'b'}"])
+    assert "nobody/no-such-data" in err
+
+
+def test_wandb_without_a_login_is_one_line(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, capsys, cache_home):
+    """train.wandb_project with no W&B login (and WANDB_MODE unset): one line saying how to log in or go offline."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    err = _one_line_exit_2(capsys, ["train-ar", "--quiet", *tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)),
+                                    "ar_train.steps=2", "ar.width=32", "ar.heads=2", "ar.depth=1",
+                                    "ar_train.wandb_project=textldm-test"])
+    assert "cannot start the W&B run" in err and "wandb login" in err and "WANDB_MODE=offline" in err

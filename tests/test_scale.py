@@ -79,6 +79,7 @@ def spawn(folder, name, cfg_kw=None, kill_at=None, resume=False):
     mp.spawn(worker, args=(2, str(folder), name, cfg_kw or {}, kill_at, resume), nprocs=2, join=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, parallel):
     kw = {"parallel": parallel}
@@ -98,6 +99,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, pa
     assert kept == ["step-00000006", "step-00000008"]  # keep_checkpoints=2
 
 
+@pytest.mark.slow
 def test_fsdp2_and_ddp_give_matching_losses(tmp_path):
     spawn(tmp_path, "ddp", {"checkpoint_every": 0, "steps": 5})
     spawn(tmp_path, "fsdp", {"checkpoint_every": 0, "steps": 5, "parallel": "fsdp"})

@@ -219,6 +219,7 @@ def test_a_client_that_goes_away_frees_its_slot(models):
             assert http.post("/api/generate", json={"prompt": "the man", "length": 3, "steps": 2}).status_code == 200
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(models):
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
@@ -254,6 +255,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.browser
 def test_page_in_a_headless_browser(models, tmp_path):
     """Load the page, submit a prompt, see intermediate steps arrive and the final text appear, move the
     scrubber; a screenshot goes to tests/artifacts/serve_page.png."""

@@ -118,10 +118,15 @@ def upload_model_folder(folder: Path, repo_id: str, *, private: bool | None = No
     """Create the Hub repo if needed and upload a saved model folder; returns the commit URL."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             revision=revision)
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 revision=revision)
+    except Exception as e:  # offline, no token, no access, network errors: one line, never a traceback
+        raise UserError(f"cannot push to the Hub repo '{repo_id}' ({first_line(e)}); check the network (and that "
+                        f"HF_HUB_OFFLINE is unset) and the token: `huggingface-cli login`, HF_TOKEN or --token"
+                        ) from None
     return str(getattr(info, "commit_url", info))
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from textldm.config import TrainConfig
-from textldm.errors import UserError
+from textldm.errors import UserError, first_line
 from textldm.training.distributed import is_main
 from textldm.utils import environment
 
@@ -86,8 +86,13 @@ class WandbSink:
             import wandb
         except ImportError:
             raise UserError("train wandb_project=... needs Weights & Biases: pip install 'textldm[wandb]'") from None
-        self.run = wandb.init(project=project, dir=str(folder), name=f"{folder.name}/{desc}", group=folder.name,
-                              tags=[desc, folder.name], config=config)
+        try:
+            self.run = wandb.init(project=project, dir=str(folder), name=f"{folder.name}/{desc}", group=folder.name,
+                                  tags=[desc, folder.name], config=config)
+        except Exception as e:  # no API key, no network, a bad WANDB_MODE: one line, never a traceback
+            raise UserError(f"cannot start the W&B run of project '{project}' ({first_line(e)}); log in with "
+                            f"`wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to write the run "
+                            f"locally and `wandb sync` it later") from None
 
     def write(self, record: dict):
         """Log a record's numbers at its step; the end record goes into the run summary."""
