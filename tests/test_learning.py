@@ -133,12 +133,13 @@ def test_the_unconditional_branch_learned_to_denoise(learned):
     """CFG needs a trained unconditional branch. With the prompt dropped the continuation is a uniform draw of
     tokens, whose latents the DiT must still denoise better than the best linear predictor over the second half
     of the path (and far better with the prompt). Without CFG condition dropout in training the null branch is
-    never trained, and its loss there is 3-8x that baseline."""
+    never trained, and its loss there is 3-8x that baseline; trained, 0.52-0.85x over 5 seeds. The limit, 1.5x,
+    sits 1.8x above the worst trained seed and 2x below the untrained branch (docs/testing.md)."""
     pipe = learned[0]
     quarters = evaluate_dit(pipe.dit, pipe.vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                             device=torch.device("cpu"))["quarters"]
     for q in quarters[2:]:
-        assert q["prompt_dropped"] < q["linear_gaussian"], q
+        assert q["prompt_dropped"] < 1.5 * q["linear_gaussian"], q
         assert q["with_prompt"] < 0.5 * q["linear_gaussian"], q
 
 
