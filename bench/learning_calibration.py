@@ -1,7 +1,7 @@
 """Calibrate the learning tests' thresholds: the numbers each check compares, over several seeds, for the full-window
 recipe, block mode (blocks of 2 on a causal VAE) and the AR baseline (tests/test_learning.py, tests/test_ar.py).
 
-    PYTHONPATH=tests python bench/learning_calibration.py --seeds 0,1,2,3,4 > bench/results/learning_test_calibration.txt
+    python bench/learning_calibration.py --seeds 0,1,2,3,4 > bench/results/learning_test_calibration.txt
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import CHANCE, PERIOD, PeriodicStream, accuracy, train_tiny_recipe  # noqa: E402
-
 from textldm.config import ARConfig, TrainConfig  # noqa: E402
 from textldm.evaluation.heldout import evaluate_dit, same_noise_agreement  # noqa: E402
 from textldm.models.ar import CausalLM, generate  # noqa: E402
