@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import PeriodicStream, train_tiny_recipe, validation_loss  # noqa: E402
 from textldm.config import TrainConfig  # noqa: E402
 from textldm.models.dit import TextDiT  # noqa: E402
+from textldm.training.batches import dit_batches  # noqa: E402
 from textldm.training.loop import EMA, fit  # noqa: E402
-from textldm.training.objectives import DiTObjective, dit_batches  # noqa: E402
+from textldm.training.objectives import DiTObjective  # noqa: E402
 
 
 def run(pipe, steps: int, seed: int, ema: float, warmup: bool) -> float:

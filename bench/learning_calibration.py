@@ -15,10 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import CHANCE, PERIOD, PeriodicStream, accuracy, train_tiny_recipe  # noqa: E402
 from textldm.config import ARConfig, TrainConfig  # noqa: E402
-from textldm.evaluation.heldout import evaluate_dit, same_noise_agreement  # noqa: E402
+from textldm.evaluation.heldout import same_noise_agreement  # noqa: E402
 from textldm.models.ar import CausalLM, generate  # noqa: E402
+from textldm.training.batches import ar_batches  # noqa: E402
 from textldm.training.loop import fit  # noqa: E402
-from textldm.training.objectives import ARObjective, ar_batches  # noqa: E402
+from textldm.training.objectives import ARObjective  # noqa: E402
+from textldm.training.validate import evaluate_dit  # noqa: E402
 
 
 def recipe(seed: int, block_size: int) -> dict:

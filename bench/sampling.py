@@ -33,7 +33,7 @@ from textldm.diffusion.sampling import evaluations
 from textldm.models.ar import CausalLM
 from textldm.models.ar import generate as ar_generate
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, param_count
+from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.perf import (
     ar_flops_per_sequence,
@@ -42,6 +42,7 @@ from textldm.training.perf import (
     dit_cached_flops_per_sequence,
     dit_flops_per_sequence,
 )
+from textldm.utils import param_count
 
 VOCAB, PROMPT, WINDOW = 49_152, 256, 256
 SOLVERS = [("euler", 50), ("euler", 10), ("heun", 5), ("ab2", 9)]

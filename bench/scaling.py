@@ -43,10 +43,10 @@ from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
 from textldm.evaluation.heldout import position_agreement
 from textldm.evaluation.metrics import prompt_binding
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, param_count
+from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 from textldm.training import stages
-from textldm.utils import atomic_write_text, environment, write_json
+from textldm.utils import atomic_write_text, environment, param_count, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"mauve": "MAUVE", "gen_ppl": "gen-PPL", "prompt_binding": "prompt binding", "rougeL": "ROUGE-L",

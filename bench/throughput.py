@@ -26,9 +26,10 @@ from synthetic import ZipfStream
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, param_count
-from textldm.training.loop import autocast_dtype, fit
-from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective, ar_batches, vae_batches
+from textldm.models.vae import TextVAE
+from textldm.training.batches import ar_batches, vae_batches
+from textldm.training.loop import fit
+from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
 from textldm.training.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
@@ -36,6 +37,8 @@ from textldm.training.perf import (
     matmul_peak_flops,
     vae_flops_per_sequence,
 )
+from textldm.training.precision import autocast_dtype
+from textldm.utils import param_count
 
 VOCAB = 49_152  # SmolLM2's, the demo tokenizer
 TEACHER_DIM = 576

@@ -16,7 +16,8 @@ import torch
 from textldm.config import DiTConfig, VAEConfig
 from textldm.diffusion.flow import flow_loss, interpolate
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, vae_loss
+from textldm.models.vae import TextVAE
+from textldm.training.objectives import vae_loss
 
 
 def timed(step, n: int) -> float:

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from test_learning import PERIOD, VOCAB, PeriodicStream, accuracy
 from textldm.config import ARConfig, TrainConfig
 from textldm.models.ar import CausalLM, generate
+from textldm.training.batches import ar_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, ar_batches
+from textldm.training.objectives import ARObjective
 
 
 def test_the_ar_objective_is_next_token_cross_entropy():

@@ -229,7 +229,7 @@ def test_block_batches_noise_every_block_and_pad_the_first(block_t):
     """Per-block times differ within a window (one shared time is the dit.block_t=shared alternative); the first
     block is left-padded by 0..B-1 tokens (every amount occurs), later blocks never; the clean latents are the
     block-causal VAE's encoding of the window under that mask."""
-    from textldm.training.objectives import block_batches, encode_latents
+    from textldm.training.batches import block_batches, encode_latents
 
     vae, dit = tiny_vae(), tiny_dit(block_t=block_t)
     batch = block_batches(RandomStream(), vae, dit.cfg, 64, seed=0, device=torch.device("cpu"))(0)

@@ -7,8 +7,9 @@ import torch.multiprocessing as mp
 
 from textldm.config import TrainConfig, VAEConfig
 from textldm.models.vae import TextVAE
+from textldm.training.batches import vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import VAEObjective, vae_batches
+from textldm.training.objectives import VAEObjective
 
 VOCAB, TEACHER_DIM = 40, 12
 

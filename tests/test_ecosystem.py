@@ -222,8 +222,11 @@ def test_hub_ids_and_hub_data_offline_are_one_line(capsys, cache_home, tiny_mode
 
 
 def test_wandb_without_a_login_is_one_line(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, capsys, cache_home):
-    """train.wandb_project with no W&B login (and WANDB_MODE unset): one line saying how to log in or go offline."""
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    """train.wandb_project with no W&B login, online: one line saying how to log in or go offline."""
+    import wandb
+
+    wandb.teardown()  # a run earlier in this process (offline) leaves W&B's settings behind
+    monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))

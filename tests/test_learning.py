@@ -18,12 +18,14 @@ import pytest
 import torch
 
 from textldm.config import Config, DiTConfig, SampleConfig, TrainConfig, VAEConfig
-from textldm.evaluation.heldout import evaluate_dit, latent_statistics, position_agreement, same_noise_agreement
+from textldm.evaluation.heldout import position_agreement, same_noise_agreement
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
+from textldm.training.batches import dit_batches, vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import DiTObjective, VAEObjective, dit_batches, vae_batches
+from textldm.training.objectives import DiTObjective, VAEObjective
+from textldm.training.validate import evaluate_dit, latent_statistics
 
 VOCAB, PERIOD = 10, 4
 CONTEXT_MIN, CONTEXT_MAX = PERIOD, PERIOD + 3

@@ -16,8 +16,7 @@ import torch
 from test_recipe import C, perturbed, tiny_pipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
-from textldm.models.vae import decoder_noise, vae_loss
-from textldm.training.objectives import DiTObjective
+from textldm.training.objectives import DiTObjective, decoder_noise, vae_loss
 from textldm.training.perf import decoder_ce_flops_per_sequence, dit_flops_per_sequence
 
 
@@ -114,7 +113,7 @@ def test_cached_context_with_self_conditioning_matches_the_full_forward():
 
 def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monkeypatch):
     from test_recipe import CountingStream, small_vae
-    from textldm.evaluation.heldout import evaluate_dit
+    from textldm.training.validate import evaluate_dit
 
     dit = perturbed(self_cond_dit(context_min=2, context_max=5, target_min=2, target_max=4))
     estimates = []

@@ -7,7 +7,8 @@ import torch
 from textldm.config import DiTConfig, VAEConfig
 from textldm.models.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, kl_per_token, repa_cosine, vae_loss
+from textldm.models.vae import TextVAE
+from textldm.training.objectives import kl_per_token, repa_cosine, vae_loss
 
 
 def small_vae(**kw) -> TextVAE:
@@ -277,7 +278,7 @@ def test_right_context_for_infilling():
     changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
     from textldm.config import DiTConfig
     from textldm.models.dit import TextDiT
-    from textldm.training.objectives import right_context
+    from textldm.training.batches import right_context
 
     torch.manual_seed(0)
     for cacheable in (False, True):

@@ -14,16 +14,18 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from test_train import Quadratic
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.diffusion.flow import sample_t, time_grid
-from textldm.evaluation.heldout import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics, position_agreement
+from textldm.evaluation.heldout import position_agreement
 from textldm.models import blocks
 from textldm.models.ar import CausalLM
 from textldm.models.blocks import TransformerBlock, rope_angles
 from textldm.models.dit import TextDiT
-from textldm.models.vae import TextVAE, kl_weight_at, vae_loss
+from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline, noise_seed
+from textldm.training.batches import dit_batches
 from textldm.training.distributed import step_generator
 from textldm.training.loop import fit
-from textldm.training.objectives import DiTObjective, VAEObjective, dit_batches
+from textldm.training.objectives import DiTObjective, VAEObjective, kl_weight_at, vae_loss
+from textldm.training.validate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
 from textldm.utils import derive_seed
 
 C = 8  # latent channels
@@ -429,12 +431,12 @@ def test_position_agreement_by_hand():
 
 def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
     """Emulated bf16 autocast ran the REPA teacher 5.4x slower on a CPU without bf16 units."""
-    from textldm.training import objectives
+    from textldm.training import precision
 
     cpu = torch.device("cpu")
     for native, expected in ((torch.bfloat16, True), (None, False)):
-        monkeypatch.setattr(objectives, "autocast_dtype", lambda precision, device: native)
-        with objectives.teacher_context(cpu):
+        monkeypatch.setattr(precision, "autocast_dtype", lambda precision, device: native)
+        with precision.teacher_context(cpu):
             assert torch.is_autocast_enabled("cpu") == expected
 
 

@@ -13,10 +13,11 @@ import torch.multiprocessing as mp
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.errors import UserError
 from textldm.models.vae import TextVAE
+from textldm.training.batches import vae_batches
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from textldm.training.distributed import split_batch
 from textldm.training.loop import fit
-from textldm.training.objectives import VAEObjective, vae_batches
+from textldm.training.objectives import VAEObjective
 
 VOCAB, TEACHER_DIM = 40, 12
 
@@ -174,7 +175,7 @@ def test_flops_from_the_shape_match_the_counted_flops():
     from textldm.diffusion.flow import flow_loss
     from textldm.models.ar import CausalLM
     from textldm.models.dit import TextDiT
-    from textldm.models.vae import vae_loss
+    from textldm.training.objectives import vae_loss
     from textldm.training.perf import (
         TRAIN_FACTOR,
         ar_flops_per_sequence,
@@ -222,7 +223,8 @@ def test_throughput_logging_reports_sane_numbers(tmp_path):
     """tokens/s, FLOP/s and MFU in the log agree with each other and with the wall clock, and MFU is a
     fraction of a matrix-product peak measured in the same process."""
     from textldm.models.ar import CausalLM
-    from textldm.training.objectives import ARObjective, ar_batches
+    from textldm.training.batches import ar_batches
+    from textldm.training.objectives import ARObjective
     from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, matmul_peak_flops
 
     torch.manual_seed(0)

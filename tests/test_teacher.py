@@ -42,7 +42,7 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     from conftest import tiny_overrides
     from textldm.config import load_config
     from textldm.training import stages
-    from textldm.training.objectives import vae_batches
+    from textldm.training.batches import vae_batches
     from textldm.training.teacher_cache import TeacherCache, aligned_windows
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
@@ -74,9 +74,9 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     (not another layer's), and the loss it optimises is ce + kl_weight * kl - repa_weight * cos with weight 0.3."""
     from conftest import tiny_overrides
     from textldm.config import load_config
-    from textldm.models.vae import kl_weight_at
     from textldm.training import stages
-    from textldm.training.objectives import VAEObjective, teacher_context
+    from textldm.training.objectives import VAEObjective, kl_weight_at
+    from textldm.training.precision import teacher_context
 
     seen = []
     original = VAEObjective.forward

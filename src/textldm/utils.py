@@ -145,3 +145,7 @@ def cut_at(rows: list[list[int]], stop_id: int | None) -> list[list[int]]:
     """Each row of token ids up to (not including) its first `stop_id`."""
     return [row[: row.index(stop_id)] if stop_id in row else row for row in rows]
 
+
+def param_count(module: torch.nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textldm.config import Config
 from textldm.models.ar import CausalLM
-from textldm.models.vae import param_count
 from textldm.pipeline import TextLDMPipeline
+from textldm.utils import param_count
 
 
 def inference_params(pipe: TextLDMPipeline) -> int:

@@ -27,9 +27,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from textldm.diffusion.sampling import SOLVERS
 from textldm.errors import UserError
-from textldm.models.vae import param_count
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.serving.service import Busy, GenerationService, JobTimeout, NotLoaded, ServeLimits
+from textldm.utils import param_count
 
 log = logging.getLogger(__name__)
 SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},

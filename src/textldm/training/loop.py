@@ -28,23 +28,13 @@ from textldm.models.blocks import TransformerBlock
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textldm.training.distributed import is_main, rank, split_batch, world_size
 from textldm.training.perf import Throughput, matmul_peak_flops
+from textldm.training.precision import autocast_dtype
 from textldm.training.tracking import TrainingLog
 
 log = logging.getLogger(__name__)
 
 
 # optimisation -----------------------------------------------------------------------------------------
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast for training where it pays: on GPUs, and on CPUs with native bf16 matrix units
-    (2-2.5x faster steps here). Losses, norms and the cosine are computed in fp32 inside the models."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if native else None
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params). The fused kernel
     on GPU, and on CPU where parameters are plain tensors (FSDP's sharded ones take the foreach path)."""

@@ -1,28 +1,98 @@
-"""Training objectives (what DDP wraps) and the batch builders that feed them.
-
-Each batch builder draws the whole *global* batch from a generator seeded by (seed, step) - windows,
-truncation lengths, noise, timesteps, CFG drops - then keeps this rank's slice (see `train`).
+"""The training objectives, each read top to bottom: the VAE's loss (reconstruction CE + beta * KL - lambda * REPA
+cosine, with the sampled softmax and the robust-decoder noise it may use), the DiT's flow-matching loss (full window
+or block-causal, with the token-aware term when on) and the AR baseline's next-token cross-entropy. Each objective
+is the nn.Module that `fit` trains (and DDP wraps); the batches they read come from `training/batches.py`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from textldm.config import DiTConfig, VAEConfig
-from textldm.data.shards import TokenStream
-from textldm.diffusion.flow import clean_estimate, flow_loss, interpolate, sample_t
+from textldm.config import VAEConfig
+from textldm.diffusion.flow import clean_estimate, flow_loss, interpolate
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.lmhead import linear_cross_entropy
-from textldm.models.vae import TextVAE, kl_weight_at, sampled_softmax, vae_loss
-from textldm.training.distributed import local_slice, step_generator
-from textldm.training.loop import autocast_dtype
+from textldm.models.vae import TextVAE
 
 
-def teacher_context(device: torch.device):
-    """The teacher runs under bf16 autocast where bf16 is native (GPUs, CPUs with bf16 matrix units): ~3x faster,
-    and a cosine target needs no more. Elsewhere in fp32: emulated bf16 made it 5.4x slower on a CPU without it."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype("auto", device) is not None)
+# the VAE -----------------------------------------------------------------------------------------------
+def kl_per_token(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over channels: (B, L, C) -> (B, L)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def repa_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-token cosine similarity with the (stop-gradient) teacher features: (B, L, D) x2 -> (B, L)."""
+    return F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-6)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is true."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def sampled_softmax(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, generator=None):
+    """(output rows, targets as indices into them) of a softmax over the batch's own tokens, their nearest
+    neighbours (when `build_neighbor_table` ran) and vae.cfg.sampled_negatives random tokens: every target
+    stays a candidate, and on a CPU the vocabulary projection no longer dominates the cost."""
+    present = ids[mask]
+    negatives = [torch.randint(0, vae.vocab_size, (vae.cfg.sampled_negatives,), generator=generator).to(ids.device)]
+    if vae.neighbors is not None:
+        negatives.append(vae.neighbors[present].flatten())
+    candidates = torch.unique(torch.cat([present, *negatives]))
+    return vae.output_weight()[candidates], torch.searchsorted(candidates, ids.clamp(max=candidates[-1]))
+
+
+def decoder_noise(mean: torch.Tensor, mask: torch.Tensor, scale: float, generator=None) -> torch.Tensor:
+    """Extra noise for a decoder robust to generated latents: Gaussian, with a std of `scale` x U(0, 1) (one
+    level per sequence, so the decoder sees clean to very noisy latents) x each channel's std over the batch's
+    real tokens - the units of the DiT's normalised latents, where its errors live."""
+    B, L, C = mean.shape
+    channel_std = mean[mask].std(0) if mask.sum() > 1 else mean.new_ones(C)
+    level = scale * torch.rand(B, 1, 1, generator=generator).to(mean.device)
+    return level * channel_std * torch.randn(B, L, C, generator=generator).to(mean.device)
+
+
+def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None):
+    """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos). Returns (loss, metrics dict).
+
+    With cfg.softmax == "sampled" (training only) the softmax runs over `sampled_softmax`'s candidates; with
+    cfg.decoder_noise > 0 (training only) the decoder reads the latents with `decoder_noise` added."""
+    cfg = vae.cfg
+    mean, logvar, feature = vae.encode_features(ids, mask)
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    z = mean + (0.5 * logvar).exp() * noise
+    if cfg.decoder_noise > 0 and vae.training:
+        z = z + decoder_noise(mean.detach(), mask, cfg.decoder_noise, generator)
+    hidden = vae.decode_hidden(z, mask)
+    weight, targets = vae.output_weight(), ids
+    if cfg.softmax == "sampled" and vae.training:
+        weight, targets = sampled_softmax(vae, ids, mask, generator)
+    # the masked mean of the per-token CE, without the (tokens x vocabulary) logits ever existing whole
+    token_weights = mask.float() / mask.sum().clamp_min(1)
+    ce, correct = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), token_weights.flatten())
+    kl = masked_mean(kl_per_token(mean, logvar), mask)
+    acc = masked_mean(correct.view_as(targets).float(), mask)
+    loss = ce + kl_weight * kl
+    metrics = {"ce": ce.detach(), "kl": kl.detach(), "acc": acc.detach()}
+    if vae.repa_proj is not None and teacher_features is not None:
+        n = teacher_features.shape[0]  # teacher features may cover only the first n sequences
+        cos = masked_mean(repa_cosine(vae.repa_proj(feature[:n]), teacher_features), mask[:n])
+        loss = loss + cfg.repa_weight * (-cos)
+        metrics["repa_cos"] = cos.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def kl_weight_at(step: int, cfg: VAEConfig) -> float:
+    """The KL weight at a step: linear warm-up from 0 over kl_warmup_steps."""
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.kl_weight
+    return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)
 
 
 class VAEObjective(nn.Module):
@@ -37,37 +107,7 @@ class VAEObjective(nn.Module):
                         kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"])
 
 
-def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None,
-                cache=None):
-    """With a `TeacherCache`, whole cached windows are drawn and their stored teacher features used."""
-    L = cfg.max_len
-
-    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
-        g = step_generator(seed, step)
-        if cache is not None:
-            idx = torch.randint(0, len(cache), (batch_size,), generator=g)
-            ids = cache.ids(idx)
-        else:
-            ids = stream.windows(batch_size, L, g)
-        lengths = torch.full((batch_size,), L)
-        cut = torch.rand(batch_size, generator=g) < cfg.truncate_prob
-        lengths[cut] = torch.randint(1, L + 1, (int(cut.sum()),), generator=g)
-        noise = torch.randn(batch_size, L, cfg.latent_channels, generator=g)
-        sl = local_slice(batch_size, micro, accum)
-        ids, lengths, noise = ids[sl].to(device), lengths[sl].to(device), noise[sl].to(device)
-        mask = torch.arange(L, device=device)[None] < lengths[:, None]
-        batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1 + micro)}
-        n = max(1, round(cfg.repa_fraction * ids.shape[0]))  # teacher features for the first n sequences
-        if cache is not None:
-            batch["teacher"] = cache.features(idx[sl][:n]).to(device)
-        elif teacher is not None:
-            with teacher_context(device):
-                batch["teacher"] = teacher(ids[:n], mask[:n])
-        return batch
-
-    return get
-
-
+# the DiT -----------------------------------------------------------------------------------------------
 class DiTObjective(nn.Module):
     """Velocity MSE on the target positions, plus (dit.cfg.decoder_ce_weight > 0) the token-aware term: the frozen
     VAE decoder's cross-entropy on the DiT's clean-latent estimate. The VAE is held outside the module's
@@ -138,104 +178,7 @@ class DiTObjective(nn.Module):
         return estimate
 
 
-@torch.no_grad()
-def encode_latents(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """Token ids -> the frozen VAE's posterior means, standardised when the DiT uses normalised latents."""
-    z = vae.encode(ids, mask)
-    return vae.normalize(z) if normalize else z
-
-
-def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):
-    """window (B, context_max + target_max): the context is the `context_len` tokens just before position
-    context_max, moved to the left edge (right padding); the target starts at position context_max."""
-    idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]
-    context_mask = torch.arange(context_max)[None] < context_len[:, None]
-    context = torch.where(context_mask, window.gather(1, idx.clamp(max=context_max - 1)), 0)
-    target = window[:, context_max:]
-    target_mask = torch.arange(target.shape[1])[None] < target_len[:, None]
-    return context, context_mask, torch.where(target_mask, target, 0), target_mask
-
-
-def right_context(window: torch.Tensor, target_len: torch.Tensor, right_len: torch.Tensor, context_max: int):
-    """The `right_len` tokens that follow each target's real end (at context_max + target_len) in `window`,
-    moved to the left edge (right padding)."""
-    start = context_max + target_len
-    idx = (start[:, None] + torch.arange(context_max)[None]).clamp(max=window.shape[1] - 1)
-    mask = torch.arange(context_max)[None] < right_len[:, None]
-    return torch.where(mask, window.gather(1, idx), 0), mask
-
-
-def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
-                shard: bool = True):
-    """Batches of (clean context latents, target latents, noise, t, CFG drop), each side encoded separately.
-    `get(step, micro, accum)` is this rank's micro-th part of step `step`'s global batch;
-    `get(step, t=...)` takes given timesteps (global batch) instead of drawing them - for stratified evaluation.
-    shard=False keeps the whole global batch (evaluation runs on rank 0 alone). Block mode: `block_batches`."""
-    if cfg.block_size:
-        return block_batches(stream, vae, cfg, batch_size, seed, device, shard)
-    C = vae.cfg.latent_channels
-
-    def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
-        g = step_generator(seed, step)
-        span = cfg.context_max + cfg.target_max
-        window = stream.windows(batch_size, span + (cfg.context_max if cfg.infill_prob > 0 else 0), g)
-        context_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
-        target_len = torch.randint(cfg.target_min, cfg.target_max + 1, (batch_size,), generator=g)
-        if t is None:
-            t = sample_t(batch_size, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g)
-        drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
-        noise = torch.randn(batch_size, cfg.target_max, C, generator=g)
-        sl = local_slice(batch_size, micro, accum) if shard else slice(None)
-        ctx, ctx_mask, tgt, tgt_mask = split_context_target(window[sl, :span], context_len[sl], target_len[sl],
-                                                            cfg.context_max)
-        ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in (ctx, ctx_mask, tgt, tgt_mask))
-        batch = {"context": encode_latents(vae, ctx, ctx_mask, cfg.normalize_latents), "context_mask": ctx_mask,
-                 "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
-                 "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device),
-                 "target_ids": tgt}
-        if cfg.decoder_ce_weight > 0:  # the token-aware loss's sampled negatives
-            batch["generator"] = step_generator(seed, step, stream=1 + micro)
-        if cfg.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
-            right_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
-            right_len[torch.rand(batch_size, generator=g) >= cfg.infill_prob] = 0
-            right, right_mask = right_context(window[sl], target_len[sl], right_len[sl], cfg.context_max)
-            right, right_mask = right.to(device), right_mask.to(device)
-            batch["right"] = encode_latents(vae, right, right_mask, cfg.normalize_latents)
-            batch["right_mask"] = right_mask
-        if cfg.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
-            batch["self_cond"] = (torch.rand(batch_size, generator=g) < cfg.self_condition_prob)[sl].to(device)
-        return batch
-
-    return get
-
-
-def block_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: int, seed: int, device: torch.device,
-                  shard: bool = True):
-    """Block mode's batches: windows of context_max + target_max tokens, encoded once by the block-causal VAE (the
-    clean latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
-    dit.block_t=shared - and the CFG drop per window. The first block is left-padded by 0..B-1 tokens, as a prompt
-    that does not fill whole blocks is at sampling. `get(step, t=...)` takes given (N, L / B) times."""
-    C, B, L = vae.cfg.latent_channels, cfg.block_size, cfg.context_max + cfg.target_max
-
-    def get(step: int, micro: int = 0, accum: int = 1, t: torch.Tensor | None = None) -> dict:
-        g = step_generator(seed, step)
-        ids = stream.windows(batch_size, L, g)
-        pad = torch.randint(0, B, (batch_size,), generator=g)
-        if t is None:
-            per_window = 1 if cfg.block_t == "shared" else L // B
-            t = sample_t(batch_size * per_window, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g)
-            t = t.view(batch_size, per_window).expand(batch_size, L // B)
-        drop = torch.rand(batch_size, generator=g) < cfg.p_uncond
-        noise = torch.randn(batch_size, L, C, generator=g)
-        sl = local_slice(batch_size, micro, accum) if shard else slice(None)
-        mask = (torch.arange(L)[None] >= pad[:, None])[sl].to(device)
-        ids = torch.where(mask, ids[sl].to(device), 0)
-        return {"target": encode_latents(vae, ids, mask, cfg.normalize_latents), "mask": mask,
-                "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device), "target_ids": ids}
-
-    return get
-
-
+# the AR baseline ---------------------------------------------------------------------------------------
 class ARObjective(nn.Module):
     """Next-token cross-entropy (softmax in fp32), head and loss fused (`linear_cross_entropy`)."""
 
@@ -252,10 +195,3 @@ class ARObjective(nn.Module):
         return loss, {"loss": loss.detach()}
 
 
-def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.device):
-    """Windows of seq_len + 1 tokens (inputs and shifted targets), global batch drawn from (seed, step)."""
-    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
-        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
-        return {"ids": ids[local_slice(batch_size, micro, accum)].to(device)}
-
-    return get

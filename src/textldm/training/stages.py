@@ -20,16 +20,16 @@ from textldm.config import Config, TrainConfig, to_dict, validate
 from textldm.data.corpus import check_source
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
-from textldm.evaluation.heldout import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
 from textldm.export import read_model_config
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
-from textldm.models.vae import TextVAE, param_count
+from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.training.batches import ar_batches, dit_batches, vae_batches
 from textldm.training.distributed import barrier, is_main, resolve_batch_size, setup_distributed, split_batch
 from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective, ar_batches, dit_batches, vae_batches
+from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
 from textldm.training.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
@@ -39,7 +39,8 @@ from textldm.training.perf import (
     vae_flops_per_sequence,
 )
 from textldm.training.teacher_cache import TeacherCache, build_teacher_cache, default_folder
-from textldm.utils import atomic_write_text, environment, seed_everything, write_json
+from textldm.training.validate import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
+from textldm.utils import atomic_write_text, environment, param_count, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 

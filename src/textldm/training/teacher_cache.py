@@ -18,7 +18,7 @@ import torch
 
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
-from textldm.training.objectives import teacher_context
+from textldm.training.precision import teacher_context
 from textldm.utils import atomic_dir, cache_dir
 
 

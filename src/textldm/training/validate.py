@@ -1,0 +1,172 @@
+"""Held-out checks a training stage runs, and what it measures on the way (the VAE's latent statistics):
+
+- VAE: token reconstruction accuracy from the posterior mean (and from a posterior sample), mean REPA cosine.
+- DiT: validation velocity loss per timestep quarter, next to the same loss with the prompt dropped and
+  the loss of the best linear predictor for Gaussian data with the latents' per-channel variance (block mode:
+  per block, each block's prompt being its clean prefix).
+- AR baseline: held-out next-token loss, perplexity and accuracy.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from textldm.data.shards import TokenStream
+from textldm.diffusion.flow import clean_estimate, flow_loss, gaussian_optimal_loss, interpolate, velocity_error
+from textldm.models.vae import TextVAE
+from textldm.training.batches import dit_batches
+from textldm.training.distributed import step_generator
+from textldm.training.objectives import repa_cosine
+from textldm.training.precision import teacher_context
+
+log = logging.getLogger(__name__)
+STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std
+EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
+HEAD_TOKENS = 4  # the first target tokens, where the prompt carries the most information
+
+
+@torch.no_grad()
+def evaluate_vae(vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                 device: torch.device, teacher=None) -> dict:
+    """Held-out reconstruction accuracy (posterior mean and sample) and the REPA cosine of a VAE."""
+    vae.eval()
+    correct = correct_sampled = total = 0
+    cos_sum, cos_n = 0.0, 0
+    for b in range(n_batches):
+        g = step_generator(seed, b, EVAL_STREAM)
+        ids = stream.windows(batch_size, vae.cfg.max_len, g).to(device)
+        mean, logvar, feature = vae.encode_features(ids)
+        correct += (vae.decode(mean).argmax(-1) == ids).sum().item()
+        noise = torch.randn(mean.shape, generator=g).to(device)
+        correct_sampled += (vae.decode(mean + (0.5 * logvar).exp() * noise).argmax(-1) == ids).sum().item()
+        total += ids.numel()
+        if teacher is not None and vae.repa_proj is not None:
+            with teacher_context(device):
+                target = teacher(ids)
+            cos = repa_cosine(vae.repa_proj(feature), target)
+            cos_sum, cos_n = cos_sum + cos.sum().item(), cos_n + cos.numel()
+    out = {"recon_acc": correct / total, "recon_acc_sampled": correct_sampled / total, "tokens": total}
+    if cos_n:
+        out["repa_cos"] = cos_sum / cos_n
+    return out
+
+
+@torch.no_grad()
+def latent_statistics(vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the posterior means over training windows."""
+    vae.eval()
+    s = s2 = n = 0
+    for b in range(n_batches):
+        ids = stream.windows(batch_size, vae.cfg.max_len, step_generator(seed, b, EVAL_STREAM + 1)).to(device)
+        z = vae.encode(ids).double().reshape(-1, vae.cfg.latent_channels)
+        s, s2, n = s + z.sum(0), s2 + z.pow(2).sum(0), n + z.shape[0]
+    mean = s / n
+    std = (s2 / n - mean.pow(2)).clamp_min(0).sqrt()
+    return mean.float(), std_floor(std).float()
+
+
+def std_floor(std: torch.Tensor) -> torch.Tensor:
+    """Raise channel stds below STD_FLOOR x the median channel std to that floor, with a warning. A collapsed
+    channel (the VAE stopped using it) then stays near 0 after normalisation instead of having its numerical
+    noise blown up to unit variance, which the DiT would have to learn to predict."""
+    floor = max(STD_FLOOR * float(std.median()), 1e-6)
+    collapsed = (std < floor).nonzero().flatten().tolist()
+    if collapsed:
+        log.warning("latent channels %s have collapsed (std below %.0e x the median channel std %.3g); normalising "
+                    "them by that floor", collapsed, STD_FLOOR, float(std.median()))
+    return std.clamp_min(floor)
+
+
+@torch.no_grad()
+def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+                 device: torch.device) -> dict:
+    """Loss per timestep quarter with the prompt, with the prompt dropped (CFG null), and for the Gaussian
+    optimal linear predictor. t is stratified: a quarter of every batch in each quarter of [0, 1]. Block mode: the
+    same per block, each block's prompt being its clean prefix (`_block_losses`)."""
+    dit.eval()
+    batches = dit_batches(stream, vae, dit.cfg, batch_size, seed + EVAL_STREAM, device, shard=False)
+    losses = _block_losses if dit.cfg.block_size else _window_losses
+    parts = [losses(dit, batches, b, batch_size, step_generator(seed, b, EVAL_STREAM + 2), device)
+             for b in range(n_batches)]
+    t, cond, uncond, head_c, head_u = (torch.cat([part[k] for part in parts]) for k in range(5))
+    var = torch.cat([part[5] for part in parts]).double().var(0)
+    linear = gaussian_optimal_loss(t, var)
+    quarters = []
+    for q in range(4):
+        sel = (t >= q / 4) & (t < (q + 1) / 4)
+        c, u, lin = cond[sel].mean().item(), uncond[sel].mean().item(), linear[sel].mean().item()
+        quarters.append({"t": f"{q / 4:.2f}-{(q + 1) / 4:.2f}", "with_prompt": c, "prompt_dropped": u,
+                         "linear_gaussian": lin, "with_prompt_over_linear": c / lin,
+                         "head_with_prompt": head_c[sel].mean().item(),
+                         "head_prompt_dropped": head_u[sel].mean().item()})
+    return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
+            "linear_gaussian": linear.mean().item(), "head_with_prompt": head_c.mean().item(),
+            "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
+
+
+def _stratified_t(n: int, g: torch.Generator) -> torch.Tensor:
+    """n times, a quarter of them in each quarter of [0, 1]."""
+    return ((torch.arange(n) % 4) + torch.rand(n, generator=g)) / 4
+
+
+def _window_losses(dit, batches, b: int, batch_size: int, g, device):
+    """One batch of the full-window recipe: (t, loss with the prompt, dropped, the same on the first HEAD_TOKENS
+    target tokens, the target latents) per sample."""
+    batch = batches(b, t=_stratified_t(batch_size, g))
+    x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
+    x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
+    v = _velocity(dit, x_t, tt, batch["context"], batch["context_mask"], mask)
+    null = dit.drop_context(batch["context"], torch.ones(batch_size, dtype=torch.bool, device=device))
+    v_null = _velocity(dit, x_t, tt, null, batch["context_mask"], mask)
+    head = mask & (torch.arange(mask.shape[1], device=device) < HEAD_TOKENS)  # right after the prompt
+    return (tt.cpu(), flow_loss(v, x0, x1, mask).cpu(), flow_loss(v_null, x0, x1, mask).cpu(),
+            flow_loss(v, x0, x1, head).cpu(), flow_loss(v_null, x0, x1, head).cpu(), x1[mask].cpu())
+
+
+def _block_losses(dit, batches, b: int, batch_size: int, g, device):
+    """One batch in block mode, per block that has a prefix (a window's first block has none): (t, loss with
+    its clean prefix, with the prefix dropped, the same on the block's first HEAD_TOKENS tokens, the latents)."""
+    B = dit.cfg.block_size
+    L = dit.cfg.context_max + dit.cfg.target_max
+    batch = batches(b, t=_stratified_t(batch_size * (L // B), g).view(batch_size, L // B))
+    x0, x1, mask, t = batch["noise"], batch["target"], batch["mask"], batch["t"]
+    x_t = interpolate(x0, x1, t.repeat_interleave(B, 1))
+    drop = torch.ones(batch_size, dtype=torch.bool, device=device)
+    err = [velocity_error(v, x0, x1) for v in (dit.forward_blocks(x_t, t, x1, mask),
+                                               dit.forward_blocks(x_t, t, x1, mask, drop))]
+    head = mask & (torch.arange(L, device=device) % B < HEAD_TOKENS)
+
+    def per_block(e, m):  # (N, L) squared errors -> (N * (nb - 1),) block means, the first block left out
+        m = m.float().view(batch_size, -1, B)
+        return ((e.view(batch_size, -1, B) * m).sum(-1) / m.sum(-1).clamp_min(1.0))[:, 1:].flatten().cpu()
+
+    return (t[:, 1:].flatten().cpu(), per_block(err[0], mask), per_block(err[1], mask), per_block(err[0], head),
+            per_block(err[1], head), x1[mask].cpu())
+
+
+def _velocity(dit, x_t, t, context, context_mask, target_mask):
+    """The velocity as sampling computes it: a self-conditioning DiT reads its own first estimate (a sampler
+    has the previous step's), the others predict in one pass."""
+    estimate = None
+    if dit.self_cond_proj is not None:
+        estimate = clean_estimate(x_t, t, dit(x_t, t, context, context_mask, target_mask))
+    return dit(x_t, t, context, context_mask, target_mask, self_cond=estimate)
+
+
+@torch.no_grad()
+def evaluate_ar(model, stream: TokenStream, seq_len: int, n_batches: int, batch_size: int, seed: int,
+                device: torch.device) -> dict:
+    """Held-out next-token loss (nats/token), perplexity and accuracy of the AR baseline."""
+    model.eval()
+    nll, correct, total = 0.0, 0, 0
+    for b in range(n_batches):
+        ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, b, EVAL_STREAM + 3)).to(device)
+        logits = model(ids[:, :-1]).float()
+        nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+        correct += (logits.argmax(-1) == ids[:, 1:]).sum().item()
+        total += ids[:, 1:].numel()
+    return {"loss": nll / total, "perplexity": float(np.exp(nll / total)), "next_token_acc": correct / total,
+            "tokens": total}
