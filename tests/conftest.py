@@ -2,6 +2,7 @@
 "any HF model by local path" route is what the tests exercise), and a tiny local corpus."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -21,6 +22,9 @@ WORDS = ("the of and to a in that is was he for it with as his on be at by i thi
          "way well down should because each just those people mr how too little state good very make world still own "
          "see men work long get here between both life being under never day same another know while last might us "
          "great old year off come since against go came right used take three").split()
+
+
+CONFIG_SNAPSHOTS = {}  # the `trained` run's config before and after: nothing may write it after load
 
 
 def make_corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
@@ -94,12 +98,15 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
     import os
 
     from textldm import load_config, runs
+    from textldm.config import to_dict
 
     out = tmp_path_factory.mktemp("run")
     os.environ["TEXTLDM_CACHE"] = str(out / "cache")
     try:
         cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)))
+        CONFIG_SNAPSHOTS["before"] = copy.deepcopy(to_dict(cfg))
         report = runs.demo(cfg, progress=False)
+        CONFIG_SNAPSHOTS["after"] = to_dict(cfg)
     finally:
         del os.environ["TEXTLDM_CACHE"]
     return out, report

@@ -39,6 +39,14 @@ def test_demo_writes_everything(trained):
     assert c["prompt_binding"] > 0 and c["reference_prompt_binding"] > 0
 
 
+def test_no_config_is_written_after_load(trained):
+    """The demo (data, VAE, DiT, report) leaves the config it was given exactly as loaded: settings are resolved
+    once, by the loader (batch sizes from batch_tokens) or into new objects (a call's sampler settings)."""
+    from conftest import CONFIG_SNAPSHOTS
+
+    assert CONFIG_SNAPSHOTS["after"] == CONFIG_SNAPSHOTS["before"]
+
+
 def test_save_load_round_trip_gives_identical_outputs(trained, tmp_path):
     out, _ = trained
     pipe = TextLDMPipeline.from_pretrained(out / "model")

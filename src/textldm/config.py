@@ -40,8 +40,29 @@ BlockTime = Literal["per_block", "shared"]
 BlockUncond = Literal["empty", "null"]
 
 
+class Checked:
+    """A config section that checks itself: `rules(name)` lists (holds, message) pairs, `check(name)` raises the first
+    that fails as a UserError (after the Literal-typed fields' allowed values). A section checks itself when built;
+    the loader checks every section again once it has filled them (`validate`), under its key in `Config`."""
+    SECTION = ""  # the section's key in Config (TrainConfig serves vae_train, dit_train and ar_train)
+
+    def __post_init__(self):
+        self.check(self.SECTION)
+
+    def rules(self, name: str) -> list[tuple[bool, str]]:
+        """(holds, message) pairs; `name` is the section's key, for the messages."""
+        return []
+
+    def check(self, name: str) -> None:
+        """Raise a UserError naming the first invalid setting."""
+        _check_choices(self, name)
+        for ok, message in self.rules(name):
+            if not ok:
+                raise UserError(f"invalid config: {message}")
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """The training text: where it comes from and how it is split (`data.*`)."""
     source: str = "embedded"  # "embedded", a local .txt/.jsonl/.parquet file or folder, or an HF data set name
     text_field: str = "text"  # column holding the text (jsonl/parquet/HF)
@@ -50,21 +71,30 @@ class DataConfig:
     val_fraction: float = 0.05  # document-level held-out fraction (fixed by a hash of the document)
     max_documents: int | None = None  # the first N documents of the source (in source order)
     num_workers: int = 0  # tokenization processes (0 = up to 8, one per CPU); the shards do not depend on it
+    SECTION = "data"
+
+    def rules(self, name):
+        return [(0 < self.val_fraction < 1, f"{name}.val_fraction must be between 0 and 1")]
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Checked):
     """The tokenizer and frozen REPA teacher (`teacher.*`)."""
     name: str = "smollm2-135m"  # tokenizer + REPA teacher: built-in alias, HF model name or local folder
     layer: int = -3  # index into HF hidden_states; negative from the end (-3 = the paper's third-to-last)
+    SECTION = "teacher"
 
 
 @dataclass
-class TransformerShape:
+class TransformerShape(Checked):
     """What every Transformer here shares (VAE encoder and decoder, DiT, AR baseline)."""
     width: int = 256  # model width (width / heads: an even head size, for RoPE)
     heads: int = 4  # attention heads
     mlp_ratio: float = 4.0  # MLP hidden size / width
+
+    def rules(self, name):
+        return [(self.heads >= 1 and self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0,
+                 f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)")]
 
 
 @dataclass
@@ -96,6 +126,14 @@ class VAEConfig(TransformerShape):
     # a decoder robust to generated latents: in training it also reads latents with Gaussian noise of std
     # decoder_noise x U(0, 1) x the batch's per-channel latent std (one level per sequence)
     decoder_noise: float = 0.0  # 0 = off
+    SECTION = "vae"
+
+    def rules(self, name):
+        return super().rules(name) + [
+            (self.latent_channels > 0, f"{name}.latent_channels must be positive"),
+            (self.encoder_block_size >= 0, f"{name}.encoder_block_size must be >= 0 (0 = bidirectional)"),
+            (self.decoder_noise >= 0, f"{name}.decoder_noise must be >= 0 (0 = off)"),
+            (0 < self.repa_fraction <= 1, f"{name}.repa_fraction must be in (0, 1]")]
 
 
 @dataclass
@@ -132,6 +170,18 @@ class DiTConfig(TransformerShape):
     # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null" = the prefix's
     # latents are replaced by the null vector (dit.null_context)
     block_uncond: BlockUncond = "empty"
+    SECTION = "dit"
+
+    def rules(self, name):
+        return super().rules(name) + [
+            (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
+            (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max"),
+            (0 <= self.p_uncond < 1, f"{name}.p_uncond must be in [0, 1)"),
+            (0 <= self.infill_prob <= 1, f"{name}.infill_prob must be in [0, 1]"),
+            (0 <= self.self_condition_prob <= 1, f"{name}.self_condition_prob must be in [0, 1]"),
+            (self.decoder_ce_weight >= 0, f"{name}.decoder_ce_weight must be >= 0 (0 = off)"),
+            (self.t_std > 0, f"{name}.t_std must be positive"),
+            (self.block_size >= 0, f"{name}.block_size must be >= 0 (0 = the full window)")]
 
 
 @dataclass
@@ -140,10 +190,14 @@ class ARConfig(TransformerShape):
     depth: int = 8  # Transformer blocks
     embed_init: EmbedInit = "teacher"  # as the VAE's: teacher embeddings projected to width ("random": N(0, 0.02))
     seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
+    SECTION = "ar"
+
+    def rules(self, name):
+        return super().rules(name) + [(self.seq_len >= 0, f"{name}.seq_len must be >= 0 (0 = the DiT's window)")]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """One training stage's loop (`vae_train.*`, `dit_train.*`, `ar_train.*`): steps, batch, optimizer, budgets,
     logging, checkpoints."""
     steps: int = 1000
@@ -168,10 +222,29 @@ class TrainConfig:
     tensorboard: bool = False  # also write the log as TensorBoard scalars (OUT_DIR/tensorboard/<log>/)
     # also log to a Weights & Biases project (pip install 'textldm[wandb]'; WANDB_MODE=offline writes OUT_DIR/wandb/)
     wandb_project: str = ""  # "" = off
+    SECTION = "train"
+
+    def rules(self, name):
+        return [(self.steps >= 0, f"{name}.steps must be >= 0"),
+                (self.batch_size >= 1, f"{name}.batch_size must be >= 1"),
+                (self.lr > 0, f"{name}.lr must be positive"),
+                (self.batch_tokens >= 0 and self.micro_batch >= 0,
+                 f"{name}.batch_tokens and {name}.micro_batch must be >= 0 (0 = off)"),
+                (self.keep_checkpoints >= 1, f"{name}.keep_checkpoints must be >= 1"),
+                (all(b is None or b > 0 for b in (self.max_minutes, self.max_flops)),
+                 f"{name}.max_minutes and {name}.max_flops must be positive (leave unset for no budget)")]
+
+    def resolve_batch(self, name: str, tokens_per_sequence: int) -> None:
+        """batch_size (sequences) from batch_tokens, when that is given: the loader's one derived value."""
+        if self.batch_tokens:
+            if self.batch_tokens < tokens_per_sequence:
+                raise UserError(f"invalid config: {name}.batch_tokens {self.batch_tokens} is smaller than one "
+                                f"sequence of {tokens_per_sequence} tokens; raise it")
+            object.__setattr__(self, "batch_size", self.batch_tokens // tokens_per_sequence)
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(Checked):
     """Sampling defaults (`sample.*`): steps, guidance, solver, time grid, precision, length, seed; temperature and
     top-k/p for AR models. Frozen: a generation's settings are this with its overrides (`dataclasses.replace`,
     checked by `__post_init__`), never written into a loaded model's config."""
@@ -193,37 +266,31 @@ class SampleConfig:
     top_p: float = 0.95
     top_k: int = 0  # 0 = off
 
-    def __post_init__(self):
-        self.check()
+    SECTION = "sample"
 
-    def check(self) -> None:
-        """Raise a UserError naming the first invalid setting (allowed choices: the Literal types above)."""
-        _check_choices(self, "sample")
-        for ok, message in [
-            (self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}"),
-            (self.length >= 1, f"sample.length must be >= 1, got {self.length}"),
-            (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
-             f"need 0 <= sample.cfg_min_t <= cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}"),
-            (self.shift > 0, "sample.shift must be positive"),
-            (self.temperature >= 0, "sample.temperature must be >= 0 (0 = greedy)"),
-            (0 < self.top_p <= 1, "sample.top_p must be in (0, 1]"),
-            (self.top_k >= 0, "sample.top_k must be >= 0 (0 = off)"),
-        ]:
-            if not ok:
-                raise UserError(f"invalid config: {message}")
+    def rules(self, name):
+        return [(self.steps >= 1, f"{name}.steps must be >= 1, got {self.steps}"),
+                (self.length >= 1, f"{name}.length must be >= 1, got {self.length}"),
+                (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
+                 f"need 0 <= {name}.cfg_min_t <= cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}"),
+                (self.shift > 0, f"{name}.shift must be positive"),
+                (self.temperature >= 0, f"{name}.temperature must be >= 0 (0 = greedy)"),
+                (0 < self.top_p <= 1, f"{name}.top_p must be in (0, 1]"),
+                (self.top_k >= 0, f"{name}.top_k must be >= 0 (0 = off)")]
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """Held-out measurements during and after training (`eval.*`)."""
     val_batches: int = 8
     batch_size: int = 32
     num_prompts: int = 4  # held-out prompts continued and printed
     rouge_samples: int = 0  # >0: score this many held-out continuations with ROUGE-L vs a random passage
+    SECTION = "eval"
 
 
 @dataclass
-class MetricsConfig:
+class MetricsConfig(Checked):
     """Continuation-benchmark scoring (`textldm eval`, the ablation runner, bench/quality.py)."""
     bertscore_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), an HF name or a local folder
     bertscore_layers: int = 6  # bert-score needs the layer for local folders; 6 = MiniLM's last layer
@@ -233,6 +300,11 @@ class MetricsConfig:
     judge: str = "smollm2-135m"  # causal LM for generative perplexity (alias, HF name or folder)
     samples: int = 1000  # items per benchmark
     batch_size: int = 32
+    SECTION = "metrics"
+
+    def rules(self, name):
+        return [(self.mauve_buckets >= 2, f"{name}.mauve_buckets must be >= 2"),
+                (self.samples >= 1, f"{name}.samples must be >= 1")]
 
 
 @dataclass
@@ -388,47 +460,29 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple = (), ba
     for text in overrides:
         _apply(cfg, parse_override(text))
     validate(cfg)
+    derive(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
-    """Raise a UserError naming the first invalid combination of values."""
-    checks = [(m.width % m.heads == 0 and (m.width // m.heads) % 2 == 0,
-               f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)")
-              for name, m in (("vae", cfg.vae), ("dit", cfg.dit), ("ar", cfg.ar))]
-    checks += [
-        (cfg.vae.latent_channels > 0, "vae.latent_channels must be positive"),
-        (0 < cfg.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
-        (1 <= cfg.dit.context_min <= cfg.dit.context_max, "need 1 <= dit.context_min <= dit.context_max"),
-        (1 <= cfg.dit.target_min <= cfg.dit.target_max, "need 1 <= dit.target_min <= dit.target_max"),
-        (max(cfg.dit.context_max, cfg.dit.target_max) <= cfg.vae.max_len,
-         "dit.context_max and dit.target_max must not exceed vae.max_len"),
-        (0 <= cfg.dit.p_uncond < 1, "dit.p_uncond must be in [0, 1)"),
-        (cfg.vae.encoder_block_size >= 0, "vae.encoder_block_size must be >= 0 (0 = bidirectional)"),
-        *_block_checks(cfg),
-        (0 <= cfg.dit.infill_prob <= 1, "dit.infill_prob must be in [0, 1]"),
-        (0 <= cfg.dit.self_condition_prob <= 1, "dit.self_condition_prob must be in [0, 1]"),
-        (cfg.dit.decoder_ce_weight >= 0, "dit.decoder_ce_weight must be >= 0 (0 = off)"),
-        (cfg.vae.decoder_noise >= 0, "vae.decoder_noise must be >= 0 (0 = off)"),
-        (0 < cfg.vae.repa_fraction <= 1, "vae.repa_fraction must be in (0, 1]"),
-        (cfg.dit.t_std > 0, "dit.t_std must be positive"),
-        (cfg.ar.seq_len >= 0, "ar.seq_len must be >= 0 (0 = dit.context_max + dit.target_max)"),
-        (cfg.metrics.mauve_buckets >= 2, "metrics.mauve_buckets must be >= 2"),
-        (cfg.metrics.samples >= 1, "metrics.samples must be >= 1"),
-    ]
-    for section in (cfg.vae_train, cfg.dit_train, cfg.ar_train):
-        checks += [(section.steps >= 0, "train steps must be >= 0"),
-                   (section.batch_size >= 1, "train batch_size must be >= 1"),
-                   (section.lr > 0, "train lr must be positive"),
-                   (section.batch_tokens >= 0 and section.micro_batch >= 0,
-                    "train batch_tokens and micro_batch must be >= 0 (0 = off)"),
-                   (section.keep_checkpoints >= 1, "train keep_checkpoints must be >= 1"),
-                   (all(b is None or b > 0 for b in (section.max_minutes, section.max_flops)),
-                    "train max_minutes and max_flops must be positive (leave unset for no budget)")]
-    for ok, message in checks:
+    """Every section checks itself (`Checked`) under its key; then the rules that span sections."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if isinstance(section, Checked):
+            section.check(f.name)
+    d = cfg.dit
+    for ok, message in [(max(d.context_max, d.target_max) <= cfg.vae.max_len,
+                         "dit.context_max and dit.target_max must not exceed vae.max_len"), *_block_checks(cfg)]:
         if not ok:
             raise UserError(f"invalid config: {message}")
-    cfg.sample.check()
+
+
+def derive(cfg: Config) -> None:
+    """The derived values (batch sizes from batch_tokens), set once by the loader - the only place that writes a
+    config; after `load_config` nothing does."""
+    window = cfg.dit.context_max + cfg.dit.target_max
+    for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", window), ("ar_train", cfg.ar.seq_len or window)):
+        getattr(cfg, name).resolve_batch(name, length)
 
 
 def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
@@ -439,7 +493,6 @@ def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
     window = d.context_max + d.target_max
     enc = cfg.vae.encoder_block_size
     return [
-        (B > 0, "dit.block_size must be >= 0 (0 = the full window)"),
         (window % B == 0, f"dit.block_size {B} must divide the window dit.context_max + dit.target_max ({window})"),
         (-(-d.context_max // B) * B + B <= window,
          f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} tokens "

@@ -23,7 +23,7 @@ from textldm.evaluation.metrics import generative_perplexity, prompt_binding, ro
 from textldm.export import read_model_config
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.distributed import is_main
-from textldm.training.stages import prepare_data, start_run, train_dit, train_vae
+from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of
 from textldm.utils import atomic_write_text, write_json
 
 
@@ -137,7 +137,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
         vae_dir = str(Path(cfg.out_dir) / "vae")
     if vae_dir is not None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
-        cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
+        cfg = with_vae_of(cfg, vae_pipe)
         report = {k: v for k, v in read_model_config(vae_dir).get("report", {}).items() if k.startswith("vae")}
     start_run(cfg)  # joins the process group before rank 0 tokenizes
     data = prepare_data(cfg)

@@ -7,7 +7,6 @@ import os
 import torch
 import torch.distributed as dist
 
-from textldm.config import TrainConfig
 from textldm.errors import UserError
 from textldm.utils import seeded_generator
 
@@ -69,16 +68,6 @@ def local_slice(global_batch: int, micro: int = 0, accum: int = 1) -> slice:
     per = global_batch // parts
     index = rank() * accum + micro
     return slice(index * per, (index + 1) * per)
-
-
-def resolve_batch_size(cfg: TrainConfig, tokens_per_sequence: int) -> int:
-    """Set cfg.batch_size (sequences) from cfg.batch_tokens when that is given; returns it."""
-    if cfg.batch_tokens:
-        if cfg.batch_tokens < tokens_per_sequence:
-            raise UserError(f"batch_tokens {cfg.batch_tokens} is smaller than one sequence of {tokens_per_sequence} "
-                            f"tokens; raise batch_tokens")
-        cfg.batch_size = cfg.batch_tokens // tokens_per_sequence
-    return cfg.batch_size
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:

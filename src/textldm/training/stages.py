@@ -7,6 +7,7 @@ logs, the saved models `vae/` (VAE only), `model/` (VAE + DiT) and `ar/`, and `c
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, proj
 from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.training.batches import ar_batches, dit_batches, vae_batches
-from textldm.training.distributed import barrier, is_main, resolve_batch_size, setup_distributed, split_batch
+from textldm.training.distributed import barrier, is_main, setup_distributed, split_batch
 from textldm.training.loop import fit
 from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
 from textldm.training.perf import (
@@ -45,7 +46,7 @@ from textldm.utils import atomic_write_text, environment, param_count, seed_ever
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Stage:
     """What differs between training the VAE, the DiT and the AR baseline; `train_stage` does the rest."""
     name: str  # "vae", "dit" or "ar": the log file <name>_log.jsonl, checkpoints/<name>, report keys <name>_*
@@ -158,7 +159,6 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
     cache = teacher_cache(cfg, train, teacher, device, progress) if repa and cfg.vae.teacher_cache else None
     record_run(cfg)
     tcfg = cfg.vae_train
-    resolve_batch_size(tcfg, cfg.vae.max_len)
     e = cfg.eval
 
     def set_latent_statistics():
@@ -167,11 +167,12 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
         vae.latent_std.copy_(std.to(device))
 
     stage = Stage(
-        "vae", "VAE", vae, VAEObjective(vae), vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device,
-                                                          repa_teacher, cache),
-        tcfg, tcfg.batch_size * cfg.vae.max_len, _vae_flops(cfg, vae, len(tokenizer), repa_teacher is not None),
-        lambda: evaluate_vae(vae, val, e.val_batches, e.batch_size, cfg.seed, device, repa_teacher),
-        TextLDMPipeline(cfg, tokenizer, vae, None, eot), "vae", after_fit=set_latent_statistics)
+        name="vae", desc="VAE", model=vae, objective=VAEObjective(vae),
+        batches=vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher, cache), train=tcfg,
+        tokens_per_step=tcfg.batch_size * cfg.vae.max_len,
+        flops_per_step=_vae_flops(cfg, vae, len(tokenizer), repa_teacher is not None),
+        evaluate=lambda: evaluate_vae(vae, val, e.val_batches, e.batch_size, cfg.seed, device, repa_teacher),
+        pipeline=TextLDMPipeline(cfg, tokenizer, vae, None, eot), export="vae", after_fit=set_latent_statistics)
     report = train_stage(cfg, stage, progress, resume)
     return stage.pipeline, report
 
@@ -198,7 +199,8 @@ def cache_teacher(cfg: Config, progress: bool = True) -> Path:
     """`textldm cache-teacher`: precompute the REPA teacher's features for vae.teacher_cache (default auto)."""
     device = start_run(cfg)
     _, _, train, _ = prepare_data(cfg)
-    cfg.vae.teacher_cache = cfg.vae.teacher_cache or "auto"
+    if not cfg.vae.teacher_cache:  # this command's default: the cache folder named by the run's settings
+        cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, teacher_cache="auto"))
     cache = teacher_cache(cfg, train, _frozen_teacher(cfg, device, cfg.teacher.layer), device, progress)
     return Path(cache.features_map.filename).parent
 
@@ -224,6 +226,14 @@ def _dit_tokens_per_step(cfg: Config) -> int:
     return cfg.dit_train.batch_size * per_sequence
 
 
+def with_vae_of(cfg: Config, vae_pipe: TextLDMPipeline) -> Config:
+    """The run's config with the VAE, tokenizer and teacher a trained VAE fixes (a new config: the caller's is not
+    written), checked against the DiT's settings (e.g. block mode needs a block-causal encoder)."""
+    cfg = dataclasses.replace(cfg, vae=vae_pipe.config.vae, teacher=vae_pipe.config.teacher)
+    validate(cfg)
+    return cfg
+
+
 def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str | None = None,
               progress: bool = True, data=None, resume: bool = False,
               vae_report: dict | None = None) -> tuple[TextLDMPipeline, dict]:
@@ -232,21 +242,19 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     if vae_pipe is None:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         vae_report = read_model_config(vae_dir).get("report", {})
-        # the VAE, its tokenizer and its teacher are fixed by the saved model
-        cfg.vae, cfg.teacher = vae_pipe.config.vae, vae_pipe.config.teacher
-    validate(cfg)  # the DiT's settings against the VAE it trains on (e.g. block mode needs a block-causal encoder)
+    cfg = with_vae_of(cfg, vae_pipe)
     device = start_run(cfg)
     _, eot, train, val = data or prepare_data(cfg)
     record_run(cfg)
     vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
     tcfg, e = cfg.dit_train, cfg.eval
-    resolve_batch_size(tcfg, cfg.dit.context_max + cfg.dit.target_max)
     stage = Stage(
-        "dit", "DiT", dit, DiTObjective(dit, vae), dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device),
-        tcfg, _dit_tokens_per_step(cfg), _dit_flops(cfg, dit, vae),
-        lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
-        TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), "model",
+        name="dit", desc="DiT", model=dit, objective=DiTObjective(dit, vae),
+        batches=dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device), train=tcfg,
+        tokens_per_step=_dit_tokens_per_step(cfg), flops_per_step=_dit_flops(cfg, dit, vae),
+        evaluate=lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
+        pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), export="model",
         report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})
     report = train_stage(cfg, stage, progress, resume)
     return stage.pipeline, report
@@ -266,11 +274,12 @@ def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False
     model.to(device)
     seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
     tcfg, e = cfg.ar_train, cfg.eval
-    resolve_batch_size(tcfg, seq_len)
     stage = Stage(
-        "ar", "AR", model, ARObjective(model), ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device),
-        tcfg, tcfg.batch_size * seq_len, TRAIN_FACTOR * tcfg.batch_size * ar_flops_per_sequence(model, seq_len),
-        lambda: evaluate_ar(model, val, seq_len, e.val_batches, e.batch_size, cfg.seed, device),
-        ARPipeline(cfg, tokenizer, model, eot), "ar", report={"ar_seq_len": seq_len})
+        name="ar", desc="AR", model=model, objective=ARObjective(model),
+        batches=ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device), train=tcfg,
+        tokens_per_step=tcfg.batch_size * seq_len,
+        flops_per_step=TRAIN_FACTOR * tcfg.batch_size * ar_flops_per_sequence(model, seq_len),
+        evaluate=lambda: evaluate_ar(model, val, seq_len, e.val_batches, e.batch_size, cfg.seed, device),
+        pipeline=ARPipeline(cfg, tokenizer, model, eot), export="ar", report={"ar_seq_len": seq_len})
     report = train_stage(cfg, stage, progress, resume)
     return stage.pipeline, report
