@@ -97,7 +97,7 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
     """One tiny demo run (VAE + DiT) shared by the tests: (run folder, report)."""
     import os
 
-    from textldm import load_config, runs
+    from textldm import demo, load_config
     from textldm.config import to_dict
 
     out = tmp_path_factory.mktemp("run")
@@ -105,7 +105,7 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
     try:
         cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)))
         CONFIG_SNAPSHOTS["before"] = copy.deepcopy(to_dict(cfg))
-        report = runs.demo(cfg, progress=False)
+        report = demo.demo(cfg, progress=False)
         CONFIG_SNAPSHOTS["after"] = to_dict(cfg)
     finally:
         del os.environ["TEXTLDM_CACHE"]

@@ -9,7 +9,8 @@ import torch
 from conftest import make_corpus
 from textldm.config import DataConfig
 from textldm.data import shards
-from textldm.data.corpus import _austen_chapters, load_documents, strip_wiki_markup
+from textldm.data.corpus import load_documents
+from textldm.data.embedded import _austen_chapters, strip_wiki_markup
 from textldm.data.shards import TokenStream, is_validation, tokenize_corpus
 from textldm.errors import UserError
 from textldm.models.teacher import end_of_text_id, load_tokenizer

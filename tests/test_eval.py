@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_corpus, tiny_overrides
-from textldm import load_config, runs
+from textldm import demo, load_config
 from textldm.cli import main
 from textldm.config import ARConfig
 from textldm.errors import UserError
@@ -168,7 +168,7 @@ def runs_and_bench(tmp_path_factory, tiny_model_dir, tiny_corpus):
     os.environ["TEXTLDM_CACHE"] = str(out / "cache")
     try:
         overrides = tiny_overrides(tiny_model_dir, tiny_corpus, str(out / "ldm"))
-        runs.demo(load_config("demo", overrides), progress=False)
+        demo.demo(load_config("demo", overrides), progress=False)
         assert main_ok(["train-ar", "--quiet", *overrides[1:], f"out_dir={out / 'arrun'}", "ar.width=32",
                         "ar.heads=2", "ar.depth=2", "ar_train.steps=20", "ar_train.batch_size=8",
                         "ar_train.eval_every=5", "eval.val_batches=1"])

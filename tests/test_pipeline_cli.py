@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from textldm import TextLDMPipeline, load_config, runs
+from textldm import TextLDMPipeline, demo, load_config
 from textldm.cli import main
 from textldm.diffusion.flow import time_grid
 from textldm.training import stages
@@ -291,6 +291,6 @@ def test_demo_can_reuse_a_vae(trained, tiny_model_dir, tiny_corpus, tmp_path, mo
     out, first = trained
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) + ["dit_train.steps=2"])
-    report = runs.demo(cfg, progress=False, vae_dir=str(out / "vae"))
+    report = demo.demo(cfg, progress=False, vae_dir=str(out / "vae"))
     assert report["vae_eval"] == first["vae_eval"] and report["dit_train"]["steps"] == 2
     assert (tmp_path / "model" / "dit.safetensors").exists() and not (tmp_path / "vae").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from textldm import runs
+from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
 from textldm.errors import UserError
 from textldm.serving.service import ServeLimits
@@ -276,9 +276,9 @@ def _ablate(args, cfg: Config) -> None:
 
 
 def _demo(args, cfg: Config) -> None:
-    report = runs.demo(cfg, not args.quiet, vae_dir=args.vae, resume=args.resume)
+    report = demo.demo(cfg, not args.quiet, vae_dir=args.vae, resume=args.resume)
     if is_main():
-        print(runs.format_report(report))
+        print(demo.format_report(report))
         print(f"\nreport, logs and checkpoints: {cfg.out_dir}/  (model: {cfg.out_dir}/model)")
         print(f'try: textldm generate --model {cfg.out_dir}/model --prompt "The President said that"')
         print(f"watch it denoise in your browser: textldm serve --model {cfg.out_dir}/model  "

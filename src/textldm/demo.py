@@ -1,8 +1,8 @@
 """The demo job, as a Python API: data -> VAE -> DiT -> held-out measurements and samples, and its report.
 
-    from textldm import load_config, runs
-    report = runs.demo(load_config("demo"))
-    print(runs.format_report(report))
+    from textldm import demo, load_config
+    report = demo.demo(load_config("demo"))
+    print(demo.format_report(report))
 
 Writes report.json / report.md into the run folder, beside what the training stages write (`training/stages.py`).
 """
