@@ -1,6 +1,6 @@
 """Where the training loop's records go: rank 0's JSONL log (what `textldm plot` reads), and optionally the
-same numbers as TensorBoard scalars (`train.tensorboard=true`) and a Weights & Biases run
-(`train.wandb_project=NAME`; WANDB_MODE=offline writes it locally, `wandb sync` uploads it later).
+same numbers as TensorBoard scalars (`dit_train.tensorboard=true`, per stage) and a Weights & Biases run
+(`dit_train.wandb_project=NAME`; WANDB_MODE=offline writes it locally, `wandb sync` uploads it later).
 
 A record is a dict: a training step ({"step", "loss", "lr", ...}), a held-out evaluation ({"step", "eval": {...}})
 or an event ({"event": "start" | "resume" | "end", ...}).
