@@ -5,9 +5,6 @@ Self-conditioning (dit.self_condition_prob): a zero-initialised extra input; in 
 pass makes the clean-target estimate x_t + (1 - t) v for the chosen rows; at sampling each evaluation reads the
 previous evaluation's estimate (zeros at the first).
 
-Token-aware loss (dit.decoder_ce_weight): + weight x mean over target tokens of t x CE(frozen decoder(clean
-estimate), token); its gradient reaches the DiT through the decoder, never the VAE.
-
 Robust decoder (vae.decoder_noise): in training only, the decoder reads the posterior sample plus Gaussian noise
 of std decoder_noise x U(0, 1) (per sequence) x the batch's per-channel std of the posterior means."""
 import pytest
@@ -17,7 +14,7 @@ from test_recipe import C, perturbed, tiny_pipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
 from textldm.training.objectives import DiTObjective, decoder_noise, vae_loss
-from textldm.training.perf import decoder_ce_flops_per_sequence, dit_flops_per_sequence
+from textldm.training.perf import dit_flops_per_sequence
 
 
 def self_cond_dit(**kw) -> TextDiT:
@@ -125,69 +122,9 @@ def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monke
     assert [e is None for e in estimates] == [True, False, True, False]  # with the prompt, then dropped
 
 
-# --- token-aware loss ----------------------------------------------------------------------------------------
-def ce_batch(B=4, Lc=5, Lt=6, vocab=30):
-    g = torch.Generator().manual_seed(0)
-    return {"noise": torch.randn(B, Lt, C, generator=g), "target": torch.randn(B, Lt, C, generator=g),
-            "t": torch.tensor([0.2, 0.5, 0.7, 0.9]), "context": torch.randn(B, Lc, C, generator=g),
-            "context_mask": torch.ones(B, Lc, dtype=torch.bool),
-            "target_mask": torch.arange(Lt)[None] < torch.tensor([[6], [4], [6], [2]]),
-            "drop": torch.zeros(B, dtype=torch.bool), "target_ids": torch.randint(0, vocab, (B, Lt), generator=g),
-            "generator": torch.Generator().manual_seed(1)}
-
-
-def test_token_aware_loss_is_the_t_weighted_decoder_ce_of_the_clean_estimate():
-    from test_recipe import small_vae
-    vae = perturbed(small_vae()).eval().requires_grad_(False)
-    vae.latent_mean.fill_(0.3)
-    vae.latent_std.fill_(2.0)
-    vae.cfg.sampled_negatives = 10**4  # every token a candidate: the sampled softmax equals the full one
-    torch.manual_seed(0)
-    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, decoder_ce_weight=0.5), C))
-    batch = ce_batch()
-    loss, metrics = DiTObjective(dit, vae)(batch, step=0)
-    t, mask, ids = batch["t"], batch["target_mask"], batch["target_ids"]
-    x_t = (1 - t.view(-1, 1, 1)) * batch["noise"] + t.view(-1, 1, 1) * batch["target"]
-    v = dit(x_t, t, batch["context"], batch["context_mask"], mask)
-    z = (x_t + (1 - t.view(-1, 1, 1)) * v) * 2.0 + 0.3  # the estimate, denormalised
-    ce = torch.nn.functional.cross_entropy(vae.decode(z, mask).flatten(0, 1), ids.flatten(), reduction="none")
-    expected = (ce.view_as(ids) * t[:, None] * mask).sum() / mask.sum()
-    assert torch.allclose(metrics["decoder_ce"], expected, atol=1e-4)
-    assert torch.allclose(loss, metrics["flow_loss"] + 0.5 * expected, atol=1e-4)
-
-
-def test_token_aware_loss_trains_the_dit_not_the_vae():
-    from test_recipe import small_vae
-    vae = perturbed(small_vae()).eval().requires_grad_(False)
-    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, decoder_ce_weight=1.0), C))
-    objective = DiTObjective(dit, vae)
-    assert [n for n, _ in objective.named_parameters() if not n.startswith("dit.")] == []  # VAE not a child
-    assert not any(k.startswith("frozen") for k in objective.state_dict())
-    batch = ce_batch()
-    grads = []
-    for weight in (1.0, 0.0):  # the objective's gradient with and without the CE term
-        dit.cfg.decoder_ce_weight = weight
-        dit.zero_grad()
-        objective(batch, step=0)[0].backward()
-        grads.append(dit.final.linear.weight.grad.clone())
-    assert (grads[0] - grads[1]).abs().sum() > 1e-3 * grads[1].abs().sum()  # the CE's gradient reaches the DiT
-    assert all(p.grad is None for p in vae.parameters())
-    dit.cfg.decoder_ce_weight = 1.0
-    with pytest.raises(ValueError, match="frozen VAE"):
-        DiTObjective(dit)
-
-
-def test_token_aware_loss_is_off_by_default_counted_and_validated():
-    from test_recipe import small_vae
-    assert Config().dit.decoder_ce_weight == 0.0 and Config().vae.decoder_noise == 0.0
-    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2), C))
-    loss, metrics = DiTObjective(dit, small_vae())(ce_batch(), step=0)
-    assert set(metrics) == {"loss"}  # weight 0: no decoder pass
-    vae = small_vae()
-    block = 2 * 32 * (3 * 32) + 2 * 32 * 32 + 2 * (2 * 32 * 128) + 4 * 6 * 32  # qkv, proj, MLP, attention over 6
-    per_token = 2 * C * 32 + block + 2 * 32 * 50  # from the latent, one decoder block, 50 softmax rows
-    assert decoder_ce_flops_per_sequence(vae, 6, 50) == per_token * 6
-    for key in ("dit.decoder_ce_weight=-1", "vae.decoder_noise=-0.5"):
+def test_levers_are_off_by_default_and_validated():
+    assert Config().dit.self_condition_prob == 0.0 and Config().vae.decoder_noise == 0.0
+    for key in ("dit.self_condition_prob=1.5", "vae.decoder_noise=-0.5"):
         with pytest.raises(Exception, match=key.split("=")[0]):
             load_config("demo", [key])
 

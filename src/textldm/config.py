@@ -149,9 +149,6 @@ class DiTConfig(TransformerShape):
     # through a zero-initialised projection; in training a no-grad first pass makes that estimate for this share
     # of the examples (the rest get zeros), at sampling it is the previous evaluation's estimate
     self_condition_prob: float = 0.0  # 0 = off (no extra input); 0.5 is the usual choice
-    # token-aware loss: + weight x t x cross-entropy of the frozen VAE decoder on the DiT's clean-latent estimate
-    # (gradients reach the DiT through the decoder; softmax over the batch's tokens + sampled negatives)
-    decoder_ce_weight: float = 0.0  # 0 = off
     context_min: int = 8
     context_max: int = 64
     target_min: int = 16
@@ -179,7 +176,6 @@ class DiTConfig(TransformerShape):
             (0 <= self.p_uncond < 1, f"{name}.p_uncond must be in [0, 1)"),
             (0 <= self.infill_prob <= 1, f"{name}.infill_prob must be in [0, 1]"),
             (0 <= self.self_condition_prob <= 1, f"{name}.self_condition_prob must be in [0, 1]"),
-            (self.decoder_ce_weight >= 0, f"{name}.decoder_ce_weight must be >= 0 (0 = off)"),
             (self.t_std > 0, f"{name}.t_std must be positive"),
             (self.block_size >= 0, f"{name}.block_size must be >= 0 (0 = the full window)")]
 
@@ -504,8 +500,8 @@ def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
          "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
          "vae.encoder_block_size=1 (causal) or a divisor of the block"),
         (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
-        (d.self_condition_prob == 0 and d.decoder_ce_weight == 0 and not d.context_cache,
-         "dit.self_condition_prob, dit.decoder_ce_weight and dit.context_cache are full-window options; turn them "
+        (d.self_condition_prob == 0 and not d.context_cache,
+         "dit.self_condition_prob and dit.context_cache are full-window options; turn them "
          "off with dit.block_size > 0 (block mode caches its clean prefix by construction)"),
     ]
 

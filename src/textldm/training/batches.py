@@ -102,8 +102,6 @@ def dit_batches(stream: TokenStream, vae: TextVAE, cfg: DiTConfig, batch_size: i
                  "target": encode_latents(vae, tgt, tgt_mask, cfg.normalize_latents), "target_mask": tgt_mask,
                  "noise": noise[sl].to(device), "t": t[sl].to(device), "drop": drop[sl].to(device),
                  "target_ids": tgt}
-        if cfg.decoder_ce_weight > 0:  # the token-aware loss's sampled negatives
-            batch["generator"] = step_generator(seed, step, stream=1 + micro)
         if cfg.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
             right_len = torch.randint(cfg.context_min, cfg.context_max + 1, (batch_size,), generator=g)
             right_len[torch.rand(batch_size, generator=g) >= cfg.infill_prob] = 0

@@ -1,6 +1,6 @@
 """The training objectives, each read top to bottom: the VAE's loss (reconstruction CE + beta * KL - lambda * REPA
 cosine, with the sampled softmax and the robust-decoder noise it may use), the DiT's flow-matching loss (full window
-or block-causal, with the token-aware term when on) and the AR baseline's next-token cross-entropy. Each objective
+or block-causal) and the AR baseline's next-token cross-entropy. Each objective
 is the nn.Module that `fit` trains (and DDP wraps); the batches they read come from `training/batches.py`.
 """
 from __future__ import annotations
@@ -109,19 +109,15 @@ class VAEObjective(nn.Module):
 
 # the DiT -----------------------------------------------------------------------------------------------
 class DiTObjective(nn.Module):
-    """Velocity MSE on the target positions, plus (dit.cfg.decoder_ce_weight > 0) the token-aware term: the frozen
-    VAE decoder's cross-entropy on the DiT's clean-latent estimate. The VAE is held outside the module's
-    children, so DDP, the optimizer and the checkpoints see the DiT alone."""
+    """Flow matching in latent space: the velocity MSE on the target positions (full window), or on every noisy block
+    against its clean prefix (block mode)."""
 
-    def __init__(self, dit: TextDiT, vae: TextVAE | None = None):
+    def __init__(self, dit: TextDiT):
         super().__init__()
         self.dit = dit
-        self.frozen_vae = (vae,)  # a tuple: not registered as a submodule
-        if dit.cfg.decoder_ce_weight > 0 and vae is None:
-            raise ValueError("dit.decoder_ce_weight > 0 needs the frozen VAE: DiTObjective(dit, vae)")
 
     def forward(self, batch: dict, step: int):
-        """(loss, metrics) of one micro-batch: the flow-matching loss (+ the token-aware loss when on)."""
+        """(loss, metrics) of one micro-batch: the flow-matching loss."""
         if self.dit.cfg.block_size:
             return self.block_loss(batch)
         x0, x1, t = batch["noise"], batch["target"], batch["t"]
@@ -133,14 +129,7 @@ class DiTObjective(nn.Module):
         conditions = (context, batch["context_mask"], batch["target_mask"], right, batch.get("right_mask"))
         v = self.dit(x_t, t, *conditions, self_cond=self.self_condition(x_t, t, conditions, batch.get("self_cond")))
         loss = flow_loss(v, x0, x1, batch["target_mask"]).mean()
-        metrics = {"loss": loss.detach()}
-        weight = self.dit.cfg.decoder_ce_weight
-        if weight > 0:
-            ce = self.decoder_ce(clean_estimate(x_t, t, v), t, batch)
-            metrics = {"flow_loss": loss.detach(), "decoder_ce": ce.detach()}
-            loss = loss + weight * ce
-            metrics["loss"] = loss.detach()
-        return loss, metrics
+        return loss, {"loss": loss.detach()}
 
     def block_loss(self, batch: dict):
         """Block mode: the velocity loss of every noisy block of the window, each at its own time and against the
@@ -150,19 +139,6 @@ class DiTObjective(nn.Module):
         v = self.dit.forward_blocks(x_t, t, x1, mask, batch["drop"])
         loss = flow_loss(v, x0, x1, mask).mean()
         return loss, {"loss": loss.detach()}
-
-    def decoder_ce(self, estimate: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Mean over target tokens of t x CE(frozen decoder(estimate), target token). Weighted by t: near the
-        noise the estimate is a blur of many continuations, and pulling it onto one token's latent there would
-        fight the velocity loss; near the data it should decode to the right token."""
-        vae = self.frozen_vae[0]
-        mask = batch["target_mask"]
-        z = vae.denormalize(estimate) if self.dit.cfg.normalize_latents else estimate
-        hidden = vae.decode_hidden(z, mask)
-        weight, targets = sampled_softmax(vae, batch["target_ids"], mask, batch.get("generator"))
-        token_weights = (t[:, None] * mask).flatten() / mask.sum().clamp_min(1)
-        ce, _ = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), token_weights)
-        return ce
 
     @torch.no_grad()
     def self_condition(self, x_t, t, conditions: tuple, chosen: torch.Tensor | None):

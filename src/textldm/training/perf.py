@@ -38,13 +38,6 @@ def vae_flops_per_sequence(vae, length: int, softmax_rows: int, repa_fraction: f
     return per_token * length
 
 
-def decoder_ce_flops_per_sequence(vae, target_len: int, softmax_rows: int) -> float:
-    """Forward FLOPs of the token-aware DiT loss on one target: the frozen decoder and its softmax over
-    `softmax_rows` candidates (its backward, to the DiT's estimate, is counted by the caller as for the DiT)."""
-    per_token = linear_flops(vae.from_latent) + sum(block_flops(b, target_len) for b in vae.decoder)
-    return (per_token + 2.0 * vae.cfg.width * softmax_rows) * target_len
-
-
 def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     """Forward FLOPs of the DiT on one [context ; target] sequence (padded lengths: that is what runs)."""
     L = context_len + target_len

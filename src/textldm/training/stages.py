@@ -34,7 +34,6 @@ from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
 from textldm.training.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
-    decoder_ce_flops_per_sequence,
     dit_block_flops_per_sequence,
     dit_flops_per_sequence,
     vae_flops_per_sequence,
@@ -205,18 +204,14 @@ def cache_teacher(cfg: Config, progress: bool = True) -> Path:
     return Path(cache.features_map.filename).parent
 
 
-def _dit_flops(cfg: Config, dit: TextDiT, vae: TextVAE) -> float:
-    """Counted FLOPs of one DiT optimizer step: forward + backward, the self-conditioning examples' gradient-free
-    first pass, and the token-aware loss's frozen decoder (forward and backward) when on."""
+def _dit_flops(cfg: Config, dit: TextDiT) -> float:
+    """Counted FLOPs of one DiT optimizer step: forward + backward, and the self-conditioning examples' gradient-free
+    first pass."""
     tcfg, d = cfg.dit_train, cfg.dit
     if d.block_size:
         return TRAIN_FACTOR * tcfg.batch_size * dit_block_flops_per_sequence(dit, d.context_max + d.target_max)
-    flops = (TRAIN_FACTOR + d.self_condition_prob) * tcfg.batch_size * \
+    return (TRAIN_FACTOR + d.self_condition_prob) * tcfg.batch_size * \
         dit_flops_per_sequence(dit, d.context_max, d.target_max)
-    if d.decoder_ce_weight > 0:
-        rows = min(vae.vocab_size, cfg.vae.sampled_negatives + tcfg.batch_size * d.target_max)
-        flops += TRAIN_FACTOR * tcfg.batch_size * decoder_ce_flops_per_sequence(vae, d.target_max, rows)
-    return flops
 
 
 def _dit_tokens_per_step(cfg: Config) -> int:
@@ -250,9 +245,9 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
     tcfg, e = cfg.dit_train, cfg.eval
     stage = Stage(
-        name="dit", desc="DiT", model=dit, objective=DiTObjective(dit, vae),
+        name="dit", desc="DiT", model=dit, objective=DiTObjective(dit),
         batches=dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device), train=tcfg,
-        tokens_per_step=_dit_tokens_per_step(cfg), flops_per_step=_dit_flops(cfg, dit, vae),
+        tokens_per_step=_dit_tokens_per_step(cfg), flops_per_step=_dit_flops(cfg, dit),
         evaluate=lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
         pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), export="model",
         report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})
