@@ -18,33 +18,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
 
-from conftest import tiny_overrides
-from textldm import TextLDMPipeline, load_config
-from textldm.pipeline import ARPipeline
+from textldm import TextLDMPipeline
 from textldm.serving.app import create_app
 from textldm.serving.service import ServeLimits
-from textldm.training import stages
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 LIMITS = ServeLimits(max_length=40, max_steps=60, max_prompt_chars=500, max_body_bytes=4096, max_queue=1,
                      timeout_s=30)
-
-
-@pytest.fixture(scope="module")
-def models(trained, tiny_model_dir, tiny_corpus, tmp_path_factory):
-    """An infilling-capable DiT on the shared tiny VAE, and a tiny AR baseline."""
-    out, _ = trained
-    root = tmp_path_factory.mktemp("serve")
-    os.environ["TEXTLDM_CACHE"] = str(out / "cache")
-    try:
-        base = tiny_overrides(tiny_model_dir, tiny_corpus, str(root))
-        stages.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.infill_prob=0.5"]),
-                       vae_dir=str(out / "vae"), progress=False)
-        stages.train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
-                                                  "ar_train.batch_size=4", "ar.embed_init=random"]), progress=False)
-    finally:
-        del os.environ["TEXTLDM_CACHE"]
-    return TextLDMPipeline.from_pretrained(root / "model"), ARPipeline.from_pretrained(root / "ar")
 
 
 @pytest.fixture(scope="module")

@@ -118,8 +118,8 @@ def _add_push(sub) -> None:
 
 def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="a local web app + JSON API: watch generations denoise step by step")
-    v.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model)")
-    v.add_argument("--ar", help="an AR baseline folder (OUT_DIR/ar) shown side by side")
+    v.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model) or a Hub repo id")
+    v.add_argument("--ar", help="an AR baseline folder (OUT_DIR/ar) or Hub repo id, shown side by side")
     v.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
     v.add_argument("--port", type=int, default=8000, help="port to listen on")
     v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -133,6 +133,8 @@ def _add_serve(sub) -> None:
                    help="requests waiting behind the running one (more: 503)")
     v.add_argument("--timeout", type=float, default=limits.timeout_s,
                    help="seconds per request, queueing included (then 504)")
+    v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but the page and "
+                                     "/api/health (default: $TEXTLDM_API_KEY; none = no key)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,7 +215,7 @@ def _serve(args) -> None:
             raise UserError(f"--{option} must be > 0, got {value}")
     if limits.max_queue < 0:
         raise UserError(f"--max-queue must be >= 0, got {limits.max_queue}")
-    serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits)
+    serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits, api_key=args.api_key)
 
 
 def _push(args) -> None:

@@ -9,18 +9,26 @@ streamed step by step (server-sent events) and an AR baseline side by side.
     POST /api/infill            the middle between two texts (models trained with dit.infill_prob > 0)
     POST /api/infill/stream     the same, streamed
     POST /api/ar/generate       the AR baseline's continuation (when started with --ar)
+    GET  /v1/models, POST /v1/completions   the OpenAI-compatible API (`openai_api.py`)
     GET  /docs, /openapi.json   FastAPI's schema and its explorer
 
+With an API key (`--api-key` or TEXTLDM_API_KEY), every route but the page and /api/health needs
+`Authorization: Bearer KEY` (401 otherwise).
+
 The routes only translate HTTP to the generation service (`service.py`: admission, queue, deadline, cancel)
-and back. Every error is a JSON {"error": ...} with a 4xx/5xx status (`install_error_handlers`); requests are
-validated against the limits (`schemas.py`, stated in the OpenAPI schema) before any work.
+and back. Every error is a JSON {"error": ...} with a 4xx/5xx status (`install_error_handlers`; on /v1, OpenAI's
+{"error": {"message", "type", ...}}); requests are validated against the limits (`schemas.py`, stated in the
+OpenAPI schema) before any work.
 """
 # no `from __future__ import annotations` here: FastAPI reads the request models from the route functions'
 # annotations, which must stay real classes (they are built per app, from its limits)
 import contextlib
+import hmac
 import json
 import logging
+import os
 import socket
+import sys
 from dataclasses import asdict
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 from textldm.diffusion.sampling import SOLVERS
 from textldm.errors import UserError
 from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.serving.openai_api import OpenAIFacade, completion_request, openai_error
 from textldm.serving.service import Busy, GenerationService, JobTimeout, NotLoaded, ServeLimits
 from textldm.utils import param_count
 
@@ -64,9 +73,10 @@ def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimi
 
 
 def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str = "", ar_path: str | None = None,
-               settings: dict | None = None):
+               settings: dict | None = None, api_key: str | None = None):
     """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline). `settings`: the
-    sampler defaults a request gets where they differ from the model's (e.g. {"precision": "bf16"})."""
+    sampler defaults a request gets where they differ from the model's (e.g. {"precision": "bf16"}). `api_key`:
+    required as `Authorization: Bearer KEY` on every route but the page and /api/health (None: no key)."""
     require_serve_packages()
     from fastapi import FastAPI
 
@@ -86,10 +96,44 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
     app = FastAPI(title="textldm", version=_version(), lifespan=lifespan,
                   description="TextLDM generation with the denoising trajectory streamed step by step.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)
     app.state.service = service
     install_error_handlers(app)
     add_routes(app, service, info, requests)
+    facade = OpenAIFacade(service, model_id(model_path, "textldm"), model_id(ar_path, "ar") if ar else None, defaults)
+    add_openai_routes(app, facade, completion_request(limits, info["defaults"]))
     return app
+
+
+def model_id(path: str | None, fallback: str) -> str:
+    """The id /v1/models gives a served model: its folder's name (the run folder's, for a run's model/ or ar/),
+    or its Hub repo id."""
+    from pathlib import Path
+
+    if not path:
+        return fallback
+    p = Path(str(path))
+    if p.exists():
+        return (p.parent.name if p.name in ("model", "ar") else p.name) or fallback
+    return str(path)
+
+
+def add_openai_routes(app, facade: OpenAIFacade, request_model) -> None:
+    """GET /v1/models and POST /v1/completions (streamed when asked)."""
+    from fastapi.responses import StreamingResponse
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return facade.models()
+
+    async def completions(req: request_model):
+        if req.stream:
+            return StreamingResponse(facade.stream(req), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return await facade.service.run(facade.job(req))
+
+    app.post("/v1/completions", name="completions")(completions)
 
 
 def add_routes(app, service: GenerationService, info: dict, requests) -> None:
@@ -143,10 +187,12 @@ def install_error_handlers(app) -> None:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     statuses = {UserError: 400, NotLoaded: 404, Busy: 503, JobTimeout: 504}
+    openai_statuses = {**statuses, Busy: 429, JobTimeout: 503}  # what OpenAI clients retry on
 
     async def known(request, exc):
         headers = {"Retry-After": "2"} if isinstance(exc, Busy) else None
-        return _error(statuses[type(exc)], str(exc), headers=headers)
+        table = openai_statuses if request.url.path.startswith("/v1/") else statuses
+        return _error(table[type(exc)], str(exc), headers=headers, path=request.url.path)
 
     for kind in statuses:
         app.add_exception_handler(kind, known)
@@ -155,27 +201,36 @@ def install_error_handlers(app) -> None:
     async def _invalid(request, exc: RequestValidationError):
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         first = exc.errors()[0] if exc.errors() else {}
+        path = request.url.path
+        status = 400 if path.startswith("/v1/") else 422  # OpenAI answers invalid parameters with 400
         if first.get("type") == "json_invalid":
-            return _error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')}); "
-                               f"send a JSON object", detail)
+            return _error(status, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')}); "
+                                  f"send a JSON object", detail, path=path)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid value')}", detail)
+        return _error(status, f"invalid request: {where}: {first.get('msg', 'invalid value')}", detail, path=path,
+                      param=where)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None), path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):  # logged in full, answered in one line
         log.exception("unexpected error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}; see the server log")
+        return _error(500, f"internal error: {type(exc).__name__}; see the server log", path=request.url.path)
 
 
-def _error(status: int, message: str, detail=None, headers=None):
+def error_body(status: int, message: str, detail=None, path: str = "", param: str | None = None) -> dict:
+    """{"error": one line (, "detail")} - or OpenAI's {"error": {"message", "type", "param", "code"}} on /v1."""
+    if path.startswith("/v1/"):
+        return openai_error(status, message, param)
+    return {"error": message} if detail is None else {"error": message, "detail": detail}
+
+
+def _error(status: int, message: str, detail=None, headers=None, path: str = "", param: str | None = None):
     from fastapi.responses import JSONResponse
 
-    body = {"error": message} if detail is None else {"error": message, "detail": detail}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, detail, path, param), status_code=status, headers=headers)
 
 
 class BodyLimit:
@@ -185,8 +240,8 @@ class BodyLimit:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def _reject(self, send, status: int, message: str):
-        body = json.dumps({"error": message}).encode()
+    async def _reject(self, send, status: int, message: str, path: str = ""):
+        body = json.dumps(error_body(status, message, path=path)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -198,9 +253,9 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await self._reject(send, 400, "invalid Content-Length header")
+                return await self._reject(send, 400, "invalid Content-Length header", scope["path"])
             if int(declared) > self.max_bytes:
-                return await self._reject(send, 413, too_big)
+                return await self._reject(send, 413, too_big, scope["path"])
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -209,7 +264,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._reject(send, 413, too_big)
+                return await self._reject(send, 413, too_big, scope["path"])
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -223,6 +278,29 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class ApiKey:
+    """ASGI middleware: with a key set, every route but the page and /api/health needs `Authorization: Bearer KEY`
+    (compared in constant time); anything else gets a 401 JSON answer (OpenAI's shape on /v1)."""
+    OPEN = ("/", "/api/health")
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        token = given[7:] if given[:7].lower() == b"bearer " else b""
+        if hmac.compare_digest(token, self.key):
+            return await self.app(scope, receive, send)
+        message = "missing or wrong API key: send 'Authorization: Bearer KEY' (the key the server was started with)"
+        body = json.dumps(error_body(401, message, path=scope["path"])).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _version() -> str:
@@ -241,16 +319,26 @@ def check_port_free(host: str, port: int):
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
 
 
+API_KEY_ENV = "TEXTLDM_API_KEY"
+
+
 def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          precision: str | None = None, limits: ServeLimits | None = None) -> None:
-    """Load the model(s) and serve until interrupted."""
+          precision: str | None = None, limits: ServeLimits | None = None, api_key: str | None = None) -> None:
+    """Load the model(s) and serve until interrupted. `api_key` (or $TEXTLDM_API_KEY): required on every route but
+    the page and /api/health."""
     require_serve_packages()
     import uvicorn
 
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who can reach this port can generate; set --api-key "
+                    "(or %s)", host, API_KEY_ENV)
+        print(f"warning: serving on {host} without an API key; set --api-key or {API_KEY_ENV}", file=sys.stderr)
     check_port_free(host, port)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
     ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
-    app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision})
+    app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision},
+                     api_key=api_key)
     print(f"textldm serve: open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ "
           f"(API docs at /docs); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -35,6 +35,7 @@ class ServeLimits:
     max_body_bytes: int = 65536
     max_queue: int = 4  # requests waiting behind the one running
     timeout_s: float = 120.0  # per request, queueing included
+    max_choices: int = 16  # continuations in one /v1/completions request (prompts x n)
 
 
 class Busy(Exception):
@@ -115,21 +116,29 @@ class GenerationService:
     def stream(self, job: Job, steps: int) -> AsyncIterator[str]:
         """Admit (or raise Busy) now; the returned iterator yields server-sent events: a `step` per sampling step,
         then `done` with the answer (or `error`). Closing it early cancels the job at its next step."""
+        return self.stream_events(job, lambda emit, check: Trajectory(self.pipe, steps, lambda d: emit("step", d),
+                                                                      check), sse_event)
+
+    def stream_events(self, job: Job, make_callback: Callable,
+                      encode: Callable[[str, dict], str]) -> AsyncIterator[str]:
+        """Admit (or raise Busy) now; run `job` with the step callback `make_callback(emit, check)` builds, and yield
+        `encode(kind, data)` for each event it emits, then for ("done", answer) or ("error", {"error": line})."""
         self.admit()
         loop, events, cancelled = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
 
         def emit(kind: str, data: dict):
             loop.call_soon_threadsafe(events.put_nowait, (kind, data))
 
-        future = self.submit(job, cancelled,
-                             lambda check: Trajectory(self.pipe, steps, lambda d: emit("step", d), check))
+        future = self.submit(job, cancelled, lambda check: make_callback(emit, check))
         future.add_done_callback(lambda f: emit(*_outcome(f)))
 
         async def body():
             try:
                 while True:
                     kind, data = await events.get()
-                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+                    text = encode(kind, data)
+                    if text:
+                        yield text
                     if kind in ("done", "error"):
                         return
             finally:  # the client went away (or the stream ended): stop the job at its next step
@@ -198,6 +207,11 @@ class GenerationService:
             return {"prompt": req.prompt, "continuation": self.ar.tokenizer.decode(row), "tokens": len(row),
                     "seconds": _since(start)}
         return job
+
+
+def sse_event(kind: str, data: dict) -> str:
+    """One server-sent event of the /api streams."""
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
 def _since(start: float) -> float:
