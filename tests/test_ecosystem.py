@@ -235,3 +235,20 @@ def test_wandb_without_a_login_is_one_line(tiny_model_dir, tiny_corpus, tmp_path
                                     "ar_train.steps=2", "ar.width=32", "ar.heads=2", "ar.depth=1",
                                     "ar_train.wandb_project=textldm-test"])
     assert "cannot start the W&B run" in err and "wandb login" in err and "WANDB_MODE=offline" in err
+
+
+def test_eval_resolves_textldm_repos_by_hub_id_before_hf_causal_lms(trained, models, offline_hub, tmp_path):
+    """`textldm eval --model owner/name`: a Hub repo holding a textldm model (TextLDM or AR) is loaded as one; a name
+    that is no textldm repo falls through to the HF causal-LM loader (here: not cached, one clear line)."""
+    from textldm.evaluation.harness import load_contestant
+
+    out, _ = trained
+    hub_cache_entry(offline_hub, "someone/tiny-textldm", out / "model")
+    models[1].save_pretrained(tmp_path / "ar")
+    hub_cache_entry(offline_hub, "someone/tiny-ar", tmp_path / "ar")
+    ldm, ar = load_contestant("someone/tiny-textldm"), load_contestant("mine=someone/tiny-ar")
+    assert (ldm.kind, ar.kind, ar.name) == ("textldm", "ar", "mine")
+    assert ldm.model.generate(["the man"], steps=2, length=4) == \
+        TextLDMPipeline.from_pretrained(out / "model").generate(["the man"], steps=2, length=4)
+    with pytest.raises(UserError, match="HF causal LM"):
+        load_contestant("someone/not-cached")

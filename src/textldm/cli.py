@@ -108,6 +108,24 @@ def _add_generate(sub) -> None:
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
 
+def _add_lm_eval(sub) -> None:
+    h = sub.add_parser("lm-eval", help="EleutherAI's lm-evaluation-harness with textldm models registered: "
+                                       "textldm lm-eval --model textldm --model_args pretrained=DIR --tasks T",
+                       add_help=False)
+    h.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments (lm-eval --help)")
+
+
+def _lm_eval(args) -> None:
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        import textldm.evaluation.lm_eval_model  # noqa: F401 (registers `--model textldm`)
+    except ImportError:
+        raise UserError("textldm lm-eval needs lm-eval: pip install 'textldm[lm-eval]'") from None
+    sys.argv = ["lm-eval", *args.harness_args]
+    cli_evaluate()
+
+
 def _add_push(sub) -> None:
     h = sub.add_parser("push-to-hub", help="upload a saved model (TextLDM or AR) to the Hugging Face Hub")
     h.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model, OUT_DIR/ar, ...)")
@@ -146,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_serve(sub)
     _add_push(sub)
+    _add_lm_eval(sub)
     return p
 
 
@@ -292,7 +311,7 @@ def _cache_teacher(args, cfg: Config) -> None:
 
 
 PLAIN = {"generate": _generate, "serve": _serve, "plot": _plot, "build-bench": _build_bench,  # command(args)
-         "push-to-hub": _push}
+         "push-to-hub": _push, "lm-eval": _lm_eval}
 CONFIGURED = {  # command(args, the resolved config)
     "config": _config, "eval": _eval, "ablate": _ablate, "demo": _demo, "cache-teacher": _cache_teacher,
     "train-vae": lambda args, cfg: stages.train_vae(cfg, not args.quiet, resume=args.resume),
@@ -304,6 +323,10 @@ CONFIGURED = {  # command(args, the resolved config)
 def run(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; returns the exit status (bad input raises UserError)."""
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):  # the harness parses its own options
+        _lm_eval(argparse.Namespace(harness_args=argv[1:]))
+        return 0
     args, extra = parser.parse_known_args(argv)  # key=value overrides may come after options too
     if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -376,6 +376,9 @@ def _apply(obj, updates: dict, prefix: str = ""):
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in names:
+            retired = RETIRED.get(prefix.rstrip("."), {}).get(key)
+            if retired:
+                raise UserError(f"config key '{full}' was removed in {retired}; drop it")
             raise UserError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
@@ -506,8 +509,15 @@ def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
     ]
 
 
+# keys of earlier versions that no longer exist: a saved model's config may hold them (they changed training only)
+RETIRED = {"dit": {"decoder_ce_weight": "0.3.0 (the token-aware loss)"}}
+
+
 def config_from_dict(data: dict) -> Config:
-    """A Config from nested dicts (e.g. a saved model's config.json), checked like overrides."""
+    """A Config from nested dicts (e.g. a saved model's config.json), checked like overrides; keys retired since the
+    model was saved (`RETIRED`) are dropped."""
+    data = {section: ({k: v for k, v in values.items() if k not in RETIRED.get(section, {})}
+                      if isinstance(values, dict) else values) for section, values in data.items()}
     cfg = Config()
     _apply(cfg, data)
     return cfg

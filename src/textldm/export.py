@@ -88,7 +88,7 @@ def load_weights(module: torch.nn.Module, file: Path):
 
 
 # the Hugging Face Hub ---------------------------------------------------------------------------------------
-def _could_be_repo_id(name: str) -> bool:
+def could_be_repo_id(name: str) -> bool:
     """'name' or 'owner/name' (Hub ids); paths with more parts, absolute or relative-looking ones are local."""
     parts = name.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
@@ -100,7 +100,7 @@ def locate_model_folder(name_or_path: Path | str, revision: str | None = None, t
     path = Path(name_or_path)
     if path.exists():
         return path
-    if not _could_be_repo_id(str(name_or_path)):
+    if not could_be_repo_id(str(name_or_path)):
         raise UserError(f"model folder '{path}' does not exist{train_hint}")
     from huggingface_hub import snapshot_download
 
@@ -111,6 +111,26 @@ def locate_model_folder(name_or_path: Path | str, revision: str | None = None, t
         raise UserError(f"'{name_or_path}' is neither a local model folder nor a loadable Hub repo ({reason}); "
                         f"check the path or the repo id (and your network, or HF_HUB_OFFLINE with a cached copy)"
                         ) from None
+
+
+def is_textldm_folder(path: Path | str) -> bool:
+    """Whether a folder holds a saved textldm model (its config.json names this format)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("format", "").startswith("textldm")
+    except (OSError, ValueError):
+        return False
+
+
+def hub_textldm_folder(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local folder of a textldm model on the Hub (its config.json is fetched first, so another kind of repo -
+    an HF causal LM - is never downloaded here), or None: not a textldm repo, or not reachable."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except Exception:  # offline without a cached copy, no such repo, network errors: the caller falls back
+        return None
+    return locate_model_folder(repo_id, revision) if is_textldm_folder(config.parent) else None
 
 
 def upload_model_folder(folder: Path, repo_id: str, *, private: bool | None = None, token: str | None = None,

@@ -439,6 +439,18 @@ class ARPipeline(HubMixin):
         return [self.tokenizer.decode(row) for row in rows]
 
 
+def load_pipeline(name_or_path: Path | str, device: str | torch.device = "cpu", revision: str | None = None,
+                  dtype: torch.dtype | str | None = None) -> TextLDMPipeline | ARPipeline:
+    """A saved textldm model of either kind - TextLDM or the AR baseline, as its config.json says - from a model
+    folder, a run folder (its model/, else its ar/) or a Hub repo id."""
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "config.json").exists():
+        path = next((path / sub for sub in ("model", "ar") if (path / sub / "config.json").exists()), path)
+    folder = locate_model_folder(path if path.exists() else name_or_path, revision, "")
+    cls = ARPipeline if read_model_config(folder).get("model_type") == "ar" else TextLDMPipeline
+    return cls.from_pretrained(folder, device=device, dtype=dtype)
+
+
 def _length(length: int | None, max_new_tokens: int | None, default: int | None) -> int | None:
     """`length` and its Hugging Face name `max_new_tokens` are the same argument; give one."""
     if length is not None and max_new_tokens is not None and length != max_new_tokens:

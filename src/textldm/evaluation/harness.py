@@ -38,9 +38,9 @@ from textldm.evaluation.metrics import (
     rouge_scores,
     text_statistics,
 )
-from textldm.export import model_type
+from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
 from textldm.models.teacher import load_hf_model
-from textldm.pipeline import ARPipeline, TextLDMPipeline, fit_prompts
+from textldm.pipeline import ARPipeline, fit_prompts, load_pipeline
 from textldm.utils import atomic_write_text, cut_at, write_json
 
 log = logging.getLogger(__name__)
@@ -151,24 +151,31 @@ def scoring_device(preference: str) -> str:
 
 
 def load_contestant(spec: str, device: str = "cpu") -> Contestant:
-    """`NAME=PATH` or `PATH`: a textldm checkpoint (TextLDM or AR; a run folder works too), `hf:NAME` or any
-    HF causal LM name / folder (the teacher alias `smollm2-135m` included)."""
+    """`NAME=PATH` or `PATH`: a textldm model (TextLDM or AR: a model folder, a run folder, or a Hub repo id holding
+    one), `hf:NAME`, or any HF causal LM name / folder (the teacher alias `smollm2-135m` included). A Hub id is tried
+    as a textldm repo first, then as an HF causal LM."""
     name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    path = Path(target)
-    if not target.startswith("hf:") and path.is_dir() and not (path / "config.json").exists():
-        for sub in ("model", "ar"):  # a run folder: use its final checkpoint
-            if (path / sub / "config.json").exists():
-                path = path / sub
-                break
-    if not target.startswith("hf:") and (path / "config.json").exists() and \
-            json.loads((path / "config.json").read_text()).get("format", "").startswith("textldm"):
-        default = path.parent.name if path.name in ("model", "ar") else path.name
-        if model_type(path) == "ar":
-            return Contestant(name or f"{default} (AR)", "ar", ARPipeline.from_pretrained(path, device))
-        return Contestant(name or f"{default} (TextLDM)", "textldm", TextLDMPipeline.from_pretrained(path, device))
+    if not target.startswith("hf:"):
+        pipe = _textldm_model(target, device)
+        if pipe is not None:
+            path = Path(target)
+            default = path.parent.name if path.name in ("model", "ar") else (path.name or target)
+            kind = "ar" if isinstance(pipe, ARPipeline) else "textldm"
+            return Contestant(name or f"{default} ({'AR' if kind == 'ar' else 'TextLDM'})", kind, pipe)
     hf_name = target.removeprefix("hf:")
     tok, model = load_hf_model(hf_name, device, causal=True, role="HF causal LM (not a textldm checkpoint either)")
     return Contestant(name or hf_name, "hf", (tok, model))
+
+
+def _textldm_model(target: str, device: str):
+    """The textldm model `target` names (a folder, a run folder, a Hub repo holding one), or None when it is not one
+    (e.g. an HF causal LM's name, or a Hub id that cannot be fetched: the HF loader then says why)."""
+    path = Path(target)
+    if path.is_dir():
+        folders = [path] + [path / sub for sub in ("model", "ar")]
+        return load_pipeline(path, device) if any(is_textldm_folder(f) for f in folders) else None
+    folder = hub_textldm_folder(target) if could_be_repo_id(target) else None
+    return None if folder is None else load_pipeline(folder, device)
 
 
 class Scorer:

@@ -1,0 +1,88 @@
+"""lm-evaluation-harness runs textldm models offline on the small local tasks in tests/lm_eval_tasks/: TextLDM and
+the AR baseline through the one registered model class, stop sequences honoured, loglikelihood tasks scored for the
+AR baseline and refused, by name, for TextLDM."""
+from pathlib import Path
+
+import pytest
+
+from textldm.evaluation.lm_eval_model import _stop_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ROOT / "tests" / "lm_eval_tasks"
+
+
+def evaluate(model_dir: Path, tasks: list[str], **model_args):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import textldm.evaluation.lm_eval_model  # noqa: F401 (registers the `textldm` model class)
+
+    args = ",".join(f"{k}={v}" for k, v in {"pretrained": model_dir, "batch_size": 4, **model_args}.items())
+    return lm_eval.simple_evaluate(model="textldm", model_args=args, tasks=tasks,
+                                   task_manager=TaskManager(include_path=str(TASKS)), log_samples=True)
+
+
+@pytest.fixture()
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the task YAMLs name their data relative to the repository root
+
+
+def test_textldm_and_the_ar_baseline_run_a_generation_task(models, at_root, tmp_path):
+    """Both models answer every item; each answer is cut at the task's stop sequences ('.' and newline); the TextLDM
+    answers are the pipeline's own continuations (same seed and settings), cut."""
+    pipe, ar = models
+    pipe.save_pretrained(tmp_path / "textldm")
+    ar.save_pretrained(tmp_path / "ar")
+    for name, kw in (("textldm", {"steps": 3, "seed": 0}), ("ar", {})):
+        out = evaluate(tmp_path / name, ["textldm_tiny_continue"], **kw)
+        result = out["results"]["textldm_tiny_continue"]
+        assert 0 <= result["exact_match,none"] <= 1
+        samples = out["samples"]["textldm_tiny_continue"]
+        answers = [s["resps"][0][0] for s in samples]
+        assert len(answers) == 6 and all("." not in a and "\n" not in a for a in answers)
+    samples = evaluate(tmp_path / "textldm", ["textldm_tiny_continue"], steps=3, seed=0)["samples"]
+    samples = samples["textldm_tiny_continue"]
+    direct = pipe.generate([s["doc"]["prompt"] for s in samples], length=6, steps=3, seed=0, batch_size=4)
+    assert [s["resps"][0][0] for s in samples] == [_stop_at(t, [".", "\n"]) for t in direct]
+
+
+def test_loglikelihood_tasks_score_the_ar_baseline_and_refuse_textldm(models, at_root, tmp_path):
+    pipe, ar = models
+    ar.save_pretrained(tmp_path / "ar")
+    acc = evaluate(tmp_path / "ar", ["textldm_tiny_choice"])["results"]["textldm_tiny_choice"]["acc,none"]
+    assert 0 <= acc <= 1
+    pipe.save_pretrained(tmp_path / "textldm")
+    from textldm.errors import UserError
+    with pytest.raises(UserError, match="no tractable likelihood"):
+        evaluate(tmp_path / "textldm", ["textldm_tiny_choice"])
+
+
+def test_the_ar_loglikelihood_is_the_models_own(models, tmp_path):
+    """log p(continuation | context) summed from the AR baseline's logits, by hand."""
+    import torch
+
+    from textldm.evaluation.lm_eval_model import TextLDMHarnessModel
+
+    _, ar = models
+    ar.save_pretrained(tmp_path / "ar")
+    lm = TextLDMHarnessModel(str(tmp_path / "ar"))
+
+    class Request:
+        def __init__(self, *args):
+            self.args = args
+
+    (logp, greedy), = lm.loglikelihood([Request("the man said", " that it")])
+    ctx, cont = lm._encode("the man said"), lm._encode(" that it")
+    with torch.no_grad():
+        logits = ar.model(torch.tensor([ctx + cont[:-1]]))[0].float().log_softmax(-1)
+    expected = sum(logits[len(ctx) - 1 + j, cont[j]].item() for j in range(len(cont)))
+    assert logp == pytest.approx(expected, abs=1e-4) and isinstance(greedy, bool)
+
+
+def test_the_cli_runs_the_harness_with_textldm_registered(models, at_root, tmp_path, capsys):
+    from textldm.cli import run
+
+    models[0].save_pretrained(tmp_path / "textldm")
+    assert run(["lm-eval", "--model", "textldm", "--model_args", f"pretrained={tmp_path / 'textldm'},steps=2",
+                "--tasks", "textldm_tiny_continue", "--include_path", str(TASKS), "--limit", "2"]) == 0
+    assert "textldm_tiny_continue" in capsys.readouterr().out
