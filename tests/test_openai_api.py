@@ -1,6 +1,5 @@
 """The OpenAI-compatible endpoint, driven by the official `openai` client against a live local server (127.0.0.1),
 and the API key."""
-import asyncio
 import json
 
 import httpx
@@ -8,9 +7,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from test_serve import LIMITS, live_server
+from test_serve import LIMITS, burst, live_server
 from textldm.serving.app import create_app
-from textldm.serving.service import ServeLimits
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +96,7 @@ def test_the_openai_client_raises_its_documented_errors(served):
 
 
 def test_a_burst_gets_429_and_the_server_stays_healthy(models):
-    pipe, _ = models
-    app = create_app(pipe, None, ServeLimits(max_queue=1, max_steps=400))
-
-    async def burst(url):
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            slow = {"prompt": "the man said that", "max_tokens": 24, "steps": 300}
-            rs = await asyncio.gather(*[http.post("/v1/completions", json={**slow, "seed": i}) for i in range(8)])
-            after = await http.post("/v1/completions", json={"prompt": "the man", "max_tokens": 3, "steps": 2})
-            return rs, after, (await http.get("/api/health")).json()
-
-    with live_server(app) as url:
-        rs, after, health = asyncio.run(burst(url))
+    rs, after, health = burst(models[0], "/v1/completions", "max_tokens")
     codes = [r.status_code for r in rs]
     assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
     assert all(r.json()["error"]["type"] == "rate_limit_error" for r in rs if r.status_code == 429)
