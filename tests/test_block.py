@@ -5,8 +5,9 @@ import torch
 
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
 from textldm.errors import UserError
+from textldm.models.block_causal import clean_noisy_attn_mask
 from textldm.models.blocks import block_causal_attn_mask
-from textldm.models.dit import TextDiT, clean_noisy_attn_mask
+from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 

@@ -6,38 +6,27 @@ Sequence layout: [context (Lc) ; target (Lt)], full self-attention. Each token g
 len(context) + j, so "the token right after the prompt" is a fixed relative offset. Only the target
 positions produce outputs.
 
-Block-causal mode (`dit.block_size` B > 0, BD3-LM / Cola DLM): a window is cut into blocks of B tokens, and
-training runs one masked forward over [clean latents of the window ; noisy latents of the window], each noisy
-block at its own t: a noisy block sees the clean blocks before it and itself, a clean block sees the clean
-blocks up to its own (`clean_noisy_attn_mask`). Clean tokens are modulated with the condition of t = 1 (they
-are the data end of the path), so at sampling their keys and values are computed once per block and cached
-(`BlockPrefix`): each new block runs only its own B tokens against the cache.
-
-Cacheable-context variant (`dit.context_cache`): context tokens attend only to the context and are
-modulated by a condition without t (a learned vector + the pooled prompt), so every block's context keys
-and values are the same at every sampling step: `cache_context` computes them once per generation (for
-both CFG branches) and `forward_cached` runs only the target tokens against them. Target tokens still
-attend to everything, with the t-modulation.
+Block-causal mode (`dit.block_size` > 0): `models/block_causal.py`. The cacheable-context variant
+(`dit.context_cache`): `models/context_cache.py`. Both are mixins of TextDiT, so the recipe's DiT reads here alone.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from textldm.config import DiTConfig
+from textldm.models.block_causal import BlockCausalMixin
 from textldm.models.blocks import (
     Conditions,
-    KVCache,
     TransformerBlock,
-    block_index,
     modulate,
     padding_attn_mask,
     per_token_modulation,
     rope_angles,
 )
+from textldm.models.context_cache import ContextCache, ContextCacheMixin
 
 
 class TimestepEmbedder(nn.Module):
@@ -70,62 +59,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-@dataclass
-class ContextCache:
-    """Per-block keys/values of clean context latents (cacheable-context DiT), with what the target pass needs."""
-    blocks: list[KVCache]
-    context_mask: torch.Tensor  # (B, Lc)
-    pooled: torch.Tensor  # (B, width): the pooled-prompt term of the adaLN condition (0 when off)
-
-    def head(self, n: int) -> ContextCache:
-        """The first n rows (the conditional half of a [context ; null] cache)."""
-        blocks = []
-        for c in self.blocks:
-            part = KVCache()
-            part.k, part.v, part.frozen = c.k[:n], c.v[:n], True
-            blocks.append(part)
-        return ContextCache(blocks, self.context_mask[:n], self.pooled[:n])
-
-
-@dataclass
-class BlockPrefix:
-    """Block mode at sampling: every DiT block's keys/values of the clean latents so far (whole blocks, left-padded),
-    and the keys each row may attend to (False at padding, and everywhere for a CFG row whose null condition is
-    the empty prefix)."""
-    blocks: list[KVCache]
-    key_mask: torch.Tensor  # (rows, Lp)
-
-    @property
-    def length(self) -> int:
-        """Positions held (padding included): the next block starts here."""
-        return self.key_mask.shape[1]
-
-    def rows(self, index: torch.Tensor) -> BlockPrefix:
-        """The prefix of some rows only (e.g. those still generating, or the conditional half)."""
-        blocks = []
-        for c in self.blocks:
-            part = KVCache()
-            part.k, part.v, part.frozen = c.k[index], c.v[index], True
-            blocks.append(part)
-        return BlockPrefix(blocks, self.key_mask[index])
-
-
-def clean_noisy_attn_mask(key_mask: torch.Tensor, block: int, see_prefix: torch.Tensor | None = None) -> torch.Tensor:
-    """Block mode's training mask over [clean ; noisy] (2L tokens): a clean query sees the clean keys of its own
-    and earlier blocks, a noisy query the clean keys of earlier blocks (none in rows where `see_prefix` (N,) is
-    False: CFG's empty prefix) and the noisy keys of its own block; never a later block, never padding.
-    key_mask (N, L), True = real token -> (N, 1, 2L, 2L). Every query sees itself (no empty row for SDPA)."""
-    L = key_mask.shape[1]
-    blocks = block_index(L, block, key_mask.device)
-    earlier, same = blocks[None, :] < blocks[:, None], blocks[None, :] == blocks[:, None]
-    pattern = torch.cat([torch.cat([earlier | same, torch.zeros_like(same)], 1), torch.cat([earlier, same], 1)])
-    allowed = pattern[None] & torch.cat([key_mask, key_mask], 1)[:, None, :]
-    if see_prefix is not None:
-        allowed[:, L:, :L] &= see_prefix.view(-1, 1, 1)
-    return (allowed | torch.eye(2 * L, dtype=torch.bool, device=key_mask.device))[:, None]
-
-
-class TextDiT(nn.Module):
+class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
     context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
     context and its own previous clean estimate."""
@@ -253,39 +187,6 @@ class TextDiT(nn.Module):
             x = block(x, rope, attn_mask, cond=block_cond)
         return self.final(x[:, Lc: Lc + Lt], cond)
 
-    @torch.no_grad()
-    def cache_context(self, context, context_mask=None) -> ContextCache:
-        """Run the clean context through every block once and keep its keys/values (cacheable variant)."""
-        if self.context_cond is None:
-            raise ValueError("this DiT attends jointly over context and target; train with dit.context_cache=true")
-        B, Lc, _ = context.shape
-        if context_mask is None:
-            context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)
-        pooled = self._pooled(context, context_mask)
-        cond = (self.context_cond + pooled).expand(B, -1)
-        rope = rope_angles(torch.arange(Lc, device=context.device), self.cfg.width // self.cfg.heads)
-        x, caches = self._embed(context, 0), [KVCache() for _ in self.blocks]
-        for block, cache in zip(self.blocks, caches):
-            x = block(x, rope, padding_attn_mask(context_mask), cond=cond, cache=cache)
-            cache.frozen = True
-        pooled = pooled if torch.is_tensor(pooled) else torch.zeros(B, self.cfg.width, device=context.device)
-        return ContextCache(caches, context_mask, pooled)
-
-    def forward_cached(self, x_t, t, cache: ContextCache, target_mask=None, self_cond=None):
-        """The velocity of `forward`, running only the target tokens against a `cache_context` result."""
-        B, Lt, _ = x_t.shape
-        device = x_t.device
-        if target_mask is None:
-            target_mask = torch.ones(B, Lt, dtype=torch.bool, device=device)
-        positions = cache.context_mask.sum(1, keepdim=True) + torch.arange(Lt, device=device)
-        rope = rope_angles(positions, self.cfg.width // self.cfg.heads)
-        attn_mask = padding_attn_mask(torch.cat([cache.context_mask, target_mask], dim=1))
-        cond = self.condition(t) + cache.pooled
-        x = self._embed_target(x_t, self_cond)
-        for block, kv in zip(self.blocks, cache.blocks):
-            x = block(x, rope, attn_mask, cond=cond, cache=kv)
-        return self.final(x, cond)
-
     def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
                         cache: ContextCache | None = None, right=None, right_mask=None, self_cond=None):
         """Classifier-free guidance as one batched forward over [conditional ; unconditional]:
@@ -311,83 +212,3 @@ class TextDiT(nn.Module):
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
-    def cache_for_guidance(self, context, context_mask=None) -> ContextCache:
-        """`cache_context` over [context ; null context]: one cache serves both CFG branches at every step."""
-        B, Lc, _ = context.shape
-        if context_mask is None:
-            context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)
-        null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=context.device))
-        return self.cache_context(torch.cat([context, null]), torch.cat([context_mask, context_mask]))
-
-    # block-causal mode (dit.block_size > 0) ------------------------------------------------------------
-    def clean_condition(self, n: int, device) -> torch.Tensor:
-        """The adaLN condition of clean latents in block mode: that of t = 1, the data end of the path. (n, D)"""
-        return self.condition(torch.ones(n, device=device))
-
-    def forward_blocks(self, x_t, t, clean, mask, drop=None):
-        """Block-mode training, one masked forward over [clean ; noisy]: x_t (N, L, C) noisy latents of every
-        block, t (N, L / B) each block's time, clean (N, L, C) clean latents of the same window, mask (N, L) True
-        at real tokens (a window's first block may be left-padded), drop (N,) rows given the CFG null condition
-        -> velocity (N, L, C) of every noisy block."""
-        N, L, _ = x_t.shape
-        B, device = self.cfg.block_size, x_t.device
-        empty = self.cfg.block_uncond == "empty"
-        if drop is not None and not empty:
-            clean = self.drop_context(clean, drop)
-        blocks = block_index(L, B, device)
-        x = torch.cat([self._embed(clean, 0), self._embed(x_t, 1)], 1)  # (N, 2L, D)
-        rope = rope_angles(torch.cat([torch.arange(L, device=device)] * 2), self.cfg.width // self.cfg.heads)
-        per_block = self.condition(t.flatten()).view(N, t.shape[1], -1)
-        values = torch.cat([self.clean_condition(N, device)[:, None], per_block], 1)  # (N, 1 + L / B, D)
-        cond = Conditions(values, torch.cat([torch.zeros_like(blocks), 1 + blocks]))  # clean: row 0, block b: 1 + b
-        attn_mask = clean_noisy_attn_mask(mask, B, None if drop is None or not empty else ~drop)
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, cond=cond)
-        return self.final(x[:, L:], cond.part(L, 2 * L))
-
-    @torch.no_grad()
-    def extend_prefix(self, prefix: BlockPrefix | None, clean, mask) -> BlockPrefix:
-        """Append whole blocks of clean latents (N, n, C) (mask (N, n)) to a sampling prefix (None: start one): the
-        new tokens attend block-causally to the cached keys and to each other, exactly as clean tokens do in
-        training, and their keys/values join the cache."""
-        N, n, _ = clean.shape
-        start = 0 if prefix is None else prefix.length
-        key_mask = mask if prefix is None else torch.cat([prefix.key_mask, mask], 1)
-        blocks_q = block_index(n, self.cfg.block_size, clean.device, start)
-        blocks_k = block_index(start + n, self.cfg.block_size, clean.device)
-        allowed = (blocks_k[None, :] <= blocks_q[:, None])[None] & key_mask[:, None, :]
-        allowed[:, torch.arange(n), start + torch.arange(n)] = True  # every query sees itself
-        caches = [KVCache() for _ in self.blocks] if prefix is None else prefix.blocks
-        rope = rope_angles(torch.arange(start, start + n, device=clean.device), self.cfg.width // self.cfg.heads)
-        x, cond = self._embed(clean, 0), self.clean_condition(N, clean.device)
-        for block, cache in zip(self.blocks, caches):
-            cache.frozen = False
-            x = block(x, rope, allowed[:, None], cond=cond, cache=cache)
-            cache.frozen = True
-        return BlockPrefix(caches, key_mask)
-
-    def block_velocity(self, x_t, t, prefix: BlockPrefix):
-        """One noisy block x_t (N, n, C) at time t (N,) right after a cached prefix -> its velocity (N, n, C)."""
-        N, n, _ = x_t.shape
-        rope = rope_angles(torch.arange(prefix.length, prefix.length + n, device=x_t.device),
-                           self.cfg.width // self.cfg.heads)
-        keys = torch.cat([prefix.key_mask, torch.ones(N, n, dtype=torch.bool, device=x_t.device)], 1)
-        cond, x = self.condition(t), self._embed(x_t, 1)
-        for block, cache in zip(self.blocks, prefix.blocks):
-            x = block(x, rope, padding_attn_mask(keys), cond=cond, cache=cache)
-        return self.final(x, cond)
-
-    def null_prefix_input(self, clean, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the unconditional CFG rows read as their prefix: the null latent at every position ("null"), or
-        nothing ("empty": the same tensor, every key masked)."""
-        if self.cfg.block_uncond == "empty":
-            return clean, torch.zeros_like(mask)
-        return self.drop_context(clean, torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)), mask
-
-    def guided_block_velocity(self, x_t, t, prefix: BlockPrefix, cfg_scale: float = 1.0):
-        """CFG in block mode as one batched forward: `prefix` holds [conditional rows ; unconditional rows] (built
-        from `null_prefix_input`) when cfg_scale != 1, the conditional rows alone otherwise."""
-        if cfg_scale == 1.0:
-            return self.block_velocity(x_t, t, prefix)
-        v_cond, v_uncond = self.block_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), prefix).chunk(2)
-        return v_uncond + cfg_scale * (v_cond - v_uncond)
