@@ -63,8 +63,8 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
     dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX,
                         target_min=PERIOD, target_max=PERIOD)
     if block_size:  # windows of 16 tokens (the VAE's max_len), blocks of `block_size`
-        dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_max=CONTEXT_MAX + 1, target_max=16 - CONTEXT_MAX - 1,
-                            block_size=block_size)
+        dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1,
+                            target_min=PERIOD, target_max=16 - CONTEXT_MAX - 1, block_size=block_size)
     dit = TextDiT(dit_cfg, vae_cfg.latent_channels)
     fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
