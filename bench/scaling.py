@@ -361,7 +361,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling", help="points, fits, plots")
     p.add_argument("--runs", type=Path, default=Path("runs/scaling"), help="the trained models (not committed)")
     p.add_argument("overrides", nargs="*", metavar="K=V", help="config overrides for every design")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
