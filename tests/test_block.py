@@ -262,3 +262,18 @@ def test_the_live_view_streams_each_block_decoded_beside_its_prefix():
     last_steps = [e for e in events if e["step"] == 4]
     assert [e["window"] for e in last_steps] == [0, 1, 2]
     assert [e["text"] for e in last_steps] == [Tokens().decode(rows[0][: 4 * (k + 1)]) for k in range(3)]
+
+
+@pytest.mark.parametrize("block", [4, 8])
+def test_the_block_loss_report_covers_every_quarter(block):
+    """The held-out block losses have samples in every t quarter whatever B (the quarters are not tied to a block's
+    index, and a window's first block, which has no prefix, is left out)."""
+    import math
+
+    from textldm.training.validate import evaluate_dit
+
+    vae, dit = tiny_vae(), tiny_dit()
+    dit.cfg.block_size = block
+    quarters = evaluate_dit(dit, vae, RandomStream(), n_batches=2, batch_size=8, seed=0,
+                            device=torch.device("cpu"))["quarters"]
+    assert all(not math.isnan(q["with_prompt"]) and not math.isnan(q["prompt_dropped"]) for q in quarters)

@@ -131,7 +131,8 @@ def _block_losses(dit, batches, b: int, batch_size: int, g, device):
     its clean prefix, with the prefix dropped, the same on the block's first HEAD_TOKENS tokens, the latents)."""
     B = dit.cfg.block_size
     L = dit.cfg.context_max + dit.cfg.target_max
-    batch = batches(b, t=_stratified_t(batch_size * (L // B), g).view(batch_size, L // B))
+    n = batch_size * (L // B)  # quarters dealt out at random over the blocks: never tied to a block's index
+    batch = batches(b, t=_stratified_t(n, g)[torch.randperm(n, generator=g)].view(batch_size, L // B))
     x0, x1, mask, t = batch["noise"], batch["target"], batch["mask"], batch["t"]
     x_t = interpolate(x0, x1, t.repeat_interleave(B, 1))
     drop = torch.ones(batch_size, dtype=torch.bool, device=device)
