@@ -240,7 +240,7 @@ def export_tree(rev: str | None, dest: Path) -> None:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "artifacts")
-    for name in ("src", "tests"):
+    for name in ("src", "tests", "bench"):  # bench/: its arithmetic is tested (tests/test_bench.py)
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
 
@@ -249,7 +249,9 @@ def failure_kind(line: str) -> str:
     """A pytest short-summary line ("FAILED test - ExceptionType: message") -> "assertion" when a test's check
     failed, "crash" when the code raised something else first."""
     reason = line.split(" - ", 1)[1] if " - " in line else ""
-    return "assertion" if reason.startswith(("AssertionError", "assert ", "Failed:")) or not reason else "crash"
+    if not reason:  # an ERROR line without a reason: collection or a fixture broke
+        return "crash" if line.startswith("ERROR") else "assertion"
+    return "assertion" if reason.startswith(("AssertionError", "assert ", "Failed:")) else "crash"
 
 
 def run_suite(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
