@@ -20,7 +20,7 @@ from textldm.evaluation.heldout import (
     same_noise_agreement,
 )
 from textldm.evaluation.metrics import generative_perplexity, prompt_binding, rouge_l, text_statistics
-from textldm.export import read_model_config
+from textldm.export import locate_model_folder, read_model_config
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.distributed import is_main
 from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of
@@ -136,6 +136,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     if vae_dir is None and resume and (Path(cfg.out_dir) / "vae" / "config.json").exists():
         vae_dir = str(Path(cfg.out_dir) / "vae")
     if vae_dir is not None:
+        vae_dir = locate_model_folder(vae_dir)  # a folder or a Hub repo id
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         cfg = with_vae_of(cfg, vae_pipe)
         report = {k: v for k, v in read_model_config(vae_dir).get("report", {}).items() if k.startswith("vae")}

@@ -21,7 +21,7 @@ from textldm.config import Config, TrainConfig, to_dict, validate
 from textldm.data.corpus import check_source
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
-from textldm.export import read_model_config
+from textldm.export import locate_model_folder, read_model_config
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
@@ -235,8 +235,9 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     """Train a DiT on a frozen VAE (given in memory, with its `vae_report`, or as a saved-model folder). The
     saved model's report (and card) carries the VAE's numbers beside the DiT's."""
     if vae_pipe is None:
-        vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
-        vae_report = read_model_config(vae_dir).get("report", {})
+        folder = locate_model_folder(vae_dir)  # a folder or a Hub repo id
+        vae_pipe = TextLDMPipeline.from_pretrained(folder, require_dit=False)
+        vae_report = read_model_config(folder).get("report", {})
     cfg = with_vae_of(cfg, vae_pipe)
     device = start_run(cfg)
     _, eot, train, val = data or prepare_data(cfg)
