@@ -50,8 +50,8 @@ def main(argv=None) -> int:
              (f", guidance only for t in [{args.interval}]" if args.interval else "") + ".", "",
              "| model | CFG | MAUVE | gen-PPL | prompt binding | same-noise agreement | distinct-2 |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['cfg']:g} | {100 * r['mauve']:.1f} | {r['gen_ppl']:.0f} | {r['prompt_binding']:.3f} "
-              f"| {100 * r['agreement']:.1f}% | {r['distinct_2']:.3f} |" for r in rows]
+    lines += [f"| {r['model']} | {r['cfg']:g} | {100 * r['mauve']:.1f} | {r['gen_ppl']:.0f} "
+              f"| {r['prompt_binding']:.3f} | {100 * r['agreement']:.1f}% | {r['distinct_2']:.3f} |" for r in rows]
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_interval" if args.interval else ""
     (args.out / f"cfg_binding{tag}.json").write_text(json.dumps(rows, indent=2))
