@@ -279,7 +279,8 @@ def format_table(rows: list[dict], human: dict) -> list[str]:
         agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.1f}%"
         lines.append(f"| {r['design']} | {r['budget']:.3g} | {r['seeds']} | {r['params'] / 1e6:.1f}M "
                      f"| {r['flops']:.3g} | {r['minutes']:.1f} | {steps} | " + " | ".join(cells) + f" | {agree} |")
-    human_cells = [f"{(100 if m in PERCENT else 1) * human[m]:.{1 if m in PERCENT else 3}f}" for m in METRICS]
+    human_cells = [f"{(100 if m in PERCENT else 1) * human[m]:.{1 if m in PERCENT else 0 if m == 'gen_ppl' else 3}f}"
+                   for m in METRICS]
     human_cells[list(METRICS).index("prompt_binding")] = f"{human['reference_prompt_binding']:.3f} (true cont.)"
     lines.append("| human (2nd reference) | - | - | - | - | - | - | " + " | ".join(human_cells)
                  + f" | {100 * human['agreement']:.1f}% |")
