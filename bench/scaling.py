@@ -14,10 +14,13 @@ Each point is scored on the same --samples items of the embedded benchmark (MAUV
 ROUGE, BERTScore, distinct-2; TextLDM also same-noise agreement) and written to
 OUT/points/<design>/<flops>-s<seed>.json; a point already there is not run again, so a sweep can span sessions.
 
-`fit`: per design and metric, a line in log10(FLOPs) (gen-PPL: log gen-PPL, a power law) by least squares over
-every run, and the compute multiplier: the FLOPs where a design's fit reaches the AR baseline's mean at the
---reference budget, over the AR baseline's FLOPs there, with a 68% band from the fit's parameter uncertainty.
-Writes OUT/scaling.md, OUT/scaling.json and OUT/scaling_<metric>.png.
+`fit`: per design and metric, a line in log10(FLOPs) by least squares over every run at or above --min-flops,
+of the metric itself ("linear") or of its log ("log": a power law in compute) - gen-PPL as a power law, MAUVE
+both ways (far below its ceiling it grows like a power law, nearer it like a line in log compute, and the
+extrapolated multiplier depends on which: both are reported, each with its R²); and the compute multiplier: the
+FLOPs where a design's fit reaches the AR baseline's mean at the --reference budget, over the AR baseline's FLOPs
+there, with a 68% band from the fit's parameter uncertainty. Writes OUT/scaling.md, OUT/scaling.json and
+OUT/scaling.png.
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"mauve": "MAUVE", "gen_ppl": "gen-PPL", "prompt_binding": "prompt binding", "rougeL": "ROUGE-L",
            "bertscore": "BERTScore", "distinct_2": "distinct-2"}
 PERCENT = {"mauve", "rougeL", "bertscore"}  # shown x100
-LOG_METRICS = {"gen_ppl"}  # fitted in log space (a power law in compute)
+FIT_FORMS = {"mauve": ("linear", "log"), "gen_ppl": ("log",)}  # how each metric is fitted; the rest: linear
+LOG_AXIS = {"gen_ppl"}  # plotted on a log axis
 LOWER_IS_BETTER = {"gen_ppl"}
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
@@ -195,8 +199,16 @@ def fit_line(xs: list[float], ys: list[float]) -> dict:
             if total > 0 else float("nan"), "n": len(xs)}
 
 
-def transform(metric: str, value: float) -> float:
-    return math.log(value) if metric in LOG_METRICS else value
+def fit_forms(metric: str) -> tuple[str, ...]:
+    return FIT_FORMS.get(metric, ("linear",))
+
+
+def transform(form: str, value: float) -> float:
+    return math.log(value) if form == "log" else value
+
+
+def untransform(form: str, value):
+    return np.exp(value) if form == "log" else value
 
 
 def crossing_flops(fit: dict, target: float, draws: int = 4000, seed: int = 0) -> dict:
@@ -214,20 +226,24 @@ def crossing_flops(fit: dict, target: float, draws: int = 4000, seed: int = 0) -
     return {"log10_flops": centre, "band": [float(lo), float(hi)]}
 
 
-def design_fits(points: list[dict]) -> dict:
-    """design -> metric -> the fit of transform(metric) against log10(FLOPs) over that design's runs."""
+def design_fits(points: list[dict], min_flops: float = 0.0) -> dict:
+    """design -> metric -> form -> the fit of the metric (or its log) against log10(FLOPs) over that design's runs
+    at budgets >= min_flops."""
     fits = {}
     for design in sorted({p["design"] for p in points}):
-        runs = [p for p in points if p["design"] == design]
+        runs = [p for p in points if p["design"] == design and p["flops_budget"] >= min_flops]
         if len({p["flops_budget"] for p in runs}) < 2:
             continue
         xs = [math.log10(p["facts"]["flops"]) for p in runs]
-        fits[design] = {m: fit_line(xs, [transform(m, p["metrics"][m]) for p in runs]) for m in METRICS}
+        fits[design] = {m: {form: fit_line(xs, [transform(form, p["metrics"][m]) for p in runs])
+                            for form in fit_forms(m) if form == "linear" or min(p["metrics"][m] for p in runs) > 0}
+                        for m in METRICS}
     return fits
 
 
 def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
-    """design -> metric -> FLOPs to reach the AR baseline's mean at the reference budget / AR's FLOPs there."""
+    """design -> metric -> form -> FLOPs to reach the AR baseline's mean at the reference budget / AR's FLOPs
+    there."""
     ar = [p for p in points if p["design"] == AR and math.isclose(p["flops_budget"], reference, rel_tol=1e-6)]
     if not ar:
         return {}
@@ -236,15 +252,16 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
     for design, per_metric in fits.items():
         if design == AR:
             continue
-        out[design] = {}
+        out[design] = {m: {} for m in MULTIPLIER_METRICS}
         for m in MULTIPLIER_METRICS:
             target = statistics.fmean(p["metrics"][m] for p in ar)
-            fit = per_metric[m]
-            helps = fit["b"] < 0 if m in LOWER_IS_BETTER else fit["b"] > 0
-            cross = crossing_flops(fit, transform(m, target))
-            out[design][m] = {"ar_value": target, "helps": helps, "fit_r2": fit["r2"],
-                              "multiplier": 10 ** (cross["log10_flops"] - ar_flops) if helps else None,
-                              "band": [10 ** (x - ar_flops) for x in cross["band"]] if helps else None}
+            for form, fit in per_metric[m].items():
+                helps = fit["b"] < 0 if m in LOWER_IS_BETTER else fit["b"] > 0
+                cross = crossing_flops(fit, transform(form, target))
+                out[design][m][form] = {
+                    "ar_value": target, "helps": helps, "fit_r2": fit["r2"], "n": fit["n"],
+                    "multiplier": 10 ** (cross["log10_flops"] - ar_flops) if helps else None,
+                    "band": [10 ** (x - ar_flops) for x in cross["band"]] if helps else None}
     return out
 
 
@@ -288,14 +305,16 @@ def format_table(rows: list[dict], human: dict) -> list[str]:
 
 
 def format_multipliers(mult: dict, reference: float) -> list[str]:
-    lines = [f"| design | metric | AR at {reference:.3g} FLOPs | fit R² | compute multiplier (68% band) |",
-             "|---|---|---|---|---|"]
+    lines = [f"| design | metric | fitted as | runs | AR at {reference:.3g} FLOPs | fit R² | compute multiplier "
+             "(68% band) |", "|---|---|---|---|---|---|---|"]
     for design, per_metric in mult.items():
-        for m, r in per_metric.items():
-            value = f"{100 * r['ar_value']:.1f}" if m in PERCENT else f"{r['ar_value']:.0f}"
-            cell = "never (more compute does not improve the fit)" if not r["helps"] else \
-                f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
-            lines.append(f"| {design} | {METRICS[m]} | {value} | {r['fit_r2']:.2f} | {cell} |")
+        for m, per_form in per_metric.items():
+            for form, r in per_form.items():
+                value = f"{100 * r['ar_value']:.1f}" if m in PERCENT else f"{r['ar_value']:.0f}"
+                cell = "never (more compute does not improve the fit)" if not r["helps"] else \
+                    f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
+                shape = "power law" if form == "log" else "line in log FLOPs"
+                lines.append(f"| {design} | {METRICS[m]} | {shape} | {r['n']} | {value} | {r['fit_r2']:.2f} | {cell} |")
     return lines
 
 
@@ -312,13 +331,15 @@ def plot(points: list[dict], fits: dict, human: dict, out: Path) -> None:
             line = ax.plot(xs, [p["metrics"][m] for p in runs], "o", alpha=0.7, label=design)[0]
             if design in fits:
                 grid = np.linspace(math.log10(min(xs)), math.log10(max(xs)) + 1, 50)
-                f = fits[design][m]
-                y = f["a"] + f["b"] * grid
-                ax.plot(10 ** grid, np.exp(y) if m in LOG_METRICS else y, "-", color=line.get_color(), lw=1)
+                for form, style in zip(fit_forms(m), ("-", ":")):
+                    if form not in fits[design][m]:  # a power law needs positive values
+                        continue
+                    f = fits[design][m][form]
+                    ax.plot(10 ** grid, untransform(form, f["a"] + f["b"] * grid), style, color=line.get_color(), lw=1)
         ref = human["reference_prompt_binding"] if m == "prompt_binding" else human[m]
         ax.axhline(ref, color="grey", ls="--", lw=1, label="human")
         ax.set_xscale("log")
-        ax.set_yscale("log" if m in LOG_METRICS else "linear")
+        ax.set_yscale("log" if m in LOG_AXIS else "linear")
         ax.set_title(label)
         ax.set_xlabel("training FLOPs (counted)")
     axes.flat[0].legend(fontsize=8)
@@ -332,16 +353,17 @@ def cmd_fit(args) -> int:
     if not points:
         raise SystemExit(f"no points under {args.out / 'points'}; run `bench/scaling.py run` first")
     human = json.loads(sorted(args.out.glob("human-*.json"))[-1].read_text())
-    fits, rows = design_fits(points), summary_rows(points)
+    fits, rows = design_fits(points, args.min_flops), summary_rows(points)
     mult = multipliers(points, fits, args.reference)
     lines = [f"# Quality against training compute ({points[0]['samples']} embedded-benchmark items)", "",
              *format_table(rows, human), "",
              f"Compute multiplier against the AR baseline at {args.reference:.3g} FLOPs (the FLOPs where a design's "
-             "log-linear fit reaches the AR baseline's mean there, over AR's FLOPs):", "",
+             "fit against log10 FLOPs reaches the AR baseline's mean there, over AR's FLOPs; fits over the budgets "
+             f">= {args.min_flops:.3g} FLOPs; solid lines in the plot, dotted: MAUVE as a power law):", "",
              *format_multipliers(mult, args.reference), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
-                                           "reference": args.reference})
+                                           "reference": args.reference, "min_flops": args.min_flops})
     atomic_write_text(args.out / "scaling.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -355,6 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flops", default="5e13", help="total training FLOPs budgets, comma-separated")
     p.add_argument("--seed", default="0", help="seeds, comma-separated")
     p.add_argument("--reference", type=float, default=5e13, help="fit: the AR budget TextLDM must match")
+    p.add_argument("--min-flops", type=float, default=0.0, help="fit: leave smaller budgets out of the fits")
     p.add_argument("--config", default="demo", help="preset (sizes, data, sampler) for every design")
     p.add_argument("--vae-share", type=float, default=0.35, help="share of TextLDM's FLOPs spent on the VAE")
     p.add_argument("--samples", type=int, default=500, help="benchmark items scored")

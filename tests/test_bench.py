@@ -38,11 +38,25 @@ def test_multiplier_is_relative_to_the_ar_baseline_at_the_reference_budget():
                for e in (13, 14, 15)]
     points += [point("worse", 10.0 ** e, mauve=0.1 * (e - 13), gen_ppl=10.0 ** e / 1e10) for e in (13, 14, 15)]
     mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)
-    assert mult["block"]["mauve"]["multiplier"] == pytest.approx(100.0, rel=1e-6)
-    assert mult["block"]["gen_ppl"]["helps"] and mult["block"]["gen_ppl"]["multiplier"] == pytest.approx(10.0)
-    assert mult["worse"]["mauve"]["multiplier"] == pytest.approx(1e4, rel=1e-6)
-    assert not mult["worse"]["gen_ppl"]["helps"] and mult["worse"]["gen_ppl"]["multiplier"] is None
+    assert mult["block"]["mauve"]["linear"]["multiplier"] == pytest.approx(100.0, rel=1e-6)
+    block_ppl = mult["block"]["gen_ppl"]["log"]
+    assert block_ppl["helps"] and block_ppl["multiplier"] == pytest.approx(10.0)
+    assert mult["worse"]["mauve"]["linear"]["multiplier"] == pytest.approx(1e4, rel=1e-6)
+    assert not mult["worse"]["gen_ppl"]["log"]["helps"] and mult["worse"]["gen_ppl"]["log"]["multiplier"] is None
+    assert "log" not in mult["worse"]["mauve"]  # MAUVE 0 at the smallest budget: no power law
     assert "ar" not in mult
+
+
+def test_mauve_is_also_fitted_as_a_power_law_and_small_budgets_can_be_left_out():
+    """MAUVE doubling per decade (a power law) reaches 4x its value two decades on; the linear form, fitted to the
+    same points, says something else - both are reported. --min-flops drops the budgets below it from the fits."""
+    points = [point("ar", 1e13, mauve=0.4)] + [point("pl", 10.0 ** e, mauve=0.1 * 2 ** (e - 13)) for e in (13, 14, 15)]
+    mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)["pl"]["mauve"]
+    assert mult["log"]["multiplier"] == pytest.approx(100.0, rel=1e-6) and mult["log"]["fit_r2"] == pytest.approx(1)
+    assert mult["linear"]["multiplier"] != pytest.approx(100.0, rel=0.05) and mult["linear"]["fit_r2"] < 1
+    points.append(point("pl", 1e12, mauve=0.9))  # an outlier below the cut
+    fits = scaling.design_fits(points, min_flops=1e13)
+    assert fits["pl"]["mauve"]["log"]["n"] == 3 and fits["pl"]["mauve"]["log"]["r2"] == pytest.approx(1)
 
 
 def test_table_fit_and_plot_from_point_files(tmp_path):
