@@ -265,6 +265,39 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
     return out
 
 
+def ar_equivalent_flops(points: list[dict], metric: str, value: float) -> float | None:
+    """The FLOPs at which the AR baseline's measured curve reaches `value` of `metric`, interpolated piecewise
+    linearly in log FLOPs and log metric between its budgets (seed means); None outside its measured range or
+    where its curve is not monotone there. No fit, no extrapolation: a matched-quality multiplier is a TextLDM
+    run's FLOPs over this."""
+    rows = [r for r in summary_rows(points) if r["design"] == AR]
+    curve = [(math.log(r["flops"]), math.log(r[metric][0])) for r in rows]
+    target = math.log(value)
+    crossings = [((x0, y0), (x1, y1)) for (x0, y0), (x1, y1) in zip(curve, curve[1:])
+                 if min(y0, y1) <= target <= max(y0, y1) and y0 != y1]
+    if len(crossings) != 1:  # outside the measured range, or passed more than once (ambiguous)
+        return None
+    (x0, y0), (x1, y1) = crossings[0]
+    return math.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
+
+
+def format_matched(points: list[dict]) -> list[str]:
+    """Each TextLDM row's FLOPs over the AR baseline's FLOPs for the same MAUVE and the same gen-PPL."""
+    lines = ["| design | budget (FLOPs) | MAUVE | AR's FLOPs for that MAUVE | multiplier | gen-PPL "
+             "| AR's FLOPs for that gen-PPL | multiplier |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary_rows(points):
+        if r["design"] == AR:
+            continue
+        cells = []
+        for m in MULTIPLIER_METRICS:
+            ar = ar_equivalent_flops(points, m, r[m][0])
+            shown = f"{100 * r[m][0]:.1f}" if m in PERCENT else f"{r[m][0]:.0f}"
+            cells += [shown, "outside AR's range" if ar is None else f"{ar:.3g}", "-" if ar is None else
+                      f"{r['flops'] / ar:.2g}x"]
+        lines.append(f"| {r['design']} | {r['budget']:.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_rows(points: list[dict]) -> list[dict]:
     """One row per (design, budget): mean and sd over seeds of every metric and fact."""
     rows = []
@@ -360,7 +393,10 @@ def cmd_fit(args) -> int:
              f"Compute multiplier against the AR baseline at {args.reference:.3g} FLOPs (the FLOPs where a design's "
              "fit against log10 FLOPs reaches the AR baseline's mean there, over AR's FLOPs; fits over the budgets "
              f">= {args.min_flops:.3g} FLOPs; solid lines in the plot, dotted: MAUVE as a power law):", "",
-             *format_multipliers(mult, args.reference), "", "![quality vs compute](scaling.png)"]
+             *format_multipliers(mult, args.reference), "",
+             "Matched quality without a fit: each TextLDM run's FLOPs over the FLOPs at which the AR baseline's "
+             "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
+             *format_matched(points), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
                                            "reference": args.reference, "min_flops": args.min_flops})

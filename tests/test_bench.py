@@ -59,6 +59,17 @@ def test_mauve_is_also_fitted_as_a_power_law_and_small_budgets_can_be_left_out()
     assert fits["pl"]["mauve"]["log"]["n"] == 3 and fits["pl"]["mauve"]["log"]["r2"] == pytest.approx(1)
 
 
+def test_matched_quality_interpolates_the_ar_curve_without_extrapolating():
+    """AR's MAUVE 0.1 at 1e13 and 0.4 at 1e15 (log-log: doubling per decade); 0.2 is reached at 1e14. Values outside
+    its range, or crossed twice by a non-monotone curve, have no AR equivalent."""
+    points = [point("ar", 1e13, mauve=0.1, gen_ppl=100.0), point("ar", 1e15, mauve=0.4, gen_ppl=300.0),
+              point("ar", 1e16, mauve=0.5, gen_ppl=50.0)]
+    assert scaling.ar_equivalent_flops(points, "mauve", 0.2) == pytest.approx(1e14)
+    assert scaling.ar_equivalent_flops(points, "mauve", 0.05) is None
+    assert scaling.ar_equivalent_flops(points, "gen_ppl", 200.0) is None  # on both segments
+    assert scaling.ar_equivalent_flops(points, "gen_ppl", 70.0) is not None
+
+
 def test_table_fit_and_plot_from_point_files(tmp_path):
     from textldm.evaluation.harness import TABLE_METRICS
     assert set(scaling.METRICS) <= {*TABLE_METRICS, "gen_ppl", "distinct_2", "prompt_binding"}  # scorer keys
