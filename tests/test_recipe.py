@@ -227,9 +227,10 @@ def test_pipeline_normalises_prompts_and_denormalises_samples():
 
 
 def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, cfg_scale: float, seed: int,
-                       interval=(0.0, 1.0)):
+                       interval=(0.0, 1.0), latents: list | None = None):
     """Euler on the training-quantile grid with CFG for t in `interval` (conditional only outside it), windows of
-    dit.target_max tokens each conditioned on the last context_max tokens of prompt + text so far, by hand."""
+    dit.target_max tokens each conditioned on the last context_max tokens of prompt + text so far, by hand.
+    `latents`, if given, receives each window's final (normalised) latents, row by row."""
     d, vae, dit = pipe.config.dit, pipe.vae, pipe.dit
     grid = time_grid(steps, d.t_distribution, d.t_mean, d.t_std)
     out = [[] for _ in prompts]
@@ -245,6 +246,8 @@ def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, 
                 v_cond, v_null = dit(x, t, ctx), dit(x, t, null)
                 scale = cfg_scale if interval[0] <= a <= interval[1] else 1.0
                 x = x + (b - a) * (v_null + scale * (v_cond - v_null))
+            if latents is not None:
+                latents.append(x[0])
             out[i] += vae.decode(x * vae.latent_std + vae.latent_mean).argmax(-1)[0].tolist()
     return out
 
@@ -264,8 +267,12 @@ def test_the_cfg_interval_guides_only_inside_it():
     exactly the hand-written loop, and not the loop guided everywhere."""
     pipe = tiny_pipeline()
     prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13]]
-    got = pipe.generate_ids(prompts, length=4, steps=5, cfg_scale=3.0, seed=4, cfg_min_t=0.6, cfg_max_t=1.0)
-    assert got == reference_generate(pipe, prompts, 4, 5, 3.0, 4, interval=(0.6, 1.0))
+    seen = []  # the sampler's latents after its last step (token ids alone hide small velocity changes)
+    got = pipe.generate_ids(prompts, length=4, steps=5, cfg_scale=3.0, seed=4, cfg_min_t=0.6, cfg_max_t=1.0,
+                            callback=lambda i, t, x: seen.append(x.clone()))
+    expected = []
+    assert got == reference_generate(pipe, prompts, 4, 5, 3.0, 4, interval=(0.6, 1.0), latents=expected)
+    assert torch.allclose(seen[-1], torch.stack(expected), atol=1e-5)
     d = pipe.config.dit
     grid = time_grid(5, d.t_distribution, d.t_mean, d.t_std)[:-1]
     inside = int((grid >= 0.6).sum())
