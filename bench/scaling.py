@@ -265,35 +265,42 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
     return out
 
 
-def ar_equivalent_flops(points: list[dict], metric: str, value: float) -> float | None:
-    """The FLOPs at which the AR baseline's measured curve reaches `value` of `metric`, interpolated piecewise
-    linearly in log FLOPs and log metric between its budgets (seed means); None outside its measured range or
-    where its curve is not monotone there. No fit, no extrapolation: a matched-quality multiplier is a TextLDM
-    run's FLOPs over this."""
-    rows = [r for r in summary_rows(points) if r["design"] == AR]
-    curve = [(math.log(r["flops"]), math.log(r[metric][0])) for r in rows]
+def ar_equivalent_flops(rows: list[dict], metric: str, value: float) -> float | None:
+    """The FLOPs at which the AR baseline's measured curve (its `summary_rows`, seed means) reaches `value` of
+    `metric`, interpolated piecewise linearly in log FLOPs and log metric between its budgets; None outside its
+    measured range or where its curve passes the value more than once. No fit, no extrapolation: a matched-quality
+    multiplier is a TextLDM run's FLOPs over this."""
+    curve = [(math.log(r["flops"]), math.log(r[metric][0])) for r in rows if r["design"] == AR and r[metric][0] > 0]
+    if value <= 0:
+        return None
     target = math.log(value)
     crossings = [((x0, y0), (x1, y1)) for (x0, y0), (x1, y1) in zip(curve, curve[1:])
                  if min(y0, y1) <= target <= max(y0, y1) and y0 != y1]
-    if len(crossings) != 1:  # outside the measured range, or passed more than once (ambiguous)
+    if len(crossings) != 1:
         return None
     (x0, y0), (x1, y1) = crossings[0]
     return math.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
 
 
-def format_matched(points: list[dict]) -> list[str]:
+def shown(metric: str, value: float) -> str:
+    """A metric as the tables print it: x100 with one decimal for PERCENT metrics, gen-PPL whole, else 3 decimals."""
+    if metric in PERCENT:
+        return f"{100 * value:.1f}"
+    return f"{value:.0f}" if metric == "gen_ppl" else f"{value:.3f}"
+
+
+def format_matched(rows: list[dict]) -> list[str]:
     """Each TextLDM row's FLOPs over the AR baseline's FLOPs for the same MAUVE and the same gen-PPL."""
     lines = ["| design | budget (FLOPs) | MAUVE | AR's FLOPs for that MAUVE | multiplier | gen-PPL "
              "| AR's FLOPs for that gen-PPL | multiplier |", "|---|---|---|---|---|---|---|---|"]
-    for r in summary_rows(points):
+    for r in rows:
         if r["design"] == AR:
             continue
         cells = []
         for m in MULTIPLIER_METRICS:
-            ar = ar_equivalent_flops(points, m, r[m][0])
-            shown = f"{100 * r[m][0]:.1f}" if m in PERCENT else f"{r[m][0]:.0f}"
-            cells += [shown, "outside AR's range" if ar is None else f"{ar:.3g}", "-" if ar is None else
-                      f"{r['flops'] / ar:.2g}x"]
+            ar = ar_equivalent_flops(rows, m, r[m][0])
+            cells += [shown(m, r[m][0]), "outside AR's range" if ar is None else f"{ar:.3g}",
+                      "-" if ar is None else f"{r['flops'] / ar:.2g}x"]
         lines.append(f"| {r['design']} | {r['budget']:.3g} | " + " | ".join(cells) + " |")
     return lines
 
@@ -323,14 +330,12 @@ def format_table(rows: list[dict], human: dict) -> list[str]:
         cells = []
         for m in METRICS:
             mean, sd = r[m]
-            scale, digits = (100, 1) if m in PERCENT else (1, 0 if m == "gen_ppl" else 3)
-            cells.append(f"{scale * mean:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if r["seeds"] > 1 else ""))
+            cells.append(shown(m, mean) + (f" ± {shown(m, sd)}" if r["seeds"] > 1 else ""))
         steps = ", ".join(f"{k} {v}" for k, v in r["steps"].items())
         agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.1f}%"
         lines.append(f"| {r['design']} | {r['budget']:.3g} | {r['seeds']} | {r['params'] / 1e6:.1f}M "
                      f"| {r['flops']:.3g} | {r['minutes']:.1f} | {steps} | " + " | ".join(cells) + f" | {agree} |")
-    human_cells = [f"{(100 if m in PERCENT else 1) * human[m]:.{1 if m in PERCENT else 0 if m == 'gen_ppl' else 3}f}"
-                   for m in METRICS]
+    human_cells = [shown(m, human[m]) for m in METRICS]
     human_cells[list(METRICS).index("prompt_binding")] = f"{human['reference_prompt_binding']:.3f} (true cont.)"
     lines.append("| human (2nd reference) | - | - | - | - | - | - | " + " | ".join(human_cells)
                  + f" | {100 * human['agreement']:.1f}% |")
@@ -343,7 +348,7 @@ def format_multipliers(mult: dict, reference: float) -> list[str]:
     for design, per_metric in mult.items():
         for m, per_form in per_metric.items():
             for form, r in per_form.items():
-                value = f"{100 * r['ar_value']:.1f}" if m in PERCENT else f"{r['ar_value']:.0f}"
+                value = shown(m, r['ar_value'])
                 cell = "never (more compute does not improve the fit)" if not r["helps"] else \
                     f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
                 shape = "power law" if form == "log" else "line in log FLOPs"
@@ -396,7 +401,7 @@ def cmd_fit(args) -> int:
              *format_multipliers(mult, args.reference), "",
              "Matched quality without a fit: each TextLDM run's FLOPs over the FLOPs at which the AR baseline's "
              "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
-             *format_matched(points), "", "![quality vs compute](scaling.png)"]
+             *format_matched(rows), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
                                            "reference": args.reference, "min_flops": args.min_flops})

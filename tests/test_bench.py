@@ -64,10 +64,12 @@ def test_matched_quality_interpolates_the_ar_curve_without_extrapolating():
     its range, or crossed twice by a non-monotone curve, have no AR equivalent."""
     points = [point("ar", 1e13, mauve=0.1, gen_ppl=100.0), point("ar", 1e15, mauve=0.4, gen_ppl=300.0),
               point("ar", 1e16, mauve=0.5, gen_ppl=50.0)]
-    assert scaling.ar_equivalent_flops(points, "mauve", 0.2) == pytest.approx(1e14)
-    assert scaling.ar_equivalent_flops(points, "mauve", 0.05) is None
-    assert scaling.ar_equivalent_flops(points, "gen_ppl", 200.0) is None  # on both segments
-    assert scaling.ar_equivalent_flops(points, "gen_ppl", 70.0) is not None
+    rows = scaling.summary_rows(points)
+    assert scaling.ar_equivalent_flops(rows, "mauve", 0.2) == pytest.approx(1e14)
+    assert scaling.ar_equivalent_flops(rows, "mauve", 0.05) is None
+    assert scaling.ar_equivalent_flops(rows, "mauve", 0.0) is None  # a collapsed model has no AR equivalent
+    assert scaling.ar_equivalent_flops(rows, "gen_ppl", 200.0) is None  # on both segments
+    assert scaling.ar_equivalent_flops(rows, "gen_ppl", 70.0) is not None
 
 
 def test_table_fit_and_plot_from_point_files(tmp_path):
