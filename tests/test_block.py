@@ -126,7 +126,7 @@ def test_the_prefix_cache_matches_the_training_forward():
     assert torch.allclose(dit.block_velocity(x_t[:, 8:12], t[:, 2], stepwise), v, atol=1e-5)
 
 
-@pytest.mark.parametrize("uncond", ["empty", "null"])
+@pytest.mark.parametrize("uncond", ["empty", "null_latent"])
 def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
     """The sampler's unconditional rows are exactly training's dropped rows: v = v_drop + s (v_cond - v_drop)."""
     dit = tiny_dit(uncond)
@@ -181,7 +181,7 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     return out[:length]
 
 
-@pytest.mark.parametrize("uncond", ["empty", "null"])
+@pytest.mark.parametrize("uncond", ["empty", "null_latent"])
 def test_the_block_sampler_equals_a_reference_loop(uncond):
     """Prompts of 3, 5 and 8 tokens continued by 13 tokens (4 blocks over two windows of 16 tokens, the second
     starting from the last 8 tokens) in one batch: token for token what the reference loop writes for each."""

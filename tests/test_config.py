@@ -79,6 +79,24 @@ def test_literal_types_are_the_one_source_of_allowed_values(capsys):
         load_config("demo", ["sample.grid=cosine"])
 
 
+def test_every_choice_can_be_given_as_typed():
+    """Each allowed value of every choice field works as `key=value` on the command line and in a YAML file:
+    a value YAML reads as something else ("null", "off", "yes") would be unreachable (dit.block_uncond=null was)."""
+    import dataclasses
+    import typing
+
+    import yaml
+
+    sections = {name: tp for name, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp)}
+    choices = [(section, name, value) for section, tp in sections.items()
+               for name, hint in typing.get_type_hints(tp).items() if typing.get_origin(hint) is typing.Literal
+               for value in typing.get_args(hint)]
+    assert ("dit", "block_uncond", "null_latent") in choices
+    for section, name, value in choices:
+        assert yaml.safe_load(f"{name}: {value}") == {name: value}, f"{section}.{name}: {value!r}"
+        assert getattr(getattr(load_config("demo", [f"{section}.{name}={value}"]), section), name) == value
+
+
 def test_textldm_config_prints_the_resolved_config_and_every_key(capsys):
     import yaml
 

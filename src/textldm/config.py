@@ -37,7 +37,7 @@ Solver = Literal["euler", "heun", "ab2"]
 Grid = Literal["schedule", "uniform", "shifted"]
 Pooling = Literal["mean", "last"]
 BlockTime = Literal["per_block", "shared"]
-BlockUncond = Literal["empty", "null"]
+BlockUncond = Literal["empty", "null_latent"]
 
 
 class Checked:
@@ -164,8 +164,8 @@ class DiTConfig(TransformerShape):
     # cached clean prefix. Needs a VAE whose vae.encoder_block_size divides it; pooled_context is not used.
     block_size: int = 0  # 0 = the paper's full window (a prompt, then one target of up to target_max tokens)
     block_t: BlockTime = "per_block"  # block mode: each block its own timestep, or one shared by a window's blocks
-    # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null" = the prefix's
-    # latents are replaced by the null vector (dit.null_context)
+    # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null_latent" = the
+    # prefix's latents are replaced by the null vector (dit.null_context). (Not "null": YAML reads that as None.)
     block_uncond: BlockUncond = "empty"
     SECTION = "dit"
 

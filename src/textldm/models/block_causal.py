@@ -114,7 +114,7 @@ class BlockCausalMixin:
         return self.final(x, cond)
 
     def null_prefix_input(self, clean, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the unconditional CFG rows read as their prefix: the null latent at every position ("null"), or
+        """What the unconditional CFG rows read as their prefix: the null latent at every position ("null_latent"), or
         nothing ("empty": the same tensor, every key masked)."""
         if self.cfg.block_uncond == "empty":
             return clean, torch.zeros_like(mask)
