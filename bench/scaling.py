@@ -4,7 +4,8 @@
     python bench/scaling.py run --design full,block8,ar --flops 2e13 --seed 1,2               # more seeds
     python bench/scaling.py fit --reference 2e13                                              # table, fits, plots
 
-Designs (--grid, bench/grids/scaling.yaml): config overrides on --config (the demo preset) for TextLDM, or `ar`:
+Designs (--grid, bench/grids/scaling.yaml): config overrides on --config (the demo preset, with the paper's full
+window pinned: FULL_WINDOW) for TextLDM, or `ar`:
 the AR baseline with the full-window TextLDM's inference parameters and its DiT's width, heads, batch, learning
 rate and warm-up (`evaluation.matched`), on the same data, tokenizer and optimizer.
 A budget is total counted training FLOPs (`train.max_flops`, machine-independent): TextLDM gives --vae-share of it
