@@ -62,7 +62,7 @@ LOWER_IS_BETTER = {"gen_ppl"}
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
 # Every design starts from --config with the paper's full window pinned, so a design means the same runs whatever
-# the preset's defaults become (the demo preset adopted block mode in 0.3.0; its points here predate that).
+# the preset's defaults become (the demo preset adopted block mode in 0.3.0).
 FULL_WINDOW = ("dit.block_size=0", "vae.encoder_block_size=0", "dit.t_mean=0.0")
 
 
