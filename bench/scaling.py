@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from textldm import load_config
-from textldm.config import to_dict
+from textldm.config import FULL_WINDOW, to_dict
 from textldm.evaluation import matched
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
@@ -61,9 +61,6 @@ LOG_AXIS = {"gen_ppl"}  # plotted on a log axis
 LOWER_IS_BETTER = {"gen_ppl"}
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
-# Every design starts from --config with the paper's full window pinned, so a design means the same runs whatever
-# the preset's defaults become (the demo preset adopted block mode in 0.3.0).
-FULL_WINDOW = ("dit.block_size=0", "vae.encoder_block_size=0", "dit.t_mean=0.0")
 
 
 # designs and points ------------------------------------------------------------------------------------
@@ -85,7 +82,8 @@ def read_points(out: Path) -> list[dict]:
 
 
 def preset(args, *overrides: str):
-    """--config with the full window pinned, the command line's overrides, then these."""
+    """--config with the full window pinned (so a design means the same runs whatever the preset's defaults
+    become), the command line's overrides, then these."""
     return load_config(args.config, [*FULL_WINDOW, *args.overrides, *overrides])
 
 

@@ -78,11 +78,11 @@ def cache_home(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-# the paper's full window, which most tests exercise; the demo preset's own block mode: tests/test_block.py
-FULL_WINDOW = ["dit.block_size=0", "vae.encoder_block_size=0", "dit.t_mean=0.0"]
-
-
 def tiny_overrides(model_dir: str, corpus: str, out_dir: str, full_window: bool = True) -> list[str]:
+    """The tiny shapes on any preset; the paper's full window unless `full_window=False` (most tests exercise the
+    full window; the demo preset's own block mode: tests/test_block.py)."""
+    from textldm.config import FULL_WINDOW
+
     return [f"out_dir={out_dir}", f"teacher.name={model_dir}", "teacher.layer=-2", f"data.source={corpus}",
             f"metrics.judge={model_dir}",
             "data.val_fraction=0.1", "device=cpu",
@@ -93,7 +93,7 @@ def tiny_overrides(model_dir: str, corpus: str, out_dir: str, full_window: bool 
             "dit.context_min=4", "dit.target_min=4",
             "dit_train.steps=20", "dit_train.batch_size=8", "dit_train.warmup_steps=5", "dit_train.log_every=10",
             "sample.steps=4", "sample.length=8", "eval.val_batches=2", "eval.batch_size=8", "eval.num_prompts=2",
-            "eval.rouge_samples=0"] + (FULL_WINDOW if full_window else [])
+            "eval.rouge_samples=0", *(FULL_WINDOW if full_window else ())]
 
 
 @pytest.fixture(scope="session")

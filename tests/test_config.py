@@ -1,7 +1,7 @@
 """Presets, overrides and their errors."""
 import pytest
 
-from textldm.config import PRESET_DIR, Config, config_from_dict, load_config, parse_override, to_dict
+from textldm.config import FULL_WINDOW, PRESET_DIR, Config, config_from_dict, load_config, parse_override, to_dict
 from textldm.errors import UserError
 
 
@@ -13,6 +13,9 @@ def test_defaults_presets_and_overrides():
     assert cfg.vae.softmax == "sampled"  # from the demo preset
     for preset in PRESET_DIR.glob("*.yaml"):
         load_config(preset.stem)  # every shipped preset is valid
+    # paper-recipe is the paper's full window although its base, demo, trains block mode
+    assert load_config("paper-recipe") == load_config("paper-recipe", list(FULL_WINDOW))
+    assert load_config("demo").dit.block_size == 1 and load_config("demo", list(FULL_WINDOW)).dit.block_size == 0
 
 
 def test_round_trip_through_dict():

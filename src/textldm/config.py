@@ -22,6 +22,8 @@ import yaml
 from textldm.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+# overrides that give the paper's full window on any preset (`demo` trains block mode since 0.3.0)
+FULL_WINDOW = ("dit.block_size=0", "vae.encoder_block_size=0", "dit.t_mean=0.0")
 
 # the allowed values of every choice, stated once: validation, the CLI's choices and `textldm config --keys`
 # read them from here (diffusion/sampling.py's SOLVERS and diffusion/flow.py's time grids implement them)
