@@ -82,7 +82,11 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         # what the prompt is about directly, not only through attention
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
             if cfg.pooled_context and cfg.block_size == 0 else None
-        self.null_context = nn.Parameter(torch.zeros(latent_channels), requires_grad=cfg.null_context == "learned")
+        # CFG's null condition; trained only where the mode reads it (block mode's empty prefix does not): a trained
+        # parameter outside the graph stops DDP at its second step
+        reads_null = cfg.block_size == 0 or cfg.block_uncond == "null_latent"
+        self.null_context = nn.Parameter(torch.zeros(latent_channels),
+                                         requires_grad=cfg.null_context == "learned" and reads_null)
         # cacheable-context variant: the context's adaLN condition, free of t
         self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))

@@ -33,9 +33,11 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
         lengths[cut] = torch.randint(1, L + 1, (int(cut.sum()),), generator=g)
         noise = torch.randn(batch_size, L, cfg.latent_channels, generator=g)
         sl = local_slice(batch_size, micro, accum)
+        token_count = float(lengths.sum()) * (sl.stop - sl.start) / batch_size  # this part's share (`vae_loss`)
         ids, lengths, noise = ids[sl].to(device), lengths[sl].to(device), noise[sl].to(device)
         mask = torch.arange(L, device=device)[None] < lengths[:, None]
-        batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1 + micro)}
+        batch = {"ids": ids, "mask": mask, "noise": noise, "generator": step_generator(seed, step, stream=1 + micro),
+                 "token_count": token_count}
         n = max(1, round(cfg.repa_fraction * ids.shape[0]))  # teacher features for the first n sequences
         if cache is not None:
             batch["teacher"] = cache.features(idx[sl][:n]).to(device)

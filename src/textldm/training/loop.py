@@ -224,6 +224,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))
         out_of_time = used >= 1.0
         if step % cfg.log_every == 0 or last or out_of_time:
+            metrics = _mean_over_ranks(metrics)
             _log_step(logger, bar, _step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
         due = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or last or out_of_time)
         if checkpoint_dir is not None and due:
@@ -303,6 +304,17 @@ def _forward_backward(model: nn.Module, batches, step: int, accum: int, amp_dtyp
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + v.detach() / accum if torch.is_tensor(v) else v
     return loss, totals
+
+
+def _mean_over_ranks(metrics: dict) -> dict:
+    """The step's metrics averaged over the ranks (each holds its shard's): the log shows the global batch's loss,
+    as one process would. A collective: every rank calls it at the same steps."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    if not dist.is_initialized() or not keys:
+        return metrics
+    values = torch.stack([metrics[k].detach().float() for k in keys])
+    dist.all_reduce(values)
+    return {**metrics, **dict(zip(keys, values / world_size()))}
 
 
 def _budget_used(max_minutes: float | None, time_offset: float, start: float, device) -> float:

@@ -28,10 +28,11 @@ def repa_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(projected.float(), teacher.detach().float(), dim=-1, eps=1e-6)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x over the positions where mask is true."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: float | None = None) -> torch.Tensor:
+    """Mean of x over the positions where mask is true; `count`: divide by this many positions instead (a shard's
+    share of the global batch's, so that the shards' means average to the global batch's)."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    return (x * mask).sum() / (mask.sum().clamp_min(1.0) if count is None else count)
 
 
 def sampled_softmax(vae: TextVAE, ids: torch.Tensor, mask: torch.Tensor, generator=None):
@@ -56,8 +57,12 @@ def decoder_noise(mean: torch.Tensor, mask: torch.Tensor, scale: float, generato
     return level * channel_std * torch.randn(B, L, C, generator=generator).to(mean.device)
 
 
-def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None):
-    """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos). Returns (loss, metrics dict).
+def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 1e-3, noise=None, generator=None,
+             token_count: float | None = None):
+    """CE(reconstruction) + kl_weight * KL + repa_weight * (-cos), each a mean over the real tokens. Returns (loss,
+    metrics dict). `token_count`: the real tokens of the whole global batch over the number of parts it is split into
+    (ranks x accumulation steps): each part divides by it, so their average is the global batch's token mean under
+    any split, as in one process - the local count would weigh the tokens of a part with fewer tokens more.
 
     With cfg.softmax == "sampled" (training only) the softmax runs over `sampled_softmax`'s candidates; with
     cfg.decoder_noise > 0 (training only) the decoder reads the latents with `decoder_noise` added."""
@@ -73,15 +78,16 @@ def vae_loss(vae: TextVAE, ids, mask, teacher_features=None, kl_weight: float = 
     if cfg.softmax == "sampled" and vae.training:
         weight, targets = sampled_softmax(vae, ids, mask, generator)
     # the masked mean of the per-token CE, without the (tokens x vocabulary) logits ever existing whole
-    token_weights = mask.float() / mask.sum().clamp_min(1)
+    token_weights = mask.float() / (mask.sum().clamp_min(1) if token_count is None else token_count)
     ce, correct = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), token_weights.flatten())
-    kl = masked_mean(kl_per_token(mean, logvar), mask)
-    acc = masked_mean(correct.view_as(targets).float(), mask)
+    kl = masked_mean(kl_per_token(mean, logvar), mask, token_count)
+    acc = masked_mean(correct.view_as(targets).float(), mask, token_count)
     loss = ce + kl_weight * kl
     metrics = {"ce": ce.detach(), "kl": kl.detach(), "acc": acc.detach()}
     if vae.repa_proj is not None and teacher_features is not None:
         n = teacher_features.shape[0]  # teacher features may cover only the first n sequences
-        cos = masked_mean(repa_cosine(vae.repa_proj(feature[:n]), teacher_features), mask[:n])
+        cos = masked_mean(repa_cosine(vae.repa_proj(feature[:n]), teacher_features), mask[:n],
+                          token_count if n == ids.shape[0] else None)  # repa_fraction < 1: a per-part mean
         loss = loss + cfg.repa_weight * (-cos)
         metrics["repa_cos"] = cos.detach()
     metrics["loss"] = loss.detach()
@@ -104,7 +110,8 @@ class VAEObjective(nn.Module):
     def forward(self, batch: dict, step: int):
         """(loss, metrics) of one micro-batch."""
         return vae_loss(self.vae, batch["ids"], batch["mask"], batch.get("teacher"),
-                        kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"])
+                        kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"],
+                        token_count=batch.get("token_count"))
 
 
 # the DiT -----------------------------------------------------------------------------------------------
