@@ -1,5 +1,6 @@
 """A 2-process gloo DDP run keeps replicas identical and follows the single-process trajectory for the same
 global batches (the batch builders draw the global batch from (seed, step) and each rank takes its slice)."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,10 @@ def build(kind: str):
 
 
 TRAIN = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, log_every=100)
-KINDS = ["vae", "dit_empty", "dit_null_latent"]
+CASES = [("vae", "ddp"), ("dit_empty", "ddp"), ("dit_null_latent", "ddp"), ("dit_empty", "fsdp")]
 
 
-def worker(rank, world, folder, kind):
+def worker(rank, world, folder, kind, parallel):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
     try:
@@ -65,18 +66,19 @@ def worker(rank, world, folder, kind):
                    f"{folder}/grad{rank}.pt")
         model.zero_grad(set_to_none=True)
         del ddp
-        fit(objective, batches, TRAIN, progress=False, precision="fp32")
+        fit(objective, batches, dataclasses.replace(TRAIN, parallel=parallel), progress=False, precision="fp32")
         torch.save(model.state_dict(), f"{folder}/params{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_ddp_matches_single_process(tmp_path, kind):
-    """The VAE, and the DiT in block mode with either CFG null condition: gradients and trained weights equal across
-    replicas and equal to one process's on the same global batches."""
-    mp.spawn(worker, args=(2, str(tmp_path), kind), nprocs=2, join=True)
+@pytest.mark.parametrize("kind,parallel", CASES)
+def test_ddp_matches_single_process(tmp_path, kind, parallel):
+    """The VAE (with truncated sequences), and the DiT in block mode with either CFG null condition, under DDP (and
+    block mode under FSDP2): gradients and trained weights equal across replicas and equal to one process's on the
+    same global batches."""
+    mp.spawn(worker, args=(2, str(tmp_path), kind, parallel), nprocs=2, join=True)
     model, objective, batches = build(kind)
     loss, _ = objective(batches(0), 0)
     loss.backward()
@@ -144,3 +146,23 @@ def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus, full_wi
     assert_same_losses(logged_losses(both, "vae")[:1], logged_losses(single, "vae")[:1], "VAE")
     dit_only = run(torchrun, "dit", "--vae", str(single / "vae"))
     assert_same_losses(logged_losses(dit_only, "dit"), logged_losses(single, "dit"), "DiT")
+
+
+@pytest.mark.parametrize("mode", [
+    {}, {"t_conditioning": False}, {"infill_prob": 0.5}, {"self_condition_prob": 0.5}, {"context_cache": True},
+    {"null_context": "zeros"}, {"block_size": 2}, {"block_size": 2, "block_uncond": "null_latent"},
+    {"block_size": 2, "block_t": "shared"}], ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "paper")
+def test_every_trained_parameter_is_in_every_modes_graph(mode):
+    """What DDP needs (without find_unused_parameters): every parameter the optimizer trains gets a gradient from one
+    step's loss, in every generation mode and lever - a parameter a mode never reads must not be trained in it."""
+    torch.manual_seed(0)
+    vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=12,
+                            repa_weight=0.0, encoder_block_size=int("block_size" in mode)), VOCAB).eval()
+    cfg = DiTConfig(width=32, heads=2, depth=1, context_min=2, context_max=6, target_min=2, target_max=6,
+                    p_uncond=0.5, **mode)
+    dit = TextDiT(cfg, 8)
+    loss, _ = DiTObjective(dit)(dit_batches(RandomStream(), vae.requires_grad_(False), cfg, 16, seed=0,
+                                            device=torch.device("cpu"))(0), 0)
+    loss.backward()
+    unused = [n for n, p in dit.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"trained but outside the graph: {unused}"
