@@ -32,10 +32,10 @@ def tiny_vae(encoder_block: int = 1, seed: int = 0) -> TextVAE:
     return randomized(TextVAE(cfg, VOCAB), seed)
 
 
-def tiny_dit(uncond: str = "empty", seed: int = 1, **overrides) -> TextDiT:
+def tiny_dit(uncond: str = "empty", seed: int = 1, block: int = BLOCK, **overrides) -> TextDiT:
     torch.manual_seed(seed)
     cfg = DiTConfig(width=32, depth=2, heads=2, context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET,
-                    block_size=BLOCK, block_uncond=uncond, **overrides)
+                    block_size=block, block_uncond=uncond, **overrides)
     return randomized(TextDiT(cfg, C), seed)
 
 
@@ -141,8 +141,8 @@ def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
     assert not torch.allclose(v_cond, v_drop, atol=1e-3)
 
 
-def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty") -> TextLDMPipeline:
-    vae, dit = tiny_vae(), tiny_dit(uncond)
+def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty", block: int = BLOCK) -> TextLDMPipeline:
+    vae, dit = tiny_vae(), tiny_dit(uncond, block=block)
     cfg = Config(vae=vae.cfg, dit=dit.cfg, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
     return TextLDMPipeline(cfg, None, vae, dit, eot_id=-1)
 
@@ -296,3 +296,63 @@ def test_the_demo_preset_runs_end_to_end_in_its_block_mode(tiny_model_dir, tiny_
     assert pipe.config.dit.block_size == 1 and pipe.vae.cfg.encoder_block_size == 1
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
     assert 0 < len(pipe.generate_ids([ids], length=5)[0]) <= 5
+
+
+class Words:
+    """A stand-in tokenizer over the tiny vocabulary: token k is the word "wk" (no word is inside another)."""
+
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [int(w[1:]) for w in text.split()]}
+
+
+def streamed(pipe, prompt: list[int], max_tokens: int, stops: list[str]) -> tuple[str, str]:
+    """(the joined chunks of a streamed completion, its finish reason), as /v1/completions streams them."""
+    from textldm.serving.openai_api import CommittedText
+
+    chunks = []
+    callback = CommittedText(pipe, stops, max_tokens, lambda kind, data: chunks.append(data["text"]), lambda: None)
+    end = callback.finish(pipe.generate_ids([prompt], max_tokens, callback=callback)[0])
+    return "".join(chunks) + end["text"], end["finish_reason"]
+
+
+@pytest.mark.parametrize("block,max_tokens", [(1, 6), (2, 6), (2, 7), (4, 6), (4, 7), (8, 6)])
+def test_a_stream_caps_at_max_tokens_and_equals_the_whole_answer(block, max_tokens):
+    """For every block size that fits the window: the joined stream is the non-streamed answer (text and finish
+    reason) with no stop, with a stop inside the last block's kept tokens, in an earlier block, and with a stop that
+    only the sampled-but-cut tail of the last block would contain (still "length": the tail is never shown)."""
+    from textldm.serving.openai_api import choice
+
+    pipe = block_pipeline(block=block)
+    pipe.tokenizer = Words()
+    prompt = [1, 2, 3]
+    ids = pipe.generate_ids([prompt], max_tokens)[0]
+    assert len(ids) == max_tokens
+    rounded = -(-max_tokens // block) * block
+    tail = pipe.generate_ids([prompt], rounded)[0][max_tokens:]  # what the last block sampled past max_tokens
+    text = Words().decode(ids)
+    cases = [[], [Words().decode(ids[-1:])], [Words().decode(ids[1:2])]]
+    # the shortest phrase across the cut that only an overrunning stream would show (the longest is never in the text)
+    past = [Words().decode(ids[-k:] + tail[:1]) for k in range(1, len(ids) + 1)]
+    cases += [[p] for p in past if p not in text][:1] if tail else []
+    assert len(cases) == 4 or not tail
+    for stops in cases:
+        whole = choice(pipe.tokenizer, 0, ids, max_tokens, stops)
+        assert streamed(pipe, prompt, max_tokens, stops) == (whole["text"], whole["finish_reason"]), stops
+    if len(cases) == 4:
+        assert choice(pipe.tokenizer, 0, ids, max_tokens, cases[3])["finish_reason"] == "length"
+
+
+def test_the_live_view_never_shows_more_than_the_requested_length():
+    """B = 4, 6 tokens asked: the live view's last block shows 2 tokens, and its text is the answer."""
+    from textldm.serving.trajectory import Trajectory
+
+    pipe = block_pipeline()
+    pipe.tokenizer = Words()
+    events = []
+    rows = pipe.generate_ids([[1, 2, 3]], length=6, callback=Trajectory(pipe, 4, events.append, check=lambda: None))
+    last = [e for e in events if e["window"] == 1]
+    assert last and all(len(e["tokens"]) == len(e["change"]) == 2 for e in last)
+    assert last[-1]["text"] == Words().decode(rows[0])

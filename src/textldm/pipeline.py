@@ -182,10 +182,11 @@ class TextLDMPipeline(HubMixin):
                 state = self._block_state = BlockState(self, [(prompt_ids[i] + out[i])[-d.context_max:]
                                                               for i in active], guided=s.cfg_scale != 1.0)
                 while active and remaining > 0 and not stopped and state.has_room():
+                    state.take = min(d.block_size, remaining)  # the last block may be cut: never show more
                     rows = self._sample_block(state, grid, s, [noise_seed(s.seed, k, first_index + i) for i in active],
                                               callback)
                     for i, row in zip(active, rows):
-                        out[i] += row
+                        out[i] += row[: state.take]
                     alive = [j for j, row in enumerate(rows) if self.eot_id not in row]
                     active = [active[j] for j in alive]
                     state.append(torch.tensor(rows, device=self.device))
@@ -196,14 +197,15 @@ class TextLDMPipeline(HubMixin):
 
     def decode_step(self, x: torch.Tensor) -> list[list[int]]:
         """Token ids of the latents a step callback sees (the first rows of the current window, or of the current
-        block: decoded beside its prefix, as the final text will be)."""
+        block: decoded beside its prefix, as the final text will be, and cut to the tokens the text keeps)."""
         state = getattr(self, "_block_state", None)
         if not self.config.dit.block_size or state is None:
             return self.decode_latents(x, cut=False)
         n = x.shape[0]
         mask = torch.cat([state.mask[:n], torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)], 1)
-        return self.decode_latents(torch.cat([state.latents[:n], x.to(state.latents.dtype)], 1), cut=False, mask=mask,
-                                   last=x.shape[1])
+        ids = self.decode_latents(torch.cat([state.latents[:n], x.to(state.latents.dtype)], 1), cut=False, mask=mask,
+                                  last=x.shape[1])
+        return [row[: state.take] for row in ids]
 
     def _sample_block(self, state: BlockState, grid: torch.Tensor, s: SampleConfig, seeds: list[int],
                       callback) -> list[list[int]]:
@@ -340,6 +342,7 @@ class BlockState:
         d, device = pipe.config.dit, pipe.device
         start = -(-d.context_max // d.block_size) * d.block_size
         self.pipe, self.guided, self.window = pipe, guided, d.context_max + d.target_max
+        self.take = d.block_size  # how many of the current block's tokens the text keeps (fewer in a cut last block)
         self.ids = torch.zeros(len(rows), start, dtype=torch.long, device=device)
         self.mask = torch.zeros(self.ids.shape, dtype=torch.bool, device=device)
         for i, r in enumerate(rows):
