@@ -86,3 +86,49 @@ def test_the_cli_runs_the_harness_with_textldm_registered(models, at_root, tmp_p
     assert run(["lm-eval", "--model", "textldm", "--model_args", f"pretrained={tmp_path / 'textldm'},steps=2",
                 "--tasks", "textldm_tiny_continue", "--include_path", str(TASKS), "--limit", "2"]) == 0
     assert "textldm_tiny_continue" in capsys.readouterr().out
+
+
+class Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_a_continuation_longer_than_the_window_is_scored_whole(models, tmp_path):
+    """The AR baseline's window is 24 tokens: a 30-token continuation is scored in two pieces, the second read after
+    the 24 tokens before it - by hand from the model's logits - and equals its rolling score after the context."""
+    import torch
+
+    from textldm.evaluation.lm_eval_model import TextLDMHarnessModel
+
+    _, ar = models
+    ar.save_pretrained(tmp_path / "ar")
+    lm = TextLDMHarnessModel(str(tmp_path / "ar"))
+    window = ar.seq_len
+    ctx = lm._encode("the man said")
+    cont = lm._encode(" " + " ".join(["that it was the"] * 8))[:window + 6]
+    (logp, _), = lm.loglikelihood([Request("the man said", lm.pipe.tokenizer.decode(cont))])
+    ids = ctx + cont
+    expected = 0.0
+    for start in (len(ctx), len(ctx) + window):
+        end = min(start + window, len(ids))
+        lo = max(0, end - 1 - window)
+        with torch.no_grad():
+            logits = ar.model(torch.tensor([ids[lo:end - 1]]))[0].float().log_softmax(-1)
+        expected += sum(logits[j - 1 - lo, ids[j]].item() for j in range(start, end))
+    assert logp == pytest.approx(expected, abs=1e-3)
+
+
+def test_requests_with_different_generation_settings_get_different_noise(models, tmp_path):
+    """Two groups of gen_kwargs, the same context: request i is the pipeline's continuation with noise row i (rows
+    restarting per group would give both requests the same noise)."""
+    from textldm.evaluation.lm_eval_model import TextLDMHarnessModel
+
+    pipe, _ = models
+    pipe.save_pretrained(tmp_path / "textldm")
+    lm = TextLDMHarnessModel(str(tmp_path / "textldm"), steps=3, seed=0)
+    context = "the man said that"
+    out = lm.generate_until([Request(context, {"until": [], "max_gen_toks": 6}),
+                             Request(context, {"until": [], "max_gen_toks": 7})])
+    ids = pipe.encode_prompts([context])
+    assert out == [pipe.tokenizer.decode(pipe.generate_ids(ids, n, steps=3, seed=0, first_index=i)[0])
+                   for i, n in enumerate((6, 7))]

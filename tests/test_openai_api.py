@@ -36,6 +36,15 @@ def test_models_and_completions_equal_the_python_api(served):
     r = client.completions.create(model="textldm", prompt=prompts, n=2, max_tokens=6, seed=5, extra_body=extra)
     expected = pipe.generate([p for p in prompts for _ in range(2)], length=6, seed=5, **extra)
     assert [c.index for c in r.choices] == [0, 1, 2, 3] and [c.text for c in r.choices] == expected
+    # OpenAI's counts: each prompt once however many choices (4 + 3 tokens), every choice's text
+    assert r.usage.prompt_tokens == 4 + 3
+    assert r.usage.completion_tokens == sum(len(pipe.tokenizer(c.text, add_special_tokens=False)["input_ids"])
+                                            for c in r.choices)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    limit = LIMITS.max_choices  # prompts x n choices in all: 2 x (limit / 2) fits, one more prompt does not
+    client.completions.create(model="textldm", prompt=prompts, n=limit // 2, max_tokens=1, extra_body={"steps": 1})
+    with pytest.raises(openai.BadRequestError, match="choices"):
+        client.completions.create(model="textldm", prompt=prompts + ["one more"], n=limit // 2, max_tokens=1)
     r = client.completions.create(model="ar", prompt="the man said that", max_tokens=5, temperature=0, seed=1)
     assert r.choices[0].text == ar.generate("the man said that", length=5, temperature=0, seed=1)[0]
 

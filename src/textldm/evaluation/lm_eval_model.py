@@ -73,12 +73,14 @@ class TextLDMHarnessModel(LM):
     # generation -----------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Each request's continuation, cut at its first stop sequence; requests with the same generation settings
-        run in batches."""
+        run in batches. Noise rows are numbered over all requests (grouped by settings, in order of first
+        appearance), so no two requests share noise."""
         out: list[str | None] = [None] * len(requests)
         groups = defaultdict(list)
         for i, request in enumerate(requests):
             context, gen_kwargs = request.args
             groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append((i, context))
+        offset = 0  # the noise row of a group's first request
         for key, items in groups.items():
             kwargs = json.loads(key)
             until = kwargs.get("until") or []
@@ -86,9 +88,10 @@ class TextLDMHarnessModel(LM):
             length = int(kwargs.get("max_gen_toks", self.max_gen_toks))
             for start in range(0, len(items), self.batch):
                 chunk = items[start: start + self.batch]
-                texts = self._generate([c for _, c in chunk], length, kwargs, first_index=start)
+                texts = self._generate([c for _, c in chunk], length, kwargs, first_index=offset + start)
                 for (i, _), text in zip(chunk, texts):
                     out[i] = _stop_at(text, until)
+            offset += len(items)
         return out
 
     def _generate(self, contexts: list[str], length: int, kwargs: dict, first_index: int) -> list[str]:
@@ -110,13 +113,18 @@ class TextLDMHarnessModel(LM):
 
     @torch.no_grad()
     def _token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-        """log p(continuation | context) under the AR baseline, and whether greedy decoding gives it exactly."""
-        ids = (context + continuation)[-(self.pipe.seq_len + 1):]
-        n = len(continuation)
-        x = torch.tensor([ids[:-1]], device=self.pipe.device)
-        logp = F.log_softmax(self.pipe.model(x).float()[0, -n:], dim=-1)
-        target = torch.tensor(ids[-n:], device=logp.device)
-        return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
+        """log p(continuation | context) under the AR baseline (a non-empty context), and whether greedy decoding gives
+        it exactly. Scored in pieces of at most the model's window, each read after the tokens just before it (up to
+        a window in all), so a continuation of any length is scored whole."""
+        ids, window, total, greedy = context + continuation, self.pipe.seq_len, 0.0, True
+        for start in range(len(context), len(ids), window):
+            end = min(start + window, len(ids))
+            x = torch.tensor([ids[max(0, end - 1 - window): end - 1]], device=self.pipe.device)
+            logp = F.log_softmax(self.pipe.model(x).float()[0, start - end:], dim=-1)  # the predictions of ids[start:end]
+            target = torch.tensor(ids[start:end], device=logp.device)
+            total += float(logp.gather(1, target[:, None]).sum())
+            greedy = greedy and bool((logp.argmax(-1) == target).all())
+        return total, greedy
 
     def _encode(self, text: str) -> list[int]:
         return self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -133,14 +141,7 @@ class TextLDMHarnessModel(LM):
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """log p(text) per request, in windows of the AR baseline's context, each token scored once."""
+        """log p(text) per request, from end-of-text, in windows of the AR baseline's context, each token scored once."""
         if not self.is_ar:
             self._refuse("loglikelihood_rolling")
-        out = []
-        for request in requests:
-            ids, total, window = self._encode(request.args[0]), 0.0, self.pipe.seq_len
-            for start in range(0, len(ids), window):
-                context = ids[max(0, start - window): start] or [self.pipe.eot_id]
-                total += self._token_logprobs(context, ids[start: start + window])[0]
-            out.append(total)
-        return out
+        return [self._token_logprobs([self.pipe.eot_id], self._encode(r.args[0]))[0] for r in requests]

@@ -104,7 +104,8 @@ class OpenAIFacade:
     def job(self, req):
         """The job answering a non-streamed request (checked now)."""
         target, prompts, stops = self.check(req)
-        rows = [self.service.prompt_ids(p) for p in prompts for _ in range(req.n)]
+        prompt_ids = [self.service.prompt_ids(p) for p in prompts]
+        rows = [ids for ids in prompt_ids for _ in range(req.n)]
         settings = self._settings(req) if target == "textldm" else {}
 
         def job(callback):
@@ -116,7 +117,8 @@ class OpenAIFacade:
                 pipe = self.service.pipe
                 out = pipe.generate_ids(rows, req.max_tokens, callback=callback, **settings)
             choices = [choice(pipe.tokenizer, i, row, req.max_tokens, stops) for i, row in enumerate(out)]
-            return self.answer(self.ar_id if target == "ar" else self.model_id, choices, sum(len(r) for r in rows))
+            return self.answer(self.ar_id if target == "ar" else self.model_id, choices,
+                               sum(len(ids) for ids in prompt_ids))  # OpenAI counts a prompt once, whatever n
         return job
 
     def _settings(self, req) -> dict:
@@ -128,6 +130,8 @@ class OpenAIFacade:
 
     @staticmethod
     def answer(model: str, choices: list[dict], prompt_tokens: int) -> dict:
+        """The completion object; `usage` as OpenAI defines it: prompt_tokens = the tokens of each prompt the model
+        read (after the context cut), once per prompt; completion_tokens = the tokens of every choice's returned text."""
         completion = sum(c.pop("_tokens") for c in choices)
         return {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": model, "choices": choices,
