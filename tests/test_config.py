@@ -130,3 +130,50 @@ def test_every_cli_option_has_help_and_training_help_says_where_the_keys_are():
                if not a.help and not isinstance(a, argparse._HelpAction)]
     assert not missing
     assert "textldm config --keys" in commands["train-vae"].format_help()
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("dit.depth=0", "dit.depth must be in [1, inf), got 0"), ("dit.depth=-1", "dit.depth must be in [1, inf)"),
+    ("vae.width=0", "vae.width must be in [2, inf)"), ("dit.heads=0", "dit.heads must be in [1, inf)"),
+    ("vae.truncate_prob=2", "vae.truncate_prob must be in [0, 1]"), ("vae.kl_weight=-1", "vae.kl_weight"),
+    ("dit.t_mean=nan", "dit.t_mean must be a finite number"), ("sample.cfg_scale=inf", "cfg_scale must be a finite"),
+    ("out_dir=", "out_dir is empty"), ("device=banana", "device 'banana' is not a device name"),
+    ("data.source=", "data.source is empty"), ("teacher.layer=0", "teacher.layer 0"),
+    ("vae.repa_block=2", "vae.repa_block 2 is not one of the 2 encoder blocks"), ("ar.seq_len=1", "ar.seq_len"),
+    ("dit_train.ema=1", "dit_train.ema must be in [0, 1)"), ("vae_train.log_every=0", "vae_train.log_every"),
+    ("eval.val_batches=0", "eval.val_batches"), ("seed=-1", "seed must be in [0, inf)"),
+])
+def test_out_of_range_and_non_finite_values_are_refused_by_name(override, fragment):
+    with pytest.raises(UserError) as e:
+        load_config("demo", [override])
+    assert fragment in str(e.value)
+
+
+ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_block"}  # negative values mean something
+
+
+def numeric_keys():
+    import dataclasses
+    import typing
+
+    cfg = Config()
+    for top in dataclasses.fields(cfg):
+        section = getattr(cfg, top.name)
+        fields = dataclasses.fields(section) if dataclasses.is_dataclass(section) else [top]
+        hints = typing.get_type_hints(type(section) if dataclasses.is_dataclass(section) else Config)
+        for f in fields:
+            tp = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)][0]
+            if tp in (int, float):
+                yield (f"{top.name}.{f.name}" if dataclasses.is_dataclass(section) else f.name), tp
+
+
+@pytest.mark.parametrize("key,tp", list(numeric_keys()), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_numeric_key_has_a_range(key, tp):
+    """Each number in the config is refused far below its range (all but the few whose every value means
+    something), and as nan when it is a float: a new key without its rule fails here."""
+    if key not in ANY_VALUE:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}=-1000000"])
+    if tp is float:
+        with pytest.raises(UserError, match="finite"):
+            load_config(None, [f"{key}=.nan"])

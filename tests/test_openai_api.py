@@ -139,7 +139,7 @@ def test_serving_on_all_interfaces_without_a_key_warns(trained, monkeypatch, cap
 
     started = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(kw))
-    monkeypatch.setattr(app_module, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(app_module, "check_listen_address", lambda host, port: None)
     monkeypatch.delenv("TEXTLDM_API_KEY", raising=False)
     app_module.serve(str(trained[0] / "model"), host="0.0.0.0", port=8123)
     assert "without an API key" in capsys.readouterr().err and started[0]["host"] == "0.0.0.0"

@@ -20,11 +20,11 @@ import yaml
 
 from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
-from textldm.errors import UserError
+from textldm.errors import UserError, first_line
 from textldm.serving.service import ServeLimits
 from textldm.training import stages
 from textldm.training.distributed import finish, is_main
-from textldm.utils import atomic_write_text
+from textldm.utils import atomic_write_text, resolve_device
 from textldm.version import __version__
 
 KEYS_HINT = "every key, its type, default and meaning: `textldm config --keys`"
@@ -108,22 +108,32 @@ def _add_generate(sub) -> None:
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
 
+LM_EVAL_HELP = ("EleutherAI's lm-evaluation-harness with textldm models registered: "
+                "textldm lm-eval --model textldm --model_args pretrained=DIR --tasks T")
+
+
 def _add_lm_eval(sub) -> None:
-    h = sub.add_parser("lm-eval", help="EleutherAI's lm-evaluation-harness with textldm models registered: "
-                                       "textldm lm-eval --model textldm --model_args pretrained=DIR --tasks T",
-                       add_help=False)
+    h = sub.add_parser("lm-eval", help=LM_EVAL_HELP, add_help=False)
     h.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments (lm-eval --help)")
 
 
 def _lm_eval(args) -> None:
+    """The harness's own command line (its options, its --help), with the textldm model class registered."""
     try:
         from lm_eval.__main__ import cli_evaluate
 
         import textldm.evaluation.lm_eval_model  # noqa: F401 (registers `--model textldm`)
     except ImportError:
         raise UserError("textldm lm-eval needs lm-eval: pip install 'textldm[lm-eval]'") from None
-    sys.argv = ["lm-eval", *args.harness_args]
-    cli_evaluate()
+    if args.harness_args[:1] in (["-h"], ["--help"]):
+        print(f"textldm lm-eval: {LM_EVAL_HELP}. The harness's options:\n")
+    sys.argv = ["textldm lm-eval", *args.harness_args]
+    try:
+        cli_evaluate()
+    except OSError as e:  # ConnectionError and the Hub's offline errors are OSErrors
+        raise UserError(f"lm-eval stopped: {first_line(e)}; its tasks load their data sets from the Hugging Face Hub: "
+                        f"run with internet access, or offline with a datasets cache that holds them (local tasks: "
+                        f"--include_path DIR)") from None
 
 
 def _add_push(sub) -> None:
@@ -132,6 +142,7 @@ def _add_push(sub) -> None:
     h.add_argument("--repo", required=True, help="the Hub repo id, e.g. you/textldm-demo (created if missing)")
     h.add_argument("--private", action="store_true", help="create the repo private")
     h.add_argument("--revision", help="the branch to push to (default: main)")
+    h.add_argument("--token", help="a Hugging Face write token (default: $HF_TOKEN or `huggingface-cli login`'s)")
 
 
 def _add_serve(sub) -> None:
@@ -201,7 +212,7 @@ def _generate(args) -> None:
         raise UserError("no prompt given; use --prompt TEXT or --prompts-file FILE")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    pipe = TextLDMPipeline.from_pretrained(args.model, device=args.device)
+    pipe = TextLDMPipeline.from_pretrained(args.model, device=resolve_device(args.device, "--device"))
     settings = {"grid": args.grid, "precision": args.precision}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
@@ -224,7 +235,7 @@ def _generate(args) -> None:
 
 
 def _serve(args) -> None:
-    from textldm.serving.app import serve
+    from textldm.serving.app import check_listen_address, serve
 
     limits = ServeLimits(max_length=args.max_length, max_steps=args.max_steps, max_queue=args.max_queue,
                          timeout_s=args.timeout)
@@ -234,6 +245,8 @@ def _serve(args) -> None:
             raise UserError(f"--{option} must be > 0, got {value}")
     if limits.max_queue < 0:
         raise UserError(f"--max-queue must be >= 0, got {limits.max_queue}")
+    resolve_device(args.device, "--device")
+    check_listen_address(args.host, args.port)  # both before the (slow) model loading
     serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits, api_key=args.api_key)
 
 
@@ -245,7 +258,7 @@ def _push(args) -> None:
         pipe = ARPipeline.from_pretrained(args.model)
     else:
         pipe = TextLDMPipeline.from_pretrained(args.model, require_dit=False)
-    print(pipe.push_to_hub(args.repo, private=args.private or None, revision=args.revision))
+    print(pipe.push_to_hub(args.repo, private=args.private or None, revision=args.revision, token=args.token))
 
 
 def _plot(args) -> None:
@@ -324,7 +337,7 @@ def run(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; returns the exit status (bad input raises UserError)."""
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):  # the harness parses its own options
+    if argv[:1] == ["lm-eval"]:  # the harness parses its own options, --help included
         _lm_eval(argparse.Namespace(harness_args=argv[1:]))
         return 0
     args, extra = parser.parse_known_args(argv)  # key=value overrides may come after options too

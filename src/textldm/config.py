@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import math
+import re
 import textwrap
 import tokenize
 import types
@@ -40,12 +42,15 @@ Grid = Literal["schedule", "uniform", "shifted"]
 Pooling = Literal["mean", "last"]
 BlockTime = Literal["per_block", "shared"]
 BlockUncond = Literal["empty", "null_latent"]
+# a device name: what `device=` and --device accept ("auto" = the GPU when there is one)
+DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 class Checked:
     """A config section that checks itself: `rules(name)` lists (holds, message) pairs, `check(name)` raises the first
-    that fails as a UserError (after the Literal-typed fields' allowed values). A section checks itself when built;
-    the loader checks every section again once it has filled them (`validate`), under its key in `Config`."""
+    that fails as a UserError (after the Literal-typed fields' allowed values and every number being finite). A
+    section checks itself when built; the loader checks every section again once it has filled them (`validate`),
+    under its key in `Config`. A field's range is one rule, `within`, in the section that owns the field."""
     SECTION = ""  # the section's key in Config (TrainConfig serves vae_train, dit_train and ar_train)
 
     def __post_init__(self):
@@ -55,12 +60,35 @@ class Checked:
         """(holds, message) pairs; `name` is the section's key, for the messages."""
         return []
 
+    def within(self, name: str, key: str, interval: str) -> tuple[bool, str]:
+        """The rule that field `key` lies in `interval`, written as in mathematics: "[1, inf)", "(0, 1]", "[0, 1)"
+        (inf: no bound). An unset (None) optional field passes."""
+        return in_interval(getattr(self, key), interval, f"{name}.{key}")
+
     def check(self, name: str) -> None:
         """Raise a UserError naming the first invalid setting."""
         _check_choices(self, name)
+        _check_finite(self, name)
         for ok, message in self.rules(name):
             if not ok:
                 raise UserError(f"invalid config: {message}")
+
+
+def in_interval(value, interval: str, what: str) -> tuple[bool, str]:
+    """(whether `value` lies in `interval` - "[lo, hi]", "(lo, hi)" or mixed, inf for no bound - or is None, the
+    message saying where it must lie)."""
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    ok = value is None or ((lo < value if interval[0] == "(" else lo <= value)
+                           and (value < hi if interval[-1] == ")" else value <= hi))
+    return ok, f"{what} must be in {interval}, got {value!r}"
+
+
+def _check_finite(section, name: str) -> None:
+    """No float field holds nan or inf (YAML reads `.nan`, `nan` and `inf` as numbers)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"invalid config: {name}.{f.name} must be a finite number, got {value}")
 
 
 @dataclass
@@ -76,7 +104,9 @@ class DataConfig(Checked):
     SECTION = "data"
 
     def rules(self, name):
-        return [(0 < self.val_fraction < 1, f"{name}.val_fraction must be between 0 and 1")]
+        return [(self.source.strip() != "", f"{name}.source is empty; give 'embedded', a file/folder or a data set"),
+                self.within(name, "val_fraction", "(0, 1)"), self.within(name, "max_documents", "[1, inf)"),
+                self.within(name, "num_workers", "[0, inf)")]
 
 
 @dataclass
@@ -85,6 +115,10 @@ class TeacherConfig(Checked):
     name: str = "smollm2-135m"  # tokenizer + REPA teacher: built-in alias, HF model name or local folder
     layer: int = -3  # index into HF hidden_states; negative from the end (-3 = the paper's third-to-last)
     SECTION = "teacher"
+
+    def rules(self, name):
+        return [(self.name.strip() != "", f"{name}.name is empty; give smollm2-135m, an HF model name or a folder"),
+                (self.layer != 0, f"{name}.layer 0 is the embedding output, not a layer; use 1..N or -N..-1")]
 
 
 @dataclass
@@ -95,8 +129,10 @@ class TransformerShape(Checked):
     mlp_ratio: float = 4.0  # MLP hidden size / width
 
     def rules(self, name):
-        return [(self.heads >= 1 and self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0,
-                 f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)")]
+        return [self.within(name, "width", "[2, inf)"), self.within(name, "heads", "[1, inf)"),
+                (self.heads >= 1 and self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0,
+                 f"{name}.width must be divisible by {name}.heads with an even head size (for RoPE)"),
+                self.within(name, "mlp_ratio", "(0, inf)")]
 
 
 @dataclass
@@ -131,11 +167,15 @@ class VAEConfig(TransformerShape):
     SECTION = "vae"
 
     def rules(self, name):
-        return super().rules(name) + [
-            (self.latent_channels > 0, f"{name}.latent_channels must be positive"),
-            (self.encoder_block_size >= 0, f"{name}.encoder_block_size must be >= 0 (0 = bidirectional)"),
-            (self.decoder_noise >= 0, f"{name}.decoder_noise must be >= 0 (0 = off)"),
-            (0 < self.repa_fraction <= 1, f"{name}.repa_fraction must be in (0, 1]")]
+        return super().rules(name) + [self.within(name, key, interval) for key, interval in (
+            ("encoder_depth", "[1, inf)"), ("decoder_depth", "[1, inf)"), ("latent_channels", "[1, inf)"),
+            ("max_len", "[2, inf)"), ("repa_hidden", "[1, inf)"), ("kl_weight", "[0, inf)"),
+            ("kl_warmup_steps", "[0, inf)"), ("repa_weight", "[0, inf)"), ("repa_fraction", "(0, 1]"),
+            ("teacher_cache_windows", "[0, inf)"), ("truncate_prob", "[0, 1]"), ("sampled_negatives", "[0, inf)"),
+            ("hard_negatives", "[0, inf)"), ("encoder_block_size", "[0, inf)"), ("decoder_noise", "[0, inf)"))] + [
+            (-self.encoder_depth <= self.repa_block < self.encoder_depth,
+             f"{name}.repa_block {self.repa_block} is not one of the {self.encoder_depth} encoder blocks; use "
+             f"0..{self.encoder_depth - 1} or -{self.encoder_depth}..-1")]
 
 
 @dataclass
@@ -172,14 +212,11 @@ class DiTConfig(TransformerShape):
     SECTION = "dit"
 
     def rules(self, name):
-        return super().rules(name) + [
+        return super().rules(name) + [self.within(name, key, interval) for key, interval in (
+            ("depth", "[1, inf)"), ("infill_prob", "[0, 1]"), ("self_condition_prob", "[0, 1]"),
+            ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"))] + [
             (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
-            (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max"),
-            (0 <= self.p_uncond < 1, f"{name}.p_uncond must be in [0, 1)"),
-            (0 <= self.infill_prob <= 1, f"{name}.infill_prob must be in [0, 1]"),
-            (0 <= self.self_condition_prob <= 1, f"{name}.self_condition_prob must be in [0, 1]"),
-            (self.t_std > 0, f"{name}.t_std must be positive"),
-            (self.block_size >= 0, f"{name}.block_size must be >= 0 (0 = the full window)")]
+            (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max")]
 
 
 @dataclass
@@ -191,7 +228,10 @@ class ARConfig(TransformerShape):
     SECTION = "ar"
 
     def rules(self, name):
-        return super().rules(name) + [(self.seq_len >= 0, f"{name}.seq_len must be >= 0 (0 = the DiT's window)")]
+        return super().rules(name) + [
+            self.within(name, "depth", "[1, inf)"),
+            (self.seq_len == 0 or self.seq_len >= 2, f"{name}.seq_len must be 0 (the DiT's window) or >= 2, got "
+                                                      f"{self.seq_len}")]
 
 
 @dataclass
@@ -223,14 +263,12 @@ class TrainConfig(Checked):
     SECTION = "train"
 
     def rules(self, name):
-        return [(self.steps >= 0, f"{name}.steps must be >= 0"),
-                (self.batch_size >= 1, f"{name}.batch_size must be >= 1"),
-                (self.lr > 0, f"{name}.lr must be positive"),
-                (self.batch_tokens >= 0 and self.micro_batch >= 0,
-                 f"{name}.batch_tokens and {name}.micro_batch must be >= 0 (0 = off)"),
-                (self.keep_checkpoints >= 1, f"{name}.keep_checkpoints must be >= 1"),
-                (all(b is None or b > 0 for b in (self.max_minutes, self.max_flops)),
-                 f"{name}.max_minutes and {name}.max_flops must be positive (leave unset for no budget)")]
+        return [self.within(name, key, interval) for key, interval in (
+            ("steps", "[0, inf)"), ("batch_size", "[1, inf)"), ("batch_tokens", "[0, inf)"),
+            ("micro_batch", "[0, inf)"), ("lr", "(0, inf)"), ("min_lr_ratio", "[0, 1]"), ("warmup_steps", "[0, inf)"),
+            ("weight_decay", "[0, inf)"), ("grad_clip", "[0, inf)"), ("ema", "[0, 1)"), ("log_every", "[1, inf)"),
+            ("eval_every", "[0, inf)"), ("max_minutes", "(0, inf)"), ("max_flops", "(0, inf)"),
+            ("checkpoint_every", "[0, inf)"), ("keep_checkpoints", "[1, inf)"), ("peak_flops", "[0, inf)"))]
 
     def resolve_batch(self, name: str, tokens_per_sequence: int) -> None:
         """batch_size (sequences) from batch_tokens, when that is given: the loader's one derived value."""
@@ -267,14 +305,11 @@ class SampleConfig(Checked):
     SECTION = "sample"
 
     def rules(self, name):
-        return [(self.steps >= 1, f"{name}.steps must be >= 1, got {self.steps}"),
-                (self.length >= 1, f"{name}.length must be >= 1, got {self.length}"),
-                (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
-                 f"need 0 <= {name}.cfg_min_t <= cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}"),
-                (self.shift > 0, f"{name}.shift must be positive"),
-                (self.temperature >= 0, f"{name}.temperature must be >= 0 (0 = greedy)"),
-                (0 < self.top_p <= 1, f"{name}.top_p must be in (0, 1]"),
-                (self.top_k >= 0, f"{name}.top_k must be >= 0 (0 = off)")]
+        return [self.within(name, key, interval) for key, interval in (
+            ("steps", "[1, inf)"), ("length", "[1, inf)"), ("cfg_scale", "[0, inf)"), ("shift", "(0, inf)"),
+            ("temperature", "[0, inf)"), ("top_p", "(0, 1]"), ("top_k", "[0, inf)"), ("seed", "[0, inf)"))] + [
+            (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
+             f"need 0 <= {name}.cfg_min_t <= {name}.cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}")]
 
 
 @dataclass
@@ -285,6 +320,11 @@ class EvalConfig(Checked):
     num_prompts: int = 4  # held-out prompts continued and printed
     rouge_samples: int = 0  # >0: score this many held-out continuations with ROUGE-L vs a random passage
     SECTION = "eval"
+
+    def rules(self, name):
+        return [self.within(name, key, interval) for key, interval in (
+            ("val_batches", "[1, inf)"), ("batch_size", "[1, inf)"), ("num_prompts", "[0, inf)"),
+            ("rouge_samples", "[0, inf)"))]
 
 
 @dataclass
@@ -301,8 +341,9 @@ class MetricsConfig(Checked):
     SECTION = "metrics"
 
     def rules(self, name):
-        return [(self.mauve_buckets >= 2, f"{name}.mauve_buckets must be >= 2"),
-                (self.samples >= 1, f"{name}.samples must be >= 1")]
+        return [self.within(name, key, interval) for key, interval in (
+            ("bertscore_layers", "[1, inf)"), ("mauve_buckets", "[2, inf)"), ("samples", "[1, inf)"),
+            ("batch_size", "[1, inf)"))]
 
 
 @dataclass
@@ -466,16 +507,26 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple = (), ba
 
 
 def validate(cfg: Config) -> None:
-    """Every section checks itself (`Checked`) under its key; then the rules that span sections."""
+    """Every section checks itself (`Checked`) under its key; then the top-level settings and the rules that span
+    sections."""
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if isinstance(section, Checked):
             section.check(f.name)
     d = cfg.dit
-    for ok, message in [(max(d.context_max, d.target_max) <= cfg.vae.max_len,
-                         "dit.context_max and dit.target_max must not exceed vae.max_len"), *_block_checks(cfg)]:
+    for ok, message in [*_top_level_rules(cfg), (max(d.context_max, d.target_max) <= cfg.vae.max_len,
+                                                 "dit.context_max and dit.target_max must not exceed vae.max_len"),
+                        *_block_checks(cfg)]:
         if not ok:
             raise UserError(f"invalid config: {message}")
+
+
+def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
+    """The settings outside any section: out_dir, seed, device, threads."""
+    return [(cfg.out_dir.strip() != "", "out_dir is empty; give the run folder, e.g. out_dir=runs/mine"),
+            in_interval(cfg.seed, "[0, inf)", "seed"), in_interval(cfg.threads, "[0, inf)", "threads"),
+            (DEVICE_NAME.fullmatch(cfg.device) is not None,
+             f"device '{cfg.device}' is not a device name; use auto, cpu, cuda, cuda:N, mps or xpu")]
 
 
 def derive(cfg: Config) -> None:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textldm.errors import UserError, first_line
-from textldm.utils import atomic_dir, environment
+from textldm.utils import atomic_dir, environment, looks_like_path
 
 FORMAT = "textldm-checkpoint-v1"
 
@@ -89,9 +89,8 @@ def load_weights(module: torch.nn.Module, file: Path):
 
 # the Hugging Face Hub ---------------------------------------------------------------------------------------
 def could_be_repo_id(name: str) -> bool:
-    """'name' or 'owner/name' (Hub ids); paths with more parts, absolute or relative-looking ones are local."""
-    parts = name.split("/")
-    return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
+    """'name' or 'owner/name' (Hub ids); whatever `looks_like_path` is local."""
+    return not looks_like_path(name) and all(name.split("/"))
 
 
 def locate_model_folder(name_or_path: Path | str, revision: str | None = None, train_hint: str = "") -> Path:

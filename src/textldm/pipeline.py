@@ -29,7 +29,7 @@ from textldm.export import (
 from textldm.models.ar import CausalLM, generate
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
-from textldm.utils import cut_at, derive_seed
+from textldm.utils import cut_at, derive_seed, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class TextLDMPipeline(HubMixin):
         """Load a saved model: a local folder or a Hugging Face Hub repo id (`revision`: branch, tag or commit;
         the local HF cache is used, and with HF_HUB_OFFLINE=1 only it). `dtype` torch.bfloat16 (or "bf16")
         casts the weights and samples under bf16 autocast; the default keeps the saved float32."""
+        device = resolve_device(device)
         path = locate_model_folder(name_or_path, revision, "; train one with `textldm demo` or `textldm train-dit`")
         meta = read_model_config(path)
         if meta.get("model_type", "textldm") != "textldm":
@@ -402,6 +403,7 @@ class ARPipeline(HubMixin):
     def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = None, revision: str | None = None) -> ARPipeline:
         """A saved AR baseline from a local folder or a Hub repo id (as TextLDMPipeline.from_pretrained)."""
+        device = resolve_device(device)
         path = locate_model_folder(name_or_path, revision, "; train one with `textldm train-ar`")
         meta = read_model_config(path)
         if meta.get("model_type") != "ar":

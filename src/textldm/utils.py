@@ -16,6 +16,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textldm.errors import UserError
+
+
+def resolve_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """A device name (config.DEVICE_NAME: auto, cpu, cuda, cuda:N, mps, xpu) -> the torch.device, checked against
+    this machine: "auto" is the GPU when there is one; a malformed name, or a device this machine lacks, is a
+    UserError naming it (never torch's assertion from deep inside a model's .to())."""
+    from textldm.config import DEVICE_NAME
+
+    name = str(name)
+    if DEVICE_NAME.fullmatch(name) is None:
+        raise UserError(f"{what} '{name}' is not a device name; use auto, cpu, cuda, cuda:N, mps or xpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    backend = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None), "mps": torch.backends.mps}.get(device.type)
+    if backend is not None and not backend.is_available():
+        raise UserError(f"{what} '{name}' was asked for, but this machine has no {device.type.upper()} device "
+                        f"(or this torch build lacks it); use cpu or auto")
+    if device.type in ("cuda", "xpu") and device.index is not None and device.index >= backend.device_count():
+        raise UserError(f"{what} '{name}': this machine has {backend.device_count()} {device.type} device(s), "
+                        f"numbered from 0")
+    return device
+
+
+# file endings that say a name is a local file: Hub ids name repositories, never files
+FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".text", ".parquet", ".csv", ".tsv", ".gz", ".zst", ".tar", ".arrow",
+                 ".yaml", ".yml", ".safetensors", ".gguf", ".bin", ".pt")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a name meant a local path rather than a Hugging Face Hub id ('name' or 'owner/name'): it starts with
+    '.', '/' or '~', holds a backslash or more than one '/', or ends in a file suffix. Such a name that is not on disk
+    is reported as a missing path, never looked up on the Hub."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or \
+        name.lower().endswith(FILE_SUFFIXES)
+
 
 def cache_dir() -> Path:
     """$TEXTLDM_CACHE, else $XDG_CACHE_HOME/textldm, else ~/.cache/textldm."""

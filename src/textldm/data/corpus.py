@@ -17,6 +17,7 @@ from pathlib import Path
 
 from textldm.data.embedded import SOURCES, embedded_documents
 from textldm.errors import UserError, first_line
+from textldm.utils import looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def check_source(source: str) -> None:
     """Fail early (before any slow model loading) on a local path that does not exist."""
     if source == "embedded" or source.startswith("embedded:") or Path(source).exists():
         return
-    if any(ch in source for ch in "/\\") and (source.startswith((".", "/", "~")) or Path(source).suffix):
+    if looks_like_path(source):
         raise UserError(f"data source '{source}' does not exist; give an existing file/folder, 'embedded', "
                         f"or a Hugging Face data set name")
 

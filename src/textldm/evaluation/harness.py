@@ -41,7 +41,7 @@ from textldm.evaluation.metrics import (
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
 from textldm.models.teacher import load_hf_model
 from textldm.pipeline import ARPipeline, fit_prompts, load_pipeline
-from textldm.utils import atomic_write_text, cut_at, write_json
+from textldm.utils import atomic_write_text, cut_at, looks_like_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,8 @@ def _hf_generate(tok, model, prompts: list[list[int]], n: int, seed: int, temper
 
 
 def scoring_device(preference: str) -> str:
-    """The config's `device` for scoring: "auto" = the GPU when there is one."""
-    if preference == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return preference
+    """The config's `device` for scoring, checked against this machine: "auto" = the GPU when there is one."""
+    return str(resolve_device(preference))
 
 
 def load_contestant(spec: str, device: str = "cpu") -> Contestant:
@@ -155,6 +153,9 @@ def load_contestant(spec: str, device: str = "cpu") -> Contestant:
     one), `hf:NAME`, or any HF causal LM name / folder (the teacher alias `smollm2-135m` included). A Hub id is tried
     as a textldm repo first, then as an HF causal LM."""
     name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    if looks_like_path(target) and not Path(target).exists():
+        raise UserError(f"--model '{target}' does not exist; give a textldm model or run folder, an AR baseline "
+                        f"folder, or an HF causal LM (a name or a folder)")
     if not target.startswith("hf:"):
         pipe = _textldm_model(target, device)
         if pipe is not None:

@@ -120,7 +120,7 @@ class TextLDMHarnessModel(LM):
         for start in range(len(context), len(ids), window):
             end = min(start + window, len(ids))
             x = torch.tensor([ids[max(0, end - 1 - window): end - 1]], device=self.pipe.device)
-            logp = F.log_softmax(self.pipe.model(x).float()[0, start - end:], dim=-1)  # the predictions of ids[start:end]
+            logp = F.log_softmax(self.pipe.model(x).float()[0, start - end:], dim=-1)  # predicts ids[start:end]
             target = torch.tensor(ids[start:end], device=logp.device)
             total += float(logp.gather(1, target[:, None]).sum())
             greedy = greedy and bool((logp.argmax(-1) == target).all())
@@ -141,7 +141,7 @@ class TextLDMHarnessModel(LM):
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """log p(text) per request, from end-of-text, in windows of the AR baseline's context, each token scored once."""
+        """log p(text) per request, after end-of-text, in windows of the AR baseline's context, each token once."""
         if not self.is_ar:
             self._refuse("loglikelihood_rolling")
         return [self._token_logprobs([self.pipe.eot_id], self._encode(r.args[0]))[0] for r in requests]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from textldm.errors import UserError, first_line
-from textldm.utils import atomic_dir, cache_dir
+from textldm.utils import atomic_dir, cache_dir, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,12 @@ TOKENIZER_MAX_LENGTH = 8192
 
 
 def resolve(name: str) -> str:
-    """Built-in alias -> cached local folder (built on first use); anything else is returned unchanged."""
+    """Built-in alias -> cached local folder (built on first use); an HF name or an existing folder is returned
+    unchanged; a path-looking name that is not on disk is a UserError."""
     if name not in BUILTIN:
+        if looks_like_path(name) and not Path(name).exists():
+            raise UserError(f"model folder '{name}' does not exist; give an existing folder, an HF model name or "
+                            f"{', '.join(BUILTIN)}")
         return name
     target = cache_dir() / "teachers" / name
     if (target / "model.safetensors").exists():

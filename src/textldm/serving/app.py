@@ -23,6 +23,7 @@ OpenAPI schema) before any work.
 # no `from __future__ import annotations` here: FastAPI reads the request models from the route functions'
 # annotations, which must stay real classes (they are built per app, from its limits)
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -310,12 +311,20 @@ def _version() -> str:
         return "0"
 
 
-def check_port_free(host: str, port: int):
-    """A UserError now (not a traceback later) when host:port cannot be bound."""
+def check_listen_address(host: str, port: int):
+    """A UserError now (not a traceback later) when host:port cannot be bound, naming which option to change."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number; give one in 1..65535 (e.g. 8000)")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
+        except socket.gaierror as e:
+            raise UserError(f"cannot listen on host '{host}' ({e.strerror}); give --host an address of this "
+                            f"machine, e.g. 127.0.0.1 or 0.0.0.0") from None
         except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"'{host}' is not an address of this machine; give --host one that is, e.g. 127.0.0.1 "
+                                f"or 0.0.0.0") from None
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
 
 
@@ -334,7 +343,7 @@ def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int 
         log.warning("serving on %s without an API key: anyone who can reach this port can generate; set --api-key "
                     "(or %s)", host, API_KEY_ENV)
         print(f"warning: serving on {host} without an API key; set --api-key or {API_KEY_ENV}", file=sys.stderr)
-    check_port_free(host, port)
+    check_listen_address(host, port)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
     ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
     app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision},

@@ -131,7 +131,7 @@ class OpenAIFacade:
     @staticmethod
     def answer(model: str, choices: list[dict], prompt_tokens: int) -> dict:
         """The completion object; `usage` as OpenAI defines it: prompt_tokens = the tokens of each prompt the model
-        read (after the context cut), once per prompt; completion_tokens = the tokens of every choice's returned text."""
+        read (after the context cut), once per prompt; completion_tokens = the tokens of every choice's text."""
         completion = sum(c.pop("_tokens") for c in choices)
         return {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": model, "choices": choices,

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from textldm.errors import UserError
-from textldm.utils import seeded_generator
+from textldm.utils import resolve_device, seeded_generator
 
 
 def setup_distributed(device_pref: str = "auto"):
@@ -16,11 +16,9 @@ def setup_distributed(device_pref: str = "auto"):
     nccl on GPU, gloo on CPU."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_pref.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{device_pref}' requested but CUDA is not available; use device=cpu")
-    device = torch.device(f"cuda:{local_rank}" if device_pref == "cuda" and world > 1 else device_pref)
+    device = resolve_device(device_pref)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process
+        device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

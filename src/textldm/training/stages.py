@@ -28,6 +28,7 @@ from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, proj
 from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.training.batches import ar_batches, dit_batches, vae_batches
+from textldm.training.checkpoint import latest_checkpoint
 from textldm.training.distributed import barrier, is_main, setup_distributed, split_batch
 from textldm.training.loop import fit
 from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
@@ -125,6 +126,19 @@ def checkpoint_dir(cfg: Config, stage: str) -> Path:
     return Path(cfg.out_dir) / "checkpoints" / stage
 
 
+def check_resume(cfg: Config, stage: str, resume: bool) -> None:
+    """`--resume` with no checkpoint to resume: an error when the stage saves none (its checkpoint_every is 0:
+    the run could never be resumed), else a warning that it starts from step 0 (so a job script that always passes
+    --resume starts its first run)."""
+    folder = checkpoint_dir(cfg, stage)
+    if not resume or latest_checkpoint(folder) is not None:
+        return
+    if not getattr(cfg, f"{stage}_train").checkpoint_every:
+        raise UserError(f"--resume: there is no checkpoint in {folder}, and {stage}_train.checkpoint_every is 0, so "
+                        f"this run would save none; set {stage}_train.checkpoint_every=N to make it resumable")
+    log.warning("--resume: no checkpoint in %s yet; the %s stage starts from step 0", folder, stage)
+
+
 def _frozen_teacher(cfg: Config, device: torch.device, layer: int) -> Teacher:
     """The teacher, inference only: bf16 weights on GPU (half the memory, the fast kernels)."""
     return Teacher(cfg.teacher.name, layer).to(device, dtype=torch.bfloat16 if device.type == "cuda" else None)
@@ -142,7 +156,8 @@ def _vae_flops(cfg: Config, vae: TextVAE, vocab_size: int, repa: bool) -> float:
 
 def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[TextLDMPipeline, dict]:
     """`data`: the result of `prepare_data(cfg)` when the caller has it already. `resume`: continue from the
-    newest training checkpoint in OUT_DIR/checkpoints/vae (a fresh start if there is none)."""
+    newest training checkpoint in OUT_DIR/checkpoints/vae (`check_resume`: none is an error or a fresh start)."""
+    check_resume(cfg, "vae", resume)
     device = start_run(cfg)
     tokenizer, eot, train, val = data or prepare_data(cfg)
     repa = cfg.vae.repa_weight > 0
@@ -239,6 +254,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
         vae_pipe = TextLDMPipeline.from_pretrained(folder, require_dit=False)
         vae_report = read_model_config(folder).get("report", {})
     cfg = with_vae_of(cfg, vae_pipe)
+    check_resume(cfg, "dit", resume)
     device = start_run(cfg)
     _, eot, train, val = data or prepare_data(cfg)
     record_run(cfg)
@@ -259,6 +275,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
 def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[ARPipeline, dict]:
     """The AR baseline under the same settings: tokenizer, data, window (the DiT's prompt + continuation),
     optimizer and loop. Writes OUT_DIR/ar."""
+    check_resume(cfg, "ar", resume)
     device = start_run(cfg)
     tokenizer, eot, train, val = data or prepare_data(cfg)
     record_run(cfg)
