@@ -294,3 +294,69 @@ def test_demo_can_reuse_a_vae(trained, tiny_model_dir, tiny_corpus, tmp_path, mo
     report = demo.demo(cfg, progress=False, vae_dir=str(out / "vae"))
     assert report["vae_eval"] == first["vae_eval"] and report["dit_train"]["steps"] == 2
     assert (tmp_path / "model" / "dit.safetensors").exists() and not (tmp_path / "vae").exists()
+
+
+TINY_TRAIN = ["vae_train.steps=1", "dit_train.steps=1", "device=cpu"]
+MISTAKES = [  # issue 28's table: (command line; MODEL = the trained model folder, RUN = a fresh out_dir), the line
+    ("serve --model MODEL --port 99999", "--port 99999 is not a port number"),
+    ("serve --model MODEL --port -1", "--port -1 is not a port number"),
+    ("serve --model MODEL --host 999.1.1.1", "give --host an address of this machine"),
+    ("generate --model MODEL --prompt the --device cuda:7", "--device 'cuda:7'"),
+    ("serve --model MODEL --device cuda:7", "--device 'cuda:7'"),
+    ("generate --model MODEL --prompt the --device banana", "--device 'banana' is not a device name"),
+    ("eval --model MODEL device=cuda:7 out_dir=RUN", "device 'cuda:7'"),
+    ("train-vae device=banana out_dir=RUN", "device 'banana' is not a device name"),
+    ("config device=banana", "device 'banana' is not a device name"),
+    ("config dit.depth=0", "dit.depth must be in [1, inf), got 0"),
+    ("config vae.width=0", "vae.width must be in [2, inf), got 0"),
+    ("config vae.truncate_prob=2", "vae.truncate_prob must be in [0, 1]"),
+    ("config vae.kl_weight=-1", "vae.kl_weight must be in [0, inf)"),
+    ("config dit.t_mean=nan", "dit.t_mean must be a finite number"),
+    ("config out_dir=", "out_dir is empty"),
+    ("train-dit --vae VAE --resume out_dir=RUN", "dit_train.checkpoint_every is 0"),
+    ("eval --model ./nosuch out_dir=RUN", "--model './nosuch' does not exist"),
+    ("train-vae data.source=missing.jsonl out_dir=RUN", "data source 'missing.jsonl' does not exist"),
+    ("build-bench --source missing.jsonl --out RUN/b.jsonl", "data source 'missing.jsonl' does not exist"),
+    ("push-to-hub --model MODEL --repo someone/x --token hf_unused", "cannot push to the Hub repo 'someone/x'"),
+    ("lm-eval --model textldm --model_args pretrained=MODEL --tasks lambada_openai", "Couldn't reach"),
+]
+
+
+@pytest.mark.parametrize("line,fragment", MISTAKES, ids=[m[0].split(" --")[0] + ":" + m[1][:24] for m in MISTAKES])
+def test_every_ordinary_mistake_is_one_line_exit_2_and_writes_nothing(line, fragment, capsys, trained, tmp_path,
+                                                                        tiny_model_dir, tiny_corpus, monkeypatch):
+    out, _ = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("previous run")
+    args = [a.replace("MODEL", str(out / "model")).replace("VAE", str(out / "vae")).replace("RUN", str(run))
+            for a in line.split()]
+    if args[0] in ("train-vae", "train-dit", "eval"):  # the tiny shapes first (the line's own settings win)
+        args[1:1] = tiny_overrides(tiny_model_dir, tiny_corpus, str(run))[1:] + TINY_TRAIN
+    before = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")}
+    code, err = _cli(capsys, *args)
+    last = err.splitlines()[-1] if err else ""
+    assert code == 2 and "Traceback" not in err and last.startswith("textldm: error:") and fragment in last, err
+    if args[0] != "lm-eval":  # the harness logs its own progress lines before
+        assert len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == "previous run"
+    assert {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")} == before
+
+
+def test_resume_without_a_checkpoint_warns_and_starts_fresh_when_the_run_saves_them(trained, tiny_model_dir,
+                                                                                    tiny_corpus, tmp_path, monkeypatch,
+                                                                                    caplog):
+    import logging
+
+    out, _ = trained
+    monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) +
+                      ["dit_train.steps=2", "dit_train.checkpoint_every=1"])
+    with caplog.at_level(logging.WARNING):
+        _, report = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
+    assert "no checkpoint in" in caplog.text and "starts from step 0" in caplog.text
+    assert report["dit_train"]["first_step"] == 0 and report["dit_train"]["steps"] == 2
+    _, again = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
+    assert again["dit_train"]["first_step"] == 2  # the checkpoints it saved are resumed
