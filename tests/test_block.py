@@ -34,8 +34,8 @@ def tiny_vae(encoder_block: int = 1, seed: int = 0) -> TextVAE:
 
 def tiny_dit(uncond: str = "empty", seed: int = 1, block: int = BLOCK, **overrides) -> TextDiT:
     torch.manual_seed(seed)
-    cfg = DiTConfig(width=32, depth=2, heads=2, context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET,
-                    block_size=block, block_uncond=uncond, **overrides)
+    shape = {"context_min": 4, "context_max": CONTEXT, "target_min": 4, "target_max": TARGET, **overrides}
+    cfg = DiTConfig(width=32, depth=2, heads=2, block_size=block, block_uncond=uncond, **shape)
     return randomized(TextDiT(cfg, C), seed)
 
 
@@ -141,8 +141,8 @@ def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
     assert not torch.allclose(v_cond, v_drop, atol=1e-3)
 
 
-def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty", block: int = BLOCK) -> TextLDMPipeline:
-    vae, dit = tiny_vae(), tiny_dit(uncond, block=block)
+def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty", block: int = BLOCK, **shape) -> TextLDMPipeline:
+    vae, dit = tiny_vae(), tiny_dit(uncond, block=block, **shape)
     cfg = Config(vae=vae.cfg, dit=dit.cfg, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
     return TextLDMPipeline(cfg, None, vae, dit, eot_id=-1)
 
@@ -152,7 +152,8 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     every block): Euler on the schedule grid, CFG over training's dropped rows, decode beside the prefix."""
     from textldm.pipeline import noise_seed
 
-    vae, dit, s = pipe.vae, pipe.dit, pipe.config.sample
+    vae, dit, s, d = pipe.vae, pipe.dit, pipe.config.sample, pipe.config.dit
+    BLOCK, CONTEXT, TARGET = d.block_size, d.context_max, d.target_max  # noqa: N806 (the module's names, per model)
     grid = pipe.time_grid(s).tolist()
     start = -(-CONTEXT // BLOCK) * BLOCK
     out, k, ids, pad = [], 0, None, 0
@@ -191,6 +192,67 @@ def test_the_block_sampler_equals_a_reference_loop(uncond):
     assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
     assert pipe.last_evaluations == 4 * 4 * 2  # blocks x steps x (conditional + unconditional)
     assert pipe.generate_ids(prompts[1:2], length=13, seed=5, first_index=1) == rows[1:2]  # any batch
+
+
+def test_a_block_that_does_not_divide_the_context_left_pads_the_first_block():
+    """B = 4 with dit.context_max = 6 (window 16): the prompt is left-padded to 8, one window holds two blocks after
+    it; prompts of 2, 5 and 6 tokens continued by 11 tokens over three windows equal the reference loop's."""
+    pipe = block_pipeline(context_max=6, target_max=10)
+    load_config(None, ["dit.block_size=4", "dit.context_min=4", "dit.context_max=6", "dit.target_min=4",
+                       "dit.target_max=10", "vae.encoder_block_size=1"])  # a valid config
+    prompts = [[1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 1, 2, 3]]
+    rows = pipe.generate_ids(prompts, length=11, seed=2)
+    assert rows == [reference_generate(pipe, p, 11, 2, i) for i, p in enumerate(prompts)]
+
+
+def first_block_of(token: int, row: list[int]) -> int | None:
+    return row.index(token) // BLOCK if token in row else None
+
+
+def test_rows_ending_at_different_blocks_keep_the_others_exact_under_cfg():
+    """A batch under CFG whose rows end (end-of-text) at different blocks: each row is what that prompt gives alone
+    with its noise row, and what it gives when no token ends it, cut after its end-of-text - the rows left keep their
+    own conditional and unconditional prefixes."""
+    from textldm.utils import cut_at
+
+    pipe = block_pipeline(cfg_scale=3.0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1]]
+    free = pipe.generate_ids(prompts, length=16, seed=1)  # eot_id -1: no row ends
+    ends = {tok: [first_block_of(tok, row) for row in free] for tok in range(VOCAB)}
+    token = next(tok for tok, blocks in ends.items()  # ends one row early, another later or never
+                 if len({b for b in blocks}) == 3 and min(b for b in blocks if b is not None) < 3)
+    pipe.eot_id = token
+    rows = pipe.generate_ids(prompts, length=16, seed=1)
+    assert rows == cut_at(free, token)
+    assert len({len(r) for r in rows}) > 1
+    assert all(pipe.generate_ids([p], length=16, seed=1, first_index=i) == [rows[i]] for i, p in enumerate(prompts))
+
+
+def test_the_block_training_flops_are_the_hand_count():
+    """One block-mode optimizer step's counted FLOPs (what train.max_flops and the scaling bench's budgets rest on),
+    written out by hand for width 32, depth 2, C 8, a window of 16 tokens in blocks of 4 - and near the FLOPs torch
+    counts for the forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from textldm.diffusion.flow import flow_loss
+    from textldm.training.perf import dit_block_flops_per_sequence
+    from textldm.training.stages import _dit_flops
+
+    w, depth, C_, L, B = 32, 2, C, CONTEXT + TARGET, BLOCK
+    dit = tiny_dit()
+    per_token = depth * (2 * w * 3 * w + 2 * w * w + 2 * w * 4 * w + 2 * 4 * w * w  # qkv, proj, MLP
+                         + 4 * (2 * L) * w)  # scores and values over the 2L [clean ; noisy] keys
+    tokens = 2 * L * (per_token + 2 * C_ * w)  # every token, and its input projection
+    outputs = L * 2 * w * C_  # the noisy half's output layer
+    per_condition = depth * 2 * w * 6 * w + 2 * w * 2 * w + 2 * 256 * w + 2 * w * w  # adaLN, final, t-embedder
+    forward = tokens + outputs + (1 + L // B) * per_condition  # the clean condition and each block's
+    assert dit_block_flops_per_sequence(dit, L) == forward
+    cfg = Config(vae=VAEConfig(encoder_block_size=1, max_len=16), dit=dit.cfg)
+    assert _dit_flops(cfg, dit) == 3 * cfg.dit_train.batch_size * forward  # forward + backward
+    clean, x_t, t, mask = window()
+    with FlopCounterMode(display=False) as counter:
+        flow_loss(dit.forward_blocks(x_t, t, clean, mask), x_t, clean, mask).mean().backward()
+    assert 0.9 < counter.get_total_flops() / (3 * clean.shape[0] * forward) < 1.1
 
 
 def test_the_block_sampler_honours_the_cfg_interval_and_stop():
