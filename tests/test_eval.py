@@ -245,7 +245,7 @@ def test_ablation_reuses_shared_parts_and_reports(runs_and_bench, tiny_model_dir
 
 def test_eval_bad_inputs_exit_2(runs_and_bench, capsys, tmp_path):
     out, bench, overrides = runs_and_bench
-    for argv, msg in [(["--model", str(tmp_path / "nope")], "not a textldm checkpoint"),
+    for argv, msg in [(["--model", str(tmp_path / "nope")], f"--model '{tmp_path / 'nope'}' does not exist"),
                       (["--model", str(out / "ldm"), "--bench", "no-such-bench"], "unknown benchmark"),
                       (["--model", str(out / "ldm"), "--steps-sweep", "a,b"], "comma-separated")]:
         with pytest.raises(SystemExit) as e:

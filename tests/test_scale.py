@@ -31,10 +31,10 @@ def fake_teacher(ids, mask=None):
     return torch.randn(VOCAB, TEACHER_DIM, generator=torch.Generator().manual_seed(5))[ids]
 
 
-def tiny_vae():
+def tiny_vae(truncate_prob: float = 0.0):
     torch.manual_seed(0)
     cfg = VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=12,
-                    repa_hidden=16, softmax="full", truncate_prob=0.0, kl_warmup_steps=3)
+                    repa_hidden=16, softmax="full", truncate_prob=truncate_prob, kl_warmup_steps=3)
     return TextVAE(cfg, VOCAB, TEACHER_DIM)
 
 
@@ -114,9 +114,11 @@ def test_fsdp2_and_ddp_give_matching_losses(tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """With truncated sequences (micro-batches of unequal token counts): each micro-batch's loss is divided by the
+    global batch's tokens per part, so 4 accumulation steps give one big batch's gradient, not a mean of means."""
     results = {}
     for micro in (0, 2):
-        vae = tiny_vae()
+        vae = tiny_vae(truncate_prob=0.5)
         batches = vae_batches(RandomStream(), vae.cfg, 8, seed=3, device=torch.device("cpu"), teacher=fake_teacher)
         fit(VAEObjective(vae), batches, train_cfg(micro_batch=micro, checkpoint_every=0, ema=0.0), progress=False,
             precision="fp32", log_path=tmp_path / f"m{micro}.jsonl")

@@ -237,8 +237,12 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
             break
     bar.close()
     _finish(objective, inner, ema)
-    summary = {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
-               "flops": float(done * flops_per_step), "final": {k: float(v) for k, v in metrics.items()}}
+    return _close(logger, {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
+                           "flops": float(done * flops_per_step), "final": {k: float(v) for k, v in metrics.items()}})
+
+
+def _close(logger: TrainingLog, summary: dict) -> dict:
+    """The run's last log record, the summary `fit` returns."""
     logger.write({"event": "end", **summary})
     logger.close()
     return summary
