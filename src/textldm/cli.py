@@ -235,7 +235,7 @@ def _generate(args) -> None:
 
 
 def _serve(args) -> None:
-    from textldm.serving.app import check_listen_address, serve
+    from textldm.serving.app import serve
 
     limits = ServeLimits(max_length=args.max_length, max_steps=args.max_steps, max_queue=args.max_queue,
                          timeout_s=args.timeout)
@@ -245,8 +245,6 @@ def _serve(args) -> None:
             raise UserError(f"--{option} must be > 0, got {value}")
     if limits.max_queue < 0:
         raise UserError(f"--max-queue must be >= 0, got {limits.max_queue}")
-    resolve_device(args.device, "--device")
-    check_listen_address(args.host, args.port)  # both before the (slow) model loading
     serve(args.model, args.ar, args.host, args.port, args.device, args.precision, limits, api_key=args.api_key)
 
 

@@ -44,6 +44,7 @@ BlockTime = Literal["per_block", "shared"]
 BlockUncond = Literal["empty", "null_latent"]
 # a device name: what `device=` and --device accept ("auto" = the GPU when there is one)
 DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+DEVICE_HINT = "use auto, cpu, cuda, cuda:N, mps or xpu"
 
 
 class Checked:
@@ -526,7 +527,7 @@ def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
     return [(cfg.out_dir.strip() != "", "out_dir is empty; give the run folder, e.g. out_dir=runs/mine"),
             in_interval(cfg.seed, "[0, inf)", "seed"), in_interval(cfg.threads, "[0, inf)", "threads"),
             (DEVICE_NAME.fullmatch(cfg.device) is not None,
-             f"device '{cfg.device}' is not a device name; use auto, cpu, cuda, cuda:N, mps or xpu")]
+             f"device '{cfg.device}' is not a device name; {DEVICE_HINT}")]
 
 
 def derive(cfg: Config) -> None:

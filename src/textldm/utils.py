@@ -23,16 +23,18 @@ def resolve_device(name: str | torch.device, what: str = "device") -> torch.devi
     """A device name (config.DEVICE_NAME: auto, cpu, cuda, cuda:N, mps, xpu) -> the torch.device, checked against
     this machine: "auto" is the GPU when there is one; a malformed name, or a device this machine lacks, is a
     UserError naming it (never torch's assertion from deep inside a model's .to())."""
-    from textldm.config import DEVICE_NAME
+    from textldm.config import DEVICE_HINT, DEVICE_NAME
 
     name = str(name)
     if DEVICE_NAME.fullmatch(name) is None:
-        raise UserError(f"{what} '{name}' is not a device name; use auto, cpu, cuda, cuda:N, mps or xpu")
+        raise UserError(f"{what} '{name}' is not a device name; {DEVICE_HINT}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    backend = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None), "mps": torch.backends.mps}.get(device.type)
-    if backend is not None and not backend.is_available():
+    if device.type == "cpu":
+        return device
+    backend = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None), "mps": torch.backends.mps}[device.type]
+    if backend is None or not backend.is_available():
         raise UserError(f"{what} '{name}' was asked for, but this machine has no {device.type.upper()} device "
                         f"(or this torch build lacks it); use cpu or auto")
     if device.type in ("cuda", "xpu") and device.index is not None and device.index >= backend.device_count():

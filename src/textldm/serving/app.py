@@ -39,7 +39,7 @@ from textldm.errors import UserError
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.serving.openai_api import OpenAIFacade, completion_request, openai_error
 from textldm.serving.service import Busy, GenerationService, JobTimeout, NotLoaded, ServeLimits
-from textldm.utils import param_count
+from textldm.utils import param_count, resolve_device
 
 log = logging.getLogger(__name__)
 SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -338,12 +338,14 @@ def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int 
     require_serve_packages()
     import uvicorn
 
+    check_listen_address(host, port)
+    device = resolve_device(device, "--device")  # both checked before any warning and the (slow) model loading
+
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach this port can generate; set --api-key "
                     "(or %s)", host, API_KEY_ENV)
         print(f"warning: serving on {host} without an API key; set --api-key or {API_KEY_ENV}", file=sys.stderr)
-    check_listen_address(host, port)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
     ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
     app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision},
