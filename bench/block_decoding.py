@@ -17,7 +17,8 @@ import torch
 
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.metrics import generative_perplexity
-from textldm.pipeline import BlockState, TextLDMPipeline
+from textldm.generation.blocks import BlockState
+from textldm.pipeline import TextLDMPipeline
 
 
 def decodings(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int) -> dict[str, list[int]]:
@@ -29,7 +30,7 @@ def decodings(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int) 
     blocks = blocks[:max(n, 1)]
     with torch.no_grad():
         alone = [tok for x in blocks for tok in pipe.decode_latents(x, cut=False)[0]]
-        prefix = BlockState(pipe, [prompt[-pipe.config.dit.context_max:]], guided=False)  # the sampler's layout
+        prefix = BlockState.start(pipe, [prompt[-pipe.config.dit.context_max:]], guided=False)  # the sampler's layout
         latents = torch.cat([prefix.latents, *blocks], 1)
         mask = torch.cat([prefix.mask, torch.ones(1, latents.shape[1] - prefix.mask.shape[1], dtype=torch.bool)], 1)
         joint = pipe.decode_latents(latents, cut=False, mask=mask, last=B * len(blocks))[0]

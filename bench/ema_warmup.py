@@ -19,15 +19,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import PeriodicStream, train_tiny_recipe, validation_loss  # noqa: E402
 from textldm.config import TrainConfig  # noqa: E402
-from textldm.models.dit import TextDiT  # noqa: E402
+from textldm.generation import mode_class  # noqa: E402
 from textldm.training.batches import dit_batches  # noqa: E402
 from textldm.training.loop import EMA, fit  # noqa: E402
-from textldm.training.objectives import DiTObjective  # noqa: E402
 
 
 def run(pipe, steps: int, seed: int, ema: float, warmup: bool) -> float:
     torch.manual_seed(seed)
-    dit = TextDiT(pipe.dit.cfg, pipe.vae.cfg.latent_channels)
+    mode_type = mode_class(pipe.dit.cfg)
+    mode = mode_type(mode_type.new_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels))
+    dit = mode.dit
     if steps == 0:
         return validation_loss(dit, pipe.vae)
     cfg = TrainConfig(steps=steps, batch_size=64, lr=2e-3, warmup_steps=10, min_lr_ratio=1.0, ema=ema, log_every=10**6)
@@ -35,8 +36,8 @@ def run(pipe, steps: int, seed: int, ema: float, warmup: bool) -> float:
     if not warmup:
         EMA.decay_at = lambda self, n: self.decay
     try:
-        fit(DiTObjective(dit), dit_batches(PeriodicStream(), pipe.vae, dit.cfg, 64, seed=seed + 2,
-                                           device=torch.device("cpu")), cfg, progress=False, precision="fp32")
+        fit(mode, dit_batches(PeriodicStream(), pipe.vae, mode, 64, seed=seed + 2,
+                              device=torch.device("cpu")), cfg, progress=False, precision="fp32")
     finally:
         EMA.decay_at = original
     return validation_loss(dit, pipe.vae)

@@ -30,9 +30,9 @@ import torch
 
 from textldm.config import ARConfig, Config, DiTConfig, SampleConfig, VAEConfig
 from textldm.diffusion.sampling import evaluations
+from textldm.generation import mode_class
 from textldm.models.ar import CausalLM
 from textldm.models.ar import generate as ar_generate
-from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.perf import (
@@ -56,7 +56,7 @@ def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
                         block_size=block)
     cfg.sample = SampleConfig(cfg_scale=7.0)
     torch.manual_seed(0)
-    vae, dit = TextVAE(cfg.vae, VOCAB), TextDiT(cfg.dit, cfg.vae.latent_channels)
+    vae, dit = TextVAE(cfg.vae, VOCAB), mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
     with torch.no_grad():  # leave the adaLN-Zero start (identity blocks), as a trained model would
         for p in dit.parameters():
             p.add_(0.02 * torch.randn_like(p))

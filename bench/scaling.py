@@ -46,7 +46,7 @@ from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
 from textldm.evaluation.heldout import position_agreement
 from textldm.evaluation.metrics import prompt_binding
-from textldm.models.dit import TextDiT
+from textldm.generation import mode_class
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 from textldm.training import stages
@@ -123,7 +123,8 @@ def train_textldm(args, overrides: list[str], flops: float, seed: int, run: Path
 def full_window_params(args, vocab_size: int) -> int:
     """Inference parameters of the full-window TextLDM at --config (built, not trained): what the AR matches."""
     cfg = preset(args)
-    return param_count(TextVAE(cfg.vae, vocab_size)) + param_count(TextDiT(cfg.dit, cfg.vae.latent_channels))
+    dit = mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
+    return param_count(TextVAE(cfg.vae, vocab_size)) + param_count(dit)
 
 
 def train_ar(args, flops: float, seed: int, run: Path, data) -> tuple:

@@ -24,12 +24,13 @@ import torch.nn.functional as F
 
 from synthetic import ZipfStream
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
+from textldm.generation.window import FullWindow
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.training.batches import ar_batches, vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
+from textldm.training.objectives import ARObjective, VAEObjective
 from textldm.training.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
@@ -142,7 +143,7 @@ def main():
     for width, depth, heads in ((256, 6, 4), (512, 8, 8)) if "DiT" in only else ():  # DiT: the demo size, and width 512
         torch.manual_seed(0)
         dit, B, Lc, Lt = TextDiT(DiTConfig(width=width, depth=depth, heads=heads), 64), 32, 64, 64
-        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, DiTObjective(dit), dit_batches(B, Lc, Lt), B,
+        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, FullWindow(dit), dit_batches(B, Lc, Lt), B,
             B * (Lc + Lt), TRAIN_FACTOR * B * dit_flops_per_sequence(dit, Lc, Lt))
     # VAE: full softmax over the vocabulary, REPA on
     for width, depth, heads in ((256, 2, 4), (512, 4, 8)) if "VAE" in only else ():

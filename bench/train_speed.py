@@ -61,7 +61,7 @@ def dit_step_fn(bf16: bool, batch: int = 64, length: int = 32):
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            v = dit(interpolate(x0, x1, t), t, ctx)
+            v = dit(interpolate(x0, x1, t), t, context=ctx)
         loss = flow_loss(v, x0, x1).mean()
         opt.zero_grad()
         loss.backward()

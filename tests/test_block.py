@@ -3,7 +3,9 @@ against the training forward and against a hand-written reference loop, CFG's nu
 import pytest
 import torch
 
+from builders import RandomStream, mode_of, new_dit, perturbed
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
+from textldm.diffusion.guidance import Guidance
 from textldm.errors import UserError
 from textldm.models.block_causal import clean_noisy_attn_mask
 from textldm.models.blocks import block_causal_attn_mask
@@ -13,16 +15,11 @@ from textldm.pipeline import TextLDMPipeline
 
 VOCAB, C, BLOCK = 11, 8, 4
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
+WINDOW = CONTEXT + TARGET
 
 
 def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every weight away from its initialisation (adaLN-Zero starts as the identity with a zero output, which
-    would hide every path the tests look at)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return module.eval()
+    return perturbed(module, 0.2, seed).eval()
 
 
 def tiny_vae(encoder_block: int = 1, seed: int = 0) -> TextVAE:
@@ -36,13 +33,13 @@ def tiny_dit(uncond: str = "empty", seed: int = 1, block: int = BLOCK, **overrid
     torch.manual_seed(seed)
     shape = {"context_min": 4, "context_max": CONTEXT, "target_min": 4, "target_max": TARGET, **overrides}
     cfg = DiTConfig(width=32, depth=2, heads=2, block_size=block, block_uncond=uncond, **shape)
-    return randomized(TextDiT(cfg, C), seed)
+    return randomized(new_dit(cfg, C), seed)
 
 
 def window(n: int = 3, seed: int = 0, pad=(0, 1, 3)):
     """Clean latents, noisy latents, per-block times and a mask whose first block is left-padded by `pad`."""
     g = torch.Generator().manual_seed(seed)
-    L = CONTEXT + TARGET
+    L = WINDOW
     clean, x_t = torch.randn(n, L, C, generator=g), torch.randn(n, L, C, generator=g)
     t = torch.rand(n, L // BLOCK, generator=g)
     mask = torch.arange(L)[None] >= torch.tensor(pad[:n])[:, None]
@@ -83,12 +80,12 @@ def test_a_block_output_ignores_later_blocks_and_earlier_noisy_ones(part):
     block 0 changes; changed when its own noisy tokens or the clean block 0 change (the prefix is read)."""
     dit = tiny_dit()
     clean, x_t, t, mask = window()
-    v = dit.forward_blocks(x_t, t, clean, mask)[:, 4:8]
+    v = dit.forward_blocks(x_t, t, clean=clean, mask=mask)[:, 4:8]
 
     def moved(tensor_name: str, positions: slice) -> bool:
         c, x = clean.clone(), x_t.clone()
         (c if tensor_name == "clean" else x)[:, positions] += 1.0
-        return not torch.equal(dit.forward_blocks(x, t, c, mask)[:, 4:8], v)
+        return not torch.equal(dit.forward_blocks(x, t, clean=c, mask=mask)[:, 4:8], v)
 
     assert not moved(part, slice(8, 16))
     assert not moved("noisy", slice(0, 4))
@@ -107,7 +104,7 @@ def test_no_leak_changing_a_token_moves_no_earlier_latent_or_velocity():
     z, z2 = vae.encode(ids), vae.encode(changed)
     assert torch.equal(z[:, :8], z2[:, :8]) and not torch.equal(z[:, 8:12], z2[:, 8:12])
     _, x_t, t, mask = window(2, pad=(0, 2))
-    v, v2 = dit.forward_blocks(x_t, t, z, mask), dit.forward_blocks(x_t, t, z2, mask)
+    v, v2 = dit.forward_blocks(x_t, t, clean=z, mask=mask), dit.forward_blocks(x_t, t, clean=z2, mask=mask)
     assert torch.equal(v[:, :12], v2[:, :12]) and not torch.equal(v[:, 12:], v2[:, 12:])
     bidirectional = tiny_vae(encoder_block=0)
     assert not torch.allclose(bidirectional.encode(ids)[:, :8], bidirectional.encode(changed)[:, :8])
@@ -122,7 +119,7 @@ def test_the_prefix_cache_matches_the_training_forward():
     stepwise = dit.extend_prefix(dit.extend_prefix(None, clean[:, :4], mask[:, :4]), clean[:, 4:8], mask[:, 4:8])
     for a, b in zip(whole.blocks, stepwise.blocks):
         assert torch.allclose(a.k, b.k, atol=1e-5) and torch.allclose(a.v, b.v, atol=1e-5)
-    v = dit.forward_blocks(x_t, t, clean, mask)[:, 8:12]
+    v = dit.forward_blocks(x_t, t, clean=clean, mask=mask)[:, 8:12]
     assert torch.allclose(dit.block_velocity(x_t[:, 8:12], t[:, 2], stepwise), v, atol=1e-5)
 
 
@@ -132,11 +129,11 @@ def test_guided_block_velocity_is_cfg_over_the_trained_null_condition(uncond):
     dit = tiny_dit(uncond)
     clean, x_t, t, mask = window()
     n = clean.shape[0]
-    v_cond = dit.forward_blocks(x_t, t, clean, mask)[:, 8:12]
-    v_drop = dit.forward_blocks(x_t, t, clean, mask, torch.ones(n, dtype=torch.bool))[:, 8:12]
+    v_cond = dit.forward_blocks(x_t, t, clean=clean, mask=mask)[:, 8:12]
+    v_drop = dit.forward_blocks(x_t, t, clean=clean, mask=mask, drop=torch.ones(n, dtype=torch.bool))[:, 8:12]
     null, null_mask = dit.null_prefix_input(clean[:, :8], mask[:, :8])
     prefix = dit.extend_prefix(None, torch.cat([clean[:, :8], null]), torch.cat([mask[:, :8], null_mask]))
-    guided = dit.guided_block_velocity(x_t[:, 8:12], t[:, 2], prefix, cfg_scale=3.0)
+    guided = Guidance(3.0).velocity(lambda x, tt, _: dit.block_velocity(x, tt, prefix), x_t[:, 8:12], t[:, 2])
     assert torch.allclose(guided, v_drop + 3.0 * (v_cond - v_drop), atol=1e-4)
     assert not torch.allclose(v_cond, v_drop, atol=1e-3)
 
@@ -153,12 +150,12 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     from textldm.pipeline import noise_seed
 
     vae, dit, s, d = pipe.vae, pipe.dit, pipe.config.sample, pipe.config.dit
-    BLOCK, CONTEXT, TARGET = d.block_size, d.context_max, d.target_max  # noqa: N806 (the module's names, per model)
+    BLOCK, CONTEXT = d.block_size, d.context_max  # noqa: N806 (the module's names, per model)
     grid = pipe.time_grid(s).tolist()
     start = -(-CONTEXT // BLOCK) * BLOCK
     out, k, ids, pad = [], 0, None, 0
     while len(out) < length:
-        if ids is None or ids.shape[1] + BLOCK > CONTEXT + TARGET:  # a new window: the last CONTEXT tokens
+        if ids is None or ids.shape[1] + BLOCK > d.window:  # a new window: the last CONTEXT tokens
             recent = (prompt + out)[-CONTEXT:]
             pad = start - len(recent)
             ids = torch.tensor([[0] * pad + recent])
@@ -171,8 +168,8 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
         for a, b in zip(grid, grid[1:]):
             noisy = torch.cat([torch.zeros(1, L - BLOCK, C), x], 1)
             t = torch.full((1, L // BLOCK), a)
-            v_c = dit.forward_blocks(noisy, t, clean, mask)[:, -BLOCK:]
-            v_u = dit.forward_blocks(noisy, t, clean, mask, torch.ones(1, dtype=torch.bool))[:, -BLOCK:]
+            v_c = dit.forward_blocks(noisy, t, clean=clean, mask=mask)[:, -BLOCK:]
+            v_u = dit.forward_blocks(noisy, t, clean=clean, mask=mask, drop=torch.ones(1, dtype=torch.bool))[:, -BLOCK:]
             x = x + (b - a) * (v_u + s.cfg_scale * (v_c - v_u))
         z = vae.denormalize(torch.cat([clean[:, :-BLOCK], x], 1))
         block = vae.decode(z, mask).argmax(-1)[0, -BLOCK:].tolist()
@@ -236,9 +233,8 @@ def test_the_block_training_flops_are_the_hand_count():
 
     from textldm.diffusion.flow import flow_loss
     from textldm.training.perf import dit_block_flops_per_sequence
-    from textldm.training.stages import _dit_flops
 
-    w, depth, C_, L, B = 32, 2, C, CONTEXT + TARGET, BLOCK
+    w, depth, C_, L, B = 32, 2, C, WINDOW, BLOCK
     dit = tiny_dit()
     per_token = depth * (2 * w * 3 * w + 2 * w * w + 2 * w * 4 * w + 2 * 4 * w * w  # qkv, proj, MLP
                          + 4 * (2 * L) * w)  # scores and values over the 2L [clean ; noisy] keys
@@ -247,11 +243,10 @@ def test_the_block_training_flops_are_the_hand_count():
     per_condition = depth * 2 * w * 6 * w + 2 * w * 2 * w + 2 * 256 * w + 2 * w * w  # adaLN, final, t-embedder
     forward = tokens + outputs + (1 + L // B) * per_condition  # the clean condition and each block's
     assert dit_block_flops_per_sequence(dit, L) == forward
-    cfg = Config(vae=VAEConfig(encoder_block_size=1, max_len=16), dit=dit.cfg)
-    assert _dit_flops(cfg, dit) == 3 * cfg.dit_train.batch_size * forward  # forward + backward
+    assert mode_of(dit).train_flops(64) == 3 * 64 * forward  # forward + backward
     clean, x_t, t, mask = window()
     with FlopCounterMode(display=False) as counter:
-        flow_loss(dit.forward_blocks(x_t, t, clean, mask), x_t, clean, mask).mean().backward()
+        flow_loss(dit.forward_blocks(x_t, t, clean=clean, mask=mask), x_t, clean, mask).mean().backward()
     assert 0.9 < counter.get_total_flops() / (3 * clean.shape[0] * forward) < 1.1
 
 
@@ -282,29 +277,24 @@ def test_block_mode_config_checks():
             load_config(None, base + extra)
 
 
-class RandomStream:
-    def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, VOCAB, (n, length), generator=generator)
-
-
 @pytest.mark.parametrize("block_t", ["per_block", "shared"])
 def test_block_batches_noise_every_block_and_pad_the_first(block_t):
     """Per-block times differ within a window (one shared time is the dit.block_t=shared alternative); the first
     block is left-padded by 0..B-1 tokens (every amount occurs), later blocks never; the clean latents are the
     block-causal VAE's encoding of the window under that mask."""
-    from textldm.training.batches import block_batches, encode_latents
+    from textldm.training.batches import dit_batches
 
     vae, dit = tiny_vae(), tiny_dit(block_t=block_t)
-    batch = block_batches(RandomStream(), vae, dit.cfg, 64, seed=0, device=torch.device("cpu"))(0)
+    batch = dit_batches(RandomStream(VOCAB), vae, mode_of(dit), 64, seed=0, device=torch.device("cpu"))(0)
     t = batch["t"]
-    assert t.shape == (64, (CONTEXT + TARGET) // BLOCK)
+    assert t.shape == (64, WINDOW // BLOCK)
     if block_t == "per_block":
         assert (t.std(1) > 0).all()
     else:
         assert (t == t[:, :1]).all() and t[:, 0].std() > 0
     pad = (~batch["mask"]).sum(1)
     assert set(pad.tolist()) == set(range(BLOCK)) and batch["mask"][:, BLOCK:].all()
-    assert torch.equal(batch["target"], encode_latents(vae, batch["target_ids"], batch["mask"], True))
+    assert torch.equal(batch["target"], vae.latents(batch["target_ids"], batch["mask"], True))
 
 
 def test_the_live_view_streams_each_block_decoded_beside_its_prefix():
@@ -332,11 +322,11 @@ def test_the_block_loss_report_covers_every_quarter(block):
     index, and a window's first block, which has no prefix, is left out)."""
     import math
 
-    from textldm.training.validate import evaluate_dit
+    from textldm.training.evaluate import evaluate_dit
 
     vae, dit = tiny_vae(), tiny_dit()
     dit.cfg.block_size = block
-    quarters = evaluate_dit(dit, vae, RandomStream(), n_batches=2, batch_size=8, seed=0,
+    quarters = evaluate_dit(mode_of(dit), vae, RandomStream(VOCAB), n_batches=2, batch_size=8, seed=0,
                             device=torch.device("cpu"))["quarters"]
     assert all(not math.isnan(q["with_prompt"]) and not math.isnan(q["prompt_dropped"]) for q in quarters)
 

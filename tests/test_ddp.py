@@ -8,24 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from builders import TEACHER_DIM, RandomStream, fake_teacher, mode_of, new_dit
 from textldm.config import DiTConfig, TrainConfig, VAEConfig
-from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.training.batches import dit_batches, vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import DiTObjective, VAEObjective
+from textldm.training.objectives import VAEObjective
 
-VOCAB, TEACHER_DIM = 40, 12
-
-
-class RandomStream:
-    def windows(self, n, length, generator):
-        return torch.randint(0, VOCAB, (n, length), generator=generator)
-
-
-def fake_teacher(ids, mask=None):
-    table = torch.randn(VOCAB, TEACHER_DIM, generator=torch.Generator().manual_seed(5))
-    return table[ids]
+VOCAB = 40
 
 
 def build(kind: str):
@@ -39,14 +29,14 @@ def build(kind: str):
     vae = TextVAE(cfg, VOCAB, TEACHER_DIM)
     if kind == "vae":
         batches = vae_batches(RandomStream(), vae.cfg, TRAIN.batch_size, seed=3, device=torch.device("cpu"),
-                              teacher=fake_teacher)
+                              teacher=fake_teacher(VOCAB))
         return vae, VAEObjective(vae), batches
     dit_cfg = DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2, target_max=6,
                         block_size=2, block_uncond=kind.removeprefix("dit_"))
-    dit = TextDiT(dit_cfg, cfg.latent_channels)
-    batches = dit_batches(RandomStream(), vae.eval().requires_grad_(False), dit_cfg, TRAIN.batch_size, seed=3,
+    mode = mode_of(new_dit(dit_cfg, cfg.latent_channels))
+    batches = dit_batches(RandomStream(VOCAB), vae.eval().requires_grad_(False), mode, TRAIN.batch_size, seed=3,
                           device=torch.device("cpu"))
-    return dit, DiTObjective(dit), batches
+    return mode.dit, mode, batches
 
 
 TRAIN = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, log_every=100)
@@ -160,9 +150,10 @@ def test_every_trained_parameter_is_in_every_modes_graph(mode):
                             repa_weight=0.0, encoder_block_size=int("block_size" in mode)), VOCAB).eval()
     cfg = DiTConfig(width=32, heads=2, depth=1, context_min=2, context_max=6, target_min=2, target_max=6,
                     p_uncond=0.5, **mode)
-    dit = TextDiT(cfg, 8)
-    loss, _ = DiTObjective(dit)(dit_batches(RandomStream(), vae.requires_grad_(False), cfg, 16, seed=0,
-                                            device=torch.device("cpu"))(0), 0)
+    dit = new_dit(cfg, 8)
+    mode = mode_of(dit)
+    loss, _ = mode(dit_batches(RandomStream(VOCAB), vae.requires_grad_(False), mode, 16, seed=0,
+                               device=torch.device("cpu"))(0), 0)
     loss.backward()
     unused = [n for n, p in dit.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"trained but outside the graph: {unused}"

@@ -17,15 +17,16 @@ margins, in docs/testing.md.
 import pytest
 import torch
 
+from builders import mode_of, new_dit
 from textldm.config import Config, DiTConfig, SampleConfig, TrainConfig, VAEConfig
 from textldm.evaluation.heldout import position_agreement, same_noise_agreement
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.batches import dit_batches, vae_batches
+from textldm.training.evaluate import evaluate_dit, latent_statistics
 from textldm.training.loop import fit
-from textldm.training.objectives import DiTObjective, VAEObjective
-from textldm.training.validate import evaluate_dit, latent_statistics
+from textldm.training.objectives import VAEObjective
 
 VOCAB, PERIOD = 10, 4
 CONTEXT_MIN, CONTEXT_MAX = PERIOD, PERIOD + 3
@@ -65,8 +66,9 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
     if block_size:  # windows of 16 tokens (the VAE's max_len), blocks of `block_size`
         dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1,
                             target_min=PERIOD, target_max=16 - CONTEXT_MAX - 1, block_size=block_size)
-    dit = TextDiT(dit_cfg, vae_cfg.latent_channels)
-    fit(DiTObjective(dit), dit_batches(stream, vae, dit_cfg, 64, seed=2 + seed, device=torch.device("cpu")),
+    mode = mode_of(new_dit(dit_cfg, vae_cfg.latent_channels))
+    dit = mode.dit
+    fit(mode, dit_batches(stream, vae, mode, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
     cfg = Config(vae=vae_cfg, dit=dit_cfg, sample=SampleConfig(steps=10))
     pipe = TextLDMPipeline(cfg, None, vae, dit.eval(), eot_id=-1)  # generate_ids needs no tokenizer
@@ -118,7 +120,7 @@ def test_without_the_prompt_it_scores_near_chance(learned):
 
 
 def validation_loss(dit: TextDiT, vae: TextVAE) -> float:
-    return evaluate_dit(dit, vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
+    return evaluate_dit(mode_of(dit), vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                         device=torch.device("cpu"))["with_prompt"]
 
 
@@ -138,7 +140,7 @@ def test_the_unconditional_branch_learned_to_denoise(learned):
     never trained, and its loss there is 3-8x that baseline; trained, 0.52-0.85x over 5 seeds. The limit, 1.5x,
     sits 1.8x above the worst trained seed and 2x below the untrained branch (docs/testing.md)."""
     pipe = learned[0]
-    quarters = evaluate_dit(pipe.dit, pipe.vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
+    quarters = evaluate_dit(pipe.mode, pipe.vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                             device=torch.device("cpu"))["quarters"]
     for q in quarters[2:]:
         assert q["prompt_dropped"] < 1.5 * q["linear_gaussian"], q
@@ -153,11 +155,12 @@ def test_paper_shaped_ema_saves_trained_weights_after_a_few_dozen_steps(learned)
     losses = {}
     for ema in (0.0, 0.9999):
         torch.manual_seed(3)
-        dit = TextDiT(pipe.dit.cfg, pipe.vae.cfg.latent_channels)
+        mode = mode_of(new_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels))
+        dit = mode.dit
         if ema == 0.0:
             losses["untrained"] = validation_loss(dit, pipe.vae)
         cfg = TrainConfig(steps=40, batch_size=64, lr=2e-3, warmup_steps=10, min_lr_ratio=1.0, ema=ema, log_every=10**6)
-        fit(DiTObjective(dit), dit_batches(PeriodicStream(), pipe.vae, dit.cfg, 64, seed=2, device=torch.device("cpu")),
+        fit(mode, dit_batches(PeriodicStream(), pipe.vae, mode, 64, seed=2, device=torch.device("cpu")),
             cfg, progress=False, precision="fp32")
         losses[ema] = validation_loss(dit, pipe.vae)
     learned_gap = losses["untrained"] - losses[0.0]

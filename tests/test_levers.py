@@ -7,13 +7,17 @@ previous evaluation's estimate (zeros at the first).
 
 Robust decoder (vae.decoder_noise): in training only, the decoder reads the posterior sample plus Gaussian noise
 of std decoder_noise x U(0, 1) (per sequence) x the batch's per-channel std of the posterior means."""
+import dataclasses
+
 import pytest
 import torch
 
+from builders import guided_velocity, mode_of
 from test_recipe import C, perturbed, tiny_pipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
-from textldm.training.objectives import DiTObjective, decoder_noise, vae_loss
+from textldm.pipeline import TextLDMPipeline
+from textldm.training.objectives import decoder_noise, vae_loss
 from textldm.training.perf import dit_flops_per_sequence
 
 
@@ -31,10 +35,11 @@ def test_self_conditioning_input_is_zero_at_init_and_used_once_trained():
         dit.self_cond_proj.weight.zero_()
         dit.self_cond_proj.bias.zero_()
     x, t, ctx, estimate = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C), torch.randn(2, 5, C)
-    assert torch.equal(dit(x, t, ctx, self_cond=estimate), dit(x, t, ctx))
+    assert torch.equal(dit(x, t, context=ctx, self_cond=estimate), dit(x, t, context=ctx))
     perturbed(dit, seed=2)
-    assert not torch.allclose(dit(x, t, ctx, self_cond=estimate), dit(x, t, ctx), atol=1e-4)
-    assert torch.equal(dit(x, t, ctx, self_cond=torch.zeros_like(x)), dit(x, t, ctx))  # None means zeros
+    assert not torch.allclose(dit(x, t, context=ctx, self_cond=estimate), dit(x, t, context=ctx), atol=1e-4)
+    none_means_zeros = dit(x, t, context=ctx, self_cond=torch.zeros_like(x))
+    assert torch.equal(none_means_zeros, dit(x, t, context=ctx))
 
 
 def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
@@ -42,9 +47,9 @@ def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
     calls = []
     real = TextDiT.forward
 
-    def spy(self, x, t, *args, self_cond=None):
+    def spy(self, x, t, self_cond=None, **conditions):
         calls.append({"x": x, "t": t, "self_cond": self_cond, "grad": torch.is_grad_enabled()})
-        out = real(self, x, t, *args, self_cond=self_cond)
+        out = real(self, x, t, **conditions, self_cond=self_cond)
         calls[-1]["v"] = out.detach()
         return out
 
@@ -56,7 +61,7 @@ def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
              "drop": torch.zeros(B, dtype=torch.bool), "self_cond": torch.tensor([True, False, True, False])}
     TextDiT.forward = spy
     try:
-        loss, _ = DiTObjective(dit)(batch, step=0)
+        loss, _ = mode_of(dit)(batch, step=0)
     finally:
         TextDiT.forward = real
     first, second = calls
@@ -70,23 +75,35 @@ def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
 
 
 @torch.no_grad()
-def test_self_conditioning_at_sampling_reads_the_previous_estimate():
+def test_self_conditioning_at_sampling_reads_the_previous_estimate(monkeypatch):
+    """Each evaluation's self-conditioning input is the clean estimate x + (1 - t) v of the previous step's guided
+    velocity (zeros at the first), the same for the conditional and the unconditional rows."""
+    import textldm.generation.window as window_mode
+
+    dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2,
+                                      target_max=4, self_condition_prob=0.5), C)).eval()
     pipe = tiny_pipeline()
-    pipe.dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2,
-                                           target_max=4, self_condition_prob=0.5), C)).eval()
-    pipe.config.dit = pipe.dit.cfg
-    seen = []
-    real = pipe.dit.guided_velocity
+    pipe = TextLDMPipeline(dataclasses.replace(pipe.config, dit=dit.cfg), None, pipe.vae, dit, pipe.eot_id)
+    steps, inputs = [], []
+    real_integrate, real_forward = window_mode.integrate, TextDiT.forward
 
-    def spy(x, t, *args, self_cond=None, **kw):
-        v = real(x, t, *args, self_cond=self_cond, **kw)
-        seen.append((x, t, self_cond, v))
-        return v
+    def integrate(velocity, x, *args):
+        def recorded(x_t, t):
+            steps.append((x_t, t, velocity(x_t, t)))
+            return steps[-1][2]
+        return real_integrate(recorded, x, *args)
 
-    pipe.dit.guided_velocity = spy
+    def forward(self, x, t, self_cond=None, **conditions):
+        halves = self_cond.chunk(2)  # guided: [conditional ; unconditional] rows
+        assert torch.equal(halves[0], halves[1])
+        inputs.append(halves[0])
+        return real_forward(self, x, t, self_cond=self_cond, **conditions)
+
+    monkeypatch.setattr(window_mode, "integrate", integrate)
+    monkeypatch.setattr(TextDiT, "forward", forward)
     pipe.generate_ids([[1, 2, 3]], length=4, steps=4, cfg_scale=2.0)
-    assert len(seen) == 4 and torch.equal(seen[0][2], torch.zeros_like(seen[0][0]))
-    for (x, t, _, v), (_, _, estimate, _) in zip(seen, seen[1:]):
+    assert len(steps) == len(inputs) == 4 and torch.equal(inputs[0], torch.zeros_like(steps[0][0]))
+    for (x, t, v), estimate in zip(steps, inputs[1:]):
         assert torch.allclose(estimate, x + (1 - t).view(-1, 1, 1) * v)
 
 
@@ -101,23 +118,22 @@ def test_self_conditioning_costs_are_counted_and_the_setting_is_validated():
 
 def test_cached_context_with_self_conditioning_matches_the_full_forward():
     dit = perturbed(self_cond_dit(context_cache=True))
-    x, t, ctx, estimate = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C), torch.randn(2, 5, C)
-    with torch.no_grad():
-        full = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, self_cond=estimate)
-        cached = dit.guided_velocity(x, t, ctx, cfg_scale=3.0, cache=dit.cache_for_guidance(ctx), self_cond=estimate)
+    x, t, ctx = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C)
+    full = guided_velocity(dit, x, t, 3.0, context_cache=False, evaluations=2, context=ctx)
+    cached = guided_velocity(dit, x, t, 3.0, evaluations=2, context=ctx)  # the second reads the first's estimate
     assert torch.allclose(full, cached, atol=1e-5)
 
 
 def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monkeypatch):
     from test_recipe import CountingStream, small_vae
-    from textldm.training.validate import evaluate_dit
+    from textldm.training.evaluate import evaluate_dit
 
     dit = perturbed(self_cond_dit(context_min=2, context_max=5, target_min=2, target_max=4))
     estimates = []
     real = TextDiT.forward
     monkeypatch.setattr(TextDiT, "forward", lambda self, *a, self_cond=None, **k: estimates.append(self_cond)
                         or real(self, *a, self_cond=self_cond, **k))
-    evaluate_dit(dit, small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
+    evaluate_dit(mode_of(dit), small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
                  device=torch.device("cpu"))
     assert [e is None for e in estimates] == [True, False, True, False]  # with the prompt, then dropped
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from textldm.evaluation.lm_eval_model import _stop_at
+from textldm.utils import cut_at_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "lm_eval_tasks"
@@ -43,7 +43,7 @@ def test_textldm_and_the_ar_baseline_run_a_generation_task(models, at_root, tmp_
     samples = evaluate(tmp_path / "textldm", ["textldm_tiny_continue"], steps=3, seed=0)["samples"]
     samples = samples["textldm_tiny_continue"]
     direct = pipe.generate([s["doc"]["prompt"] for s in samples], length=6, steps=3, seed=0, batch_size=4)
-    assert [s["resps"][0][0] for s in samples] == [_stop_at(t, [".", "\n"]) for t in direct]
+    assert [s["resps"][0][0] for s in samples] == [cut_at_stop(t, [".", "\n"])[0] for t in direct]
 
 
 def test_loglikelihood_tasks_score_the_ar_baseline_and_refuse_textldm(models, at_root, tmp_path):

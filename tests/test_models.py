@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from builders import guided_velocity
 from textldm.config import DiTConfig, VAEConfig
 from textldm.models.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.dit import TextDiT
@@ -159,7 +160,7 @@ def test_adaln_zero_blocks_are_identity_and_output_zero_at_init():
     rope = rope_angles(torch.arange(7), 16)
     for block in dit.blocks:
         assert torch.equal(block(x, rope, cond=cond), x)
-    v = dit(torch.randn(2, 5, 8), torch.rand(2), torch.randn(2, 4, 8))
+    v = dit(torch.randn(2, 5, 8), torch.rand(2), context=torch.randn(2, 4, 8))
     assert v.shape == (2, 5, 8) and torch.count_nonzero(v) == 0
 
 
@@ -178,15 +179,15 @@ def test_dit_context_padding_and_batch_independence():
     ctx = torch.randn(2, 6, 8)
     cmask = torch.ones(2, 6, dtype=torch.bool)
     cmask[0, 3:] = False
-    v = dit(x, t, ctx, cmask)
+    v = dit(x, t, context=ctx, context_mask=cmask)
     ctx2 = ctx.clone()
     ctx2[0, 3:] = 50.0  # padded context content must not matter
-    assert torch.allclose(dit(x, t, ctx2, cmask), v, atol=1e-5)
+    assert torch.allclose(dit(x, t, context=ctx2, context_mask=cmask), v, atol=1e-5)
     # the same sample alone gives the same velocity (no leakage across the batch)
-    v0 = dit(x[:1], t[:1], ctx[:1, :3], cmask[:1, :3])
+    v0 = dit(x[:1], t[:1], context=ctx[:1, :3], context_mask=cmask[:1, :3])
     assert torch.allclose(v0, v[:1], atol=1e-5)
     # and the prompt matters
-    assert not torch.allclose(dit(x, t, torch.randn(2, 6, 8), cmask), v, atol=1e-4)
+    assert not torch.allclose(dit(x, t, context=torch.randn(2, 6, 8), context_mask=cmask), v, atol=1e-4)
 
 
 def test_cfg_is_one_batched_forward_with_the_right_arithmetic():
@@ -194,12 +195,12 @@ def test_cfg_is_one_batched_forward_with_the_right_arithmetic():
     x, t, ctx = torch.randn(3, 5, 8), torch.rand(3), torch.randn(3, 4, 8)
     calls = []
     dit.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    guided = dit.guided_velocity(x, t, ctx, cfg_scale=7.0)
+    guided = guided_velocity(dit, x, t, 7.0, context=ctx)
     assert calls == [6]  # cond and uncond in one forward
-    cond = dit(x, t, ctx)
-    uncond = dit(x, t, dit.drop_context(ctx, torch.ones(3, dtype=torch.bool)))
+    cond = dit(x, t, context=ctx)
+    uncond = dit(x, t, context=dit.drop_context(ctx, torch.ones(3, dtype=torch.bool)))
     assert torch.allclose(guided, uncond + 7.0 * (cond - uncond), atol=1e-4)
-    assert torch.allclose(dit.guided_velocity(x, t, ctx, cfg_scale=1.0), cond, atol=1e-6)
+    assert torch.allclose(guided_velocity(dit, x, t, 1.0, context=ctx), cond, atol=1e-6)
 
 
 @pytest.mark.parametrize("null", ["learned", "zeros"])
@@ -212,7 +213,7 @@ def test_null_context_and_t_free_variant(null):
     assert dit.null_context.requires_grad == (null == "learned")
     x = torch.randn(2, 5, 8)
     # without t-conditioning the output does not depend on t
-    assert torch.allclose(dit(x, torch.zeros(2), ctx), dit(x, torch.ones(2), ctx))
+    assert torch.allclose(dit(x, torch.zeros(2), context=ctx), dit(x, torch.ones(2), context=ctx))
 
 
 def test_neighbor_table_and_hard_negatives():
@@ -255,19 +256,19 @@ def test_cached_context_gives_the_same_velocities():
     ctx, x, t = torch.randn(B, Lc, 8), torch.randn(B, Lt, 8), torch.rand(B)
     ctx_mask = torch.arange(Lc)[None] < torch.tensor([[7], [4], [1]])
     tgt_mask = torch.arange(Lt)[None] < torch.tensor([[5], [5], [3]])
-    full = dit(x, t, ctx, ctx_mask, tgt_mask)
-    cached = dit.forward_cached(x, t, dit.cache_context(ctx, ctx_mask), tgt_mask)
+    full = dit(x, t, context=ctx, context_mask=ctx_mask, target_mask=tgt_mask)
+    cached = dit.forward_cached(x, t, dit.cache_context(ctx, ctx_mask), target_mask=tgt_mask)
     assert torch.allclose(full[tgt_mask], cached[tgt_mask], atol=1e-5)
-    guided = dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, cfg_scale=4.0)
-    cache = dit.cache_for_guidance(ctx, ctx_mask)
-    assert torch.allclose(guided[tgt_mask], dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 4.0, cache)[tgt_mask],
-                          atol=1e-5)
-    assert torch.allclose(full[tgt_mask], dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 1.0, cache)[tgt_mask],
-                          atol=1e-5)
+    guided = guided_velocity(dit, x, t, 4.0, context_cache=False, context=ctx, context_mask=ctx_mask)
+    assert torch.allclose(guided, guided_velocity(dit, x, t, 4.0, context=ctx, context_mask=ctx_mask), atol=1e-5)
+    assert torch.allclose(dit(x, t, context=ctx, context_mask=ctx_mask),
+                          guided_velocity(dit, x, t, 1.0, context=ctx, context_mask=ctx_mask), atol=1e-5)
+    null = dit.drop_context(ctx, torch.ones(B, dtype=torch.bool))  # one cache over [context ; null context]
+    cache = dit.cache_context(torch.cat([ctx, null]), torch.cat([ctx_mask, ctx_mask]))
     # the same cache serves another step (other t, other noisy targets) unchanged
     x2, t2 = torch.randn(B, Lt, 8), torch.rand(B)
-    assert torch.allclose(dit(x2, t2, ctx, ctx_mask, tgt_mask)[tgt_mask],
-                          dit.forward_cached(x2, t2, cache.head(B), tgt_mask)[tgt_mask], atol=1e-5)
+    assert torch.allclose(dit(x2, t2, context=ctx, context_mask=ctx_mask, target_mask=tgt_mask)[tgt_mask],
+                          dit.forward_cached(x2, t2, cache.head(B), target_mask=tgt_mask)[tgt_mask], atol=1e-5)
     # the default (joint) DiT has no cache
     with pytest.raises(ValueError, match="context_cache"):
         TextDiT(DiTConfig(width=32, depth=1, heads=4), 8).cache_context(ctx, ctx_mask)
@@ -277,8 +278,8 @@ def test_right_context_for_infilling():
     """dit.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
     changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
     from textldm.config import DiTConfig
+    from textldm.generation.window import right_context
     from textldm.models.dit import TextDiT
-    from textldm.training.batches import right_context
 
     torch.manual_seed(0)
     for cacheable in (False, True):
@@ -290,16 +291,17 @@ def test_right_context_for_infilling():
         ctx, x, t, right = torch.randn(B, 6, 8), torch.randn(B, 5, 8), torch.rand(B), torch.randn(B, 4, 8)
         ctx_mask = torch.arange(6)[None] < torch.tensor([[6], [3]])
         tgt_mask = torch.arange(5)[None] < torch.tensor([[5], [2]])
-        plain = dit(x, t, ctx, ctx_mask, tgt_mask)
-        masked = dit(x, t, ctx, ctx_mask, tgt_mask, right, torch.zeros(B, 4, dtype=torch.bool))
+        plain = dit(x, t, context=ctx, context_mask=ctx_mask, target_mask=tgt_mask)
+        conditions = {"context": ctx, "context_mask": ctx_mask, "target_mask": tgt_mask, "right": right}
+        masked = dit(x, t, **conditions, right_mask=torch.zeros(B, 4, dtype=torch.bool))
         assert torch.allclose(plain, masked, atol=1e-5)
-        with_right = dit(x, t, ctx, ctx_mask, tgt_mask, right, torch.ones(B, 4, dtype=torch.bool))
+        with_right = dit(x, t, **conditions, right_mask=torch.ones(B, 4, dtype=torch.bool))
         assert not torch.allclose(plain[tgt_mask], with_right[tgt_mask], atol=1e-3)
         right_mask = torch.ones(B, 4, dtype=torch.bool)
-        guided = dit.guided_velocity(x, t, ctx, ctx_mask, tgt_mask, 3.0, None, right, right_mask)
+        guided = guided_velocity(dit, x, t, 3.0, context=ctx, context_mask=ctx_mask, right=right, right_mask=right_mask)
         assert guided.shape == x.shape and torch.isfinite(guided).all()
     with pytest.raises(ValueError, match="infill_prob"):
-        TextDiT(DiTConfig(width=32, depth=1, heads=4), 8)(x, t, ctx, ctx_mask, tgt_mask, right)
+        TextDiT(DiTConfig(width=32, depth=1, heads=4), 8)(x, t, context=ctx, context_mask=ctx_mask, right=right)
     window = torch.arange(40).view(2, 20)  # context_max 6: the target starts at 6
     ids, mask = right_context(window, torch.tensor([3, 5]), torch.tensor([4, 0]), 6)
     assert ids[0, :4].tolist() == [9, 10, 11, 12] and mask.sum().item() == 4

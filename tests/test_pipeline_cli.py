@@ -205,7 +205,7 @@ def test_cli_bad_training_input(capsys, args, fragment, cache_home, tmp_path):
 
 def test_one_prompt_length_policy_cut_from_the_left_with_a_warning(capsys, caplog, trained):
     """A prompt longer than dit.context_max (12) keeps its last 12 tokens, with a warning, in the Python API, the
-    CLI, the server's prompt reader and the harness alike (`pipeline.fit_prompts`)."""
+    CLI, the server's prompt reader and the harness alike (`pipeline.truncate_prompts`)."""
     import logging
 
     from textldm.evaluation.harness import _continue_with

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from builders import guided_velocity, mode_of, perturbed
 from test_train import Quadratic
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.diffusion.flow import sample_t, time_grid
@@ -23,22 +24,12 @@ from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline, noise_seed
 from textldm.training.batches import dit_batches
 from textldm.training.distributed import step_generator
+from textldm.training.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
 from textldm.training.loop import fit
-from textldm.training.objectives import DiTObjective, VAEObjective, kl_weight_at, vae_loss
-from textldm.training.validate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
+from textldm.training.objectives import VAEObjective, kl_weight_at, vae_loss
 from textldm.utils import derive_seed
 
 C = 8  # latent channels
-
-
-def perturbed(module: torch.nn.Module, scale: float = 0.1, seed: int = 1) -> torch.nn.Module:
-    """Move every trainable weight off its initialisation (adaLN-Zero starts as the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    return module
 
 
 def small_dit(**kw) -> TextDiT:
@@ -78,7 +69,7 @@ class SpyDiT(torch.nn.Module):
     def drop_context(self, context, drop):
         return self.dit.drop_context(context, drop)
 
-    def forward(self, x_t, t, context, context_mask, target_mask, right=None, right_mask=None, self_cond=None):
+    def forward(self, x_t, t, *, context, context_mask, target_mask, right=None, right_mask=None, self_cond=None):
         self.calls.append({"x_t": x_t, "t": t, "context": context, "target_mask": target_mask})
         return self.out
 
@@ -96,7 +87,7 @@ def test_dit_objective_feeds_the_documented_path_time_and_cfg_drop():
     spy = SpyDiT(small_dit(), v)
     batch = {"noise": noise, "target": target, "t": t, "context": context, "target_mask": target_mask,
              "context_mask": torch.ones(B, Lc, dtype=torch.bool), "drop": drop}
-    loss, _ = DiTObjective(spy)(batch, step=0)
+    loss, _ = mode_of(spy)(batch, step=0)
     call = spy.calls[0]
     assert torch.allclose(call["x_t"], (1 - t)[:, None, None] * noise + t[:, None, None] * target)
     assert torch.equal(call["t"], t)
@@ -106,7 +97,7 @@ def test_dit_objective_feeds_the_documented_path_time_and_cfg_drop():
     per_row = torch.stack([err[i][target_mask[i]].mean() for i in range(B)])
     assert torch.allclose(loss, per_row.mean())
     spy.out = v.masked_fill(~target_mask[..., None], 1e3)  # padded positions do not count
-    assert torch.allclose(DiTObjective(spy)(batch, step=0)[0], loss)
+    assert torch.allclose(mode_of(spy)(batch, step=0)[0], loss)
 
 
 def test_batch_builder_windows_drops_and_timesteps():
@@ -123,8 +114,11 @@ def test_batch_builder_windows_drops_and_timesteps():
             self.encoded.append(ids.clone())
             return ids.float()[..., None].expand(*ids.shape, C) * mask[..., None]
 
+        def latents(self, ids, mask, normalize):
+            return self.encode(ids, mask)
+
     vae = IdentityVAE()
-    get = dit_batches(CountingStream(), vae, cfg, 64, seed=0, device=torch.device("cpu"))
+    get = dit_batches(CountingStream(), vae, mode_of(TextDiT(cfg, C)), 64, seed=0, device=torch.device("cpu"))
     drops, ts = [], []
     for step in range(40):
         b = get(step)
@@ -175,7 +169,7 @@ def test_adaln_modulation_formula_with_nonzero_weights():
 def test_t_conditioned_dit_depends_on_t():
     dit = small_dit()
     x, ctx = torch.randn(2, 5, C), torch.randn(2, 4, C)
-    v = [dit(x, torch.full((2,), t), ctx) for t in (0.1, 0.5, 0.9)]
+    v = [dit(x, torch.full((2,), t), context=ctx) for t in (0.1, 0.5, 0.9)]
     assert not torch.allclose(v[0], v[1], atol=1e-3) and not torch.allclose(v[1], v[2], atol=1e-3)
 
 
@@ -219,7 +213,7 @@ def tiny_pipeline() -> TextLDMPipeline:
 def test_pipeline_normalises_prompts_and_denormalises_samples():
     pipe = tiny_pipeline()
     rows = [[1, 2, 3, 4], [5, 6]]
-    latents, mask = pipe._encode(rows)
+    latents, mask = pipe.encode_rows(rows)
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
     assert torch.allclose(latents[0], (pipe.vae.encode(ids[:1]) - 3.0)[0] / 2.5, atol=1e-5)
     x = torch.randn(2, 4, C)
@@ -243,7 +237,7 @@ def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, 
             null = dit.null_context.expand_as(ctx)
             for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):
                 t = torch.full((1,), a)
-                v_cond, v_null = dit(x, t, ctx), dit(x, t, null)
+                v_cond, v_null = dit(x, t, context=ctx), dit(x, t, context=null)
                 scale = cfg_scale if interval[0] <= a <= interval[1] else 1.0
                 x = x + (b - a) * (v_null + scale * (v_cond - v_null))
             if latents is not None:
@@ -343,7 +337,8 @@ def test_sdpa_branch_matches_the_explicit_branch(monkeypatch):
 
     def outputs():
         with torch.no_grad():
-            return [dit(x, t, ctx, ctx_mask, tgt_mask)[tgt_mask], cached_dit(x, t, ctx, ctx_mask, tgt_mask)[tgt_mask],
+            conditions = {"context": ctx, "context_mask": ctx_mask, "target_mask": tgt_mask}
+            return [dit(x, t, **conditions)[tgt_mask], cached_dit(x, t, **conditions)[tgt_mask],
                     vae.encode(ids, vae_mask)[vae_mask], ar(ids), ar(ids[:, 3:], torch.ones(3, 4, dtype=torch.bool))]
 
     explicit = outputs()
@@ -358,8 +353,8 @@ def test_the_prompt_dropped_loss_uses_the_null_condition(monkeypatch):
     contexts = []
     real = TextDiT.forward
     monkeypatch.setattr(TextDiT, "forward",
-                        lambda self, x, t, c, *a, **k: contexts.append(c) or real(self, x, t, c, *a, **k))
-    evaluate_dit(dit, vae, CountingStream(), n_batches=1, batch_size=8, seed=0, device=torch.device("cpu"))
+                        lambda self, x, t, **k: contexts.append(k["context"]) or real(self, x, t, **k))
+    evaluate_dit(mode_of(dit), vae, CountingStream(), n_batches=1, batch_size=8, seed=0, device=torch.device("cpu"))
     with_prompt, dropped = contexts
     assert not torch.allclose(with_prompt, dit.null_context.expand_as(with_prompt))
     assert torch.equal(dropped, dit.null_context.expand_as(dropped))
@@ -456,11 +451,11 @@ def test_infill_guidance_nulls_both_contexts_in_the_unconditional_branch():
     x, ctx, right = (torch.randn(2, n, C, generator=g) for n in (4, 5, 3))
     t = torch.tensor([0.3, 0.7])
     drop = torch.ones(2, dtype=torch.bool)
-    v_c = dit(x, t, ctx, right=right)
-    v_u = dit(x, t, dit.drop_context(ctx, drop), right=dit.drop_context(right, drop))
-    guided = dit.guided_velocity(x, t, ctx, cfg_scale=2.5, right=right)
+    v_c = dit(x, t, context=ctx, right=right)
+    v_u = dit(x, t, context=dit.drop_context(ctx, drop), right=dit.drop_context(right, drop))
+    guided = guided_velocity(dit, x, t, 2.5, context=ctx, right=right)
     assert torch.allclose(guided, v_u + 2.5 * (v_c - v_u), atol=1e-5)
-    v_u_right_kept = dit(x, t, dit.drop_context(ctx, drop), right=right)
+    v_u_right_kept = dit(x, t, context=dit.drop_context(ctx, drop), right=right)
     assert not torch.allclose(guided, v_u_right_kept + 2.5 * (v_c - v_u_right_kept), atol=1e-3)
 
 
@@ -471,9 +466,9 @@ def test_dropped_training_rows_lose_the_right_context_too():
     calls = []
     original = dit.forward
 
-    def spy(x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None, self_cond=None):
+    def spy(x_t, t, *, right=None, **conditions):
         calls.append(right.clone())
-        return original(x_t, t, context, context_mask, target_mask, right, right_mask, self_cond)
+        return original(x_t, t, right=right, **conditions)
 
     dit.forward = spy
     g = torch.Generator().manual_seed(0)
@@ -482,6 +477,6 @@ def test_dropped_training_rows_lose_the_right_context_too():
              "context_mask": torch.ones(2, 5, dtype=torch.bool), "target_mask": torch.ones(2, 4, dtype=torch.bool),
              "right": torch.randn(2, 3, C, generator=g), "right_mask": torch.ones(2, 3, dtype=torch.bool),
              "drop": torch.tensor([True, False])}
-    DiTObjective(dit)(batch, step=0)
+    mode_of(dit)(batch, step=0)
     (right,) = calls
     assert torch.equal(right[0], dit.null_context.detach().expand(3, C)) and torch.equal(right[1], batch["right"][1])

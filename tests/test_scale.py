@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from builders import TEACHER_DIM, RandomStream, fake_teacher
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.errors import UserError
 from textldm.models.vae import TextVAE
@@ -19,16 +20,7 @@ from textldm.training.distributed import split_batch
 from textldm.training.loop import fit
 from textldm.training.objectives import VAEObjective
 
-VOCAB, TEACHER_DIM = 40, 12
-
-
-class RandomStream:
-    def windows(self, n, length, generator):
-        return torch.randint(0, VOCAB, (n, length), generator=generator)
-
-
-def fake_teacher(ids, mask=None):
-    return torch.randn(VOCAB, TEACHER_DIM, generator=torch.Generator().manual_seed(5))[ids]
+VOCAB = 40
 
 
 def tiny_vae(truncate_prob: float = 0.0):
@@ -60,7 +52,8 @@ def worker(rank, world, folder, name, cfg_kw, kill_at, resume):
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     try:
         vae = tiny_vae()
-        batches = vae_batches(RandomStream(), vae.cfg, 8, seed=3, device=torch.device("cpu"), teacher=fake_teacher)
+        batches = vae_batches(RandomStream(), vae.cfg, 8, seed=3, device=torch.device("cpu"),
+                              teacher=fake_teacher(VOCAB))
 
         def maybe_killed(step, micro=0, accum=1):
             if kill_at is not None and step == kill_at and rank == 1:
@@ -119,7 +112,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     results = {}
     for micro in (0, 2):
         vae = tiny_vae(truncate_prob=0.5)
-        batches = vae_batches(RandomStream(), vae.cfg, 8, seed=3, device=torch.device("cpu"), teacher=fake_teacher)
+        batches = vae_batches(RandomStream(), vae.cfg, 8, seed=3, device=torch.device("cpu"),
+                              teacher=fake_teacher(VOCAB))
         fit(VAEObjective(vae), batches, train_cfg(micro_batch=micro, checkpoint_every=0, ema=0.0), progress=False,
             precision="fp32", log_path=tmp_path / f"m{micro}.jsonl")
         results[micro] = vae.state_dict()
@@ -199,7 +193,7 @@ def test_flops_from_the_shape_match_the_counted_flops():
     dit = TextDiT(DiTConfig(width=64, depth=2, heads=4), 8)
     x, ctx, t = torch.randn(B, 16, 8), torch.randn(B, 8, 8), torch.rand(B)
     predicted = TRAIN_FACTOR * B * dit_flops_per_sequence(dit, 8, 16)
-    assert 0.95 < counted(lambda: flow_loss(dit(x, t, ctx), x, x, None).mean()) / predicted < 1.05
+    assert 0.95 < counted(lambda: flow_loss(dit(x, t, context=ctx), x, x, None).mean()) / predicted < 1.05
 
     # the cacheable-context DiT at sampling: one context pass, then target-only passes
     from textldm.training.perf import dit_cached_flops_per_sequence

@@ -20,6 +20,7 @@ import yaml
 
 from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
+from textldm.diffusion.guidance import interval_problem
 from textldm.errors import UserError, first_line
 from textldm.serving.service import ServeLimits
 from textldm.training import stages
@@ -216,7 +217,7 @@ def _generate(args) -> None:
     settings = {"grid": args.grid, "precision": args.precision}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
-        if hi is None or not 0 <= lo <= hi <= 1:
+        if hi is None or interval_problem(lo, hi):
             raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
         settings.update(cfg_min_t=lo, cfg_max_t=hi)
     outputs = pipe.generate(prompts, length=args.length, steps=args.steps, cfg_scale=args.cfg_scale,

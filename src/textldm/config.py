@@ -21,6 +21,7 @@ from typing import Literal
 
 import yaml
 
+from textldm.diffusion.guidance import Guidance, interval_problem
 from textldm.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -201,7 +202,7 @@ class DiTConfig(TransformerShape):
     t_std: float = 1.5  # logit-normal timestep std
     p_uncond: float = 0.1  # share of training examples with the prompt dropped (the CFG null condition)
     normalize_latents: bool = True  # per-channel standardisation with the VAE's latent statistics
-    # block-causal generation (BD3-LM / Cola DLM): windows of context_max + target_max tokens cut into blocks of
+    # block-causal generation (BD3-LM / Cola DLM): windows of context_max plus target_max tokens cut into blocks of
     # block_size tokens; every noisy block sees the clean latents of the earlier blocks and itself, never later
     # ones, and is trained in one masked forward over [clean ; noisy]; sampling goes block by block against a
     # cached clean prefix. Needs a VAE whose vae.encoder_block_size divides it; pooled_context is not used.
@@ -211,6 +212,12 @@ class DiTConfig(TransformerShape):
     # prefix's latents are replaced by the null vector (dit.null_context). (Not "null": YAML reads that as None.)
     block_uncond: BlockUncond = "empty"
     SECTION = "dit"
+
+    @property
+    def window(self) -> int:
+        """The longest prompt + continuation the DiT is trained on, the one place it is summed (block mode cuts it into
+        blocks; the AR baseline's default window)."""
+        return self.context_max + self.target_max
 
     def rules(self, name):
         return super().rules(name) + [self.within(name, key, interval) for key, interval in (
@@ -225,7 +232,7 @@ class ARConfig(TransformerShape):
     """The autoregressive baseline: a GPT-style causal Transformer built from the same block."""
     depth: int = 8  # Transformer blocks
     embed_init: EmbedInit = "teacher"  # as the VAE's: teacher embeddings projected to width ("random": N(0, 0.02))
-    seq_len: int = 0  # training window; 0 = dit.context_max + dit.target_max (the DiT's prompt + continuation)
+    seq_len: int = 0  # training window; 0 = the DiT's window (its longest prompt + continuation)
     SECTION = "ar"
 
     def rules(self, name):
@@ -305,11 +312,16 @@ class SampleConfig(Checked):
 
     SECTION = "sample"
 
+    @property
+    def guidance(self) -> Guidance:
+        """The classifier-free guidance of these settings (scale and interval)."""
+        return Guidance(self.cfg_scale, self.cfg_min_t, self.cfg_max_t)
+
     def rules(self, name):
         return [self.within(name, key, interval) for key, interval in (
             ("steps", "[1, inf)"), ("length", "[1, inf)"), ("cfg_scale", "[0, inf)"), ("shift", "(0, inf)"),
             ("temperature", "[0, inf)"), ("top_p", "(0, 1]"), ("top_k", "[0, inf)"), ("seed", "[0, inf)"))] + [
-            (0 <= self.cfg_min_t <= self.cfg_max_t <= 1,
+            (interval_problem(self.cfg_min_t, self.cfg_max_t) is None,
              f"need 0 <= {name}.cfg_min_t <= {name}.cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}")]
 
 
@@ -366,6 +378,11 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def ar_seq_len(self) -> int:
+        """The AR baseline's training window: ar.seq_len, or the DiT's window when that is 0."""
+        return self.ar.seq_len or self.dit.window
 
 
 def to_dict(cfg) -> dict:
@@ -517,7 +534,7 @@ def validate(cfg: Config) -> None:
     d = cfg.dit
     for ok, message in [*_top_level_rules(cfg), (max(d.context_max, d.target_max) <= cfg.vae.max_len,
                                                  "dit.context_max and dit.target_max must not exceed vae.max_len"),
-                        *_block_checks(cfg)]:
+                        *_mode_rules(cfg)]:
         if not ok:
             raise UserError(f"invalid config: {message}")
 
@@ -530,37 +547,18 @@ def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
              f"device '{cfg.device}' is not a device name; {DEVICE_HINT}")]
 
 
+def _mode_rules(cfg: Config) -> list[tuple[bool, str]]:
+    """What the DiT's generation mode needs of the config, and the options it refuses (the mode's own rules; a late
+    import, since the modes are built on this module)."""
+    from textldm.generation import mode_class
+    return mode_class(cfg.dit).rules(cfg)
+
+
 def derive(cfg: Config) -> None:
     """The derived values (batch sizes from batch_tokens), set once by the loader - the only place that writes a
     config; after `load_config` nothing does."""
-    window = cfg.dit.context_max + cfg.dit.target_max
-    for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", window), ("ar_train", cfg.ar.seq_len or window)):
+    for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", cfg.dit.window), ("ar_train", cfg.ar_seq_len)):
         getattr(cfg, name).resolve_batch(name, length)
-
-
-def _block_checks(cfg: Config) -> list[tuple[bool, str]]:
-    """What block-causal mode (dit.block_size > 0) needs; its levers not built for it are refused by name."""
-    d, B = cfg.dit, cfg.dit.block_size
-    if B == 0:
-        return []
-    window = d.context_max + d.target_max
-    enc = cfg.vae.encoder_block_size
-    return [
-        (window % B == 0, f"dit.block_size {B} must divide the window dit.context_max + dit.target_max ({window})"),
-        (-(-d.context_max // B) * B + B <= window,
-         f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} tokens "
-         "(rounded up to whole blocks) in the window dit.context_max + dit.target_max; use a smaller block"),
-        (window <= cfg.vae.max_len,
-         "in block mode the window dit.context_max + dit.target_max must not exceed vae.max_len"),
-        (enc > 0 and B % enc == 0,
-         f"dit.block_size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
-         "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
-         "vae.encoder_block_size=1 (causal) or a divisor of the block"),
-        (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
-        (d.self_condition_prob == 0 and not d.context_cache,
-         "dit.self_condition_prob and dit.context_cache are full-window options; turn them "
-         "off with dit.block_size > 0 (block mode caches its clean prefix by construction)"),
-    ]
 
 
 # keys of earlier versions that no longer exist: a saved model's config may hold them (they changed training only)

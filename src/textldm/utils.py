@@ -188,3 +188,10 @@ def cut_at(rows: list[list[int]], stop_id: int | None) -> list[list[int]]:
 def param_count(module: torch.nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """The text up to its first stop sequence (empty ones never match), and "stop" when one was found (None
+    otherwise): the one stop-sequence rule of the OpenAI API and the lm-eval harness."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[:min(hits)], "stop") if hits else (text, None)

@@ -67,13 +67,17 @@ def velocity_error(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> 
     return (v_pred.float() - velocity_target(x0, x1).float()).pow(2).mean(-1)
 
 
-def flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor | None = None):
-    """Per-sample velocity MSE (mean over channels and the masked positions): (B, L, C) -> (B,)."""
-    err = velocity_error(v_pred, x0, x1)
+def masked_row_mean(err: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L) per-position errors -> (B,) means over each row's masked positions (all of them without a mask)."""
     if mask is None:
         return err.mean(-1)
     mask = mask.float()
     return (err * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor | None = None):
+    """Per-sample velocity MSE (mean over channels and the masked positions): (B, L, C) -> (B,)."""
+    return masked_row_mean(velocity_error(v_pred, x0, x1), mask)
 
 
 def gaussian_optimal_loss(t: torch.Tensor, var: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ the human-reference row (each item's `second_reference`: the continuation of an 
 passage). Every model gets the same items; its continuation length is the reference's length in the
 model's own tokens (an oracle length, the same rule for every model), capped by what the model can produce
 (TextLDM: dit.target_max; AR baseline: half its window; HF models: `max_new_tokens`). Prompts longer than a
-model's context keep their last tokens, with a warning (`pipeline.fit_prompts`: the one policy).
+model's context keep their last tokens, with a warning (`pipeline.truncate_prompts`: the one policy).
 
 Outputs in `out_dir`: results.json, results.md (Table 1 shape: rows = models, columns = benchmark x
 metric), generations/<benchmark>/<model>.jsonl, and with sweeps the plots quality_vs_steps.png and
@@ -40,7 +40,7 @@ from textldm.evaluation.metrics import (
 )
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
 from textldm.models.teacher import load_hf_model
-from textldm.pipeline import ARPipeline, fit_prompts, load_pipeline
+from textldm.pipeline import ARPipeline, load_pipeline, truncate_prompts
 from textldm.utils import atomic_write_text, cut_at, looks_like_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ def _by_length(jobs: list[tuple[int, list[int], int]], batch_size: int):
 
 def _continue_with(tokenizer, items: list[dict], context: int, cap: int, batch_size: int,
                    generate_ids: Callable[[list[list[int]], int, int], list[list[int]]], seed: int) -> list[str]:
-    prompts = fit_prompts([tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items], context,
-                          "the model's context")
+    prompts = truncate_prompts([tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items],
+                               context, "the model's context")
     jobs = []
     for i, (item, prompt) in enumerate(zip(items, prompts)):
         n_ref = len(tokenizer(item["reference"], add_special_tokens=False)["input_ids"])
@@ -91,8 +91,8 @@ def benchmark_agreement(pipe, items: list[dict]) -> float:
     """Prompt dependence on benchmark items: their prompts continued by a TextLDM pipeline from one shared noise
     (`heldout.same_noise_agreement`; the continuations' length is the sampler default, at most dit.target_max)."""
     d = pipe.config.dit
-    prompts = fit_prompts([pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items],
-                          d.context_max, "dit.context_max")
+    prompts = truncate_prompts([pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items],
+                               d.context_max, "dit.context_max")
     return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, d.target_max))
 
 

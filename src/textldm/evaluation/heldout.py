@@ -1,7 +1,7 @@
 """Measurements of generated text on held-out data, used by the demo report, the harness and the benches:
 held-out (prompt, reference) pairs, prompt dependence (position agreement of continuations from one shared noise),
 and the corpus vocabulary (known-word share). The held-out checks a training stage runs live in
-`training/validate.py`."""
+`training/evaluate.py`."""
 from __future__ import annotations
 
 import numpy as np

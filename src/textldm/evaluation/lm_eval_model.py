@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from textldm.errors import UserError
 from textldm.pipeline import ARPipeline, load_pipeline
+from textldm.utils import cut_at_stop
 
 try:
     import lm_eval.models  # noqa: F401  (the harness's own models first: lm-eval imports them only into an empty registry)
@@ -36,11 +37,6 @@ except ImportError:  # pragma: no cover - the message is what a user without the
 
 log = logging.getLogger(__name__)
 SAMPLER_ARGS = ("steps", "cfg_scale", "solver", "seed")
-
-
-def _stop_at(text: str, until: list[str]) -> str:
-    hits = [i for i in (text.find(s) for s in until if s) if i >= 0]
-    return text[:min(hits)] if hits else text
 
 
 @register_model("textldm")
@@ -90,7 +86,7 @@ class TextLDMHarnessModel(LM):
                 chunk = items[start: start + self.batch]
                 texts = self._generate([c for _, c in chunk], length, kwargs, first_index=offset + start)
                 for (i, _), text in zip(chunk, texts):
-                    out[i] = _stop_at(text, until)
+                    out[i] = cut_at_stop(text, until)[0]
             offset += len(items)
         return out
 

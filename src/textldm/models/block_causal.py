@@ -4,7 +4,7 @@ noisy block at its own t (`forward_blocks`): a noisy block sees the clean blocks
 sees the clean blocks up to its own (`clean_noisy_attn_mask`). Clean tokens are modulated with the condition of
 t = 1 (they are the data end of the path), so at sampling their keys and values are computed once per block and
 cached (`BlockPrefix`, `extend_prefix`): each new block runs only its own B tokens against the cache
-(`block_velocity`, `guided_block_velocity`).
+(`block_velocity`; guidance: `generation/blocks.py`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from textldm.models.blocks import Conditions, KVCache, block_index, padding_attn_mask, rope_angles
+from textldm.models.blocks import (
+    Conditions,
+    KVCache,
+    block_causal_attn_mask,
+    block_index,
+    padding_attn_mask,
+    rope_angles,
+)
 
 
 @dataclass
@@ -30,12 +37,7 @@ class BlockPrefix:
 
     def rows(self, index: torch.Tensor) -> BlockPrefix:
         """The prefix of some rows only (e.g. those still generating, or the conditional half)."""
-        blocks = []
-        for c in self.blocks:
-            part = KVCache()
-            part.k, part.v, part.frozen = c.k[index], c.v[index], True
-            blocks.append(part)
-        return BlockPrefix(blocks, self.key_mask[index])
+        return BlockPrefix([c.rows(index) for c in self.blocks], self.key_mask[index])
 
 
 def clean_noisy_attn_mask(key_mask: torch.Tensor, block: int, see_prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,13 +46,14 @@ def clean_noisy_attn_mask(key_mask: torch.Tensor, block: int, see_prefix: torch.
     False: CFG's empty prefix) and the noisy keys of its own block; never a later block, never padding.
     key_mask (N, L), True = real token -> (N, 1, 2L, 2L). Every query sees itself (no empty row for SDPA)."""
     L = key_mask.shape[1]
+    causal = block_causal_attn_mask(key_mask, block)[:, 0]  # own and earlier blocks, never padding; itself
     blocks = block_index(L, block, key_mask.device)
-    earlier, same = blocks[None, :] < blocks[:, None], blocks[None, :] == blocks[:, None]
-    pattern = torch.cat([torch.cat([earlier | same, torch.zeros_like(same)], 1), torch.cat([earlier, same], 1)])
-    allowed = pattern[None] & torch.cat([key_mask, key_mask], 1)[:, None, :]
+    same = blocks[None, :] == blocks[:, None]
+    noisy_sees_clean = causal & ~same  # strictly earlier blocks
     if see_prefix is not None:
-        allowed[:, L:, :L] &= see_prefix.view(-1, 1, 1)
-    return (allowed | torch.eye(2 * L, dtype=torch.bool, device=key_mask.device))[:, None]
+        noisy_sees_clean = noisy_sees_clean & see_prefix.view(-1, 1, 1)
+    top = torch.cat([causal, torch.zeros_like(causal)], 2)
+    return torch.cat([top, torch.cat([noisy_sees_clean, causal & same], 2)], 1)[:, None]
 
 
 class BlockCausalMixin:
@@ -60,7 +63,7 @@ class BlockCausalMixin:
         """The adaLN condition of clean latents in block mode: that of t = 1, the data end of the path. (n, D)"""
         return self.condition(torch.ones(n, device=device))
 
-    def forward_blocks(self, x_t, t, clean, mask, drop=None):
+    def forward_blocks(self, x_t, t, *, clean, mask, drop=None):
         """Block-mode training, one masked forward over [clean ; noisy]: x_t (N, L, C) noisy latents of every
         block, t (N, L / B) each block's time, clean (N, L, C) clean latents of the same window, mask (N, L) True
         at real tokens (a window's first block may be left-padded), drop (N,) rows given the CFG null condition
@@ -89,16 +92,13 @@ class BlockCausalMixin:
         N, n, _ = clean.shape
         start = 0 if prefix is None else prefix.length
         key_mask = mask if prefix is None else torch.cat([prefix.key_mask, mask], 1)
-        blocks_q = block_index(n, self.cfg.block_size, clean.device, start)
-        blocks_k = block_index(start + n, self.cfg.block_size, clean.device)
-        allowed = (blocks_k[None, :] <= blocks_q[:, None])[None] & key_mask[:, None, :]
-        allowed[:, torch.arange(n), start + torch.arange(n)] = True  # every query sees itself
+        allowed = block_causal_attn_mask(key_mask, self.cfg.block_size, start)
         caches = [KVCache() for _ in self.blocks] if prefix is None else prefix.blocks
         rope = rope_angles(torch.arange(start, start + n, device=clean.device), self.cfg.width // self.cfg.heads)
         x, cond = self._embed(clean, 0), self.clean_condition(N, clean.device)
         for block, cache in zip(self.blocks, caches):
             cache.frozen = False
-            x = block(x, rope, allowed[:, None], cond=cond, cache=cache)
+            x = block(x, rope, allowed, cond=cond, cache=cache)
             cache.frozen = True
         return BlockPrefix(caches, key_mask)
 
@@ -119,11 +119,3 @@ class BlockCausalMixin:
         if self.cfg.block_uncond == "empty":
             return clean, torch.zeros_like(mask)
         return self.drop_context(clean, torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)), mask
-
-    def guided_block_velocity(self, x_t, t, prefix: BlockPrefix, cfg_scale: float = 1.0):
-        """CFG in block mode as one batched forward: `prefix` holds [conditional rows ; unconditional rows] (built
-        from `null_prefix_input`) when cfg_scale != 1, the conditional rows alone otherwise."""
-        if cfg_scale == 1.0:
-            return self.block_velocity(x_t, t, prefix)
-        v_cond, v_uncond = self.block_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), prefix).chunk(2)
-        return v_uncond + cfg_scale * (v_cond - v_uncond)

@@ -45,6 +45,12 @@ class KVCache:
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
+    def rows(self, index) -> KVCache:
+        """A frozen cache of some rows only (a tensor of row indices or a slice)."""
+        part = KVCache()
+        part.k, part.v, part.frozen = self.k[index], self.v[index], True
+        return part
+
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Append this step's keys and values; returns all cached so far."""
         if self.k is not None:
@@ -163,10 +169,14 @@ def block_index(length: int, block: int, device=None, start: int = 0) -> torch.T
     return torch.arange(start, start + length, device=device) // block
 
 
-def block_causal_attn_mask(key_mask: torch.Tensor, block: int) -> torch.Tensor:
-    """Block-causal attention: a query sees the keys of its own block and of earlier blocks, never later ones.
-    key_mask (B, L), True = real token -> (B, 1, L, L). Every query also sees itself, so a padded query never
-    has an empty row (SDPA would return NaN for it); real queries never see padding."""
-    blocks = block_index(key_mask.shape[1], block, key_mask.device)
-    allowed = (blocks[None, :] <= blocks[:, None])[None] & key_mask[:, None, :]
-    return (allowed | torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device))[:, None]
+def block_causal_attn_mask(key_mask: torch.Tensor, block: int, start: int = 0) -> torch.Tensor:
+    """Block-causal attention: a query sees the keys of its own block and of earlier blocks, never later ones. The
+    queries are positions start.. of a sequence cut into blocks of `block` tokens (start > 0: new tokens after a cached
+    prefix); key_mask (B, Lk), True = real key -> (B, 1, Lk - start, Lk). Every query also sees itself, so a padded
+    query never has an empty row (SDPA would return NaN for it); real queries never see padding."""
+    keys = key_mask.shape[1]
+    n, device = keys - start, key_mask.device
+    queries = block_index(n, block, device, start)
+    allowed = (block_index(keys, block, device)[None, :] <= queries[:, None])[None] & key_mask[:, None, :]
+    allowed[:, torch.arange(n, device=device), start + torch.arange(n, device=device)] = True
+    return allowed[:, None]

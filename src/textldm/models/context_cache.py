@@ -1,7 +1,7 @@
 """The cacheable-context variant of the TextDiT (`dit.context_cache`): context tokens attend only to the context
 and are modulated by a condition without t (a learned vector + the pooled prompt), so every block's context keys
-and values are the same at every sampling step: `cache_context` computes them once per generation (for both CFG
-branches, `cache_for_guidance`) and `forward_cached` runs only the target tokens against them. Target tokens
+and values are the same at every sampling step: `cache_context` computes them once per generation (over [context ;
+null context] for both CFG branches) and `forward_cached` runs only the target tokens against them. Target tokens
 still attend to everything, with the t-modulation (the masks and conditions of that layout: `TextDiT.forward`).
 """
 from __future__ import annotations
@@ -22,12 +22,7 @@ class ContextCache:
 
     def head(self, n: int) -> ContextCache:
         """The first n rows (the conditional half of a [context ; null] cache)."""
-        blocks = []
-        for c in self.blocks:
-            part = KVCache()
-            part.k, part.v, part.frozen = c.k[:n], c.v[:n], True
-            blocks.append(part)
-        return ContextCache(blocks, self.context_mask[:n], self.pooled[:n])
+        return ContextCache([c.rows(slice(None, n)) for c in self.blocks], self.context_mask[:n], self.pooled[:n])
 
 
 class ContextCacheMixin:
@@ -51,7 +46,7 @@ class ContextCacheMixin:
         pooled = pooled if torch.is_tensor(pooled) else torch.zeros(B, self.cfg.width, device=context.device)
         return ContextCache(caches, context_mask, pooled)
 
-    def forward_cached(self, x_t, t, cache: ContextCache, target_mask=None, self_cond=None):
+    def forward_cached(self, x_t, t, cache: ContextCache, *, target_mask=None, self_cond=None):
         """The velocity of `forward`, running only the target tokens against a `cache_context` result."""
         B, Lt, _ = x_t.shape
         device = x_t.device
@@ -65,11 +60,3 @@ class ContextCacheMixin:
         for block, kv in zip(self.blocks, cache.blocks):
             x = block(x, rope, attn_mask, cond=cond, cache=kv)
         return self.final(x, cond)
-
-    def cache_for_guidance(self, context, context_mask=None) -> ContextCache:
-        """`cache_context` over [context ; null context]: one cache serves both CFG branches at every step."""
-        B, Lc, _ = context.shape
-        if context_mask is None:
-            context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)
-        null = self.drop_context(context, torch.ones(B, dtype=torch.bool, device=context.device))
-        return self.cache_context(torch.cat([context, null]), torch.cat([context_mask, context_mask]))

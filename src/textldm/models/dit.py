@@ -6,8 +6,9 @@ Sequence layout: [context (Lc) ; target (Lt)], full self-attention. Each token g
 len(context) + j, so "the token right after the prompt" is a fixed relative offset. Only the target
 positions produce outputs.
 
-Block-causal mode (`dit.block_size` > 0): `models/block_causal.py`. The cacheable-context variant
-(`dit.context_cache`): `models/context_cache.py`. Both are mixins of TextDiT, so the recipe's DiT reads here alone.
+Block-causal mode's network methods: `models/block_causal.py`. The cacheable-context variant (`dit.context_cache`):
+`models/context_cache.py`. Both are mixins of TextDiT, so the recipe's DiT reads here alone. Classifier-free guidance
+(the batched [conditional ; unconditional] call and the formula) is the sampler's: `diffusion/guidance.py`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from textldm.models.blocks import (
     per_token_modulation,
     rope_angles,
 )
-from textldm.models.context_cache import ContextCache, ContextCacheMixin
+from textldm.models.context_cache import ContextCacheMixin
 
 
 class TimestepEmbedder(nn.Module):
@@ -63,7 +64,10 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
     context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
     context and its own previous clean estimate."""
-    def __init__(self, cfg: DiTConfig, latent_channels: int):
+    def __init__(self, cfg: DiTConfig, latent_channels: int, *, pooled_context: bool = True, train_null: bool = True):
+        """`pooled_context`, `train_null`: whether the generation mode reads the pooled prompt (with
+        dit.pooled_context) and the learned null vector (with dit.null_context=learned) - `GenerationMode.new_dit`
+        says, so that no parameter is trained outside the mode's graph (DDP stops at its second step on one)."""
         super().__init__()
         self.cfg = cfg
         self.latent_channels = latent_channels
@@ -81,12 +85,10 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         # a global summary of the prompt joins the timestep in the adaLN condition, so every block is told
         # what the prompt is about directly, not only through attention
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
-            if cfg.pooled_context and cfg.block_size == 0 else None
-        # CFG's null condition; trained only where the mode reads it (block mode's empty prefix does not): a trained
-        # parameter outside the graph stops DDP at its second step
-        reads_null = cfg.block_size == 0 or cfg.block_uncond == "null_latent"
+            if cfg.pooled_context and pooled_context else None
+        # CFG's null condition (trained only where the mode reads it: block mode's empty prefix does not)
         self.null_context = nn.Parameter(torch.zeros(latent_channels),
-                                         requires_grad=cfg.null_context == "learned" and reads_null)
+                                         requires_grad=cfg.null_context == "learned" and train_null)
         # cacheable-context variant: the context's adaLN condition, free of t
         self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
@@ -147,7 +149,7 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
             x = x + self.self_cond_proj(estimate.to(self.self_cond_proj.weight.dtype))
         return x
 
-    def forward(self, x_t, t, context, context_mask=None, target_mask=None, right=None, right_mask=None,
+    def forward(self, x_t, t, *, context, context_mask=None, target_mask=None, right=None, right_mask=None,
                 self_cond=None):
         """x_t (B, Lt, C) noisy target latents, t (B,), context (B, Lc, C) clean latents,
         masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C).
@@ -190,29 +192,3 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         for block in self.blocks:
             x = block(x, rope, attn_mask, cond=block_cond)
         return self.final(x[:, Lc: Lc + Lt], cond)
-
-    def guided_velocity(self, x_t, t, context, context_mask=None, target_mask=None, cfg_scale: float = 1.0,
-                        cache: ContextCache | None = None, right=None, right_mask=None, self_cond=None):
-        """Classifier-free guidance as one batched forward over [conditional ; unconditional]:
-        v = v_uncond + scale * (v_cond - v_uncond). scale 1 is plain conditional sampling. With a `cache`
-        (from `cache_context` over [context ; null context], or over the context alone when scale is 1),
-        only the target tokens run. `self_cond`: the same clean-target estimate for both branches."""
-        B = x_t.shape[0]
-        cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
-        if cfg_scale == 1.0:
-            if cache is not None:
-                return self.forward_cached(x_t, t, cache.head(B), target_mask, self_cond)
-            return self(x_t, t, context, context_mask, target_mask, right, right_mask, self_cond)
-        if cache is not None:
-            v = self.forward_cached(torch.cat([x_t, x_t]), torch.cat([t, t]), cache, cat(target_mask, target_mask),
-                                    cat(self_cond, self_cond))
-        else:
-            drop = torch.ones(B, dtype=torch.bool, device=x_t.device)
-            null = self.drop_context(context, drop)
-            null_right = None if right is None else torch.cat([right, self.drop_context(right, drop)])
-            v = self(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null]),
-                     cat(context_mask, context_mask), cat(target_mask, target_mask), null_right,
-                     cat(right_mask, right_mask), cat(self_cond, self_cond))
-        v_cond, v_uncond = v.chunk(2)
-        return v_uncond + cfg_scale * (v_cond - v_uncond)
-

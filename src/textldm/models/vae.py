@@ -103,6 +103,13 @@ class TextVAE(nn.Module):
         """Posterior means: the latents the DiT is trained on and conditioned with."""
         return self.encode_features(ids, mask)[0]
 
+    @torch.no_grad()
+    def latents(self, ids: torch.Tensor, mask: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+        """Token ids -> the clean latents a DiT reads: the posterior means, standardised (`normalize`) when the DiT
+        uses dit.normalize_latents."""
+        z = self.encode(ids, mask)
+        return self.normalize(z) if normalize else z
+
     def decode_hidden(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, L, C) -> the decoder's final hidden states (B, L, width)."""
         x = self.from_latent(z.to(self.from_latent.weight.dtype))

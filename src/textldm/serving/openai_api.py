@@ -24,7 +24,7 @@ from textldm.config import Grid, SamplePrecision
 from textldm.diffusion.sampling import SOLVERS, STOP
 from textldm.errors import UserError
 from textldm.serving.service import GenerationService, NotLoaded
-from textldm.utils import cut_at
+from textldm.utils import cut_at, cut_at_stop
 
 MAX_STOP = 4  # stop sequences per request, as OpenAI allows
 UNSUPPORTED = {  # OpenAI fields without a meaning here: (the values that ask for nothing, why anything else fails)
@@ -183,11 +183,13 @@ class CommittedText:
         self.pipe, self.stops, self.max_tokens, self.emit, self.check = pipe, stops, max_tokens, emit, check
         self.ids, self.sent, self.stopped = [], "", False
 
-    def __call__(self, step: int, t: float, x):
+    reads_tokens = True  # the sampler passes the step's decoder (`generation.SamplingRun`)
+
+    def __call__(self, step: int, t: float, x, decode):
         self.check()
         if t < 1.0:  # every time grid ends at t = 1: that step commits the window (or block)
             return None
-        self.ids += self.pipe.decode_step(x[:1])[0]
+        self.ids += decode(x[:1])[0]
         text, reason = cut_at_stop(self.pipe.tokenizer.decode(cut_at([self.ids], self.pipe.eot_id)[0]), self.stops)
         if text.startswith(self.sent) and len(text) > len(self.sent):
             self.emit("chunk", {"text": text[len(self.sent):]})
@@ -204,12 +206,6 @@ class CommittedText:
         if reason is None:
             reason = "length" if len(row) >= self.max_tokens and not self.stopped else "stop"
         return {"text": rest, "finish_reason": reason}
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
-    """The text up to its first stop sequence, and "stop" when one was found (None otherwise)."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[:min(hits)], "stop") if hits else (text, None)
 
 
 def sse_data(payload: dict) -> str:

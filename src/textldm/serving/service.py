@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from textldm.errors import UserError
-from textldm.pipeline import fit_prompts
+from textldm.pipeline import truncate_prompts
 from textldm.serving.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,11 @@ class GenerationService:
 
     # the jobs ---------------------------------------------------------------------------------------------
     def prompt_ids(self, text: str, what: str = "prompt") -> list[int]:
-        """Token ids of a prompt, cut to the model's context as everywhere (`pipeline.fit_prompts`)."""
+        """Token ids of a prompt, cut to the model's context as everywhere (`pipeline.truncate_prompts`)."""
         ids = self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or not text.strip():
             raise UserError(f"the {what} has no tokens; give some text")
-        return fit_prompts([ids], self.pipe.config.dit.context_max, "dit.context_max")[0]
+        return truncate_prompts([ids], self.pipe.config.dit.context_max, "dit.context_max")[0]
 
     def sampler_args(self, req) -> dict:
         """A request's sampler settings, checked now (a 400 before admission, e.g. cfg_min_t > cfg_max_t)."""

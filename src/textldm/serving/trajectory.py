@@ -19,12 +19,14 @@ class Trajectory:
         self.pipe, self.steps, self.emit, self.check = pipe, steps, emit, check
         self.window, self.committed, self.previous_x, self.previous_ids = -1, [], None, None
 
-    def __call__(self, step: int, t: float, x: torch.Tensor):
+    reads_tokens = True  # the sampler passes the step's decoder (`generation.SamplingRun`)
+
+    def __call__(self, step: int, t: float, x: torch.Tensor, decode):
         self.check()
         x = x[:1].float()
         if step == 1:  # a window starts from fresh noise (the sampler does not show us that noise)
             self.window, self.previous_x, self.previous_ids = self.window + 1, None, None
-        ids = self.pipe.decode_step(x)[0]
+        ids = decode(x)[0]
         if self.previous_x is None:
             change = [0.0] * len(ids)
         else:

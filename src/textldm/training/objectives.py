@@ -1,7 +1,8 @@
-"""The training objectives, each read top to bottom: the VAE's loss (reconstruction CE + beta * KL - lambda * REPA
-cosine, with the sampled softmax and the robust-decoder noise it may use), the DiT's flow-matching loss (full window
-or block-causal) and the AR baseline's next-token cross-entropy. Each objective
-is the nn.Module that `fit` trains (and DDP wraps); the batches they read come from `training/batches.py`.
+"""The training objectives of the VAE (reconstruction CE + beta * KL - lambda * REPA cosine, with the sampled softmax
+and the robust-decoder noise it may use) and of the AR baseline (next-token cross-entropy), each read top to bottom.
+Each objective is the nn.Module that `fit` trains (and DDP wraps); the batches they read come from
+`training/batches.py`. The DiT's objective is its generation mode (`generation/`: the flow-matching loss of a full
+window or of every block), since what the DiT learns from is what differs between modes.
 """
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textldm.config import VAEConfig
-from textldm.diffusion.flow import clean_estimate, flow_loss, interpolate
 from textldm.models.ar import CausalLM
-from textldm.models.dit import TextDiT
 from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.vae import TextVAE
 
@@ -112,53 +111,6 @@ class VAEObjective(nn.Module):
         return vae_loss(self.vae, batch["ids"], batch["mask"], batch.get("teacher"),
                         kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"],
                         token_count=batch.get("token_count"))
-
-
-# the DiT -----------------------------------------------------------------------------------------------
-class DiTObjective(nn.Module):
-    """Flow matching in latent space: the velocity MSE on the target positions (full window), or on every noisy block
-    against its clean prefix (block mode)."""
-
-    def __init__(self, dit: TextDiT):
-        super().__init__()
-        self.dit = dit
-
-    def forward(self, batch: dict, step: int):
-        """(loss, metrics) of one micro-batch: the flow-matching loss."""
-        if self.dit.cfg.block_size:
-            return self.block_loss(batch)
-        x0, x1, t = batch["noise"], batch["target"], batch["t"]
-        context = self.dit.drop_context(batch["context"], batch["drop"])
-        right = batch.get("right")
-        if right is not None:  # infilling examples: the text after the target is dropped with the context
-            right = self.dit.drop_context(right, batch["drop"])
-        x_t = interpolate(x0, x1, t)
-        conditions = (context, batch["context_mask"], batch["target_mask"], right, batch.get("right_mask"))
-        v = self.dit(x_t, t, *conditions, self_cond=self.self_condition(x_t, t, conditions, batch.get("self_cond")))
-        loss = flow_loss(v, x0, x1, batch["target_mask"]).mean()
-        return loss, {"loss": loss.detach()}
-
-    def block_loss(self, batch: dict):
-        """Block mode: the velocity loss of every noisy block of the window, each at its own time and against the
-        clean blocks before it, in one masked forward (`TextDiT.forward_blocks`)."""
-        x0, x1, mask, t = batch["noise"], batch["target"], batch["mask"], batch["t"]
-        x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
-        v = self.dit.forward_blocks(x_t, t, x1, mask, batch["drop"])
-        loss = flow_loss(v, x0, x1, mask).mean()
-        return loss, {"loss": loss.detach()}
-
-    @torch.no_grad()
-    def self_condition(self, x_t, t, conditions: tuple, chosen: torch.Tensor | None):
-        """The clean-target estimate x_t + (1 - t) v of a first, gradient-free pass for the `chosen` rows (zeros
-        for the others, as at the first sampling step); None when the model does not self-condition."""
-        if self.dit.self_cond_proj is None:
-            return None
-        estimate = torch.zeros_like(x_t)
-        rows = chosen.nonzero().flatten()
-        if len(rows):  # only the chosen rows pay for the extra pass
-            v = self.dit(x_t[rows], t[rows], *(None if c is None else c[rows] for c in conditions))
-            estimate[rows] = clean_estimate(x_t[rows], t[rows], v).to(estimate.dtype)
-        return estimate
 
 
 # the AR baseline ---------------------------------------------------------------------------------------

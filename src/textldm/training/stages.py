@@ -22,25 +22,19 @@ from textldm.data.corpus import check_source
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
 from textldm.export import locate_model_folder, read_model_config
+from textldm.generation import mode_class
 from textldm.models.ar import CausalLM
-from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
 from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.training.batches import ar_batches, dit_batches, vae_batches
 from textldm.training.checkpoint import latest_checkpoint
 from textldm.training.distributed import barrier, is_main, setup_distributed, split_batch
+from textldm.training.evaluate import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
 from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, DiTObjective, VAEObjective
-from textldm.training.perf import (
-    TRAIN_FACTOR,
-    ar_flops_per_sequence,
-    dit_block_flops_per_sequence,
-    dit_flops_per_sequence,
-    vae_flops_per_sequence,
-)
+from textldm.training.objectives import ARObjective, VAEObjective
+from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
 from textldm.training.teacher_cache import TeacherCache, build_teacher_cache, default_folder
-from textldm.training.validate import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
 from textldm.utils import atomic_write_text, environment, param_count, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +48,7 @@ class Stage:
     model: nn.Module  # the trained network (its parameters are counted in the report)
     objective: nn.Module  # what `fit` trains (and DDP wraps)
     batches: Callable  # batches(step, micro, accum) -> this rank's micro-batch
-    train: TrainConfig
+    train_config: TrainConfig  # the stage's loop settings (vae_train, dit_train or ar_train)
     tokens_per_step: int
     flops_per_step: float
     evaluate: Callable[[], dict]  # held-out numbers (rank 0)
@@ -68,12 +62,12 @@ def train_stage(cfg: Config, stage: Stage, progress: bool = True, resume: bool =
     """Train, evaluate and save one stage; returns its report (parameters, training summary, held-out eval)."""
     out = Path(cfg.out_dir)
     log.info("%s: %.1fM parameters, %d steps of %d sequences", stage.desc, param_count(stage.model) / 1e6,
-             stage.train.steps, stage.train.batch_size)
+             stage.train_config.steps, stage.train_config.batch_size)
 
     def periodic_eval(step: int) -> dict:  # held-out numbers in the log every eval_every steps (rank 0)
         return stage.evaluate() if is_main() else {}
 
-    summary = fit(stage.objective, stage.batches, stage.train, log_path=out / f"{stage.name}_log.jsonl",
+    summary = fit(stage.objective, stage.batches, stage.train_config, log_path=out / f"{stage.name}_log.jsonl",
                   desc=stage.desc, progress=progress, on_eval=periodic_eval, tokens_per_step=stage.tokens_per_step,
                   flops_per_step=stage.flops_per_step, precision=cfg.precision,
                   checkpoint_dir=checkpoint_dir(cfg, stage.name), resume=resume, run_config=to_dict(cfg))
@@ -182,7 +176,7 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
 
     stage = Stage(
         name="vae", desc="VAE", model=vae, objective=VAEObjective(vae),
-        batches=vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher, cache), train=tcfg,
+        batches=vae_batches(train, cfg.vae, tcfg.batch_size, cfg.seed, device, repa_teacher, cache), train_config=tcfg,
         tokens_per_step=tcfg.batch_size * cfg.vae.max_len,
         flops_per_step=_vae_flops(cfg, vae, len(tokenizer), repa_teacher is not None),
         evaluate=lambda: evaluate_vae(vae, val, e.val_batches, e.batch_size, cfg.seed, device, repa_teacher),
@@ -219,23 +213,6 @@ def cache_teacher(cfg: Config, progress: bool = True) -> Path:
     return Path(cache.features_map.filename).parent
 
 
-def _dit_flops(cfg: Config, dit: TextDiT) -> float:
-    """Counted FLOPs of one DiT optimizer step: forward + backward, and the self-conditioning examples' gradient-free
-    first pass."""
-    tcfg, d = cfg.dit_train, cfg.dit
-    if d.block_size:
-        return TRAIN_FACTOR * tcfg.batch_size * dit_block_flops_per_sequence(dit, d.context_max + d.target_max)
-    return (TRAIN_FACTOR + d.self_condition_prob) * tcfg.batch_size * \
-        dit_flops_per_sequence(dit, d.context_max, d.target_max)
-
-
-def _dit_tokens_per_step(cfg: Config) -> int:
-    """Target tokens an optimizer step trains on: the mean target length (full window) or every window token."""
-    d = cfg.dit
-    per_sequence = d.context_max + d.target_max if d.block_size else (d.target_min + d.target_max) // 2
-    return cfg.dit_train.batch_size * per_sequence
-
-
 def with_vae_of(cfg: Config, vae_pipe: TextLDMPipeline) -> Config:
     """The run's config with the VAE, tokenizer and teacher a trained VAE fixes (a new config: the caller's is not
     written), checked against the DiT's settings (e.g. block mode needs a block-causal encoder)."""
@@ -259,13 +236,14 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     _, eot, train, val = data or prepare_data(cfg)
     record_run(cfg)
     vae = vae_pipe.vae.to(device).eval().requires_grad_(False)
-    dit = TextDiT(cfg.dit, cfg.vae.latent_channels).to(device)
-    tcfg, e = cfg.dit_train, cfg.eval
+    mode_type = mode_class(cfg.dit)  # full window or blocks: the objective, batches and held-out errors
+    mode = mode_type(mode_type.new_dit(cfg.dit, cfg.vae.latent_channels).to(device))
+    dit, tcfg, e = mode.dit, cfg.dit_train, cfg.eval
     stage = Stage(
-        name="dit", desc="DiT", model=dit, objective=DiTObjective(dit),
-        batches=dit_batches(train, vae, cfg.dit, tcfg.batch_size, cfg.seed, device), train=tcfg,
-        tokens_per_step=_dit_tokens_per_step(cfg), flops_per_step=_dit_flops(cfg, dit),
-        evaluate=lambda: evaluate_dit(dit, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
+        name="dit", desc="DiT", model=dit, objective=mode,
+        batches=dit_batches(train, vae, mode, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
+        tokens_per_step=tcfg.batch_size * mode.tokens_per_sequence(), flops_per_step=mode.train_flops(tcfg.batch_size),
+        evaluate=lambda: evaluate_dit(mode, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
         pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), export="model",
         report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})
     report = train_stage(cfg, stage, progress, resume)
@@ -285,11 +263,11 @@ def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False
             embeddings = Teacher(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
             model.embed.weight.copy_(project_embeddings(embeddings, cfg.ar.width, cfg.seed))
     model.to(device)
-    seq_len = cfg.ar.seq_len or cfg.dit.context_max + cfg.dit.target_max
+    seq_len = cfg.ar_seq_len
     tcfg, e = cfg.ar_train, cfg.eval
     stage = Stage(
         name="ar", desc="AR", model=model, objective=ARObjective(model),
-        batches=ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device), train=tcfg,
+        batches=ar_batches(train, seq_len, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
         tokens_per_step=tcfg.batch_size * seq_len,
         flops_per_step=TRAIN_FACTOR * tcfg.batch_size * ar_flops_per_sequence(model, seq_len),
         evaluate=lambda: evaluate_ar(model, val, seq_len, e.val_batches, e.batch_size, cfg.seed, device),

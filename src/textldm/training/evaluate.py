@@ -2,8 +2,8 @@
 
 - VAE: token reconstruction accuracy from the posterior mean (and from a posterior sample), mean REPA cosine.
 - DiT: validation velocity loss per timestep quarter, next to the same loss with the prompt dropped and
-  the loss of the best linear predictor for Gaussian data with the latents' per-channel variance (block mode:
-  per block, each block's prompt being its clean prefix).
+  the loss of the best linear predictor for Gaussian data with the latents' per-channel variance - the errors of
+  the objective itself, its generation mode's (block mode: per block, each block's prompt being its clean prefix).
 - AR baseline: held-out next-token loss, perplexity and accuracy.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from textldm.data.shards import TokenStream
-from textldm.diffusion.flow import clean_estimate, flow_loss, gaussian_optimal_loss, interpolate, velocity_error
+from textldm.diffusion.flow import gaussian_optimal_loss
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode
 from textldm.models.vae import TextVAE
 from textldm.training.batches import dit_batches
 from textldm.training.distributed import step_generator
@@ -24,7 +25,6 @@ from textldm.training.precision import teacher_context
 log = logging.getLogger(__name__)
 STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std
 EVAL_STREAM = 10_007  # generator stream for evaluation draws, apart from training's
-HEAD_TOKENS = 4  # the first target tokens, where the prompt carries the most information
 
 
 @torch.no_grad()
@@ -81,19 +81,19 @@ def std_floor(std: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+def evaluate_dit(mode: GenerationMode, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
                  device: torch.device) -> dict:
-    """Loss per timestep quarter with the prompt, with the prompt dropped (CFG null), and for the Gaussian
-    optimal linear predictor. t is stratified: a quarter of every batch in each quarter of [0, 1]. Block mode: the
-    same per block, each block's prompt being its clean prefix (`_block_losses`)."""
-    dit.eval()
-    batches = dit_batches(stream, vae, dit.cfg, batch_size, seed + EVAL_STREAM, device, shard=False)
-    losses = _block_losses if dit.cfg.block_size else _window_losses
-    parts = [losses(dit, batches, b, batch_size, step_generator(seed, b, EVAL_STREAM + 2), device)
+    """The DiT's velocity loss per timestep quarter with the prompt, with the prompt dropped (CFG null), and for the
+    Gaussian optimal linear predictor, from its generation mode's per-sample errors (`mode.heldout`: the loss's
+    errors, per sample; block mode: per block, each block's prompt being its clean prefix). t is stratified: a
+    quarter of every batch in each quarter of [0, 1]."""
+    mode.eval()
+    batches = dit_batches(stream, vae, mode, batch_size, seed + EVAL_STREAM, device, shard=False)
+    parts = [mode.heldout(batches(b, t=mode.heldout_times(batch_size, step_generator(seed, b, EVAL_STREAM + 2))))
              for b in range(n_batches)]
-    t, cond, uncond, head_c, head_u = (torch.cat([part[k] for part in parts]) for k in range(5))
-    var = torch.cat([part[5] for part in parts]).double().var(0)
-    linear = gaussian_optimal_loss(t, var)
+    names = ("t", "with_prompt", "prompt_dropped", "head_with_prompt", "head_prompt_dropped")
+    t, cond, uncond, head_c, head_u = (torch.cat([part[k] for part in parts]) for k in names)
+    linear = gaussian_optimal_loss(t, torch.cat([part["latents"] for part in parts]).double().var(0))
     quarters = []
     for q in range(4):
         sel = (t >= q / 4) & (t < (q + 1) / 4)
@@ -105,56 +105,6 @@ def evaluate_dit(dit, vae: TextVAE, stream: TokenStream, n_batches: int, batch_s
     return {"quarters": quarters, "with_prompt": cond.mean().item(), "prompt_dropped": uncond.mean().item(),
             "linear_gaussian": linear.mean().item(), "head_with_prompt": head_c.mean().item(),
             "head_prompt_dropped": head_u.mean().item(), "head_tokens": HEAD_TOKENS, "samples": len(t)}
-
-
-def _stratified_t(n: int, g: torch.Generator) -> torch.Tensor:
-    """n times, a quarter of them in each quarter of [0, 1]."""
-    return ((torch.arange(n) % 4) + torch.rand(n, generator=g)) / 4
-
-
-def _window_losses(dit, batches, b: int, batch_size: int, g, device):
-    """One batch of the full-window recipe: (t, loss with the prompt, dropped, the same on the first HEAD_TOKENS
-    target tokens, the target latents) per sample."""
-    batch = batches(b, t=_stratified_t(batch_size, g))
-    x0, x1, mask = batch["noise"], batch["target"], batch["target_mask"]
-    x_t, tt = interpolate(x0, x1, batch["t"]), batch["t"]
-    v = _velocity(dit, x_t, tt, batch["context"], batch["context_mask"], mask)
-    null = dit.drop_context(batch["context"], torch.ones(batch_size, dtype=torch.bool, device=device))
-    v_null = _velocity(dit, x_t, tt, null, batch["context_mask"], mask)
-    head = mask & (torch.arange(mask.shape[1], device=device) < HEAD_TOKENS)  # right after the prompt
-    return (tt.cpu(), flow_loss(v, x0, x1, mask).cpu(), flow_loss(v_null, x0, x1, mask).cpu(),
-            flow_loss(v, x0, x1, head).cpu(), flow_loss(v_null, x0, x1, head).cpu(), x1[mask].cpu())
-
-
-def _block_losses(dit, batches, b: int, batch_size: int, g, device):
-    """One batch in block mode, per block that has a prefix (a window's first block has none): (t, loss with
-    its clean prefix, with the prefix dropped, the same on the block's first HEAD_TOKENS tokens, the latents)."""
-    B = dit.cfg.block_size
-    L = dit.cfg.context_max + dit.cfg.target_max
-    n = batch_size * (L // B)  # quarters dealt out at random over the blocks: never tied to a block's index
-    batch = batches(b, t=_stratified_t(n, g)[torch.randperm(n, generator=g)].view(batch_size, L // B))
-    x0, x1, mask, t = batch["noise"], batch["target"], batch["mask"], batch["t"]
-    x_t = interpolate(x0, x1, t.repeat_interleave(B, 1))
-    drop = torch.ones(batch_size, dtype=torch.bool, device=device)
-    err = [velocity_error(v, x0, x1) for v in (dit.forward_blocks(x_t, t, x1, mask),
-                                               dit.forward_blocks(x_t, t, x1, mask, drop))]
-    head = mask & (torch.arange(L, device=device) % B < HEAD_TOKENS)
-
-    def per_block(e, m):  # (N, L) squared errors -> (N * (nb - 1),) block means, the first block left out
-        m = m.float().view(batch_size, -1, B)
-        return ((e.view(batch_size, -1, B) * m).sum(-1) / m.sum(-1).clamp_min(1.0))[:, 1:].flatten().cpu()
-
-    return (t[:, 1:].flatten().cpu(), per_block(err[0], mask), per_block(err[1], mask), per_block(err[0], head),
-            per_block(err[1], head), x1[mask].cpu())
-
-
-def _velocity(dit, x_t, t, context, context_mask, target_mask):
-    """The velocity as sampling computes it: a self-conditioning DiT reads its own first estimate (a sampler
-    has the previous step's), the others predict in one pass."""
-    estimate = None
-    if dit.self_cond_proj is not None:
-        estimate = clean_estimate(x_t, t, dit(x_t, t, context, context_mask, target_mask))
-    return dit(x_t, t, context, context_mask, target_mask, self_cond=estimate)
 
 
 @torch.no_grad()

@@ -1,0 +1,20 @@
+"""How a TextDiT generates text, and what it is trained on to do so: one `GenerationMode` subclass per way of
+generating (`modes.py`: the interface and shared pieces; `window.py`: the paper's full window; `blocks.py`:
+block-causal), chosen once from the DiT config by `mode_class`; `ar.py`: the AR baseline's pipeline.
+"""
+from __future__ import annotations
+
+from textldm.config import DiTConfig
+from textldm.generation.blocks import Blocks
+from textldm.generation.modes import GenerationMode, SamplingRun, noise_seed
+from textldm.generation.window import FullWindow
+
+MODES: tuple[type[GenerationMode], ...] = (FullWindow, Blocks)  # a new mode: its class here
+
+
+def mode_class(d: DiTConfig) -> type[GenerationMode]:
+    """The generation mode of a DiT config: the one place that tells the modes apart."""
+    return next(mode for mode in MODES if mode.selects(d))
+
+
+__all__ = ["MODES", "Blocks", "FullWindow", "GenerationMode", "SamplingRun", "mode_class", "noise_seed"]

@@ -1,0 +1,89 @@
+"""The AR baseline's pipeline: tokenizer + CausalLM, saved and loaded as one folder (`export.py`), sampled with
+temperature / top-k / top-p (`models.ar.generate`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from textldm import export
+from textldm.config import Config, config_from_dict, to_dict
+from textldm.errors import UserError
+from textldm.models.ar import CausalLM, generate
+from textldm.utils import cut_at, resolve_device
+
+
+class ARPipeline(export.HubMixin):
+    """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
+
+    def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
+        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+
+    @property
+    def seq_len(self) -> int:
+        """The training window: the longest prompt + continuation the AR baseline reads."""
+        return self.config.ar_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model is on."""
+        return next(self.model.parameters()).device
+
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        """Write the model folder (atomically): config.json, ar.safetensors, tokenizer, model card."""
+        meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        export.write_model_folder(path, meta, {"ar": self.model}, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> ARPipeline:
+        """A saved AR baseline from a local folder or a Hub repo id (as TextLDMPipeline.from_pretrained)."""
+        device = resolve_device(device)
+        path = export.locate_model_folder(name_or_path, revision, "; train one with `textldm train-ar`")
+        meta = export.read_model_config(path)
+        if meta.get("model_type") != "ar":
+            raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
+        config = config_from_dict(meta["config"])
+        model = CausalLM(config.ar, meta["vocab_size"])
+        export.load_weights(model, path / "ar.safetensors")
+        model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
+        return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
+
+    def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                     max_new_tokens: int | None = None) -> list[list[int]]:
+        """Up to `length` new tokens per prompt (`max_new_tokens`: the same, Hugging Face's name), trimmed at
+        end-of-text; prompts are left-truncated to fit the training window. Settings not given: config.sample."""
+        s = self.config.sample
+        length = resolve_length(length, max_new_tokens, s.length)
+        if not 1 <= length < self.seq_len:
+            raise UserError(f"length {length} must be in 1..{self.seq_len - 1} (ar.seq_len)")
+        keep = self.seq_len - length
+        prompts = [p[-keep:] for p in prompt_ids]
+        bf16 = next(self.model.parameters()).dtype == torch.bfloat16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = generate(self.model, prompts, length, s.temperature if temperature is None else temperature,
+                           s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p,
+                           s.seed if seed is None else seed).tolist()
+        return cut_at(out, self.eot_id)
+
+    def generate(self, prompts: list[str] | str, length: int | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Continue text prompts (the same arguments as TextLDMPipeline.generate where they mean the same)."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if not ids or any(not row for row in ids):
+            raise UserError("every prompt needs at least one token; give some text")
+        rows = self.generate_ids(ids, length, temperature, top_k, top_p, seed, max_new_tokens=max_new_tokens)
+        return [self.tokenizer.decode(row) for row in rows]
+
+
+
+
+def resolve_length(length: int | None, max_new_tokens: int | None, default: int | None) -> int | None:
+    """`length` and its Hugging Face name `max_new_tokens` are the same argument; give one."""
+    if length is not None and max_new_tokens is not None and length != max_new_tokens:
+        raise UserError(f"length={length} and max_new_tokens={max_new_tokens} disagree; give one of them")
+    return next((v for v in (length, max_new_tokens) if v is not None), default)

@@ -1,0 +1,227 @@
+"""Block-causal mode (`dit.block_size` B > 0, BD3-LM / Cola DLM): a window of dit.window tokens is cut into blocks of
+B tokens. Training: one masked forward over [clean latents ; noisy latents] of a whole window, each noisy block at its
+own t, seeing the clean blocks before it (`TextDiT.forward_blocks`). Sampling: block after block against a cached
+clean prefix (`BlockState`); when the window is full, its last dit.context_max tokens start the next.
+"""
+from __future__ import annotations
+
+import torch
+
+from textldm.config import Config, DiTConfig
+from textldm.data.shards import TokenStream
+from textldm.diffusion.flow import interpolate, sample_t
+from textldm.diffusion.sampling import integrate
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
+from textldm.models.block_causal import BlockPrefix
+from textldm.models.vae import TextVAE
+from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
+
+
+def prefix_length(d: DiTConfig) -> int:
+    """A window's first positions for the prompt: dit.context_max rounded up to whole blocks (a shorter prompt is
+    left-padded to it, the layout of every batch)."""
+    return -(-d.context_max // d.block_size) * d.block_size
+
+
+class Blocks(GenerationMode):
+    """Block mode: the batch is whole windows encoded once by the block-causal VAE, noise and one time per block; the
+    loss is every noisy block's velocity MSE against its clean prefix."""
+    name = "blocks"
+    pools_context = False  # every block has its own prefix: there is no one prompt to pool
+
+    @staticmethod
+    def selects(d: DiTConfig) -> bool:
+        return d.block_size > 0
+
+    @staticmethod
+    def rules(config: Config) -> list[tuple[bool, str]]:
+        d, B, enc = config.dit, config.dit.block_size, config.vae.encoder_block_size
+        return [
+            (d.window % B == 0, f"dit.block_size {B} must divide the window (dit.context_max plus dit.target_max: "
+                                f"{d.window} tokens)"),
+            (prefix_length(d) + B <= d.window,
+             f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} "
+             "tokens (rounded up to whole blocks) in the window of {d.window} tokens; use a smaller block"),
+            (d.window <= config.vae.max_len,
+             f"in block mode the window (dit.context_max plus dit.target_max: {d.window} tokens) must not exceed "
+             f"vae.max_len ({config.vae.max_len})"),
+            (enc > 0 and B % enc == 0,
+             f"dit.block_size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
+             "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
+             "vae.encoder_block_size=1 (causal) or a divisor of the block"),
+            (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
+            (d.self_condition_prob == 0 and not d.context_cache,
+             "dit.self_condition_prob and dit.context_cache are full-window options; turn them "
+             "off with dit.block_size > 0 (block mode caches its clean prefix by construction)"),
+        ]
+
+    @staticmethod
+    def reads_null(d: DiTConfig) -> bool:
+        return d.block_uncond == "null_latent"  # "empty" masks the prefix instead
+
+    # training ----------------------------------------------------------------------------------------------
+    def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
+              device: torch.device, t: torch.Tensor | None = None) -> dict:
+        """The `rows` of a global batch drawn from `g`: windows encoded once by the block-causal VAE (the clean
+        latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
+        dit.block_t=shared - and the CFG drop per window. The first block is left-padded by 0..B-1 tokens, as a
+        prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times."""
+        d, C = self.dit.cfg, vae.cfg.latent_channels
+        B, L = d.block_size, d.window
+        ids = stream.windows(batch_size, L, g)
+        pad = torch.randint(0, B, (batch_size,), generator=g)
+        if t is None:
+            per_window = 1 if d.block_t == "shared" else L // B
+            t = sample_t(batch_size * per_window, d.t_distribution, d.t_mean, d.t_std, generator=g)
+            t = t.view(batch_size, per_window).expand(batch_size, L // B)
+        drop = torch.rand(batch_size, generator=g) < d.p_uncond
+        noise = torch.randn(batch_size, L, C, generator=g)
+        mask = (torch.arange(L)[None] >= pad[:, None])[rows].to(device)
+        ids = torch.where(mask, ids[rows].to(device), 0)
+        return {"target": vae.latents(ids, mask, d.normalize_latents), "mask": mask, "noise": noise[rows].to(device),
+                "t": t[rows].to(device), "drop": drop[rows].to(device), "target_ids": ids}
+
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        """The positions the loss averages over: every real token of the window."""
+        return batch["mask"]
+
+    def errors(self, batch: dict, drop: torch.Tensor | None, self_cond=None) -> torch.Tensor:
+        """(N, L) squared velocity errors of every noisy block, each against its clean prefix (none, or the null
+        latents, in the rows where `drop`: dit.block_uncond)."""
+        x0, x1, t = batch["noise"], batch["target"], batch["t"]
+        x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
+        return self.per_token_error(self.dit.forward_blocks(x_t, t, clean=x1, mask=batch["mask"], drop=drop), batch)
+
+    def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        """A held-out batch's (N, L / B) block times: stratified, the quarters dealt out at random over the blocks
+        (never tied to a block's index)."""
+        per_window = self.dit.cfg.window // self.dit.cfg.block_size
+        n = batch_size * per_window
+        return stratified_t(n, g)[torch.randperm(n, generator=g)].view(batch_size, per_window)
+
+    @torch.no_grad()
+    def heldout(self, batch: dict) -> dict:
+        """Per block that has a prefix (a window's first block has none): t, the velocity MSE with its clean prefix
+        and with the prefix dropped, the same on the block's first HEAD_TOKENS tokens, and the latents."""
+        B, mask = self.dit.cfg.block_size, batch["mask"]
+        N, L = mask.shape
+        head = mask & (torch.arange(L, device=mask.device) % B < HEAD_TOKENS)
+
+        def per_block(e, m):  # (N, L) squared errors -> (N * (nb - 1),) block means, the first block left out
+            m = m.float().view(N, -1, B)
+            return ((e.view(N, -1, B) * m).sum(-1) / m.sum(-1).clamp_min(1.0))[:, 1:].flatten().cpu()
+
+        out = {"t": batch["t"][:, 1:].flatten().cpu()}
+        for name, drop in (("with_prompt", None), ("prompt_dropped", torch.ones(N, dtype=torch.bool,
+                                                                              device=mask.device))):
+            err = self.errors(batch, drop)
+            out[name], out[f"head_{name}"] = per_block(err, mask), per_block(err, head)
+        out["latents"] = batch["target"][mask].cpu()
+        return out
+
+    def tokens_per_sequence(self) -> int:
+        """Tokens a training sequence holds: every token of the window is a target."""
+        return self.dit.cfg.window
+
+    def train_flops(self, batch_size: int) -> float:
+        """Counted FLOPs of one optimizer step over `batch_size` windows: forward + backward."""
+        return TRAIN_FACTOR * batch_size * dit_block_flops_per_sequence(self.dit, self.dit.cfg.window)
+
+    # sampling ----------------------------------------------------------------------------------------------
+    def generate(self, pipe, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
+        """Blocks of dit.block_size tokens, each sampled against the cached clean prefix; a row stops at its first
+        end-of-text. Row i's noise for its k-th block: `noise_seed(seed, k, first_index + i)`."""
+        d, s = self.dit.cfg, run.settings
+        out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
+        with pipe.autocast(s):
+            while active and remaining > 0 and not run.stopped:
+                state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-d.context_max:] for i in active],
+                                         s.guidance.on)
+                while active and remaining > 0 and not run.stopped and state.has_room():
+                    take = min(d.block_size, remaining)  # the last block may be cut: never show more
+                    seeds = [noise_seed(s.seed, k, run.first_index + i) for i in active]
+                    rows = self.sample_block(pipe, state, run, seeds, take)
+                    for i, row in zip(active, rows):
+                        out[i] += row[:take]
+                    alive = [j for j, row in enumerate(rows) if pipe.eot_id not in row]
+                    active = [active[j] for j in alive]
+                    state = state.append(pipe, torch.tensor(rows, device=pipe.device))
+                    state = state.keep(torch.tensor(alive, dtype=torch.long, device=pipe.device))
+                    remaining, k = remaining - d.block_size, k + 1
+        return out
+
+    def sample_block(self, pipe, state: BlockState, run: SamplingRun, seeds: list[int], take: int) -> list[list[int]]:
+        """One block of latents after each row's cached prefix -> its raw token ids, decoded beside the prefix's
+        latents (the decoder reads the whole window, as in training). The step callback's decoder shows the first
+        `take` tokens of the block: what the text keeps."""
+        B = self.dit.cfg.block_size
+        x = start_noise(seeds, B, self.dit.latent_channels, pipe.device)
+        conditional = state.prefix.rows(torch.arange(len(seeds), device=pipe.device)) if state.guided \
+            else state.prefix
+
+        def evaluate(x_t, t, guided: bool):  # guided: the prefix holds [conditional rows ; unconditional rows]
+            return self.dit.block_velocity(x_t, t, state.prefix if guided else conditional)
+
+        x = integrate(run.velocity(evaluate), x, run.grid, run.settings.solver,
+                      run.step_callback(lambda z: [row[:take] for row in state.decode(pipe, z)]))
+        return state.decode(pipe, x)
+
+
+class BlockState:
+    """Block-mode sampling state of a batch of rows within one window: its tokens (left-padded to whole blocks, the
+    same layout for any batch), their clean latents, and the DiT's cached prefix - [conditional rows ; unconditional
+    rows] when guided. Each generated block is decoded, re-encoded and appended: the prefix the DiT reads always comes
+    from the (block-causal) encoder, as in training, never from its own samples. Passed explicitly: `append` and
+    `keep` return the next state."""
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, prefix: BlockPrefix,
+                 guided: bool, window: int, block: int):
+        self.ids, self.mask, self.latents, self.prefix = ids, mask, latents, prefix
+        self.guided, self.window, self.block = guided, window, block
+
+    @classmethod
+    def start(cls, pipe, rows: list[list[int]], guided: bool) -> BlockState:
+        """The state of rows of prompt ids (each at most dit.context_max tokens) at a window's start."""
+        d, device = pipe.config.dit, pipe.device
+        start = prefix_length(d)
+        ids = torch.zeros(len(rows), start, dtype=torch.long, device=device)
+        mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, start - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
+            mask[i, start - len(r):] = True
+        latents = pipe.latents(ids, mask)
+        prefix = pipe.dit.extend_prefix(None, *cls._prefix_input(pipe.dit, latents, mask, guided))
+        return cls(ids, mask, latents, prefix, guided, d.window, d.block_size)
+
+    def has_room(self) -> bool:
+        """Whether one more block fits in the window."""
+        return self.ids.shape[1] + self.block <= self.window
+
+    @staticmethod
+    def _prefix_input(dit, latents, mask, guided: bool):
+        if not guided:
+            return latents, mask
+        null, null_mask = dit.null_prefix_input(latents, mask)
+        return torch.cat([latents, null]), torch.cat([mask, null_mask])
+
+    def decode(self, pipe, x: torch.Tensor) -> list[list[int]]:
+        """Token ids of a block's latents x (n, B, C) for the state's first n rows, decoded beside their prefix."""
+        n = x.shape[0]
+        mask = torch.cat([self.mask[:n], torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)], 1)
+        return pipe.decode_latents(torch.cat([self.latents[:n], x.to(self.latents.dtype)], 1), cut=False, mask=mask,
+                                   last=x.shape[1])
+
+    def append(self, pipe, block_ids: torch.Tensor) -> BlockState:
+        """The state after a generated block's tokens (N, B) join the window (their encoding joins the cache)."""
+        ones = torch.ones(block_ids.shape, dtype=torch.bool, device=block_ids.device)
+        ids, mask = torch.cat([self.ids, block_ids], 1), torch.cat([self.mask, ones], 1)
+        new = pipe.latents(ids, mask)[:, -block_ids.shape[1]:]  # block-causal: the rest is unchanged
+        prefix = pipe.dit.extend_prefix(self.prefix, *self._prefix_input(pipe.dit, new, ones, self.guided))
+        return BlockState(ids, mask, torch.cat([self.latents, new], 1), prefix, self.guided, self.window, self.block)
+
+    def keep(self, index: torch.Tensor) -> BlockState:
+        """The state of these rows only (the others have ended)."""
+        n = self.ids.shape[0]
+        prefix = self.prefix.rows(torch.cat([index, index + n]) if self.guided else index)
+        return BlockState(self.ids[index], self.mask[index], self.latents[index], prefix, self.guided, self.window,
+                          self.block)

@@ -1,0 +1,124 @@
+"""What every generation mode provides, and the pieces all of them share (noise seeds, held-out timesteps, the state of
+one sampling call). The modes themselves: `window.FullWindow` (the paper's), `blocks.Blocks` (block-causal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from textldm.config import Config, DiTConfig, SampleConfig
+from textldm.diffusion.flow import masked_row_mean, velocity_error
+from textldm.diffusion.sampling import STOP, Callback
+from textldm.models.dit import TextDiT
+from textldm.utils import derive_seed
+
+HEAD_TOKENS = 4  # held-out: the first target tokens (of a block), where the prompt carries the most information
+
+
+def noise_seed(seed: int, window: int, row: int) -> int:
+    """The seed of the starting noise of prompt `row` in its `window`-th window or block (infilling: window 0)."""
+    return derive_seed("noise", seed, window, row)
+
+
+def start_noise(seeds: list[int], length: int, channels: int, device) -> torch.Tensor:
+    """The starting noise (N, length, channels) of N rows, row i drawn from its own seed: the same whatever batch the
+    row is in."""
+    return torch.stack([torch.randn(length, channels, generator=torch.Generator().manual_seed(k))
+                        for k in seeds]).to(device)
+
+
+def stratified_t(n: int, g: torch.Generator) -> torch.Tensor:
+    """n held-out times, a quarter of them in each quarter of [0, 1]."""
+    return ((torch.arange(n) % 4) + torch.rand(n, generator=g)) / 4
+
+
+@dataclass
+class SamplingRun:
+    """One `generate` call as the mode's loop sees it: the settings, the time grid, the caller's step callback, and
+    what the loop reports back - whether the callback asked to stop, the network evaluations per row.
+
+    The step callback is `callback(step, t, x)`; one with `reads_tokens = True` is called `callback(step, t, x,
+    decode)`, where `decode(latents)` gives the token ids the first rows of the current window or block decode to,
+    as the final text will (beside the block's prefix, cut to the tokens the text keeps): the live view."""
+    settings: SampleConfig
+    grid: torch.Tensor
+    callback: Callback | None = None
+    first_index: int = 0  # the batch's first row is prompt number first_index (its noise seeds)
+    stopped: bool = False
+    evaluations: int = 0
+
+    def step_callback(self, decode):
+        """The callback the solver calls within one window or block (`decode`: that window's or block's decoder),
+        or None without a caller's callback."""
+        if self.callback is None:
+            return None
+
+        def step(i: int, t: float, x: torch.Tensor):
+            user = self.callback
+            result = user(i, t, x, decode) if getattr(user, "reads_tokens", False) else user(i, t, x)
+            if isinstance(result, str) and result == STOP:
+                self.stopped = True
+            return result
+
+        return step
+
+    def velocity(self, evaluate):
+        """The velocity function the solver integrates: this call's guidance over `evaluate(x, t, guided)`, each
+        step's evaluations counted."""
+        guidance = self.settings.guidance
+
+        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.evaluations += guidance.evaluations(float(t[0]))
+            return guidance.velocity(evaluate, x_t, t)
+
+        return velocity
+
+
+class GenerationMode(nn.Module):
+    """A way of generating text with a TextDiT, and of training it to: everything that differs between modes lives
+    in one subclass. As an nn.Module holding the DiT it is the DiT's training objective (what `fit` trains and DDP
+    wraps): `forward(batch, step) -> (loss, metrics)`. It also owns the batch layout (`batch`), the per-token
+    velocity errors that both the loss and the held-out evaluation reduce (`errors`, `heldout`), the sampler's loop
+    (`generate`), the FLOPs and tokens of a training step, and the options it refuses (`rules`).
+
+    A new mode: a subclass with these methods, listed in `generation.MODES` with its `selects` rule."""
+    name = ""
+    pools_context = True  # whether the DiT's pooled-prompt condition (dit.pooled_context) is used
+
+    def __init__(self, dit: TextDiT):
+        super().__init__()
+        self.dit = dit
+
+    @staticmethod
+    def selects(d: DiTConfig) -> bool:
+        """Whether a DiT config is this mode's."""
+        raise NotImplementedError
+
+    @staticmethod
+    def rules(config: Config) -> list[tuple[bool, str]]:
+        """(ok, message) pairs: what the mode needs of a config, and the options it refuses by name."""
+        return []
+
+    @staticmethod
+    def reads_null(d: DiTConfig) -> bool:
+        """Whether the mode's CFG null condition reads the learned null vector (else it is not trained: a trained
+        parameter outside the graph stops DDP at its second step)."""
+        return True
+
+    @classmethod
+    def new_dit(cls, d: DiTConfig, latent_channels: int) -> TextDiT:
+        """A fresh TextDiT with the parts this mode reads."""
+        return TextDiT(d, latent_channels, pooled_context=cls.pools_context and d.pooled_context,
+                       train_null=cls.reads_null(d) and d.null_context == "learned")
+
+    def forward(self, batch: dict, step: int):
+        """(loss, metrics) of one micro-batch: the mean over samples of each sample's velocity MSE."""
+        loss = masked_row_mean(self.errors(batch, batch["drop"], batch.get("self_cond")), self.loss_mask(batch)).mean()
+        return loss, {"loss": loss.detach()}
+
+    @staticmethod
+    def per_token_error(v: torch.Tensor, batch: dict) -> torch.Tensor:
+        """(N, L) squared velocity errors of a prediction against the batch's path."""
+        return velocity_error(v, batch["noise"], batch["target"])

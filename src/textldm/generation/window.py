@@ -1,0 +1,202 @@
+"""The paper's recipe, full window (`dit.block_size` 0): clean prompt latents, then one target of up to
+dit.target_max noisy latents, every token attending to every other; longer texts are generated window after window,
+each after the last dit.context_max tokens of prompt + text so far.
+"""
+from __future__ import annotations
+
+import torch
+
+from textldm.data.shards import TokenStream
+from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t
+from textldm.diffusion.sampling import integrate
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
+from textldm.models.vae import TextVAE
+from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
+
+
+def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):
+    """window (B, dit.window): the context is the `context_len` tokens just before position context_max, moved to
+    the left edge (right padding); the target starts at position context_max."""
+    idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]
+    context_mask = torch.arange(context_max)[None] < context_len[:, None]
+    context = torch.where(context_mask, window.gather(1, idx.clamp(max=context_max - 1)), 0)
+    target = window[:, context_max:]
+    target_mask = torch.arange(target.shape[1])[None] < target_len[:, None]
+    return context, context_mask, torch.where(target_mask, target, 0), target_mask
+
+
+def right_context(window: torch.Tensor, target_len: torch.Tensor, right_len: torch.Tensor, context_max: int):
+    """The `right_len` tokens that follow each target's real end (target_len tokens after context_max) in `window`,
+    moved to the left edge (right padding)."""
+    start = context_max + target_len
+    idx = (start[:, None] + torch.arange(context_max)[None]).clamp(max=window.shape[1] - 1)
+    mask = torch.arange(context_max)[None] < right_len[:, None]
+    return torch.where(mask, window.gather(1, idx), 0), mask
+
+
+class FullWindow(GenerationMode):
+    """Full-window mode: the batch is (clean context latents, target latents, noise, t, CFG drop), each side encoded
+    by the VAE separately; the loss is the velocity MSE on the target positions."""
+    name = "full_window"
+
+    @staticmethod
+    def selects(d) -> bool:
+        return d.block_size == 0
+
+    # training ----------------------------------------------------------------------------------------------
+    def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
+              device: torch.device, t: torch.Tensor | None = None) -> dict:
+        """The `rows` of a global batch drawn from `g` (`t`: given timesteps instead of drawn ones). Infilling
+        examples (dit.infill_prob) also get the text after the target; self-conditioning picks its rows last."""
+        d, C = self.dit.cfg, vae.cfg.latent_channels
+        window = stream.windows(batch_size, d.window + (d.context_max if d.infill_prob > 0 else 0), g)
+        context_len = torch.randint(d.context_min, d.context_max + 1, (batch_size,), generator=g)
+        target_len = torch.randint(d.target_min, d.target_max + 1, (batch_size,), generator=g)
+        if t is None:
+            t = sample_t(batch_size, d.t_distribution, d.t_mean, d.t_std, generator=g)
+        drop = torch.rand(batch_size, generator=g) < d.p_uncond
+        noise = torch.randn(batch_size, d.target_max, C, generator=g)
+        parts = split_context_target(window[rows, :d.window], context_len[rows], target_len[rows], d.context_max)
+        ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in parts)
+        batch = {"context": vae.latents(ctx, ctx_mask, d.normalize_latents), "context_mask": ctx_mask,
+                 "target": vae.latents(tgt, tgt_mask, d.normalize_latents), "target_mask": tgt_mask,
+                 "noise": noise[rows].to(device), "t": t[rows].to(device), "drop": drop[rows].to(device),
+                 "target_ids": tgt}
+        if d.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
+            right_len = torch.randint(d.context_min, d.context_max + 1, (batch_size,), generator=g)
+            right_len[torch.rand(batch_size, generator=g) >= d.infill_prob] = 0
+            right, right_mask = right_context(window[rows], target_len[rows], right_len[rows], d.context_max)
+            right, right_mask = right.to(device), right_mask.to(device)
+            batch["right"], batch["right_mask"] = vae.latents(right, right_mask, d.normalize_latents), right_mask
+        if d.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
+            batch["self_cond"] = (torch.rand(batch_size, generator=g) < d.self_condition_prob)[rows].to(device)
+        return batch
+
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        """The positions the loss averages over: the target's real tokens."""
+        return batch["target_mask"]
+
+    def errors(self, batch: dict, drop: torch.Tensor, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, Lt) squared velocity errors on the target, the prompt (and right context) replaced by the null
+        condition where `drop`; `self_cond` (N,): the rows that read a first pass's estimate (`_self_condition`)."""
+        x_t = interpolate(batch["noise"], batch["target"], batch["t"])
+        right = batch.get("right")
+        conditions = {"context": self.dit.drop_context(batch["context"], drop), "context_mask": batch["context_mask"],
+                      "target_mask": batch["target_mask"], "right_mask": batch.get("right_mask"),
+                      "right": None if right is None else self.dit.drop_context(right, drop)}
+        estimate = self._self_condition(x_t, batch["t"], conditions, self_cond)
+        return self.per_token_error(self.dit(x_t, batch["t"], **conditions, self_cond=estimate), batch)
+
+    @torch.no_grad()
+    def _self_condition(self, x_t, t, conditions: dict, chosen: torch.Tensor | None):
+        """The clean-target estimate x_t + (1 - t) v of a first, gradient-free pass for the `chosen` rows (zeros
+        for the others, as at the first sampling step); None when the model does not self-condition."""
+        if self.dit.self_cond_proj is None:
+            return None
+        estimate = torch.zeros_like(x_t)
+        rows = chosen.nonzero().flatten()
+        if len(rows):  # only the chosen rows pay for the extra pass
+            v = self.dit(x_t[rows], t[rows], **{k: None if c is None else c[rows] for k, c in conditions.items()})
+            estimate[rows] = clean_estimate(x_t[rows], t[rows], v).to(estimate.dtype)
+        return estimate
+
+    def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        """A held-out batch's timesteps: stratified over the quarters of [0, 1]."""
+        return stratified_t(batch_size, g)
+
+    @torch.no_grad()
+    def heldout(self, batch: dict) -> dict:
+        """Per sample of a held-out batch: t, the velocity MSE with the prompt and with it dropped, the same on the
+        first HEAD_TOKENS target tokens, and the target latents. As sampling reads it: a continuation (no right
+        context), a self-conditioning DiT reading its own first estimate."""
+        batch = {**batch, "right": None, "right_mask": None}
+        n, mask = len(batch["t"]), batch["target_mask"]
+        head = mask & (torch.arange(mask.shape[1], device=mask.device) < HEAD_TOKENS)  # right after the prompt
+        out, every = {"t": batch["t"].cpu()}, torch.ones(n, dtype=torch.bool, device=mask.device)
+        for name, drop in (("with_prompt", ~every), ("prompt_dropped", every)):
+            err = self.errors(batch, drop, every)
+            out[name], out[f"head_{name}"] = masked_row_mean(err, mask).cpu(), masked_row_mean(err, head).cpu()
+        out["latents"] = batch["target"][mask].cpu()
+        return out
+
+    def tokens_per_sequence(self) -> int:
+        """Target tokens a training sequence holds on average."""
+        return (self.dit.cfg.target_min + self.dit.cfg.target_max) // 2
+
+    def train_flops(self, batch_size: int) -> float:
+        """Counted FLOPs of one optimizer step over `batch_size` sequences: forward + backward, and the
+        self-conditioning examples' gradient-free first pass."""
+        d = self.dit.cfg
+        return (TRAIN_FACTOR + d.self_condition_prob) * batch_size * \
+            dit_flops_per_sequence(self.dit, d.context_max, d.target_max)
+
+    # sampling ----------------------------------------------------------------------------------------------
+    def generate(self, pipe, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
+        """Windows of up to dit.target_max tokens, each after the last dit.context_max tokens of prompt + text so
+        far; a row stops at its first end-of-text. Row i's noise in window w: `noise_seed(seed, w, first_index +
+        i)`. `pipe`: the TextLDMPipeline (encoder, decoder, device)."""
+        d, s = self.dit.cfg, run.settings
+        out, active, remaining, window = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
+        while active and remaining > 0 and not run.stopped:
+            n = min(d.target_max, remaining)
+            contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
+            rows = self.sample_window(pipe, contexts, n, run,
+                                      [noise_seed(s.seed, window, run.first_index + i) for i in active])
+            for i, row in zip(active, rows):
+                out[i] += row
+            active = [i for i, row in zip(active, rows) if pipe.eot_id not in row]
+            remaining -= n
+            window += 1
+        return out
+
+    def sample_window(self, pipe, contexts: list[list[int]], length: int, run: SamplingRun, seeds: list[int],
+                      rights: list[list[int]] | None = None) -> list[list[int]]:
+        """One window of `length` latents after each context (and before each right context, when infilling)
+        -> raw token ids (not cut at end-of-text). Under bf16 autocast with precision bf16."""
+        with pipe.autocast(run.settings):
+            context, ctx_mask = pipe.encode_rows(contexts)
+            right, right_mask = pipe.encode_rows(rights) if rights is not None else (None, None)
+            x = start_noise(seeds, length, self.dit.latent_channels, pipe.device)
+            velocity = self.window_velocity(run, x, {"context": context, "context_mask": ctx_mask, "right": right,
+                                               "right_mask": right_mask})
+            x = integrate(velocity, x, run.grid, run.settings.solver,
+                          run.step_callback(lambda z: pipe.decode_latents(z, cut=False)))
+            return pipe.decode_latents(x, cut=False)
+
+    def window_velocity(self, run: SamplingRun, x: torch.Tensor, conditions: dict):
+        """The guided velocity of the window's latents: guided steps run [conditional ; unconditional] rows in one
+        batch, the context's keys/values computed once (a dit.context_cache model, sample.context_cache); a
+        self-conditioning DiT reads the previous evaluation's clean estimate."""
+        dit, n = self.dit, x.shape[0]
+        every = torch.ones(n, dtype=torch.bool, device=x.device)
+        doubled = {"context": torch.cat([conditions["context"], dit.drop_context(conditions["context"], every)]),
+                "context_mask": torch.cat([conditions["context_mask"]] * 2), "right": None, "right_mask": None}
+        if conditions["right"] is not None:  # infilling: the right context is dropped with the prompt
+            doubled["right"] = torch.cat([conditions["right"], dit.drop_context(conditions["right"], every)])
+            doubled["right_mask"] = torch.cat([conditions["right_mask"]] * 2)
+        both = doubled if run.settings.guidance.on else conditions
+        cache = None
+        if dit.context_cond is not None and run.settings.context_cache and conditions["right"] is None:
+            cache = dit.cache_context(both["context"], both["context_mask"])  # context K/V once a window
+        estimate = [torch.zeros_like(x)] if dit.self_cond_proj is not None else [None]
+
+        def evaluate(x_t, t, guided: bool):
+            self_cond = estimate[0] if estimate[0] is None or not guided else torch.cat([estimate[0]] * 2)
+            if cache is not None:
+                return dit.forward_cached(x_t, t, cache if guided else cache.head(n), self_cond=self_cond)
+            return dit(x_t, t, **(doubled if guided else conditions), self_cond=self_cond)
+
+        guided_velocity = run.velocity(evaluate)
+
+        def velocity(x_t, t):
+            v = guided_velocity(x_t, t)
+            if estimate[0] is not None:  # self-conditioning: the next evaluation reads this clean-target estimate
+                estimate[0] = clean_estimate(x_t, t, v)
+            return v
+
+        return velocity
+
+    def infill(self, pipe, lefts: list[list[int]], rights: list[list[int]], run: SamplingRun) -> list[list[int]]:
+        """The run's length of tokens between each left and right context (row i's noise: `noise_seed(seed, 0, i)`)."""
+        seeds = [noise_seed(run.settings.seed, 0, i) for i in range(len(lefts))]
+        return self.sample_window(pipe, lefts, run.settings.length, run, seeds, rights)
