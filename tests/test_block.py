@@ -294,7 +294,7 @@ def test_block_batches_noise_every_block_and_pad_the_first(block_t):
         assert (t == t[:, :1]).all() and t[:, 0].std() > 0
     pad = (~batch["mask"]).sum(1)
     assert set(pad.tolist()) == set(range(BLOCK)) and batch["mask"][:, BLOCK:].all()
-    assert torch.equal(batch["target"], vae.latents(batch["target_ids"], batch["mask"], True))
+    assert torch.equal(batch["clean"], vae.latents(batch["ids"], batch["mask"], True))
 
 
 def test_the_live_view_streams_each_block_decoded_beside_its_prefix():

@@ -9,7 +9,7 @@ import torch
 
 from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
-from textldm.diffusion.flow import interpolate, sample_t
+from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
 from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
 from textldm.models.block_causal import BlockPrefix
@@ -78,8 +78,9 @@ class Blocks(GenerationMode):
         noise = torch.randn(batch_size, L, C, generator=g)
         mask = (torch.arange(L)[None] >= pad[:, None])[rows].to(device)
         ids = torch.where(mask, ids[rows].to(device), 0)
-        return {"target": vae.latents(ids, mask, d.normalize_latents), "mask": mask, "noise": noise[rows].to(device),
-                "t": t[rows].to(device), "drop": drop[rows].to(device), "target_ids": ids}
+        # "clean": the window's latents - the data end of every block's path, and the prefix the later blocks read
+        return {"clean": vae.latents(ids, mask, d.normalize_latents), "mask": mask, "noise": noise[rows].to(device),
+                "t": t[rows].to(device), "drop": drop[rows].to(device), "ids": ids}
 
     def loss_mask(self, batch: dict) -> torch.Tensor:
         """The positions the loss averages over: every real token of the window."""
@@ -88,9 +89,9 @@ class Blocks(GenerationMode):
     def errors(self, batch: dict, drop: torch.Tensor | None, self_cond=None) -> torch.Tensor:
         """(N, L) squared velocity errors of every noisy block, each against its clean prefix (none, or the null
         latents, in the rows where `drop`: dit.block_uncond)."""
-        x0, x1, t = batch["noise"], batch["target"], batch["t"]
+        x0, x1, t = batch["noise"], batch["clean"], batch["t"]
         x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
-        return self.per_token_error(self.dit.forward_blocks(x_t, t, clean=x1, mask=batch["mask"], drop=drop), batch)
+        return velocity_error(self.dit.forward_blocks(x_t, t, clean=x1, mask=batch["mask"], drop=drop), x0, x1)
 
     def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """A held-out batch's (N, L / B) block times: stratified, the quarters dealt out at random over the blocks
@@ -116,7 +117,7 @@ class Blocks(GenerationMode):
                                                                               device=mask.device))):
             err = self.errors(batch, drop)
             out[name], out[f"head_{name}"] = per_block(err, mask), per_block(err, head)
-        out["latents"] = batch["target"][mask].cpu()
+        out["latents"] = batch["clean"][mask].cpu()
         return out
 
     def tokens_per_sequence(self) -> int:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from textldm.config import Config, DiTConfig, SampleConfig
-from textldm.diffusion.flow import masked_row_mean, velocity_error
+from textldm.diffusion.flow import masked_row_mean
 from textldm.diffusion.sampling import STOP, Callback
 from textldm.models.dit import TextDiT
 from textldm.utils import derive_seed
@@ -117,8 +117,3 @@ class GenerationMode(nn.Module):
         """(loss, metrics) of one micro-batch: the mean over samples of each sample's velocity MSE."""
         loss = masked_row_mean(self.errors(batch, batch["drop"], batch.get("self_cond")), self.loss_mask(batch)).mean()
         return loss, {"loss": loss.detach()}
-
-    @staticmethod
-    def per_token_error(v: torch.Tensor, batch: dict) -> torch.Tensor:
-        """(N, L) squared velocity errors of a prediction against the batch's path."""
-        return velocity_error(v, batch["noise"], batch["target"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from textldm.data.shards import TokenStream
-from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t
+from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
 from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
 from textldm.models.vae import TextVAE
@@ -85,7 +85,8 @@ class FullWindow(GenerationMode):
                       "target_mask": batch["target_mask"], "right_mask": batch.get("right_mask"),
                       "right": None if right is None else self.dit.drop_context(right, drop)}
         estimate = self._self_condition(x_t, batch["t"], conditions, self_cond)
-        return self.per_token_error(self.dit(x_t, batch["t"], **conditions, self_cond=estimate), batch)
+        v = self.dit(x_t, batch["t"], **conditions, self_cond=estimate)
+        return velocity_error(v, batch["noise"], batch["target"])
 
     @torch.no_grad()
     def _self_condition(self, x_t, t, conditions: dict, chosen: torch.Tensor | None):
@@ -157,8 +158,8 @@ class FullWindow(GenerationMode):
             context, ctx_mask = pipe.encode_rows(contexts)
             right, right_mask = pipe.encode_rows(rights) if rights is not None else (None, None)
             x = start_noise(seeds, length, self.dit.latent_channels, pipe.device)
-            velocity = self.window_velocity(run, x, {"context": context, "context_mask": ctx_mask, "right": right,
-                                               "right_mask": right_mask})
+            conditions = {"context": context, "context_mask": ctx_mask, "right": right, "right_mask": right_mask}
+            velocity = self.window_velocity(run, x, conditions)
             x = integrate(velocity, x, run.grid, run.settings.solver,
                           run.step_callback(lambda z: pipe.decode_latents(z, cut=False)))
             return pipe.decode_latents(x, cut=False)
@@ -170,7 +171,7 @@ class FullWindow(GenerationMode):
         dit, n = self.dit, x.shape[0]
         every = torch.ones(n, dtype=torch.bool, device=x.device)
         doubled = {"context": torch.cat([conditions["context"], dit.drop_context(conditions["context"], every)]),
-                "context_mask": torch.cat([conditions["context_mask"]] * 2), "right": None, "right_mask": None}
+                   "context_mask": torch.cat([conditions["context_mask"]] * 2), "right": None, "right_mask": None}
         if conditions["right"] is not None:  # infilling: the right context is dropped with the prompt
             doubled["right"] = torch.cat([conditions["right"], dit.drop_context(conditions["right"], every)])
             doubled["right_mask"] = torch.cat([conditions["right_mask"]] * 2)
