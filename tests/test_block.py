@@ -15,7 +15,7 @@ from textldm.pipeline import TextLDMPipeline
 
 VOCAB, C, BLOCK = 11, 8, 4
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
-WINDOW = DiTConfig(context_max=CONTEXT, target_max=TARGET).window
+WINDOW = DiTConfig(context_max=CONTEXT, target_min=TARGET, target_max=TARGET).window
 
 
 def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
