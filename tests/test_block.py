@@ -7,6 +7,7 @@ from builders import RandomStream, mode_of, new_dit, perturbed
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
 from textldm.diffusion.guidance import Guidance
 from textldm.errors import UserError
+from textldm.generation.blocks import BlockState
 from textldm.models.block_causal import clean_noisy_attn_mask
 from textldm.models.blocks import block_causal_attn_mask
 from textldm.models.dit import TextDiT
@@ -200,6 +201,8 @@ def test_a_block_that_does_not_divide_the_context_left_pads_the_first_block():
     prompts = [[1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 1, 2, 3]]
     rows = pipe.generate_ids(prompts, length=11, seed=2)
     assert rows == [reference_generate(pipe, p, 11, 2, i) for i, p in enumerate(prompts)]
+    state = BlockState.start(pipe, prompts, guided=False)  # the layout itself (tokens alone may not show it)
+    assert state.ids.shape == (3, 8) and state.mask.sum(1).tolist() == [2, 5, 6] and not state.mask[:, :2].any()
 
 
 def first_block_of(token: int, row: list[int]) -> int | None:
