@@ -14,14 +14,16 @@ ALLOWED = {  # folder -> the textldm modules / folders it may import
     "diffusion": {"diffusion"},
     "data": BASE | {"data", "models.teacher"},
     # the generation modes: below training (which trains their objectives) and the pipeline (which samples with
-    # them); training.perf is a leaf (FLOPs arithmetic over torch modules)
-    "generation": BASE | {"models", "diffusion", "data", "export", "generation", "training.perf"},
+    # them); training.perf (FLOPs arithmetic over torch modules), .precision (autocast rules) and .teacher_cache
+    # (a frozen LM's states on disk, which the context-LM mode trains from) are leaves
+    "generation": BASE | {"models", "diffusion", "data", "export", "generation", "training.perf",
+                          "training.precision", "training.teacher_cache"},
     "training": BASE | {"models", "diffusion", "data", "generation", "training", "pipeline", "export"},  # never eval
     "evaluation": BASE | {"models", "diffusion", "data", "generation", "training", "evaluation", "pipeline", "export"},
     "serving": BASE | {"models", "diffusion", "generation", "pipeline", "serving"},
 }
 # a test of the block size - the switch between generation modes - is allowed only in the modes themselves
-MODE_FILES = {"generation/window.py", "generation/blocks.py"}
+MODE_FILES = {"generation/window.py", "generation/blocks.py", "generation/lm_blocks.py"}
 NAME = r"(?<!\w)block_size"  # not encoder_block_size: the VAE's own attention setting
 BLOCK_SWITCH = re.compile(rf"{NAME}\s*(==|!=|<=|>=|<|>)|(\bif|\bnot|\band|\bor|\belse)\s+[\w.]*{NAME}\b(?!\s*[=(])"
                           rf"|{NAME}\s+(if|and|or)\b")

@@ -211,6 +211,13 @@ class DiTConfig(TransformerShape):
     # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null_latent" = the
     # prefix's latents are replaced by the null vector (dit.null_context). (Not "null": YAML reads that as None.)
     block_uncond: BlockUncond = "empty"
+    # block mode with a pretrained context encoder: the clean prefix a noisy block reads is a frozen causal LM's
+    # hidden states of the earlier tokens (projected to the DiT's width) instead of their VAE latents; the LM must
+    # share the tokenizer (teacher.name's): the REPA teacher's alias (smollm2-135m), an HF model name or a folder
+    context_encoder: str = ""  # "" = the VAE's clean latents (the paper's and plain block mode)
+    context_layer: int = -1  # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = last)
+    context_features: str = ""  # "" = the LM runs at every training step; "auto" or a folder = precomputed to disk
+    context_windows: int = 0  # with context_features: training windows to precompute (0 = the whole split)
     SECTION = "dit"
 
     @property
@@ -222,7 +229,8 @@ class DiTConfig(TransformerShape):
     def rules(self, name):
         return super().rules(name) + [self.within(name, key, interval) for key, interval in (
             ("depth", "[1, inf)"), ("infill_prob", "[0, 1]"), ("self_condition_prob", "[0, 1]"),
-            ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"))] + [
+            ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"),
+            ("context_windows", "[0, inf)"))] + [
             (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
             (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max")]
 

@@ -180,7 +180,7 @@ class TextLDMPipeline(HubMixin):
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> TextLDMPipeline:
         """Move (and with `dtype`, cast) the networks; bf16 weights sample under bf16 autocast."""
-        for module in (self.vae, self.dit):
+        for module in (self.vae, self.mode or self.dit):  # the mode: the DiT and any frozen helper it reads
             if module is not None:
                 module.to(device=device, dtype=dtype)
         return self

@@ -31,7 +31,7 @@ class Blocks(GenerationMode):
 
     @staticmethod
     def selects(d: DiTConfig) -> bool:
-        return d.block_size > 0
+        return d.block_size > 0 and not d.context_encoder  # with a context LM: lm_blocks.LMBlocks
 
     @staticmethod
     def rules(config: Config) -> list[tuple[bool, str]]:
@@ -62,13 +62,17 @@ class Blocks(GenerationMode):
     # training ----------------------------------------------------------------------------------------------
     def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
               device: torch.device, t: torch.Tensor | None = None) -> dict:
-        """The `rows` of a global batch drawn from `g`: windows encoded once by the block-causal VAE (the clean
+        """The `rows` of a global batch drawn from `g`: windows of the stream, laid out by `lay_out`."""
+        return self.lay_out(stream.windows(batch_size, self.dit.cfg.window, g), vae, g, rows, device, t)
+
+    def lay_out(self, ids: torch.Tensor, vae: TextVAE, g: torch.Generator, rows: slice, device: torch.device,
+                t: torch.Tensor | None = None) -> dict:
+        """The `rows` of a global batch of windows `ids` (N, L): encoded once by the block-causal VAE (the clean
         latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
-        dit.block_t=shared - and the CFG drop per window. The first block is left-padded by 0..B-1 tokens, as a
-        prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times."""
+        dit.block_t=shared - and the CFG drop per window, drawn from `g`. The first block is left-padded by 0..B-1
+        tokens, as a prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times."""
         d, C = self.dit.cfg, vae.cfg.latent_channels
-        B, L = d.block_size, d.window
-        ids = stream.windows(batch_size, L, g)
+        B, L, batch_size = d.block_size, d.window, ids.shape[0]
         pad = torch.randint(0, B, (batch_size,), generator=g)
         if t is None:
             per_window = 1 if d.block_t == "shared" else L // B
@@ -86,12 +90,17 @@ class Blocks(GenerationMode):
         """The positions the loss averages over: every real token of the window."""
         return batch["mask"]
 
+    def prefix(self, batch: dict) -> torch.Tensor:
+        """What the noisy blocks read as their clean prefix: the window's clean latents."""
+        return batch["clean"]
+
     def errors(self, batch: dict, drop: torch.Tensor | None, self_cond=None) -> torch.Tensor:
         """(N, L) squared velocity errors of every noisy block, each against its clean prefix (none, or the null
-        latents, in the rows where `drop`: dit.block_uncond)."""
+        prefix, in the rows where `drop`: dit.block_uncond)."""
         x0, x1, t = batch["noise"], batch["clean"], batch["t"]
         x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
-        return velocity_error(self.dit.forward_blocks(x_t, t, clean=x1, mask=batch["mask"], drop=drop), x0, x1)
+        prefix = self.prefix(batch)
+        return velocity_error(self.dit.forward_blocks(x_t, t, clean=prefix, mask=batch["mask"], drop=drop), x0, x1)
 
     def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """A held-out batch's (N, L / B) block times: stratified, the quarters dealt out at random over the blocks
@@ -137,7 +146,7 @@ class Blocks(GenerationMode):
         with pipe.autocast(s):
             while active and remaining > 0 and not run.stopped:
                 state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-d.context_max:] for i in active],
-                                         s.guidance.on)
+                                         s.guidance.on, self.prefix_encoder())
                 while active and remaining > 0 and not run.stopped and state.has_room():
                     take = min(d.block_size, remaining)  # the last block may be cut: never show more
                     seeds = [noise_seed(s.seed, k, run.first_index + i) for i in active]
@@ -150,6 +159,10 @@ class Blocks(GenerationMode):
                     state = state.keep(torch.tensor(alive, dtype=torch.long, device=pipe.device))
                     remaining, k = remaining - d.block_size, k + 1
         return out
+
+    def prefix_encoder(self) -> LatentPrefix:
+        """What turns the window's tokens into the DiT's clean prefix at sampling (`BlockState`)."""
+        return LatentPrefix()
 
     def sample_block(self, pipe, state: BlockState, run: SamplingRun, seeds: list[int], take: int) -> list[list[int]]:
         """One block of latents after each row's cached prefix -> its raw token ids, decoded beside the prefix's
@@ -168,20 +181,41 @@ class Blocks(GenerationMode):
         return state.decode(pipe, x)
 
 
+class LatentPrefix:
+    """Block mode's sampling prefix: the VAE's clean latents themselves (`BlockState` asks it for the prefix of each
+    new stretch of tokens; block-causal latents never change when later blocks join). A mode whose prefix is
+    something else (a context LM's states: `lm_blocks.LMPrefix`) gives its own, with the same three methods;
+    `state` is whatever it carries from one block to the next (here nothing)."""
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+        """A window's first tokens (N, P) -> (their prefix features (N, P, C), the state to carry)."""
+        return latents, None
+
+    def extend(self, state, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+        """A committed block's tokens (N, B) (mask: the whole window's so far) -> (their features, new state)."""
+        return latents, state
+
+    def keep(self, state, index: torch.Tensor):
+        """The carried state of these rows only."""
+        return state
+
+
 class BlockState:
     """Block-mode sampling state of a batch of rows within one window: its tokens (left-padded to whole blocks, the
     same layout for any batch), their clean latents, and the DiT's cached prefix - [conditional rows ; unconditional
     rows] when guided. Each generated block is decoded, re-encoded and appended: the prefix the DiT reads always comes
-    from the (block-causal) encoder, as in training, never from its own samples. Passed explicitly: `append` and
-    `keep` return the next state."""
+    from the encoder (`encoder`: the block-causal VAE's latents, or a context LM's states), as in training, never from
+    the DiT's own samples. Passed explicitly: `append` and `keep` return the next state (an encoder's carried state,
+    such as an LM's KV cache, moves on to it: the old state is not to be used again)."""
 
     def __init__(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, prefix: BlockPrefix,
-                 guided: bool, window: int, block: int):
+                 guided: bool, window: int, block: int, encoder=None, carried=None):
         self.ids, self.mask, self.latents, self.prefix = ids, mask, latents, prefix
         self.guided, self.window, self.block = guided, window, block
+        self.encoder, self.carried = encoder or LatentPrefix(), carried
 
     @classmethod
-    def start(cls, pipe, rows: list[list[int]], guided: bool) -> BlockState:
+    def start(cls, pipe, rows: list[list[int]], guided: bool, encoder=None) -> BlockState:
         """The state of rows of prompt ids (each at most dit.context_max tokens) at a window's start."""
         d, device = pipe.config.dit, pipe.device
         start = prefix_length(d)
@@ -191,19 +225,21 @@ class BlockState:
             ids[i, start - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
             mask[i, start - len(r):] = True
         latents = pipe.latents(ids, mask)
-        prefix = pipe.dit.extend_prefix(None, *cls._prefix_input(pipe.dit, latents, mask, guided))
-        return cls(ids, mask, latents, prefix, guided, d.window, d.block_size)
+        encoder = encoder or LatentPrefix()
+        features, carried = encoder.start(ids, mask, latents)
+        prefix = pipe.dit.extend_prefix(None, *cls._prefix_input(pipe.dit, features, mask, guided))
+        return cls(ids, mask, latents, prefix, guided, d.window, d.block_size, encoder, carried)
 
     def has_room(self) -> bool:
         """Whether one more block fits in the window."""
         return self.ids.shape[1] + self.block <= self.window
 
     @staticmethod
-    def _prefix_input(dit, latents, mask, guided: bool):
+    def _prefix_input(dit, features, mask, guided: bool):
         if not guided:
-            return latents, mask
-        null, null_mask = dit.null_prefix_input(latents, mask)
-        return torch.cat([latents, null]), torch.cat([mask, null_mask])
+            return features, mask
+        null, null_mask = dit.null_prefix_input(features, mask)
+        return torch.cat([features, null]), torch.cat([mask, null_mask])
 
     def decode(self, pipe, x: torch.Tensor) -> list[list[int]]:
         """Token ids of a block's latents x (n, B, C) for the state's first n rows, decoded beside their prefix."""
@@ -217,12 +253,14 @@ class BlockState:
         ones = torch.ones(block_ids.shape, dtype=torch.bool, device=block_ids.device)
         ids, mask = torch.cat([self.ids, block_ids], 1), torch.cat([self.mask, ones], 1)
         new = pipe.latents(ids, mask)[:, -block_ids.shape[1]:]  # block-causal: the rest is unchanged
-        prefix = pipe.dit.extend_prefix(self.prefix, *self._prefix_input(pipe.dit, new, ones, self.guided))
-        return BlockState(ids, mask, torch.cat([self.latents, new], 1), prefix, self.guided, self.window, self.block)
+        features, carried = self.encoder.extend(self.carried, block_ids, mask, new)
+        prefix = pipe.dit.extend_prefix(self.prefix, *self._prefix_input(pipe.dit, features, ones, self.guided))
+        return BlockState(ids, mask, torch.cat([self.latents, new], 1), prefix, self.guided, self.window,
+                          self.block, self.encoder, carried)
 
     def keep(self, index: torch.Tensor) -> BlockState:
         """The state of these rows only (the others have ended)."""
         n = self.ids.shape[0]
         prefix = self.prefix.rows(torch.cat([index, index + n]) if self.guided else index)
         return BlockState(self.ids[index], self.mask[index], self.latents[index], prefix, self.guided, self.window,
-                          self.block)
+                          self.block, self.encoder, self.encoder.keep(self.carried, index))

@@ -113,6 +113,11 @@ class GenerationMode(nn.Module):
         return TextDiT(d, latent_channels, pooled_context=cls.pools_context and d.pooled_context,
                        train_null=cls.reads_null(d) and d.null_context == "learned")
 
+    def training_source(self, cfg: Config, stream, device: torch.device, progress: bool = True):
+        """What the training batches are drawn from (`batch`'s first argument): the training stream, unless the mode
+        precomputes something of it once (`lm_blocks.LMBlocks`: the context LM's states on disk)."""
+        return stream
+
     def forward(self, batch: dict, step: int):
         """(loss, metrics) of one micro-batch: the mean over samples of each sample's velocity MSE."""
         loss = masked_row_mean(self.errors(batch, batch["drop"], batch.get("self_cond")), self.loss_mask(batch)).mean()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from textldm.config import Config
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
@@ -42,6 +43,13 @@ class FullWindow(GenerationMode):
     @staticmethod
     def selects(d) -> bool:
         return d.block_size == 0
+
+    @staticmethod
+    def rules(config: Config) -> list[tuple[bool, str]]:
+        return [(not config.dit.context_encoder,
+                 f"dit.context_encoder ('{config.dit.context_encoder}') needs block mode: set dit.block_size > 0 (and "
+                 "vae.encoder_block_size dividing it); dit.block_size = dit.target_max (a divisor of dit.context_max) "
+                 "gives the prompt, then one block of the whole continuation")]
 
     # training ----------------------------------------------------------------------------------------------
     def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,

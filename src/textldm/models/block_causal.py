@@ -67,14 +67,14 @@ class BlockCausalMixin:
         """Block-mode training, one masked forward over [clean ; noisy]: x_t (N, L, C) noisy latents of every
         block, t (N, L / B) each block's time, clean (N, L, C) clean latents of the same window, mask (N, L) True
         at real tokens (a window's first block may be left-padded), drop (N,) rows given the CFG null condition
-        -> velocity (N, L, C) of every noisy block."""
+        -> velocity (N, L, C) of every noisy block. (With a context LM, `clean` is its states (N, L, H) instead.)"""
         N, L, _ = x_t.shape
         B, device = self.cfg.block_size, x_t.device
         empty = self.cfg.block_uncond == "empty"
         if drop is not None and not empty:
             clean = self.drop_context(clean, drop)
         blocks = block_index(L, B, device)
-        x = torch.cat([self._embed(clean, 0), self._embed(x_t, 1)], 1)  # (N, 2L, D)
+        x = torch.cat([self._embed_prefix(clean), self._embed(x_t, 1)], 1)  # (N, 2L, D)
         rope = rope_angles(torch.cat([torch.arange(L, device=device)] * 2), self.cfg.width // self.cfg.heads)
         per_block = self.condition(t.flatten()).view(N, t.shape[1], -1)
         values = torch.cat([self.clean_condition(N, device)[:, None], per_block], 1)  # (N, 1 + L / B, D)
@@ -95,7 +95,7 @@ class BlockCausalMixin:
         allowed = block_causal_attn_mask(key_mask, self.cfg.block_size, start)
         caches = [KVCache() for _ in self.blocks] if prefix is None else prefix.blocks
         rope = rope_angles(torch.arange(start, start + n, device=clean.device), self.cfg.width // self.cfg.heads)
-        x, cond = self._embed(clean, 0), self.clean_condition(N, clean.device)
+        x, cond = self._embed_prefix(clean), self.clean_condition(N, clean.device)
         for block, cache in zip(self.blocks, caches):
             cache.frozen = False
             x = block(x, rope, allowed, cond=cond, cache=cache)

@@ -64,10 +64,13 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
     context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
     context and its own previous clean estimate."""
-    def __init__(self, cfg: DiTConfig, latent_channels: int, *, pooled_context: bool = True, train_null: bool = True):
+    def __init__(self, cfg: DiTConfig, latent_channels: int, *, pooled_context: bool = True, train_null: bool = True,
+                 prefix_channels: int | None = None):
         """`pooled_context`, `train_null`: whether the generation mode reads the pooled prompt (with
         dit.pooled_context) and the learned null vector (with dit.null_context=learned) - `GenerationMode.new_dit`
-        says, so that no parameter is trained outside the mode's graph (DDP stops at its second step on one)."""
+        says, so that no parameter is trained outside the mode's graph (DDP stops at its second step on one).
+        `prefix_channels`: block mode's clean prefix is features of this width (a context LM's hidden states,
+        dit.context_encoder), not the latents."""
         super().__init__()
         self.cfg = cfg
         self.latent_channels = latent_channels
@@ -86,8 +89,13 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         # what the prompt is about directly, not only through attention
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
             if cfg.pooled_context and pooled_context else None
-        # CFG's null condition (trained only where the mode reads it: block mode's empty prefix does not)
-        self.null_context = nn.Parameter(torch.zeros(latent_channels),
+        # a context LM's hidden states enter through their own projection, normalised first (an LM's hidden states
+        # have a few huge channels)
+        self.prefix_in = None if prefix_channels is None else nn.Sequential(
+            nn.LayerNorm(prefix_channels, elementwise_affine=False), nn.Linear(prefix_channels, w))
+        # CFG's null condition, in the space of the clean context (trained only where the mode reads it: block
+        # mode's empty prefix does not)
+        self.null_context = nn.Parameter(torch.zeros(prefix_channels or latent_channels),
                                          requires_grad=cfg.null_context == "learned" and train_null)
         # cacheable-context variant: the context's adaLN condition, free of t
         self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
@@ -140,6 +148,13 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     def _embed(self, latents, segment: int):
         x = self.in_proj(latents.to(self.in_proj.weight.dtype))
         return x + self.segment.weight[segment]
+
+    def _embed_prefix(self, clean):
+        """Block mode's clean prefix (N, L, C or prefix_channels) -> (N, L, D): the latents' embedding, or a
+        context LM's states through their projection."""
+        if self.prefix_in is None:
+            return self._embed(clean, 0)
+        return self.prefix_in(clean.to(self.in_proj.weight.dtype)) + self.segment.weight[0]
 
     def _embed_target(self, x_t, self_cond):
         """The target's input embedding, plus the self-conditioning estimate (None = zeros) when the model has it."""

@@ -145,6 +145,21 @@ class Teacher(nn.Module):
         out, self._captured = self._captured, None
         return out.float()
 
+    @torch.no_grad()
+    def states(self, ids: torch.Tensor, mask: torch.Tensor, cache=None):
+        """Incremental features for sampling: ids (N, n) the next tokens of left-padded rows, mask (N, past + n)
+        True at the real tokens so far (these included), `cache` the KV cache of the past (None: none yet) ->
+        ((N, n, hidden) features, the cache with these tokens added). Positions count real tokens only, so a
+        left-padded row gets the features it would get alone."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache() if cache is None else cache
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+        self.model.base_model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache,
+                              use_cache=True)
+        out, self._captured = self._captured, None
+        return out.float(), cache
+
     def train(self, mode: bool = True):  # the teacher is never put in training mode
         """Ignored: the teacher always stays in eval mode."""
         return super().train(False)

@@ -241,7 +241,8 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
     dit, tcfg, e = mode.dit, cfg.dit_train, cfg.eval
     stage = Stage(
         name="dit", desc="DiT", model=dit, objective=mode,
-        batches=dit_batches(train, vae, mode, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
+        batches=dit_batches(mode.training_source(cfg, train, device, progress), vae, mode, tcfg.batch_size, cfg.seed,
+                            device), train_config=tcfg,
         tokens_per_step=tcfg.batch_size * mode.tokens_per_sequence(), flops_per_step=mode.train_flops(tcfg.batch_size),
         evaluate=lambda: evaluate_dit(mode, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
         pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), export="model",

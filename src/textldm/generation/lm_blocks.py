@@ -1,0 +1,133 @@
+"""Block mode with a pretrained context encoder (`dit.context_encoder`, STAR-LDM / DGLM-style): every noisy block reads,
+as its clean prefix, a frozen causal LM's hidden states of the tokens before it (`dit.context_layer`) instead of
+their VAE latents. The target stays the VAE's latents, decoded beside the window's latents as in plain block mode.
+The LM carries what it learned in pretraining into the latent space: the DiT only learns to map "what comes next"
+states to next-block latents. Training reads the LM's states of whole windows (at every step, or precomputed to
+disk once: `dit.context_features`); sampling keeps the LM's KV cache over the window's committed tokens, so each
+block costs one LM forward over its B tokens (`LMPrefix`). The LM's FLOPs are a frozen helper's: not in the trained
+FLOPs, as the REPA teacher's are not.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from textldm.config import Config, DiTConfig
+from textldm.data.shards import TokenStream
+from textldm.errors import UserError
+from textldm.generation.blocks import Blocks
+from textldm.models.dit import TextDiT
+from textldm.models.teacher import Teacher, resolve
+from textldm.models.vae import TextVAE
+from textldm.training.precision import teacher_context
+from textldm.training.teacher_cache import TeacherCache, build_teacher_cache, default_folder
+
+log = logging.getLogger(__name__)
+
+
+def lm_hidden_size(name: str) -> int:
+    """The hidden width of a causal LM, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name)).hidden_size
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the config of dit.context_encoder '{name}': {str(e).splitlines()[0]}; give a "
+                        "Hugging Face causal LM name (needs internet the first time) or a local model folder") from None
+
+
+class LMPrefix:
+    """The sampling prefix of `LMBlocks` (`blocks.LatentPrefix`'s methods): the context LM's states, its KV cache
+    carried from block to block, so a committed block costs one LM forward over its own tokens."""
+
+    def __init__(self, lm: Teacher):
+        self.lm = lm
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+        return self.lm.states(ids, mask)  # in the sampler's precision (its autocast), as the DiT
+
+    def extend(self, cache, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+        return self.lm.states(block_ids, mask, cache)
+
+    def keep(self, cache, index: torch.Tensor):
+        cache.batch_select_indices(index)
+        return cache
+
+
+class LMBlocks(Blocks):
+    """Block mode whose clean prefix is a frozen causal LM's states. The batch is plain block mode's (windows, their
+    latents, noise, a time per block) plus the LM's states of the same windows under "context"."""
+    name = "lm_blocks"
+
+    def __init__(self, dit: TextDiT, lm: Teacher | None = None):
+        """`lm`: the context LM, already built (tests, or a caller that has it); default: dit.context_encoder loaded
+        at dit.context_layer, frozen, on the DiT's device."""
+        super().__init__(dit)
+        d = dit.cfg
+        self.lm = lm if lm is not None else Teacher(d.context_encoder, d.context_layer)
+        self.lm.to(next(dit.parameters()).device)
+
+    @staticmethod
+    def selects(d: DiTConfig) -> bool:
+        return d.block_size > 0 and bool(d.context_encoder)
+
+    @staticmethod
+    def rules(config: Config) -> list[tuple[bool, str]]:
+        d = config.dit
+        return Blocks.rules(config) + [
+            (d.context_windows == 0 or bool(d.context_features),
+             "dit.context_windows counts precomputed windows: set dit.context_features=auto (or a folder) too")]
+
+    @classmethod
+    def new_dit(cls, d: DiTConfig, latent_channels: int, prefix_channels: int | None = None) -> TextDiT:
+        """A block-mode TextDiT whose prefix projection reads the context LM's hidden width (read from its config
+        unless given)."""
+        width = prefix_channels or lm_hidden_size(d.context_encoder)
+        return TextDiT(d, latent_channels, pooled_context=False,
+                       train_null=cls.reads_null(d) and d.null_context == "learned", prefix_channels=width)
+
+    # training ----------------------------------------------------------------------------------------------
+    def training_source(self, cfg: Config, stream: TokenStream, device: torch.device, progress: bool = True):
+        """What training batches are drawn from: the stream (the LM runs at every step) or, with
+        dit.context_features, the LM's states of fixed windows precomputed once to disk (memory-mapped)."""
+        d = cfg.dit
+        if not d.context_features:
+            return stream
+        folder = default_folder(stream, f"context:{d.context_encoder}", d.context_layer, d.window, d.context_windows) \
+            if d.context_features == "auto" else d.context_features
+        if not (Path(folder) / "meta.json").exists():
+            log.info("precomputing the context LM's states of %s windows -> %s", d.context_windows or "all", folder)
+            build_teacher_cache(stream, self.lm, f"context:{d.context_encoder}", d.context_layer, d.window,
+                                Path(folder), d.context_windows, device=device, progress=progress)
+        cache = TeacherCache(folder, stream)
+        if cache.length != d.window or cache.meta["layer"] != d.context_layer:
+            raise UserError(f"context features '{folder}' hold layer {cache.meta['layer']} windows of {cache.length} "
+                            f"tokens; this run needs layer {d.context_layer}, {d.window}: use another folder or auto")
+        return cache
+
+    def batch(self, source, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice, device: torch.device,
+              t: torch.Tensor | None = None) -> dict:
+        """Plain block mode's batch of windows drawn from `source` (a stream, or precomputed features: whole cached
+        windows by index), with the LM's states of those windows under "context". The LM reads each whole window
+        (its states of padding positions are masked out of the DiT)."""
+        if isinstance(source, TeacherCache):
+            idx = torch.randint(0, len(source), (batch_size,), generator=g)
+            ids, features = source.ids(idx), source.features(idx[rows])
+        else:
+            ids, features = source.windows(batch_size, self.dit.cfg.window, g), None
+        batch = self.lay_out(ids, vae, g, rows, device, t)
+        if features is None:
+            with teacher_context(device):
+                features = self.lm(ids[rows].to(device))
+        batch["context"] = features.to(device)
+        return batch
+
+    def prefix(self, batch: dict) -> torch.Tensor:
+        """What the noisy blocks read as their clean prefix: the LM's states of the window."""
+        return batch["context"]
+
+    # sampling ----------------------------------------------------------------------------------------------
+    def prefix_encoder(self) -> LMPrefix:
+        return LMPrefix(self.lm)

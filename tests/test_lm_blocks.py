@@ -1,0 +1,205 @@
+"""Block mode with a pretrained context encoder (dit.context_encoder): the LM's states as the clean prefix - no leak
+from later tokens, the KV-cached states equal a fresh forward, precomputed states equal live ones, the block sampler
+equals a hand-written loop, rows ending under CFG, the config checks, and a tiny model that must learn through it."""
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from builders import RandomStream, perturbed
+from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
+from textldm.errors import UserError
+from textldm.generation import LMBlocks, mode_class
+from textldm.models.teacher import Teacher, load_tokenizer
+from textldm.models.vae import TextVAE
+from textldm.pipeline import TextLDMPipeline, noise_seed
+from textldm.training.precision import teacher_context
+
+VOCAB, C, BLOCK, HIDDEN = 11, 8, 4, 16
+CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    """A tiny random LLaMA saved as a local folder: the context encoder, by path, as a user would name one."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("context-lm")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def tiny_vae(seed: int = 0) -> TextVAE:
+    torch.manual_seed(seed)
+    cfg = VAEConfig(width=32, heads=2, encoder_depth=2, decoder_depth=1, latent_channels=C, max_len=16,
+                    embed_init="random", repa_weight=0.0, encoder_block_size=1)
+    return perturbed(TextVAE(cfg, VOCAB), 0.2, seed).eval()
+
+
+def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot: int = -1) -> TextLDMPipeline:
+    torch.manual_seed(1)
+    d = DiTConfig(width=32, depth=2, heads=2, block_size=BLOCK, block_uncond=uncond, context_min=4,
+                  context_max=CONTEXT, target_min=4, target_max=TARGET, context_encoder=lm_dir)
+    dit = perturbed(LMBlocks.new_dit(d, C), 0.2, 1).eval()
+    vae = tiny_vae()
+    cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
+    return TextLDMPipeline(cfg, None, vae, dit, eot_id=eot)
+
+
+def test_the_context_encoder_selects_the_lm_mode_and_its_projection(lm_dir):
+    d = DiTConfig(block_size=BLOCK, context_encoder=lm_dir)
+    assert mode_class(d) is LMBlocks and mode_class(DiTConfig(block_size=BLOCK)).__name__ == "Blocks"
+    dit = LMBlocks.new_dit(d, C)
+    assert dit.prefix_in[-1].in_features == HIDDEN and dit.null_context.shape == (HIDDEN,)
+
+
+def test_cached_lm_states_of_left_padded_rows_equal_a_fresh_forward(lm_dir):
+    """Teacher.states over left-padded rows, fed in two pieces through its KV cache, gives each row the states of a
+    fresh forward over that row alone (the sampler's LM cache is exact)."""
+    lm = Teacher(lm_dir, -1)
+    rows = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3, 1, 4, 1, 5, 9, 2]]
+    ids = torch.zeros(2, 10, dtype=torch.long)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, 10 - len(r):], mask[i, 10 - len(r):] = torch.tensor(r), True
+    first, cache = lm.states(ids[:, :6], mask[:, :6])
+    second, cache = lm.states(ids[:, 6:], mask, cache)
+    states = torch.cat([first, second], 1)
+    for i, r in enumerate(rows):
+        fresh = lm(torch.tensor([r]))[0]
+        assert torch.allclose(states[i, 10 - len(r):], fresh, atol=1e-5)
+    cache.batch_select_indices(torch.tensor([1]))  # rows that end leave the cache (the sampler's `keep`)
+    after, _ = lm.states(torch.tensor([[6]]), torch.cat([mask[1:], torch.ones(1, 1, dtype=torch.bool)], 1), cache)
+    assert torch.allclose(after[0, -1], lm(torch.tensor([rows[1] + [6]]))[0, -1], atol=1e-5)
+
+
+def test_no_leak_changing_a_token_moves_no_earlier_state_or_velocity(lm_dir):
+    """Token 9 (block 2) changed: the LM's states of tokens 0-8 and the DiT's velocities of blocks 0-2 (block 2
+    reads the states of tokens 0-7) stay exactly equal; block 3's moves (it reads token 9's state)."""
+    pipe = lm_pipeline(lm_dir)
+    mode = pipe.mode
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % VOCAB
+    h, h2 = mode.lm(ids), mode.lm(changed)
+    assert torch.equal(h[:, :9], h2[:, :9]) and not torch.allclose(h[:, 9:], h2[:, 9:])
+    g = torch.Generator().manual_seed(4)
+    x_t, t = torch.randn(2, 16, C, generator=g), torch.rand(2, 4, generator=g)
+    mask = torch.arange(16)[None] >= torch.tensor([0, 2])[:, None]
+    v = pipe.dit.forward_blocks(x_t, t, clean=h, mask=mask)
+    v2 = pipe.dit.forward_blocks(x_t, t, clean=h2, mask=mask)
+    assert torch.equal(v[:, :12], v2[:, :12]) and not torch.allclose(v[:, 12:], v2[:, 12:])
+
+
+def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
+    """The objective's prefix is the LM's states of the batch's whole window; the target the VAE's latents."""
+    pipe = lm_pipeline(lm_dir)
+    mode, vae = pipe.mode, pipe.vae
+    batch = mode.batch(RandomStream(VOCAB), vae, 3, torch.Generator().manual_seed(0), slice(None), torch.device("cpu"))
+    window = RandomStream(VOCAB).windows(3, 16, torch.Generator().manual_seed(0))
+    with teacher_context(torch.device("cpu")):  # training runs the LM as the REPA teacher: bf16 where native
+        assert torch.equal(batch["context"], mode.lm(window))
+    assert batch["clean"].shape == (3, 16, C) and batch["context"].shape == (3, 16, HIDDEN)
+    base = mode.errors(batch, None)
+    moved = dict(batch, context=batch["context"] + torch.randn(batch["context"].shape))  # (LayerNorm: not a shift)
+    assert not torch.allclose(mode.errors(moved, None)[:, 4:], base[:, 4:])  # blocks 1-3 read the states
+    assert torch.equal(mode.errors(moved, None)[:, :4], base[:, :4])  # block 0 has no prefix
+
+
+def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int) -> list[int]:
+    """LM-prefix block sampling written out with the training forward: no cache anywhere (the LM run afresh over the
+    row's tokens of the window at every block), Euler on the schedule grid, CFG over training's dropped rows, each
+    block decoded beside the window's latents."""
+    vae, dit, lm, s = pipe.vae, pipe.dit, pipe.mode.lm, pipe.config.sample
+    grid = pipe.time_grid(s).tolist()
+    out, k, tokens = [], 0, None
+    while len(out) < length:
+        if tokens is None or CONTEXT + len(tokens) + BLOCK > CONTEXT + TARGET:
+            tokens = []
+            recent = (prompt + out)[-CONTEXT:]
+        window = recent + tokens
+        pad = CONTEXT - len(recent)
+        L = pad + len(window) + BLOCK
+        mask = torch.arange(L)[None] >= pad
+        states = torch.zeros(1, L, HIDDEN)
+        states[0, pad: pad + len(window)] = lm(torch.tensor([window]))[0]  # the last block's own: never read
+        ids = torch.tensor([[0] * pad + window + [0] * BLOCK])
+        clean = vae.normalize(vae.encode(ids, mask))
+        x = torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
+        for a, b in zip(grid, grid[1:]):
+            noisy = torch.cat([torch.zeros(1, L - BLOCK, C), x], 1)
+            t = torch.full((1, L // BLOCK), a)
+            drop = torch.ones(1, dtype=torch.bool)
+            v_c = dit.forward_blocks(noisy, t, clean=states, mask=mask)[:, -BLOCK:]
+            v_u = dit.forward_blocks(noisy, t, clean=states, mask=mask, drop=drop)[:, -BLOCK:]
+            x = x + (b - a) * (v_u + s.cfg_scale * (v_c - v_u))
+        z = vae.denormalize(torch.cat([clean[:, :-BLOCK], x], 1))
+        block = vae.decode(z, mask).argmax(-1)[0, -BLOCK:].tolist()
+        out, tokens, k = out + block, tokens + block, k + 1
+    return out[:length]
+
+
+@pytest.mark.parametrize("uncond", ["empty", "null_latent"])
+def test_the_lm_block_sampler_equals_a_reference_loop(lm_dir, uncond):
+    """Prompts of 3, 5 and 8 tokens continued by 13 tokens (4 blocks over two windows) in one batch: token for
+    token what the uncached reference loop writes for each; and any batch gives a row the same text."""
+    pipe = lm_pipeline(lm_dir, uncond)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1, 2, 3, 4, 5, 6]]
+    with torch.no_grad():
+        rows = pipe.generate_ids(prompts, length=13, solver="euler", seed=5)
+        assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
+    assert pipe.last_evaluations == 4 * 4 * 2
+    assert pipe.generate_ids(prompts[1:2], length=13, seed=5, first_index=1) == rows[1:2]
+
+
+def test_rows_ending_at_different_blocks_keep_the_others_exact(lm_dir):
+    """With an end-of-text that some rows write early, the rows left (their LM cache rows kept by index) continue
+    exactly as each does alone."""
+    pipe = lm_pipeline(lm_dir, eot=10)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 1, 2, 3, 4, 5], [2, 2, 2, 2]]
+    together = pipe.generate_ids(prompts, length=16, seed=2)
+    alone = [pipe.generate_ids([p], length=16, seed=2, first_index=i)[0] for i, p in enumerate(prompts)]
+    assert together == alone
+    assert len({len(r) for r in together}) > 1, together  # the test needs rows that end at different blocks
+
+
+def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny_corpus, cache_home):
+    """dit.context_features=auto: the LM's states of fixed windows stored once (float16) equal a fresh forward over
+    those windows, training batches read them, and a second source reuses the folder."""
+    from conftest import tiny_overrides
+    from textldm.training import stages
+    from textldm.training.teacher_cache import TeacherCache
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
+                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=12",
+                       "vae.encoder_block_size=1", "dit.block_size=4"])
+    _, _, train, _ = stages.prepare_data(cfg)
+    mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    cache = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
+    assert isinstance(cache, TeacherCache) and len(cache) == 12 and cache.length == cfg.dit.window
+    idx = torch.tensor([0, 5, 11])
+    fresh = mode.lm(cache.ids(idx))
+    assert torch.allclose(cache.features(idx), fresh, atol=1e-2 * fresh.abs().max().item())
+    vae = TextVAE(cfg.vae, len(load_tokenizer(tiny_model_dir))).eval()
+    batch = mode.batch(cache, vae, 4, torch.Generator().manual_seed(0), slice(None), torch.device("cpu"))
+    drawn = torch.randint(0, 12, (4,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch["context"], cache.features(drawn))
+    assert torch.equal(batch["ids"][batch["mask"]], cache.ids(drawn)[batch["mask"]])
+    features = Path(cache.features_map.filename)
+    mtime = features.stat().st_mtime_ns
+    again = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
+    assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
+
+
+def test_lm_mode_config_checks(lm_dir):
+    """The LM needs block mode; precomputed-window counts need precomputing on."""
+    with pytest.raises(UserError, match="needs block mode"):
+        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=0", "vae.encoder_block_size=0"])
+    with pytest.raises(UserError, match="dit.context_features"):
+        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1",
+                           "dit.context_windows=10"])
+    with pytest.raises(UserError, match="block-causal VAE"):
+        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=0"])
+    load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1"])  # valid
