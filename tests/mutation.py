@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: every test not marked slow or browser (pyproject.toml's markers), stopped at the first failure;
 # the files that kill most mutants run first (the same tests either way: only the time to a kill changes)
-FIRST = ["test_recipe", "test_block", "test_learning", "test_ar", "test_models", "test_flow", "test_levers",
+FIRST = ["test_recipe", "test_block", "test_lm_blocks", "test_learning", "test_ar", "test_models", "test_flow", "test_levers",
          "test_train", "test_teacher", "test_data"]
 FAST_SUITE = [f"tests/{name}.py" for name in FIRST] + sorted(
     f"tests/{p.name}" for p in (Path(__file__).parent).glob("test_*.py") if p.stem not in FIRST)
@@ -341,7 +341,19 @@ MUTANTS = [
            "nan and inf config values accepted"),
     Mutant("M96", "training/stages.py", "    if not getattr(cfg, f\"{stage}_train\").checkpoint_every:\n",
            "    if False:\n", "--resume on a run that saves no checkpoint silently starts from step 0"),
+    # the context-LM mode (dit.context_encoder): what the prefix is, and the LM's cache at sampling
+    Mutant("M97", "generation/lm_blocks.py", 'return batch["context"]', 'return torch.zeros_like(batch["context"])',
+           "context-LM mode: the DiT is trained on a blank prefix (the LM's states never reach it)"),
+    Mutant("M98", "models/teacher.py", "positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]",
+           "positions = torch.arange(mask.shape[1] - ids.shape[1], mask.shape[1]).expand(ids.shape[0], -1)",
+           "context LM at sampling: left padding shifts a short prompt's positions (states unlike training's)"),
+    Mutant("M99", "generation/lm_blocks.py", "        cache.batch_select_indices(index)\n", "",
+           "context LM at sampling: rows that end stay in the LM's cache (the others read their neighbours' states)"),
+    Mutant("M100", "generation/lm_blocks.py", "ids, features = source.ids(idx), source.features(idx[rows])",
+           "ids, features = source.ids(idx), source.features(idx.flip(0)[rows])",
+           "precomputed context states: a window's tokens paired with another window's LM states"),
 ]
+
 
 
 def export_tree(rev: str | None, dest: Path) -> None:

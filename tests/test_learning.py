@@ -47,8 +47,10 @@ def _train_cfg(steps: int, lr: float) -> TrainConfig:
                        grad_clip=1.0)
 
 
-def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, block_size: int = 0):
-    """(pipeline, held-out prompts, their true continuations). block_size > 0: block mode, on a causal VAE."""
+def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, block_size: int = 0,
+                      context_encoder: str = ""):
+    """(pipeline, held-out prompts, their true continuations). block_size > 0: block mode, on a causal VAE;
+    `context_encoder`: with a causal LM's states as the prefix."""
     torch.manual_seed(seed)
     stream = PeriodicStream()
     vae_cfg = VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
@@ -65,7 +67,8 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
                         target_min=PERIOD, target_max=PERIOD)
     if block_size:  # windows of 16 tokens (the VAE's max_len), blocks of `block_size`
         dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1,
-                            target_min=PERIOD, target_max=16 - CONTEXT_MAX - 1, block_size=block_size)
+                            target_min=PERIOD, target_max=16 - CONTEXT_MAX - 1, block_size=block_size,
+                            context_encoder=context_encoder)
     mode = mode_of(new_dit(dit_cfg, vae_cfg.latent_channels))
     dit = mode.dit
     fit(mode, dit_batches(stream, vae, mode, 64, seed=2 + seed, device=torch.device("cpu")),
@@ -189,3 +192,18 @@ def test_block_mode_without_the_prefix_scores_near_chance_and_the_prompt_decides
     acc = accuracy(pipe.generate_ids(prompts, length=PERIOD, cfg_scale=0.0), truths)
     assert acc < CHANCE + 0.12, f"block mode: token accuracy {acc:.3f} without the prefix (chance {CHANCE:.2f})"
     assert same_noise_agreement(pipe, prompts[:12], PERIOD, seed=3) < CHANCE + 0.12
+
+
+@pytest.fixture(scope="module")
+def learned_lm_blocks(tiny_model_dir):
+    return train_tiny_recipe(block_size=PERIOD // 2, context_encoder=tiny_model_dir)
+
+
+def test_the_lm_prefix_mode_learns_the_copy_task_through_the_lm_states(learned_lm_blocks):
+    """dit.context_encoder (a random 4-layer LLaMA here): the prefix is the LM's states, never the VAE's latents, so
+    the copy can only be learned through them; without the prefix (CFG's null branch) it is near chance."""
+    pipe, prompts, truths = learned_lm_blocks
+    acc = accuracy(pipe.generate_ids(prompts, length=2 * PERIOD), [t + t for t in truths])
+    assert acc > 0.8, f"LM-prefix block mode: token accuracy {acc:.3f} (chance {CHANCE:.2f})"
+    acc = accuracy(pipe.generate_ids(prompts, length=PERIOD, cfg_scale=0.0), truths)
+    assert acc < CHANCE + 0.12, f"LM-prefix block mode: token accuracy {acc:.3f} without the prefix"

@@ -203,3 +203,23 @@ def test_lm_mode_config_checks(lm_dir):
     with pytest.raises(UserError, match="block-causal VAE"):
         load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=0"])
     load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1"])  # valid
+
+
+def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+    """The demo preset with the context LM on (its states precomputed): trained from the cache, reported, saved; the
+    reloaded model is the LM mode again (the LM found by its name) and continues a prompt as the trained one did."""
+    from conftest import tiny_overrides
+    from textldm import demo
+
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
+                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=16"])
+    report = demo.demo(cfg, progress=False)
+    e = report["dit_eval"]
+    assert 0 < e["with_prompt"] and 0 < e["prompt_dropped"] and report["continuations"]["gen_ppl"] > 1
+    assert list((tmp_path / "cache").rglob("features.bin"))  # trained from precomputed states
+    pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
+    assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_encoder == tiny_model_dir
+    ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
+    first = pipe.generate_ids([ids], length=5, seed=3)[0]
+    assert 0 < len(first) <= 5 and pipe.generate_ids([ids], length=5, seed=3)[0] == first
