@@ -108,7 +108,8 @@ def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
     assert torch.equal(mode.errors(moved, None)[:, :4], base[:, :4])  # block 0 has no prefix
 
 
-def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int) -> list[int]:
+def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int,
+                       noise_scale: float = 1.0) -> list[int]:
     """LM-prefix block sampling written out with the training forward: no cache anywhere (the LM run afresh over the
     row's tokens of the window at every block), Euler on the schedule grid, CFG over training's dropped rows, each
     block decoded beside the window's latents."""
@@ -127,7 +128,7 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
         states[0, pad: pad + len(window)] = lm(torch.tensor([window]))[0]  # the last block's own: never read
         ids = torch.tensor([[0] * pad + window + [0] * BLOCK])
         clean = vae.normalize(vae.encode(ids, mask))
-        x = torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
+        x = noise_scale * torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
         for a, b in zip(grid, grid[1:]):
             noisy = torch.cat([torch.zeros(1, L - BLOCK, C), x], 1)
             t = torch.full((1, L // BLOCK), a)
@@ -152,6 +153,18 @@ def test_the_lm_block_sampler_equals_a_reference_loop(lm_dir, uncond):
         assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
     assert pipe.last_evaluations == 4 * 4 * 2
     assert pipe.generate_ids(prompts[1:2], length=13, seed=5, first_index=1) == rows[1:2]
+
+
+def test_the_noise_scale_scales_the_starting_noise(lm_dir):
+    """sample.noise_scale: the sampler equals the reference loop started from scaled noise; at 0 the seed no longer
+    matters (the mean path)."""
+    pipe = lm_pipeline(lm_dir)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    with torch.no_grad():
+        rows = pipe.generate_ids(prompts, length=6, seed=5, noise_scale=0.5)
+        assert rows == [reference_generate(pipe, p, 6, 5, i, noise_scale=0.5) for i, p in enumerate(prompts)]
+    assert pipe.generate_ids(prompts, length=6, seed=1, noise_scale=0.0) == \
+        pipe.generate_ids(prompts, length=6, seed=2, noise_scale=0.0)
 
 
 def test_rows_ending_at_different_blocks_keep_the_others_exact(lm_dir):

@@ -313,6 +313,9 @@ class SampleConfig(Checked):
     precision: SamplePrecision = "fp32"
     length: int = 48  # continuation length in tokens
     seed: int = 0
+    # the starting noise's scale, every diffusion mode: 1 = the trained prior; < 1 samples nearer the mean path
+    # (0 = from x0 = 0, deterministic), as a temperature does for an AR model
+    noise_scale: float = 1.0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 0.95
@@ -328,7 +331,8 @@ class SampleConfig(Checked):
     def rules(self, name):
         return [self.within(name, key, interval) for key, interval in (
             ("steps", "[1, inf)"), ("length", "[1, inf)"), ("cfg_scale", "[0, inf)"), ("shift", "(0, inf)"),
-            ("temperature", "[0, inf)"), ("top_p", "(0, 1]"), ("top_k", "[0, inf)"), ("seed", "[0, inf)"))] + [
+            ("temperature", "[0, inf)"), ("top_p", "(0, 1]"), ("top_k", "[0, inf)"), ("seed", "[0, inf)"),
+            ("noise_scale", "[0, inf)"))] + [
             (interval_problem(self.cfg_min_t, self.cfg_max_t) is None,
              f"need 0 <= {name}.cfg_min_t <= {name}.cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}")]
 

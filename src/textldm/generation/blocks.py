@@ -11,7 +11,7 @@ from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, stratified_t
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
@@ -169,7 +169,7 @@ class Blocks(GenerationMode):
         latents (the decoder reads the whole window, as in training). The step callback's decoder shows the first
         `take` tokens of the block: what the text keeps."""
         B = self.dit.cfg.block_size
-        x = start_noise(seeds, B, self.dit.latent_channels, pipe.device)
+        x = run.start_noise(seeds, B, self.dit.latent_channels, pipe.device)
         conditional = state.prefix.rows(torch.arange(len(seeds), device=pipe.device)) if state.guided \
             else state.prefix
 

@@ -49,6 +49,11 @@ class SamplingRun:
     stopped: bool = False
     evaluations: int = 0
 
+    def start_noise(self, seeds: list[int], length: int, channels: int, device) -> torch.Tensor:
+        """The starting noise of rows with these seeds (`start_noise`), scaled by the settings' noise_scale."""
+        x = start_noise(seeds, length, channels, device)
+        return x if self.settings.noise_scale == 1 else x * self.settings.noise_scale
+
     def step_callback(self, decode):
         """The callback the solver calls within one window or block (`decode`: that window's or block's decoder),
         or None without a caller's callback."""

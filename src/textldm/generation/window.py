@@ -10,7 +10,7 @@ from textldm.config import Config
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, start_noise, stratified_t
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, stratified_t
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
 
@@ -165,7 +165,7 @@ class FullWindow(GenerationMode):
         with pipe.autocast(run.settings):
             context, ctx_mask = pipe.encode_rows(contexts)
             right, right_mask = pipe.encode_rows(rights) if rights is not None else (None, None)
-            x = start_noise(seeds, length, self.dit.latent_channels, pipe.device)
+            x = run.start_noise(seeds, length, self.dit.latent_channels, pipe.device)
             conditions = {"context": context, "context_mask": ctx_mask, "right": right, "right_mask": right_mask}
             velocity = self.window_velocity(run, x, conditions)
             x = integrate(velocity, x, run.grid, run.settings.solver,
