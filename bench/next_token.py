@@ -1,0 +1,95 @@
+"""The latent-to-token interface, measured as the next token: on held-out windows, the first token a trained TextLDM
+samples after a prompt, against the true next token and against the backbone LM's own top-1 (issue 30's yardstick:
+>= 0.9x the LM's top-1 accuracy), for sampler settings side by side (noise scale, CFG, steps), the same prompts and
+seeds for every setting.
+
+    python bench/next_token.py --model runs/lm/model [--prompts 256] [--out bench/results/next_token.json]
+
+The LM is the model's teacher (its tokenizer's LM: for a context-encoder model, the conditioner itself). Printed per
+setting: accuracy vs the true token, agreement with the LM's top-1, the LM's mean probability of the sampled token,
+and the ratio accuracy / LM top-1 accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from textldm.models.teacher import resolve
+from textldm.pipeline import TextLDMPipeline
+from textldm.training.distributed import step_generator
+from textldm.training.stages import prepare_data
+
+SETTINGS = [  # label, sampler overrides
+    ("noise 1, cfg 1", {"noise_scale": 1.0, "cfg_scale": 1.0}),
+    ("noise 1, cfg 2", {"noise_scale": 1.0, "cfg_scale": 2.0}),
+    ("noise 0.5, cfg 1", {"noise_scale": 0.5, "cfg_scale": 1.0}),
+    ("noise 0.5, cfg 2", {"noise_scale": 0.5, "cfg_scale": 2.0}),
+    ("noise 0 (x0 = 0), cfg 1", {"noise_scale": 0.0, "cfg_scale": 1.0}),
+    ("noise 0 (x0 = 0), cfg 2", {"noise_scale": 0.0, "cfg_scale": 2.0}),
+    ("noise 0.5, cfg 1, 30 steps", {"noise_scale": 0.5, "cfg_scale": 1.0, "steps": 30}),
+]
+
+
+def held_out(pipe: TextLDMPipeline, n: int, prompt_len: int, seed: int):
+    """n held-out prompts of prompt_len tokens (validation split) and their true next tokens."""
+    _, _, _, val = prepare_data(pipe.config)
+    windows = val.windows(n, prompt_len + 1, step_generator(seed, 0, 77))
+    return windows[:, :prompt_len], windows[:, prompt_len]
+
+
+@torch.no_grad()
+def lm_probabilities(name: str, prompts: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """(n, vocab) next-token probabilities of the LM after each prompt."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32).eval()
+    return torch.cat([lm(input_ids=prompts[i: i + batch]).logits[:, -1].softmax(-1)
+                      for i in range(0, len(prompts), batch)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--prompt-len", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    pipe = TextLDMPipeline.from_pretrained(args.model)
+    prompts, truth = held_out(pipe, args.prompts, args.prompt_len, args.seed)
+    probs = lm_probabilities(pipe.config.teacher.name, prompts)
+    vocab = probs.shape[1]
+    lm_top1 = probs.argmax(-1)
+    lm_acc = (lm_top1 == truth).float().mean().item()
+    rows = [{"setting": "backbone LM top-1", "accuracy": lm_acc, "agrees_with_lm": 1.0,
+             "lm_prob_of_sample": probs.max(-1).values.mean().item(), "vs_lm_top1": 1.0}]
+    print(f"{args.prompts} held-out prompts of {args.prompt_len} tokens; LM top-1 accuracy {lm_acc:.3f}, LM p(true) "
+          f"{probs.gather(1, truth[:, None]).mean().item():.3f}")
+    for label, overrides in SETTINGS:
+        start = time.time()
+        sampled = torch.tensor([r[0] if r else -1 for r in
+                                pipe.generate_ids(prompts.tolist(), length=1, seed=args.seed, **overrides)])
+        ok = sampled.clamp(0, vocab - 1)
+        acc = (sampled == truth).float().mean().item()
+        row = {"setting": label, **overrides, "accuracy": acc,
+               "agrees_with_lm": (sampled == lm_top1).float().mean().item(),
+               "lm_prob_of_sample": probs.gather(1, ok[:, None]).mean().item(), "vs_lm_top1": acc / lm_acc if lm_acc else None,
+               "seconds": time.time() - start}
+        rows.append(row)
+        ratio = "n/a" if row["vs_lm_top1"] is None else f"{row['vs_lm_top1']:.2f}x"
+        print(f"{label:30s} acc {acc:.3f} = {ratio} LM top-1, agrees with the LM "
+              f"{row['agrees_with_lm']:.3f}, LM p(sample) {row['lm_prob_of_sample']:.3f} ({row['seconds']:.0f} s)")
+    if args.out:
+        out = {"model": args.model, "prompts": args.prompts, "prompt_len": args.prompt_len, "seed": args.seed,
+               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d"), "rows": rows}
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
