@@ -78,7 +78,8 @@ def main():
         acc = (sampled == truth).float().mean().item()
         row = {"setting": label, **overrides, "accuracy": acc,
                "agrees_with_lm": (sampled == lm_top1).float().mean().item(),
-               "lm_prob_of_sample": probs.gather(1, ok[:, None]).mean().item(), "vs_lm_top1": acc / lm_acc if lm_acc else None,
+               "lm_prob_of_sample": probs.gather(1, ok[:, None]).mean().item(),
+               "vs_lm_top1": acc / lm_acc if lm_acc else None,
                "seconds": time.time() - start}
         rows.append(row)
         ratio = "n/a" if row["vs_lm_top1"] is None else f"{row['vs_lm_top1']:.2f}x"
