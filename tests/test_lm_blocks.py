@@ -55,10 +55,22 @@ def test_the_context_encoder_selects_the_lm_mode_and_its_projection(lm_dir):
     assert dit.prefix_in[-1].in_features == HIDDEN and dit.null_context.shape == (HIDDEN,)
 
 
-def test_cached_lm_states_of_left_padded_rows_equal_a_fresh_forward(lm_dir):
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2: absolute position embeddings, where a left pad would shift every state (RoPE hides it)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("context-gpt2")
+    GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=16, n_layer=2, n_head=2)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cached_lm_states_of_left_padded_rows_equal_a_fresh_forward(lm_dir, gpt2_dir, arch):
     """Teacher.states over left-padded rows, fed in two pieces through its KV cache, gives each row the states of a
-    fresh forward over that row alone (the sampler's LM cache is exact)."""
-    lm = Teacher(lm_dir, -1)
+    fresh forward over that row alone (the sampler's LM cache is exact), with rotary and absolute positions."""
+    lm = Teacher(lm_dir if arch == "llama" else gpt2_dir, -1)
     rows = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3, 1, 4, 1, 5, 9, 2]]
     ids = torch.zeros(2, 10, dtype=torch.long)
     mask = torch.zeros(2, 10, dtype=torch.bool)
