@@ -149,7 +149,8 @@ def test_out_of_range_and_non_finite_values_are_refused_by_name(override, fragme
     assert fragment in str(e.value)
 
 
-ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_block"}  # negative values mean something
+ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_block",
+             "dit.context_layer"}  # negative values mean something (the layers: checked against the LM when loaded)
 
 
 def numeric_keys():
