@@ -10,7 +10,6 @@ FLOPs, as the REPA teacher's are not.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -22,7 +21,7 @@ from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, resolve
 from textldm.models.vae import TextVAE
 from textldm.training.precision import teacher_context
-from textldm.training.teacher_cache import TeacherCache, build_teacher_cache, default_folder
+from textldm.training.teacher_cache import TeacherCache, open_or_build
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,9 @@ class LMBlocks(Blocks):
         d = cfg.dit
         if not d.context_features:
             return stream
-        folder = default_folder(stream, f"context:{d.context_encoder}", d.context_layer, d.window, d.context_windows) \
-            if d.context_features == "auto" else d.context_features
-        if not (Path(folder) / "meta.json").exists():
-            log.info("precomputing the context LM's states of %s windows -> %s", d.context_windows or "all", folder)
-            build_teacher_cache(stream, self.lm, f"context:{d.context_encoder}", d.context_layer, d.window,
-                                Path(folder), d.context_windows, device=device, progress=progress)
-        cache = TeacherCache(folder, stream)
-        if cache.length != d.window or cache.meta["layer"] != d.context_layer:
-            raise UserError(f"context features '{folder}' hold layer {cache.meta['layer']} windows of {cache.length} "
-                            f"tokens; this run needs layer {d.context_layer}, {d.window}: use another folder or auto")
-        return cache
+        return open_or_build(stream, self.lm, f"context:{d.context_encoder}", d.context_layer, d.window,
+                             d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
+                             "context features")
 
     def batch(self, source, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice, device: torch.device,
               t: torch.Tensor | None = None) -> dict:

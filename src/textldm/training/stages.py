@@ -34,7 +34,7 @@ from textldm.training.evaluate import evaluate_ar, evaluate_dit, evaluate_vae, l
 from textldm.training.loop import fit
 from textldm.training.objectives import ARObjective, VAEObjective
 from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
-from textldm.training.teacher_cache import TeacherCache, build_teacher_cache, default_folder
+from textldm.training.teacher_cache import open_or_build
 from textldm.utils import atomic_write_text, environment, param_count, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -189,18 +189,8 @@ def teacher_cache(cfg: Config, train: TokenStream, teacher: Teacher, device: tor
     """The precomputed teacher features that vae.teacher_cache names ("auto": a folder in the cache keyed by
     corpus, teacher, layer and window), built on rank 0 the first time."""
     v = cfg.vae
-    folder = default_folder(train, cfg.teacher.name, cfg.teacher.layer, v.max_len, v.teacher_cache_windows) \
-        if v.teacher_cache == "auto" else Path(v.teacher_cache)
-    if is_main() and not (folder / "meta.json").exists():
-        log.info("precomputing teacher features into %s", folder)
-        build_teacher_cache(train, teacher, cfg.teacher.name, cfg.teacher.layer, v.max_len, folder,
-                            v.teacher_cache_windows, cfg.eval.batch_size, device, progress)
-    barrier()
-    cache = TeacherCache(folder, train)
-    if cache.length != v.max_len or cache.meta["layer"] != cfg.teacher.layer:
-        raise UserError(f"teacher cache '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} "
-                        f"tokens; this run needs layer {cfg.teacher.layer}, {v.max_len}: use another folder or auto")
-    return cache
+    return open_or_build(train, teacher, cfg.teacher.name, cfg.teacher.layer, v.max_len, v.teacher_cache,
+                         v.teacher_cache_windows, cfg.eval.batch_size, device, progress, "teacher cache")
 
 
 def cache_teacher(cfg: Config, progress: bool = True) -> Path:

@@ -18,6 +18,7 @@ import torch
 
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
+from textldm.training.distributed import barrier, is_main
 from textldm.training.precision import teacher_context
 from textldm.utils import atomic_dir, cache_dir
 
@@ -94,3 +95,19 @@ class TeacherCache:
     def features(self, idx: torch.Tensor) -> torch.Tensor:
         """Teacher features (float32) of the cached windows `idx`."""
         return torch.from_numpy(np.stack([self.features_map[i] for i in idx.tolist()]).astype(np.float32))
+
+
+def open_or_build(stream: TokenStream, teacher, teacher_name: str, layer: int, length: int, setting: str,
+                  windows: int, batch_size: int, device: torch.device, progress: bool, what: str) -> TeacherCache:
+    """The precomputed features a setting names ("auto": a folder in the cache keyed by corpus, teacher, layer and
+    window; else the folder given), built on rank 0 the first time, checked against the run's layer and length.
+    `what`: the setting's key, for the messages (vae.teacher_cache, dit.context_features)."""
+    folder = default_folder(stream, teacher_name, layer, length, windows) if setting == "auto" else Path(setting)
+    if is_main() and not (folder / "meta.json").exists():
+        build_teacher_cache(stream, teacher, teacher_name, layer, length, folder, windows, batch_size, device, progress)
+    barrier()
+    cache = TeacherCache(folder, stream)
+    if cache.length != length or cache.meta["layer"] != layer:
+        raise UserError(f"{what} '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} tokens; this "
+                        f"run needs layer {layer}, {length}: use another folder or auto")
+    return cache
