@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from builders import RandomStream, perturbed
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
@@ -228,6 +229,36 @@ def test_lm_mode_config_checks(lm_dir):
     with pytest.raises(UserError, match="block-causal VAE"):
         load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=0"])
     load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1"])  # valid
+
+
+def test_a_context_lm_with_another_tokenizer_is_refused(tiny_model_dir, lm_dir, tmp_path, caplog):
+    """The LM must read the run's ids: the same tokenizer passes, a vocabulary with two ids swapped is refused, an
+    LM without a tokenizer passes with a warning when it has a row per id and is refused when it has fewer."""
+    from textldm.generation.lm_blocks import check_tokenizer
+
+    check_tokenizer(tiny_model_dir, tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    same = tmp_path / "same"
+    tok.save_pretrained(same)
+    LlamaForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(same)
+    check_tokenizer(tiny_model_dir, str(same))  # another folder, the same vocabulary
+    vocab = tok.get_vocab()
+    a, b = sorted(vocab, key=vocab.get)[2:4]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    swapped = tmp_path / "swapped"
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(swapped)
+    LlamaForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(swapped)
+    with pytest.raises(UserError, match="2 of its .* tokens have another id"):
+        check_tokenizer(tiny_model_dir, str(swapped))
+    with pytest.raises(UserError, match=f"has {VOCAB} embedding rows, fewer than"):
+        check_tokenizer(tiny_model_dir, lm_dir)  # no tokenizer, 11 rows for the tiny tokenizer's ids
+    wide = tmp_path / "wide"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(wide)
+    check_tokenizer(tiny_model_dir, str(wide))
+    assert "ships no tokenizer" in caplog.text
 
 
 def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from textldm.data.shards import TokenStream
 from textldm.errors import UserError
 from textldm.generation.blocks import Blocks
 from textldm.models.dit import TextDiT
-from textldm.models.teacher import Teacher, resolve
+from textldm.models.teacher import Teacher, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
 from textldm.training.precision import teacher_context
 from textldm.training.teacher_cache import TeacherCache, open_or_build
@@ -26,15 +26,41 @@ from textldm.training.teacher_cache import TeacherCache, open_or_build
 log = logging.getLogger(__name__)
 
 
-def lm_hidden_size(name: str) -> int:
-    """The hidden width of a causal LM, from its config alone (no weights loaded)."""
+def lm_config(name: str):
+    """A causal LM's config alone (no weights loaded)."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve(name)).hidden_size
+        return AutoConfig.from_pretrained(resolve(name))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the config of dit.context_encoder '{name}': {str(e).splitlines()[0]}; give a "
                         "Hugging Face causal LM name (needs internet the first time) or a local model folder") from None
+
+
+def check_tokenizer(run_tokenizer: str, encoder: str) -> None:
+    """The context LM reads the run's token ids, so it must share the run's tokenizer (teacher.name's): every token
+    of the run's vocabulary at the same id when the LM ships a tokenizer, else at least one embedding row per id
+    (a warning says the rest cannot be checked). A different vocabulary would read wrong ids silently."""
+    if resolve(run_tokenizer) == resolve(encoder):
+        return
+    run = load_tokenizer(run_tokenizer).get_vocab()
+    try:
+        theirs = load_tokenizer(encoder).get_vocab()
+    except UserError:
+        rows = lm_config(encoder).vocab_size
+        if rows < len(run):
+            raise UserError(f"dit.context_encoder '{encoder}' has {rows} embedding rows, fewer than the run's "
+                            f"{len(run)} token ids (teacher.name '{run_tokenizer}'): pick an LM with that tokenizer "
+                            "or set teacher.name to the LM") from None
+        log.warning("dit.context_encoder '%s' ships no tokenizer: cannot check that its ids are the run's (%s)",
+                    encoder, run_tokenizer)
+        return
+    differ = sum(theirs.get(token) != i for token, i in run.items())
+    if differ:
+        raise UserError(f"dit.context_encoder '{encoder}' tokenizes differently from the run's tokenizer (teacher.name "
+                        f"'{run_tokenizer}'): {differ} of its {len(run)} tokens have another id or none there, so the "
+                        "LM would read wrong ids; pick an LM with teacher.name's tokenizer (the same family) or set "
+                        "teacher.name to the LM")
 
 
 class LMPrefix:
@@ -83,15 +109,17 @@ class LMBlocks(Blocks):
     def new_dit(cls, d: DiTConfig, latent_channels: int, prefix_channels: int | None = None) -> TextDiT:
         """A block-mode TextDiT whose prefix projection reads the context LM's hidden width (read from its config
         unless given)."""
-        width = prefix_channels or lm_hidden_size(d.context_encoder)
+        width = prefix_channels or lm_config(d.context_encoder).hidden_size
         return TextDiT(d, latent_channels, pooled_context=False,
                        train_null=cls.reads_null(d) and d.null_context == "learned", prefix_channels=width)
 
     # training ----------------------------------------------------------------------------------------------
     def training_source(self, cfg: Config, stream: TokenStream, device: torch.device, progress: bool = True):
         """What training batches are drawn from: the stream (the LM runs at every step) or, with
-        dit.context_features, the LM's states of fixed windows precomputed once to disk (memory-mapped)."""
+        dit.context_features, the LM's states of fixed windows precomputed once to disk (memory-mapped). First
+        checks that the LM reads the run's token ids (`check_tokenizer`)."""
         d = cfg.dit
+        check_tokenizer(cfg.teacher.name, d.context_encoder)
         if not d.context_features:
             return stream
         return open_or_build(stream, self.lm, f"context:{d.context_encoder}", d.context_layer, d.window,
