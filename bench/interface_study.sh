@@ -13,7 +13,7 @@ STEPS="vae_train.steps=$VAE_STEPS vae_train.max_minutes=null dit_train.steps=$DI
 
 vae() {  # vae ARM OVERRIDES...
   local arm=$1; shift
-  [ -f "$OUT/$arm/vae/config.json" ] || [ -f "$OUT/$arm/vae/model.safetensors" ] || \
+  [ -d "$OUT/$arm/vae" ] || \
     $T train-vae --quiet out_dir="$OUT/$arm" $STEPS "$@" > "$RES/$arm.vae.log" 2>&1
 }
 dit() {  # dit ARM VAE_ARM OVERRIDES...
