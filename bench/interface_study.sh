@@ -3,7 +3,8 @@
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   bash bench/interface_study.sh [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128]
-# Results: bench/results/interface/<arm>.json (+ logs), summarised by bench/interface_table.py.
+# Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
+# Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
 set -euo pipefail
 OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-300}; PROMPTS=${PROMPTS:-128}
 RES=bench/results/interface; mkdir -p "$OUT" "$RES"
