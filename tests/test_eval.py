@@ -88,6 +88,39 @@ def test_generative_perplexity_matches_manual_likelihood(tiny_model_dir):
     assert got == pytest.approx(math.exp(nll / n), rel=1e-4)
 
 
+def test_a_judge_whose_tokenizer_adds_a_bos_reads_every_prompt_after_it(tiny_model_dir, tmp_path):
+    """LLaMA- and Gemma-style judges are trained with <bos> first: gen-PPL scores the continuation after
+    <bos> + prompt for them (equal to the manual likelihood, and not the BOS-less number), and adds nothing for a
+    tokenizer that adds nothing (the tiny judge, SmolLM2, GPT-2)."""
+    from tokenizers import processors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from textldm.evaluation.metrics import leading_special_ids
+
+    plain = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert leading_special_ids(plain) == []
+    judge = tmp_path / "bos-judge"
+    bos = plain.eos_token  # id 0 of the tiny vocabulary, as a start token
+    plain.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, plain.convert_tokens_to_ids(bos))])
+    plain.save_pretrained(judge)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model.save_pretrained(judge)
+    tok = AutoTokenizer.from_pretrained(judge)
+    assert leading_special_ids(tok) == [0]
+    prompt, cont = "the man said", " that the world"
+    p, c = tok(prompt, add_special_tokens=False)["input_ids"], tok(cont, add_special_tokens=False)["input_ids"]
+
+    def manual(start: list[int]) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([start + p + c])).logits[0].float(), -1)
+        first = len(start) + len(p) - 1
+        return math.exp(-sum(logp[first + j, c[j]].item() for j in range(len(c))) / len(c))
+
+    got = generative_perplexity([prompt], [cont], judge=str(judge))
+    assert got == pytest.approx(manual([0]), rel=1e-4) and got != pytest.approx(manual([]), rel=1e-3)
+
+
 def test_prompt_binding_is_the_perplexity_ratio_after_another_prompt(tiny_model_dir):
     """binding = gen-PPL of each continuation after the NEXT item's prompt / after its own; 1 for a prompt that
     does not change (every item the same prompt), and not 1 when the prompts differ."""

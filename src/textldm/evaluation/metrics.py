@@ -177,11 +177,20 @@ def prompt_binding(prompts: list[str], continuations: list[str], judge: str = "s
 
 
 @torch.no_grad()
+def leading_special_ids(tok) -> list[int]:
+    """The special tokens the tokenizer puts before a text by default (a BOS for LLaMA- and Gemma-style judges;
+    none for GPT-2 or SmolLM2): the judge reads every prompt after them, as it was trained."""
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    return full[: len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+
+
 def continuation_nll(prompts: list[str], continuations: list[str], judge: str = "smollm2-135m", device: str = "cpu",
                      batch_size: int = 16, max_tokens: int = 512) -> tuple[float, int]:
     """(summed negative log-likelihood of the continuation tokens given their prompts, tokens scored) under the
     judge LM (see `generative_perplexity`)."""
     tok, model = _load_judge(judge, device)
+    start = leading_special_ids(tok)  # e.g. Gemma's and LLaMA's <bos>: such judges are off-distribution without it
     total_nll, total_tokens = 0.0, 0
     rows = []
     for prompt, cont in zip(prompts, continuations, strict=True):
@@ -189,7 +198,8 @@ def continuation_nll(prompts: list[str], continuations: list[str], judge: str = 
         c_ids = tok(cont, add_special_tokens=False)["input_ids"]
         c_ids = c_ids[: max_tokens // 2]
         if c_ids:
-            rows.append((p_ids[len(p_ids) - min(len(p_ids), max_tokens - len(c_ids)):], c_ids))
+            room = max_tokens - len(c_ids) - len(start)
+            rows.append((start + p_ids[len(p_ids) - min(len(p_ids), room):], c_ids))
     for i in range(0, len(rows), batch_size):
         chunk = rows[i: i + batch_size]
         L = max(len(p) + len(c) for p, c in chunk)
@@ -206,7 +216,7 @@ def continuation_nll(prompts: list[str], continuations: list[str], judge: str = 
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         mask = scored[:, 1:]
-        # a continuation's first token is predicted from the prompt's last; with an empty prompt it is unscored
+        # a continuation's first token is predicted from the prompt's last; with an empty prompt (no BOS) unscored
         total_nll -= float(logp[mask].sum())
         total_tokens += int(mask.sum())
     return total_nll, total_tokens
