@@ -352,6 +352,10 @@ MUTANTS = [
     Mutant("M100", "generation/lm_blocks.py", "ids, features = source.ids(idx), source.features(idx[rows])",
            "ids, features = source.ids(idx), source.features(idx.flip(0)[rows])",
            "precomputed context states: a window's tokens paired with another window's LM states"),
+    Mutant("M101", "generation/lm_blocks.py", "    if differ:\n", "    if differ > 2:\n",
+           "context LM: a tokenizer with two ids swapped is accepted (the LM reads wrong ids)"),
+    Mutant("M102", "evaluation/metrics.py", "    start = leading_special_ids(tok)", "    start = []",
+           "judges that expect <bos> (Gemma, LLaMA) score prompts without it"),
 ]
 
 
