@@ -65,6 +65,20 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_tiny_model_dir(tiny_model_dir, tmp_path_factory):
+    """Another random LM of tiny_model_dir's shape and tokenizer (other weights): a second, different judge."""
+    import shutil
+
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("other-tiny-lm")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    torch.manual_seed(1)
+    LlamaForCausalLM(AutoConfig.from_pretrained(tiny_model_dir)).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_corpus()))

@@ -239,14 +239,15 @@ def test_train_ar_writes_a_loadable_checkpoint(runs_and_bench):
     assert log[0]["event"] == "start" and log[-1]["event"] == "end"
 
 
-def test_eval_writes_a_well_formed_report(runs_and_bench, tiny_model_dir, capsys):
+def test_eval_writes_a_well_formed_report(runs_and_bench, tiny_model_dir, other_tiny_model_dir, capsys):
     out, bench, overrides = runs_and_bench
     dest = out / "eval"
     assert main_ok(["eval", "--quiet", *overrides[1:], "--model", f"ldm={out / 'ldm'}",
                     "--model", str(out / "arrun"), "--model", f"hf={tiny_model_dir}", "--bench", str(bench),
                     "--out", str(dest), "--steps-sweep", "2,4", "--cfg-sweep", "1,3", "--max-new-tokens", "8",
                     "metrics.samples=24", "metrics.mauve_buckets=4", f"metrics.judge={tiny_model_dir}",
-                    "metrics.bertscore_layers=2", "metrics.batch_size=8"])
+                    f"metrics.second_judge={other_tiny_model_dir}", "metrics.bertscore_layers=2",
+                    "metrics.batch_size=8"])
     results = json.loads((dest / "results.json").read_text())
     rows = results["benchmarks"]["tiny"]["rows"]
     assert set(rows) == {"human (2nd reference)", "ldm", "arrun (AR)", "hf"}
@@ -262,6 +263,14 @@ def test_eval_writes_a_well_formed_report(runs_and_bench, tiny_model_dir, capsys
     assert (dest / "quality_vs_steps.png").stat().st_size > 1000 and (dest / "cfg_sweep.png").exists()
     gens = [json.loads(line) for line in (dest / "generations" / "tiny" / "ldm.jsonl").read_text().splitlines()]
     assert len(gens) == 24 and all({"prompt", "reference", "generated"} <= set(g) for g in gens)
+    prompts, refs = [g["prompt"] for g in gens], [g["reference"] for g in gens]
+    for key, judge in (("gen_ppl", tiny_model_dir), ("second_judge_gen_ppl", other_tiny_model_dir)):
+        expected = generative_perplexity(prompts, [g["generated"] for g in gens], judge=judge)
+        assert rows["ldm"][key] == pytest.approx(expected, rel=1e-4), key  # each judge scores with its own LM
+        references = results["benchmarks"]["tiny"]["references"][key]
+        assert references == pytest.approx(generative_perplexity(prompts, refs, judge=judge), rel=1e-4), key
+    assert rows["ldm"]["second_judge_gen_ppl"] != pytest.approx(rows["ldm"]["gen_ppl"], rel=1e-3)
+    assert f"| prompt binding ({other_tiny_model_dir}) |" in md and "| true continuations | tiny |" in md
     assert "R1" not in capsys.readouterr().err
 
 

@@ -179,6 +179,18 @@ def _textldm_model(target: str, device: str):
     return None if folder is None else load_pipeline(folder, device)
 
 
+def judges(mcfg: MetricsConfig) -> list[tuple[str, str]]:
+    """(key prefix, judge LM) of every judge the metrics name: metrics.judge, then metrics.second_judge if set."""
+    return [("", mcfg.judge)] + ([("second_judge_", mcfg.second_judge)] if mcfg.second_judge else [])
+
+
+def judge_scores(prompts: list[str], texts: list[str], judge: str, device: str, prefix: str = "") -> dict:
+    """A judge LM's gen-PPL of the texts after their prompts and their prompt binding (one likelihood pass each)."""
+    own = continuation_nll(prompts, texts, judge, device)
+    return {prefix + "gen_ppl": math.exp(own[0] / own[1]) if own[1] else float("nan"),
+            prefix + "prompt_binding": prompt_binding(prompts, texts, judge, device, own)}
+
+
 class Scorer:
     """Scores generations for one benchmark; reference features (for MAUVE) are computed once."""
 
@@ -208,10 +220,8 @@ class Scorer:
             q = featurize(generations, m.mauve_featurizer, m.mauve_pooling, device=self.device)
             out["mauve"] = mauve_score(self.ref_features(), q, m.mauve_buckets)
         if "gen_ppl" in wanted:
-            prompts = [it["prompt"] for it in self.items]
-            own = continuation_nll(prompts, generations, m.judge, self.device)
-            out["gen_ppl"] = math.exp(own[0] / own[1]) if own[1] else float("nan")
-            out["prompt_binding"] = prompt_binding(prompts, generations, m.judge, self.device, own)
+            for prefix, judge in judges(m):
+                out.update(judge_scores([it["prompt"] for it in self.items], generations, judge, self.device, prefix))
         if "stats" in wanted:
             stats = text_statistics(generations)
             out.update(stats)
@@ -239,8 +249,10 @@ def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Pat
         human = [it.get("second_reference") for it in items]
         if all(isinstance(h, str) for h in human):
             rows[HUMAN] = scorer(human)
-        references = {"prompt_binding": prompt_binding([it["prompt"] for it in items], scorer.refs, mc.judge, device)} \
-            if "gen_ppl" in scorer.metrics else {}  # the true continuations' binding: the human value
+        prompts = [it["prompt"] for it in items]  # the true continuations' gen-PPL and binding: the human values
+        references = {k: v for prefix, judge in judges(mc) for k, v in
+                      judge_scores(prompts, scorer.refs, judge, device, prefix).items()} \
+            if "gen_ppl" in scorer.metrics else {}
         for c in contestants:
             start = time.time()
             gens = c.continue_items(items, cfg.sample, mc.batch_size, max_new_tokens)
@@ -314,20 +326,26 @@ def format_results(results: dict) -> str:
             cells.append("-" if row is None else "/".join(f"{100 * row[k]:.1f}" if k in row else "-"
                                                           for k in TABLE_METRICS))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    second = mc.get("second_judge") or ""
+    judged = [("gen-PPL", "gen_ppl", ".1f"), ("prompt binding", "prompt_binding", ".3f")]
+    judged += [(f"{label} ({second})", "second_judge_" + key, f) for label, key, f in judged] if second else []
     lines += ["", "Prompt binding: the judge's perplexity of a continuation after another item's prompt over that "
-                  "after its own (1 = prompt-blind; the true continuations' value per benchmark in the last row).", "",
-              "| model | benchmark | gen-PPL | prompt binding | distinct-1 | distinct-2 | distinct-3 "
-              "| unigram entropy (bits) | words: generated / reference | generation s |", "|---" * 10 + "|"]
+                  "after its own (1 = prompt-blind). The last row per benchmark: the true continuations."
+              + (f" Second judge: {second}." if second else ""), "",
+              "| model | benchmark | " + " | ".join(label for label, _, _ in judged) + " | distinct-1 | distinct-2 "
+              "| distinct-3 | unigram entropy (bits) | words: generated / reference | generation s |",
+              "|---" * (8 + len(judged)) + "|"]
     for b in benches:
+        references = results["benchmarks"][b].get("references", {})
         for m, row in results["benchmarks"][b]["rows"].items():
-            lines.append(f"| {m} | {b} | {row.get('gen_ppl', float('nan')):.1f} "
-                         f"| {row.get('prompt_binding', float('nan')):.3f} | {row['distinct_1']:.3f} "
-                         f"| {row['distinct_2']:.3f} | {row['distinct_3']:.3f} | {row['unigram_entropy']:.2f} "
-                         f"| {row['mean_words']:.1f} / {row['reference_words']:.1f} "
+            lines.append(f"| {m} | {b} | " + " | ".join(format(row.get(k, float("nan")), f) for _, k, f in judged)
+                         + f" | {row['distinct_1']:.3f} | {row['distinct_2']:.3f} | {row['distinct_3']:.3f} "
+                         f"| {row['unigram_entropy']:.2f} | {row['mean_words']:.1f} / {row['reference_words']:.1f} "
                          f"| {row.get('generation_seconds', '-')} |")
-        binding = results["benchmarks"][b].get("references", {}).get("prompt_binding")
-        if binding is not None:
-            lines.append(f"| true continuations | {b} | - | {binding:.3f} | - | - | - | - | - | - |")
+        if references:
+            lines.append(f"| true continuations | {b} | "
+                         + " | ".join(format(references[k], f) if k in references else "-" for _, k, f in judged)
+                         + " | - | - | - | - | - | - |")
     for name, sweep in results.get("sweeps", {}).items():
         for axis in ("steps", "cfg_scale"):
             if sweep[axis]:
