@@ -2,7 +2,10 @@
 # Issue 30's latent-to-token interface study, one lever at a time, every arm at the same fixed step counts
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
-#   bash bench/interface_study.sh [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128]
+#   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
+# Arms on the base VAE: base (B = 1), selfcond, b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
+# block-1 DiT), ar (the AR baseline for the base DiT's wall-clock seconds); arms with their own VAE: decnoise, kl1e-2,
+# width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval, both judges).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
 set -euo pipefail
@@ -25,7 +28,26 @@ dit() {  # dit ARM VAE_ARM OVERRIDES...
     $PY bench/next_token.py --model "$OUT/$arm/model" --prompts "$PROMPTS" --out "$RES/$arm.json" > "$RES/$arm.next.log" 2>&1
   echo "$(date +%T) $arm done"
 }
-ARMS=${ARMS:-"base selfcond decnoise kl1e-2"}
+ar() {  # the AR baseline for the same wall-clock seconds as the base arm's DiT (same machine, same load pattern)
+  [ -d "$OUT/ar/ar" ] && return
+  local minutes; minutes=$($PY -c "import json; r = json.load(open('$OUT/base/model/config.json'))['report']; \
+print(r['dit_train']['seconds'] / 60)")
+  $T train-ar --quiet out_dir="$OUT/ar" ar_train.steps=100000 ar_train.max_minutes="$minutes" > "$RES/ar.log" 2>&1
+  echo "$(date +%T) ar done"
+}
+table() {  # the side-by-side table: every trained model and the backbone sampling itself, on the embedded benchmark
+  [ -f "$RES/eval/results.json" ] && return
+  local models=(--model hf:smollm2-135m)
+  for arm in base b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
+    [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
+  done
+  [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
+  $T eval --quiet "${models[@]}" --out "$RES/eval" metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=25 \
+    metrics.second_judge=gemma3-270m > "$RES/eval.log" 2>&1
+  echo "$(date +%T) table done"
+}
+EVAL_SAMPLES=${EVAL_SAMPLES:-256}
+ARMS=${ARMS:-"base selfcond b4 b16 scratch ar table decnoise kl1e-2 width32 norepa"}
 for arm in $ARMS; do
   case $arm in
     base)     vae base; dit base base ;;
@@ -34,6 +56,11 @@ for arm in $ARMS; do
     kl1e-2)   vae kl1e-2 vae.kl_weight=1e-2; dit kl1e-2 kl1e-2 ;;
     width32)  vae width32 vae.latent_channels=32; dit width32 width32 ;;
     norepa)   vae norepa vae.repa_weight=0; dit norepa norepa ;;
+    b4)       dit b4 base dit.block_size=4 ;;
+    b16)      dit b16 base dit.block_size=16 ;;
+    scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
+    ar)       ar ;;
+    table)    table ;;
     *) echo "unknown arm $arm"; exit 2 ;;
   esac
 done
