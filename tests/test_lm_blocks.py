@@ -219,6 +219,30 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
 
 
+def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_corpus, cache_home):
+    """When the context LM is the REPA teacher at its layer, window and window count, the VAE's teacher cache and
+    the DiT's context features are one folder, built once; another layer is another folder."""
+    from conftest import tiny_overrides
+    from textldm.models.teacher import Teacher
+    from textldm.training import stages
+
+    shared = ["dit.context_features=auto", "dit.context_windows=12", "vae.teacher_cache=auto",
+              "vae.teacher_cache_windows=12", "vae.max_len=24", "vae.encoder_block_size=1", "dit.block_size=4"]
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
+                      shared + [f"dit.context_encoder={tiny_model_dir}", "dit.context_layer=-2"])
+    _, _, train, _ = stages.prepare_data(cfg)
+    repa = stages.teacher_cache(cfg, train, Teacher(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
+    features = Path(repa.features_map.filename)
+    mtime = features.stat().st_mtime_ns
+    mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    context = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
+    assert Path(context.features_map.filename) == features and features.stat().st_mtime_ns == mtime
+    cfg.dit.context_layer = -1
+    other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels)).training_source(cfg, train,
+                                                                                          torch.device("cpu"), False)
+    assert Path(other.features_map.filename) != features
+
+
 def test_lm_mode_config_checks(lm_dir):
     """The LM needs block mode; precomputed-window counts need precomputing on."""
     with pytest.raises(UserError, match="needs block mode"):

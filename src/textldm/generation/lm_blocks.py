@@ -122,7 +122,8 @@ class LMBlocks(Blocks):
         check_tokenizer(cfg.teacher.name, d.context_encoder)
         if not d.context_features:
             return stream
-        return open_or_build(stream, self.lm, f"context:{d.context_encoder}", d.context_layer, d.window,
+        # keyed like vae.teacher_cache: with the REPA teacher at its layer and window, one LM pass serves both
+        return open_or_build(stream, self.lm, d.context_encoder, d.context_layer, d.window,
                              d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
                              "context features")
 
