@@ -4,7 +4,7 @@
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
 # Arms on the base VAE: base (B = 1), selfcond, b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
-# block-1 DiT), ar (the AR baseline for the base DiT's wall-clock seconds); arms with their own VAE: decnoise, kl1e-2,
+# block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2,
 # width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval, both judges).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
@@ -20,20 +20,35 @@ vae() {  # vae ARM OVERRIDES...
   [ -d "$OUT/$arm/vae" ] || \
     $T train-vae --quiet out_dir="$OUT/$arm" $STEPS "$@" > "$RES/$arm.vae.log" 2>&1
 }
+report() {  # report MODEL_DIR OUT.json: the training report saved in the model's config (steps, seconds, held-out)
+  $PY -c "import json, sys; json.dump(json.load(open(sys.argv[1] + '/config.json'))['report'], open(sys.argv[2], 'w'), \
+indent=1)" "$1" "$2"
+}
 dit() {  # dit ARM VAE_ARM OVERRIDES...
   local arm=$1 vae_arm=$2; shift 2
   [ -d "$OUT/$arm/model" ] || \
     $T train-dit --quiet --vae "$OUT/$vae_arm/vae" out_dir="$OUT/$arm" $STEPS $LM "$@" > "$RES/$arm.dit.log" 2>&1
+  report "$OUT/$arm/model" "$RES/$arm.train.json"
   [ -f "$RES/$arm.json" ] || \
     $PY bench/next_token.py --model "$OUT/$arm/model" --prompts "$PROMPTS" --out "$RES/$arm.json" > "$RES/$arm.next.log" 2>&1
   echo "$(date +%T) $arm done"
 }
-ar() {  # the AR baseline for the same wall-clock seconds as the base arm's DiT (same machine, same load pattern)
+ar() {  # the AR baseline at the base arm's counted DiT FLOPs (its step count fit to them, so its schedule ends there)
   [ -d "$OUT/ar/ar" ] && return
-  local minutes; minutes=$($PY -c "import json; r = json.load(open('$OUT/base/model/config.json'))['report']; \
-print(r['dit_train']['seconds'] / 60)")
-  $T train-ar --quiet out_dir="$OUT/ar" ar_train.steps=100000 ar_train.max_minutes="$minutes" > "$RES/ar.log" 2>&1
-  echo "$(date +%T) ar done"
+  local steps; steps=$($PY - "$OUT/base/model/config.json" <<'PY'
+import json, sys
+from textldm import load_config
+from textldm.models.ar import CausalLM
+from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence
+cfg = load_config("demo", [])
+flops = json.load(open(sys.argv[1]))["report"]["dit_train"]["flops"]
+per_step = TRAIN_FACTOR * cfg.ar_train.batch_size * ar_flops_per_sequence(CausalLM(cfg.ar, 49152), cfg.ar_seq_len)
+print(max(1, round(flops / per_step)))
+PY
+)
+  $T train-ar --quiet out_dir="$OUT/ar" ar_train.steps="$steps" ar_train.max_minutes=null > "$RES/ar.log" 2>&1
+  report "$OUT/ar/ar" "$RES/ar.train.json"
+  echo "$(date +%T) ar done ($steps steps)"
 }
 table() {  # the side-by-side table: every trained model and the backbone sampling itself, on the embedded benchmark
   [ -f "$RES/eval/results.json" ] && return
