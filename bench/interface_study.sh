@@ -57,7 +57,7 @@ table() {  # the side-by-side table: every trained model and the backbone sampli
     [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
   done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
-  $T eval --quiet "${models[@]}" --out "$RES/eval" metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=25 \
+  $T eval --quiet "${models[@]}" --out "$RES/eval" metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=$((EVAL_SAMPLES / 10)) \
     metrics.second_judge=gemma3-270m > "$RES/eval.log" 2>&1
   echo "$(date +%T) table done"
 }

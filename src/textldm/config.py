@@ -361,8 +361,9 @@ class MetricsConfig(Checked):
     mauve_pooling: Pooling = "mean"  # "mean" over tokens, or "last" token (for causal LM featurizers)
     mauve_buckets: int = 50  # k-means buckets; fixed, since rankings move with the automatic count
     judge: str = "smollm2-135m"  # causal LM for generative perplexity (alias, HF name or folder)
-    # a second judge LM, reported beside `judge` by the demo and `textldm eval` (e.g. gemma3-270m, another family, when the model reads
-    # SmolLM2 itself, as the context-LM mode does: a judge that is the backbone is biased); "" = none
+    # a second judge LM, reported beside `judge` by the demo and `textldm eval` (e.g. gemma3-270m, another family,
+    # when the model reads SmolLM2 itself, as the context-LM mode does: a judge that is the backbone is biased);
+    # "" = none
     second_judge: str = ""
     samples: int = 1000  # items per benchmark
     batch_size: int = 32

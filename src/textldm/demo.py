@@ -19,7 +19,7 @@ from textldm.evaluation.heldout import (
     position_agreement,
     same_noise_agreement,
 )
-from textldm.evaluation.metrics import generative_perplexity, prompt_binding, rouge_l, text_statistics
+from textldm.evaluation.metrics import judge_scores, rouge_l, text_statistics
 from textldm.export import locate_model_folder, read_model_config
 from textldm.models.teacher import resolve
 from textldm.pipeline import TextLDMPipeline
@@ -64,10 +64,8 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
 def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> dict:
     """The judge LM's measurements of the generations beside the true continuations of the same prompts: fluency
     (gen-PPL) and how much the text depends on its own prompt (perplexity after another prompt / after its own)."""
-    return {"judge": judge, "gen_ppl": generative_perplexity(prompts, gens, judge),
-            "reference_gen_ppl": generative_perplexity(prompts, refs, judge),
-            "prompt_binding": prompt_binding(prompts, gens, judge),
-            "reference_prompt_binding": prompt_binding(prompts, refs, judge)}
+    return {"judge": judge, **judge_scores(prompts, gens, judge),
+            **judge_scores(prompts, refs, judge, prefix="reference_")}
 
 
 def format_report(report: dict) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.heldout import same_noise_agreement
 from textldm.evaluation.metrics import (
     bertscore,
-    continuation_nll,
     featurize,
+    judge_scores,
     mauve_score,
-    prompt_binding,
     require_package,
     rouge_scores,
     text_statistics,
@@ -182,13 +180,6 @@ def _textldm_model(target: str, device: str):
 def judges(mcfg: MetricsConfig) -> list[tuple[str, str]]:
     """(key prefix, judge LM) of every judge the metrics name: metrics.judge, then metrics.second_judge if set."""
     return [("", mcfg.judge)] + ([("second_judge_", mcfg.second_judge)] if mcfg.second_judge else [])
-
-
-def judge_scores(prompts: list[str], texts: list[str], judge: str, device: str, prefix: str = "") -> dict:
-    """A judge LM's gen-PPL of the texts after their prompts and their prompt binding (one likelihood pass each)."""
-    own = continuation_nll(prompts, texts, judge, device)
-    return {prefix + "gen_ppl": math.exp(own[0] / own[1]) if own[1] else float("nan"),
-            prefix + "prompt_binding": prompt_binding(prompts, texts, judge, device, own)}
 
 
 class Scorer:

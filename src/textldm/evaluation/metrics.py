@@ -176,6 +176,15 @@ def prompt_binding(prompts: list[str], continuations: list[str], judge: str = "s
     return math.exp((other - own) / tokens)
 
 
+def judge_scores(prompts: list[str], texts: list[str], judge: str = "smollm2-135m", device: str = "cpu",
+                 prefix: str = "") -> dict:
+    """The judge's gen-PPL of the texts after their prompts and their prompt binding, the likelihood after the own
+    prompts computed once for both: {prefix + "gen_ppl", prefix + "prompt_binding"}."""
+    own = continuation_nll(prompts, texts, judge, device)
+    return {prefix + "gen_ppl": math.exp(own[0] / own[1]) if own[1] else float("nan"),
+            prefix + "prompt_binding": prompt_binding(prompts, texts, judge, device, own)}
+
+
 @torch.no_grad()
 def leading_special_ids(tok) -> list[int]:
     """The special tokens the tokenizer puts before a text by default (a BOS for LLaMA- and Gemma-style judges;

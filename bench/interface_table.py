@@ -1,0 +1,98 @@
+"""The interface study's tables, generated from its committed results (bench/results/interface/): the levers
+scored by the next token of decoded samples (bench/next_token.py per arm), and the side-by-side table of every
+trained model beside the backbone sampling itself (textldm eval under both judges).
+
+    python bench/interface_table.py [--results bench/results/interface] [--out FILE.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the base VAE)
+    "base": "context LM (SmolLM2-135M last layer), B = 1",
+    "selfcond": "+ self-conditioning (dit.self_condition_prob=0.5)",
+    "b4": "block size 4",
+    "b16": "block size 16",
+    "scratch": "no context LM: the from-scratch block-1 DiT",
+    "decnoise": "VAE decoder trained on noised latents (vae.decoder_noise=0.5)",
+    "kl1e-2": "wider posterior (vae.kl_weight=1e-2)",
+    "width32": "32-d latents (vae.latent_channels=32)",
+    "norepa": "VAE without REPA (vae.repa_weight=0)",
+    "ar": "AR baseline at the base DiT's counted FLOPs",
+}
+SAMPLERS = ("noise 1, cfg 2", "noise 0.5, cfg 2", "noise 0 (x0 = 0), cfg 1")  # the demo's first
+
+
+def load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_facts(res: Path, arm: str) -> str:
+    r = load(res / f"{arm}.train.json") or {}
+    t = r.get("dit_train") or r.get("ar_train")
+    return f"{t['steps']} / {t['flops']:.2g} / {t['seconds']:.0f}" if t else "-"
+
+
+def levers_table(res: Path) -> list[str]:
+    lines = ["| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
+             + " | LM's p of the sample (demo sampler) |", "|---" * (4 + len(SAMPLERS)) + "|"]
+    lm = None
+    for arm, what in ARMS.items():
+        r = load(res / f"{arm}.json")
+        if r is None:
+            continue
+        rows = {row["setting"]: row for row in r["rows"]}
+        lm = lm or rows["backbone LM top-1"]
+        cells = [f"{rows[s]['vs_lm_top1']:.2f}x" if s in rows else "-" for s in SAMPLERS]
+        lines.append(f"| {arm} | {what} | {train_facts(res, arm)} | " + " | ".join(cells)
+                     + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} |")
+    if lm is None:
+        return ["(no arm has finished)"]
+    n = load(res / "base.json")["prompts"] if (res / "base.json").exists() else "?"
+    return [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)", ""] \
+        + lines
+
+
+def side_by_side(res: Path) -> list[str]:
+    r = load(res / "eval" / "results.json")
+    if r is None:
+        return ["(the eval table has not run)"]
+    second = r["metrics_config"].get("second_judge")
+    (bench, b), = r["benchmarks"].items()
+    refs, rows = b["references"], b["rows"]
+    own = next((rows[name] for name, kind in r["models"].items() if kind == "hf"), None)  # the backbone itself
+    j2 = "second_judge_" if second else ""
+    lines = [f"{bench}: {b['items']} items; judges {r['metrics_config']['judge']} and {second or '-'}; binding ratio: "
+             "against the backbone sampling itself (the issue's >= 0.8x)", "",
+             f"| model | steps / FLOPs / s | gen-PPL ({r['metrics_config']['judge']}) | gen-PPL ({second}) "
+             f"| x references | binding ({second}) | x backbone's | MAUVE | ROUGE-L | distinct-2 | generation s |",
+             "|---" * 11 + "|"]
+    for name, row in rows.items():
+        ppl, bind = row.get(j2 + "gen_ppl", float("nan")), row.get(j2 + "prompt_binding", float("nan"))
+        lines.append(f"| {name} | {train_facts(res, name)} | {row['gen_ppl']:.1f} | {ppl:.1f} "
+                     f"| {ppl / refs[j2 + 'gen_ppl']:.2f}x | {bind:.3f} "
+                     f"| {bind / own[j2 + 'prompt_binding']:.2f}x | {100 * row['mauve']:.1f} "
+                     f"| {100 * row['rougeL']:.1f} | {row['distinct_2']:.3f} | {row.get('generation_seconds', '-')} |"
+                     if own else f"| {name} | ... |")
+    lines.append(f"| true continuations | - | {refs['gen_ppl']:.1f} | {refs[j2 + 'gen_ppl']:.1f} | 1.00x "
+                 f"| {refs[j2 + 'prompt_binding']:.3f} | - | - | - | - | - |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default="bench/results/interface")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    res = Path(args.results)
+    text = "\n".join(["## Levers: the next token of decoded samples (bench/next_token.py)", "", *levers_table(res), "",
+                      "## Side by side (textldm eval)", "", *side_by_side(res)]) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
