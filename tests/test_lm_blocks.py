@@ -1,6 +1,7 @@
 """Block mode with a pretrained context encoder (dit.context_encoder): the LM's states as the clean prefix - no leak
 from later tokens, the KV-cached states equal a fresh forward, precomputed states equal live ones, the block sampler
 equals a hand-written loop, rows ending under CFG, the config checks, and a tiny model that must learn through it."""
+import json
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,23 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
     first = pipe.generate_ids([ids], length=5, seed=3)[0]
     assert 0 < len(first) <= 5 and pipe.generate_ids([ids], length=5, seed=3)[0] == first
+    served_like_the_python_api(pipe)
+
+
+def served_like_the_python_api(pipe: TextLDMPipeline) -> None:
+    """The LM mode through the OpenAI-style endpoint: a completion is the pipeline's text for the same seed, and a
+    streamed one joins to it without passing max_tokens (more tokens than one window, so two windows' LM caches)."""
+    from fastapi.testclient import TestClient
+
+    from textldm.serving.app import create_app
+
+    client = TestClient(create_app(pipe, None))
+    length = pipe.config.dit.window + 3
+    body = {"prompt": "the of and", "max_tokens": length, "seed": 3, "steps": 2}
+    r = client.post("/v1/completions", json=body).json()
+    expected = pipe.generate("the of and", length=length, seed=3, steps=2)[0]
+    assert r["choices"][0]["text"] == expected and 0 < r["usage"]["completion_tokens"] <= length
+    chunks = [line[len("data: "):] for line in client.post("/v1/completions", json={**body, "stream": True})
+              .text.splitlines() if line.startswith("data: ")]
+    assert chunks[-1] == "[DONE]"
+    assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1]) == expected
