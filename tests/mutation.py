@@ -356,6 +356,11 @@ MUTANTS = [
            "context LM: a tokenizer with two ids swapped is accepted (the LM reads wrong ids)"),
     Mutant("M102", "evaluation/metrics.py", "    start = leading_special_ids(tok)", "    start = []",
            "judges that expect <bos> (Gemma, LLaMA) score prompts without it"),
+    Mutant("M103", "generation/lm_blocks.py", "open_or_build(stream, self.lm, d.context_encoder,",
+           "open_or_build(stream, self.lm, 'context:' + d.context_encoder,",
+           "context features keyed apart from the REPA teacher's cache: the same LM pass runs twice"),
+    Mutant("M104", "evaluation/harness.py", '[("second_judge_", mcfg.second_judge)]',
+           '[("second_judge_", mcfg.judge)]', "eval's second judge scored with the first judge's LM"),
 ]
 
 
