@@ -50,16 +50,24 @@ PY
   report "$OUT/ar/ar" "$RES/ar.train.json"
   echo "$(date +%T) ar done ($steps steps)"
 }
-table() {  # the side-by-side table: every trained model and the backbone sampling itself, on the embedded benchmark
-  [ -f "$RES/eval/results.json" ] && return
+table() {  # the side-by-side tables: the trained models and the backbone sampling itself, on the embedded benchmark
   local models=(--model hf:smollm2-135m)
   for arm in base b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
     [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
   done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
-  $T eval --quiet "${models[@]}" --out "$RES/eval" metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=$((EVAL_SAMPLES / 10)) \
-    metrics.second_judge=gemma3-270m > "$RES/eval.log" 2>&1
+  local scoring="metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=$((EVAL_SAMPLES / 10)) metrics.second_judge=gemma3-270m"
+  [ -f "$RES/eval/results.json" ] || \
+    $T eval --quiet "${models[@]}" --out "$RES/eval" $scoring > "$RES/eval.log" 2>&1
   echo "$(date +%T) table done"
+  # the colder sampler (next_token.py's best-but-deterministic is x0 = 0; 0.5 keeps some diversity), the backbone
+  # at temperature 0.7 beside it
+  models=(--model hf:smollm2-135m)
+  for arm in base b4 scratch; do [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model"); done
+  [ -f "$RES/eval_cold/results.json" ] || \
+    $T eval --quiet "${models[@]}" --out "$RES/eval_cold" $scoring sample.noise_scale=0.5 sample.temperature=0.7 \
+      > "$RES/eval_cold.log" 2>&1
+  echo "$(date +%T) cold table done"
 }
 EVAL_SAMPLES=${EVAL_SAMPLES:-256}
 ARMS=${ARMS:-"base selfcond b4 b16 scratch ar table decnoise kl1e-2 width32 norepa"}

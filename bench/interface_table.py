@@ -22,7 +22,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "norepa": "VAE without REPA (vae.repa_weight=0)",
     "ar": "AR baseline at the base DiT's counted FLOPs",
 }
-SAMPLERS = ("noise 1, cfg 2", "noise 0.5, cfg 2", "noise 0 (x0 = 0), cfg 1")  # the demo's first
+SAMPLERS = ("noise 1, cfg 2", "noise 0.5, cfg 2", "noise 0 (x0 = 0), cfg 2")  # the demo's first
 
 
 def load(path: Path):
@@ -55,8 +55,8 @@ def levers_table(res: Path) -> list[str]:
         + lines
 
 
-def side_by_side(res: Path) -> list[str]:
-    r = load(res / "eval" / "results.json")
+def side_by_side(res: Path, folder: str) -> list[str]:
+    r = load(res / folder / "results.json")
     if r is None:
         return ["(the eval table has not run)"]
     second = r["metrics_config"].get("second_judge")
@@ -64,7 +64,10 @@ def side_by_side(res: Path) -> list[str]:
     refs, rows = b["references"], b["rows"]
     own = next((rows[name] for name, kind in r["models"].items() if kind == "hf"), None)  # the backbone itself
     j2 = "second_judge_" if second else ""
-    lines = [f"{bench}: {b['items']} items; judges {r['metrics_config']['judge']} and {second or '-'}; binding ratio: "
+    sampler = r["sample"]
+    lines = [f"Sampler: noise {sampler['noise_scale']}, CFG {sampler['cfg_scale']}, {sampler['steps']} steps; AR and "
+             f"the backbone: temperature {sampler['temperature']}, top-p {sampler['top_p']}. "
+             f"{bench}: {b['items']} items; judges {r['metrics_config']['judge']} and {second or '-'}; binding ratio: "
              "against the backbone sampling itself (the issue's >= 0.8x)", "",
              f"| model | steps / FLOPs / s | gen-PPL ({r['metrics_config']['judge']}) | gen-PPL ({second}) "
              f"| x references | binding ({second}) | x backbone's | MAUVE | ROUGE-L | distinct-2 | generation s |",
@@ -88,7 +91,8 @@ def main():
     args = ap.parse_args()
     res = Path(args.results)
     text = "\n".join(["## Levers: the next token of decoded samples (bench/next_token.py)", "", *levers_table(res), "",
-                      "## Side by side (textldm eval)", "", *side_by_side(res)]) + "\n"
+                      "## Side by side (textldm eval)", "", *side_by_side(res, "eval"), "",
+                      "## Side by side, the colder sampler", "", *side_by_side(res, "eval_cold")]) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")

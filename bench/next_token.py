@@ -32,6 +32,10 @@ SETTINGS = [  # label, sampler overrides
     ("noise 0 (x0 = 0), cfg 1", {"noise_scale": 0.0, "cfg_scale": 1.0}),
     ("noise 0 (x0 = 0), cfg 2", {"noise_scale": 0.0, "cfg_scale": 2.0}),
     ("noise 0.5, cfg 1, 30 steps", {"noise_scale": 0.5, "cfg_scale": 1.0, "steps": 30}),
+    ("noise 0.25, cfg 2", {"noise_scale": 0.25, "cfg_scale": 2.0}),
+    ("noise 0 (x0 = 0), cfg 3", {"noise_scale": 0.0, "cfg_scale": 3.0}),
+    ("noise 0 (x0 = 0), cfg 2, 30 steps", {"noise_scale": 0.0, "cfg_scale": 2.0, "steps": 30}),
+    ("noise 0 (x0 = 0), cfg 2, heun 5", {"noise_scale": 0.0, "cfg_scale": 2.0, "steps": 5, "solver": "heun"}),
 ]
 
 
