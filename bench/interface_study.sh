@@ -3,12 +3,12 @@
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
-# Arms on the base VAE: base (B = 1), selfcond, b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
+# Arms on the base VAE: base (B = 1), selfcond (refused: self-conditioning is full-window only), b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
 # block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2,
 # width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval, both judges).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
-set -euo pipefail
+set -uo pipefail  # an arm that fails is reported and the next one runs
 OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-300}; PROMPTS=${PROMPTS:-128}
 RES=bench/results/interface; mkdir -p "$OUT" "$RES"
 T=.venv/bin/textldm; PY=.venv/bin/python
@@ -18,7 +18,8 @@ STEPS="vae_train.steps=$VAE_STEPS vae_train.max_minutes=null dit_train.steps=$DI
 vae() {  # vae ARM OVERRIDES...
   local arm=$1; shift
   [ -d "$OUT/$arm/vae" ] || \
-    $T train-vae --quiet out_dir="$OUT/$arm" $STEPS "$@" > "$RES/$arm.vae.log" 2>&1
+    $T train-vae --quiet out_dir="$OUT/$arm" $STEPS "$@" > "$RES/$arm.vae.log" 2>&1 || \
+    echo "$(date +%T) $arm VAE failed: $(tail -1 "$RES/$arm.vae.log")"
 }
 report() {  # report MODEL_DIR OUT.json: the training report saved in the model's config (steps, seconds, held-out)
   $PY -c "import json, sys; json.dump(json.load(open(sys.argv[1] + '/config.json'))['report'], open(sys.argv[2], 'w'), \
@@ -26,8 +27,10 @@ indent=1)" "$1" "$2"
 }
 dit() {  # dit ARM VAE_ARM OVERRIDES...
   local arm=$1 vae_arm=$2; shift 2
+  [ -d "$OUT/$vae_arm/vae" ] || { echo "$(date +%T) $arm skipped: no VAE $vae_arm"; return; }
   [ -d "$OUT/$arm/model" ] || \
-    $T train-dit --quiet --vae "$OUT/$vae_arm/vae" out_dir="$OUT/$arm" $STEPS $LM "$@" > "$RES/$arm.dit.log" 2>&1
+    $T train-dit --quiet --vae "$OUT/$vae_arm/vae" out_dir="$OUT/$arm" $STEPS $LM "$@" > "$RES/$arm.dit.log" 2>&1 || \
+    { echo "$(date +%T) $arm failed: $(tail -1 "$RES/$arm.dit.log")"; return; }
   report "$OUT/$arm/model" "$RES/$arm.train.json"
   [ -f "$RES/$arm.json" ] || \
     $PY bench/next_token.py --model "$OUT/$arm/model" --prompts "$PROMPTS" --out "$RES/$arm.json" > "$RES/$arm.next.log" 2>&1
@@ -70,7 +73,7 @@ table() {  # the side-by-side tables: the trained models and the backbone sampli
   echo "$(date +%T) cold table done"
 }
 EVAL_SAMPLES=${EVAL_SAMPLES:-256}
-ARMS=${ARMS:-"base selfcond b4 b16 scratch ar table decnoise kl1e-2 width32 norepa"}
+ARMS=${ARMS:-"base decnoise b4 scratch ar table b16 kl1e-2 width32 norepa selfcond"}
 for arm in $ARMS; do
   case $arm in
     base)     vae base; dit base base ;;
