@@ -14,6 +14,7 @@ Model-backed metrics take a "model reference": the alias `minilm` (all-MiniLM-L6
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import re
 from collections import Counter
@@ -209,9 +210,12 @@ def continuation_nll(prompts: list[str], continuations: list[str], judge: str = 
         if c_ids:
             room = max_tokens - len(c_ids) - len(start)
             rows.append((start + p_ids[len(p_ids) - min(len(p_ids), room):], c_ids))
+    rows.sort(key=lambda row: len(row[0]))  # batches of similar prompt lengths: fewer positions need logits
+    keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
     for i in range(0, len(rows), batch_size):
         chunk = rows[i: i + batch_size]
         L = max(len(p) + len(c) for p, c in chunk)
+        first = max(min(len(p) for p, _ in chunk) - 1, 0)  # the first position whose logits predict a scored token
         ids = torch.zeros(len(chunk), L, dtype=torch.long)
         attn = torch.zeros(len(chunk), L, dtype=torch.long)
         scored = torch.zeros(len(chunk), L, dtype=torch.bool)
@@ -222,9 +226,11 @@ def continuation_nll(prompts: list[str], continuations: list[str], judge: str = 
         ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
         kind = torch.device(device).type
         with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
-            logits = model(input_ids=ids, attention_mask=attn).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        mask = scored[:, 1:]
+            # logits of positions first.. only (a 262K-token vocabulary makes the prompt's logits the largest tensor)
+            logits = model(input_ids=ids, attention_mask=attn, **({"logits_to_keep": L - first} if keeps else {}))
+            logits = logits.logits.float()[:, 0 if keeps else first:]
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, first + 1:, None]).squeeze(-1)
+        mask = scored[:, first + 1:]
         # a continuation's first token is predicted from the prompt's last; with an empty prompt (no BOS) unscored
         total_nll -= float(logp[mask].sum())
         total_tokens += int(mask.sum())
