@@ -143,7 +143,7 @@ def _add_push(sub) -> None:
     h.add_argument("--repo", required=True, help="the Hub repo id, e.g. you/textldm-demo (created if missing)")
     h.add_argument("--private", action="store_true", help="create the repo private")
     h.add_argument("--revision", help="the branch to push to (default: main)")
-    h.add_argument("--token", help="a Hugging Face write token (default: $HF_TOKEN or `huggingface-cli login`'s)")
+    h.add_argument("--token", help="a Hugging Face write token (default: $HF_TOKEN or `hf auth login`'s)")
 
 
 def _add_serve(sub) -> None:

@@ -270,6 +270,9 @@ class TrainConfig(Checked):
     eval_every: int = 0  # 0 = evaluate only at the end
     max_minutes: float | None = None  # stop early (and cleanly) after this wall-clock budget
     max_flops: float | None = None  # stop early (and cleanly) once the counted model FLOPs (perf) reach this budget
+    # a safety stop, not a budget: ends cleanly after this many minutes and says so (summary "guard_fired"); the
+    # learning rate still follows the steps, so a run the guard does not stop gives the same numbers on any machine
+    guard_minutes: float | None = None
     checkpoint_every: int = 0  # save the resumable training state every N steps (and at the end); 0 = never
     keep_checkpoints: int = 2  # how many of the newest training checkpoints to keep
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a matrix product at the start
@@ -284,7 +287,7 @@ class TrainConfig(Checked):
             ("micro_batch", "[0, inf)"), ("lr", "(0, inf)"), ("min_lr_ratio", "[0, 1]"), ("warmup_steps", "[0, inf)"),
             ("weight_decay", "[0, inf)"), ("grad_clip", "[0, inf)"), ("ema", "[0, 1)"), ("log_every", "[1, inf)"),
             ("eval_every", "[0, inf)"), ("max_minutes", "(0, inf)"), ("max_flops", "(0, inf)"),
-            ("checkpoint_every", "[0, inf)"), ("keep_checkpoints", "[1, inf)"), ("peak_flops", "[0, inf)"))]
+            ("guard_minutes", "(0, inf)"), ("checkpoint_every", "[0, inf)"), ("keep_checkpoints", "[1, inf)"), ("peak_flops", "[0, inf)"))]
 
     def resolve_batch(self, name: str, tokens_per_sequence: int) -> None:
         """batch_size (sequences) from batch_tokens, when that is given: the loader's one derived value."""

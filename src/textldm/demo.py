@@ -74,9 +74,7 @@ def format_report(report: dict) -> str:
     v = report.get("vae_eval", {})
     if v:
         lines += ["## TextVAE (held-out validation text)", "",
-                  f"- parameters: {report['vae_parameters'] / 1e6:.2f}M; "
-                  f"training: {report['vae_train']['steps']} steps, "
-                  f"{report['vae_train']['seconds']:.0f} s",
+                  f"- parameters: {report['vae_parameters'] / 1e6:.2f}M; training: {_trained(report['vae_train'])}",
                   f"- token reconstruction accuracy (posterior mean): **{100 * v['recon_acc']:.2f}%** "
                   f"(posterior sample: {100 * v['recon_acc_sampled']:.2f}%) over {v['tokens']} tokens"]
         if "repa_cos" in v:
@@ -85,8 +83,7 @@ def format_report(report: dict) -> str:
     d = report.get("dit_eval")
     if d:
         lines += ["## TextDiT validation velocity loss per timestep quarter (t=0 noise, t=1 data)", "",
-                  f"parameters: {report['dit_parameters'] / 1e6:.2f}M; training: {report['dit_train']['steps']} steps, "
-                  f"{report['dit_train']['seconds']:.0f} s", "",
+                  f"parameters: {report['dit_parameters'] / 1e6:.2f}M; training: {_trained(report['dit_train'])}", "",
                   "| t | with prompt | prompt dropped | linear (Gaussian) | with prompt / linear "
                   f"| first {d['head_tokens']} tokens: with prompt | first {d['head_tokens']}: dropped |",
                   "|---|---|---|---|---|---|---|"]
@@ -128,6 +125,14 @@ def format_report(report: dict) -> str:
                       f"- generated: `{_one_line(sample['generated'])}`",
                       f"- reference: `{_one_line(sample['reference'])}`", ""]
     return "\n".join(lines)
+
+
+def _trained(summary: dict) -> str:
+    """A stage's steps and time, and a warning when the wall-clock guard stopped it short of its steps."""
+    text = f"{summary['steps']} steps, {summary['seconds']:.0f} s"
+    if summary.get("guard_fired"):
+        text += " - **stopped by the wall-clock guard: not the preset's step count, so not its numbers**"
+    return text
 
 
 def _one_line(text: str) -> str:

@@ -144,7 +144,7 @@ def upload_model_folder(folder: Path, repo_id: str, *, private: bool | None = No
                                  revision=revision)
     except Exception as e:  # offline, no token, no access, network errors: one line, never a traceback
         raise UserError(f"cannot push to the Hub repo '{repo_id}' ({first_line(e)}); check the network (and that "
-                        f"HF_HUB_OFFLINE is unset) and the token: `huggingface-cli login`, HF_TOKEN or --token"
+                        f"HF_HUB_OFFLINE is unset) and the token: `hf auth login`, HF_TOKEN or --token"
                         ) from None
     return str(getattr(info, "commit_url", info))
 

@@ -201,7 +201,7 @@ class TextLDMPipeline(HubMixin):
         write_model_folder(path, meta, modules, self.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu", require_dit: bool = True,
+    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu", require_dit: bool = True,
                         dtype: torch.dtype | str | None = None, revision: str | None = None) -> TextLDMPipeline:
         """Load a saved model: a local folder or a Hugging Face Hub repo id (`revision`: branch, tag or commit;
         the local HF cache is used, and with HF_HUB_OFFLINE=1 only it). `dtype` torch.bfloat16 (or "bf16")
@@ -225,7 +225,7 @@ class TextLDMPipeline(HubMixin):
         return pipe.to(device, resolve_dtype(dtype))
 
 
-def load_pipeline(name_or_path: Path | str, device: str | torch.device = "cpu", revision: str | None = None,
+def load_pipeline(name_or_path: Path | str, device: str | torch.device = "cpu", *, revision: str | None = None,
                   dtype: torch.dtype | str | None = None) -> TextLDMPipeline | ARPipeline:
     """A saved textldm model of either kind - TextLDM or the AR baseline, as its config.json says - from a model
     folder, a run folder (its model/, else its ar/) or a Hub repo id."""

@@ -36,7 +36,7 @@ class ARPipeline(export.HubMixin):
         export.write_model_folder(path, meta, {"ar": self.model}, self.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Path | str, device: str | torch.device = "cpu",
+    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = None, revision: str | None = None) -> ARPipeline:
         """A saved AR baseline from a local folder or a Hub repo id (as TextLDMPipeline.from_pretrained)."""
         device = resolve_device(device)

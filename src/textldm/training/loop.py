@@ -208,7 +208,7 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
     bar = tqdm(total=cfg.steps, initial=first_step, desc=desc, disable=not (progress and is_main()),
                dynamic_ncols=True)
     meter = Throughput(tokens_per_step or 0, flops_per_step, peak, world_size())
-    metrics, done, time_used = {}, first_step, time_offset
+    metrics, done, time_used, guard_fired = {}, first_step, time_offset, False
     used = max(time_used, _flops_used(cfg.max_flops, first_step, flops_per_step))
     inner.train()
     for step in range(first_step, cfg.steps):
@@ -222,7 +222,8 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
         done, last = step + 1, step == cfg.steps - 1
         time_used = _budget_used(cfg.max_minutes, time_offset, start, loss.device)
         used = max(time_used, _flops_used(cfg.max_flops, done, flops_per_step))
-        out_of_time = used >= 1.0
+        guard_fired = not last and _budget_used(cfg.guard_minutes, 0.0, start, loss.device) >= 1.0
+        out_of_time = used >= 1.0 or guard_fired
         if step % cfg.log_every == 0 or last or out_of_time:
             metrics = _mean_over_ranks(metrics)
             _log_step(logger, bar, _step_record(step, lr, time.time() - start, metrics, grad_norm, device, meter))
@@ -232,13 +233,19 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
             meter.reset()  # the write is not training time
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
             _evaluate(on_eval, step, logger, inner, meter)
+        if guard_fired:
+            log.warning("%s: the %g-minute guard fired at step %d of %d: this run's numbers are not the preset's "
+                        "(a slower or busier machine; raise %s.guard_minutes to finish)", desc, cfg.guard_minutes,
+                        done, cfg.steps, desc.lower())
+            break
         if out_of_time:
             log.info("%s: stopping at step %d (budget reached)", desc, step + 1)
             break
     bar.close()
     _finish(objective, inner, ema)
     return _close(logger, {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
-                           "flops": float(done * flops_per_step), "final": {k: float(v) for k, v in metrics.items()}})
+                           "flops": float(done * flops_per_step), "guard_fired": guard_fired,
+                           "final": {k: float(v) for k, v in metrics.items()}})
 
 
 def _close(logger: TrainingLog, summary: dict) -> dict:
