@@ -411,3 +411,13 @@ def test_the_live_view_never_shows_more_than_the_requested_length():
     last = [e for e in events if e["window"] == 1]
     assert last and all(len(e["tokens"]) == len(e["change"]) == 2 for e in last)
     assert last[-1]["text"] == Words().decode(rows[0])
+
+
+def test_shared_noise_gives_every_row_row_zeros_noise_in_one_batch():
+    """The prompt-dependence measure continues all prompts from one noise, batched: each row equals that prompt
+    continued alone as row 0, and differs from its own-noise continuation."""
+    pipe = block_pipeline(cfg_scale=2.0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1]]
+    shared = pipe.generate_ids(prompts, length=12, seed=3, shared_noise=True)
+    assert shared == [pipe.generate_ids([p], length=12, seed=3)[0] for p in prompts]
+    assert shared[1:] != pipe.generate_ids(prompts, length=12, seed=3)[1:]

@@ -72,3 +72,27 @@ def test_a_flops_budget_stops_at_the_same_step_on_any_machine_and_drives_the_sch
     assert lrs[-1] < 0.02  # decayed by the budget's end, not left near the peak of a 1000-step cosine
     with pytest.raises(ValueError, match="flops_per_step"):
         fit(Quadratic(), lambda step, *_: target, cfg, progress=False, precision="fp32")
+
+
+def test_the_guard_stops_a_slow_run_says_so_and_leaves_the_schedule_to_the_steps(tmp_path):
+    """guard_minutes: a run the guard does not stop is the same run with or without it; one it stops ends cleanly
+    with guard_fired set, its learning rates those of the full-length schedule (unlike max_minutes)."""
+    import json
+    import time
+
+    target = torch.tensor([0.0, 2.0, -1.0])
+
+    def slow(step, *_):
+        time.sleep(0.05)
+        return target
+
+    cfg = TrainConfig(steps=400, lr=0.1, warmup_steps=2, log_every=1, guard_minutes=0.01)  # 0.6 s: ~12 steps
+    stopped = fit(Quadratic(), slow, cfg, log_path=tmp_path / "log.jsonl", progress=False, precision="fp32")
+    assert stopped["guard_fired"] and 3 < stopped["steps"] < 400
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert lrs == [lr_at(step, cfg) for step in range(stopped["steps"])]
+    free = TrainConfig(steps=20, lr=0.1, warmup_steps=2, guard_minutes=10)
+    a, b = Quadratic(), Quadratic()
+    assert not fit(a, lambda *_: target, free, progress=False, precision="fp32")["guard_fired"]
+    fit(b, lambda *_: target, TrainConfig(steps=20, lr=0.1, warmup_steps=2), progress=False, precision="fp32")
+    assert torch.equal(a.w, b.w)

@@ -287,7 +287,8 @@ class TrainConfig(Checked):
             ("micro_batch", "[0, inf)"), ("lr", "(0, inf)"), ("min_lr_ratio", "[0, 1]"), ("warmup_steps", "[0, inf)"),
             ("weight_decay", "[0, inf)"), ("grad_clip", "[0, inf)"), ("ema", "[0, 1)"), ("log_every", "[1, inf)"),
             ("eval_every", "[0, inf)"), ("max_minutes", "(0, inf)"), ("max_flops", "(0, inf)"),
-            ("guard_minutes", "(0, inf)"), ("checkpoint_every", "[0, inf)"), ("keep_checkpoints", "[1, inf)"), ("peak_flops", "[0, inf)"))]
+            ("guard_minutes", "(0, inf)"), ("checkpoint_every", "[0, inf)"), ("keep_checkpoints", "[1, inf)"),
+            ("peak_flops", "[0, inf)"))]
 
     def resolve_batch(self, name: str, tokens_per_sequence: int) -> None:
         """batch_size (sequences) from batch_tokens, when that is given: the loader's one derived value."""

@@ -153,6 +153,11 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     if cfg.metrics.second_judge:
         resolve(cfg.metrics.second_judge)  # a missing wheel or folder fails now, not after training
     start_run(cfg)  # joins the process group before rank 0 tokenizes
+    if is_main() and progress:
+        print(f"demo: {'a saved VAE' if vae_dir else f'VAE {cfg.vae_train.steps} steps'}, DiT {cfg.dit_train.steps} "
+              f"steps, then the report ({max(cfg.eval.num_prompts, cfg.eval.rouge_samples)} held-out prompts); fixed "
+              f"steps, so the same seed gives the same numbers on any machine (each bar shows its stage's ETA)",
+              flush=True)
     data = prepare_data(cfg)
     if vae_dir is None:
         vae_pipe, report = train_vae(cfg, progress, data=data, resume=resume)

@@ -75,7 +75,7 @@ class TextLDMPipeline(HubMixin):
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
                      callback: Callback | None = None, first_index: int = 0, *,
-                     max_new_tokens: int | None = None, **settings) -> list[list[int]]:
+                     max_new_tokens: int | None = None, shared_noise: bool = False, **settings) -> list[list[int]]:
         """Continue each prompt (token ids) by up to `length` tokens (`max_new_tokens`: the same, Hugging Face's
         name); returns ids trimmed at end-of-text. `settings`: any other sampler setting (grid, shift, cfg_min_t,
         cfg_max_t, precision, context_cache; see `SampleConfig`).
@@ -84,15 +84,16 @@ class TextLDMPipeline(HubMixin):
         after block), each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at
         its first end-of-text (the loop: the model's generation mode, `self.mode.generate`). Row i's noise comes
         from `noise_seed(seed, w, first_index + i)` in its w-th window or block, so a prompt gets the same
-        continuation whatever batch it is in. Settings not given come from config.sample. `callback(step, t, x)`
-        sees the latents after every sampling step (one with `reads_tokens = True` also gets their decoder:
+        continuation whatever batch it is in (`shared_noise`: every row gets row 0's noise). Settings not given
+        come from config.sample. `callback(step, t, x)` sees the latents after every sampling step (one with
+        `reads_tokens = True` also gets their decoder:
         `generation.SamplingRun`); it may return new latents (used from then on) or `STOP` (decode now, no further
         windows). `self.last_evaluations`: the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
         s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps,
                           cfg_scale=cfg_scale, solver=solver, seed=seed, **settings)
-        run = SamplingRun(s, self.time_grid(s), callback, first_index)
+        run = SamplingRun(s, self.time_grid(s), callback, first_index, shared_noise)
         out = self.mode.generate(self, prompt_ids, run)
         self.last_evaluations = run.evaluations
         return cut_at([row[: s.length] for row in out], self.eot_id)

@@ -26,10 +26,10 @@ def position_agreement(rows: list[list[int]]) -> float:
 
 @torch.no_grad()
 def same_noise_agreement(pipe, prompts: list[list[int]], length: int, seed: int = 0) -> float:
-    """Prompt dependence: every prompt continued from the SAME starting noise (each alone, as row 0), then the
+    """Prompt dependence: every prompt continued from the SAME starting noise (row 0's, in one batch), then the
     position agreement of the continuations. Continuations that follow their prompts agree about as often as
     unrelated text does; a model whose output is decided by the noise agrees far more."""
-    return position_agreement([pipe.generate_ids([p], length, seed=seed)[0] for p in prompts])
+    return position_agreement(pipe.generate_ids(prompts, length, seed=seed, shared_noise=True))
 
 
 def heldout_prompts(stream: TokenStream, n: int, prompt_len: int, ref_len: int,

@@ -11,7 +11,7 @@ from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, stratified_t
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, stratified_t
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
@@ -149,7 +149,7 @@ class Blocks(GenerationMode):
                                          s.guidance.on, self.prefix_encoder())
                 while active and remaining > 0 and not run.stopped and state.has_room():
                     take = min(d.block_size, remaining)  # the last block may be cut: never show more
-                    seeds = [noise_seed(s.seed, k, run.first_index + i) for i in active]
+                    seeds = [run.noise_seed(k, i) for i in active]
                     rows = self.sample_block(pipe, state, run, seeds, take)
                     for i, row in zip(active, rows):
                         out[i] += row[:take]

@@ -46,8 +46,13 @@ class SamplingRun:
     grid: torch.Tensor
     callback: Callback | None = None
     first_index: int = 0  # the batch's first row is prompt number first_index (its noise seeds)
+    shared_noise: bool = False  # every row starts from row first_index's noise (the prompt-dependence measure)
     stopped: bool = False
     evaluations: int = 0
+
+    def noise_seed(self, window: int, row: int) -> int:
+        """The seed of the batch's row `row` in its `window`-th window or block (`noise_seed`)."""
+        return noise_seed(self.settings.seed, window, self.first_index + (0 if self.shared_noise else row))
 
     def start_noise(self, seeds: list[int], length: int, channels: int, device) -> torch.Tensor:
         """The starting noise of rows with these seeds (`start_noise`), scaled by the settings' noise_scale."""

@@ -150,7 +150,7 @@ class FullWindow(GenerationMode):
             n = min(d.target_max, remaining)
             contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
             rows = self.sample_window(pipe, contexts, n, run,
-                                      [noise_seed(s.seed, window, run.first_index + i) for i in active])
+                                      [run.noise_seed(window, i) for i in active])
             for i, row in zip(active, rows):
                 out[i] += row
             active = [i for i, row in zip(active, rows) if pipe.eot_id not in row]
