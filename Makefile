@@ -47,7 +47,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 
 # recipe-breaking changes applied one at a time to a copy of the source; prints killed / survived
-# (about 30 minutes on 2 cores; results and survivors' reasons: docs/testing.md)
+# (1.5-2 hours on 2 cores; results and survivors' reasons: docs/testing.md)
 mutation: install
 	$(PY) tests/mutation.py $(ARGS)
 

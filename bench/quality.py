@@ -10,7 +10,8 @@ wall-clock budget (`--minutes-per-model`):
     matches TextLDM's inference parameters (VAE without the REPA projector + DiT);
   - TextLDM without REPA (vae.repa_weight=0), same budget split: the paper's central ablation.
 Then all three, and the human-reference row, are scored on the same benchmark items, with sampling-step
-and CFG sweeps for TextLDM. Sizes come from the `demo` preset (any preset: --config).
+and CFG sweeps for TextLDM. Sizes come from the `paper-recipe` preset (the full window at the demo's size, what
+the committed table measured; any preset: --config).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def format_quality(args, facts: dict, results: dict, train_minutes: float) -> st
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo")
+    p.add_argument("--config", default="paper-recipe", help="preset for sizes, data and sampler (the paper's "
+                   "full-window recipe at the demo's size; `demo` is block mode)")
     p.add_argument("--minutes-per-model", type=float, default=12.0)
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--buckets", type=int, default=50)

@@ -52,3 +52,34 @@ def test_from_pretrained_takes_its_options_by_keyword_only():
     for cls in (TextLDMPipeline, ARPipeline):
         with pytest.raises(TypeError):
             cls.from_pretrained("runs/none", "cpu")
+
+
+def test_the_citation_file_names_this_version_and_the_paper():
+    import yaml
+
+    from textldm.version import __version__
+
+    cff = yaml.safe_load((docs_check.ROOT / "CITATION.cff").read_text())
+    assert cff["version"] == __version__
+    assert "2605.07748" in cff["preferred-citation"]["journal"]
+
+
+def test_the_generated_tables_match_their_result_files_and_the_readme_has_no_other():
+    sys.path.insert(0, str(docs_check.ROOT / "bench"))
+    import tables
+
+    assert tables.stale() == []
+    allowed = {"| concept | file |"}  # a map of the code, not a measurement
+    assert set(tables.hand_written_tables(docs_check.ROOT / "README.md")) <= allowed
+
+
+def test_a_generated_table_edited_by_hand_is_stale(tmp_path):
+    sys.path.insert(0, str(docs_check.ROOT / "bench"))
+    import tables
+
+    doc = tmp_path / "doc.md"
+    fresh = tables.render(f"{tables.BEGIN.format('ran_where')}\n{tables.END}\n")
+    doc.write_text(fresh)
+    assert tables.stale([doc]) == [] and "| never run |" in fresh
+    doc.write_text(fresh.replace("never run", "measured", 1))
+    assert tables.stale([doc]) == [str(doc)]
