@@ -7,8 +7,10 @@ What counts as naming one (in code only, so prose may say "train" freely):
   section (or `train`, which is not one: the stages' sections are vae_train, dit_train, ar_train; docs write
   `<stage>_train.key` for all three);
 - a CLI flag: `--flag` after `textldm SUBCOMMAND` (the argparse parsers) or `python bench/X.py` (its source);
-- a module: `textldm.a.b` (importlib, then attributes), `from textldm.a import b`;
-- a file: a path under src/, bench/, docs/, tests/ or .ci/, and a relative markdown link;
+- a module: `textldm.a.b` (importlib, then attributes), `from textldm.a import b`, and a span `training.loop.fit`
+  that starts with one of the package's subpackages;
+- a file: a path under src/, bench/, docs/, tests/ or .ci/, a span `training/loop.py` (under src/textldm/), and a
+  relative markdown link;
 - `make TARGET` (the Makefile) and the first word of a shell line (the virtual environment, PATH, or a known tool).
 """
 from __future__ import annotations
@@ -196,10 +198,15 @@ def check_commands(code: list[Code]) -> list[str]:
     return problems
 
 
+SUBPACKAGES = "training|evaluation|generation|models|diffusion|data|serving"
+
+
 def check_modules(code: list[Code]) -> list[str]:
-    problems = []
+    keys, problems = config_keys()[0], []
     for c in code:
         names = re.findall(r"(?<![\w/])(textldm(?:\.\w+)+)", c.text)
+        if not c.lang and re.fullmatch(rf"(?:{SUBPACKAGES})(?:\.\w+)+", c.text) and c.text not in keys:
+            names.append("textldm." + c.text)  # `training.loop.fit`: a name inside the package
         for module, imported in re.findall(r"from (textldm[\w.]*) import ([\w, ]+)", c.text):
             names += [f"{module}.{n.strip()}" for n in imported.split(",") if n.strip()]
         for name in names:
@@ -230,6 +237,9 @@ def check_paths(doc: str, code: list[Code]) -> list[str]:
         for path in re.findall(r"(?<![\w/.])((?:src|bench|docs|tests|\.ci)/[\w./*{},-]*[\w*}])", c.text):
             if not re.search(r"[*{]", path) and not (ROOT / path).exists():
                 problems.append(f"{c.doc}:{c.line}: `{path}` does not exist")
+        inside = re.fullmatch(rf"(?:{SUBPACKAGES})/\w+\.py", c.text) if not c.lang else None
+        if inside and not (ROOT / "src" / "textldm" / c.text).exists():
+            problems.append(f"{c.doc}:{c.line}: `{c.text}` is not a file of src/textldm/")
     text = (ROOT / doc).read_text()
     for n, line in enumerate(text.splitlines(), 1):
         for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", line):

@@ -363,8 +363,9 @@ MUTANTS = [
            '[("second_judge_", mcfg.judge)]', "eval's second judge scored with the first judge's LM"),
     Mutant("M105", "generation/modes.py", "self.first_index + (0 if self.shared_noise else row))",
            "self.first_index + row)", "same-noise agreement continues each prompt from its own noise"),
-    Mutant("M106", "training/loop.py", "out_of_time = used >= 1.0 or guard_fired", "out_of_time = used >= 1.0",
-           "the wall-clock guard never stops a run"),
+    Mutant("M106", "training/loop.py",
+           "guard_fired = not last and _budget_used(cfg.guard_minutes, 0.0, start, loss.device) >= 1.0",
+           "guard_fired = False", "the wall-clock guard never stops a run"),
 ]
 
 
