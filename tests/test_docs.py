@@ -86,3 +86,13 @@ def test_a_generated_table_edited_by_hand_is_stale(tmp_path):
     assert tables.stale([doc]) == [] and "| never run |" in fresh
     doc.write_text(fresh.replace("never run", "measured", 1))
     assert tables.stale([doc]) == [str(doc)]
+
+
+def test_an_included_table_is_the_result_files_own():
+    sys.path.insert(0, str(docs_check.ROOT / "bench"))
+    import tables
+
+    spec = "include:bench/results/ema_warmup.md#0"
+    doc = tables.render(f"{tables.BEGIN.format(spec)}\n| stale |\n{tables.END}\n")
+    table = doc.split("\n", 1)[1].rsplit(tables.END, 1)[0]
+    assert table.startswith("|") and table in (docs_check.ROOT / "bench/results/ema_warmup.md").read_text()
