@@ -13,7 +13,7 @@ OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-
 RES=bench/results/interface; mkdir -p "$OUT" "$RES"
 T=.venv/bin/textldm; PY=.venv/bin/python
 LM="dit.context_encoder=smollm2-135m dit.context_layer=-1 dit.context_features=auto dit.context_windows=1500"
-STEPS="vae_train.steps=$VAE_STEPS vae_train.max_minutes=null dit_train.steps=$DIT_STEPS dit_train.max_minutes=null"
+STEPS="vae_train.steps=$VAE_STEPS vae_train.guard_minutes=null dit_train.steps=$DIT_STEPS dit_train.guard_minutes=null"
 
 vae() {  # vae ARM OVERRIDES...
   local arm=$1; shift

@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
     minutes = args.minutes_per_model
-    budget = [f"vae_train.max_minutes={0.4 * minutes}", "vae_train.steps=1000000",
-              f"dit_train.max_minutes={0.6 * minutes}", "dit_train.steps=1000000",
+    budget = [f"vae_train.max_minutes={0.4 * minutes}", "vae_train.steps=1000000", "vae_train.max_flops=null",
+              f"dit_train.max_minutes={0.6 * minutes}", "dit_train.steps=1000000", "dit_train.max_flops=null",
+              "vae_train.guard_minutes=null", "dit_train.guard_minutes=null",  # the budget is the minutes here
               f"ar_train.max_minutes={minutes}", "ar_train.steps=1000000", "eval.rouge_samples=0",
               f"metrics.samples={args.samples}", f"metrics.mauve_buckets={args.buckets}"]
     cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm'}"])

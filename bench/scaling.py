@@ -91,6 +91,7 @@ def textldm_config(args, overrides: list[str], flops: float, seed: int, run: Pat
     vae_flops, dit_flops = args.vae_share * flops, (1 - args.vae_share) * flops
     return preset(args, *overrides, f"seed={seed}", "eval.rouge_samples=0", "vae_train.steps=1000000",
                   "dit_train.steps=1000000", "vae_train.max_minutes=null", "dit_train.max_minutes=null",
+                  "vae_train.guard_minutes=null", "dit_train.guard_minutes=null",  # a FLOPs budget, however slow
                   f"vae_train.max_flops={vae_flops}", f"dit_train.max_flops={dit_flops}", f"out_dir={run}")
 
 
