@@ -205,7 +205,7 @@ def test_push_to_hub_offline_or_without_a_token_is_one_line(trained, capsys, mon
 
     monkeypatch.setattr(huggingface_hub, "HfApi", NoToken)
     err = _one_line_exit_2(capsys, ["push-to-hub", "--model", str(model), "--repo", "someone/tiny"])
-    assert "no token found" in err and "huggingface-cli login" in err
+    assert "no token found" in err and "hf auth login" in err
     assert sorted(p.name for p in model.parent.iterdir()) == before
 
 

@@ -233,19 +233,25 @@ def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: T
             meter.reset()  # the write is not training time
         if on_eval is not None and cfg.eval_every and step > 0 and step % cfg.eval_every == 0 and not last:
             _evaluate(on_eval, step, logger, inner, meter)
-        if guard_fired:
-            log.warning("%s: the %g-minute guard fired at step %d of %d: this run's numbers are not the preset's "
-                        "(a slower or busier machine; raise %s.guard_minutes to finish)", desc, cfg.guard_minutes,
-                        done, cfg.steps, desc.lower())
-            break
         if out_of_time:
-            log.info("%s: stopping at step %d (budget reached)", desc, step + 1)
+            _log_stop(desc, cfg, done, guard_fired)
             break
     bar.close()
     _finish(objective, inner, ema)
     return _close(logger, {"steps": done, "seconds": round(time.time() - start, 1), "first_step": first_step,
                            "flops": float(done * flops_per_step), "guard_fired": guard_fired,
                            "final": {k: float(v) for k, v in metrics.items()}})
+
+
+def _log_stop(desc: str, cfg: TrainConfig, done: int, guard_fired: bool):
+    """Why a run stops before cfg.steps: its budget (minutes or FLOPs), or the guard - a warning, since the run's
+    numbers are then not the preset's."""
+    if guard_fired:
+        log.warning("%s: the %g-minute guard fired at step %d of %d: this run's numbers are not the preset's "
+                    "(a slower or busier machine; raise %s_train.guard_minutes to finish)", desc, cfg.guard_minutes,
+                    done, cfg.steps, desc.lower())
+    else:
+        log.info("%s: stopping at step %d (budget reached)", desc, done)
 
 
 def _close(logger: TrainingLog, summary: dict) -> dict:
