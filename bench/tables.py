@@ -96,9 +96,23 @@ def gpu_steps() -> str:
         for r in d["rows"]:
             if name == "gpu_steps_h100.json" and r["name"].startswith("VAE"):
                 continue  # measured before the fused output head; gpu_steps_h100_paper.json has it after
-            rows.append([preset, r["name"], f"{r['params_M']:.0f}M", r["per_device_batch"], f"{r['tokens_per_s']:,}",
-                         f"{100 * r['mfu']:.1f}%", f"{r['peak_memory_gb']:.1f} GB", f"{d['device']}, {d['date']}"])
-    return _table(["preset", "step", "parameters", "batch", "tokens/s", "MFU", "peak memory", "card, date"], rows)
+            mfu = f"{100 * r['mfu']:.1f}%" + (f" ({100 * r['mfu_with_teacher']:.1f}% with the teacher)"
+                                              if "mfu_with_teacher" in r else "")
+            rows.append([f"{r['name']} (`{preset}`)", f"{r['params_M']:.1f}M", r["per_device_batch"],
+                         f"{r['tokens_per_s']:,}", f"{r['tflops_per_s']:.1f}", mfu, f"{r['peak_memory_gb']:.1f} GB",
+                         f"{d['device']}, {d['date']}"])
+    return _table(["step (preset)", "params", "per-GPU batch x 1024", "tokens/s", "TFLOP/s", "MFU", "peak memory",
+                   "card, date"], rows)
+
+
+def cpu_steps() -> str:
+    """Training-step throughput on the CPU (`python bench/throughput.py --json bench/results/throughput_cpu.json`:
+    bf16 autocast, median of timed steps)."""
+    d = _load("throughput_cpu.json")
+    rows = [[r["name"], f"{r['params_M']:.1f}M", f"{r['tokens_per_s']:,.0f}", f"{1000 * r['tflops_per_s']:.0f}",
+             f"{100 * r['mfu']:.1f}%"] for r in d["rows"]]
+    return _table(["training step", "params", "tokens/s", "achieved GFLOP/s",
+                   f"MFU (of {d['peak_flops'] / 1e9:.0f} GFLOP/s measured)"], rows)
 
 
 RAN = {"measured": "measured", "ci": "tested in CI", "never": "never run"}
@@ -136,7 +150,7 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
-TABLES = {f.__name__: f for f in (demo_runs, scaling_reference, gpu_steps, ran_where, paper_table1)}
+TABLES = {f.__name__: f for f in (demo_runs, scaling_reference, gpu_steps, cpu_steps, ran_where, paper_table1)}
 
 
 def included(spec: str) -> str:
