@@ -115,6 +115,31 @@ def cpu_steps() -> str:
                    f"MFU (of {d['peak_flops'] / 1e9:.0f} GFLOP/s measured)"], rows)
 
 
+BLOCK_SAMPLERS = {"TextLDM, euler 10": "full window, Euler 10", "TextLDM block 16, euler 10": "block 16",
+                  "TextLDM block 8, euler 10": "block 8", "TextLDM block 4, euler 10": "block 4",
+                  "TextLDM block 1, euler 10": "block 1", "AR, KV cache": "AR baseline, KV cache"}
+
+
+def block_sampling() -> str:
+    """Batch-1 latency and FLOPs of each block size against AR + KV cache, at 64 and 256 tokens
+    (bench/sampling.py --blocks 16,8,4,1 --out bench/results/block_mode/sampling)."""
+    rows = {(r["model"], r["length"]): r for r in _load("block_mode/sampling/sampling.json")["rows"] if r["batch"] == 1}
+    ar = rows[("AR, KV cache", 256)]["seconds_per_continuation"]
+    out = []
+    for model, label in BLOCK_SAMPLERS.items():
+        short, long = rows[(model, 64)], rows[(model, 256)]
+        cells = [f"{_sig(r['seconds_per_continuation'])} / {r['gflops_per_continuation']:,.0f}" for r in (short, long)]
+        ratio = long["seconds_per_continuation"] / ar
+        out.append([label, f"{short['forwards']:,} / {long['forwards']:,}", *cells,
+                    "1x" if model.startswith("AR") else f"{ratio:.2f}x" if ratio < 1.5 else f"{ratio:.1f}x"])
+    return _table(["batch 1", "forwards at 64 / 256 tokens", "64 tokens: s / GFLOP", "256 tokens: s / GFLOP",
+                   "vs AR at 256 tokens (time)"], out)
+
+
+def _sig(seconds: float) -> str:
+    return f"{seconds:.3g}" if seconds >= 10 else f"{seconds:.2f}"
+
+
 RAN = {"measured": "measured", "ci": "tested in CI", "never": "never run"}
 
 
@@ -150,7 +175,8 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
-TABLES = {f.__name__: f for f in (demo_runs, scaling_reference, gpu_steps, cpu_steps, ran_where, paper_table1)}
+TABLES = {f.__name__: f for f in (demo_runs, scaling_reference, gpu_steps, cpu_steps, block_sampling, ran_where,
+                                          paper_table1)}
 
 
 def included(spec: str) -> str:
