@@ -96,3 +96,12 @@ def test_an_included_table_is_the_result_files_own():
     doc = tables.render(f"{tables.BEGIN.format(spec)}\n| stale |\n{tables.END}\n")
     table = doc.split("\n", 1)[1].rsplit(tables.END, 1)[0]
     assert table.startswith("|") and table in (docs_check.ROOT / "bench/results/ema_warmup.md").read_text()
+
+
+def test_an_include_keeps_only_the_rows_its_where_names():
+    sys.path.insert(0, str(docs_check.ROOT / "bench"))
+    import tables
+
+    table = tables.included("include:bench/results/scaling/scaling.md#0 where design=ar,full; budget (FLOPs)=5e+13")
+    rows = table.splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["ar", "full"]
