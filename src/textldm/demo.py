@@ -156,7 +156,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     if is_main() and progress:
         print(f"demo: {'a saved VAE' if vae_dir else f'VAE {cfg.vae_train.steps} steps'}, DiT {cfg.dit_train.steps} "
               f"steps, then the report ({max(cfg.eval.num_prompts, cfg.eval.rouge_samples)} held-out prompts); fixed "
-              f"steps, so the same seed gives the same numbers on any machine (each bar shows its stage's ETA)",
+              f"steps: the same seed and thread count give the same numbers on any machine (each bar shows its ETA)",
               flush=True)
     data = prepare_data(cfg)
     if vae_dir is None:
