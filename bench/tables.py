@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if found else 0
     for doc in DOCS:
         text = doc.read_text()
-        if render(text) != text:
-            doc.write_text(render(text))
+        fresh = render(text)
+        if fresh != text:
+            doc.write_text(fresh)
             print(f"rewrote {doc.relative_to(ROOT)}")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import re
 import shutil
@@ -66,6 +67,7 @@ def code_in(doc: str) -> list[Code]:
     return found
 
 
+@functools.cache  # the same for every doc
 def config_keys() -> tuple[set[str], set[str], set[str]]:
     """(every `section.key` and top-level key, the section names, TrainConfig's keys)."""
     from textldm.config import Config, TrainConfig
@@ -102,6 +104,7 @@ def key_problem(name: str, keys: set[str], sections: set[str], train_keys: set[s
     return f"config key '{name}' does not exist (`textldm config --keys`)"
 
 
+@functools.cache
 def _section_types() -> dict[str, type]:
     from textldm.config import Config
 
@@ -122,6 +125,7 @@ def check_keys(code: list[Code]) -> list[str]:
     return problems
 
 
+@functools.cache
 def parsers() -> dict[str, argparse.ArgumentParser]:
     from textldm.cli import _parser
 
