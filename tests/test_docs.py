@@ -32,6 +32,8 @@ def test_the_docs_name_only_keys_flags_modules_and_files_that_exist():
     ("```python\nfrom textldm.evaluation.metrics import rouge_l, not_there\n```", "not_there` does not import"),
     ("`textldm.evaluation.metrics.rouge_l`", None),
     ("`bench/nothing_here.py`", "does not exist"),
+    ("`tests/nothing_here.png`", "does not exist"),
+    ("`tests/artifacts/not_written_yet.png`", None),  # a test writes it (git-ignored): no clean clone has it
     ("`training/nothing.py`", "is not a file of src/textldm/"),
     ("`training/loop.py` and `training.loop.fit`", None),
     ("`training.loop.no_such_function`", "does not import"),
