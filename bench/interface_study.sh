@@ -3,7 +3,8 @@
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
-# Arms on the base VAE: base (B = 1), selfcond (refused: self-conditioning is full-window only), b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
+# Arms on the base VAE: base (B = 1), live (the LM run at every step on streamed windows), ft1 (live, and the LM's
+# last block trained: dit.context_train_layers=1), selfcond (refused: self-conditioning is full-window only), b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
 # block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2,
 # width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval, both judges).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
@@ -55,7 +56,7 @@ PY
 }
 table() {  # the side-by-side tables: the trained models and the backbone sampling itself, on the embedded benchmark
   local models=(--model hf:smollm2-135m)
-  for arm in base b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
+  for arm in base live ft1 b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
     [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
   done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
@@ -85,6 +86,8 @@ for arm in $ARMS; do
     b4)       dit b4 base dit.block_size=4 ;;
     b16)      dit b16 base dit.block_size=16 ;;
     scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
+    live)     dit live base dit.context_features= dit.context_windows=0 ;;  # the LM at every step, streamed windows
+    ft1)      dit ft1 base dit.context_features= dit.context_windows=0 dit.context_train_layers=1 ;;  # + its last block
     ar)       ar ;;
     table)    table ;;
     *) echo "unknown arm $arm"; exit 2 ;;

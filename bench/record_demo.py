@@ -1,5 +1,6 @@
-"""Record a finished `make demo` run for the docs: its report (8 samples kept), how long it took and where, into
-bench/results/demo/NAME.json; `python bench/tables.py` then puts it in the README's and docs' demo table.
+"""Record a finished `make demo` (or `make long`: `--preset cpu-long`) run for the docs: its report (8 samples kept),
+how long it took and where, into bench/results/PRESET/NAME.json; `python bench/tables.py` then puts it in the
+README's and docs' table of that preset's runs.
 
     python bench/record_demo.py runs/demo --name 2026-12-03-quiet --label "make demo, fresh clone" \
         --minutes 14.2 --machine "2 cores, quiet"
@@ -22,13 +23,14 @@ def main():
     p.add_argument("--minutes", type=float, required=True, help="its wall-clock minutes, as measured outside it")
     p.add_argument("--machine", required=True, help="cores and load, e.g. '2 cores, quiet'")
     p.add_argument("--date", default=str(date.today()))
+    p.add_argument("--preset", default="demo", choices=["demo", "cpu-long"], help="whose table the run joins")
     args = p.parse_args()
     report = json.loads((args.run / "report.json").read_text())
     report["continuations"]["samples"] = report["continuations"]["samples"][:8]
     env = json.loads((args.run / "environment.json").read_text())
     meta = {"label": args.label, "minutes": args.minutes, "machine": args.machine, "date": args.date,
             "environment": env}
-    out = ROOT / "bench" / "results" / "demo" / f"{args.name}.json"
+    out = ROOT / "bench" / "results" / args.preset / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "report": report}, indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -45,8 +45,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def demo_runs() -> str:
     """`make demo` runs recorded with bench/record_demo.py (bench/results/demo/*.json), newest first."""
+    return _runs("demo")
+
+
+def cpu_long_runs() -> str:
+    """`make long` runs recorded with `bench/record_demo.py --preset cpu-long` (bench/results/cpu-long/*.json)."""
+    return _runs("cpu-long")
+
+
+def _runs(folder: str) -> str:
     rows = []
-    for path in sorted((RESULTS / "demo").glob("*.json"), reverse=True):
+    for path in sorted((RESULTS / folder).glob("*.json"), reverse=True):
         run = json.loads(path.read_text())
         m, r = run["meta"], run["report"]
         c = r["continuations"]
@@ -200,8 +209,8 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
-TABLES = {f.__name__: f for f in (demo_runs, scaling_reference, gpu_steps, cpu_steps, window_sampling, block_sampling,
-                                          ran_where, paper_table1)}
+TABLES = {f.__name__: f for f in (demo_runs, cpu_long_runs, scaling_reference, gpu_steps, cpu_steps, window_sampling,
+                                          block_sampling, ran_where, paper_table1)}
 
 
 def included(spec: str) -> str:

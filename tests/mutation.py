@@ -366,6 +366,13 @@ MUTANTS = [
     Mutant("M106", "training/loop.py",
            "guard_fired = not last and _budget_used(cfg.guard_minutes, 0.0, start, loss.device) >= 1.0",
            "guard_fired = False", "the wall-clock guard never stops a run"),
+    Mutant("M107", "training/loop.py", 'group["lr"] = lr * group.get("lr_scale", 1.0)', 'group["lr"] = lr',
+           "fine-tuned LM blocks step at the DiT's lr, not lr x dit.context_lr_scale"),
+    Mutant("M108", "training/stages.py", "TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot, mode=mode)",
+           "TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot)",
+           "the DiT stage saves a fresh copy of the context LM, not the blocks it trained"),
+    Mutant("M109", "models/teacher.py", "with torch.set_grad_enabled(trained and torch.is_grad_enabled()):",
+           "with torch.no_grad():", "the context LM's trained blocks get no gradient"),
 ]
 
 

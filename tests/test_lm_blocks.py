@@ -330,3 +330,93 @@ def served_like_the_python_api(pipe: TextLDMPipeline) -> None:
               .text.splitlines() if line.startswith("data: ")]
     assert chunks[-1] == "[DONE]"
     assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1]) == expected
+
+
+def word_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
+    tk = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0")
+
+
+def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_saved(lm_dir, tmp_path):
+    """dit.context_train_layers=1: only the LM's last block gets gradients, one AdamW step moves it by lr x
+    dit.context_lr_scale (Adam's first step moves every weight by ~lr) and the DiT by lr, its matrix products join
+    the counted FLOPs, and the model folder keeps the trained block: reloaded, the LM gives the trained states."""
+    from textldm.config import TrainConfig
+    from textldm.training.loop import _set_lr, make_optimizer
+
+    torch.manual_seed(1)
+    d = DiTConfig(width=32, depth=2, heads=2, block_size=BLOCK, context_min=4, context_max=CONTEXT, target_min=4,
+                  target_max=TARGET, context_encoder=lm_dir, context_train_layers=1, context_lr_scale=0.25)
+    mode, vae = LMBlocks(perturbed(LMBlocks.new_dit(d, C), 0.2, 1)), tiny_vae()  # (adaLN-Zero: no gradient at 0)
+    layers = mode.lm.layers
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    frozen_parts = [*layers[:-1].parameters(), *mode.lm.model.get_input_embeddings().parameters()]
+    assert not any(p.requires_grad for p in frozen_parts)
+    batch = mode.batch(RandomStream(VOCAB), vae, 4, torch.Generator().manual_seed(0), slice(None),
+                       torch.device("cpu"))
+    mode(batch, 0)[0].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers[-1].parameters())
+    assert all(p.grad is None for p in layers[:-1].parameters())
+    lm_before = {k: v.clone() for k, v in mode.lm.trained_state().items()}
+    dit_before = [p.detach().clone() for p in mode.dit.parameters() if p.grad is not None]
+    optimizer = make_optimizer(mode, TrainConfig(lr=1e-2, weight_decay=0.0))
+    _set_lr(optimizer, 1e-2)
+    optimizer.step()
+    lm_step = max((v - lm_before[k]).abs().max().item() for k, v in mode.lm.trained_state().items())
+    dit_step = max((p.detach() - b).abs().max().item()
+                   for p, b in zip([p for p in mode.dit.parameters() if p.grad is not None], dit_before))
+    assert lm_step == pytest.approx(0.25e-2, rel=0.02) and dit_step == pytest.approx(1e-2, rel=0.02)
+
+    frozen = LMBlocks(LMBlocks.new_dit(DiTConfig(**{**vars(d), "context_train_layers": 0}), C))
+    matrices = sum(p.numel() for p in layers[-1].parameters() if p.dim() >= 2)
+    assert mode.train_flops(4) - frozen.train_flops(4) == 3 * 4 * (CONTEXT + TARGET) * 2 * matrices
+
+    cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4))
+    TextLDMPipeline(cfg, word_tokenizer(), vae, mode.dit, -1, mode=mode).save_pretrained(tmp_path / "m")
+    loaded = TextLDMPipeline.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(loaded.mode.lm(ids), mode.lm(ids)) and not torch.allclose(frozen.lm(ids), mode.lm(ids))
+    (tmp_path / "m" / "context_lm.safetensors").unlink()
+    with pytest.raises(UserError, match="holds no context_lm.safetensors"):
+        TextLDMPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_trained_lm_blocks_refuse_precomputed_states_fsdp_and_more_blocks_than_run(lm_dir):
+    base = [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1",
+            "dit.context_train_layers=1"]
+    load_config(None, base)  # valid
+    with pytest.raises(UserError, match="cannot be precomputed"):
+        load_config(None, base + ["dit.context_features=auto"])
+    with pytest.raises(UserError, match="not supported with dit_train.parallel=fsdp"):
+        load_config(None, base + ["dit_train.parallel=fsdp"])
+    with pytest.raises(UserError, match=r"runs 3 blocks up to its layer; use 1..3"):
+        LMBlocks(LMBlocks.new_dit(DiTConfig(block_size=BLOCK, context_encoder=lm_dir, context_train_layers=4), C))
+
+
+def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(tiny_model_dir, tiny_corpus, tmp_path,
+                                                                                  monkeypatch):
+    """The DiT stage with dit.context_train_layers=1: the model folder's context_lm.safetensors holds the LM's last
+    block as training left it (moved from the pretrained weights; the blocks below untouched), and the reloaded
+    pipeline's LM is that one - the trained model the stage sampled with, not a fresh copy of the pretrained LM."""
+    from conftest import tiny_overrides
+    from safetensors.torch import load_file
+
+    from textldm.training import stages
+
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
+                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_train_layers=1", "vae_train.steps=5",
+                       "dit_train.steps=6", "dit_train.lr=1e-2"])
+    vae_pipe, _ = stages.train_vae(cfg, progress=False)
+    pipe, _ = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False)
+    saved = load_file(str(tmp_path / "model" / "context_lm.safetensors"))
+    pretrained = Teacher(tiny_model_dir, cfg.dit.context_layer)
+    fresh = pretrained.model.state_dict()
+    assert saved and all(not torch.equal(v, fresh[k]) for k, v in saved.items())
+    assert all(torch.equal(v, pipe.mode.lm.model.state_dict()[k]) for k, v in saved.items())
+    untouched = [k for k in fresh if k not in saved and ".layers." in k]
+    assert untouched and all(torch.equal(fresh[k], pipe.mode.lm.model.state_dict()[k]) for k in untouched)
+    loaded = TextLDMPipeline.from_pretrained(tmp_path / "model")
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.mode.lm(ids), pipe.mode.lm(ids))

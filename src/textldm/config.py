@@ -218,6 +218,10 @@ class DiTConfig(TransformerShape):
     context_layer: int = -1  # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = last)
     context_features: str = ""  # "" = the LM runs at every training step; "auto" or a folder = precomputed to disk
     context_windows: int = 0  # with context_features: training windows to precompute (0 = the whole split)
+    # the LM's last blocks (those up to context_layer) trained with the DiT, at lr x context_lr_scale (fine-tuning a
+    # pretrained LM wants a smaller step than a DiT from scratch); saved beside the DiT (context_lm.safetensors)
+    context_train_layers: int = 0  # 0 = the LM frozen
+    context_lr_scale: float = 0.1
     SECTION = "dit"
 
     @property
@@ -230,7 +234,8 @@ class DiTConfig(TransformerShape):
         return super().rules(name) + [self.within(name, key, interval) for key, interval in (
             ("depth", "[1, inf)"), ("infill_prob", "[0, 1]"), ("self_condition_prob", "[0, 1]"),
             ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"),
-            ("context_windows", "[0, inf)"))] + [
+            ("context_windows", "[0, inf)"), ("context_train_layers", "[0, inf)"),
+            ("context_lr_scale", "[0, inf)"))] + [
             (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
             (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max")]
 

@@ -24,13 +24,14 @@ from textldm.utils import atomic_dir, environment, looks_like_path
 FORMAT = "textldm-checkpoint-v1"
 
 
-def _state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+def _state(module: torch.nn.Module | dict) -> dict:
+    state = module if isinstance(module, dict) else module.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def write_model_folder(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module], tokenizer) -> None:
+def write_model_folder(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module | dict], tokenizer) -> None:
     """One folder, written atomically: config.json (`meta` + format + environment), `<name>.safetensors`
-    per module, the tokenizer files and the model card (README.md)."""
+    per module (or dict of tensors), the tokenizer files and the model card (README.md)."""
     meta = {"format": FORMAT, "environment": environment(), **meta}
     with atomic_dir(path) as tmp:
         for name, module in modules.items():

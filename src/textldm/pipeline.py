@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from textldm.config import Config, SampleConfig, config_from_dict, to_dict
@@ -27,7 +28,7 @@ from textldm.export import (
     resolve_dtype,
     write_model_folder,
 )
-from textldm.generation import SamplingRun, mode_class, noise_seed
+from textldm.generation import GenerationMode, SamplingRun, mode_class, noise_seed
 from textldm.generation.ar import ARPipeline, resolve_length
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
@@ -36,6 +37,8 @@ from textldm.utils import cut_at, resolve_device
 __all__ = ["ARPipeline", "TextLDMPipeline", "load_pipeline", "noise_seed", "truncate_prompts"]
 log = logging.getLogger(__name__)
 
+
+HELPERS = "context_lm"  # a model folder's <HELPERS>.safetensors: weights the mode trained outside the DiT
 
 def truncate_prompts(rows: list[list[int]], limit: int, what: str) -> list[list[int]]:
     """The one prompt-length policy (the Python API, the CLI, the server and the evaluation harness): a prompt
@@ -52,10 +55,13 @@ class TextLDMPipeline(HubMixin):
     """Tokenizer + frozen TextVAE + TextDiT: `from_pretrained` / `save_pretrained` / `push_to_hub`, and
     `generate` (text in, text out), `generate_ids`, `infill`."""
 
-    def __init__(self, config: Config, tokenizer, vae: TextVAE, dit: TextDiT | None, eot_id: int):
+    def __init__(self, config: Config, tokenizer, vae: TextVAE, dit: TextDiT | None, eot_id: int, *,
+                 mode: GenerationMode | None = None):
+        """`mode`: the DiT's generation mode when the caller has it (training: the objective, with any helper it
+        trained); default: built from the config."""
         self.config, self.tokenizer, self.vae, self.dit, self.eot_id = config, tokenizer, vae, dit, eot_id
         # how the DiT generates (full window or blocks), chosen once from its config
-        self.mode = None if dit is None else mode_class(config.dit)(dit)
+        self.mode = mode if mode is not None or dit is None else mode_class(config.dit)(dit)
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
@@ -199,6 +205,9 @@ class TextLDMPipeline(HubMixin):
                 "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
         modules = {"vae": self.vae} if self.dit is None else {"vae": self.vae, "dit": self.dit}
+        helpers = self.mode.trained_helpers() if self.mode is not None else {}
+        if helpers:  # e.g. the context LM's fine-tuned blocks
+            modules[HELPERS] = helpers
         write_model_folder(path, meta, modules, self.tokenizer)
 
     @classmethod
@@ -223,6 +232,11 @@ class TextLDMPipeline(HubMixin):
         elif require_dit:
             raise UserError(f"'{path}' holds only a VAE; train a DiT on it with `textldm train-dit --vae {path}`")
         pipe = cls(config, read_tokenizer(path), vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
+        if pipe.mode is not None and pipe.mode.trained_helpers():
+            if not (path / f"{HELPERS}.safetensors").exists():
+                raise UserError(f"'{path}' was trained with dit.context_train_layers={config.dit.context_train_layers} "
+                                f"but holds no {HELPERS}.safetensors (its trained LM blocks); re-save it")
+            pipe.mode.load_trained_helpers(load_file(str(path / f"{HELPERS}.safetensors")))
         return pipe.to(device, resolve_dtype(dtype))
 
 

@@ -1,11 +1,12 @@
 """Block mode with a pretrained context encoder (`dit.context_encoder`, STAR-LDM / DGLM-style): every noisy block reads,
-as its clean prefix, a frozen causal LM's hidden states of the tokens before it (`dit.context_layer`) instead of
-their VAE latents. The target stays the VAE's latents, decoded beside the window's latents as in plain block mode.
-The LM carries what it learned in pretraining into the latent space: the DiT only learns to map "what comes next"
-states to next-block latents. Training reads the LM's states of whole windows (at every step, or precomputed to
-disk once: `dit.context_features`); sampling keeps the LM's KV cache over the window's committed tokens, so each
-block costs one LM forward over its B tokens (`LMPrefix`). The LM's FLOPs are a frozen helper's: not in the trained
-FLOPs, as the REPA teacher's are not.
+as its clean prefix, a causal LM's hidden states of the tokens before it (`dit.context_layer`) instead of their VAE
+latents. The target stays the VAE's latents, decoded beside the window's latents as in plain block mode. The LM
+carries what it learned in pretraining into the latent space: the DiT only learns to map "what comes next" states
+to next-block latents. Training reads the LM's states of whole windows (at every step, or precomputed to disk once:
+`dit.context_features`); sampling keeps the LM's KV cache over the window's committed tokens, so each block costs
+one LM forward over its B tokens (`LMPrefix`). The LM is frozen - its FLOPs a helper's, not in the trained FLOPs,
+as the REPA teacher's are not - unless its last `dit.context_train_layers` blocks train with the DiT (at lr x
+`dit.context_lr_scale`; their FLOPs counted, their weights saved beside the DiT).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from textldm.generation.blocks import Blocks
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
+from textldm.training.perf import TRAIN_FACTOR
 from textldm.training.precision import teacher_context
 from textldm.training.teacher_cache import TeacherCache, open_or_build
 
@@ -93,6 +95,8 @@ class LMBlocks(Blocks):
         d = dit.cfg
         self.lm = lm if lm is not None else Teacher(d.context_encoder, d.context_layer)
         self.lm.to(next(dit.parameters()).device)
+        if d.context_train_layers:
+            self.lm.unfreeze(d.context_train_layers, d.context_lr_scale)
 
     @staticmethod
     def selects(d: DiTConfig) -> bool:
@@ -103,7 +107,13 @@ class LMBlocks(Blocks):
         d = config.dit
         return Blocks.rules(config) + [
             (d.context_windows == 0 or bool(d.context_features),
-             "dit.context_windows counts precomputed windows: set dit.context_features=auto (or a folder) too")]
+             "dit.context_windows counts precomputed windows: set dit.context_features=auto (or a folder) too"),
+            (d.context_train_layers == 0 or not d.context_features,
+             "dit.context_train_layers trains the LM, so its states change at every step and cannot be precomputed: "
+             "set dit.context_features='' (or keep the LM frozen: dit.context_train_layers=0)"),
+            (d.context_train_layers == 0 or config.dit_train.parallel == "ddp",
+             "dit.context_train_layers is not supported with dit_train.parallel=fsdp (the LM's blocks are not "
+             "sharded); use ddp")]
 
     @classmethod
     def new_dit(cls, d: DiTConfig, latent_channels: int, prefix_channels: int | None = None) -> TextDiT:
@@ -138,15 +148,37 @@ class LMBlocks(Blocks):
         else:
             ids, features = source.windows(batch_size, self.dit.cfg.window, g), None
         batch = self.lay_out(ids, vae, g, rows, device, t)
+        if self.trains_lm():  # the LM runs inside the objective's forward, where its gradients (and DDP's) are
+            batch["context_ids"] = ids[rows].to(device)
+            return batch
         if features is None:
             with teacher_context(device):
                 features = self.lm(ids[rows].to(device))
         batch["context"] = features.to(device)
         return batch
 
+    def trains_lm(self) -> bool:
+        """Whether some of the LM's blocks train with the DiT (dit.context_train_layers)."""
+        return self.dit.cfg.context_train_layers > 0
+
+    def train_flops(self, batch_size: int) -> float:
+        """The DiT's counted FLOPs plus the LM blocks trained with it (dit.context_train_layers: their matrix products,
+        forward + backward; the frozen blocks below are a helper's and are not counted)."""
+        trained = sum(p.numel() for p in self.lm.parameters() if p.requires_grad and p.dim() >= 2)
+        return super().train_flops(batch_size) + TRAIN_FACTOR * batch_size * self.dit.cfg.window * 2 * trained
+
+    def trained_helpers(self) -> dict[str, torch.Tensor]:
+        return self.lm.trained_state()
+
+    def load_trained_helpers(self, state: dict[str, torch.Tensor]) -> None:
+        self.lm.load_trained_state(state)
+
     def prefix(self, batch: dict) -> torch.Tensor:
         """What the noisy blocks read as their clean prefix: the LM's states of the window."""
-        return batch["context"]
+        if "context" in batch:
+            return batch["context"]
+        with teacher_context(batch["context_ids"].device):
+            return self.lm(batch["context_ids"])
 
     # sampling ----------------------------------------------------------------------------------------------
     def prefix_encoder(self) -> LMPrefix:

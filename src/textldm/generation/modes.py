@@ -128,6 +128,14 @@ class GenerationMode(nn.Module):
         precomputes something of it once (`lm_blocks.LMBlocks`: the context LM's states on disk)."""
         return stream
 
+    def trained_helpers(self) -> dict[str, torch.Tensor]:
+        """Weights outside the DiT that training changes and a model folder keeps beside it (`lm_blocks.LMBlocks`
+        with dit.context_train_layers: the context LM's trained blocks); none here."""
+        return {}
+
+    def load_trained_helpers(self, state: dict[str, torch.Tensor]) -> None:
+        """Put saved `trained_helpers` back."""
+
     def forward(self, batch: dict, step: int):
         """(loss, metrics) of one micro-batch: the mean over samples of each sample's velocity MSE."""
         loss = masked_row_mean(self.errors(batch, batch["drop"], batch.get("self_cond")), self.loss_mask(batch)).mean()

@@ -125,11 +125,35 @@ class Teacher(nn.Module):
             raise UserError(f"teacher layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
         layers = _decoder_layers(model)
         del layers[k:]  # run only what the aligned layer needs
-        self.blocks_run = k
+        self.blocks_run, self.layers = k, layers
         self.model = model.eval().requires_grad_(False)
         self.hidden_size = model.config.hidden_size
         self._captured = None
         layers[k - 1].register_forward_hook(self._capture)
+
+    def unfreeze(self, n: int, lr_scale: float = 1.0) -> None:
+        """Train the last `n` blocks that run (those ending at the used layer) with the model that reads them, at
+        the stage's lr x `lr_scale` (each parameter carries it: `make_optimizer` groups by it). The rest stays
+        frozen, so backpropagation stops at the first trained block and the frozen blocks keep no activations."""
+        if not 1 <= n <= self.blocks_run:
+            raise UserError(f"dit.context_train_layers={n}: the context LM runs {self.blocks_run} blocks up to its "
+                            f"layer; use 1..{self.blocks_run} (0 = frozen)")
+        for p in self.layers[self.blocks_run - n:].parameters():
+            p.requires_grad_(True)
+            p.lr_scale = lr_scale
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained blocks' weights (`unfreeze`), by their names in the LM: what a model folder saves."""
+        names = {id(p) for p in self.parameters() if p.requires_grad}
+        return {k: v.detach() for k, v in self.model.state_dict(keep_vars=True).items() if id(v) in names}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put trained blocks' weights (`trained_state`, read from a model folder) into the LM."""
+        missing = set(state) - set(self.model.state_dict())
+        if missing:
+            raise UserError(f"the saved context-LM weights name {len(missing)} tensors this LM does not have (e.g. "
+                            f"'{sorted(missing)[0]}'): the folder was trained with another dit.context_encoder")
+        self.model.load_state_dict(state, strict=False)
 
     def _capture(self, module, args, output):
         self._captured = output[0] if isinstance(output, tuple) else output
@@ -146,10 +170,12 @@ class Teacher(nn.Module):
                             f"{vocab_size}; use embed_init=random")
         return weight[:vocab_size]
 
-    @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe)."""
-        self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False)
+        """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe).
+        Without gradients unless some blocks are trained (`unfreeze`)."""
+        trained = any(p.requires_grad for p in self.layers.parameters())
+        with torch.set_grad_enabled(trained and torch.is_grad_enabled()):
+            self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False)
         out, self._captured = self._captured, None
         return out.float()
 
@@ -167,6 +193,7 @@ class Teacher(nn.Module):
                               use_cache=True)
         out, self._captured = self._captured, None
         return out.float(), cache
+
 
     def train(self, mode: bool = True):  # the teacher is never put in training mode
         """Ignored: the teacher always stays in eval mode."""

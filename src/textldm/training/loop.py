@@ -36,14 +36,17 @@ log = logging.getLogger(__name__)
 
 # optimisation -----------------------------------------------------------------------------------------
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params). The fused kernel
+    """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params); a parameter with an
+    `lr_scale` attribute (a fine-tuned pretrained block: `Teacher.unfreeze`) steps at lr x lr_scale. The fused kernel
     on GPU, and on CPU where parameters are plain tensors (FSDP's sharded ones take the foreach path)."""
     from torch.distributed.tensor import DTensor
 
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[bool, float], list] = {}
+    for p in params:
+        groups.setdefault((p.dim() >= 2, getattr(p, "lr_scale", 1.0)), []).append(p)
+    order = sorted(groups, key=lambda k: (k[1] != 1.0, not k[0], k[1]))  # decay, no decay (as checkpoints hold them)
+    groups = [{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order]
     fused = bool(params) and (params[0].is_cuda or not isinstance(params[0], DTensor))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
@@ -272,7 +275,7 @@ def _optimizer_step(inner: nn.Module, optimizer, ema: EMA | None, step: int, gra
 
 def _set_lr(optimizer, lr: float):
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _run_facts(cfg: TrainConfig, per_device: int, accum: int, amp_dtype, peak: float, flops_per_step: float) -> dict:

@@ -235,7 +235,7 @@ def train_dit(cfg: Config, vae_pipe: TextLDMPipeline | None = None, vae_dir: str
                             device), train_config=tcfg,
         tokens_per_step=tcfg.batch_size * mode.tokens_per_sequence(), flops_per_step=mode.train_flops(tcfg.batch_size),
         evaluate=lambda: evaluate_dit(mode, vae, val, e.val_batches, e.batch_size, cfg.seed, device),
-        pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot), export="model",
+        pipeline=TextLDMPipeline(cfg, vae_pipe.tokenizer, vae, dit, eot, mode=mode), export="model",
         report={k: v for k, v in (vae_report or {}).items() if k.startswith("vae")})
     report = train_stage(cfg, stage, progress, resume)
     return stage.pipeline, report
