@@ -399,9 +399,9 @@ def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(
     """The DiT stage with dit.context_train_layers=1: the model folder's context_lm.safetensors holds the LM's last
     block as training left it (moved from the pretrained weights; the blocks below untouched), and the reloaded
     pipeline's LM is that one - the trained model the stage sampled with, not a fresh copy of the pretrained LM."""
-    from conftest import tiny_overrides
     from safetensors.torch import load_file
 
+    from conftest import tiny_overrides
     from textldm.training import stages
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
