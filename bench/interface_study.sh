@@ -3,10 +3,12 @@
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
-# Arms on the base VAE: base (B = 1), live (the LM run at every step on streamed windows), ft1 (live, and the LM's
-# last block trained: dit.context_train_layers=1), selfcond (refused: self-conditioning is full-window only), b4 / b16 (block sizes), scratch (no context encoder: the from-scratch
-# block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2,
-# width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval, both judges).
+# Arms on the base VAE: base (B = 1), dit4x (4x the DiT steps), small (a 2-block DiT), live (the LM run at every
+# step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_train_layers=1), selfcond
+# (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
+# from-scratch block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise,
+# kl1e-2, width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval,
+# both judges).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
 set -uo pipefail  # an arm that fails is reported and the next one runs
@@ -56,7 +58,7 @@ PY
 }
 table() {  # the side-by-side tables: the trained models and the backbone sampling itself, on the embedded benchmark
   local models=(--model hf:smollm2-135m)
-  for arm in base live ft1 b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
+  for arm in base live ft1 dit4x small b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
     [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
   done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
@@ -85,6 +87,8 @@ for arm in $ARMS; do
     norepa)   vae norepa vae.repa_weight=0; dit norepa norepa ;;
     b4)       dit b4 base dit.block_size=4 ;;
     b16)      dit b16 base dit.block_size=16 ;;
+    small)    dit small base dit.depth=2 ;;  # denoiser size: 2 of the demo DiT's 6 blocks
+    dit4x)    dit dit4x base dit_train.steps=$((4 * DIT_STEPS)) ;;  # the interface at 4x the DiT's training
     scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
     live)     dit live base dit.context_features= dit.context_windows=0 ;;  # the LM at every step, streamed windows
     ft1)      dit ft1 base dit.context_features= dit.context_windows=0 dit.context_train_layers=1 ;;  # + its last block

@@ -14,6 +14,8 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "base": "context LM (SmolLM2-135M last layer), B = 1",
     "live": "the LM run at every step on streamed windows (base: 1,500 precomputed windows)",
     "ft1": "live, and the LM's last block trained with the DiT (dit.context_train_layers=1, lr x 0.1)",
+    "dit4x": "4x the DiT's training steps",
+    "small": "a smaller denoiser: 2 DiT blocks (the demo DiT's 6)",
     "selfcond": "+ self-conditioning (dit.self_condition_prob=0.5)",
     "b4": "block size 4",
     "b16": "block size 16",

@@ -147,7 +147,8 @@ def block_pipeline(cfg_scale: float = 2.0, uncond: str = "empty", block: int = B
 
 def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int) -> list[int]:
     """Block sampling written out with the training forward (no cache, the window re-encoded from its tokens at
-    every block): Euler on the schedule grid, CFG over training's dropped rows, decode beside the prefix."""
+    every block): Euler on the schedule grid, CFG over training's dropped rows, decode beside the prefix; a
+    self-conditioning DiT reads the previous step's clean estimate x + (1 - t) v (zeros at a block's first step)."""
     from textldm.pipeline import noise_seed
 
     vae, dit, s, d = pipe.vae, pipe.dit, pipe.config.sample, pipe.config.dit
@@ -166,12 +167,17 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
         clean = vae.normalize(vae.encode(full, mask))
         clean[:, -BLOCK:] = 0.0  # never read: a noisy block does not see its own clean copy
         x = torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
+        estimate = torch.zeros(1, L, C)  # only the last block's positions are ever read
         for a, b in zip(grid, grid[1:]):
             noisy = torch.cat([torch.zeros(1, L - BLOCK, C), x], 1)
             t = torch.full((1, L // BLOCK), a)
-            v_c = dit.forward_blocks(noisy, t, clean=clean, mask=mask)[:, -BLOCK:]
-            v_u = dit.forward_blocks(noisy, t, clean=clean, mask=mask, drop=torch.ones(1, dtype=torch.bool))[:, -BLOCK:]
-            x = x + (b - a) * (v_u + s.cfg_scale * (v_c - v_u))
+            sc = estimate if dit.self_cond_proj is not None else None
+            v_c = dit.forward_blocks(noisy, t, clean=clean, mask=mask, self_cond=sc)[:, -BLOCK:]
+            v_u = dit.forward_blocks(noisy, t, clean=clean, mask=mask, drop=torch.ones(1, dtype=torch.bool),
+                                     self_cond=sc)[:, -BLOCK:]
+            v = v_u + s.cfg_scale * (v_c - v_u)
+            estimate = torch.cat([torch.zeros(1, L - BLOCK, C), x + (1 - a) * v], 1)
+            x = x + (b - a) * v
         z = vae.denormalize(torch.cat([clean[:, :-BLOCK], x], 1))
         block = vae.decode(z, mask).argmax(-1)[0, -BLOCK:].tolist()
         out += block
@@ -269,12 +275,13 @@ def test_the_block_sampler_honours_the_cfg_interval_and_stop():
 
 
 def test_block_mode_config_checks():
-    """Block mode refuses, by name, a VAE that would leak later tokens and the full-window-only options."""
+    """Block mode refuses, by name, a VAE that would leak later tokens and the full-window-only options (it takes
+    self-conditioning: tests/test_levers.py)."""
     base = ["dit.block_size=8", "vae.encoder_block_size=1", "dit.context_max=32", "dit.target_max=32", "vae.max_len=64"]
     load_config(None, base)
     for extra, words in [(["vae.encoder_block_size=0"], "block-causal VAE"), (["vae.encoder_block_size=3"], "divides"),
                          (["dit.block_size=24"], "divide the window"), (["dit.block_size=64"], "no room"),
-                         (["dit.infill_prob=0.3"], "infilling"), (["dit.self_condition_prob=0.5"], "full-window"),
+                         (["dit.infill_prob=0.3"], "infilling"), (["dit.context_cache=true"], "full-window"),
                          (["vae.max_len=32"], "vae.max_len")]:
         with pytest.raises(UserError, match=words):
             load_config(None, base + extra)

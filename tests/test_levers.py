@@ -145,6 +145,124 @@ def test_levers_are_off_by_default_and_validated():
             load_config("demo", [key])
 
 
+# --- self-conditioning in block mode -----------------------------------------------------------------------
+def test_block_mode_self_conditioning_trains_on_a_gradient_free_first_pass_per_position(monkeypatch):
+    """Block mode: the chosen windows' first pass runs without gradient on those windows alone, and every noisy
+    position's estimate is x_t + (1 - t of its block) v; the other windows read zeros; the second pass reads the
+    estimate with gradient, which reaches the zero-initialised input projection."""
+    from test_block import BLOCK, tiny_dit, window
+
+    dit = tiny_dit("null_latent", self_condition_prob=0.5).train()
+    calls, real = [], TextDiT.forward_blocks
+
+    def spy(self, x_t, t, *, self_cond=None, **kw):
+        out = real(self, x_t, t, self_cond=self_cond, **kw)
+        calls.append({"x": x_t, "t": t, "self_cond": self_cond, "grad": torch.is_grad_enabled(), "v": out.detach()})
+        return out
+
+    clean, noise, t, mask = window()
+    batch = {"clean": clean, "noise": noise, "t": t, "mask": mask, "drop": torch.tensor([False, True, False]),
+             "self_cond": torch.tensor([True, False, True])}
+    monkeypatch.setattr(TextDiT, "forward_blocks", spy)
+    loss, _ = mode_of(dit)(batch, step=0)
+    first, second = calls
+    assert not first["grad"] and second["grad"] and first["x"].shape[0] == 2  # only the chosen windows
+    per_token = t[[0, 2]].repeat_interleave(BLOCK, dim=1)[..., None]
+    estimate = second["self_cond"]
+    assert torch.allclose(estimate[[0, 2]], first["x"] + (1 - per_token) * first["v"], atol=1e-6)
+    assert torch.equal(estimate[1], torch.zeros_like(estimate[1]))
+    with torch.no_grad():  # the first pass read the chosen windows' own drops and prefixes
+        assert torch.allclose(first["v"], real(dit, first["x"], t[[0, 2]], clean=clean[[0, 2]],
+                                               mask=mask[[0, 2]], drop=batch["drop"][[0, 2]]), atol=1e-6)
+    loss.backward()
+    assert dit.self_cond_proj.weight.grad is not None and dit.self_cond_proj.weight.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_block_mode_self_conditioning_at_sampling_reads_the_previous_estimate_within_a_block(monkeypatch):
+    """At sampling each evaluation of a block reads the clean estimate x + (1 - t) v of the previous step's guided
+    velocity, the same for the conditional and unconditional rows, and every block starts again from zeros."""
+    import textldm.generation.blocks as blocks_mode
+    from test_block import BLOCK, block_pipeline
+
+    pipe = block_pipeline(self_condition_prob=0.5)
+    steps, inputs = [], []
+    real_integrate, real_velocity = blocks_mode.integrate, TextDiT.block_velocity
+
+    def integrate(velocity, x, *args):
+        def recorded(x_t, t):
+            steps.append((x_t, t, velocity(x_t, t)))
+            return steps[-1][2]
+        return real_integrate(recorded, x, *args)
+
+    def block_velocity(self, x_t, t, prefix, self_cond=None):
+        halves = self_cond.chunk(2)  # guided: [conditional ; unconditional] rows
+        assert torch.equal(halves[0], halves[1])
+        inputs.append(halves[0])
+        return real_velocity(self, x_t, t, prefix, self_cond)
+
+    monkeypatch.setattr(blocks_mode, "integrate", integrate)
+    monkeypatch.setattr(TextDiT, "block_velocity", block_velocity)
+    pipe.generate_ids([[1, 2, 3]], length=2 * BLOCK, steps=4, cfg_scale=2.0)
+    assert len(steps) == len(inputs) == 2 * 4  # two blocks of four steps
+    for k, ((x, t, v), estimate) in enumerate(zip(steps, inputs[1:] + [None])):
+        if k % 4 == 0:
+            assert torch.equal(inputs[k], torch.zeros_like(x))  # a block's first evaluation
+        if estimate is not None and k % 4 != 3:
+            assert torch.allclose(estimate, x + (1 - t).view(-1, 1, 1) * v)
+
+
+def test_the_block_sampler_with_self_conditioning_equals_the_reference_loop():
+    """Two windows of blocks with a self-conditioning DiT (its input projection perturbed, so the estimate
+    matters): token for token what the hand-written loop writes, which carries the estimate itself."""
+    from test_block import block_pipeline, reference_generate
+
+    pipe = block_pipeline(uncond="null_latent", self_condition_prob=0.5)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    rows = pipe.generate_ids(prompts, length=13, solver="euler", seed=5)
+    assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
+    plain = block_pipeline(uncond="null_latent")
+    assert plain.generate_ids(prompts, length=13, solver="euler", seed=5) != rows  # the estimate changes the text
+
+
+def test_block_batches_choose_about_self_condition_prob_of_the_windows_and_change_no_other_draw():
+    from builders import RandomStream
+    from test_block import VOCAB, tiny_dit, tiny_vae
+    from textldm.training.batches import dit_batches
+
+    vae, cpu = tiny_vae(), torch.device("cpu")
+    plain = dit_batches(RandomStream(VOCAB), vae, mode_of(tiny_dit()), 256, seed=0, device=cpu)(0)
+    batch = dit_batches(RandomStream(VOCAB), vae, mode_of(tiny_dit(self_condition_prob=0.5)), 256, seed=0,
+                        device=cpu)(0)
+    assert "self_cond" not in plain and 0.4 < batch["self_cond"].float().mean() < 0.6
+    assert all(torch.equal(batch[k], plain[k]) for k in plain)  # drawn last: the same windows, noise and times
+
+
+@torch.no_grad()
+def test_block_mode_held_out_errors_of_a_self_conditioning_dit_read_its_own_estimate(monkeypatch):
+    """As sampling reads it: both held-out passes (with the prefix, and dropped) run the first pass on every window
+    and score the second, which reads its estimate."""
+    from test_block import tiny_dit, window
+
+    dit = tiny_dit("null_latent", self_condition_prob=0.5)
+    estimates, real = [], TextDiT.forward_blocks
+    monkeypatch.setattr(TextDiT, "forward_blocks", lambda self, *a, self_cond=None, **k: estimates.append(
+        self_cond) or real(self, *a, self_cond=self_cond, **k))
+    clean, noise, t, mask = window()
+    mode_of(dit).heldout({"clean": clean, "noise": noise, "t": t, "mask": mask})
+    assert [e is None for e in estimates] == [True, False, True, False]
+
+
+def test_block_mode_self_conditioning_costs_are_counted():
+    from test_block import tiny_dit
+    from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
+
+    sc = tiny_dit(self_condition_prob=0.5)
+    assert mode_of(sc).train_flops(8) == (TRAIN_FACTOR + 0.5) * 8 * dit_block_flops_per_sequence(sc, sc.cfg.window)
+    load_config(None, ["dit.block_size=8", "vae.encoder_block_size=1", "dit.context_max=32", "dit.target_max=32",
+                       "vae.max_len=64", "dit.self_condition_prob=0.5"])  # block mode takes it
+
+
 # --- robust decoder -----------------------------------------------------------------------------------------
 def test_decoder_noise_has_the_documented_scale():
     g = torch.Generator().manual_seed(0)

@@ -25,8 +25,9 @@ def velocity_target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
 
 
 def clean_estimate(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The data end of the straight line through x_t with velocity v: x1 = x_t + (1 - t) v. t: (B,)."""
-    return x_t + (1 - t).view(-1, *([1] * (x_t.dim() - 1))) * v
+    """The data end of the straight line through x_t with velocity v: x1 = x_t + (1 - t) v. t: (B,), or one time
+    per position (B, L) (block mode)."""
+    return x_t + (1 - t).view(*t.shape, *([1] * (x_t.dim() - t.dim()))) * v
 
 
 def sample_t(n: int, distribution: str = "logit_normal", mean: float = 0.0, std: float = 1.5,

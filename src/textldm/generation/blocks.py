@@ -11,7 +11,7 @@ from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, stratified_t
+from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, first_pass_estimate, stratified_t
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
@@ -50,9 +50,8 @@ class Blocks(GenerationMode):
              "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
              "vae.encoder_block_size=1 (causal) or a divisor of the block"),
             (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
-            (d.self_condition_prob == 0 and not d.context_cache,
-             "dit.self_condition_prob and dit.context_cache are full-window options; turn them "
-             "off with dit.block_size > 0 (block mode caches its clean prefix by construction)"),
+            (not d.context_cache, "dit.context_cache is a full-window option; turn it off with dit.block_size > 0 "
+                                  "(block mode caches its clean prefix by construction)"),
         ]
 
     @staticmethod
@@ -70,7 +69,8 @@ class Blocks(GenerationMode):
         """The `rows` of a global batch of windows `ids` (N, L): encoded once by the block-causal VAE (the clean
         latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
         dit.block_t=shared - and the CFG drop per window, drawn from `g`. The first block is left-padded by 0..B-1
-        tokens, as a prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times."""
+        tokens, as a prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times. With
+        self-conditioning, "self_cond" (N,): the windows whose blocks read a first pass's estimate (`errors`)."""
         d, C = self.dit.cfg, vae.cfg.latent_channels
         B, L, batch_size = d.block_size, d.window, ids.shape[0]
         pad = torch.randint(0, B, (batch_size,), generator=g)
@@ -83,8 +83,11 @@ class Blocks(GenerationMode):
         mask = (torch.arange(L)[None] >= pad[:, None])[rows].to(device)
         ids = torch.where(mask, ids[rows].to(device), 0)
         # "clean": the window's latents - the data end of every block's path, and the prefix the later blocks read
-        return {"clean": vae.latents(ids, mask, d.normalize_latents), "mask": mask, "noise": noise[rows].to(device),
-                "t": t[rows].to(device), "drop": drop[rows].to(device), "ids": ids}
+        batch = {"clean": vae.latents(ids, mask, d.normalize_latents), "mask": mask, "noise": noise[rows].to(device),
+                 "t": t[rows].to(device), "drop": drop[rows].to(device), "ids": ids}
+        if d.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
+            batch["self_cond"] = (torch.rand(batch_size, generator=g) < d.self_condition_prob)[rows].to(device)
+        return batch
 
     def loss_mask(self, batch: dict) -> torch.Tensor:
         """The positions the loss averages over: every real token of the window."""
@@ -94,13 +97,23 @@ class Blocks(GenerationMode):
         """What the noisy blocks read as their clean prefix: the window's clean latents."""
         return batch["clean"]
 
-    def errors(self, batch: dict, drop: torch.Tensor | None, self_cond=None) -> torch.Tensor:
+    def errors(self, batch: dict, drop: torch.Tensor | None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L) squared velocity errors of every noisy block, each against its clean prefix (none, or the null
-        prefix, in the rows where `drop`: dit.block_uncond)."""
+        prefix, in the rows where `drop`: dit.block_uncond); `self_cond` (N,): the windows whose blocks read a
+        first pass's clean estimate (a self-conditioning DiT)."""
         x0, x1, t = batch["noise"], batch["clean"], batch["t"]
-        x_t = interpolate(x0, x1, t.repeat_interleave(self.dit.cfg.block_size, dim=1))
-        prefix = self.prefix(batch)
-        return velocity_error(self.dit.forward_blocks(x_t, t, clean=prefix, mask=batch["mask"], drop=drop), x0, x1)
+        per_token = t.repeat_interleave(self.dit.cfg.block_size, dim=1)
+        x_t = interpolate(x0, x1, per_token)
+        prefix, mask = self.prefix(batch), batch["mask"]
+
+        def velocity(rows=slice(None), estimate=None):
+            return self.dit.forward_blocks(x_t[rows], t[rows], clean=prefix[rows], mask=mask[rows],
+                                           drop=None if drop is None else drop[rows], self_cond=estimate)
+
+        estimate = None
+        if self.dit.self_cond_proj is not None and self_cond is not None:
+            estimate = first_pass_estimate(velocity, x_t, per_token, self_cond)
+        return velocity_error(velocity(estimate=estimate), x0, x1)
 
     def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """A held-out batch's (N, L / B) block times: stratified, the quarters dealt out at random over the blocks
@@ -121,10 +134,9 @@ class Blocks(GenerationMode):
             m = m.float().view(N, -1, B)
             return ((e.view(N, -1, B) * m).sum(-1) / m.sum(-1).clamp_min(1.0))[:, 1:].flatten().cpu()
 
-        out = {"t": batch["t"][:, 1:].flatten().cpu()}
-        for name, drop in (("with_prompt", None), ("prompt_dropped", torch.ones(N, dtype=torch.bool,
-                                                                              device=mask.device))):
-            err = self.errors(batch, drop)
+        out, every = {"t": batch["t"][:, 1:].flatten().cpu()}, torch.ones(N, dtype=torch.bool, device=mask.device)
+        for name, drop in (("with_prompt", None), ("prompt_dropped", every)):
+            err = self.errors(batch, drop, every)  # as sampling reads it: a self-conditioning DiT, its own estimate
             out[name], out[f"head_{name}"] = per_block(err, mask), per_block(err, head)
         out["latents"] = batch["clean"][mask].cpu()
         return out
@@ -134,8 +146,10 @@ class Blocks(GenerationMode):
         return self.dit.cfg.window
 
     def train_flops(self, batch_size: int) -> float:
-        """Counted FLOPs of one optimizer step over `batch_size` windows: forward + backward."""
-        return TRAIN_FACTOR * batch_size * dit_block_flops_per_sequence(self.dit, self.dit.cfg.window)
+        """Counted FLOPs of one optimizer step over `batch_size` windows: forward + backward, and the
+        self-conditioning windows' gradient-free first pass."""
+        return (TRAIN_FACTOR + self.dit.cfg.self_condition_prob) * batch_size * \
+            dit_block_flops_per_sequence(self.dit, self.dit.cfg.window)
 
     # sampling ----------------------------------------------------------------------------------------------
     def generate(self, pipe, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
@@ -173,10 +187,11 @@ class Blocks(GenerationMode):
         conditional = state.prefix.rows(torch.arange(len(seeds), device=pipe.device)) if state.guided \
             else state.prefix
 
-        def evaluate(x_t, t, guided: bool):  # guided: the prefix holds [conditional rows ; unconditional rows]
-            return self.dit.block_velocity(x_t, t, state.prefix if guided else conditional)
+        def evaluate(x_t, t, guided: bool, self_cond):  # guided: the prefix holds [conditional ; unconditional] rows
+            return self.dit.block_velocity(x_t, t, state.prefix if guided else conditional, self_cond)
 
-        x = integrate(run.velocity(evaluate), x, run.grid, run.settings.solver,
+        self_condition = torch.zeros_like(x) if self.dit.self_cond_proj is not None else None
+        x = integrate(run.velocity(evaluate, self_condition), x, run.grid, run.settings.solver,
                       run.step_callback(lambda z: [row[:take] for row in state.decode(pipe, z)]))
         return state.decode(pipe, x)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from textldm.config import Config, DiTConfig, SampleConfig
-from textldm.diffusion.flow import masked_row_mean
+from textldm.diffusion.flow import clean_estimate, masked_row_mean
 from textldm.diffusion.sampling import STOP, Callback
 from textldm.models.dit import TextDiT
 from textldm.utils import derive_seed
@@ -27,6 +27,18 @@ def start_noise(seeds: list[int], length: int, channels: int, device) -> torch.T
     row is in."""
     return torch.stack([torch.randn(length, channels, generator=torch.Generator().manual_seed(k))
                         for k in seeds]).to(device)
+
+
+@torch.no_grad()
+def first_pass_estimate(velocity_of_rows, x_t: torch.Tensor, t: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Self-conditioning in training: the clean-target estimate x_t + (1 - t) v of a gradient-free first pass for
+    the `chosen` rows (N,) - `velocity_of_rows(rows)` runs the DiT on those rows alone, so only they pay for it - and
+    zeros for the others, as at the first sampling step. t: (N,), or per position (N, L)."""
+    estimate = torch.zeros_like(x_t)
+    rows = chosen.nonzero().flatten()
+    if len(rows):
+        estimate[rows] = clean_estimate(x_t[rows], t[rows], velocity_of_rows(rows)).to(estimate.dtype)
+    return estimate
 
 
 def stratified_t(n: int, g: torch.Generator) -> torch.Tensor:
@@ -74,14 +86,23 @@ class SamplingRun:
 
         return step
 
-    def velocity(self, evaluate):
-        """The velocity function the solver integrates: this call's guidance over `evaluate(x, t, guided)`, each
-        step's evaluations counted."""
-        guidance = self.settings.guidance
+    def velocity(self, evaluate, self_condition: torch.Tensor | None = None):
+        """The velocity function the solver integrates: this call's guidance over `evaluate(x, t, guided,
+        self_cond)`, each step's evaluations counted. `self_condition`: for a self-conditioning DiT, the zeros its
+        first evaluation reads (None: a DiT without it); each later evaluation reads the previous one's clean-target
+        estimate x + (1 - t) v, the same for a guided step's conditional and unconditional rows."""
+        guidance, estimate = self.settings.guidance, self_condition
+
+        def with_estimate(x_t: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor:
+            return evaluate(x_t, t, guided, torch.cat([estimate] * 2) if guided and estimate is not None else estimate)
 
         def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            nonlocal estimate
             self.evaluations += guidance.evaluations(float(t[0]))
-            return guidance.velocity(evaluate, x_t, t)
+            v = guidance.velocity(with_estimate, x_t, t)
+            if estimate is not None:  # self-conditioning: the next evaluation reads this clean-target estimate
+                estimate = clean_estimate(x_t, t, v)
+            return v
 
         return velocity
 

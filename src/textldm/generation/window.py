@@ -8,9 +8,16 @@ import torch
 
 from textldm.config import Config
 from textldm.data.shards import TokenStream
-from textldm.diffusion.flow import clean_estimate, interpolate, masked_row_mean, sample_t, velocity_error
+from textldm.diffusion.flow import interpolate, masked_row_mean, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, noise_seed, stratified_t
+from textldm.generation.modes import (
+    HEAD_TOKENS,
+    GenerationMode,
+    SamplingRun,
+    first_pass_estimate,
+    noise_seed,
+    stratified_t,
+)
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
 
@@ -92,22 +99,13 @@ class FullWindow(GenerationMode):
         conditions = {"context": self.dit.drop_context(batch["context"], drop), "context_mask": batch["context_mask"],
                       "target_mask": batch["target_mask"], "right_mask": batch.get("right_mask"),
                       "right": None if right is None else self.dit.drop_context(right, drop)}
-        estimate = self._self_condition(x_t, batch["t"], conditions, self_cond)
+        estimate = None
+        if self.dit.self_cond_proj is not None and self_cond is not None:
+            estimate = first_pass_estimate(lambda rows: self.dit(
+                x_t[rows], batch["t"][rows], **{k: None if c is None else c[rows] for k, c in conditions.items()}),
+                x_t, batch["t"], self_cond)
         v = self.dit(x_t, batch["t"], **conditions, self_cond=estimate)
         return velocity_error(v, batch["noise"], batch["target"])
-
-    @torch.no_grad()
-    def _self_condition(self, x_t, t, conditions: dict, chosen: torch.Tensor | None):
-        """The clean-target estimate x_t + (1 - t) v of a first, gradient-free pass for the `chosen` rows (zeros
-        for the others, as at the first sampling step); None when the model does not self-condition."""
-        if self.dit.self_cond_proj is None:
-            return None
-        estimate = torch.zeros_like(x_t)
-        rows = chosen.nonzero().flatten()
-        if len(rows):  # only the chosen rows pay for the extra pass
-            v = self.dit(x_t[rows], t[rows], **{k: None if c is None else c[rows] for k, c in conditions.items()})
-            estimate[rows] = clean_estimate(x_t[rows], t[rows], v).to(estimate.dtype)
-        return estimate
 
     def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """A held-out batch's timesteps: stratified over the quarters of [0, 1]."""
@@ -187,23 +185,13 @@ class FullWindow(GenerationMode):
         cache = None
         if dit.context_cond is not None and run.settings.context_cache and conditions["right"] is None:
             cache = dit.cache_context(both["context"], both["context_mask"])  # context K/V once a window
-        estimate = [torch.zeros_like(x)] if dit.self_cond_proj is not None else [None]
 
-        def evaluate(x_t, t, guided: bool):
-            self_cond = estimate[0] if estimate[0] is None or not guided else torch.cat([estimate[0]] * 2)
+        def evaluate(x_t, t, guided: bool, self_cond):
             if cache is not None:
                 return dit.forward_cached(x_t, t, cache if guided else cache.head(n), self_cond=self_cond)
             return dit(x_t, t, **(doubled if guided else conditions), self_cond=self_cond)
 
-        guided_velocity = run.velocity(evaluate)
-
-        def velocity(x_t, t):
-            v = guided_velocity(x_t, t)
-            if estimate[0] is not None:  # self-conditioning: the next evaluation reads this clean-target estimate
-                estimate[0] = clean_estimate(x_t, t, v)
-            return v
-
-        return velocity
+        return run.velocity(evaluate, torch.zeros_like(x) if dit.self_cond_proj is not None else None)
 
     def infill(self, pipe, lefts: list[list[int]], rights: list[list[int]], run: SamplingRun) -> list[list[int]]:
         """The run's length of tokens between each left and right context (row i's noise: `noise_seed(seed, 0, i)`)."""

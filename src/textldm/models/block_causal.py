@@ -63,10 +63,11 @@ class BlockCausalMixin:
         """The adaLN condition of clean latents in block mode: that of t = 1, the data end of the path. (n, D)"""
         return self.condition(torch.ones(n, device=device))
 
-    def forward_blocks(self, x_t, t, *, clean, mask, drop=None):
+    def forward_blocks(self, x_t, t, *, clean, mask, drop=None, self_cond=None):
         """Block-mode training, one masked forward over [clean ; noisy]: x_t (N, L, C) noisy latents of every
         block, t (N, L / B) each block's time, clean (N, L, C) clean latents of the same window, mask (N, L) True
-        at real tokens (a window's first block may be left-padded), drop (N,) rows given the CFG null condition
+        at real tokens (a window's first block may be left-padded), drop (N,) rows given the CFG null condition,
+        self_cond (N, L, C) a self-conditioning DiT's previous clean estimate of every noisy block (None = zeros)
         -> velocity (N, L, C) of every noisy block. (With a context LM, `clean` is its states (N, L, H) instead.)"""
         N, L, _ = x_t.shape
         B, device = self.cfg.block_size, x_t.device
@@ -74,7 +75,7 @@ class BlockCausalMixin:
         if drop is not None and not empty:
             clean = self.drop_context(clean, drop)
         blocks = block_index(L, B, device)
-        x = torch.cat([self._embed_prefix(clean), self._embed(x_t, 1)], 1)  # (N, 2L, D)
+        x = torch.cat([self._embed_prefix(clean), self._embed_target(x_t, self_cond)], 1)  # (N, 2L, D)
         rope = rope_angles(torch.cat([torch.arange(L, device=device)] * 2), self.cfg.width // self.cfg.heads)
         per_block = self.condition(t.flatten()).view(N, t.shape[1], -1)
         values = torch.cat([self.clean_condition(N, device)[:, None], per_block], 1)  # (N, 1 + L / B, D)
@@ -102,13 +103,14 @@ class BlockCausalMixin:
             cache.frozen = True
         return BlockPrefix(caches, key_mask)
 
-    def block_velocity(self, x_t, t, prefix: BlockPrefix):
-        """One noisy block x_t (N, n, C) at time t (N,) right after a cached prefix -> its velocity (N, n, C)."""
+    def block_velocity(self, x_t, t, prefix: BlockPrefix, self_cond=None):
+        """One noisy block x_t (N, n, C) at time t (N,) right after a cached prefix -> its velocity (N, n, C).
+        self_cond (N, n, C): a self-conditioning DiT's previous clean estimate of the block (None = zeros)."""
         N, n, _ = x_t.shape
         rope = rope_angles(torch.arange(prefix.length, prefix.length + n, device=x_t.device),
                            self.cfg.width // self.cfg.heads)
         keys = torch.cat([prefix.key_mask, torch.ones(N, n, dtype=torch.bool, device=x_t.device)], 1)
-        cond, x = self.condition(t), self._embed(x_t, 1)
+        cond, x = self.condition(t), self._embed_target(x_t, self_cond)
         for block, cache in zip(self.blocks, prefix.blocks):
             x = block(x, rope, padding_attn_mask(keys), cond=cond, cache=cache)
         return self.final(x, cond)
