@@ -39,6 +39,12 @@ def train_facts(res: Path, arm: str) -> str:
     return f"{t['steps']} / {t['flops']:.2g} / {t['seconds']:.0f}" if t else "-"
 
 
+def _ratio(row: dict) -> str:
+    """x LM top-1, with its standard error where the run recorded one."""
+    se = row.get("vs_lm_top1_se")
+    return f"{row['vs_lm_top1']:.2f}x" + (f" ± {se:.2f}" if se is not None else "")
+
+
 def levers_table(res: Path) -> list[str]:
     lines = ["| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
              + " | LM's p of the sample (demo sampler) |", "|---" * (4 + len(SAMPLERS)) + "|"]
@@ -49,7 +55,7 @@ def levers_table(res: Path) -> list[str]:
             continue
         rows = {row["setting"]: row for row in r["rows"]}
         lm = lm or rows["backbone LM top-1"]
-        cells = [f"{rows[s]['vs_lm_top1']:.2f}x" if s in rows else "-" for s in SAMPLERS]
+        cells = [_ratio(rows[s]) if s in rows else "-" for s in SAMPLERS]
         lines.append(f"| {arm} | {what} | {train_facts(res, arm)} | " + " | ".join(cells)
                      + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} |")
     if lm is None:

@@ -7,7 +7,8 @@ seeds for every setting.
 
 The LM is the model's teacher (its tokenizer's LM: for a context-encoder model, the conditioner itself). Printed per
 setting: accuracy vs the true token, agreement with the LM's top-1, the LM's mean probability of the sampled token,
-and the ratio accuracy / LM top-1 accuracy.
+and the ratio accuracy / LM top-1 accuracy with its standard error (paired over the same prompts, delta method: at 128
+prompts about +-0.1x, at 1,024 about +-0.04x).
 """
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ def lm_probabilities(name: str, prompts: torch.Tensor, batch: int = 32) -> torch
                       for i in range(0, len(prompts), batch)])
 
 
+def ratio_se(sampled_ok: torch.Tensor, lm_ok: torch.Tensor) -> float:
+    """Standard error of mean(sampled_ok) / mean(lm_ok), both 0/1 over the same prompts (delta method)."""
+    a, b = sampled_ok.float(), lm_ok.float()
+    if b.mean() == 0:
+        return float("nan")
+    r = a.mean() / b.mean()
+    return ((a - r * b).std() / (len(a) ** 0.5 * b.mean())).item()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -84,9 +94,10 @@ def main():
                "agrees_with_lm": (sampled == lm_top1).float().mean().item(),
                "lm_prob_of_sample": probs.gather(1, ok[:, None]).mean().item(),
                "vs_lm_top1": acc / lm_acc if lm_acc else None,
+               "vs_lm_top1_se": ratio_se(sampled == truth, lm_top1 == truth),
                "seconds": time.time() - start}
         rows.append(row)
-        ratio = "n/a" if row["vs_lm_top1"] is None else f"{row['vs_lm_top1']:.2f}x"
+        ratio = "n/a" if row["vs_lm_top1"] is None else f"{row['vs_lm_top1']:.2f}x +- {row['vs_lm_top1_se']:.2f}"
         print(f"{label:30s} acc {acc:.3f} = {ratio} LM top-1, agrees with the LM "
               f"{row['agrees_with_lm']:.3f}, LM p(sample) {row['lm_prob_of_sample']:.3f} ({row['seconds']:.0f} s)")
     if args.out:

@@ -86,3 +86,19 @@ def test_table_fit_and_plot_from_point_files(tmp_path):
     text = (out / "scaling.md").read_text()
     assert "| full | 1e+13 | 3 |" in text and "11.0 ± 1.0" in text  # mean ± sd over three seeds, x100
     assert "2.400 (true cont.)" in text and (out / "scaling.png").stat().st_size > 10_000
+
+
+def test_next_token_ratio_error_is_zero_for_identical_answers_and_matches_the_spread_of_independent_draws():
+    """bench/next_token.py's standard error of accuracy / LM accuracy (paired, delta method): none when the sampler
+    answers exactly as the LM does, the observed spread of the ratio for independent answers."""
+    import torch
+
+    from next_token import ratio_se
+
+    g = torch.Generator().manual_seed(0)
+    lm = torch.rand(512, generator=g) < 0.3
+    assert ratio_se(lm, lm) == 0.0
+    draws = [(torch.rand(128, generator=g) < 0.25, torch.rand(128, generator=g) < 0.3) for _ in range(1500)]
+    ratios = torch.tensor([a.float().mean() / b.float().mean() for a, b in draws])
+    mean_se = sum(ratio_se(a, b) for a, b in draws) / len(draws)
+    assert mean_se == pytest.approx(ratios.std().item(), rel=0.15)
