@@ -2,17 +2,18 @@
 # Issue 30's latent-to-token interface study, one lever at a time, every arm at the same fixed step counts
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
-#   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=128] [ARMS="base ..."] bash bench/interface_study.sh
+#   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=1024] [ARMS="base ..."] bash bench/interface_study.sh
 # Arms on the base VAE: base (B = 1), dit4x (4x the DiT steps), small (a 2-block DiT), live (the LM run at every
 # step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_train_layers=1), selfcond
 # (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
-# from-scratch block-1 DiT), ar (the AR baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise,
-# kl1e-2, width32, norepa; `table` scores every trained model beside the backbone sampling itself (textldm eval,
-# both judges).
-# Results: bench/results/interface/<arm>.json (bench/next_token.py's rows) and each stage's log beside it.
+# from-scratch block-1 DiT), scratchsc (scratch with self-conditioning: a lever re-measured from scratch), ar (the AR
+# baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2, width32, norepa; `table`
+# scores every trained model beside the backbone sampling itself (textldm eval, both judges).
+# Results: bench/results/interface/<arm>.json (bench/next_token.py's rows: every sampler setting for base, the
+# table's three for the others) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
 set -uo pipefail  # an arm that fails is reported and the next one runs
-OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-300}; PROMPTS=${PROMPTS:-128}
+OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-300}; PROMPTS=${PROMPTS:-1024}
 RES=bench/results/interface; mkdir -p "$OUT" "$RES"
 T=.venv/bin/textldm; PY=.venv/bin/python
 LM="dit.context_encoder=smollm2-135m dit.context_layer=-1 dit.context_features=auto dit.context_windows=1500"
@@ -35,8 +36,9 @@ dit() {  # dit ARM VAE_ARM OVERRIDES...
     $T train-dit --quiet --vae "$OUT/$vae_arm/vae" out_dir="$OUT/$arm" $STEPS $LM "$@" > "$RES/$arm.dit.log" 2>&1 || \
     { echo "$(date +%T) $arm failed: $(tail -1 "$RES/$arm.dit.log")"; return; }
   report "$OUT/$arm/model" "$RES/$arm.train.json"
-  [ -f "$RES/$arm.json" ] || \
-    $PY bench/next_token.py --model "$OUT/$arm/model" --prompts "$PROMPTS" --out "$RES/$arm.json" > "$RES/$arm.next.log" 2>&1
+  local settings=1,3,5; [ "$arm" = base ] && settings=
+  [ -f "$RES/$arm.json" ] || $PY bench/next_token.py --model "$OUT/$arm/model" --prompts "$PROMPTS" \
+    --settings "$settings" --out "$RES/$arm.json" > "$RES/$arm.next.log" 2>&1
   echo "$(date +%T) $arm done"
 }
 ar() {  # the AR baseline at the base arm's counted DiT FLOPs (its step count fit to them, so its schedule ends there)
@@ -58,7 +60,7 @@ PY
 }
 table() {  # the side-by-side tables: the trained models and the backbone sampling itself, on the embedded benchmark
   local models=(--model hf:smollm2-135m)
-  for arm in base live ft1 dit4x small b4 b16 scratch selfcond decnoise kl1e-2 width32 norepa; do
+  for arm in base live ft1 dit4x small b4 b16 scratch scratchsc selfcond decnoise kl1e-2 width32 norepa; do
     [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
   done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
@@ -90,6 +92,8 @@ for arm in $ARMS; do
     small)    dit small base dit.depth=2 ;;  # denoiser size: 2 of the demo DiT's 6 blocks
     dit4x)    dit dit4x base dit_train.steps=$((4 * DIT_STEPS)) ;;  # the interface at 4x the DiT's training
     scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
+    scratchsc) dit scratchsc base dit.context_encoder= dit.context_features= dit.context_windows=0 \
+                 dit.self_condition_prob=0.5 ;;
     live)     dit live base dit.context_features= dit.context_windows=0 ;;  # the LM at every step, streamed windows
     ft1)      dit ft1 base dit.context_features= dit.context_windows=0 dit.context_train_layers=1 ;;  # + its last block
     ar)       ar ;;

@@ -20,6 +20,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "b4": "block size 4",
     "b16": "block size 16",
     "scratch": "no context LM: the from-scratch block-1 DiT",
+    "scratchsc": "from scratch, with self-conditioning (dit.self_condition_prob=0.5)",
     "decnoise": "VAE decoder trained on noised latents (vae.decoder_noise=0.5)",
     "kl1e-2": "wider posterior (vae.kl_weight=1e-2)",
     "width32": "32-d latents (vae.latent_channels=32)",

@@ -3,7 +3,7 @@ samples after a prompt, against the true next token and against the backbone LM'
 >= 0.9x the LM's top-1 accuracy), for sampler settings side by side (noise scale, CFG, steps), the same prompts and
 seeds for every setting.
 
-    python bench/next_token.py --model runs/lm/model [--prompts 256] [--out bench/results/next_token.json]
+    python bench/next_token.py --model runs/lm/model [--prompts 256] [--settings 1,3,5] [--out FILE.json]
 
 The LM is the model's teacher (its tokenizer's LM: for a context-encoder model, the conditioner itself). Printed per
 setting: accuracy vs the true token, agreement with the LM's top-1, the LM's mean probability of the sampled token,
@@ -73,7 +73,10 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="")
+    ap.add_argument("--settings", default="", help="comma-separated indices into SETTINGS (default: all; the "
+                    "interface table's three: 1,3,5)")
     args = ap.parse_args()
+    settings = [SETTINGS[int(i)] for i in args.settings.split(",")] if args.settings else SETTINGS
     pipe = TextLDMPipeline.from_pretrained(args.model)
     prompts, truth = held_out(pipe, args.prompts, args.prompt_len, args.seed)
     probs = lm_probabilities(pipe.config.teacher.name, prompts)
@@ -84,7 +87,7 @@ def main():
              "lm_prob_of_sample": probs.max(-1).values.mean().item(), "vs_lm_top1": 1.0}]
     print(f"{args.prompts} held-out prompts of {args.prompt_len} tokens; LM top-1 accuracy {lm_acc:.3f}, LM p(true) "
           f"{probs.gather(1, truth[:, None]).mean().item():.3f}")
-    for label, overrides in SETTINGS:
+    for label, overrides in settings:
         start = time.time()
         sampled = torch.tensor([r[0] if r else -1 for r in
                                 pipe.generate_ids(prompts.tolist(), length=1, seed=args.seed, **overrides)])
