@@ -47,23 +47,25 @@ def _ratio(row: dict) -> str:
 
 
 def levers_table(res: Path) -> list[str]:
-    lines = ["| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
+    """One row per scored arm; an arm scored on other prompts than base (the first draw's 128) says so."""
+    base = load(res / "base.json")
+    if base is None:
+        return ["(the base arm has not finished)"]
+    lm, n = base["rows"][0], base["prompts"]
+    lines = [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)", "",
+             "| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
              + " | LM's p of the sample (demo sampler) |", "|---" * (4 + len(SAMPLERS)) + "|"]
-    lm = None
     for arm, what in ARMS.items():
         r = load(res / f"{arm}.json")
         if r is None:
             continue
         rows = {row["setting"]: row for row in r["rows"]}
-        lm = lm or rows["backbone LM top-1"]
+        if r["prompts"] != n:
+            what += f" ({r['prompts']} prompts, {r['date']}: the first draw, LM top-1 {r['rows'][0]['accuracy']:.3f})"
         cells = [_ratio(rows[s]) if s in rows else "-" for s in SAMPLERS]
         lines.append(f"| {arm} | {what} | {train_facts(res, arm)} | " + " | ".join(cells)
                      + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} |")
-    if lm is None:
-        return ["(no arm has finished)"]
-    n = load(res / "base.json")["prompts"] if (res / "base.json").exists() else "?"
-    return [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)", ""] \
-        + lines
+    return lines
 
 
 def side_by_side(res: Path, folder: str) -> list[str]:
