@@ -26,6 +26,27 @@ def self_cond_dit(**kw) -> TextDiT:
     return TextDiT(DiTConfig(width=32, heads=2, depth=2, self_condition_prob=0.5, **kw), C)
 
 
+def recorded_steps(monkeypatch, mode_module) -> list:
+    """Every velocity evaluation the sampler's solver makes in `mode_module`, as (x_t, t, v), recorded from now on."""
+    steps, real = [], mode_module.integrate
+
+    def integrate(velocity, x, *args):
+        def recorded(x_t, t):
+            steps.append((x_t, t, velocity(x_t, t)))
+            return steps[-1][2]
+        return real(recorded, x, *args)
+
+    monkeypatch.setattr(mode_module, "integrate", integrate)
+    return steps
+
+
+def conditional_half(self_cond: torch.Tensor) -> torch.Tensor:
+    """A guided evaluation's self-conditioning input, [conditional ; unconditional] rows: both halves must be one."""
+    halves = self_cond.chunk(2)
+    assert torch.equal(halves[0], halves[1])
+    return halves[0]
+
+
 def test_self_conditioning_input_is_zero_at_init_and_used_once_trained():
     dit = self_cond_dit()
     assert dit.self_cond_proj is not None and TextDiT(DiTConfig(width=32, heads=2, depth=2), C).self_cond_proj is None
@@ -84,22 +105,13 @@ def test_self_conditioning_at_sampling_reads_the_previous_estimate(monkeypatch):
                                       target_max=4, self_condition_prob=0.5), C)).eval()
     pipe = tiny_pipeline()
     pipe = TextLDMPipeline(dataclasses.replace(pipe.config, dit=dit.cfg), None, pipe.vae, dit, pipe.eot_id)
-    steps, inputs = [], []
-    real_integrate, real_forward = window_mode.integrate, TextDiT.forward
-
-    def integrate(velocity, x, *args):
-        def recorded(x_t, t):
-            steps.append((x_t, t, velocity(x_t, t)))
-            return steps[-1][2]
-        return real_integrate(recorded, x, *args)
+    steps, inputs = recorded_steps(monkeypatch, window_mode), []
+    real_forward = TextDiT.forward
 
     def forward(self, x, t, self_cond=None, **conditions):
-        halves = self_cond.chunk(2)  # guided: [conditional ; unconditional] rows
-        assert torch.equal(halves[0], halves[1])
-        inputs.append(halves[0])
+        inputs.append(conditional_half(self_cond))
         return real_forward(self, x, t, self_cond=self_cond, **conditions)
 
-    monkeypatch.setattr(window_mode, "integrate", integrate)
     monkeypatch.setattr(TextDiT, "forward", forward)
     pipe.generate_ids([[1, 2, 3]], length=4, steps=4, cfg_scale=2.0)
     assert len(steps) == len(inputs) == 4 and torch.equal(inputs[0], torch.zeros_like(steps[0][0]))
@@ -186,22 +198,13 @@ def test_block_mode_self_conditioning_at_sampling_reads_the_previous_estimate_wi
     from test_block import BLOCK, block_pipeline
 
     pipe = block_pipeline(self_condition_prob=0.5)
-    steps, inputs = [], []
-    real_integrate, real_velocity = blocks_mode.integrate, TextDiT.block_velocity
-
-    def integrate(velocity, x, *args):
-        def recorded(x_t, t):
-            steps.append((x_t, t, velocity(x_t, t)))
-            return steps[-1][2]
-        return real_integrate(recorded, x, *args)
+    steps, inputs = recorded_steps(monkeypatch, blocks_mode), []
+    real_velocity = TextDiT.block_velocity
 
     def block_velocity(self, x_t, t, prefix, self_cond=None):
-        halves = self_cond.chunk(2)  # guided: [conditional ; unconditional] rows
-        assert torch.equal(halves[0], halves[1])
-        inputs.append(halves[0])
+        inputs.append(conditional_half(self_cond))
         return real_velocity(self, x_t, t, prefix, self_cond)
 
-    monkeypatch.setattr(blocks_mode, "integrate", integrate)
     monkeypatch.setattr(TextDiT, "block_velocity", block_velocity)
     pipe.generate_ids([[1, 2, 3]], length=2 * BLOCK, steps=4, cfg_scale=2.0)
     assert len(steps) == len(inputs) == 2 * 4  # two blocks of four steps
