@@ -15,6 +15,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "live": "the LM run at every step on streamed windows (base: 1,500 precomputed windows)",
     "ft1": "live, and the LM's last block trained with the DiT (dit.context_train_layers=1, lr x 0.1)",
     "dit4x": "4x the DiT's training steps",
+    "dit4xlive": "4x the DiT's training steps, the LM live on streamed windows (no cache: no repeated window)",
     "small": "a smaller denoiser: 2 DiT blocks (the demo DiT's 6)",
     "selfcond": "+ self-conditioning (dit.self_condition_prob=0.5)",
     "b4": "block size 4",
@@ -27,6 +28,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "norepa": "VAE without REPA (vae.repa_weight=0)",
     "ar": "AR baseline at the base DiT's counted FLOPs",
 }
+FIRST_DRAW = "first_draw"  # the 2026-12-03 draw (128 prompts): an arm not rerun since is read from there
 SAMPLERS = ("noise 1, cfg 2", "noise 0.5, cfg 2", "noise 0 (x0 = 0), cfg 2")  # the demo's first
 
 
@@ -38,6 +40,13 @@ def train_facts(res: Path, arm: str) -> str:
     r = load(res / f"{arm}.train.json") or {}
     t = r.get("dit_train") or r.get("ar_train")
     return f"{t['steps']} / {t['flops']:.2g} / {t['seconds']:.0f}" if t else "-"
+
+
+def heldout_loss(res: Path, arm: str) -> str:
+    """The DiT's held-out flow loss with the prompt / with it dropped (training's report): lower is better, and
+    with > dropped means the conditioning hurts on unseen text (overfit). Comparable only on one VAE."""
+    e = (load(res / f"{arm}.train.json") or {}).get("dit_eval")
+    return f"{e['with_prompt']:.3f} / {e['prompt_dropped']:.3f}" if e else "-"
 
 
 def _ratio(row: dict) -> str:
@@ -54,22 +63,27 @@ def levers_table(res: Path) -> list[str]:
     lm, n = base["rows"][0], base["prompts"]
     lines = [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)", "",
              "| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
-             + " | LM's p of the sample (demo sampler) |", "|---" * (4 + len(SAMPLERS)) + "|"]
+             + " | LM's p of the sample (demo sampler) | held-out loss: with prompt / dropped |",
+             "|---" * (5 + len(SAMPLERS)) + "|"]
     for arm, what in ARMS.items():
-        r = load(res / f"{arm}.json")
-        if r is None:
+        folder = next((f for f in (res, res / FIRST_DRAW) if (f / f"{arm}.json").exists()), None)
+        if folder is None:
             continue
+        r = load(folder / f"{arm}.json")
         rows = {row["setting"]: row for row in r["rows"]}
         if r["prompts"] != n:
             what += f" ({r['prompts']} prompts, {r['date']}: the first draw, LM top-1 {r['rows'][0]['accuracy']:.3f})"
         cells = [_ratio(rows[s]) if s in rows else "-" for s in SAMPLERS]
-        lines.append(f"| {arm} | {what} | {train_facts(res, arm)} | " + " | ".join(cells)
-                     + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} |")
+        lines.append(f"| {arm} | {what} | {train_facts(folder, arm)} | " + " | ".join(cells)
+                     + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} | {heldout_loss(folder, arm)} |")
     return lines
 
 
 def side_by_side(res: Path, folder: str) -> list[str]:
-    r = load(res / folder / "results.json")
+    """The `textldm eval` table in res/folder, else the first draw's (said so: its models are that draw's)."""
+    r, note = load(res / folder / "results.json"), []
+    if r is None and (r := load(res / FIRST_DRAW / folder / "results.json")) is not None:
+        res, note = res / FIRST_DRAW, [f"The first draw's table (2026-12-03; its models, in {FIRST_DRAW}/).", ""]
     if r is None:
         return ["(the eval table has not run)"]
     second = r["metrics_config"].get("second_judge")
@@ -78,8 +92,8 @@ def side_by_side(res: Path, folder: str) -> list[str]:
     own = next((rows[name] for name, kind in r["models"].items() if kind == "hf"), None)  # the backbone itself
     j2 = "second_judge_" if second else ""
     sampler = r["sample"]
-    lines = [f"Sampler: noise {sampler['noise_scale']}, CFG {sampler['cfg_scale']}, {sampler['steps']} steps; AR and "
-             f"the backbone: temperature {sampler['temperature']}, top-p {sampler['top_p']}. "
+    lines = [*note, f"Sampler: noise {sampler['noise_scale']}, CFG {sampler['cfg_scale']}, {sampler['steps']} steps; "
+             f"AR and the backbone: temperature {sampler['temperature']}, top-p {sampler['top_p']}. "
              f"{bench}: {b['items']} items; judges {r['metrics_config']['judge']} and {second or '-'}; binding ratio: "
              "against the backbone sampling itself (the issue's >= 0.8x)", "",
              f"| model | steps / FLOPs / s | gen-PPL ({r['metrics_config']['judge']}) | gen-PPL ({second}) "
