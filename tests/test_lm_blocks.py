@@ -2,6 +2,7 @@
 from later tokens, the KV-cached states equal a fresh forward, precomputed states equal live ones, the block sampler
 equals a hand-written loop, rows ending under CFG, the config checks, and a tiny model that must learn through it."""
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,18 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     mtime = features.stat().st_mtime_ns
     again = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
+
+
+def test_many_passes_over_precomputed_windows_warn(caplog):
+    """More passes over the precomputed windows than measured safe warn, naming the keys that fix it."""
+    from textldm.generation.lm_blocks import MAX_PASSES, warn_repeated_windows
+
+    with caplog.at_level(logging.WARNING, logger="textldm.generation.lm_blocks"):
+        assert warn_repeated_windows(600, 64, 1500) == pytest.approx(25.6)
+        assert not caplog.records
+        assert warn_repeated_windows(1200, 64, 1500) == pytest.approx(51.2) and 51.2 > MAX_PASSES
+    assert "51 times" in caplog.text and "dit.context_windows" in caplog.text and "dit.context_features" in caplog.text
+    assert warn_repeated_windows(None, 64, 10) is None
 
 
 def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_corpus, cache_home):

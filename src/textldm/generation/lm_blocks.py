@@ -26,6 +26,23 @@ from textldm.training.precision import teacher_context
 from textldm.training.teacher_cache import TeacherCache, open_or_build
 
 log = logging.getLogger(__name__)
+# Passes over the precomputed windows past which the DiT was measured to overfit them (bench/results/context_lm.md:
+# 51 passes gave a held-out loss with the prompt above the prompt-dropped one; 12.8 and 25.6 did not).
+MAX_PASSES = 30
+
+
+def warn_repeated_windows(steps: int | None, batch_size: int, windows: int) -> float | None:
+    """Warns when `steps` batches would read each precomputed window more than MAX_PASSES times; returns the
+    passes (None when the stage stops on time or FLOPs, not steps)."""
+    if not steps:
+        return None
+    passes = steps * batch_size / windows
+    if passes > MAX_PASSES:
+        log.warning("the DiT will read each of the %d precomputed context windows up to %.0f times (%d steps x "
+                    "%d); past ~%d passes it was measured to overfit them: raise dit.context_windows (or 0 = the "
+                    "whole split) or run the LM live (dit.context_features='')",
+                    windows, passes, steps, batch_size, MAX_PASSES)
+    return passes
 
 
 def lm_config(name: str):
@@ -133,9 +150,11 @@ class LMBlocks(Blocks):
         if not d.context_features:
             return stream
         # keyed like vae.teacher_cache: with the REPA teacher at its layer and window, one LM pass serves both
-        return open_or_build(stream, self.lm, d.context_encoder, d.context_layer, d.window,
-                             d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
-                             "context features")
+        cache = open_or_build(stream, self.lm, d.context_encoder, d.context_layer, d.window,
+                              d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
+                              "context features")
+        warn_repeated_windows(cfg.dit_train.steps, cfg.dit_train.batch_size, len(cache))
+        return cache
 
     def batch(self, source, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice, device: torch.device,
               t: torch.Tensor | None = None) -> dict:
