@@ -42,13 +42,19 @@ def lm_greedy(lm, prompts: torch.Tensor, n: int) -> torch.Tensor:
                        do_sample=False, pad_token_id=0)[:, prompts.shape[1]:]
 
 
-def summary(p: torch.Tensor, written: torch.Tensor | None = None) -> dict:
-    """Per-position means (over the rows that reached the position: `written` >= 0) and the means over position 1,
-    2..4 and 5..N."""
+def summary(p: torch.Tensor, written: torch.Tensor | None = None, block_size: int = 0) -> dict:
+    """Per-position means (over the rows that reached the position: `written` >= 0), the means over position 1,
+    2..4 and 5..N, and with a block size B > 1 the mean at each position inside a block (sampling starts at a block
+    boundary: the prompt is left-padded to whole blocks)."""
     mask = torch.ones_like(p) if written is None else (written >= 0).float()
     per = ((p * mask).sum(0) / mask.sum(0).clamp_min(1)).tolist()
-    return {"per_position": per, "first": per[0], "2-4": sum(per[1:4]) / len(per[1:4]),
-            "5-": sum(per[4:]) / max(1, len(per[4:]))}
+    out = {"per_position": per, "first": per[0], "2-4": sum(per[1:4]) / len(per[1:4]),
+           "5-": sum(per[4:]) / max(1, len(per[4:]))}
+    if block_size > 1:
+        inside = torch.arange(p.shape[1]) % block_size
+        out["within_block"] = [((p * mask)[:, inside == k].sum() / mask[:, inside == k].sum().clamp_min(1)).item()
+                               for k in range(min(block_size, p.shape[1]))]
+    return out
 
 
 def main():
@@ -77,11 +83,12 @@ def main():
                                  noise_scale=args.noise_scale, cfg_scale=args.cfg_scale)
         written = torch.tensor([r + [-1] * (args.tokens - len(r)) for r in rows])  # -1 after an end-of-text
         p = lm_prob_of_written(lm, prompts, written.clamp_min(0))
-        results[folder] = {"block_size": pipe.config.dit.block_size, "seconds": time.time() - start,
-                           **summary(p, written)}
+        B = pipe.config.dit.block_size
+        results[folder] = {"block_size": B, "seconds": time.time() - start, **summary(p, written, B)}
     for name, r in results.items():
         print(f"{name:40s} LM p(written): position 1 {r['first']:.3f}, 2-4 {r['2-4']:.3f}, 5-{args.tokens} "
-              f"{r['5-']:.3f}")
+              f"{r['5-']:.3f}" + (f"; inside a block: {' '.join(f'{v:.3f}' for v in r['within_block'])}"
+                                  if "within_block" in r else ""))
     if args.out:
         Path(args.out).write_text(json.dumps({"prompts": args.prompts, "prompt_len": args.prompt_len,
                                               "tokens": args.tokens, "noise_scale": args.noise_scale,

@@ -102,3 +102,18 @@ def test_next_token_ratio_error_is_zero_for_identical_answers_and_matches_the_sp
     ratios = torch.tensor([a.float().mean() / b.float().mean() for a, b in draws])
     mean_se = sum(ratio_se(a, b) for a, b in draws) / len(draws)
     assert mean_se == pytest.approx(ratios.std().item(), rel=0.15)
+
+
+def test_block_positions_averages_each_position_inside_a_block_over_the_rows_that_reached_it():
+    """bench/block_positions.py: position j of the sampled text is position j % B of its block; rows that ended
+    (written -1) leave the means."""
+    import torch
+
+    from block_positions import summary
+
+    p = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.7, 0.3], [0.5, 0.5, 0.5, 0.5, 0.0, 0.0]])
+    written = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, -1, -1]])
+    s = summary(p, written, block_size=2)
+    assert s["per_position"][4] == pytest.approx(0.7) and s["first"] == pytest.approx(0.7)
+    assert s["within_block"] == pytest.approx([(0.9 + 0.8 + 0.7 + 0.5 + 0.5) / 5, (0.1 + 0.2 + 0.3 + 0.5 + 0.5) / 5])
+    assert "within_block" not in summary(p, written, block_size=1)
