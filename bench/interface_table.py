@@ -61,7 +61,12 @@ def levers_table(res: Path) -> list[str]:
     if base is None:
         return ["(the base arm has not finished)"]
     lm, n = base["rows"][0], base["prompts"]
-    lines = [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)", "",
+    own = next((r for r in (load(res / "backbone.json") or {"rows": []})["rows"] if "sampling itself" in r["setting"]),
+               None)  # the LM sampling itself at temperature 1: the ceiling of a sampler at noise 1
+    ceiling = (f"; the backbone sampling itself at temperature 1 (expected): {_ratio(own)}, the LM's p of its own "
+               f"sample {own['lm_prob_of_sample']:.3f}" if own else "")
+    lines = [f"{n} held-out prompts of 24 tokens; the backbone's top-1 accuracy {lm['accuracy']:.3f} (= 1.00x)"
+             + ceiling, "",
              "| arm | what differs | steps / FLOPs / s | " + " | ".join(f"x LM top-1: {s}" for s in SAMPLERS)
              + " | LM's p of the sample (demo sampler) | held-out loss: with prompt / dropped |",
              "|---" * (5 + len(SAMPLERS)) + "|"]

@@ -3,7 +3,7 @@ samples after a prompt, against the true next token and against the backbone LM'
 >= 0.9x the LM's top-1 accuracy), for sampler settings side by side (noise scale, CFG, steps), the same prompts and
 seeds for every setting.
 
-    python bench/next_token.py --model runs/lm/model [--prompts 256] [--settings 1,3,5] [--out FILE.json]
+    python bench/next_token.py --model runs/lm/model [--prompts 256] [--settings 1,3,5 | none] [--out FILE.json]
 
 The LM is the model's teacher (its tokenizer's LM: for a context-encoder model, the conditioner itself). Printed per
 setting: accuracy vs the true token, agreement with the LM's top-1, the LM's mean probability of the sampled token,
@@ -74,19 +74,26 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="")
     ap.add_argument("--settings", default="", help="comma-separated indices into SETTINGS (default: all; the "
-                    "interface table's three: 1,3,5)")
+                    "interface table's three: 1,3,5; none: the LM's rows only)")
     args = ap.parse_args()
-    settings = [SETTINGS[int(i)] for i in args.settings.split(",")] if args.settings else SETTINGS
+    settings = ([] if args.settings == "none" else [SETTINGS[int(i)] for i in args.settings.split(",")]
+                if args.settings else SETTINGS)
     pipe = TextLDMPipeline.from_pretrained(args.model)
     prompts, truth = held_out(pipe, args.prompts, args.prompt_len, args.seed)
     probs = lm_probabilities(pipe.config.teacher.name, prompts)
     vocab = probs.shape[1]
     lm_top1 = probs.argmax(-1)
     lm_acc = (lm_top1 == truth).float().mean().item()
+    p_true = probs.gather(1, truth[:, None])[:, 0]
     rows = [{"setting": "backbone LM top-1", "accuracy": lm_acc, "agrees_with_lm": 1.0,
-             "lm_prob_of_sample": probs.max(-1).values.mean().item(), "vs_lm_top1": 1.0}]
+             "lm_prob_of_sample": probs.max(-1).values.mean().item(), "vs_lm_top1": 1.0},
+            {"setting": "backbone LM sampling itself (temperature 1, expected)", "accuracy": p_true.mean().item(),
+             "agrees_with_lm": probs.max(-1).values.mean().item(),
+             "lm_prob_of_sample": probs.pow(2).sum(-1).mean().item(), "vs_lm_top1": p_true.mean().item() / lm_acc,
+             "vs_lm_top1_se": ratio_se(p_true, lm_top1 == truth)}]
     print(f"{args.prompts} held-out prompts of {args.prompt_len} tokens; LM top-1 accuracy {lm_acc:.3f}, LM p(true) "
-          f"{probs.gather(1, truth[:, None]).mean().item():.3f}")
+          f"{p_true.mean().item():.3f} (= the LM sampling itself: {rows[1]['vs_lm_top1']:.2f}x its top-1), "
+          f"LM p(its own sample) {rows[1]['lm_prob_of_sample']:.3f}")
     for label, overrides in settings:
         start = time.time()
         sampled = torch.tensor([r[0] if r else -1 for r in
