@@ -311,6 +311,23 @@ def test_builtin_ablation_grids_are_valid_configs():
             load_config("demo", overrides)
 
 
+def test_eval_samples_every_textldm_model_with_its_own_sampler_settings(runs_and_bench, monkeypatch):
+    """Every sampler setting of `textldm eval`'s config reaches a TextLDM model (a setting left out would fall back
+    to the model's config.sample while results.json records the eval's): noise scale and grid too."""
+    import dataclasses
+
+    from textldm.evaluation.harness import load_contestant
+
+    out, _, overrides = runs_and_bench
+    contestant = load_contestant(str(out / "ldm"))
+    seen = []
+    monkeypatch.setattr(contestant.model, "generate_ids", lambda p, n, seed, **kw: seen.append(kw) or [[5]] * len(p))
+    sample = dataclasses.replace(load_config("demo", overrides).sample, noise_scale=0.25, grid="uniform", steps=3)
+    contestant.continue_items([{"prompt": "a b c", "reference": " d e"}], sample, 8, 8)
+    assert seen and seen[0]["noise_scale"] == 0.25 and seen[0]["grid"] == "uniform" and seen[0]["steps"] == 3
+    assert "temperature" not in seen[0] and "length" not in seen[0]
+
+
 def test_continuation_length_is_the_reference_length_capped():
     from textldm.evaluation.harness import _continue_with
 

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -94,6 +94,14 @@ def benchmark_agreement(pipe, items: list[dict]) -> float:
     return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, d.target_max))
 
 
+def diffusion_settings(sample: SampleConfig) -> dict:
+    """Every sampler setting of the evaluation's `sample` a TextLDM model reads (all but the length and seed, set per
+    item, and the AR-only temperature / top-k / top-p): the one sampler every model is scored with, as results.json
+    records it (settings left out would silently fall back to each model's own config.sample)."""
+    skip = {"length", "seed", "temperature", "top_p", "top_k"}
+    return {f.name: getattr(sample, f.name) for f in fields(sample) if f.name not in skip}
+
+
 @dataclass
 class Contestant:
     """A model in an evaluation: a name, its kind (textldm, ar, hf) and the loaded model."""
@@ -106,7 +114,7 @@ class Contestant:
         """Continuations of the benchmark items' prompts with the given sampler settings."""
         if self.kind == "textldm":
             pipe, d = self.model, self.model.config.dit
-            opts = {"steps": sample.steps, "cfg_scale": sample.cfg_scale, "solver": sample.solver, **textldm_overrides}
+            opts = {**diffusion_settings(sample), **textldm_overrides}
             warn_outside_trained_lengths(self.name, pipe.tokenizer, items, d.context_min, d.target_min)
             return _continue_with(pipe.tokenizer, items, d.context_max, d.target_max, batch_size,
                                   lambda p, n, s: pipe.generate_ids(p, n, seed=s, **opts), sample.seed)
