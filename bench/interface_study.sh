@@ -8,7 +8,8 @@
 # (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
 # from-scratch block-1 DiT), scratchsc (scratch with self-conditioning: a lever re-measured from scratch), ar (the AR
 # baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2, width32, norepa; `table`
-# scores every trained model beside the backbone sampling itself (textldm eval, both judges).
+# scores TABLE_ARMS beside the backbone sampling itself (textldm eval, both judges), at the demo's sampler and a
+# colder one (noise 0.5; the backbone at temperature 0.7).
 # Results: bench/results/interface/<arm>.json (bench/next_token.py's rows: every sampler setting for base, the
 # table's three for the others) and each stage's log beside it.
 # Cost: a VAE arm is ~15-45 min on 2 cores (400 steps), a DiT arm ~7-20 min (300 steps); not yet run in full.
@@ -60,9 +61,7 @@ PY
 }
 table() {  # the side-by-side tables: the trained models and the backbone sampling itself, on the embedded benchmark
   local models=(--model hf:smollm2-135m)
-  for arm in base live ft1 dit4x dit4xlive small b4 b16 scratch scratchsc selfcond decnoise kl1e-2 width32 norepa; do
-    [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model")
-  done
+  for arm in $TABLE_ARMS; do [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model"); done
   [ -d "$OUT/ar/ar" ] && models+=(--model "ar=$OUT/ar/ar")
   local scoring="metrics.samples=$EVAL_SAMPLES metrics.mauve_buckets=$((EVAL_SAMPLES / 10)) metrics.second_judge=gemma3-270m"
   [ -f "$RES/eval/results.json" ] || \
@@ -71,13 +70,14 @@ table() {  # the side-by-side tables: the trained models and the backbone sampli
   # the colder sampler (next_token.py's best-but-deterministic is x0 = 0; 0.5 keeps some diversity), the backbone
   # at temperature 0.7 beside it
   models=(--model hf:smollm2-135m)
-  for arm in base b4 scratch; do [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model"); done
+  for arm in $TABLE_ARMS; do [ -d "$OUT/$arm/model" ] && models+=(--model "$arm=$OUT/$arm/model"); done
   [ -f "$RES/eval_cold/results.json" ] || \
     $T eval --quiet "${models[@]}" --out "$RES/eval_cold" $scoring sample.noise_scale=0.5 sample.temperature=0.7 \
       > "$RES/eval_cold.log" 2>&1
   echo "$(date +%T) cold table done"
 }
-EVAL_SAMPLES=${EVAL_SAMPLES:-200}  # ~2 h on 2 shared cores for the whole table: run it alone
+EVAL_SAMPLES=${EVAL_SAMPLES:-40}  # the judges read long prompts: ~4 min a model at 40 items on 2 cores
+TABLE_ARMS=${TABLE_ARMS:-"base ft1 scratch"}  # the trained arms in the side-by-side tables (each ~4 min at 40 items)
 ARMS=${ARMS:-"base decnoise b4 scratch ar table b16 kl1e-2 width32 norepa selfcond"}
 for arm in $ARMS; do
   case $arm in
