@@ -28,6 +28,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "norepa": "VAE without REPA (vae.repa_weight=0)",
     "ar": "AR baseline at the base DiT's counted FLOPs",
 }
+OWN_VAE = ("base", "decnoise", "kl1e-2", "width32", "norepa")  # the arms that train a VAE (the others: base's)
 FIRST_DRAW = "first_draw"  # the 2026-12-03 draw (128 prompts): an arm not rerun since is read from there
 SAMPLERS = ("noise 1, cfg 2", "noise 0.5, cfg 2", "noise 0 (x0 = 0), cfg 2")  # the demo's first
 
@@ -40,6 +41,16 @@ def train_facts(res: Path, arm: str) -> str:
     r = load(res / f"{arm}.train.json") or {}
     t = r.get("dit_train") or r.get("ar_train")
     return f"{t['steps']} / {t['flops']:.2g} / {t['seconds']:.0f}" if t else "-"
+
+
+def vae_facts(res: Path, arm: str) -> str:
+    """The arm's VAE, where it trained its own: held-out reconstruction (from posterior samples), the final
+    training KL per token and the REPA cosine."""
+    r = load(res / f"{arm}.train.json") or {}
+    if not r.get("vae_eval"):
+        return ""
+    e, f = r["vae_eval"], r["vae_train"]["final"]
+    return f" (its VAE: recon. {100 * e['recon_acc_sampled']:.2f}%, KL {f['kl']:.1f}, REPA cos {e['repa_cos']:.3f})"
 
 
 def heldout_loss(res: Path, arm: str) -> str:
@@ -79,6 +90,8 @@ def levers_table(res: Path) -> list[str]:
         if r["prompts"] != n:
             what += f" ({r['prompts']} prompts, {r['date']}: the first draw, LM top-1 {r['rows'][0]['accuracy']:.3f})"
         cells = [_ratio(rows[s]) if s in rows else "-" for s in SAMPLERS]
+        if arm in OWN_VAE:
+            what += vae_facts(folder, arm)
         lines.append(f"| {arm} | {what} | {train_facts(folder, arm)} | " + " | ".join(cells)
                      + f" | {rows[SAMPLERS[0]]['lm_prob_of_sample']:.3f} | {heldout_loss(folder, arm)} |")
     return lines
