@@ -50,7 +50,8 @@ def vae_facts(res: Path, arm: str) -> str:
     if not r.get("vae_eval"):
         return ""
     e, f = r["vae_eval"], r["vae_train"]["final"]
-    return f" (its VAE: recon. {100 * e['recon_acc_sampled']:.2f}%, KL {f['kl']:.1f}, REPA cos {e['repa_cos']:.3f})"
+    repa = f"REPA cos {e['repa_cos']:.3f}" if "repa_cos" in e else "no REPA"
+    return f" (its VAE: recon. {100 * e['recon_acc_sampled']:.2f}%, KL {f['kl']:.1f}, {repa})"
 
 
 def heldout_loss(res: Path, arm: str) -> str:
