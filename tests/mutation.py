@@ -385,6 +385,11 @@ MUTANTS = [
            "block batches never choose a window to self-condition"),
     Mutant("M113", "generation/blocks.py", "err = self.errors(batch, drop, every)", "err = self.errors(batch, drop)",
            "block mode's held-out errors read no self-conditioning estimate (sampling does)"),
+    Mutant("M114", "evaluation/harness.py", 'skip = {"length", "seed", "temperature", "top_p", "top_k"}',
+           'skip = {"length", "seed", "temperature", "top_p", "top_k", "noise_scale", "grid"}',
+           "textldm eval samples with each model's own noise scale and grid, not the ones results.json records"),
+    Mutant("M115", "generation/lm_blocks.py", "if passes > MAX_PASSES:", "if passes > 10 * MAX_PASSES:",
+           "training reads the precomputed windows past the measured overfit without a warning"),
 ]
 
 
