@@ -197,7 +197,7 @@ PAPER_BENCHES = ["WikiSource", "Wikipedia", "TinyStories", "1BW"]
 def paper_table1() -> str:
     """The paper's Table 1 (ROUGE-1/2/L, BERTScore, MAUVE x100 on four benchmarks, transcribed in
     bench/results/paper_table1.json) with this project's rows beside it: what a CPU produces, on the embedded
-    benchmark only (bench/results/interface/first_draw/eval/results.json); the four real benchmarks need their data
+    benchmark only (bench/results/interface/eval/results.json); the four real benchmarks need their data
     and GPUs."""
     paper = _load("paper_table1.json")
     ours = _load(paper["ours"]["results"])["benchmarks"]["embedded"]
