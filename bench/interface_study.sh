@@ -3,7 +3,7 @@
 # (no wall-clock budget), the context-encoder mode (SmolLM2-135M's last-layer states as the prefix) as the
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=1024] [ARMS="base ..."] bash bench/interface_study.sh
-# Arms on the base VAE: base (B = 1), dit4x (4x the DiT steps), dit4xlive (4x, the LM live on streamed windows), small (a 2-block DiT), live (the LM run at every
+# Arms on the base VAE: base (B = 1), dit4x (4x the DiT steps), dit4xlive / dit2xlive (4x / 2x, the LM live on streamed windows), small (a 2-block DiT), live (the LM run at every
 # step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_train_layers=1), selfcond
 # (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
 # from-scratch block-1 DiT), scratchsc (scratch with self-conditioning: a lever re-measured from scratch), ar (the AR
@@ -92,6 +92,7 @@ for arm in $ARMS; do
     small)    dit small base dit.depth=2 ;;  # denoiser size: 2 of the demo DiT's 6 blocks
     dit4x)    dit dit4x base dit_train.steps=$((4 * DIT_STEPS)) ;;  # the interface at 4x the DiT's training
     dit4xlive) dit dit4xlive base dit_train.steps=$((4 * DIT_STEPS)) dit.context_features= dit.context_windows=0 ;;
+    dit2xlive) dit dit2xlive base dit_train.steps=$((2 * DIT_STEPS)) dit.context_features= dit.context_windows=0 ;;
     scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
     scratchsc) dit scratchsc base dit.context_encoder= dit.context_features= dit.context_windows=0 \
                  dit.self_condition_prob=0.5 ;;

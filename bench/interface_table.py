@@ -16,6 +16,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "ft1": "live, and the LM's last block trained with the DiT (dit.context_train_layers=1, lr x 0.1)",
     "dit4x": "4x the DiT's training steps",
     "dit4xlive": "4x the DiT's training steps, the LM live on streamed windows (no cache: no repeated window)",
+    "dit2xlive": "2x the DiT's training steps, the LM live on streamed windows (no cache: no repeated window)",
     "small": "a smaller denoiser: 2 DiT blocks (the demo DiT's 6)",
     "selfcond": "+ self-conditioning (dit.self_condition_prob=0.5)",
     "b4": "block size 4",
