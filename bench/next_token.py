@@ -76,8 +76,12 @@ def main():
     ap.add_argument("--settings", default="", help="comma-separated indices into SETTINGS (default: all; the "
                     "interface table's three: 1,3,5; none: the LM's rows only)")
     args = ap.parse_args()
-    settings = ([] if args.settings == "none" else [SETTINGS[int(i)] for i in args.settings.split(",")]
-                if args.settings else SETTINGS)
+    if args.settings == "none":
+        settings = []
+    elif args.settings:
+        settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
+    else:
+        settings = SETTINGS
     pipe = TextLDMPipeline.from_pretrained(args.model)
     prompts, truth = held_out(pipe, args.prompts, args.prompt_len, args.seed)
     probs = lm_probabilities(pipe.config.teacher.name, prompts)
