@@ -41,10 +41,12 @@ def tiny_vae(seed: int = 0) -> TextVAE:
     return perturbed(TextVAE(cfg, VOCAB), 0.2, seed).eval()
 
 
-def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot: int = -1) -> TextLDMPipeline:
+def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot: int = -1,
+                prediction: int = 0) -> TextLDMPipeline:
     torch.manual_seed(1)
     d = DiTConfig(width=32, depth=2, heads=2, block_size=BLOCK, block_uncond=uncond, context_min=4,
-                  context_max=CONTEXT, target_min=4, target_max=TARGET, context_encoder=lm_dir)
+                  context_max=CONTEXT, target_min=4, target_max=TARGET, context_encoder=lm_dir,
+                  context_prediction=prediction)
     dit = perturbed(LMBlocks.new_dit(d, C), 0.2, 1).eval()
     vae = tiny_vae()
     cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
@@ -56,6 +58,8 @@ def test_the_context_encoder_selects_the_lm_mode_and_its_projection(lm_dir):
     assert mode_class(d) is LMBlocks and mode_class(DiTConfig(block_size=BLOCK)).__name__ == "Blocks"
     dit = LMBlocks.new_dit(d, C)
     assert dit.prefix_in[-1].in_features == HIDDEN and dit.null_context.shape == (HIDDEN,)
+    d.context_prediction = 3  # the LM's prediction beside its state: twice its width
+    assert LMBlocks.new_dit(d, C).prefix_in[-1].in_features == 2 * HIDDEN
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +94,12 @@ def test_cached_lm_states_of_left_padded_rows_equal_a_fresh_forward(lm_dir, gpt2
     assert torch.allclose(after[0, -1], lm(torch.tensor([rows[1] + [6]]))[0, -1], atol=1e-5)
 
 
-def test_no_leak_changing_a_token_moves_no_earlier_state_or_velocity(lm_dir):
+@pytest.mark.parametrize("prediction", [0, 3])
+def test_no_leak_changing_a_token_moves_no_earlier_state_or_velocity(lm_dir, prediction):
     """Token 9 (block 2) changed: the LM's states of tokens 0-8 and the DiT's velocities of blocks 0-2 (block 2
-    reads the states of tokens 0-7) stay exactly equal; block 3's moves (it reads token 9's state)."""
-    pipe = lm_pipeline(lm_dir)
+    reads the states of tokens 0-7) stay exactly equal; block 3's moves (it reads token 9's state). With the LM's
+    prediction beside its states too (it predicts token i + 1 from tokens <= i)."""
+    pipe = lm_pipeline(lm_dir, prediction=prediction)
     mode = pipe.mode
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
     changed = ids.clone()
@@ -139,7 +145,7 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
         pad = CONTEXT - len(recent)
         L = pad + len(window) + BLOCK
         mask = torch.arange(L)[None] >= pad
-        states = torch.zeros(1, L, HIDDEN)
+        states = torch.zeros(1, L, lm.hidden_size)
         states[0, pad: pad + len(window)] = lm(torch.tensor([window]))[0]  # the last block's own: never read
         ids = torch.tensor([[0] * pad + window + [0] * BLOCK])
         clean = vae.normalize(vae.encode(ids, mask))
@@ -157,11 +163,11 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     return out[:length]
 
 
-@pytest.mark.parametrize("uncond", ["empty", "null_latent"])
-def test_the_lm_block_sampler_equals_a_reference_loop(lm_dir, uncond):
+@pytest.mark.parametrize("uncond, prediction", [("empty", 0), ("null_latent", 0), ("empty", 3)])
+def test_the_lm_block_sampler_equals_a_reference_loop(lm_dir, uncond, prediction):
     """Prompts of 3, 5 and 8 tokens continued by 13 tokens (4 blocks over two windows) in one batch: token for
     token what the uncached reference loop writes for each; and any batch gives a row the same text."""
-    pipe = lm_pipeline(lm_dir, uncond)
+    pipe = lm_pipeline(lm_dir, uncond, prediction=prediction)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1, 2, 3, 4, 5, 6]]
     with torch.no_grad():
         rows = pipe.generate_ids(prompts, length=13, solver="euler", seed=5)
@@ -193,20 +199,23 @@ def test_rows_ending_at_different_blocks_keep_the_others_exact(lm_dir):
     assert len({len(r) for r in together}) > 1, together  # the test needs rows that end at different blocks
 
 
-def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny_corpus, cache_home):
+@pytest.mark.parametrize("prediction", [0, 3])
+def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny_corpus, cache_home, prediction):
     """dit.context_features=auto: the LM's states of fixed windows stored once (float16) equal a fresh forward over
-    those windows, training batches read them, and a second source reuses the folder."""
+    those windows, training batches read them, and a second source reuses the folder; with the LM's prediction
+    (twice the width) the folder is another, and a folder of the other width is refused."""
     from conftest import tiny_overrides
     from textldm.training import stages
     from textldm.training.teacher_cache import TeacherCache
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=12",
-                       "vae.encoder_block_size=1", "dit.block_size=4"])
+                       "vae.encoder_block_size=1", "dit.block_size=4", f"dit.context_prediction={prediction}"])
     _, _, train, _ = stages.prepare_data(cfg)
     mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     cache = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert isinstance(cache, TeacherCache) and len(cache) == 12 and cache.length == cfg.dit.window
+    assert cache.meta["hidden"] == 32 * (2 if prediction else 1) == mode.lm.hidden_size
     idx = torch.tensor([0, 5, 11])
     fresh = mode.lm(cache.ids(idx))
     assert torch.allclose(cache.features(idx), fresh, atol=1e-2 * fresh.abs().max().item())
@@ -219,6 +228,13 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     mtime = features.stat().st_mtime_ns
     again = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
+    cfg.dit.context_prediction = 3 - prediction  # the other width: another auto folder; this one named is refused
+    other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    assert Path(other.training_source(cfg, train, torch.device("cpu"), False).features_map.filename) != features
+    cfg.dit.context_features = str(features.parent)
+    with pytest.raises(UserError, match=f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window}, "
+                                        f"{other.lm.hidden_size}"):
+        other.training_source(cfg, train, torch.device("cpu"), False)
 
 
 def test_many_passes_over_precomputed_windows_warn(caplog):

@@ -18,11 +18,42 @@ def test_truncated_teacher_matches_full_hidden_states(tiny_model_dir, layer):
     teacher = Teacher(tiny_model_dir, layer)
     k = layer if layer >= 0 else n + 1 + layer
     assert teacher.blocks_run == k and len(list(teacher.model.base_model.layers)) == k
-    if k < n:  # HF applies the final norm to the last entry only
-        assert torch.allclose(teacher(ids), ref[layer], atol=1e-5)
+    assert torch.allclose(teacher(ids), ref[layer], atol=1e-5)  # the last entry: the final-normed state, as HF's
+    assert (teacher.feature_name == teacher.name + "/final-norm") == (k == n)  # its caches keyed apart
     assert all(not p.requires_grad for p in teacher.parameters())
     teacher.train()
     assert not teacher.model.training
+
+
+def test_the_prediction_is_the_lms_expected_output_embedding(tiny_model_dir):
+    """prediction_top_k: the last layer's final-normed state, then the mean of the LM's output embeddings under its
+    next-token softmax (over all tokens when k is the vocabulary; renormalized over the top k otherwise), in units
+    of the embedding matrix's rms; the KV-cached states carry the same; any other layer is refused."""
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    V, D = full.config.vocab_size, full.config.hidden_size
+    ids = torch.randint(2, V, (2, 7))
+    with torch.no_grad():
+        out = full(ids, output_hidden_states=True)
+    weight = full.get_output_embeddings().weight.detach()
+    rms = weight.pow(2).mean().sqrt()
+    every = Teacher(tiny_model_dir, -1, prediction_top_k=V)
+    features = every(ids)
+    assert every.hidden_size == 2 * D and features.shape == (2, 7, 2 * D)
+    assert torch.allclose(features[..., :D], out.hidden_states[-1], atol=1e-5)
+    assert torch.allclose(features[..., D:] * rms, out.logits.softmax(-1) @ weight, atol=1e-5)
+    top2 = Teacher(tiny_model_dir, -1, prediction_top_k=2)
+    values, index = out.logits.topk(2)
+    expected = (values.softmax(-1)[..., None] * weight[index]).sum(-2) / rms
+    assert torch.allclose(top2(ids)[..., D:], expected, atol=1e-5)
+    assert top2.feature_name.endswith("/final-norm/top2")
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    first, cache = top2.states(ids[:, :4], mask[:, :4])
+    second, _ = top2.states(ids[:, 4:], mask, cache)
+    assert torch.allclose(torch.cat([first, second], 1), top2(ids), atol=1e-5)
+    with pytest.raises(UserError, match="last layer: set the layer to -1"):
+        Teacher(tiny_model_dir, -2, prediction_top_k=4)
 
 
 def test_teacher_errors(tiny_model_dir, tmp_path):

@@ -215,7 +215,11 @@ class DiTConfig(TransformerShape):
     # hidden states of the earlier tokens (projected to the DiT's width) instead of their VAE latents; the LM must
     # share the tokenizer (teacher.name's): the REPA teacher's alias (smollm2-135m), an HF model name or a folder
     context_encoder: str = ""  # "" = the VAE's clean latents (the paper's and plain block mode)
-    context_layer: int = -1  # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = last)
+    # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = last: its final-normed state)
+    context_layer: int = -1
+    # k > 0: each position's state also carries the LM's next-token prediction, the mean of its output embeddings
+    # over its top-k tokens (needs context_layer -1; the DiT reads twice the LM's width)
+    context_prediction: int = 0
     context_features: str = ""  # "" = the LM runs at every training step; "auto" or a folder = precomputed to disk
     context_windows: int = 0  # with context_features: training windows to precompute (0 = the whole split)
     # the LM's last blocks (those up to context_layer) trained with the DiT, at lr x context_lr_scale (fine-tuning a
@@ -234,7 +238,7 @@ class DiTConfig(TransformerShape):
         return super().rules(name) + [self.within(name, key, interval) for key, interval in (
             ("depth", "[1, inf)"), ("infill_prob", "[0, 1]"), ("self_condition_prob", "[0, 1]"),
             ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"),
-            ("context_windows", "[0, inf)"), ("context_train_layers", "[0, inf)"),
+            ("context_windows", "[0, inf)"), ("context_train_layers", "[0, inf)"), ("context_prediction", "[0, inf)"),
             ("context_lr_scale", "[0, inf)"))] + [
             (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
             (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max")]

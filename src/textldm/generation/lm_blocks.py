@@ -110,7 +110,7 @@ class LMBlocks(Blocks):
         at dit.context_layer, frozen, on the DiT's device."""
         super().__init__(dit)
         d = dit.cfg
-        self.lm = lm if lm is not None else Teacher(d.context_encoder, d.context_layer)
+        self.lm = lm if lm is not None else Teacher(d.context_encoder, d.context_layer, d.context_prediction)
         self.lm.to(next(dit.parameters()).device)
         if d.context_train_layers:
             self.lm.unfreeze(d.context_train_layers, d.context_lr_scale)
@@ -136,7 +136,7 @@ class LMBlocks(Blocks):
     def new_dit(cls, d: DiTConfig, latent_channels: int, prefix_channels: int | None = None) -> TextDiT:
         """A block-mode TextDiT whose prefix projection reads the context LM's hidden width (read from its config
         unless given)."""
-        width = prefix_channels or lm_config(d.context_encoder).hidden_size
+        width = prefix_channels or lm_config(d.context_encoder).hidden_size * (2 if d.context_prediction else 1)
         return TextDiT(d, latent_channels, pooled_context=False,
                        train_null=cls.reads_null(d) and d.null_context == "learned", prefix_channels=width)
 
@@ -150,7 +150,7 @@ class LMBlocks(Blocks):
         if not d.context_features:
             return stream
         # keyed like vae.teacher_cache: with the REPA teacher at its layer and window, one LM pass serves both
-        cache = open_or_build(stream, self.lm, d.context_encoder, d.context_layer, d.window,
+        cache = open_or_build(stream, self.lm, self.lm.feature_name, d.context_layer, d.window,
                               d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
                               "context features")
         warn_repeated_windows(cfg.dit_train.steps, cfg.dit_train.batch_size, len(cache))

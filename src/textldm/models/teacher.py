@@ -102,10 +102,14 @@ class Teacher(nn.Module):
     """Frozen causal LM truncated after the block whose output is aligned.
 
     `layer` indexes Hugging Face's `hidden_states` (0 = embeddings, k = output of block k); negative counts
-    from the end, so -1 is the last block and -3 (the paper's choice) the third-to-last entry.
+    from the end, so -1 is the last block and -3 (the paper's choice) the third-to-last entry. As in HF, the last
+    entry is the final-normed state (what the LM's head reads): the raw last block output carries a few massive
+    channels (thousands, against an rms of ~50 in SmolLM2) that a reader's LayerNorm would let drown the rest.
+    `prediction_top_k` > 0 (the last layer only): each position's state also carries the LM's next-token
+    prediction as a vector, `expected_embedding`.
     """
 
-    def __init__(self, name: str | nn.Module, layer: int = -3):
+    def __init__(self, name: str | nn.Module, layer: int = -3, prediction_top_k: int = 0):
         """`name`: an alias, HF model name or local folder - or an already built HF causal LM."""
         super().__init__()
         from transformers import AutoModelForCausalLM
@@ -123,11 +127,17 @@ class Teacher(nn.Module):
         k = layer if layer >= 0 else n + 1 + layer
         if not 1 <= k <= n:
             raise UserError(f"teacher layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
+        if prediction_top_k and k != n:
+            raise UserError(f"the LM's next-token prediction (dit.context_prediction={prediction_top_k}) is read at "
+                            f"its last layer: set the layer to -1 (got {layer})")
         layers = _decoder_layers(model)
         del layers[k:]  # run only what the aligned layer needs
-        self.blocks_run, self.layers = k, layers
+        self.blocks_run, self.layers, self.final, self.top_k = k, layers, k == n, prediction_top_k
         self.model = model.eval().requires_grad_(False)
-        self.hidden_size = model.config.hidden_size
+        self.hidden_size = model.config.hidden_size * (2 if prediction_top_k else 1)
+        # what the features are, for keys of caches built from them (a block's output: the name alone, as before)
+        self.feature_name = self.name + ("/final-norm" if self.final else "") + \
+            (f"/top{prediction_top_k}" if prediction_top_k else "")
         self._captured = None
         layers[k - 1].register_forward_hook(self._capture)
 
@@ -170,14 +180,32 @@ class Teacher(nn.Module):
                             f"{vocab_size}; use embed_init=random")
         return weight[:vocab_size]
 
+    def _features(self, output) -> torch.Tensor:
+        """The used layer's features after a base-model call: the captured block output, or at the last layer the
+        final-normed state, with the prediction appended (`prediction_top_k`)."""
+        captured, self._captured = self._captured, None
+        if not self.final:
+            return captured.float()
+        normed = output.last_hidden_state.float()
+        return torch.cat([normed, self.expected_embedding(normed)], -1) if self.top_k else normed
+
+    def expected_embedding(self, normed: torch.Tensor) -> torch.Tensor:
+        """(..., D) final-normed states -> (..., D) the LM's next-token distribution as one vector: the mean of its
+        output embeddings over its top-k tokens (softmax renormalized over them), in units of the embedding matrix's
+        rms so that a confident prediction is a unit-rms vector beside the normed state (rms ~1-2)."""
+        weight = self.model.get_output_embeddings().weight
+        top = (normed.to(weight.dtype) @ weight.t()).topk(self.top_k)
+        p = top.values.float().softmax(-1)
+        return torch.einsum("...k,...kd->...d", p, weight[top.indices].float()) / weight.float().pow(2).mean().sqrt()
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe).
         Without gradients unless some blocks are trained (`unfreeze`)."""
         trained = any(p.requires_grad for p in self.layers.parameters())
         with torch.set_grad_enabled(trained and torch.is_grad_enabled()):
-            self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False)
-        out, self._captured = self._captured, None
-        return out.float()
+            output = self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(),
+                                           use_cache=False)
+            return self._features(output)
 
     @torch.no_grad()
     def states(self, ids: torch.Tensor, mask: torch.Tensor, cache=None):
@@ -189,11 +217,9 @@ class Teacher(nn.Module):
 
         cache = DynamicCache() if cache is None else cache
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
-        self.model.base_model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache,
-                              use_cache=True)
-        out, self._captured = self._captured, None
-        return out.float(), cache
-
+        output = self.model.base_model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
+                                       cache=cache, use_cache=True)
+        return self._features(output), cache
 
     def train(self, mode: bool = True):  # the teacher is never put in training mode
         """Ignored: the teacher always stays in eval mode."""

@@ -189,7 +189,7 @@ def teacher_cache(cfg: Config, train: TokenStream, teacher: Teacher, device: tor
     """The precomputed teacher features that vae.teacher_cache names ("auto": a folder in the cache keyed by
     corpus, teacher, layer and window), built on rank 0 the first time."""
     v = cfg.vae
-    return open_or_build(train, teacher, cfg.teacher.name, cfg.teacher.layer, v.max_len, v.teacher_cache,
+    return open_or_build(train, teacher, teacher.feature_name, cfg.teacher.layer, v.max_len, v.teacher_cache,
                          v.teacher_cache_windows, cfg.eval.batch_size, device, progress, "teacher cache")
 
 

@@ -107,7 +107,8 @@ def open_or_build(stream: TokenStream, teacher, teacher_name: str, layer: int, l
         build_teacher_cache(stream, teacher, teacher_name, layer, length, folder, windows, batch_size, device, progress)
     barrier()
     cache = TeacherCache(folder, stream)
-    if cache.length != length or cache.meta["layer"] != layer:
-        raise UserError(f"{what} '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} tokens; this "
-                        f"run needs layer {layer}, {length}: use another folder or auto")
+    if cache.length != length or cache.meta["layer"] != layer or cache.meta["hidden"] != teacher.hidden_size:
+        raise UserError(f"{what} '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} tokens, "
+                        f"{cache.meta['hidden']} features each; this run needs layer {layer}, {length}, "
+                        f"{teacher.hidden_size}: use another folder or auto")
     return cache
