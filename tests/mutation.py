@@ -390,6 +390,15 @@ MUTANTS = [
            "textldm eval samples with each model's own noise scale and grid, not the ones results.json records"),
     Mutant("M115", "generation/lm_blocks.py", "if passes > MAX_PASSES:", "if passes > 10 * MAX_PASSES:",
            "training reads the precomputed windows past the measured overfit without a warning"),
+    Mutant("M116", "models/teacher.py", "normed = output.last_hidden_state.float()",
+           "normed = captured.float()",
+           "the context LM's last layer is its raw block output (massive channels), not the final-normed state"),
+    Mutant("M117", "models/teacher.py", "p = top.values.float().softmax(-1)", "p = top.values.float().sigmoid()",
+           "the LM's prediction weighs its top tokens by a sigmoid, not their renormalized softmax"),
+    Mutant("M118", "models/teacher.py", "(f\"/top{prediction_top_k}\" if prediction_top_k else \"\")", "\"\"",
+           "features with and without the LM's prediction share a cache key"),
+    Mutant("M119", "training/teacher_cache.py", 'or cache.meta["hidden"] != teacher.hidden_size', "",
+           "a precomputed feature folder of another width is read without a check"),
 ]
 
 
