@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 
 ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the base VAE)
-    "base": "context LM (SmolLM2-135M last layer), B = 1",
+    "base": "context LM (SmolLM2-135M last layer: its raw block output, before the final norm), B = 1",
+    "normed": "the LM's final-normed last state (as HF's hidden_states[-1]; the context LM's features since 0.4.0)",
+    "pred": "normed + the LM's prediction: its top-32 expected output embedding (dit.context_prediction=32)",
+    "pred2x": "pred at 2x the DiT's steps over 3,000 precomputed windows (25.6 passes)",
     "live": "the LM run at every step on streamed windows (base: 1,500 precomputed windows)",
     "ft1": "live, and the LM's last block trained with the DiT (dit.context_train_layers=1, lr x 0.1)",
     "dit4x": "4x the DiT's training steps",
@@ -139,7 +142,9 @@ def main():
     res = Path(args.results)
     text = "\n".join(["## Levers: the next token of decoded samples (bench/next_token.py)", "", *levers_table(res), "",
                       "## Side by side (textldm eval)", "", *side_by_side(res, "eval"), "",
-                      "## Side by side, the colder sampler", "", *side_by_side(res, "eval_cold")]) + "\n"
+                      "## Side by side, the colder sampler", "", *side_by_side(res, "eval_cold"), "",
+                      "## The LM's prediction beside its state (pred), the colder sampler", "",
+                      *side_by_side(res, "eval_cold_pred")]) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
