@@ -5,7 +5,7 @@
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=1024] [ARMS="base ..."] bash bench/interface_study.sh
 # Arms on the base VAE: base (B = 1; its features were the LM's raw last block output, before 0.4.0's final norm),
 # normed (base on the final-normed state), pred (normed + the LM's prediction, dit.context_prediction=32), pred2x
-# (pred at 2x the steps over 2x the precomputed windows), dit4x (4x the DiT steps), dit4xlive / dit2xlive (4x / 2x, the LM live on streamed windows), small (a 2-block DiT), live (the LM run at every
+# (pred at 2x the steps over 2x the precomputed windows), b4pred (B = 4 with the prediction), dit4x (4x the DiT steps), dit4xlive / dit2xlive (4x / 2x, the LM live on streamed windows), small (a 2-block DiT), live (the LM run at every
 # step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_train_layers=1), selfcond
 # (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
 # from-scratch block-1 DiT), scratchsc (scratch with self-conditioning: a lever re-measured from scratch), ar (the AR
@@ -102,6 +102,7 @@ for arm in $ARMS; do
     normed)   dit normed base ;;  # the LM's final-normed last state (base read the raw last block output, before the fix)
     pred)     dit pred base dit.context_prediction=32 ;;  # + the LM's prediction: its top-32 expected output embedding
     pred2x)   dit pred2x base dit.context_prediction=32 dit_train.steps=$((2 * DIT_STEPS)) dit.context_windows=3000 ;;
+    b4pred)   dit b4pred base dit.block_size=4 dit.context_prediction=32 ;;  # block size 4 with the LM's prediction
     ft1)      dit ft1 base dit.context_features= dit.context_windows=0 dit.context_train_layers=1 ;;  # + its last block
     ar)       ar ;;
     table)    table ;;

@@ -14,6 +14,7 @@ ARMS = {  # arm -> what differs from `base` (the context-LM mode, B = 1, on the 
     "base": "context LM (SmolLM2-135M last layer: its raw block output, before the final norm), B = 1",
     "normed": "the LM's final-normed last state (as HF's hidden_states[-1]; the context LM's features since 0.4.0)",
     "pred": "normed + the LM's prediction: its top-32 expected output embedding (dit.context_prediction=32)",
+    "b4pred": "block size 4, with the LM's prediction (dit.context_prediction=32)",
     "pred2x": "pred at 2x the DiT's steps over 3,000 precomputed windows (25.6 passes)",
     "live": "the LM run at every step on streamed windows (base: 1,500 precomputed windows)",
     "ft1": "live, and the LM's last block trained with the DiT (dit.context_train_layers=1, lr x 0.1)",
