@@ -145,7 +145,9 @@ def main():
                       "## Side by side (textldm eval)", "", *side_by_side(res, "eval"), "",
                       "## Side by side, the colder sampler", "", *side_by_side(res, "eval_cold"), "",
                       "## The LM's prediction beside its state (pred), the colder sampler", "",
-                      *side_by_side(res, "eval_cold_pred")]) + "\n"
+                      *side_by_side(res, "eval_cold_pred"), "",
+                      "## The LM's prediction beside its state (pred), the demo's sampler", "",
+                      *side_by_side(res, "eval_pred")]) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
