@@ -138,6 +138,8 @@ class Teacher(nn.Module):
         # what the features are, for keys of caches built from them (a block's output: the name alone, as before)
         self.feature_name = self.name + ("/final-norm" if self.final else "") + \
             (f"/top{prediction_top_k}" if prediction_top_k else "")
+        if prediction_top_k:  # the output embeddings never train, so their rms is a constant
+            self.embedding_rms = model.get_output_embeddings().weight.detach().float().pow(2).mean().sqrt().item()
         self._captured = None
         layers[k - 1].register_forward_hook(self._capture)
 
@@ -192,11 +194,12 @@ class Teacher(nn.Module):
     def expected_embedding(self, normed: torch.Tensor) -> torch.Tensor:
         """(..., D) final-normed states -> (..., D) the LM's next-token distribution as one vector: the mean of its
         output embeddings over its top-k tokens (softmax renormalized over them), in units of the embedding matrix's
-        rms so that a confident prediction is a unit-rms vector beside the normed state (rms ~1-2)."""
+        rms so that a confident prediction is a unit-rms vector beside the normed state (rms ~1-2). The logits are
+        the head's matrix product alone (a head's bias or soft cap, where an LM has one, is left out)."""
         weight = self.model.get_output_embeddings().weight
         top = (normed.to(weight.dtype) @ weight.t()).topk(self.top_k)
         p = top.values.float().softmax(-1)
-        return torch.einsum("...k,...kd->...d", p, weight[top.indices].float()) / weight.float().pow(2).mean().sqrt()
+        return torch.einsum("...k,...kd->...d", p, weight[top.indices].float()) / self.embedding_rms
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe).
