@@ -232,8 +232,8 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     assert Path(other.training_source(cfg, train, torch.device("cpu"), False).features_map.filename) != features
     cfg.dit.context_features = str(features.parent)
-    with pytest.raises(UserError, match=f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window}, "
-                                        f"{other.lm.hidden_size}"):
+    refused = f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window}, {other.lm.hidden_size}"
+    with pytest.raises(UserError, match=refused):
         other.training_source(cfg, train, torch.device("cpu"), False)
 
 
