@@ -147,7 +147,9 @@ def main():
                       "## The LM's prediction beside its state (pred), the colder sampler", "",
                       *side_by_side(res, "eval_cold_pred"), "",
                       "## The LM's prediction beside its state (pred), the demo's sampler", "",
-                      *side_by_side(res, "eval_pred")]) + "\n"
+                      *side_by_side(res, "eval_pred"), "",
+                      "## The LM's prediction beside its state (pred), noise 0.7", "",
+                      *side_by_side(res, "eval_pred07")]) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
