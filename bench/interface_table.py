@@ -149,7 +149,9 @@ def main():
                       "## The LM's prediction beside its state (pred), the demo's sampler", "",
                       *side_by_side(res, "eval_pred"), "",
                       "## The LM's prediction beside its state (pred), noise 0.7", "",
-                      *side_by_side(res, "eval_pred07")]) + "\n"
+                      *side_by_side(res, "eval_pred07"), "",
+                      "## pred2x (600 steps), the colder sampler", "",
+                      *side_by_side(res, "eval_cold_pred2x")]) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
