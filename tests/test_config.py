@@ -130,6 +130,9 @@ def test_every_cli_option_has_help_and_training_help_says_where_the_keys_are():
                if not a.help and not isinstance(a, argparse._HelpAction)]
     assert not missing
     assert "textldm config --keys" in commands["train-vae"].format_help()
+    # the main job trains on the pretrained LM's states; the training commands' preset stays the from-scratch one
+    assert commands["demo"].parse_args([]).config == "context-lm"
+    assert commands["train-vae"].parse_args([]).config == "demo"
 
 
 @pytest.mark.parametrize("override,fragment", [

@@ -117,7 +117,7 @@ def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus, full_wi
     from conftest import tiny_overrides
 
     env = {**os.environ, "TEXTLDM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    demo = [sys.executable, "-m", "textldm", "demo", "--quiet"]
+    demo = [sys.executable, "-m", "textldm", "demo", "--config", "demo", "--quiet"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *demo[1:]]
 
     def run(cmd: list, out: str, *extra) -> Path:

@@ -333,6 +333,9 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
     assert second["judge"] == tiny_model_dir and second["gen_ppl"] == pytest.approx(c["gen_ppl"])
     assert second["reference_prompt_binding"] == pytest.approx(c["reference_prompt_binding"])
     assert (tmp_path / "report.md").read_text().count("generative perplexity under") == 2
+    # the report says what the run is: the text's knowledge is the pretrained LM's, named
+    assert "pretrained context encoder" in report["what_it_is"] and tiny_model_dir in report["what_it_is"]
+    assert f"What this run is: {report['what_it_is']}" in (tmp_path / "report.md").read_text()
     assert list((tmp_path / "cache").rglob("features.bin"))  # trained from precomputed states
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_encoder == tiny_model_dir

@@ -36,10 +36,11 @@ def _choices(section: type, name: str) -> tuple:
     return typing.get_args(typing.get_type_hints(section)[name])
 
 
-def _with_config(sub, name: str, help_: str, resume: bool = True) -> argparse.ArgumentParser:
+def _with_config(sub, name: str, help_: str, resume: bool = True, preset: str = "demo") -> argparse.ArgumentParser:
     s = sub.add_parser(name, help=help_, description=f"{help_}. Config: --config PRESET plus KEY=VALUE overrides; "
                                                      f"{KEYS_HINT}.")
-    s.add_argument("--config", default="demo", help="preset name (demo, cpu-long, paper, ...) or a .yaml file")
+    s.add_argument("--config", default=preset, help=f"preset name (default {preset}; demo, context-lm, cpu-long, "
+                                                    "paper, ...) or a .yaml file")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. vae_train.steps=100 "
                                                                     f"({KEYS_HINT})")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -56,7 +57,9 @@ def _add_training(sub) -> None:
     _with_config(sub, "train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
     _with_config(sub, "cache-teacher", "precompute the REPA teacher's features to disk (then train-vae "
                                        "vae.teacher_cache=auto)", resume=False)
-    s = _with_config(sub, "demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: demo)")
+    s = _with_config(sub, "demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: "
+                                  "context-lm, a DiT on a frozen pretrained LM's states; --config demo: from scratch)",
+                     preset="context-lm")
     s.add_argument("--vae", help="reuse this saved VAE folder instead of training one")
     c = _with_config(sub, "config", "print the resolved config of a preset with overrides (YAML)", resume=False)
     c.add_argument("--keys", action="store_true", help="list every key with its type, value and meaning instead")

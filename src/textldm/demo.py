@@ -57,8 +57,24 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
         **judged(prompts, gens, refs, cfg.metrics.judge),
         **({"second_judge": judged(prompts, gens, refs, cfg.metrics.second_judge)} if cfg.metrics.second_judge else {}),
         "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
-                                                   "solver": cfg.sample.solver, "length": cfg.sample.length},
+                                                   "solver": cfg.sample.solver, "length": cfg.sample.length,
+                                                   "noise_scale": cfg.sample.noise_scale},
     }
+
+
+def what_it_is(cfg: Config) -> str:
+    """One sentence on what the run trains and where its text's knowledge comes from: the report's first line."""
+    d = cfg.dit
+    mode = f"block-causal, {d.block_size} token{'s' * (d.block_size > 1)} a block" if d.block_size \
+        else "the full window (the paper's layout)"
+    if d.context_encoder:
+        prediction = f" and its next-token prediction (top {d.context_prediction})" if d.context_prediction else ""
+        return (f"{mode}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states of the earlier "
+                f"tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the next token's "
+                "latent. What the text knows comes from that LM's pretraining, not from this run "
+                "(the from-scratch demo: --config demo)")
+    return (f"{mode}; the VAE and the DiT are trained from scratch on '{cfg.data.source}', so what the text knows "
+            "comes from this run alone")
 
 
 def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> dict:
@@ -70,7 +86,8 @@ def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> 
 
 def format_report(report: dict) -> str:
     """The demo's report as markdown (VAE, DiT per-quarter losses, continuations and their measurements)."""
-    lines = ["# textldm run report", ""]
+    lines = ["# textldm run report", ""] + ([f"What this run is: {report['what_it_is']}.", ""]
+                                            if "what_it_is" in report else [])
     v = report.get("vae_eval", {})
     if v:
         lines += ["## TextVAE (held-out validation text)", "",
@@ -98,7 +115,7 @@ def format_report(report: dict) -> str:
     if c:
         s = c["sampler"]
         lines += [f"## Continuations of held-out prompts ({s['solver']}, {s['steps']} steps, CFG {s['cfg_scale']}, "
-                  f"{s['length']} tokens)", "",
+                  f"noise {s.get('noise_scale', 1.0)}, {s['length']} tokens)", "",
                   f"- ROUGE-L vs reference: **{c['rouge_l']:.4f}**; a random human passage vs the same reference: "
                   f"{c['rouge_l_random_passage']:.4f}; the same generations vs *another* prompt's reference: "
                   f"{c['rouge_l_other_prompts_reference']:.4f} ({c['prompts_scored']} prompts)",
@@ -154,6 +171,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
         resolve(cfg.metrics.second_judge)  # a missing wheel or folder fails now, not after training
     start_run(cfg)  # joins the process group before rank 0 tokenizes
     if is_main() and progress:
+        print(f"demo: {what_it_is(cfg)}", flush=True)
         print(f"demo: {'a saved VAE' if vae_dir else f'VAE {cfg.vae_train.steps} steps'}, DiT {cfg.dit_train.steps} "
               f"steps, then the report ({max(cfg.eval.num_prompts, cfg.eval.rouge_samples)} held-out prompts); fixed "
               f"steps: the same seed and thread count give the same numbers on any machine (each bar shows its ETA)",
@@ -164,6 +182,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data, resume=resume,
                                  vae_report=report)
     report.update(dit_report)
+    report["what_it_is"] = what_it_is(cfg)
     if is_main():
         _, _, train, val = data
         report["continuations"] = continuation_report(pipe, cfg, train, val)
