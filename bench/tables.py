@@ -59,16 +59,20 @@ def _runs(folder: str) -> str:
         run = json.loads(path.read_text())
         m, r = run["meta"], run["report"]
         c = r["continuations"]
+        second = c.get("second_judge")  # the independent judge, where the run had one
         rows.append([
             f"{m['date']}: {m['label']}", f"{m['minutes']:.1f} min ({m['machine']})",
             f"{r['vae_train']['steps']} + {r['dit_train']['steps']}",
             f"{100 * r['vae_eval']['recon_acc']:.2f}%", f"{r['vae_eval']['repa_cos']:.3f}",
             f"{c['gen_ppl']:,.0f} / {c['reference_gen_ppl']:.0f}",
             f"{c['prompt_binding']:.3f} / {c['reference_prompt_binding']:.3f}",
+            f"{second['gen_ppl']:,.0f} / {second['reference_gen_ppl']:.0f}; {second['prompt_binding']:.3f} / "
+            f"{second['reference_prompt_binding']:.3f} ({second['judge']})" if second else "-",
             f"{100 * c['same_noise_agreement']:.1f}% / {100 * c['reference_agreement']:.1f}%",
             f"{c['rouge_l']:.3f} / {c['rouge_l_random_passage']:.3f} / {c['rouge_l_other_prompts_reference']:.3f}"])
     return _table(["run", "wall-clock (machine)", "steps: VAE + DiT", "VAE reconstruction (held-out)", "REPA cos",
                    "gen-PPL: generated / references", "prompt binding: generated / references",
+                   "second judge: gen-PPL; binding (generated / references)",
                    "same-noise agreement: generated / references", "ROUGE-L: generated / random passage / "
                    "another prompt's reference"], rows)
 
