@@ -214,8 +214,38 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
+SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's)", "c6n05": "CFG 6, noise 0.5",
+              "c4n07": "CFG 4, noise 0.7", "c4n1": "CFG 4, noise 1", "lm1": "the backbone at temperature 1",
+              "lm0.7": "the backbone at temperature 0.7", "lm07": "the backbone at temperature 0.7"}
+
+
+def sampler_sweep() -> str:
+    """The make-demo model's sampler settings on the embedded benchmark beside the backbone sampling itself
+    (bench/sampler_sweep.sh: bench/results/interface/sampler/nITEMS/TAG/results.json; both judges), and the
+    per-position binding where bench/binding_profile.py wrote it (nITEMS/binding_profile.json)."""
+    rows = []
+    for items in ("n100", "n40"):
+        folder = RESULTS / "interface" / "sampler" / items
+        profile = _load(f"interface/sampler/{items}/binding_profile.json")["profiles"] \
+            if (folder / "binding_profile.json").exists() else {}
+        for tag, label in SWEEP_ROWS.items():
+            if not (folder / tag / "results.json").exists():
+                continue
+            bench = _load(f"interface/sampler/{items}/{tag}/results.json")["benchmarks"]["embedded"]
+            r, refs = bench["rows"]["m"], bench["references"]
+            stretches = next((v for k, v in profile.items() if f"/{tag}/" in k), None)
+            rows.append([f"{bench['items']}: {label}", f"{r['second_judge_gen_ppl']:.1f} "
+                         f"({r['second_judge_gen_ppl'] / refs['second_judge_gen_ppl']:.2f}x)",
+                         f"{r['second_judge_prompt_binding']:.3f} / {refs['second_judge_prompt_binding']:.3f}",
+                         f"{r['prompt_binding']:.3f}", _x100(r["mauve"]), f"{r['distinct_2']:.3f}",
+                         " / ".join(f"{v:.2f}" for v in stretches[:4]) if stretches else "-"])
+    return _table(["items: sampler", "gen-PPL (gemma3-270m; x references)", "binding (gemma3-270m): generated / "
+                   "references", "binding (smollm2-135m)", "MAUVE (items / 10 buckets)", "distinct-2",
+                   "binding by position 0-7 / 8-15 / 16-23 / 24-31 (smollm2-135m)"], rows)
+
+
 TABLES = {f.__name__: f for f in (demo_runs, cpu_long_runs, scaling_reference, gpu_steps, cpu_steps, window_sampling,
-                                          block_sampling, ran_where, paper_table1)}
+                                          block_sampling, ran_where, paper_table1, sampler_sweep)}
 
 
 def included(spec: str) -> str:

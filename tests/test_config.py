@@ -181,3 +181,16 @@ def test_every_numeric_key_has_a_range(key, tp):
     if tp is float:
         with pytest.raises(UserError, match="finite"):
             load_config(None, [f"{key}=.nan"])
+
+
+def test_every_mode_says_what_it_trains_and_where_its_text_s_knowledge_comes_from():
+    """The report's first line (`demo.what_it_is`), from the mode the config selects."""
+    from textldm.demo import what_it_is
+
+    full, block = what_it_is(load_config("demo", list(FULL_WINDOW))), what_it_is(load_config("demo"))
+    assert full.startswith("the full window") and "trained from scratch on 'embedded'" in full
+    assert block.startswith("block-causal, 1 token a block; the VAE and the DiT are trained from scratch")
+    assert "4 tokens a block" in what_it_is(load_config("demo", ["dit.block_size=4", "vae.encoder_block_size=4"]))
+    lm = what_it_is(load_config("context-lm"))
+    assert "frozen LM smollm2-135m" in lm and "next-token prediction (top 32)" in lm and "LM's pretraining" in lm
+    assert lm.endswith("(the from-scratch demo: --config demo)") and "from scratch on" not in lm

@@ -21,6 +21,7 @@ from textldm.evaluation.heldout import (
 )
 from textldm.evaluation.metrics import judge_scores, rouge_l, text_statistics
 from textldm.export import locate_model_folder, read_model_config
+from textldm.generation import mode_class
 from textldm.models.teacher import resolve
 from textldm.pipeline import TextLDMPipeline
 from textldm.training.distributed import is_main
@@ -64,17 +65,8 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
 
 def what_it_is(cfg: Config) -> str:
     """One sentence on what the run trains and where its text's knowledge comes from: the report's first line."""
-    d = cfg.dit
-    mode = f"block-causal, {d.block_size} token{'s' * (d.block_size > 1)} a block" if d.block_size \
-        else "the full window (the paper's layout)"
-    if d.context_encoder:
-        prediction = f" and its next-token prediction (top {d.context_prediction})" if d.context_prediction else ""
-        return (f"{mode}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states of the earlier "
-                f"tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the next token's "
-                "latent. What the text knows comes from that LM's pretraining, not from this run "
-                "(the from-scratch demo: --config demo)")
-    return (f"{mode}; the VAE and the DiT are trained from scratch on '{cfg.data.source}', so what the text knows "
-            "comes from this run alone")
+    text = mode_class(cfg.dit).describe(cfg)
+    return text + (" (the from-scratch demo: --config demo)" if cfg.dit.context_encoder else "")
 
 
 def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> dict:

@@ -11,10 +11,22 @@ from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode, SamplingRun, first_pass_estimate, stratified_t
+from textldm.generation.modes import (
+    HEAD_TOKENS,
+    GenerationMode,
+    SamplingRun,
+    first_pass_estimate,
+    stratified_t,
+    trained_from_scratch,
+)
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
+
+
+def block_layout(d: DiTConfig) -> str:
+    """The block layout in words, for a run's report."""
+    return f"block-causal, {d.block_size} token{'s' * (d.block_size > 1)} a block"
 
 
 def prefix_length(d: DiTConfig) -> int:
@@ -32,6 +44,10 @@ class Blocks(GenerationMode):
     @staticmethod
     def selects(d: DiTConfig) -> bool:
         return d.block_size > 0 and not d.context_encoder  # with a context LM: lm_blocks.LMBlocks
+
+    @staticmethod
+    def describe(config: Config) -> str:
+        return f"{block_layout(config.dit)}; {trained_from_scratch(config)}"
 
     @staticmethod
     def rules(config: Config) -> list[tuple[bool, str]]:

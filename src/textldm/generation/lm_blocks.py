@@ -17,7 +17,7 @@ import torch
 from textldm.config import Config, DiTConfig
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
-from textldm.generation.blocks import Blocks
+from textldm.generation.blocks import Blocks, block_layout
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
@@ -118,6 +118,14 @@ class LMBlocks(Blocks):
     @staticmethod
     def selects(d: DiTConfig) -> bool:
         return d.block_size > 0 and bool(d.context_encoder)
+
+    @staticmethod
+    def describe(config: Config) -> str:
+        d = config.dit
+        prediction = f" and its next-token prediction (top {d.context_prediction})" if d.context_prediction else ""
+        return (f"{block_layout(d)}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states of "
+                f"the earlier tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the "
+                "next token's latent. What the text knows comes from that LM's pretraining, not from this run")
 
     @staticmethod
     def rules(config: Config) -> list[tuple[bool, str]]:

@@ -107,6 +107,12 @@ class SamplingRun:
         return velocity
 
 
+def trained_from_scratch(config: Config) -> str:
+    """A run report's words for a mode whose VAE and DiT learn everything from the run's data."""
+    return (f"the VAE and the DiT are trained from scratch on '{config.data.source}', so what the text knows comes "
+            "from this run alone")
+
+
 class GenerationMode(nn.Module):
     """A way of generating text with a TextDiT, and of training it to: everything that differs between modes lives
     in one subclass. As an nn.Module holding the DiT it is the DiT's training objective (what `fit` trains and DDP
@@ -131,6 +137,11 @@ class GenerationMode(nn.Module):
     def rules(config: Config) -> list[tuple[bool, str]]:
         """(ok, message) pairs: what the mode needs of a config, and the options it refuses by name."""
         return []
+
+    @staticmethod
+    def describe(config: Config) -> str:
+        """One sentence for a run's report: what the mode trains, and where its text's knowledge comes from."""
+        raise NotImplementedError
 
     @staticmethod
     def reads_null(d: DiTConfig) -> bool:

@@ -17,6 +17,7 @@ from textldm.generation.modes import (
     first_pass_estimate,
     noise_seed,
     stratified_t,
+    trained_from_scratch,
 )
 from textldm.models.vae import TextVAE
 from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
@@ -50,6 +51,11 @@ class FullWindow(GenerationMode):
     @staticmethod
     def selects(d) -> bool:
         return d.block_size == 0
+
+    @staticmethod
+    def describe(config: Config) -> str:
+        return (f"the full window (the paper's layout: the prompt's latents, then the continuation's at once); "
+                f"{trained_from_scratch(config)}")
 
     @staticmethod
     def rules(config: Config) -> list[tuple[bool, str]]:
