@@ -2,7 +2,7 @@
 # The context-LM demo's sampler settings side by side on the embedded benchmark (both judges, MAUVE on ITEMS / 10
 # buckets): CFG scale x noise scale, and the backbone sampling itself beside them.
 #   bash bench/sampler_sweep.sh [MODEL]             40 items, every setting (~2 min each on 2 quiet cores)
-#   ITEMS=100 bash bench/sampler_sweep.sh [MODEL]   100 items: CFG 2 and 4 at noise 0.5, the backbone (~4 min each)
+#   ITEMS=100 bash bench/sampler_sweep.sh [MODEL]   100 items: CFG 2 and 4, colder starts, the backbone (~4 min each)
 # MODEL: default runs/demo/model (a `make demo` model). Writes bench/results/interface/sampler/nITEMS/TAG/
 # {results.json,generations/}; then per-position binding:
 #   python bench/binding_profile.py bench/results/interface/sampler/n40/*/generations/embedded/m.jsonl
@@ -23,7 +23,10 @@ if [ "$ITEMS" = 40 ]; then
     "c4n1 $MODEL sample.cfg_scale=4 sample.noise_scale=1"
     "lm07 hf:smollm2-135m sample.temperature=0.7")  # the backbone sampling itself
 else
-  settings+=("lm1 hf:smollm2-135m sample.temperature=1" "lm0.7 hf:smollm2-135m sample.temperature=0.7")
+  settings+=(
+    "c4n025 $MODEL sample.cfg_scale=4 sample.noise_scale=0.25"
+    "c4n0 $MODEL sample.cfg_scale=4 sample.noise_scale=0"  # from x0 = 0: deterministic
+    "lm1 hf:smollm2-135m sample.temperature=1" "lm0.7 hf:smollm2-135m sample.temperature=0.7")
 fi
 for line in "${settings[@]}"; do
   read -r tag model overrides <<< "$line"
