@@ -7,7 +7,8 @@ positions, for the generations `textldm eval` saved (OUT/generations/BENCH/MODEL
 
 Each position's log-ratio is averaged over the items, then exponentiated: the first stretch is how much the prompt
 decides a continuation's first tokens, the later ones how much of it is still followed. The "other" prompt is the
-next item's, as in `prompt_binding`. Tokens are the judge's; every row scores its first 40 tokens.
+next item's, as in `prompt_binding`; prompts are read after the judge's leading special tokens (a BOS), as there.
+Tokens are the judge's; every row scores its first 40 tokens.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from textldm.evaluation.metrics import leading_special_ids
 from textldm.models.teacher import load_hf_model
 
 TOKENS = 40
@@ -26,7 +28,7 @@ TOKENS = 40
 @torch.no_grad()
 def token_nlls(tok, model, prompt: str, continuation: str) -> list[float]:
     """The judge's negative log-likelihood of each continuation token after the prompt."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    p = leading_special_ids(tok) + tok(prompt, add_special_tokens=False)["input_ids"]  # a BOS where the judge has one
     c = tok(continuation, add_special_tokens=False)["input_ids"][:TOKENS]
     if not c:
         return []

@@ -21,7 +21,7 @@ if [ "$ITEMS" = 40 ]; then
     "c6n05 $MODEL sample.cfg_scale=6 sample.noise_scale=0.5"
     "c4n07 $MODEL sample.cfg_scale=4 sample.noise_scale=0.7"
     "c4n1 $MODEL sample.cfg_scale=4 sample.noise_scale=1"
-    "lm07 hf:smollm2-135m sample.temperature=0.7")  # the backbone sampling itself
+    "lm0.7 hf:smollm2-135m sample.temperature=0.7")  # the backbone sampling itself
 else
   settings+=(
     "c4n025 $MODEL sample.cfg_scale=4 sample.noise_scale=0.25"

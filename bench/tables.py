@@ -219,7 +219,7 @@ SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the prese
               "c4n0": "CFG 4, from x0 = 0",
               "pu02c4n05": "another DiT: trained with dit.p_uncond=0.2 (0.1), CFG 4",
               "lm1": "the backbone at temperature 1",
-              "lm0.7": "the backbone at temperature 0.7", "lm07": "the backbone at temperature 0.7"}
+              "lm0.7": "the backbone at temperature 0.7"}
 
 
 def sampler_sweep() -> str:

@@ -162,8 +162,9 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     if cfg.metrics.second_judge:
         resolve(cfg.metrics.second_judge)  # a missing wheel or folder fails now, not after training
     start_run(cfg)  # joins the process group before rank 0 tokenizes
+    recipe = what_it_is(cfg)
     if is_main() and progress:
-        print(f"demo: {what_it_is(cfg)}", flush=True)
+        print(f"demo: {recipe}", flush=True)
         print(f"demo: {'a saved VAE' if vae_dir else f'VAE {cfg.vae_train.steps} steps'}, DiT {cfg.dit_train.steps} "
               f"steps, then the report ({max(cfg.eval.num_prompts, cfg.eval.rouge_samples)} held-out prompts); fixed "
               f"steps: the same seed and thread count give the same numbers on any machine (each bar shows its ETA)",
@@ -174,7 +175,7 @@ def demo(cfg: Config, progress: bool = True, vae_dir: str | None = None, resume:
     pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, data=data, resume=resume,
                                  vae_report=report)
     report.update(dit_report)
-    report["what_it_is"] = what_it_is(cfg)
+    report["what_it_is"] = recipe
     if is_main():
         _, _, train, val = data
         report["continuations"] = continuation_report(pipe, cfg, train, val)
