@@ -130,10 +130,11 @@ def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
 
 
 def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int,
-                       noise_scale: float = 1.0) -> list[int]:
+                       noise_scale: float = 1.0, history: int = 0) -> list[int]:
     """LM-prefix block sampling written out with the training forward: no cache anywhere (the LM run afresh over the
-    row's tokens of the window at every block), Euler on the schedule grid, CFG over training's dropped rows, each
-    block decoded beside the window's latents."""
+    row's tokens of the window - and with `history`, the tokens before it up to that many at the window's start - at
+    every block), Euler on the schedule grid, CFG over training's dropped rows, each block decoded beside the window's
+    latents."""
     vae, dit, lm, s = pipe.vae, pipe.dit, pipe.mode.lm, pipe.config.sample
     grid = pipe.time_grid(s).tolist()
     out, k, tokens = [], 0, None
@@ -141,12 +142,14 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
         if tokens is None or CONTEXT + len(tokens) + BLOCK > CONTEXT + TARGET:
             tokens = []
             recent = (prompt + out)[-CONTEXT:]
+            read = (prompt + out)[-max(history, CONTEXT):]
         window = recent + tokens
         pad = CONTEXT - len(recent)
         L = pad + len(window) + BLOCK
         mask = torch.arange(L)[None] >= pad
         states = torch.zeros(1, L, lm.hidden_size)
-        states[0, pad: pad + len(window)] = lm(torch.tensor([window]))[0]  # the last block's own: never read
+        states[0, pad: pad + len(window)] = lm(torch.tensor([read + tokens]))[0, -len(window):]  # the last block's
+        # own states: never read
         ids = torch.tensor([[0] * pad + window + [0] * BLOCK])
         clean = vae.normalize(vae.encode(ids, mask))
         x = noise_scale * torch.randn(BLOCK, C, generator=torch.Generator().manual_seed(noise_seed(seed, k, row)))[None]
@@ -174,6 +177,23 @@ def test_the_lm_block_sampler_equals_a_reference_loop(lm_dir, uncond, prediction
         assert rows == [reference_generate(pipe, p, 13, 5, i) for i, p in enumerate(prompts)]
     assert pipe.last_evaluations == 4 * 4 * 2
     assert pipe.generate_ids(prompts[1:2], length=13, seed=5, first_index=1) == rows[1:2]
+
+
+def test_the_lm_reads_the_history_before_the_window(lm_dir):
+    """sample.lm_history: at each window's start the LM reads up to that many tokens of prompt + text so far (the
+    DiT still reads its states of the window's): prompts longer than the window, over two windows, token for token
+    the reference loop's; the prompts are cut there, not at dit.context_max; a history past the LM's positions is
+    refused."""
+    pipe = lm_pipeline(lm_dir)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6], [(i * 7) % 10 + 1 for i in range(20)]]
+    with torch.no_grad():
+        rows = pipe.generate_ids(prompts, length=13, seed=5, lm_history=16)
+        assert rows == [reference_generate(pipe, p, 13, 5, i, history=16) for i, p in enumerate(prompts)]
+        assert rows != pipe.generate_ids(prompts, length=13, seed=5)  # the window's tokens alone: other text
+    assert pipe.prompt_tokens() == CONTEXT and pipe.prompt_tokens(pipe.settings(lm_history=16)) == 16
+    assert pipe.prompt_tokens(pipe.settings(lm_history=4)) == CONTEXT  # never fewer than the DiT's window
+    with pytest.raises(UserError, match="lm_history 60 plus a window's 8 new tokens"):
+        pipe.generate_ids(prompts, length=4, lm_history=60)
 
 
 def test_the_noise_scale_scales_the_starting_noise(lm_dir):

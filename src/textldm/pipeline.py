@@ -69,7 +69,7 @@ class TextLDMPipeline(HubMixin):
                  max_new_tokens: int | None = None, **settings) -> list[str]:
         """Continue text prompts, `batch_size` at a time (with a progress bar if `progress`). Deterministic in
         `seed` and independent of the batch size: prompt i always gets the noise of (seed, i)."""
-        ids = self.encode_prompts(prompts)
+        ids = self.encode_prompts(prompts, self.settings(**settings))
         out = []
         for start in tqdm(range(0, len(ids), batch_size), desc="generate", unit="batch", disable=not progress):
             out += self.generate_ids(ids[start: start + batch_size], length, steps, cfg_scale, solver, seed, callback,
@@ -140,9 +140,15 @@ class TextLDMPipeline(HubMixin):
         d = self.config.dit
         return time_grid(s.steps, d.t_distribution, d.t_mean, d.t_std, s.grid, s.shift)
 
-    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        """Text prompts -> token ids: each non-empty, and cut to its last dit.context_max tokens
-        (`truncate_prompts`)."""
+    def prompt_tokens(self, s: SampleConfig | None = None) -> int:
+        """How many of a prompt's last tokens the model reads under sampler settings `s` (default: config.sample):
+        dit.context_max, or a context LM's longer sample.lm_history (`GenerationMode.prompt_tokens`)."""
+        s = s or self.config.sample
+        return self.mode.prompt_tokens(s) if self.mode is not None else self.config.dit.context_max
+
+    def encode_prompts(self, prompts: list[str], s: SampleConfig | None = None) -> list[list[int]]:
+        """Text prompts -> token ids: each non-empty, and cut to the last tokens the model reads under settings `s`
+        (`prompt_tokens`, `truncate_prompts`)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
@@ -152,7 +158,7 @@ class TextLDMPipeline(HubMixin):
             if not isinstance(p, str) or not p.strip():
                 raise UserError(f"prompt {i + 1} is empty; give some text to continue")
             out.append(self.tokenizer(p, add_special_tokens=False)["input_ids"])
-        return truncate_prompts(out, self.config.dit.context_max, "dit.context_max")
+        return truncate_prompts(out, self.prompt_tokens(s), "the tokens it reads")
 
     def encode_rows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token id lists -> (clean DiT-space latents (B, L, C), mask), right-padded."""

@@ -88,10 +88,9 @@ def warn_outside_trained_lengths(name: str, tokenizer, items: list[dict], contex
 def benchmark_agreement(pipe, items: list[dict]) -> float:
     """Prompt dependence on benchmark items: their prompts continued by a TextLDM pipeline from one shared noise
     (`heldout.same_noise_agreement`; the continuations' length is the sampler default, at most dit.target_max)."""
-    d = pipe.config.dit
     prompts = truncate_prompts([pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items],
-                               d.context_max, "dit.context_max")
-    return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, d.target_max))
+                               pipe.prompt_tokens(), "the tokens it reads")
+    return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, pipe.config.dit.target_max))
 
 
 def diffusion_settings(sample: SampleConfig) -> dict:
@@ -116,7 +115,8 @@ class Contestant:
             pipe, d = self.model, self.model.config.dit
             opts = {**diffusion_settings(sample), **textldm_overrides}
             warn_outside_trained_lengths(self.name, pipe.tokenizer, items, d.context_min, d.target_min)
-            return _continue_with(pipe.tokenizer, items, d.context_max, d.target_max, batch_size,
+            reads = pipe.prompt_tokens(pipe.settings(**opts))
+            return _continue_with(pipe.tokenizer, items, reads, d.target_max, batch_size,
                                   lambda p, n, s: pipe.generate_ids(p, n, seed=s, **opts), sample.seed)
         sampling = {"temperature": sample.temperature, "top_k": sample.top_k, "top_p": sample.top_p}
         if self.kind == "ar":

@@ -175,7 +175,7 @@ class Blocks(GenerationMode):
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
         with pipe.autocast(s):
             while active and remaining > 0 and not run.stopped:
-                state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-d.context_max:] for i in active],
+                state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-self.prompt_tokens(s):] for i in active],
                                          s.guidance.on, self.prefix_encoder())
                 while active and remaining > 0 and not run.stopped and state.has_room():
                     take = min(d.block_size, remaining)  # the last block may be cut: never show more
@@ -218,8 +218,9 @@ class LatentPrefix:
     something else (a context LM's states: `lm_blocks.LMPrefix`) gives its own, with the same three methods;
     `state` is whatever it carries from one block to the next (here nothing)."""
 
-    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
-        """A window's first tokens (N, P) -> (their prefix features (N, P, C), the state to carry)."""
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, history: list[list[int]]):
+        """A window's first tokens (N, P) -> (their prefix features (N, P, C), the state to carry). `history`: each
+        row's last tokens so far (the window's and any before it the mode reads; the VAE reads none)."""
         return latents, None
 
     def extend(self, state, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
@@ -246,9 +247,11 @@ class BlockState:
         self.encoder, self.carried = encoder or LatentPrefix(), carried
 
     @classmethod
-    def start(cls, pipe, rows: list[list[int]], guided: bool, encoder=None) -> BlockState:
-        """The state of rows of prompt ids (each at most dit.context_max tokens) at a window's start."""
+    def start(cls, pipe, history: list[list[int]], guided: bool, encoder=None) -> BlockState:
+        """The state at a window's start of rows of prompt ids: the window holds the last dit.context_max tokens of
+        each (`history`: all the encoder reads)."""
         d, device = pipe.config.dit, pipe.device
+        rows = [h[-d.context_max:] for h in history]
         start = prefix_length(d)
         ids = torch.zeros(len(rows), start, dtype=torch.long, device=device)
         mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
@@ -257,7 +260,7 @@ class BlockState:
             mask[i, start - len(r):] = True
         latents = pipe.latents(ids, mask)
         encoder = encoder or LatentPrefix()
-        features, carried = encoder.start(ids, mask, latents)
+        features, carried = encoder.start(ids, mask, latents, history)
         prefix = pipe.dit.extend_prefix(None, *cls._prefix_input(pipe.dit, features, mask, guided))
         return cls(ids, mask, latents, prefix, guided, d.window, d.block_size, encoder, carried)
 

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from textldm.config import Config, DiTConfig
+from textldm.config import Config, DiTConfig, SampleConfig
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
 from textldm.generation.blocks import Blocks, block_layout
@@ -84,20 +84,34 @@ def check_tokenizer(run_tokenizer: str, encoder: str) -> None:
 
 class LMPrefix:
     """The sampling prefix of `LMBlocks` (`blocks.LatentPrefix`'s methods): the context LM's states, its KV cache
-    carried from block to block, so a committed block costs one LM forward over its own tokens."""
+    carried from block to block, so a committed block costs one LM forward over its own tokens. At a window's start
+    the LM reads each row's history (the last sample.lm_history tokens, or the window's alone), left-padded; the DiT
+    reads its states of the window's positions. Carried: (the cache, the mask of the tokens it holds)."""
 
     def __init__(self, lm: Teacher):
         self.lm = lm
 
-    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
-        return self.lm.states(ids, mask)  # in the sampler's precision (its autocast), as the DiT
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, history: list[list[int]]):
+        width = max(ids.shape[1], max(len(h) for h in history))
+        read = torch.zeros(len(history), width, dtype=torch.long, device=ids.device)
+        read_mask = torch.zeros(read.shape, dtype=torch.bool, device=ids.device)
+        for i, h in enumerate(history):
+            read[i, width - len(h):] = torch.tensor(h, dtype=torch.long, device=ids.device)
+            read_mask[i, width - len(h):] = True
+        # in the sampler's precision (its autocast), as the DiT
+        features, cache = self.lm.states(read, read_mask)
+        return features[:, -ids.shape[1]:], (cache, read_mask)
 
-    def extend(self, cache, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
-        return self.lm.states(block_ids, mask, cache)
+    def extend(self, carried, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+        cache, read_mask = carried
+        read_mask = torch.cat([read_mask, torch.ones(block_ids.shape, dtype=torch.bool, device=read_mask.device)], 1)
+        features, cache = self.lm.states(block_ids, read_mask, cache)
+        return features, (cache, read_mask)
 
-    def keep(self, cache, index: torch.Tensor):
+    def keep(self, carried, index: torch.Tensor):
+        cache, read_mask = carried
         cache.batch_select_indices(index)
-        return cache
+        return cache, read_mask[index]
 
 
 class LMBlocks(Blocks):
@@ -208,5 +222,15 @@ class LMBlocks(Blocks):
             return self.lm(batch["context_ids"])
 
     # sampling ----------------------------------------------------------------------------------------------
+    def prompt_tokens(self, s: SampleConfig) -> int:
+        """The DiT's window or, with sample.lm_history, the longer history the LM reads (within the LM's positions:
+        the history and a window's continuation)."""
+        d, most = self.dit.cfg, getattr(self.lm.model.config, "max_position_embeddings", None)
+        if most is not None and s.lm_history + d.target_max > most:
+            raise UserError(f"sample.lm_history {s.lm_history} plus a window's {d.target_max} new tokens "
+                            f"(dit.target_max) exceed the context LM's {most} positions; lower sample.lm_history "
+                            f"to at most {most - d.target_max}")
+        return max(d.context_max, s.lm_history)
+
     def prefix_encoder(self) -> LMPrefix:
         return LMPrefix(self.lm)

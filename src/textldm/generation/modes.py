@@ -155,6 +155,12 @@ class GenerationMode(nn.Module):
         return TextDiT(d, latent_channels, pooled_context=cls.pools_context and d.pooled_context,
                        train_null=cls.reads_null(d) and d.null_context == "learned")
 
+    def prompt_tokens(self, s: SampleConfig) -> int:
+        """How many of a prompt's last tokens the mode reads under sampler settings `s`: the DiT's, dit.context_max
+        (a mode with a context LM reads more: `lm_blocks.LMBlocks`). Longer prompts are cut to them
+        (`pipeline.truncate_prompts`)."""
+        return self.dit.cfg.context_max
+
     def training_source(self, cfg: Config, stream, device: torch.device, progress: bool = True):
         """What the training batches are drawn from (`batch`'s first argument): the training stream, unless the mode
         precomputes something of it once (`lm_blocks.LMBlocks`: the context LM's states on disk)."""

@@ -60,7 +60,7 @@ def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimi
     d = pipe.config.dit
     info = {"model": model_path or "textldm model",
             "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
-            "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": d.context_max,
+            "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": pipe.prompt_tokens(s),
             "window_tokens": d.target_max, "block_tokens": d.block_size, "context_cache": bool(d.context_cache),
             "precision": s.precision,
             "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),

@@ -156,7 +156,7 @@ class GenerationService:
         ids = self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or not text.strip():
             raise UserError(f"the {what} has no tokens; give some text")
-        return truncate_prompts([ids], self.pipe.config.dit.context_max, "dit.context_max")[0]
+        return truncate_prompts([ids], self.pipe.prompt_tokens(), "the tokens it reads")[0]
 
     def sampler_args(self, req) -> dict:
         """A request's sampler settings, checked now (a 400 before admission, e.g. cfg_min_t > cfg_max_t)."""
