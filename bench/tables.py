@@ -217,6 +217,7 @@ def paper_table1() -> str:
 SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's)", "c6n05": "CFG 6, noise 0.5",
               "c4n07": "CFG 4, noise 0.7", "c4n1": "CFG 4, noise 1", "c4n025": "CFG 4, noise 0.25",
               "c4n0": "CFG 4, from x0 = 0",
+              "c4n05h512": "CFG 4, noise 0.5, the LM reading the whole prompt (sample.lm_history=512)",
               "pu02c4n05": "another DiT: trained with dit.p_uncond=0.2 (0.1), CFG 4",
               "lm1": "the backbone at temperature 1",
               "lm0.7": "the backbone at temperature 0.7"}
