@@ -472,3 +472,29 @@ def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(
     loaded = TextLDMPipeline.from_pretrained(tmp_path / "model")
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
     assert torch.equal(loaded.mode.lm(ids), pipe.mode.lm(ids))
+
+
+class Digits:
+    """A tokenizer of space-separated token ids (the harness reads text)."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [int(w) for w in text.split()]}
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("history, reads", [(0, CONTEXT), (16, 12)])
+def test_the_harness_gives_the_lm_the_prompt_tokens_it_reads(lm_dir, monkeypatch, history, reads):
+    """The evaluation harness cuts a benchmark prompt at what the model reads under the evaluation's sampler: the
+    DiT's window, or a longer sample.lm_history (here the whole 12-token prompt)."""
+    from textldm.evaluation.harness import Contestant
+
+    pipe, seen = lm_pipeline(lm_dir), []
+    pipe.tokenizer = Digits()
+    generate = pipe.generate_ids
+    monkeypatch.setattr(pipe, "generate_ids", lambda rows, n, **kw: seen.extend(rows) or generate(rows, n, **kw))
+    prompt = [(i * 3) % 10 + 1 for i in range(12)]
+    items = [{"prompt": Digits().decode(prompt), "reference": "1 2 3 4"}]
+    Contestant("m", "textldm", pipe).continue_items(items, SampleConfig(steps=2, lm_history=history), 1, 4)
+    assert seen == [prompt[-reads:]]
