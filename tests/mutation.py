@@ -399,6 +399,13 @@ MUTANTS = [
            "features with and without the LM's prediction share a cache key"),
     Mutant("M119", "training/teacher_cache.py", 'or cache.meta["hidden"] != teacher.hidden_size', "",
            "a precomputed feature folder of another width is read without a check"),
+    Mutant("M120", "generation/lm_blocks.py", "return features[:, -ids.shape[1]:], (cache, read_mask)",
+           "return self.lm.states(ids, mask)[0], (cache, read_mask)",
+           "context LM at sampling: sample.lm_history reads the history but the DiT gets the window's states alone"),
+    Mutant("M121", "generation/lm_blocks.py", "return max(d.context_max, s.lm_history)", "return d.context_max",
+           "prompts cut at dit.context_max whatever sample.lm_history: the LM never sees the longer history"),
+    Mutant("M122", "evaluation/harness.py", "reads = pipe.prompt_tokens(pipe.settings(**opts))", "reads = d.context_max",
+           "the harness cuts benchmark prompts at the DiT's window, ignoring the evaluation's sample.lm_history"),
 ]
 
 
@@ -409,10 +416,14 @@ def export_tree(rev: str | None, dest: Path) -> None:
         archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "artifacts")
-    for name in ("src", "tests", "bench"):  # bench/: its arithmetic is tested (tests/test_bench.py)
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    # every file git would see (tracked, or new and not ignored): the docs' tests read README, docs/ and the files
+    # they name (tests/test_docs.py), bench/'s arithmetic is tested (tests/test_bench.py)
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
 
 
 def failure_kind(line: str) -> str:

@@ -173,9 +173,10 @@ class Blocks(GenerationMode):
         end-of-text. Row i's noise for its k-th block: `noise_seed(seed, k, first_index + i)`."""
         d, s = self.dit.cfg, run.settings
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
+        reads = self.prompt_tokens(s)  # at each window's start, the last tokens the prefix encoder reads
         with pipe.autocast(s):
             while active and remaining > 0 and not run.stopped:
-                state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-self.prompt_tokens(s):] for i in active],
+                state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-reads:] for i in active],
                                          s.guidance.on, self.prefix_encoder())
                 while active and remaining > 0 and not run.stopped and state.has_room():
                     take = min(d.block_size, remaining)  # the last block may be cut: never show more
