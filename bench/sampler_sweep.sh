@@ -24,6 +24,7 @@ if [ "$ITEMS" = 40 ]; then
     "lm0.7 hf:smollm2-135m sample.temperature=0.7")  # the backbone sampling itself
 else
   settings+=(
+    "c4n05s1 $MODEL sample.cfg_scale=4 sample.noise_scale=0.5 sample.seed=1"  # another draw: the metrics' spread
     "c4n025 $MODEL sample.cfg_scale=4 sample.noise_scale=0.25"
     "c4n0 $MODEL sample.cfg_scale=4 sample.noise_scale=0"  # from x0 = 0: deterministic
     "c4n05h512 $MODEL sample.cfg_scale=4 sample.noise_scale=0.5 sample.lm_history=512"  # the LM reads whole prompts

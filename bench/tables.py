@@ -214,7 +214,8 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
-SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's)", "c6n05": "CFG 6, noise 0.5",
+SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's)",
+              "c4n05s1": "CFG 4, noise 0.5, another draw (sample.seed=1)", "c6n05": "CFG 6, noise 0.5",
               "c4n07": "CFG 4, noise 0.7", "c4n1": "CFG 4, noise 1", "c4n025": "CFG 4, noise 0.25",
               "c4n0": "CFG 4, from x0 = 0",
               "c4n05h512": "CFG 4, noise 0.5, the LM reading the whole prompt (sample.lm_history=512)",
