@@ -230,6 +230,20 @@ def test_one_prompt_length_policy_cut_from_the_left_with_a_warning(capsys, caplo
     assert code == 0 and json.loads(_cli.stdout)["continuation"] == pipe.tokenizer.decode(expected[0])
 
 
+def test_cli_noise_scale_and_lm_history_reach_the_sampler(capsys, trained):
+    """--noise-scale 0 starts every seed from x0 = 0 (one continuation for any seed), as the API's noise_scale=0;
+    --lm-history on a model without a context LM reads the DiT's window, as the API does."""
+    out, _ = trained
+    pipe = TextLDMPipeline.from_pretrained(out / "model")
+    texts = []
+    for seed in ("1", "2"):
+        code, _ = _cli(capsys, "generate", "--model", str(out / "model"), "--prompt", "The man said", "--length", "5",
+                       "--steps", "2", "--seed", seed, "--noise-scale", "0", "--lm-history", "64", "--json")
+        assert code == 0
+        texts.append(json.loads(_cli.stdout)["continuation"])
+    assert texts[0] == texts[1] == pipe.generate(["The man said"], length=5, steps=2, seed=3, noise_scale=0.0)[0]
+
+
 def test_cli_bad_generation_input(capsys, trained, tmp_path):
     out, _ = trained
     model = str(out / "model")
@@ -240,6 +254,8 @@ def test_cli_bad_generation_input(capsys, trained, tmp_path):
         (["--prompt", "The man", "--steps", "0"], "steps must be in [1, inf), got 0"),
         ([], "no prompt given"),
         (["--prompts-file", str(tmp_path / "none.txt")], "cannot read prompts file"),
+        (["--prompt", "The man", "--noise-scale", "-1"], "noise_scale must be in [0, inf), got -1"),
+        (["--prompt", "The man", "--lm-history", "-1"], "lm_history must be in [0, inf), got -1"),
     ]
     for extra, fragment in cases:
         code, err = _cli(capsys, "generate", "--model", model, *extra)

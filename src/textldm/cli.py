@@ -104,6 +104,10 @@ def _add_generate(sub) -> None:
     g.add_argument("--seed", type=int, help="noise seed (default: sample.seed)")
     g.add_argument("--grid", choices=_choices(SampleConfig, "grid"), help="sampling time grid (default: sample.grid)")
     g.add_argument("--cfg-interval", help="apply guidance only for t in LO,HI (e.g. 0,0.7)")
+    g.add_argument("--noise-scale", type=float, help="starting noise scale, 0 = deterministic (default: "
+                   "sample.noise_scale)")
+    g.add_argument("--lm-history", type=int, help="a context-LM model: prompt + text tokens its LM reads, beyond "
+                   "the DiT's window (default: sample.lm_history)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -217,7 +221,8 @@ def _generate(args) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipe = TextLDMPipeline.from_pretrained(args.model, device=resolve_device(args.device, "--device"))
-    settings = {"grid": args.grid, "precision": args.precision}
+    settings = {"grid": args.grid, "precision": args.precision, "noise_scale": args.noise_scale,
+                "lm_history": args.lm_history}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
         if hi is None or interval_problem(lo, hi):
