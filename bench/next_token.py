@@ -1,14 +1,15 @@
 """The latent-to-token interface, measured as the next token: on held-out windows, the first token a trained TextLDM
 samples after a prompt, against the true next token and against the backbone LM's own top-1 (issue 30's yardstick:
->= 0.9x the LM's top-1 accuracy), for sampler settings side by side (noise scale, CFG, steps), the same prompts and
-seeds for every setting.
+>= 0.9x the LM's top-1 accuracy), for sampler settings side by side (noise scale, CFG, steps, the LM prior), the same
+prompts and seeds for every setting.
 
     python bench/next_token.py --model runs/lm/model [--prompts 256] [--settings 1,3,5 | none] [--out FILE.json]
 
 The LM is the model's teacher (its tokenizer's LM: for a context-encoder model, the conditioner itself). Printed per
 setting: accuracy vs the true token, agreement with the LM's top-1, the LM's mean probability of the sampled token,
 and the ratio accuracy / LM top-1 accuracy with its standard error (paired over the same prompts, delta method: at 128
-prompts about +-0.1x, at 1,024 about +-0.04x).
+prompts about +-0.1x, at 1,024 about +-0.04x); with sample.lm_prior, the share of sampled tokens the prior changed
+(the decoder alone would have written another).
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ SETTINGS = [  # label, sampler overrides
     ("noise 0 (x0 = 0), cfg 3", {"noise_scale": 0.0, "cfg_scale": 3.0}),
     ("noise 0 (x0 = 0), cfg 2, 30 steps", {"noise_scale": 0.0, "cfg_scale": 2.0, "steps": 30}),
     ("noise 0 (x0 = 0), cfg 2, heun 5", {"noise_scale": 0.0, "cfg_scale": 2.0, "steps": 5, "solver": "heun"}),
+    ("noise 0.5, cfg 4", {"noise_scale": 0.5, "cfg_scale": 4.0}),
+    ("noise 0.5, cfg 4, lm_prior 0.5", {"noise_scale": 0.5, "cfg_scale": 4.0, "lm_prior": 0.5}),
+    ("noise 0.5, cfg 4, lm_prior 1", {"noise_scale": 0.5, "cfg_scale": 4.0, "lm_prior": 1.0}),
+    ("noise 1, cfg 4, lm_prior 1", {"noise_scale": 1.0, "cfg_scale": 4.0, "lm_prior": 1.0}),
+    ("noise 1, cfg 2, lm_prior 1", {"noise_scale": 1.0, "cfg_scale": 2.0, "lm_prior": 1.0}),
 ]
 
 
@@ -55,6 +61,23 @@ def lm_probabilities(name: str, prompts: torch.Tensor, batch: int = 32) -> torch
     lm = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32).eval()
     return torch.cat([lm(input_ids=prompts[i: i + batch]).logits[:, -1].softmax(-1)
                       for i in range(0, len(prompts), batch)])
+
+
+def count_prior_changes(pipe: TextLDMPipeline) -> dict:
+    """Wraps the pipeline's decoder so that, where sample.lm_prior adds the LM's log-probabilities, it counts the
+    decoded first tokens the prior changed (against the decoder alone on the same latents): {"changed", "tokens"}."""
+    counts, decode = {"changed": 0, "tokens": 0}, pipe.decode_latents
+
+    def decode_and_count(z, cut=True, mask=None, last=None, prior=None):
+        ids = decode(z, cut, mask, last, prior)
+        if prior is not None:
+            alone = decode(z, cut, mask, last)
+            counts["changed"] += sum(a[:1] != b[:1] for a, b in zip(ids, alone))
+            counts["tokens"] += len(ids)
+        return ids
+
+    pipe.decode_latents = decode_and_count
+    return counts
 
 
 def ratio_se(sampled_ok: torch.Tensor, lm_ok: torch.Tensor) -> float:
@@ -98,8 +121,9 @@ def main():
     print(f"{args.prompts} held-out prompts of {args.prompt_len} tokens; LM top-1 accuracy {lm_acc:.3f}, LM p(true) "
           f"{p_true.mean().item():.3f} (= the LM sampling itself: {rows[1]['vs_lm_top1']:.2f}x its top-1), "
           f"LM p(its own sample) {rows[1]['lm_prob_of_sample']:.3f}")
+    counts = count_prior_changes(pipe)
     for label, overrides in settings:
-        start = time.time()
+        start, counts["changed"], counts["tokens"] = time.time(), 0, 0
         sampled = torch.tensor([r[0] if r else -1 for r in
                                 pipe.generate_ids(prompts.tolist(), length=1, seed=args.seed, **overrides)])
         ok = sampled.clamp(0, vocab - 1)
@@ -110,10 +134,15 @@ def main():
                "vs_lm_top1": acc / lm_acc if lm_acc else None,
                "vs_lm_top1_se": ratio_se(sampled == truth, lm_top1 == truth),
                "seconds": time.time() - start}
+        changed = ""
+        if counts["tokens"]:  # sample.lm_prior: the share of tokens the LM's prior decided
+            row["prior_changed"] = counts["changed"] / counts["tokens"]
+            changed = f", the prior changed {row['prior_changed']:.3f}"
         rows.append(row)
         ratio = "n/a" if row["vs_lm_top1"] is None else f"{row['vs_lm_top1']:.2f}x +- {row['vs_lm_top1_se']:.2f}"
         print(f"{label:30s} acc {acc:.3f} = {ratio} LM top-1, agrees with the LM "
-              f"{row['agrees_with_lm']:.3f}, LM p(sample) {row['lm_prob_of_sample']:.3f} ({row['seconds']:.0f} s)")
+              f"{row['agrees_with_lm']:.3f}, LM p(sample) {row['lm_prob_of_sample']:.3f}{changed} "
+              f"({row['seconds']:.0f} s)")
     if args.out:
         out = {"model": args.model, "prompts": args.prompts, "prompt_len": args.prompt_len, "seed": args.seed,
                "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

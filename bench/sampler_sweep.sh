@@ -28,6 +28,15 @@ else
     "c4n025 $MODEL sample.cfg_scale=4 sample.noise_scale=0.25"
     "c4n0 $MODEL sample.cfg_scale=4 sample.noise_scale=0"  # from x0 = 0: deterministic
     "c4n05h512 $MODEL sample.cfg_scale=4 sample.noise_scale=0.5 sample.lm_history=512"  # the LM reads whole prompts
+    # the LM's next-token log-probabilities added to the decoder's at decoding (sample.lm_prior)
+    "c4n05p05 $MODEL sample.cfg_scale=4 sample.noise_scale=0.5 sample.lm_prior=0.5"
+    "c4n05p1 $MODEL sample.cfg_scale=4 sample.noise_scale=0.5 sample.lm_prior=1"
+    "c4n1p05 $MODEL sample.cfg_scale=4 sample.noise_scale=1 sample.lm_prior=0.5"
+    "c4n1p1 $MODEL sample.cfg_scale=4 sample.noise_scale=1 sample.lm_prior=1"
+    "c4n1p1s1 $MODEL sample.cfg_scale=4 sample.noise_scale=1 sample.lm_prior=1 sample.seed=1"
+    "c4n1p05s1 $MODEL sample.cfg_scale=4 sample.noise_scale=1 sample.lm_prior=0.5 sample.seed=1"
+    "c2n1p1 $MODEL sample.cfg_scale=2 sample.noise_scale=1 sample.lm_prior=1"
+    "c2n1p1s1 $MODEL sample.cfg_scale=2 sample.noise_scale=1 sample.lm_prior=1 sample.seed=1"
     "lm1 hf:smollm2-135m sample.temperature=1" "lm0.7 hf:smollm2-135m sample.temperature=0.7")
 fi
 for line in "${settings[@]}"; do

@@ -214,12 +214,20 @@ def paper_table1() -> str:
                   [f"embedded ({ours['items']} items)"], rows)
 
 
-SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's)",
+SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's before the prior)",
               "c4n05s1": "CFG 4, noise 0.5, another draw (sample.seed=1)", "c6n05": "CFG 6, noise 0.5",
               "c4n07": "CFG 4, noise 0.7", "c4n1": "CFG 4, noise 1", "c4n025": "CFG 4, noise 0.25",
               "c4n0": "CFG 4, from x0 = 0",
               "c4n05h512": "CFG 4, noise 0.5, the LM reading the whole prompt (sample.lm_history=512)",
               "pu02c4n05": "another DiT: trained with dit.p_uncond=0.2 (0.1), CFG 4",
+              "c4n05p05": "CFG 4, noise 0.5, the LM's prior at decoding (sample.lm_prior=0.5)",
+              "c4n05p1": "CFG 4, noise 0.5, sample.lm_prior=1",
+              "c4n1p05": "CFG 4, noise 1, sample.lm_prior=0.5",
+              "c4n1p05s1": "CFG 4, noise 1, sample.lm_prior=0.5, another draw (sample.seed=1)",
+              "c4n1p1": "CFG 4, noise 1, sample.lm_prior=1",
+              "c4n1p1s1": "CFG 4, noise 1, sample.lm_prior=1, another draw (sample.seed=1)",
+              "c2n1p1": "CFG 2, noise 1, sample.lm_prior=1 (the preset's)",
+              "c2n1p1s1": "CFG 2, noise 1, sample.lm_prior=1, another draw (sample.seed=1)",
               "lm1": "the backbone at temperature 1",
               "lm0.7": "the backbone at temperature 0.7"}
 

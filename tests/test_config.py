@@ -194,3 +194,4 @@ def test_every_mode_says_what_it_trains_and_where_its_text_s_knowledge_comes_fro
     lm = what_it_is(load_config("context-lm"))
     assert "frozen LM smollm2-135m" in lm and "next-token prediction (top 32)" in lm and "LM's pretraining" in lm
     assert lm.endswith("(the from-scratch demo: --config demo)") and "from scratch on" not in lm
+    assert "next-token probabilities together (sample.lm_prior 1)" in lm  # the preset's decoding reads the LM

@@ -3,6 +3,7 @@ from later tokens, the KV-cached states equal a fresh forward, precomputed state
 equals a hand-written loop, rows ending under CFG, the config checks, and a tiny model that must learn through it."""
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -130,11 +131,11 @@ def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
 
 
 def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int, row: int,
-                       noise_scale: float = 1.0, history: int = 0) -> list[int]:
+                       noise_scale: float = 1.0, history: int = 0, prior: float = 0.0) -> list[int]:
     """LM-prefix block sampling written out with the training forward: no cache anywhere (the LM run afresh over the
     row's tokens of the window - and with `history`, the tokens before it up to that many at the window's start - at
     every block), Euler on the schedule grid, CFG over training's dropped rows, each block decoded beside the window's
-    latents."""
+    latents - its first token with `prior` x the whole LM's (HF's own head) log-probabilities added."""
     vae, dit, lm, s = pipe.vae, pipe.dit, pipe.mode.lm, pipe.config.sample
     grid = pipe.time_grid(s).tolist()
     out, k, tokens = [], 0, None
@@ -161,7 +162,9 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
             v_u = dit.forward_blocks(noisy, t, clean=states, mask=mask, drop=drop)[:, -BLOCK:]
             x = x + (b - a) * (v_u + s.cfg_scale * (v_c - v_u))
         z = vae.denormalize(torch.cat([clean[:, :-BLOCK], x], 1))
-        block = vae.decode(z, mask).argmax(-1)[0, -BLOCK:].tolist()
+        logits = vae.decode(z, mask)[0, -BLOCK:]
+        logits[0] += prior * lm.model(torch.tensor([read + tokens])).logits[0, -1].log_softmax(-1)
+        block = logits.argmax(-1).tolist()
         out, tokens, k = out + block, tokens + block, k + 1
     return out[:length]
 
@@ -194,6 +197,29 @@ def test_the_lm_reads_the_history_before_the_window(lm_dir):
     assert pipe.prompt_tokens(pipe.settings(lm_history=4)) == CONTEXT  # never fewer than the DiT's window
     with pytest.raises(UserError, match="lm_history 60 plus a window's 8 new tokens"):
         pipe.generate_ids(prompts, length=4, lm_history=60)
+
+
+def test_the_lm_prior_decodes_each_blocks_first_token_with_the_lms_probabilities(lm_dir):
+    """sample.lm_prior: token for token the reference loop that adds the weight times the whole LM's log-probabilities
+    to the decoder's logits of each block's first token (over two windows, rows of different lengths); a large weight
+    makes every block's first token the LM's greedy choice; refused without the LM's last layer."""
+    pipe = lm_pipeline(lm_dir, prediction=3)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 1, 2, 3, 4, 5, 6]]
+    with torch.no_grad():
+        rows = pipe.generate_ids(prompts, length=13, seed=5, lm_prior=1.5)
+        assert rows == [reference_generate(pipe, p, 13, 5, i, prior=1.5) for i, p in enumerate(prompts)]
+        assert rows != pipe.generate_ids(prompts, length=13, seed=5)  # the prior changed some tokens
+        greedy = pipe.generate_ids(prompts[:1], length=12, seed=5, lm_prior=1e4)[0]
+        lm = pipe.mode.lm.model
+        for k in range(0, 12, BLOCK):  # the LM read what the window holds before the block (a new one at 8)
+            read = (prompts[0] + greedy[:k])[-CONTEXT:] if k >= TARGET else prompts[0] + greedy[:k]
+            assert greedy[k] == lm(torch.tensor([read])).logits[0, -1].argmax().item()
+    described = LMBlocks.describe(replace(pipe.config, sample=pipe.settings(lm_prior=1.5)))
+    assert "next-token probabilities together (sample.lm_prior 1.5)" in described  # the report says what decides
+    assert "lm_prior" not in LMBlocks.describe(pipe.config)
+    pipe.mode.lm = Teacher(lm_dir, layer=-2)  # a DiT trained on an earlier layer's states: no next-token head
+    with pytest.raises(UserError, match="LM ends at block 2"):
+        pipe.generate_ids(prompts, length=4, lm_prior=1.0)
 
 
 def test_the_noise_scale_scales_the_starting_noise(lm_dir):

@@ -108,6 +108,8 @@ def _add_generate(sub) -> None:
                    "sample.noise_scale)")
     g.add_argument("--lm-history", type=int, help="a context-LM model: prompt + text tokens its LM reads, beyond "
                    "the DiT's window (default: sample.lm_history)")
+    g.add_argument("--lm-prior", type=float, help="a context-LM model: weight of its LM's next-token log-probabilities "
+                   "added to the decoder's at each block's first token, 0 = off (default: sample.lm_prior)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -222,7 +224,7 @@ def _generate(args) -> None:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipe = TextLDMPipeline.from_pretrained(args.model, device=resolve_device(args.device, "--device"))
     settings = {"grid": args.grid, "precision": args.precision, "noise_scale": args.noise_scale,
-                "lm_history": args.lm_history}
+                "lm_history": args.lm_history, "lm_prior": args.lm_prior}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
         if hi is None or interval_problem(lo, hi):

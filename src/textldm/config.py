@@ -332,6 +332,10 @@ class SampleConfig(Checked):
     # context-encoder models (dit.context_encoder): the last tokens of prompt + text so far the LM reads, in its KV
     # cache, before its states of the DiT's window (the DiT reads dit.context_max of them); 0 = the window's alone
     lm_history: int = 0
+    # context-encoder models whose LM ends at its last layer: each block's first token is decoded as argmax of the VAE
+    # decoder's logits + lm_prior x the LM's log-probabilities of the next token (a product of experts: the latent
+    # picks among what the LM finds plausible); 0 = the decoder alone
+    lm_prior: float = 0.0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 0.95
@@ -348,7 +352,8 @@ class SampleConfig(Checked):
         return [self.within(name, key, interval) for key, interval in (
             ("steps", "[1, inf)"), ("length", "[1, inf)"), ("cfg_scale", "[0, inf)"), ("shift", "(0, inf)"),
             ("temperature", "[0, inf)"), ("top_p", "(0, 1]"), ("top_k", "[0, inf)"), ("seed", "[0, inf)"),
-            ("noise_scale", "[0, inf)"), ("lm_history", "[0, inf)"))] + [
+            ("noise_scale", "[0, inf)"), ("lm_history", "[0, inf)"),
+            ("lm_prior", "[0, inf)"))] + [
             (interval_problem(self.cfg_min_t, self.cfg_max_t) is None,
              f"need 0 <= {name}.cfg_min_t <= {name}.cfg_max_t <= 1, got {self.cfg_min_t}, {self.cfg_max_t}")]
 

@@ -59,7 +59,8 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
         **({"second_judge": judged(prompts, gens, refs, cfg.metrics.second_judge)} if cfg.metrics.second_judge else {}),
         "prompts_scored": len(pairs), "sampler": {"steps": cfg.sample.steps, "cfg_scale": cfg.sample.cfg_scale,
                                                    "solver": cfg.sample.solver, "length": cfg.sample.length,
-                                                   "noise_scale": cfg.sample.noise_scale},
+                                                   "noise_scale": cfg.sample.noise_scale,
+                                                   "lm_prior": cfg.sample.lm_prior},
     }
 
 
@@ -74,6 +75,11 @@ def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> 
     (gen-PPL) and how much the text depends on its own prompt (perplexity after another prompt / after its own)."""
     return {"judge": judge, **judge_scores(prompts, gens, judge),
             **judge_scores(prompts, refs, judge, prefix="reference_")}
+
+
+def _lm_prior(sampler: dict) -> str:
+    """The sampler line's words for sample.lm_prior (none when off)."""
+    return f", the LM's prior at decoding x {sampler['lm_prior']}" if sampler.get("lm_prior") else ""
 
 
 def format_report(report: dict) -> str:
@@ -107,7 +113,7 @@ def format_report(report: dict) -> str:
     if c:
         s = c["sampler"]
         lines += [f"## Continuations of held-out prompts ({s['solver']}, {s['steps']} steps, CFG {s['cfg_scale']}, "
-                  f"noise {s.get('noise_scale', 1.0)}, {s['length']} tokens)", "",
+                  f"noise {s.get('noise_scale', 1.0)}{_lm_prior(s)}, {s['length']} tokens)", "",
                   f"- ROUGE-L vs reference: **{c['rouge_l']:.4f}**; a random human passage vs the same reference: "
                   f"{c['rouge_l_random_passage']:.4f}; the same generations vs *another* prompt's reference: "
                   f"{c['rouge_l_other_prompts_reference']:.4f} ({c['prompts_scored']} prompts)",

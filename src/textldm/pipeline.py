@@ -176,14 +176,19 @@ class TextLDMPipeline(HubMixin):
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, cut: bool = True, mask: torch.Tensor | None = None,
-                       last: int | None = None) -> list[list[int]]:
+                       last: int | None = None, prior: torch.Tensor | None = None) -> list[list[int]]:
         """DiT-space latents (B, L, C) (`mask`: True at real positions) -> token ids per row (of the `last`
-        positions only, when given: the decoder still reads them all), cut at the first end-of-text (if `cut`)."""
+        positions only, when given: the decoder still reads them all), cut at the first end-of-text (if `cut`).
+        `prior` (B, vocab): added to the decoder's logits of the first decoded position (sample.lm_prior)."""
         if self.config.dit.normalize_latents:
             z = self.vae.denormalize(z)
         hidden = self.vae.decode_hidden(z, mask)
         hidden = hidden if last is None else hidden[:, -last:]
-        ids = (hidden @ self.vae.output_weight().t()).argmax(-1).tolist()
+        logits = hidden @ self.vae.output_weight().t()
+        ids = logits.argmax(-1)
+        if prior is not None:
+            ids[:, 0] = (logits[:, 0].float() + prior).argmax(-1)
+        ids = ids.tolist()
         return cut_at(ids, self.eot_id) if cut else ids
 
     @property

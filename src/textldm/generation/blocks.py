@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from textldm.config import Config, DiTConfig
+from textldm.config import Config, DiTConfig, SampleConfig
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, sample_t, velocity_error
 from textldm.diffusion.sampling import integrate
@@ -177,7 +177,7 @@ class Blocks(GenerationMode):
         with pipe.autocast(s):
             while active and remaining > 0 and not run.stopped:
                 state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-reads:] for i in active],
-                                         s.guidance.on, self.prefix_encoder())
+                                         s.guidance.on, self.prefix_encoder(s))
                 while active and remaining > 0 and not run.stopped and state.has_room():
                     take = min(d.block_size, remaining)  # the last block may be cut: never show more
                     seeds = [run.noise_seed(k, i) for i in active]
@@ -191,8 +191,8 @@ class Blocks(GenerationMode):
                     remaining, k = remaining - d.block_size, k + 1
         return out
 
-    def prefix_encoder(self) -> LatentPrefix:
-        """What turns the window's tokens into the DiT's clean prefix at sampling (`BlockState`)."""
+    def prefix_encoder(self, s: SampleConfig) -> LatentPrefix:
+        """What turns the window's tokens into the DiT's clean prefix at sampling (`BlockState`), under settings `s`."""
         return LatentPrefix()
 
     def sample_block(self, pipe, state: BlockState, run: SamplingRun, seeds: list[int], take: int) -> list[list[int]]:
@@ -231,6 +231,10 @@ class LatentPrefix:
     def keep(self, state, index: torch.Tensor):
         """The carried state of these rows only."""
         return state
+
+    def prior(self, state, vocab_size: int) -> torch.Tensor | None:
+        """(N, vocab_size) added to the decoder's logits of a block's first token, or None (here always)."""
+        return None
 
 
 class BlockState:
@@ -280,8 +284,9 @@ class BlockState:
         """Token ids of a block's latents x (n, B, C) for the state's first n rows, decoded beside their prefix."""
         n = x.shape[0]
         mask = torch.cat([self.mask[:n], torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)], 1)
+        prior = self.encoder.prior(self.carried, pipe.vae.vocab_size)
         return pipe.decode_latents(torch.cat([self.latents[:n], x.to(self.latents.dtype)], 1), cut=False, mask=mask,
-                                   last=x.shape[1])
+                                   last=x.shape[1], prior=None if prior is None else prior[:n])
 
     def append(self, pipe, block_ids: torch.Tensor) -> BlockState:
         """The state after a generated block's tokens (N, B) join the window (their encoding joins the cache)."""

@@ -86,10 +86,14 @@ class LMPrefix:
     """The sampling prefix of `LMBlocks` (`blocks.LatentPrefix`'s methods): the context LM's states, its KV cache
     carried from block to block, so a committed block costs one LM forward over its own tokens. At a window's start
     the LM reads each row's history (the last sample.lm_history tokens, or the window's alone), left-padded; the DiT
-    reads its states of the window's positions. Carried: (the cache, the mask of the tokens it holds)."""
+    reads its states of the window's positions. Carried: (the cache, the mask of the tokens it holds, the last
+    token's features: the LM's view of the next token, `prior`)."""
 
-    def __init__(self, lm: Teacher):
-        self.lm = lm
+    def __init__(self, lm: Teacher, prior_weight: float = 0.0):
+        if prior_weight and not lm.final:
+            raise UserError(f"sample.lm_prior reads the context LM's next-token probabilities at its last layer; this "
+                            f"model's LM ends at block {lm.blocks_run} (dit.context_layer): set sample.lm_prior=0")
+        self.lm, self.prior_weight = lm, prior_weight
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, history: list[list[int]]):
         width = max(ids.shape[1], max(len(h) for h in history))
@@ -100,18 +104,25 @@ class LMPrefix:
             read_mask[i, width - len(h):] = True
         # in the sampler's precision (its autocast), as the DiT
         features, cache = self.lm.states(read, read_mask)
-        return features[:, -ids.shape[1]:], (cache, read_mask)
+        return features[:, -ids.shape[1]:], (cache, read_mask, features[:, -1])
 
     def extend(self, carried, block_ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
-        cache, read_mask = carried
+        cache, read_mask, _ = carried
         read_mask = torch.cat([read_mask, torch.ones(block_ids.shape, dtype=torch.bool, device=read_mask.device)], 1)
         features, cache = self.lm.states(block_ids, read_mask, cache)
-        return features, (cache, read_mask)
+        return features, (cache, read_mask, features[:, -1])
 
     def keep(self, carried, index: torch.Tensor):
-        cache, read_mask = carried
+        cache, read_mask, last = carried
         cache.batch_select_indices(index)
-        return cache, read_mask[index]
+        return cache, read_mask[index], last[index]
+
+    def prior(self, carried, vocab_size: int) -> torch.Tensor | None:
+        """(N, vocab_size) what sample.lm_prior adds to the decoder's logits of a block's first token: the weight
+        times the LM's log-probabilities of the next token (None at weight 0)."""
+        if not self.prior_weight:
+            return None
+        return self.prior_weight * self.lm.next_token_logprobs(carried[2], vocab_size)
 
 
 class LMBlocks(Blocks):
@@ -137,9 +148,12 @@ class LMBlocks(Blocks):
     def describe(config: Config) -> str:
         d = config.dit
         prediction = f" and its next-token prediction (top {d.context_prediction})" if d.context_prediction else ""
-        return (f"{block_layout(d)}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states of "
-                f"the earlier tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the "
-                "next token's latent. What the text knows comes from that LM's pretraining, not from this run")
+        w = config.sample.lm_prior
+        prior = (f"; each block's first token is decoded from the sampled latent and that LM's own next-token "
+                 f"probabilities together (sample.lm_prior {w:g})" if w else "")
+        return (f"{block_layout(d)}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states "
+                f"of the earlier tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the "
+                f"next token's latent{prior}. What the text knows comes from that LM's pretraining, not from this run")
 
     @staticmethod
     def rules(config: Config) -> list[tuple[bool, str]]:
@@ -232,5 +246,5 @@ class LMBlocks(Blocks):
                             f"to at most {most - d.target_max}")
         return max(d.context_max, s.lm_history)
 
-    def prefix_encoder(self) -> LMPrefix:
-        return LMPrefix(self.lm)
+    def prefix_encoder(self, s: SampleConfig) -> LMPrefix:
+        return LMPrefix(self.lm, s.lm_prior)

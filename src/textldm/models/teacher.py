@@ -201,6 +201,14 @@ class Teacher(nn.Module):
         p = top.values.float().softmax(-1)
         return torch.einsum("...k,...kd->...d", p, weight[top.indices].float()) / self.embedding_rms
 
+    def next_token_logprobs(self, features: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """(..., hidden) features of a teacher that ends at the last layer (`final`) -> (..., vocab_size) the LM's
+        log-probabilities of the next token over the tokenizer's ids (the head's matrix product, as
+        `expected_embedding`; padding rows dropped)."""
+        weight = self.model.get_output_embeddings().weight[:vocab_size]
+        normed = features[..., : self.model.config.hidden_size]
+        return (normed.to(weight.dtype) @ weight.t()).float().log_softmax(-1)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe).
         Without gradients unless some blocks are trained (`unfreeze`)."""
