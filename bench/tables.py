@@ -257,8 +257,22 @@ def sampler_sweep() -> str:
                    "binding by position 0-7 / 8-15 / 16-23 / 24-31 (smollm2-135m)"], rows)
 
 
+def prior_next_token() -> str:
+    """The next token the make-demo model samples after 1,024 held-out prompts, with and without the LM's prior at
+    decoding, against the backbone's top-1 (bench/next_token.py: bench/results/context_lm_prior_next_token.json)."""
+    rows = []
+    for r in _load("context_lm_prior_next_token.json")["rows"]:
+        se = f" +- {r['vs_lm_top1_se']:.2f}" if "vs_lm_top1_se" in r else ""
+        changed = f"{r['prior_changed']:.3f}" if "prior_changed" in r else "-"
+        rows.append([r["setting"], f"{r['accuracy']:.3f}", f"{r['vs_lm_top1']:.2f}x{se}", f"{r['agrees_with_lm']:.3f}",
+                     f"{r['lm_prob_of_sample']:.3f}", changed])
+    return _table(["sampler", "accuracy (true next token)", "x the backbone's top-1", "agrees with the backbone's "
+                   "top-1", "the backbone's p of the sample", "tokens the prior changed"], rows)
+
+
 TABLES = {f.__name__: f for f in (demo_runs, cpu_long_runs, scaling_reference, gpu_steps, cpu_steps, window_sampling,
-                                          block_sampling, ran_where, paper_table1, sampler_sweep)}
+                                          block_sampling, ran_where, paper_table1, sampler_sweep,
+                                          prior_next_token)}
 
 
 def included(spec: str) -> str:
