@@ -3,6 +3,10 @@
 # buckets): CFG scale x noise scale, and the backbone sampling itself beside them.
 #   bash bench/sampler_sweep.sh [MODEL]             40 items, every setting (~2 min each on 2 quiet cores)
 #   ITEMS=100 bash bench/sampler_sweep.sh [MODEL]   100 items: CFG 2 and 4, colder starts, the backbone (~4 min each)
+# 250 items, the preset's sampler and the backbone only (~15 min each), as run 2026-12-05:
+#   textldm eval --quiet --model m=runs/demo/model --out bench/results/interface/sampler/n250/c2n1p1 \
+#     metrics.samples=250 metrics.mauve_buckets=25 metrics.second_judge=gemma3-270m sample.cfg_scale=2 \
+#     sample.noise_scale=1 sample.lm_prior=1        (lm1: --model m=hf:smollm2-135m sample.temperature=1)
 # MODEL: default runs/demo/model (a `make demo` model). Writes bench/results/interface/sampler/nITEMS/TAG/
 # {results.json,generations/}; then per-position binding:
 #   python bench/binding_profile.py bench/results/interface/sampler/n40/*/generations/embedded/m.jsonl

@@ -237,7 +237,7 @@ def sampler_sweep() -> str:
     (bench/sampler_sweep.sh: bench/results/interface/sampler/nITEMS/TAG/results.json; both judges), and the
     per-position binding where bench/binding_profile.py wrote it (nITEMS/binding_profile.json)."""
     rows = []
-    for items in ("n100", "n40"):
+    for items in ("n250", "n100", "n40"):
         folder = RESULTS / "interface" / "sampler" / items
         profile = _load(f"interface/sampler/{items}/binding_profile.json")["profiles"] \
             if (folder / "binding_profile.json").exists() else {}
