@@ -41,13 +41,11 @@ def make_corpus(n_docs: int = 120, seed: int = 0) -> list[str]:
     return docs
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A local folder holding a word-level tokenizer and a 2-layer random LlamaForCausalLM."""
+def write_tiny_lm(path) -> str:
+    """A word-level tokenizer and a 4-layer random LlamaForCausalLM saved as a local HF folder at `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    path = tmp_path_factory.mktemp("tiny-lm")
     vocab = {"<|endoftext|>": 0, "<unk>": 1}
     for w in WORDS + [w.capitalize() for w in WORDS] + [".", ",", "!", "?"]:
         vocab.setdefault(w, len(vocab))
@@ -62,6 +60,20 @@ def tiny_model_dir(tmp_path_factory):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
     return str(path)
+
+
+def write_tiny_corpus(path) -> str:
+    """make_corpus()'s documents as a JSONL file at `path`."""
+    from pathlib import Path
+
+    Path(path).write_text("".join(json.dumps({"text": d}) + "\n" for d in make_corpus()))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A local folder holding a word-level tokenizer and a 4-layer random LlamaForCausalLM."""
+    return write_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +92,7 @@ def other_tiny_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_corpus()))
-    return str(path)
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "docs.jsonl")
 
 
 @pytest.fixture()
