@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MIB = 64  # what the device tool carries: the working tree plus the packed assets
 SOFT_MARGIN = 0.85  # a stage with a soft deadline (sampling) stops starting new work at this share of its cap
+COMPILE_RESERVE_S = 35.0  # of the sampling stage's cap, kept for the compiled row (compiling the DiT block)
 
 
 # the plan -----------------------------------------------------------------------------------------------------------
@@ -150,6 +151,7 @@ class Check:
     shapes: Shapes
     dry: bool
     cap: float = 0.0
+    stage: str = ""
 
     @property
     def state_file(self) -> Path:
@@ -160,6 +162,10 @@ class Check:
 
     def remember(self, **values) -> None:
         self.state_file.write_text(json.dumps({**self.state(), **values}, indent=1))
+
+    def partial(self, result: dict) -> None:
+        """What the stage has measured so far: kept as its result if the cap kills it."""
+        (self.work / "stages" / f"{self.stage}.partial.json").write_text(json.dumps(result, indent=1))
 
     def env(self) -> dict:
         """The environment of every child process: textldm from this checkout, the carried wheels, no Hub."""
@@ -347,7 +353,9 @@ def stage_torchrun(c: Check) -> dict:
         run([*torchrun, *base, f"out_dir={runs / parallel}", f"ar_train.parallel={parallel}"], c, parallel)
         losses = _losses(runs / parallel / "ar_log.jsonl")
         out[parallel] = {"seconds": round(time.time() - start, 1), "loss_first": losses[0][1],
-                         "loss_last": losses[-1][1], "world_size": _world(runs / parallel / "ar_log.jsonl")}
+                         "loss_last": losses[-1][1], **_layout(runs / parallel / "ar_log.jsonl")}
+        if out[parallel]["parallel"] != parallel:
+            raise RuntimeError(f"torchrun ran without {parallel} (the log says {out[parallel]['parallel']})")
     killed = runs / "killed"
     cmd = [*torchrun, *base, f"out_dir={killed}", "ar_train.parallel=ddp"]
     pointer = killed / "checkpoints" / "ar" / "latest"
@@ -358,7 +366,7 @@ def stage_torchrun(c: Check) -> dict:
         if pointer.exists() and int(pointer.read_text().strip().split("-")[-1]) >= s.kill_at:
             os.killpg(p.pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     p.wait()
     if not pointer.exists():
         raise RuntimeError("the run to kill wrote no checkpoint in time")
@@ -387,8 +395,10 @@ def _losses(log: Path) -> list[tuple[int, float]]:
     return sorted(found.items())
 
 
-def _world(log: Path) -> int | None:
-    return next((json.loads(x).get("world_size") for x in log.read_text().splitlines()), None)
+def _layout(log: Path) -> dict:
+    """The world size and wrapper (ddp, fsdp, none) the run's start record gives."""
+    start = json.loads(log.read_text().splitlines()[0])
+    return {"world_size": start.get("world_size"), "parallel": start.get("parallel")}
 
 
 # sampling -----------------------------------------------------------------------------------------------------------
@@ -398,13 +408,15 @@ def stage_sampling(c: Check) -> dict:
     leaves no time for is listed as skipped."""
     import torch
 
-    deadline = time.time() + SOFT_MARGIN * c.cap
+    start = time.time()
+    deadline = start + SOFT_MARGIN * c.cap - (0 if c.dry else COMPILE_RESERVE_S)
     s = c.shapes
     device = torch.device(s.device)
     samplers = sampling_models(c, device)
     g = torch.Generator().manual_seed(0)
     prompts = {b: torch.randint(1, 200, (b, s.sample_prompt), generator=g).tolist() for b in s.sample_batches}
     rows, skipped = [], []
+    facts = {"weights": "random; end-of-text disabled", "prompt_tokens": s.sample_prompt, "euler_steps": s.sample_steps}
     for precision, length, batch, name in sampling_plan(s, list(samplers)):
         key = {"model": name, "precision": precision, "length": length, "batch": batch}
         if time.time() > deadline:
@@ -412,8 +424,9 @@ def stage_sampling(c: Check) -> dict:
             continue
         rows.append({**key, **samplers[name](prompts[batch], length, precision)})
         print(json.dumps(rows[-1]), flush=True)
-    return {"rows": rows, "compiled": compiled_row(c, device, deadline), "skipped_for_time": skipped,
-            "weights": "random; end-of-text disabled", "prompt_tokens": s.sample_prompt, "euler_steps": s.sample_steps}
+        c.partial({"rows": rows, **facts})
+    compiled = compiled_row(c, device, start + c.cap - COMPILE_RESERVE_S)
+    return {"rows": rows, "compiled": compiled, "skipped_for_time": skipped, **facts}
 
 
 PER_TOKEN = ("block 1", "context-LM", "its LM alone")  # samplers whose passes grow with every token
@@ -549,12 +562,13 @@ def sampling_models(c: Check, device) -> dict:
     return out
 
 
-def compiled_row(c: Check, device, deadline: float) -> dict:
+def compiled_row(c: Check, device, latest_start: float) -> dict:
     """The full window at Euler `sample_steps`, bf16, its DiT blocks under torch.compile: the first call (with the
-    compilation) and a timed second one. Not in a CPU dry run (compiling takes minutes on 2 cores)."""
+    compilation) and a timed second one - if it can start before `latest_start`. Not in a CPU dry run (compiling
+    takes minutes on 2 cores)."""
     if c.dry:
         return {"skipped": "CPU dry run"}
-    if time.time() > deadline:
+    if time.time() > latest_start:
         return {"skipped": "stage time cap"}
     import torch
 
@@ -665,7 +679,7 @@ RUNNERS = {name: globals()[f"stage_{name}"] for name in BY_NAME}
 def child(args) -> int:
     """One stage in this process (started by the orchestrator): its result or error into WORK/stages/NAME.json."""
     c = Check(Path(args.out), Path(args.work), Path(args.assets), DRY if args.dry_run else GPU, args.dry_run,
-              cap=args.cap_seconds)
+              cap=args.cap_seconds, stage=args.stage)
     target = c.work / "stages" / f"{args.stage}.json"
     planted = dict(p.split("=", 1) for p in args.plant)
     start = time.time()
@@ -708,6 +722,9 @@ def orchestrate(args) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage.name, "--out", str(out), "--work",
                str(work), "--assets", str(assets), "--cap-seconds", str(cap), *(["--dry-run"] if args.dry_run else []),
                *(x for p in args.plant for x in ("--plant", p))]
+        record, partial = work / "stages" / f"{stage.name}.json", work / "stages" / f"{stage.name}.partial.json"
+        for old in (record, partial):  # an earlier run's, in a reused --work folder
+            old.unlink(missing_ok=True)
         log.write(f"\n===== {stage.name} (cap {cap:.0f} s) =====\n")
         log.flush()
         start = time.time()
@@ -718,11 +735,11 @@ def orchestrate(args) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-        record = work / "stages" / f"{stage.name}.json"
         if record.exists():
             results[stage.name] = json.loads(record.read_text())
         elif time.time() - start >= cap:
-            results[stage.name] = {"status": "timeout", "error": f"over its cap of {cap:.0f} s"}
+            results[stage.name] = {**(json.loads(partial.read_text()) if partial.exists() else {}),
+                                   "status": "timeout", "error": f"over its cap of {cap:.0f} s"}
         else:
             results[stage.name] = {"status": "failed", "error": f"the stage's process exited {p.returncode}"}
         results[stage.name]["wall_seconds"] = round(time.time() - start, 1)

@@ -12,8 +12,8 @@ from textldm.utils import resolve_device, seeded_generator
 
 
 def setup_distributed(device_pref: str = "auto"):
-    """(rank, world_size, device). Under torchrun (RANK/WORLD_SIZE set) joins the process group:
-    nccl on GPU, gloo on CPU."""
+    """(rank, world_size, device). Under torchrun (RANK/WORLD_SIZE set) joins the process group: nccl on GPU, gloo
+    on CPU - with one process too (torchrun's TORCHELASTIC_RUN_ID), so `--nproc_per_node 1` runs the DDP/FSDP2 path."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = resolve_device(device_pref)
@@ -21,7 +21,7 @@ def setup_distributed(device_pref: str = "auto"):
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 

@@ -126,12 +126,12 @@ def wrap_for_training(objective: nn.Module, cfg: TrainConfig, device: torch.devi
     """(the module to call, the module whose parameters are trained). One process: the objective itself.
     DDP: a DDP wrapper around it. FSDP2: a copy of it with every TransformerBlock and the root sharded
     (`fully_shard`); the trained weights are gathered back into `objective` at the end of `fit`."""
-    inner = copy.deepcopy(objective) if cfg.parallel == "fsdp" and world_size() > 1 else objective
+    inner = copy.deepcopy(objective) if cfg.parallel == "fsdp" and dist.is_initialized() else objective
     if cfg.compile:  # per block, as torchtitan does: small graphs, compiled once, reused by every block
         for m in inner.modules():
             if isinstance(m, TransformerBlock):
                 m.compile()
-    if world_size() == 1:
+    if not dist.is_initialized():  # under torchrun even one process is wrapped (the NCCL/gloo path runs)
         return inner, inner
     if cfg.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
@@ -281,7 +281,7 @@ def _set_lr(optimizer, lr: float):
 def _run_facts(cfg: TrainConfig, per_device: int, accum: int, amp_dtype, peak: float, flops_per_step: float) -> dict:
     """What the start (or resume) record of the log says about the run's layout and accounting."""
     return {"config": asdict(cfg), "world_size": world_size(), "per_device_batch": per_device,
-            "grad_accumulation": accum, "parallel": cfg.parallel if world_size() > 1 else "none",
+            "grad_accumulation": accum, "parallel": cfg.parallel if dist.is_initialized() else "none",
             "autocast": str(amp_dtype), "peak_flops": peak, "flops_per_step": flops_per_step}
 
 
