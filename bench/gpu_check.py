@@ -88,7 +88,7 @@ GPU = Shapes(
             "ar_train.warmup_steps=5", "ar_train.log_every=5", "ar_train.checkpoint_every=10", "ar.embed_init=random"),
     ddp_steps=40, kill_at=20, eval_items=16,
     sample_prompt=256, sample_lengths=(256, 1024), sample_batches=(1, 32), sample_steps=10,
-    caps={"env": 15, "assets": 25, "train_vae": 50, "train_dit_window": 40, "train_dit_blocks": 40,
+    caps={"env": 25, "assets": 25, "train_vae": 50, "train_dit_window": 40, "train_dit_blocks": 40,
           "train_dit_context_lm": 40, "train_ar": 40, "torchrun": 75, "sampling": 130, "serve": 25, "eval": 50})
 DRY = Shapes(
     device="cpu", threads=2,
@@ -816,8 +816,9 @@ def print_plan(args) -> int:
         if (c.assets / "lm" / "config.json").exists() else 49_152
     flops = train_flops(c, vocab)
     dry = {}
-    if args.out and (Path(args.out) / "gpu_check.json").exists():
-        dry = json.loads((Path(args.out) / "gpu_check.json").read_text())["stages"]
+    found = [p for p in (Path(args.out or "."), ) for p in (p / "gpu_check.json", p / "dry_run.json") if p.exists()]
+    if args.out and found:  # a dry run's results in --out: its time per stage beside the plan
+        dry = json.loads(found[0].read_text())["stages"]
     fixed = {"env": 10, "assets": 15, "torchrun": TORCHRUN_LAUNCHES * TORCHRUN_LAUNCH_S,
              "sampling": GPU.caps["sampling"] * SOFT_MARGIN, "serve": STARTUP_S, "eval": 2 * STARTUP_S}
     rows = []

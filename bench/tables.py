@@ -182,11 +182,88 @@ RAN = {"measured": "measured", "ci": "tested in CI", "never": "never run"}
 
 
 def ran_where() -> str:
-    """What has run where (bench/results/ran_where.json): each capability on a CPU, one GPU, several, several nodes."""
+    """What has run where (bench/results/ran_where.json): each capability on a CPU, one GPU, several, several nodes.
+    A capability's GPU cells come from the newest GPU check (bench/results/gpu/) whose stages for it (its `gpu_check`
+    list) all passed: one GPU, and several GPUs on one node where its torchrun stage had more than one process."""
     d = _load("ran_where.json")
-    places = d["places"]
-    rows = [[c["capability"]] + [_where(c[p]) for p in places] for c in d["capabilities"]]
+    places, runs = d["places"], gpu_runs()
+    rows = []
+    for c in d["capabilities"]:
+        cells = dict(c)
+        passed = next((r for r in runs if c.get("gpu_check") and
+                       all(r["stages"].get(s, {}).get("status") == "ok" for s in c["gpu_check"])), None)
+        if passed is not None:
+            what = {"status": "measured", "what": f"bench/gpu_check.py, {passed['card']}, {passed['date']}"}
+            cells["gpu1"] = what
+            if "torchrun" in c["gpu_check"] and passed["stages"]["torchrun"].get("processes", 1) > 1:
+                cells["multigpu"] = what
+        rows.append([c["capability"]] + [_where(cells[p]) for p in places])
     return _table(["capability"] + [d["place_names"][p] for p in places], rows)
+
+
+def gpu_runs(folder: Path | None = None) -> list[dict]:
+    """The GPU check's runs on a GPU (bench/results/gpu/*.json of kind GPU; dry runs are not), newest first, each
+    with its card (the env stage's device) and date."""
+    runs = []
+    for path in sorted((folder or RESULTS / "gpu").glob("*.json")):
+        run = json.loads(path.read_text())
+        if run.get("kind") == "GPU":
+            runs.append({**run, "card": run["stages"].get("env", {}).get("device", "?")})
+    return sorted(runs, key=lambda r: r["date"], reverse=True)
+
+
+def gpu_check_plan() -> str:
+    """The GPU check's time budget: each stage's cap, what the GPU shapes should cost and what the CPU dry run took
+    (`python bench/gpu_check.py --plan --assets .gpucheck --out bench/results/gpu`, after a dry run there)."""
+    d = _load("gpu/plan.json")
+    dry = _load("gpu/dry_run.json")
+    rows = [[r["stage"], r["cap_s"], r["gpu_estimate_s"], r["how"], r["dry_run_s"] if r["dry_run_s"] is not None
+             else "-"] for r in d["rows"]]
+    rows.append(["all", d["caps_total_s"], d["estimate_total_s"], f"the caps bound the run: "
+                 f"{d['caps_total_s'] / 60:.1f} min", f"{dry['total_seconds']:.0f} ({dry['date']})"])
+    return _table(["stage", "cap on the GPU (s)", "GPU estimate (s)", "how the estimate is made",
+                   "dry run, 2 CPU cores (s)"], rows)
+
+
+TRAINED = {"train_vae": "VAE (REPA, block-causal encoder)", "train_dit_window": "DiT, full window",
+           "train_dit_blocks": "DiT, block mode", "train_dit_context_lm": "DiT, context-LM mode (block 1)",
+           "train_ar": "AR baseline"}
+
+
+def gpu_check_training() -> str:
+    """The training stages of the newest GPU check: rates, memory and the loss's fall (bench/results/gpu/)."""
+    header = ["training stage (eager, bf16)", "params", "per-GPU batch", "tokens/s", "TFLOP/s", "MFU", "peak memory",
+              "loss: first -> last logged", "card, date"]
+    runs = gpu_runs()
+    if not runs:
+        return _table(header, [["no GPU check has run yet (`python bench/gpu_check.py`)"] + ["-"] * 8])
+    run, rows = runs[0], []
+    for stage, label in TRAINED.items():
+        r = run["stages"].get(stage, {})
+        if r.get("status") != "ok":
+            rows.append([label] + ["-"] * 6 + [r.get("status", "not run"), f"{run['card']}, {run['date']}"])
+            continue
+        rows.append([label, f"{r['params_M']:.1f}M", r["per_device_batch"], f"{r['tokens_per_s']:,.0f}",
+                     f"{r['tflops_per_s']:.1f}", f"{100 * r['mfu']:.1f}%", f"{r['peak_memory_gb']:.1f} GB",
+                     f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", f"{run['card']}, {run['date']}"])
+    return _table(header, rows)
+
+
+def gpu_check_sampling() -> str:
+    """The sampling stage of the newest GPU check: seconds per continuation, tokens/s and network evaluations of every
+    sampler, precision, batch and length it measured (random weights; bench/results/gpu/)."""
+    header = ["sampler", "precision", "batch", "tokens", "s per continuation", "tokens/s", "NFE per row"]
+    runs = gpu_runs()
+    if not runs or "rows" not in runs[0]["stages"].get("sampling", {}):
+        return _table(header, [["no GPU check has run yet (`python bench/gpu_check.py`)"] + ["-"] * 6])
+    s = runs[0]["stages"]["sampling"]
+    rows = [[r["model"], r["precision"], r["batch"], r["length"], f"{r['seconds_per_continuation']:.3g}",
+             f"{r['tokens_per_s']:,.0f}", f"{r['nfe']:,}"] for r in s["rows"]]
+    if "seconds" in s.get("compiled", {}):
+        c = s["compiled"]
+        rows.append([c["model"], c["precision"], c["batch"], c["length"], f"{c['seconds_per_continuation']:.3g}",
+                     f"{c['tokens_per_s']:,.0f}", f"{c['nfe']:,}"])
+    return _table(header, rows)
 
 
 def _where(entry: dict | str) -> str:
@@ -272,7 +349,7 @@ def prior_next_token() -> str:
 
 TABLES = {f.__name__: f for f in (demo_runs, cpu_long_runs, scaling_reference, gpu_steps, cpu_steps, window_sampling,
                                           block_sampling, ran_where, paper_table1, sampler_sweep,
-                                          prior_next_token)}
+                                          prior_next_token, gpu_check_plan, gpu_check_training, gpu_check_sampling)}
 
 
 def included(spec: str) -> str:

@@ -13,7 +13,7 @@ from textldm import demo, load_config
 from textldm.cli import main
 from textldm.config import ARConfig
 from textldm.errors import UserError
-from textldm.evaluation.benchmark import BenchmarkSpec, build_benchmark, read_benchmark, save_benchmark
+from textldm.evaluation.benchmark import BenchmarkSpec, benchmark, build_benchmark, read_benchmark, save_benchmark
 from textldm.evaluation.metrics import (
     bertscore,
     generative_perplexity,
@@ -157,6 +157,7 @@ def test_benchmark_builder_is_deterministic_and_cuts_in_40_60(tmp_path):
         assert item["reference"].startswith(" ") and item["second_reference"].strip()
     path = save_benchmark(a, tmp_path / "b.jsonl", {"seed": 7})
     assert read_benchmark(path) == a and json.loads(path.with_suffix(".meta.json").read_text())["seed"] == 7
+    assert benchmark(str(path), 12) == ("b", a[:12]) and benchmark(str(path), 1000)[1] == a  # metrics.samples
     whole = build_benchmark(BenchmarkSpec("local", passage_words=0), 10, seed=0, documents=docs)
     assert all(item["words"] == len(docs[item["doc"]].split()) for item in whole)
 

@@ -98,3 +98,35 @@ def test_the_sampling_plan_measures_bf16_first_and_per_token_samplers_last_at_th
     assert len(plan) == len(set(plan)) == 2 * 2 * 2 * len(names)  # every precision, length, batch and sampler once
     long_block1 = [i for i, p in enumerate(plan) if p[1] == 1024 and p[3].startswith("block 1")]
     assert min(long_block1) > max(i for i, p in enumerate(plan) if p[3] != "block 1, euler 10")
+
+
+@pytest.mark.slow
+def test_a_gpu_run_fills_the_what_ran_where_and_gpu_tables(dry_run, tmp_path, monkeypatch):
+    """bench/tables.py reads the GPU check's results: a capability whose stages passed on a GPU is measured there (on
+    several GPUs when torchrun had more than one process); a dry run changes nothing."""
+    import shutil
+
+    import tables
+
+    root, _ = dry_run
+    (tmp_path / "gpu").mkdir()
+    shutil.copy(ROOT / "bench" / "results" / "ran_where.json", tmp_path / "ran_where.json")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    run = json.loads((root / "out" / "gpu_check.json").read_text())
+    (tmp_path / "gpu" / "dry.json").write_text(json.dumps(run))
+    before = tables.ran_where()
+    assert "gpu_check" not in before and "no GPU check has run yet" in tables.gpu_check_training()
+    run["kind"], run["stages"]["env"]["device"], run["date"] = "GPU", "NVIDIA H100 80GB HBM3", "2026-12-07"
+    run["stages"]["torchrun"]["processes"] = 2
+    run["stages"]["eval"]["status"] = "failed"
+    (tmp_path / "gpu" / "h100.json").write_text(json.dumps(run))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in tables.ran_where().splitlines()[2:]}
+    measured = "measured (bench/gpu_check.py, NVIDIA H100 80GB HBM3, 2026-12-07)"
+    assert rows["block-causal mode (the demo's)"][1] == measured
+    assert rows["DDP (torchrun)"][1] == rows["DDP (torchrun)"][2] == measured
+    assert rows["block-causal mode (the demo's)"][2] == "never run"  # one process did not train it on several GPUs
+    assert rows["textldm eval (ROUGE, BERTScore, MAUVE, gen-PPL, two judges)"][1] == "never run"  # its stage failed
+    training = tables.gpu_check_training()
+    assert "DiT, context-LM mode (block 1)" in training and "NVIDIA H100 80GB HBM3, 2026-12-07" in training
+    assert "AR baseline (KV cache)" in tables.gpu_check_sampling()

@@ -152,13 +152,13 @@ def read_benchmark(path: Path | str) -> list[dict]:
 
 
 def benchmark(name: str, n: int = 1000, seed: int = 0, source: str | None = None) -> tuple[str, list[dict]]:
-    """(benchmark name, items) for a preset name (built once and cached) or a JSONL file path.
-    `source` replaces a preset's source, e.g. a local copy of TinyStories."""
+    """(benchmark name, items) for a preset name (built once and cached) or a JSONL file path (its first `n` items,
+    as a preset gives `n`). `source` replaces a preset's source, e.g. a local copy of TinyStories."""
     if name not in PRESETS:
         path = Path(name)
         if path.suffix != ".jsonl" and not path.exists():
             raise UserError(f"unknown benchmark '{name}'; presets: {', '.join(PRESETS)}, or a .jsonl file")
-        return path.stem, read_benchmark(path)
+        return path.stem, read_benchmark(path)[:n]
     spec = PRESETS[name]
     if source is not None:
         spec = BenchmarkSpec(**{**asdict(spec), "source": source, "hf_split": "train" if Path(source).exists()
