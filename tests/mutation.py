@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: every test not marked slow or browser (pyproject.toml's markers), stopped at the first failure;
 # the files that kill most mutants run first (the same tests either way: only the time to a kill changes)
-FIRST = ["test_recipe", "test_block", "test_lm_blocks", "test_learning", "test_ar", "test_models", "test_flow", "test_levers",
+FIRST = ["test_recipe", "test_block", "test_contracts", "test_lm_blocks", "test_learning", "test_ar", "test_models", "test_flow", "test_levers",
          "test_train", "test_teacher", "test_data"]
 FAST_SUITE = [f"tests/{name}.py" for name in FIRST] + sorted(
     f"tests/{p.name}" for p in (Path(__file__).parent).glob("test_*.py") if p.stem not in FIRST)
@@ -415,6 +415,38 @@ MUTANTS = [
     Mutant("M125", "generation/lm_blocks.py", "return self.prior_weight * self.lm.next_token_logprobs(",
            "return self.lm.next_token_logprobs(",
            "sample.lm_prior: the weight is ignored (the LM's log-probabilities added at weight 1)"),
+    # issue 45: what users and published numbers rely on (tests/test_contracts.py)
+    Mutant("M126", "serving/openai_api.py", '"_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}',
+           '"_tokens": len(ids)}',
+           "OpenAI usage.completion_tokens counts the generated tokens, those cut after a stop sequence included"),
+    Mutant("M127", "utils.py", 'return (text[:min(hits)], "stop") if hits else (text, None)',
+           'return (text[:hits[0]], "stop") if hits else (text, None)',
+           "stop sequences: the first one listed that occurs ends the text, not the earliest in the text"),
+    Mutant("M128", "serving/app.py", 'token = given[7:] if given[:7].lower() == b"bearer " else b""',
+           'token = given[-len(self.key):] if b"bearer" in given.lower() else b""',
+           "API key: any Authorization header that mentions bearer and ends with the key is accepted"),
+    Mutant("M129", "serving/openai_api.py", "seed=req.seed)", "seed=None)",
+           "OpenAI: a request's seed does not reach the AR baseline (its sampled completions ignore it)"),
+    Mutant("M130", "evaluation/lm_eval_model.py", "greedy = greedy and bool((logp.argmax(-1) == target).all())",
+           "greedy = greedy and bool((logp.argmax(-1) == target).any())",
+           "lm-eval: is_greedy when any continuation token is the argmax, not every one"),
+    Mutant("M131", "evaluation/metrics.py", "rows.append((start + p_ids[len(p_ids) - min(len(p_ids), room):], c_ids))",
+           "rows.append((start + p_ids[:room], c_ids))",
+           "the judge reads a long prompt's first tokens, not those right before the continuation"),
+    Mutant("M132", "generation/blocks.py", "per_token = t.repeat_interleave(self.dit.cfg.block_size, dim=1)",
+           "per_token = t.repeat(1, self.dit.cfg.block_size)",
+           "block mode: positions are noised with another block's time than the one their block is conditioned on"),
+    Mutant("M133", "models/block_causal.py", "return self.condition(torch.ones(n, device=device))",
+           "return self.condition(torch.zeros(n, device=device))",
+           "block mode: the clean prefix is conditioned on the noise end of the path (t = 0), not the data end"),
+    Mutant("M134", "generation/window.py", "target_mask = torch.arange(target.shape[1])[None] < target_len[:, None]",
+           "target_mask = torch.arange(target.shape[1])[None] <= target_len[:, None]",
+           "full window: one padding position past each target's end enters the loss"),
+    Mutant("M135", "generation/blocks.py", 'return batch["mask"]\n', 'return torch.ones_like(batch["mask"])\n',
+           "block mode: the left padding of a window's first block enters the loss"),
+    Mutant("M136", "evaluation/harness.py", "jobs.append((i, prompt, max(1, min(n_ref, cap))))",
+           "jobs.append((i, prompt, cap))",
+           "the harness continues every item by the model's cap, not by the reference's length (the oracle length)"),
 ]
 
 

@@ -103,6 +103,7 @@ def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str
     install_error_handlers(app)
     add_routes(app, service, info, requests)
     facade = OpenAIFacade(service, model_id(model_path, "textldm"), model_id(ar_path, "ar") if ar else None, defaults)
+    app.state.openai = facade
     add_openai_routes(app, facade, completion_request(limits, info["defaults"]))
     return app
 

@@ -75,12 +75,25 @@ class OpenAIFacade:
 
     def _target(self, req) -> str:
         """Which served model a request names: "textldm" or "ar" (404 for anything else)."""
-        if req.model in (None, self.model_id, "textldm"):
+        return self.kind(req.model)
+
+    def kind(self, model: str | None) -> str:
+        """Which served model an id (or an alias: "textldm", "ar"; None = the TextLDM model) names: "textldm" or "ar";
+        NotLoaded (404) for anything else."""
+        if model in (None, self.model_id, "textldm"):
             return "textldm"
-        if self.ar_id and req.model in (self.ar_id, "ar"):
+        if self.ar_id and model in (self.ar_id, "ar"):
             return "ar"
-        raise NotLoaded(f"model '{req.model}' is not served here; GET /v1/models lists "
+        raise NotLoaded(f"model '{model}' is not served here; GET /v1/models lists "
                         f"{', '.join(m['id'] for m in self.models()['data'])}")
+
+    def pipeline(self, model: str | None):
+        """The pipeline that answers requests for `model`: its completions are this pipeline's `generate_ids`."""
+        return self.service.ar if self.kind(model) == "ar" else self.service.pipe
+
+    def streams(self, model: str | None) -> bool:
+        """Whether `model` answers stream=true (the TextLDM model, window by window; the AR baseline answers whole)."""
+        return self.kind(model) == "textldm"
 
     def check(self, req) -> tuple[str, list[str], list[str]]:
         """(target model, prompts, stop sequences) of a request, or a UserError (400) before any work."""
@@ -97,7 +110,7 @@ class OpenAIFacade:
         if req.stream and (len(prompts) > 1 or req.n > 1):
             raise UserError("stream=true streams one continuation: give one prompt and n=1")
         target = self._target(req)
-        if req.stream and target == "ar":
+        if req.stream and not self.streams(req.model):
             raise UserError("stream=true is for the TextLDM model (the AR baseline answers whole)")
         return target, prompts, stops
 
