@@ -26,7 +26,7 @@ def decodings(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int) 
     blocks = []
     committed = pipe.generate_ids([prompt], length, seed=seed,
                                   callback=lambda i, t, x: blocks.append(x.clone()) if t >= 1.0 else None)[0]
-    B, n = pipe.config.dit.block_size, len(committed) // pipe.config.dit.block_size
+    B, n = pipe.config.dit.blocks.size, len(committed) // pipe.config.dit.blocks.size
     blocks = blocks[:max(n, 1)]
     with torch.no_grad():
         alone = [tok for x in blocks for tok in pipe.decode_latents(x, cut=False)[0]]
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/block_mode"))
     args = ap.parse_args(argv)
     pipe = TextLDMPipeline.from_pretrained(args.model)
-    if not pipe.config.dit.block_size:
+    if not pipe.config.dit.reads("blocks"):
         raise SystemExit(f"{args.model} is a full-window model; give a block-mode one")
     length = args.length or pipe.config.dit.target_max
     _, items = benchmark("embedded", args.prompts, 0)
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             rows.setdefault(name, []).append(ids)
     base = rows["committed (beside the prefix, once)"]
     texts = [it["prompt"] for it in items]
-    lines = [f"Block decoding, `{args.model}` (B = {pipe.config.dit.block_size}), {len(prompts)} embedded-benchmark "
+    lines = [f"Block decoding, `{args.model}` (B = {pipe.config.dit.blocks.size}), {len(prompts)} embedded-benchmark "
              f"prompts, {length} tokens each.", "", "| decoding | tokens differing from the committed ones | gen-PPL |",
              "|---|---|---|"]
     report = {}

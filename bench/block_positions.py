@@ -83,7 +83,7 @@ def main():
                                  noise_scale=args.noise_scale, cfg_scale=args.cfg_scale)
         written = torch.tensor([r + [-1] * (args.tokens - len(r)) for r in rows])  # -1 after an end-of-text
         p = lm_prob_of_written(lm, prompts, written.clamp_min(0))
-        B = pipe.config.dit.block_size
+        B = pipe.config.dit.blocks.size
         results[folder] = {"block_size": B, "seconds": time.time() - start, **summary(p, written, B)}
     for name, r in results.items():
         print(f"{name:40s} LM p(written): position 1 {r['first']:.3f}, 2-4 {r['2-4']:.3f}, 5-{args.tokens} "

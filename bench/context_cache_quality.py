@@ -33,7 +33,7 @@ def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int =
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--default", required=True, help="the default (joint attention) TextLDM model folder")
-    ap.add_argument("--cached", required=True, help="the dit.context_cache=true model folder")
+    ap.add_argument("--cached", required=True, help="the dit.window.context_cache=true model folder")
     ap.add_argument("--bench", default="embedded")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--cfg", default="3,5,7", help="comma-separated CFG scales")

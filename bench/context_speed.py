@@ -41,7 +41,7 @@ def lm_seconds(lm, prompts: torch.Tensor, new: int) -> float:
 
 
 def mode_seconds(lm: Teacher, block: int, prompts: torch.Tensor, new: int, steps: int, cfg_scale: float) -> float:
-    cfg = load_config("demo", [f"dit.block_size={block}", f"dit.context_encoder={BACKBONE}"])
+    cfg = load_config("demo", ["dit.mode=context_lm", f"dit.blocks.size={block}", f"dit.context_lm.encoder={BACKBONE}"])
     vocab = len(load_tokenizer(cfg.teacher.name))
     vae = TextVAE(cfg.vae, vocab).eval()
     dit = LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels).eval()

@@ -75,11 +75,12 @@ GPU = Shapes(
          "vae.softmax=full", "vae.repa_fraction=0.25", "vae_train.steps=120", "vae_train.batch_size=32",
          "vae_train.warmup_steps=15", "vae_train.log_every=10", "eval.val_batches=4", "eval.batch_size=32"),
     dit=("dit.width=512", "dit.heads=8", "dit.depth=8", "dit_train.warmup_steps=15", "dit_train.log_every=10"),
-    window=("dit.block_size=0", "dit.t_mean=0.0", "dit.context_min=32", "dit.context_max=256", "dit.target_min=32",
+    window=("dit.mode=window", "dit.t_mean=0.0", "dit.context_min=32", "dit.context_max=256", "dit.target_min=32",
             "dit.target_max=256", "dit_train.steps=100", "dit_train.batch_size=64"),
-    blocks=("dit.block_size=16", "dit.t_mean=-1.0", "dit.context_min=32", "dit.context_max=256", "dit.target_min=32",
-            "dit.target_max=256", "dit_train.steps=100", "dit_train.batch_size=32"),
-    context_lm=("dit.block_size=1", "dit.t_mean=-1.0", "dit.context_layer=-1", "dit.context_prediction=32",
+    blocks=("dit.mode=blocks", "dit.blocks.size=16", "dit.t_mean=-1.0", "dit.context_min=32", "dit.context_max=256",
+            "dit.target_min=32", "dit.target_max=256", "dit_train.steps=100", "dit_train.batch_size=32"),
+    context_lm=("dit.mode=context_lm", "dit.blocks.size=1", "dit.t_mean=-1.0", "dit.context_lm.layer=-1",
+                "dit.context_lm.prediction=32",
                 "dit.context_min=8", "dit.context_max=64", "dit.target_min=8", "dit.target_max=64",
                 "dit_train.steps=100", "dit_train.batch_size=64", "sample.lm_prior=1.0"),
     ar=("ar.width=512", "ar.heads=8", "ar.depth=8", "ar.seq_len=512", "ar_train.steps=120", "ar_train.batch_size=32",
@@ -96,11 +97,12 @@ DRY = Shapes(
          "vae.max_len=32", "vae.repa_hidden=32", "vae.softmax=full", "vae_train.steps=24", "vae_train.batch_size=8",
          "vae_train.warmup_steps=4", "vae_train.log_every=4", "eval.val_batches=2", "eval.batch_size=8"),
     dit=("dit.width=32", "dit.heads=2", "dit.depth=2", "dit_train.warmup_steps=4", "dit_train.log_every=4"),
-    window=("dit.block_size=0", "dit.t_mean=0.0", "dit.context_min=4", "dit.context_max=12", "dit.target_min=4",
+    window=("dit.mode=window", "dit.t_mean=0.0", "dit.context_min=4", "dit.context_max=12", "dit.target_min=4",
             "dit.target_max=12", "dit_train.steps=20", "dit_train.batch_size=8"),
-    blocks=("dit.block_size=4", "dit.t_mean=-1.0", "dit.context_min=4", "dit.context_max=12", "dit.target_min=4",
-            "dit.target_max=12", "dit_train.steps=20", "dit_train.batch_size=8"),
-    context_lm=("dit.block_size=1", "dit.t_mean=-1.0", "dit.context_layer=-1", "dit.context_prediction=4",
+    blocks=("dit.mode=blocks", "dit.blocks.size=4", "dit.t_mean=-1.0", "dit.context_min=4", "dit.context_max=12",
+            "dit.target_min=4", "dit.target_max=12", "dit_train.steps=20", "dit_train.batch_size=8"),
+    context_lm=("dit.mode=context_lm", "dit.blocks.size=1", "dit.t_mean=-1.0", "dit.context_lm.layer=-1",
+                "dit.context_lm.prediction=4",
                 "dit.context_min=4", "dit.context_max=8", "dit.target_min=4", "dit.target_max=8",
                 "dit_train.steps=20", "dit_train.batch_size=8", "sample.lm_prior=1.0"),
     ar=("ar.width=32", "ar.heads=2", "ar.depth=2", "ar.seq_len=24", "ar_train.steps=24", "ar_train.batch_size=8",
@@ -324,7 +326,7 @@ def stage_train_dit_blocks(c: Check) -> dict:
 
 
 def stage_train_dit_context_lm(c: Check) -> dict:
-    return _train_dit(c, "context_lm", c.shapes.context_lm, (f"dit.context_encoder={c.state()['lm']}",))
+    return _train_dit(c, "context_lm", c.shapes.context_lm, (f"dit.context_lm.encoder={c.state()['lm']}",))
 
 
 def stage_train_ar(c: Check) -> dict:
@@ -550,9 +552,9 @@ def sampling_models(c: Check, device) -> dict:
     out = {f"window, euler {k}": textldm_sampler(window, k) for k in (s.sample_steps, 5 * s.sample_steps)}
     for block in (16, 4, 1):
         if block < s.sample_prompt:
-            pipe = sampling_pipeline(c, device, tokenizer, (*s.blocks, *wide, f"dit.block_size={block}"))
+            pipe = sampling_pipeline(c, device, tokenizer, (*s.blocks, *wide, f"dit.blocks.size={block}"))
             out[f"block {block}, euler {s.sample_steps}"] = textldm_sampler(pipe, s.sample_steps)
-    lm_pipe = sampling_pipeline(c, device, tokenizer, (*s.context_lm, f"dit.context_encoder={st['lm']}", *wide))
+    lm_pipe = sampling_pipeline(c, device, tokenizer, (*s.context_lm, f"dit.context_lm.encoder={st['lm']}", *wide))
     out["context-LM, block 1, lm_prior 1"] = textldm_sampler(lm_pipe, s.sample_steps, lm_prior=1.0)
     out["its LM alone (HF generate, KV cache)"] = hf_sampler(st["lm"], device)
     ar_cfg = load_config("demo", [*c.common(), *s.ar, f"ar.seq_len={max(s.sample_lengths) + s.sample_prompt + 1}"])
@@ -798,8 +800,8 @@ def train_flops(c: Check, vocab: int) -> dict:
     out["train_vae"] = (cfg.vae_train.steps, TRAIN_FACTOR * cfg.vae_train.batch_size * vae_flops_per_sequence(
         vae, cfg.vae.max_len, vocab, cfg.vae.repa_fraction))
     for name, overrides in (("window", s.window), ("blocks", s.blocks), ("context_lm", s.context_lm)):
-        d = load_config("demo", [*COMMON_TRAIN, *s.vae, *s.dit, *(o for o in overrides if "context" not in o
-                                                                  or "_m" in o)])
+        d = load_config("demo", [*COMMON_TRAIN, *s.vae, *s.dit, *(o for o in overrides if not o.startswith(
+            ("dit.mode=context_lm", "dit.context_lm.")))])
         mode = mode_class(d.dit)  # the context-LM DiT counted as plain block mode (its LM runs forward only)
         out[f"train_dit_{name}"] = (d.dit_train.steps, mode(mode.new_dit(d.dit, d.vae.latent_channels)).train_flops(
             d.dit_train.batch_size))

@@ -107,7 +107,7 @@ def main():
         log = out / f"dit_{'compiled' if compiled else 'eager'}_{batch}.jsonl"
         t0 = time.time()
         fit(FullWindow(dit), dit_batches(cfg.dit, batch, C, device), tcfg, log_path=log, desc="DiT",
-            tokens_per_step=batch * cfg.dit.window, flops_per_step=flops,
+            tokens_per_step=batch * cfg.dit.window_tokens, flops_per_step=flops,
             precision="bf16", progress=False)
         rows.append(summarize(log, f"DiT {'compiled' if compiled else 'eager'}", param_count(dit),
                               {"wall_s": round(time.time() - t0, 1)}))

@@ -4,9 +4,9 @@
 # instrument. Each arm: train-vae (or reuse the baseline VAE) -> train-dit -> bench/next_token.py.
 #   [OUT=runs/interface] [VAE_STEPS=400] [DIT_STEPS=300] [PROMPTS=1024] [ARMS="base ..."] bash bench/interface_study.sh
 # Arms on the base VAE: base (B = 1; its features were the LM's raw last block output, before 0.4.0's final norm),
-# normed (base on the final-normed state), pred (normed + the LM's prediction, dit.context_prediction=32), pred2x
+# normed (base on the final-normed state), pred (normed + the LM's prediction, dit.context_lm.prediction=32), pred2x
 # (pred at 2x the steps over 2x the precomputed windows), b4pred (B = 4 with the prediction), dit4x (4x the DiT steps), dit4xlive / dit2xlive (4x / 2x, the LM live on streamed windows), small (a 2-block DiT), live (the LM run at every
-# step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_train_layers=1), selfcond
+# step on streamed windows), ft1 (live, and the LM's last block trained: dit.context_lm.train_layers=1), selfcond
 # (self-conditioning, dit.self_condition_prob=0.5), b4 / b16 (block sizes), scratch (no context encoder: the
 # from-scratch block-1 DiT), scratchsc (scratch with self-conditioning: a lever re-measured from scratch), ar (the AR
 # baseline at the base DiT's counted FLOPs); arms with their own VAE: decnoise, kl1e-2, width32, norepa; `table`
@@ -19,7 +19,7 @@ set -uo pipefail  # an arm that fails is reported and the next one runs
 OUT=${OUT:-runs/interface}; VAE_STEPS=${VAE_STEPS:-400}; DIT_STEPS=${DIT_STEPS:-300}; PROMPTS=${PROMPTS:-1024}
 RES=bench/results/interface; mkdir -p "$OUT" "$RES"
 T=.venv/bin/textldm; PY=.venv/bin/python
-LM="dit.context_encoder=smollm2-135m dit.context_layer=-1 dit.context_features=auto dit.context_windows=1500"
+LM="dit.mode=context_lm dit.context_lm.encoder=smollm2-135m dit.context_lm.layer=-1 dit.context_lm.features=auto dit.context_lm.windows=1500"
 STEPS="vae_train.steps=$VAE_STEPS vae_train.guard_minutes=null dit_train.steps=$DIT_STEPS dit_train.guard_minutes=null"
 
 vae() {  # vae ARM OVERRIDES...
@@ -89,21 +89,21 @@ for arm in $ARMS; do
     kl1e-2)   vae kl1e-2 vae.kl_weight=1e-2; dit kl1e-2 kl1e-2 ;;
     width32)  vae width32 vae.latent_channels=32; dit width32 width32 ;;
     norepa)   vae norepa vae.repa_weight=0; dit norepa norepa ;;
-    b4)       dit b4 base dit.block_size=4 ;;
-    b16)      dit b16 base dit.block_size=16 ;;
+    b4)       dit b4 base dit.blocks.size=4 ;;
+    b16)      dit b16 base dit.blocks.size=16 ;;
     small)    dit small base dit.depth=2 ;;  # denoiser size: 2 of the demo DiT's 6 blocks
     dit4x)    dit dit4x base dit_train.steps=$((4 * DIT_STEPS)) ;;  # the interface at 4x the DiT's training
-    dit4xlive) dit dit4xlive base dit_train.steps=$((4 * DIT_STEPS)) dit.context_features= dit.context_windows=0 ;;
-    dit2xlive) dit dit2xlive base dit_train.steps=$((2 * DIT_STEPS)) dit.context_features= dit.context_windows=0 ;;
-    scratch)  dit scratch base dit.context_encoder= dit.context_features= dit.context_windows=0 ;;  # from scratch
-    scratchsc) dit scratchsc base dit.context_encoder= dit.context_features= dit.context_windows=0 \
+    dit4xlive) dit dit4xlive base dit_train.steps=$((4 * DIT_STEPS)) dit.context_lm.features= dit.context_lm.windows=0 ;;
+    dit2xlive) dit dit2xlive base dit_train.steps=$((2 * DIT_STEPS)) dit.context_lm.features= dit.context_lm.windows=0 ;;
+    scratch)  dit scratch base dit.mode=blocks dit.context_lm.features= dit.context_lm.windows=0 ;;  # from scratch
+    scratchsc) dit scratchsc base dit.mode=blocks dit.context_lm.features= dit.context_lm.windows=0 \
                  dit.self_condition_prob=0.5 ;;
-    live)     dit live base dit.context_features= dit.context_windows=0 ;;  # the LM at every step, streamed windows
+    live)     dit live base dit.context_lm.features= dit.context_lm.windows=0 ;;  # the LM at every step, streamed windows
     normed)   dit normed base ;;  # the LM's final-normed last state (base read the raw last block output, before the fix)
-    pred)     dit pred base dit.context_prediction=32 ;;  # + the LM's prediction: its top-32 expected output embedding
-    pred2x)   dit pred2x base dit.context_prediction=32 dit_train.steps=$((2 * DIT_STEPS)) dit.context_windows=3000 ;;
-    b4pred)   dit b4pred base dit.block_size=4 dit.context_prediction=32 ;;  # block size 4 with the LM's prediction
-    ft1)      dit ft1 base dit.context_features= dit.context_windows=0 dit.context_train_layers=1 ;;  # + its last block
+    pred)     dit pred base dit.context_lm.prediction=32 ;;  # + the LM's prediction: its top-32 expected output embedding
+    pred2x)   dit pred2x base dit.context_lm.prediction=32 dit_train.steps=$((2 * DIT_STEPS)) dit.context_lm.windows=3000 ;;
+    b4pred)   dit b4pred base dit.blocks.size=4 dit.context_lm.prediction=32 ;;  # block size 4 with the LM's prediction
+    ft1)      dit ft1 base dit.context_lm.features= dit.context_lm.windows=0 dit.context_lm.train_layers=1 ;;  # + its last block
     ar)       ar ;;
     table)    table ;;
     *) echo "unknown arm $arm"; exit 2 ;;

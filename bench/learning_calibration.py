@@ -18,9 +18,9 @@ from textldm.config import ARConfig, TrainConfig  # noqa: E402
 from textldm.evaluation.heldout import same_noise_agreement  # noqa: E402
 from textldm.models.ar import CausalLM, generate  # noqa: E402
 from textldm.training.batches import ar_batches  # noqa: E402
+from textldm.training.evaluate import evaluate_dit  # noqa: E402
 from textldm.training.loop import fit  # noqa: E402
 from textldm.training.objectives import ARObjective  # noqa: E402
-from textldm.training.validate import evaluate_dit  # noqa: E402
 
 
 def recipe(seed: int, block_size: int) -> dict:

@@ -13,7 +13,7 @@ on the last 256 tokens); AR = w256 d14 causal LM, same vocabulary (23.6M paramet
 are 256 tokens. CFG scale 7 doubles the rows of every evaluation; "evaluations" counts velocity calls
 (each a batched CFG pair), "forwards" counts network passes per sequence as the paper's Figure 2 does.
 
-Block mode (--blocks 16,8,4,1; dit.block_size B on a causal VAE): the same shapes, a 512-token window (the
+Block mode (--blocks 16,8,4,1; dit.blocks.size B on a causal VAE): the same shapes, a 512-token window (the
 256-token prompt, then 256 / B blocks against the cached prefix; longer continuations slide to the last 256
 tokens), Euler 10 per block. Its FLOPs count the DiT (each block's clean pass into the cache and its noisy
 evaluations), the VAE's re-encoding of the window and the decoder pass per block, and the output head on the
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from textldm.config import ARConfig, Config, DiTConfig, SampleConfig, VAEConfig
+from textldm.config import ARConfig, BlocksConfig, Config, DiTConfig, SampleConfig, VAEConfig, WindowConfig
 from textldm.diffusion.sampling import evaluations
 from textldm.generation import mode_class
 from textldm.models.ar import CausalLM
@@ -52,8 +52,9 @@ def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
     cfg = Config()
     cfg.vae = VAEConfig(width=256, encoder_depth=2, decoder_depth=2, heads=4, max_len=1024,
                         encoder_block_size=1 if block else 0)
-    cfg.dit = DiTConfig(width=256, depth=6, heads=4, context_max=PROMPT, target_max=WINDOW, context_cache=cacheable,
-                        block_size=block)
+    cfg.dit = DiTConfig(width=256, depth=6, heads=4, context_max=PROMPT, target_max=WINDOW,
+                        mode="blocks" if block else "window", window=WindowConfig(context_cache=cacheable),
+                        blocks=BlocksConfig(size=block or 1))
     cfg.sample = SampleConfig(cfg_scale=7.0)
     torch.manual_seed(0)
     vae, dit = TextVAE(cfg.vae, VOCAB), mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
@@ -88,7 +89,7 @@ def textldm_flops(pipe, length: int, solver: str, steps: int, cached: bool) -> f
 
 def block_mode_flops(pipe, length: int, steps: int) -> float:
     """Per continuation in block mode, CFG included (every DiT pass runs a conditional and a null row)."""
-    B, vae = pipe.config.dit.block_size, pipe.vae
+    B, vae = pipe.config.dit.blocks.size, pipe.vae
     total, left = 0.0, length
     while left > 0:
         prefix = PROMPT

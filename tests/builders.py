@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from textldm.config import DiTConfig, SampleConfig
+from textldm.config import BlocksConfig, ContextLMConfig, DiTConfig, SampleConfig, WindowConfig
 from textldm.generation import mode_class
 from textldm.generation.modes import GenerationMode, SamplingRun
 from textldm.generation.window import FullWindow
@@ -39,6 +39,14 @@ def perturbed(module: torch.nn.Module, scale: float = 0.1, seed: int = 1) -> tor
             if p.requires_grad:
                 p.add_(scale * torch.randn(p.shape, generator=g))
     return module
+
+
+def dit_config(mode: str = "window", *, window: dict | None = None, blocks: dict | None = None,
+               context_lm: dict | None = None, **fields) -> DiTConfig:
+    """A DiT config of `mode` with that mode's section(s) set from dicts, e.g. dit_config("blocks", blocks={"size": 2},
+    width=32)."""
+    return DiTConfig(mode=mode, window=WindowConfig(**(window or {})), blocks=BlocksConfig(**(blocks or {})),
+                     context_lm=ContextLMConfig(**(context_lm or {})), **fields)
 
 
 def new_dit(cfg: DiTConfig, latent_channels: int) -> TextDiT:

@@ -152,7 +152,7 @@ def models(trained, tiny_model_dir, tiny_corpus, tmp_path_factory):
     os.environ["TEXTLDM_CACHE"] = str(out / "cache")
     try:
         base = tiny_overrides(tiny_model_dir, tiny_corpus, str(root))
-        stages.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.infill_prob=0.5"]),
+        stages.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.window.infill_prob=0.5"]),
                        vae_dir=str(out / "vae"), progress=False)
         stages.train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
                                                   "ar_train.batch_size=4", "ar.embed_init=random"]), progress=False)

@@ -69,29 +69,48 @@ def code_in(doc: str) -> list[Code]:
 
 @functools.cache  # the same for every doc
 def config_keys() -> tuple[set[str], set[str], set[str]]:
-    """(every `section.key` and top-level key, the section names, TrainConfig's keys)."""
+    """(every `section.key`, `section.sub.key` and top-level key, the section names (sub-sections too: dit.blocks),
+    TrainConfig's keys)."""
     from textldm.config import Config, TrainConfig
 
     keys, sections = set(), set()
+
+    def walk(section, prefix: str):
+        sections.add(prefix)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}.{f.name}")
+            keys.add(f"{prefix}.{f.name}")
+
     for top in dataclasses.fields(Config):
         value = getattr(Config(), top.name)
         if dataclasses.is_dataclass(value):
-            sections.add(top.name)
-            keys |= {f"{top.name}.{f.name}" for f in dataclasses.fields(value)}
+            walk(value, top.name)
         else:
             keys.add(top.name)
     return keys, sections, {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-KEY = re.compile(r"^([a-z<>_]+)\.([a-z0-9_*]+)$")
+KEY = re.compile(r"^([a-z<>_]+(?:\.[a-z_]+)?)\.([a-z0-9_*]+)$")
+# the docs that tell history (what ran with which keys) may name the DiT keys of 0.4/0.5, which still load
+# (config.LEGACY_DIT maps them); every other doc names today's
+HISTORY_DOCS = ("CHANGELOG.md", "docs/results.md")
 
 
-def key_problem(name: str, keys: set[str], sections: set[str], train_keys: set[str]) -> str | None:
-    """Why `name` (section.key) is not a config key, or None. Not a key-looking name at all: None."""
+def key_problem(name: str, keys: set[str], sections: set[str], train_keys: set[str],
+                history: bool = False) -> str | None:
+    """Why `name` (section.key or section.sub.key) is not a config key, or None. Not a key-looking name at all:
+    None. In a doc of history (`history`), a 0.4/0.5 DiT key is fine; elsewhere it is named with today's."""
+    from textldm.config import LEGACY_DIT
+
     m = KEY.match(name)
     if not m or m.group(2) in EXTENSIONS:
         return None
     section, key = m.groups()
+    if section == "dit" and key in LEGACY_DIT:
+        return None if history else f"config key '{name}' is 0.5's: write dit.{'.'.join(LEGACY_DIT[key])} " \
+                                     f"(and dit.mode)"
     if section in ("<stage>_train", "train"):
         if section == "train":
             return f"config key '{name}': there is no section 'train'; write <stage>_train.{key} " \
@@ -99,8 +118,8 @@ def key_problem(name: str, keys: set[str], sections: set[str], train_keys: set[s
         return None if key in train_keys else f"config key '{name}': TrainConfig has no '{key}'"
     if section not in sections:
         return None
-    if key == "*" or name in keys or isinstance(getattr(_section_types()[section], key, None), property):
-        return None  # a derived value (e.g. dit.window) is a property of its section
+    if key == "*" or name in keys or isinstance(getattr(_section_types().get(section), key, None), property):
+        return None  # a derived value (e.g. dit.window_tokens) is a property of its section
     return f"config key '{name}' does not exist (`textldm config --keys`)"
 
 
@@ -108,7 +127,18 @@ def key_problem(name: str, keys: set[str], sections: set[str], train_keys: set[s
 def _section_types() -> dict[str, type]:
     from textldm.config import Config
 
-    return {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
+    found = {}
+
+    def walk(section, prefix: str):
+        found[prefix] = type(section)
+        for f in dataclasses.fields(section):
+            if dataclasses.is_dataclass(getattr(section, f.name)):
+                walk(getattr(section, f.name), f"{prefix}.{f.name}")
+
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(getattr(Config(), f.name)):
+            walk(getattr(Config(), f.name), f.name)
+    return found
 
 
 def check_keys(code: list[Code]) -> list[str]:
@@ -116,10 +146,10 @@ def check_keys(code: list[Code]) -> list[str]:
     problems = []
     for c in code:
         names = [c.text.strip()] if not c.lang else []
-        names += re.findall(r"(?<![\w./-])([a-z<>_]+\.[a-z0-9_]+)=", c.text)
+        names += re.findall(r"(?<![\w./-])([a-z<>_]+\.[a-z0-9_]+(?:\.[a-z0-9_]+)?)=", c.text)
         for name in names:
             name = name.split("=")[0]
-            why = key_problem(name, keys, sections, train_keys)
+            why = key_problem(name, keys, sections, train_keys, c.doc.endswith(HISTORY_DOCS))
             if why:
                 problems.append(f"{c.doc}:{c.line}: {why}")
     return problems

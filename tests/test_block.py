@@ -1,9 +1,9 @@
-"""Block-causal mode (dit.block_size > 0): the attention masks, no leak from later tokens, the cached block sampler
+"""Block-causal mode (dit.mode=blocks): the attention masks, no leak from later tokens, the cached block sampler
 against the training forward and against a hand-written reference loop, CFG's null prefix, config checks."""
 import pytest
 import torch
 
-from builders import RandomStream, mode_of, new_dit, perturbed
+from builders import RandomStream, dit_config, mode_of, new_dit, perturbed
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
 from textldm.diffusion.guidance import Guidance
 from textldm.errors import UserError
@@ -16,7 +16,7 @@ from textldm.pipeline import TextLDMPipeline
 
 VOCAB, C, BLOCK = 11, 8, 4
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
-WINDOW = DiTConfig(context_max=CONTEXT, target_min=TARGET, target_max=TARGET).window
+WINDOW = DiTConfig(context_max=CONTEXT, target_min=TARGET, target_max=TARGET).window_tokens
 
 
 def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -30,10 +30,12 @@ def tiny_vae(encoder_block: int = 1, seed: int = 0) -> TextVAE:
     return randomized(TextVAE(cfg, VOCAB), seed)
 
 
-def tiny_dit(uncond: str = "empty", seed: int = 1, block: int = BLOCK, **overrides) -> TextDiT:
+def tiny_dit(uncond: str = "empty", seed: int = 1, block: int = BLOCK, block_t: str = "per_block",
+             **overrides) -> TextDiT:
     torch.manual_seed(seed)
     shape = {"context_min": 4, "context_max": CONTEXT, "target_min": 4, "target_max": TARGET, **overrides}
-    cfg = DiTConfig(width=32, depth=2, heads=2, block_size=block, block_uncond=uncond, **shape)
+    cfg = dit_config("blocks", blocks={"size": block, "uncond": uncond, "t": block_t}, width=32, depth=2, heads=2,
+                     **shape)
     return randomized(new_dit(cfg, C), seed)
 
 
@@ -152,12 +154,12 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     from textldm.pipeline import noise_seed
 
     vae, dit, s, d = pipe.vae, pipe.dit, pipe.config.sample, pipe.config.dit
-    BLOCK, CONTEXT = d.block_size, d.context_max  # noqa: N806 (the module's names, per model)
+    BLOCK, CONTEXT = d.blocks.size, d.context_max  # noqa: N806 (the module's names, per model)
     grid = pipe.time_grid(s).tolist()
     start = -(-CONTEXT // BLOCK) * BLOCK
     out, k, ids, pad = [], 0, None, 0
     while len(out) < length:
-        if ids is None or ids.shape[1] + BLOCK > d.window:  # a new window: the last CONTEXT tokens
+        if ids is None or ids.shape[1] + BLOCK > d.window_tokens:  # a new window: the last CONTEXT tokens
             recent = (prompt + out)[-CONTEXT:]
             pad = start - len(recent)
             ids = torch.tensor([[0] * pad + recent])
@@ -202,8 +204,8 @@ def test_a_block_that_does_not_divide_the_context_left_pads_the_first_block():
     """B = 4 with dit.context_max = 6 (window 16): the prompt is left-padded to 8, one window holds two blocks after
     it; prompts of 2, 5 and 6 tokens continued by 11 tokens over three windows equal the reference loop's."""
     pipe = block_pipeline(context_max=6, target_max=10)
-    load_config(None, ["dit.block_size=4", "dit.context_min=4", "dit.context_max=6", "dit.target_min=4",
-                       "dit.target_max=10", "vae.encoder_block_size=1"])  # a valid config
+    load_config(None, ["dit.mode=blocks", "dit.blocks.size=4", "dit.context_min=4", "dit.context_max=6",
+                       "dit.target_min=4", "dit.target_max=10", "vae.encoder_block_size=1"])  # a valid config
     prompts = [[1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 1, 2, 3]]
     rows = pipe.generate_ids(prompts, length=11, seed=2)
     assert rows == [reference_generate(pipe, p, 11, 2, i) for i, p in enumerate(prompts)]
@@ -275,13 +277,15 @@ def test_the_block_sampler_honours_the_cfg_interval_and_stop():
 
 
 def test_block_mode_config_checks():
-    """Block mode refuses, by name, a VAE that would leak later tokens and the full-window-only options (it takes
+    """Block mode refuses, by name, a VAE that would leak later tokens and the full window's settings (it takes
     self-conditioning: tests/test_levers.py)."""
-    base = ["dit.block_size=8", "vae.encoder_block_size=1", "dit.context_max=32", "dit.target_max=32", "vae.max_len=64"]
+    base = ["dit.mode=blocks", "dit.blocks.size=8", "vae.encoder_block_size=1", "dit.context_max=32",
+            "dit.target_max=32", "vae.max_len=64"]
     load_config(None, base)
     for extra, words in [(["vae.encoder_block_size=0"], "block-causal VAE"), (["vae.encoder_block_size=3"], "divides"),
-                         (["dit.block_size=24"], "divide the window"), (["dit.block_size=64"], "no room"),
-                         (["dit.infill_prob=0.3"], "infilling"), (["dit.context_cache=true"], "full-window"),
+                         (["dit.blocks.size=24"], "divide the window"), (["dit.blocks.size=64"], "no room"),
+                         (["dit.window.infill_prob=0.3"], "dit.window settings are not read by dit.mode=blocks"),
+                         (["dit.window.context_cache=true"], "dit.window settings"),
                          (["vae.max_len=32"], "vae.max_len")]:
         with pytest.raises(UserError, match=words):
             load_config(None, base + extra)
@@ -289,7 +293,7 @@ def test_block_mode_config_checks():
 
 @pytest.mark.parametrize("block_t", ["per_block", "shared"])
 def test_block_batches_noise_every_block_and_pad_the_first(block_t):
-    """Per-block times differ within a window (one shared time is the dit.block_t=shared alternative); the first
+    """Per-block times differ within a window (one shared time is the dit.blocks.t=shared alternative); the first
     block is left-padded by 0..B-1 tokens (every amount occurs), later blocks never; the clean latents are the
     block-causal VAE's encoding of the window under that mask."""
     from textldm.training.batches import dit_batches
@@ -335,7 +339,7 @@ def test_the_block_loss_report_covers_every_quarter(block):
     from textldm.training.evaluate import evaluate_dit
 
     vae, dit = tiny_vae(), tiny_dit()
-    dit.cfg.block_size = block
+    dit.cfg.blocks.size = block
     quarters = evaluate_dit(mode_of(dit), vae, RandomStream(VOCAB), n_batches=2, batch_size=8, seed=0,
                             device=torch.device("cpu"))["quarters"]
     assert all(not math.isnan(q["with_prompt"]) and not math.isnan(q["prompt_dropped"]) for q in quarters)
@@ -350,7 +354,7 @@ def test_the_demo_preset_runs_end_to_end_in_its_block_mode(tiny_model_dir, tiny_
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False))
-    assert (cfg.dit.block_size, cfg.vae.encoder_block_size, cfg.dit.t_mean) == (1, 1, -1.0)
+    assert (cfg.dit.mode, cfg.dit.blocks.size, cfg.vae.encoder_block_size, cfg.dit.t_mean) == ("blocks", 1, 1, -1.0)
     c = demo.demo(cfg, progress=False)["continuations"]
     assert c["prompt_binding"] > 0 and c["reference_prompt_binding"] > 0 and c["gen_ppl"] > 1
     assert 0 <= c["same_noise_agreement"] <= 1 and len(c["samples"]) == c["prompts_scored"] > 0
@@ -358,7 +362,7 @@ def test_the_demo_preset_runs_end_to_end_in_its_block_mode(tiny_model_dir, tiny_
     assert "What this run is: block-causal, 1 token a block; the VAE and the DiT are trained from scratch" in \
         (tmp_path / "report.md").read_text()
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
-    assert pipe.config.dit.block_size == 1 and pipe.vae.cfg.encoder_block_size == 1
+    assert pipe.config.dit.blocks.size == 1 and pipe.vae.cfg.encoder_block_size == 1
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
     assert 0 < len(pipe.generate_ids([ids], length=5)[0]) <= 5
 

@@ -15,7 +15,8 @@ def test_defaults_presets_and_overrides():
         load_config(preset.stem)  # every shipped preset is valid
     # paper-recipe is the paper's full window although its base, demo, trains block mode
     assert load_config("paper-recipe") == load_config("paper-recipe", list(FULL_WINDOW))
-    assert load_config("demo").dit.block_size == 1 and load_config("demo", list(FULL_WINDOW)).dit.block_size == 0
+    assert load_config("demo").dit.mode == "blocks" and load_config("demo").dit.blocks.size == 1
+    assert load_config("demo", list(FULL_WINDOW)).dit.mode == "window"
 
 
 def test_round_trip_through_dict():
@@ -84,20 +85,36 @@ def test_literal_types_are_the_one_source_of_allowed_values(capsys):
 
 def test_every_choice_can_be_given_as_typed():
     """Each allowed value of every choice field works as `key=value` on the command line and in a YAML file:
-    a value YAML reads as something else ("null", "off", "yes") would be unreachable (dit.block_uncond=null was)."""
-    import dataclasses
+    a value YAML reads as something else ("null", "off", "yes") would be unreachable (dit.blocks.uncond=null was)."""
     import typing
 
     import yaml
 
-    sections = {name: tp for name, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp)}
-    choices = [(section, name, value) for section, tp in sections.items()
-               for name, hint in typing.get_type_hints(tp).items() if typing.get_origin(hint) is typing.Literal
+    choices = [(key, value) for key, hint in config_fields() if typing.get_origin(hint) is typing.Literal
                for value in typing.get_args(hint)]
-    assert ("dit", "block_uncond", "null_latent") in choices
-    for section, name, value in choices:
-        assert yaml.safe_load(f"{name}: {value}") == {name: value}, f"{section}.{name}: {value!r}"
-        assert getattr(getattr(load_config("demo", [f"{section}.{name}={value}"]), section), name) == value
+    assert ("dit.blocks.uncond", "null_latent") in choices and ("dit.mode", "context_lm") in choices
+    for key, value in choices:
+        name = key.rsplit(".", 1)[-1]
+        assert yaml.safe_load(f"{name}: {value}") == {name: value}, f"{key}: {value!r}"
+        cfg = load_config("demo", [f"{key}={value}"])
+        for part in key.split("."):
+            cfg = getattr(cfg, part)
+        assert cfg == value, key
+
+
+def config_fields(section=None, prefix: str = ""):
+    """(dotted key, type hint) of every setting, sub-sections (dit.blocks, ...) included."""
+    import dataclasses
+    import typing
+
+    section = section if section is not None else Config()
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from config_fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name]
 
 
 def test_textldm_config_prints_the_resolved_config_and_every_key(capsys):
@@ -153,22 +170,16 @@ def test_out_of_range_and_non_finite_values_are_refused_by_name(override, fragme
 
 
 ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_block",
-             "dit.context_layer"}  # negative values mean something (the layers: checked against the LM when loaded)
+             "dit.context_lm.layer"}  # negative values mean something (the layers: checked against the LM when loaded)
 
 
 def numeric_keys():
-    import dataclasses
     import typing
 
-    cfg = Config()
-    for top in dataclasses.fields(cfg):
-        section = getattr(cfg, top.name)
-        fields = dataclasses.fields(section) if dataclasses.is_dataclass(section) else [top]
-        hints = typing.get_type_hints(type(section) if dataclasses.is_dataclass(section) else Config)
-        for f in fields:
-            tp = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)][0]
-            if tp in (int, float):
-                yield (f"{top.name}.{f.name}" if dataclasses.is_dataclass(section) else f.name), tp
+    for key, hint in config_fields():
+        tp = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)][0]
+        if tp in (int, float):
+            yield key, tp
 
 
 @pytest.mark.parametrize("key,tp", list(numeric_keys()), ids=lambda x: x if isinstance(x, str) else "")
@@ -190,8 +201,56 @@ def test_every_mode_says_what_it_trains_and_where_its_text_s_knowledge_comes_fro
     full, block = what_it_is(load_config("demo", list(FULL_WINDOW))), what_it_is(load_config("demo"))
     assert full.startswith("the full window") and "trained from scratch on 'embedded'" in full
     assert block.startswith("block-causal, 1 token a block; the VAE and the DiT are trained from scratch")
-    assert "4 tokens a block" in what_it_is(load_config("demo", ["dit.block_size=4", "vae.encoder_block_size=4"]))
+    assert "4 tokens a block" in what_it_is(load_config("demo", ["dit.blocks.size=4", "vae.encoder_block_size=4"]))
     lm = what_it_is(load_config("context-lm"))
     assert "frozen LM smollm2-135m" in lm and "next-token prediction (top 32)" in lm and "LM's pretraining" in lm
     assert lm.endswith("(the from-scratch demo: --config demo)") and "from scratch on" not in lm
     assert "next-token probabilities together (sample.lm_prior 1)" in lm  # the preset's decoding reads the LM
+
+
+BLOCKS = ["vae.encoder_block_size=1", "dit.context_max=8", "dit.target_min=8", "dit.target_max=8", "vae.max_len=16"]
+
+
+@pytest.mark.parametrize("old,new", [
+    (["dit.block_size=4"], ["dit.mode=blocks", "dit.blocks.size=4"]),
+    (["dit.block_size=2", "dit.block_uncond=null_latent", "dit.block_t=shared"],
+     ["dit.mode=blocks", "dit.blocks.size=2", "dit.blocks.uncond=null_latent", "dit.blocks.t=shared"]),
+    (["dit.context_encoder=my-lm", "dit.block_size=1", "dit.context_prediction=8"],  # either order: the LM's mode
+     ["dit.mode=context_lm", "dit.context_lm.encoder=my-lm", "dit.blocks.size=1", "dit.context_lm.prediction=8"]),
+    (["dit.block_size=1", "dit.context_encoder=my-lm", "dit.context_layer=-2", "dit.context_train_layers=2"],
+     ["dit.mode=context_lm", "dit.context_lm.encoder=my-lm", "dit.context_lm.layer=-2",
+      "dit.context_lm.train_layers=2"]),
+    (["dit.block_size=4", "dit.block_size=0"], ["dit.mode=window"]),
+    (["dit.context_encoder=my-lm", "dit.block_size=1", "dit.context_encoder="], ["dit.mode=blocks"]),
+    (["dit.block_size=0", "dit.infill_prob=0.3", "dit.context_cache=true", "dit.pooled_context=false"],
+     ["dit.window.infill_prob=0.3", "dit.window.context_cache=true", "dit.window.pooled_context=false"]),
+])
+def test_05_dit_keys_are_read_as_the_mode_and_its_section(old, new):
+    """0.4/0.5's flags (the mode inferred from dit.block_size and dit.context_encoder) still work: as overrides in any
+    order they give the config today's keys give."""
+    assert load_config(None, BLOCKS + old) == load_config(None, BLOCKS + new)
+
+
+def test_a_05_saved_config_is_read_as_its_mode_and_drops_what_that_mode_ignored():
+    """A whole 0.5 DiT section (a saved model's config.json: every key present): the mode from block_size and
+    context_encoder, and a mode's settings that 0.5 ignored in the other modes dropped (not refused)."""
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(__file__).parent / "fixtures/legacy_0_5/context_lm/config.json").read_text())["config"]
+    assert saved["dit"]["block_size"] == 1 and "mode" not in saved["dit"]
+    cfg = config_from_dict(saved)
+    assert cfg.dit.mode == "context_lm" and cfg.dit.context_lm.prediction == 4 and cfg.dit.blocks.size == 1
+    window = json.loads((Path(__file__).parent / "fixtures/legacy_0_5/window_levers/config.json").read_text())
+    window["config"]["dit"]["block_uncond"] = "null_latent"  # ignored by 0.5's full window
+    cfg = config_from_dict(window["config"])
+    assert cfg.dit.mode == "window" and cfg.dit.window.infill_prob == 0.3 and cfg.dit.blocks.uncond == "empty"
+    assert config_from_dict(to_dict(cfg)) == cfg  # today's dict round-trips
+
+
+@pytest.mark.parametrize("preset,override,section", [
+    ("demo", "dit.window.infill_prob=0.3", "dit.window"), (None, "dit.blocks.size=4", "dit.blocks"),
+    (None, "dit.context_lm.layer=-2", "dit.context_lm"), ("demo", "dit.context_lm.features=auto", "dit.context_lm")])
+def test_a_mode_refuses_the_settings_of_a_mode_it_is_not(preset, override, section):
+    with pytest.raises(UserError, match=f"{section} settings are not read by dit.mode="):
+        load_config(preset, BLOCKS * (preset is None) + [override])

@@ -12,9 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from builders import RandomStream, mode_of, new_dit, perturbed
+from builders import RandomStream, dit_config, mode_of, new_dit, perturbed
 from test_serve import LIMITS
-from textldm.config import DiTConfig, VAEConfig
+from textldm.config import VAEConfig
 from textldm.models.vae import TextVAE
 from textldm.serving.app import create_app
 from textldm.utils import cut_at_stop
@@ -238,8 +238,8 @@ def block_setup(block_t: str = "per_block"):
     torch.manual_seed(0)
     vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
                             repa_weight=0.0, encoder_block_size=1), 40).eval().requires_grad_(False)
-    cfg = DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2, target_max=6,
-                    block_size=3, block_t=block_t)
+    cfg = dit_config("blocks", blocks={"size": 3, "t": block_t}, width=32, heads=2, depth=2, context_min=2,
+                     context_max=6, target_min=2, target_max=6)
     mode = mode_of(perturbed(new_dit(cfg, 8)))
     return vae, mode
 
@@ -257,7 +257,7 @@ def test_block_mode_noises_each_position_with_its_own_blocks_time(monkeypatch):
         return torch.zeros_like(x_t)
     monkeypatch.setattr(mode.dit, "forward_blocks", spy)
     mode.errors(batch, None)
-    B = mode.dit.cfg.block_size
+    B = mode.dit.cfg.blocks.size
     assert torch.equal(seen["t"], batch["t"])
     for p in range(batch["clean"].shape[1]):
         t = batch["t"][:, p // B, None]
@@ -299,21 +299,21 @@ def test_the_loss_averages_exactly_the_real_target_tokens(kind):
     torch.manual_seed(0)
     vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=16,
                             repa_weight=0.0, encoder_block_size=1), 40).eval().requires_grad_(False)
-    cfg = DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=1, target_max=6,
-                    block_size=3 if kind == "blocks" else 0)
+    cfg = dit_config(kind, blocks={"size": 3} if kind == "blocks" else None, width=32, heads=2, depth=2,
+                     context_min=2, context_max=6, target_min=1, target_max=6)
     mode = mode_of(perturbed(new_dit(cfg, 8)))
     N, g = 8, torch.Generator().manual_seed(5)
     batch = mode.batch(RandomStream(), vae, N, g, slice(None), torch.device("cpu"))
     replay = torch.Generator().manual_seed(5)
-    RandomStream().windows(N, cfg.window, replay)
+    RandomStream().windows(N, cfg.window_tokens, replay)
     if kind == "window":
         torch.randint(cfg.context_min, cfg.context_max + 1, (N,), generator=replay)
         lengths = torch.randint(cfg.target_min, cfg.target_max + 1, (N,), generator=replay)
         real = torch.arange(cfg.target_max)[None] < lengths[:, None]
         assert lengths.min() < cfg.target_max  # some rows are padded
     else:
-        pad = torch.randint(0, cfg.block_size, (N,), generator=replay)
-        real = torch.arange(cfg.window)[None] >= pad[:, None]
+        pad = torch.randint(0, cfg.blocks.size, (N,), generator=replay)
+        real = torch.arange(cfg.window_tokens)[None] >= pad[:, None]
         assert pad.max() > 0
     errors = mode.errors(batch, batch["drop"]).detach()
     by_hand = torch.stack([errors[i][real[i]].mean() for i in range(N)]).mean()

@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from builders import TEACHER_DIM, RandomStream, fake_teacher, mode_of, new_dit
-from textldm.config import DiTConfig, TrainConfig, VAEConfig
+from builders import TEACHER_DIM, RandomStream, dit_config, fake_teacher, mode_of, new_dit
+from textldm.config import TrainConfig, VAEConfig
 from textldm.models.vae import TextVAE
 from textldm.training.batches import dit_batches, vae_batches
 from textldm.training.loop import fit
@@ -31,8 +31,8 @@ def build(kind: str):
         batches = vae_batches(RandomStream(), vae.cfg, TRAIN.batch_size, seed=3, device=torch.device("cpu"),
                               teacher=fake_teacher(VOCAB))
         return vae, VAEObjective(vae), batches
-    dit_cfg = DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2, target_max=6,
-                        block_size=2, block_uncond=kind.removeprefix("dit_"))
+    dit_cfg = dit_config("blocks", blocks={"size": 2, "uncond": kind.removeprefix("dit_")}, width=32, heads=2, depth=2,
+                         context_min=2, context_max=6, target_min=2, target_max=6)
     mode = mode_of(new_dit(dit_cfg, cfg.latent_channels))
     batches = dit_batches(RandomStream(VOCAB), vae.eval().requires_grad_(False), mode, TRAIN.batch_size, seed=3,
                           device=torch.device("cpu"))
@@ -139,17 +139,19 @@ def test_torchrun_demo_end_to_end(tmp_path, tiny_model_dir, tiny_corpus, full_wi
 
 
 @pytest.mark.parametrize("mode", [
-    {}, {"t_conditioning": False}, {"infill_prob": 0.5}, {"self_condition_prob": 0.5}, {"context_cache": True},
-    {"null_context": "zeros"}, {"block_size": 2}, {"block_size": 2, "block_uncond": "null_latent"},
-    {"block_size": 2, "block_t": "shared"}], ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "paper")
+    {}, {"t_conditioning": False}, {"window": {"infill_prob": 0.5}}, {"self_condition_prob": 0.5},
+    {"window": {"context_cache": True}}, {"null_context": "zeros"}, {"mode": "blocks", "blocks": {"size": 2}},
+    {"mode": "blocks", "blocks": {"size": 2, "uncond": "null_latent"}},
+    {"mode": "blocks", "blocks": {"size": 2, "t": "shared"}}],
+    ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "paper")
 def test_every_trained_parameter_is_in_every_modes_graph(mode):
     """What DDP needs (without find_unused_parameters): every parameter the optimizer trains gets a gradient from one
     step's loss, in every generation mode and lever - a parameter a mode never reads must not be trained in it."""
     torch.manual_seed(0)
     vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=8, max_len=12,
-                            repa_weight=0.0, encoder_block_size=int("block_size" in mode)), VOCAB).eval()
-    cfg = DiTConfig(width=32, heads=2, depth=1, context_min=2, context_max=6, target_min=2, target_max=6,
-                    p_uncond=0.5, **mode)
+                            repa_weight=0.0, encoder_block_size=int("blocks" in mode)), VOCAB).eval()
+    cfg = dit_config(**mode, width=32, heads=2, depth=1, context_min=2, context_max=6, target_min=2, target_max=6,
+                     p_uncond=0.5)
     dit = new_dit(cfg, 8)
     mode = mode_of(dit)
     loss, _ = mode(dit_batches(RandomStream(VOCAB), vae.requires_grad_(False), mode, 16, seed=0,

@@ -233,7 +233,7 @@ def test_train_ar_writes_a_loadable_checkpoint(runs_and_bench):
     pipe = ARPipeline.from_pretrained(out / "arrun" / "ar")
     report = json.loads((out / "arrun" / "ar" / "config.json").read_text())["report"]
     assert report["ar_eval"]["perplexity"] > 1 and report["ar_train"]["steps"] == 20
-    assert report["ar_seq_len"] == 24  # the tiny config's dit.window
+    assert report["ar_seq_len"] == 24  # the tiny config's dit.window_tokens
     ids = pipe.generate_ids([[5, 6, 7]], 4, temperature=0)
     assert len(ids) == 1 and len(ids[0]) <= 4
     log = [json.loads(line) for line in (out / "arrun" / "ar_log.jsonl").read_text().splitlines()]

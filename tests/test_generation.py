@@ -1,11 +1,13 @@
 """The generation modes as one object each (generation/): chosen once from the DiT config, the objective the one
 source of every DiT loss number (training's and the held-out report's), and classifier-free guidance stated once
 (diffusion/guidance.py)."""
+import typing
+
 import pytest
 import torch
 
-from builders import RandomStream, mode_of, new_dit
-from textldm.config import DiTConfig, SampleConfig, VAEConfig, load_config
+from builders import RandomStream, dit_config, mode_of, new_dit
+from textldm.config import DiTConfig, Mode, SampleConfig, VAEConfig, load_config
 from textldm.diffusion.guidance import Guidance, combine, interval_problem
 from textldm.errors import UserError
 from textldm.generation import MODES, Blocks, FullWindow, mode_class
@@ -17,9 +19,9 @@ VOCAB, C = 30, 8
 SHAPE = {"width": 32, "heads": 2, "depth": 1, "context_min": 2, "context_max": 4, "target_min": 2, "target_max": 4}
 
 
-def test_the_mode_is_chosen_from_the_block_size_alone():
-    assert mode_class(DiTConfig()) is FullWindow and mode_class(DiTConfig(block_size=2)) is Blocks
-    assert all(sum(m.selects(DiTConfig(block_size=b)) for m in MODES) == 1 for b in (0, 1, 2, 8))  # exactly one
+def test_the_mode_is_the_one_dit_mode_names():
+    assert mode_class(DiTConfig()) is FullWindow and mode_class(dit_config("blocks")) is Blocks
+    assert sorted(m.name for m in MODES) == sorted(typing.get_args(Mode))  # one class per value of dit.mode
 
 
 def test_guidance_formula_interval_and_evaluation_count():
@@ -51,7 +53,7 @@ def test_every_dit_loss_number_is_the_objectives_errors(block, monkeypatch):
     torch.manual_seed(0)
     vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=C, max_len=8,
                             repa_weight=0.0, encoder_block_size=int(block > 0)), VOCAB).eval()
-    mode = mode_of(new_dit(DiTConfig(block_size=block, **SHAPE), C))
+    mode = mode_of(new_dit(dit_config("blocks", blocks={"size": block}, **SHAPE) if block else DiTConfig(**SHAPE), C))
     calls = []
 
     def errors(batch, drop, self_cond=None):  # 1 where the prompt is kept, 3 where dropped; (N, L) like the real one

@@ -22,11 +22,10 @@ ALLOWED = {  # folder -> the textldm modules / folders it may import
     "evaluation": BASE | {"models", "diffusion", "data", "generation", "training", "evaluation", "pipeline", "export"},
     "serving": BASE | {"models", "diffusion", "generation", "pipeline", "serving"},
 }
-# a test of the block size - the switch between generation modes - is allowed only in the modes themselves
-MODE_FILES = {"generation/window.py", "generation/blocks.py", "generation/lm_blocks.py"}
-NAME = r"(?<!\w)block_size"  # not encoder_block_size: the VAE's own attention setting
-BLOCK_SWITCH = re.compile(rf"{NAME}\s*(==|!=|<=|>=|<|>)|(\bif|\bnot|\band|\bor|\belse)\s+[\w.]*{NAME}\b(?!\s*[=(])"
-                          rf"|{NAME}\s+(if|and|or)\b")
+# a test of dit.mode - the switch between generation modes - is allowed only where the mode is defined: the config
+# (its sections and rules) and the DiT (which parts the network has); everywhere else the mode's class decides
+MODE_FILES = {"config.py", "models/dit.py"}
+MODE_SWITCH = re.compile(r"\bmode\s*(==|!=|\bin\b|\bnot in\b)")
 
 
 def textldm_imports(path: Path) -> set[str]:
@@ -61,23 +60,21 @@ def test_functions_fit_on_a_screen(root, limit):
 
 
 def test_the_generation_mode_is_chosen_in_the_mode_module_alone():
-    """No `if block_size` (or comparison, or `block_size and ...`) outside generation/window.py and blocks.py: a new
-    mode is a new class there, not a branch in every file that differs between modes."""
+    """No `mode == ...` (or !=, in) outside the config and the DiT: a new mode is a new class of `generation`, not a
+    branch in every file that differs between modes (a config section the mode reads is asked with `dit.reads`)."""
     found = []
     for path in SRC.rglob("*.py"):
         if str(path.relative_to(SRC)) in MODE_FILES:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
-            if "block_size" in code and not code.strip().startswith(("\"", "'")) and BLOCK_SWITCH.search(code):
+            if MODE_SWITCH.search(code) and not code.strip().startswith(("\"", "'")):
                 found.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
-    assert not found, "block-size switches outside the mode module:\n" + "\n".join(found)
+    assert not found, "mode switches outside the mode module:\n" + "\n".join(found)
 
 
 def test_the_switch_check_sees_the_forms_it_forbids():
-    for line in ("if cfg.dit.block_size:", "x = a if d.block_size else b", "reads = d.block_size == 0 or y",
-                 "if not self.config.dit.block_size or state is None:", "pooled and cfg.block_size == 0"):
-        assert BLOCK_SWITCH.search(line), line
-    for line in ("B = cfg.block_size", "block_index(n, self.cfg.block_size, device)", "block_size: int = 0",
-                 "length // dit.cfg.block_size", '("block_size", "[0, inf)")', "if cfg.encoder_block_size == 0:"):
-        assert not BLOCK_SWITCH.search(line), line
+    for line in ("if cfg.dit.mode == 'blocks':", "x = a if d.mode != 'window' else b", "if d.mode in ('blocks',):"):
+        assert MODE_SWITCH.search(line), line
+    for line in ("mode = mode_class(cfg.dit)", "d.reads('blocks')", "self.mode.generate(...)", "model == x"):
+        assert not MODE_SWITCH.search(line), line

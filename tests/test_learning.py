@@ -17,7 +17,7 @@ margins, in docs/testing.md.
 import pytest
 import torch
 
-from builders import mode_of, new_dit
+from builders import dit_config, mode_of, new_dit
 from textldm.config import Config, DiTConfig, SampleConfig, TrainConfig, VAEConfig
 from textldm.evaluation.heldout import position_agreement, same_noise_agreement
 from textldm.models.dit import TextDiT
@@ -66,9 +66,10 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
     dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX,
                         target_min=PERIOD, target_max=PERIOD)
     if block_size:  # windows of 16 tokens (the VAE's max_len), blocks of `block_size`
-        dit_cfg = DiTConfig(width=64, depth=2, heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1,
-                            target_min=PERIOD, target_max=16 - CONTEXT_MAX - 1, block_size=block_size,
-                            context_encoder=context_encoder)
+        dit_cfg = dit_config("context_lm" if context_encoder else "blocks", blocks={"size": block_size},
+                             context_lm={"encoder": context_encoder} if context_encoder else None, width=64, depth=2,
+                             heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1, target_min=PERIOD,
+                             target_max=16 - CONTEXT_MAX - 1)
     mode = mode_of(new_dit(dit_cfg, vae_cfg.latent_channels))
     dit = mode.dit
     fit(mode, dit_batches(stream, vae, mode, 64, seed=2 + seed, device=torch.device("cpu")),
@@ -200,7 +201,7 @@ def learned_lm_blocks(tiny_model_dir):
 
 
 def test_the_lm_prefix_mode_learns_the_copy_task_through_the_lm_states(learned_lm_blocks):
-    """dit.context_encoder (a random 4-layer LLaMA here): the prefix is the LM's states, never the VAE's latents, so
+    """dit.mode=context_lm (a random 4-layer LLaMA here): the prefix is the LM's states, never the VAE's latents, so
     the copy can only be learned through them; without the prefix (CFG's null branch) it is near chance."""
     pipe, prompts, truths = learned_lm_blocks
     acc = accuracy(pipe.generate_ids(prompts, length=2 * PERIOD), [t + t for t in truths])

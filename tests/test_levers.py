@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from builders import guided_velocity, mode_of
+from builders import dit_config, guided_velocity, mode_of
 from test_recipe import C, perturbed, tiny_pipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
@@ -21,9 +21,9 @@ from textldm.training.objectives import decoder_noise, vae_loss
 from textldm.training.perf import dit_flops_per_sequence
 
 
-def self_cond_dit(**kw) -> TextDiT:
+def self_cond_dit(window: dict | None = None, **kw) -> TextDiT:
     torch.manual_seed(0)
-    return TextDiT(DiTConfig(width=32, heads=2, depth=2, self_condition_prob=0.5, **kw), C)
+    return TextDiT(dit_config(window=window, width=32, heads=2, depth=2, self_condition_prob=0.5, **kw), C)
 
 
 def recorded_steps(monkeypatch, mode_module) -> list:
@@ -129,7 +129,7 @@ def test_self_conditioning_costs_are_counted_and_the_setting_is_validated():
 
 
 def test_cached_context_with_self_conditioning_matches_the_full_forward():
-    dit = perturbed(self_cond_dit(context_cache=True))
+    dit = perturbed(self_cond_dit(window={"context_cache": True}))
     x, t, ctx = torch.randn(2, 5, C), torch.rand(2), torch.randn(2, 4, C)
     full = guided_velocity(dit, x, t, 3.0, context_cache=False, evaluations=2, context=ctx)
     cached = guided_velocity(dit, x, t, 3.0, evaluations=2, context=ctx)  # the second reads the first's estimate
@@ -261,9 +261,10 @@ def test_block_mode_self_conditioning_costs_are_counted():
     from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
 
     sc = tiny_dit(self_condition_prob=0.5)
-    assert mode_of(sc).train_flops(8) == (TRAIN_FACTOR + 0.5) * 8 * dit_block_flops_per_sequence(sc, sc.cfg.window)
-    load_config(None, ["dit.block_size=8", "vae.encoder_block_size=1", "dit.context_max=32", "dit.target_max=32",
-                       "vae.max_len=64", "dit.self_condition_prob=0.5"])  # block mode takes it
+    expected = (TRAIN_FACTOR + 0.5) * 8 * dit_block_flops_per_sequence(sc, sc.cfg.window_tokens)
+    assert mode_of(sc).train_flops(8) == expected
+    load_config(None, ["dit.mode=blocks", "dit.blocks.size=8", "vae.encoder_block_size=1", "dit.context_max=32",
+                       "dit.target_max=32", "vae.max_len=64", "dit.self_condition_prob=0.5"])  # block mode takes it
 
 
 # --- robust decoder -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Block mode with a pretrained context encoder (dit.context_encoder): the LM's states as the clean prefix - no leak
+"""Block mode with a pretrained context encoder (dit.mode=context_lm): the LM's states as the clean prefix - no leak
 from later tokens, the KV-cached states equal a fresh forward, precomputed states equal live ones, the block sampler
 equals a hand-written loop, rows ending under CFG, the config checks, and a tiny model that must learn through it."""
 import json
@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from builders import RandomStream, perturbed
-from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
+from builders import RandomStream, dit_config, perturbed
+from textldm.config import Config, SampleConfig, VAEConfig, load_config
 from textldm.errors import UserError
 from textldm.generation import LMBlocks, mode_class
 from textldm.models.teacher import Teacher, load_tokenizer
@@ -45,21 +45,21 @@ def tiny_vae(seed: int = 0) -> TextVAE:
 def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot: int = -1,
                 prediction: int = 0) -> TextLDMPipeline:
     torch.manual_seed(1)
-    d = DiTConfig(width=32, depth=2, heads=2, block_size=BLOCK, block_uncond=uncond, context_min=4,
-                  context_max=CONTEXT, target_min=4, target_max=TARGET, context_encoder=lm_dir,
-                  context_prediction=prediction)
+    d = dit_config("context_lm", blocks={"size": BLOCK, "uncond": uncond},
+                   context_lm={"encoder": lm_dir, "prediction": prediction}, width=32, depth=2, heads=2,
+                   context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET)
     dit = perturbed(LMBlocks.new_dit(d, C), 0.2, 1).eval()
     vae = tiny_vae()
     cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
     return TextLDMPipeline(cfg, None, vae, dit, eot_id=eot)
 
 
-def test_the_context_encoder_selects_the_lm_mode_and_its_projection(lm_dir):
-    d = DiTConfig(block_size=BLOCK, context_encoder=lm_dir)
-    assert mode_class(d) is LMBlocks and mode_class(DiTConfig(block_size=BLOCK)).__name__ == "Blocks"
+def test_the_context_lm_mode_selects_the_lm_mode_and_its_projection(lm_dir):
+    d = dit_config("context_lm", blocks={"size": BLOCK}, context_lm={"encoder": lm_dir})
+    assert mode_class(d) is LMBlocks and mode_class(dit_config("blocks", blocks={"size": BLOCK})).__name__ == "Blocks"
     dit = LMBlocks.new_dit(d, C)
     assert dit.prefix_in[-1].in_features == HIDDEN and dit.null_context.shape == (HIDDEN,)
-    d.context_prediction = 3  # the LM's prediction beside its state: twice its width
+    d.context_lm.prediction = 3  # the LM's prediction beside its state: twice its width
     assert LMBlocks.new_dit(d, C).prefix_in[-1].in_features == 2 * HIDDEN
 
 
@@ -247,7 +247,7 @@ def test_rows_ending_at_different_blocks_keep_the_others_exact(lm_dir):
 
 @pytest.mark.parametrize("prediction", [0, 3])
 def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny_corpus, cache_home, prediction):
-    """dit.context_features=auto: the LM's states of fixed windows stored once (float16) equal a fresh forward over
+    """dit.context_lm.features=auto: the LM's states of fixed windows stored once (float16) equal a fresh forward over
     those windows, training batches read them, and a second source reuses the folder; with the LM's prediction
     (twice the width) the folder is another, and a folder of the other width is refused."""
     from conftest import tiny_overrides
@@ -255,12 +255,14 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     from textldm.training.teacher_cache import TeacherCache
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
-                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=12",
-                       "vae.encoder_block_size=1", "dit.block_size=4", f"dit.context_prediction={prediction}"])
+                      ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
+                       "dit.context_lm.features=auto", "dit.context_lm.windows=12", "vae.encoder_block_size=1",
+                       "dit.blocks.size=4",
+                       f"dit.context_lm.prediction={prediction}"])
     _, _, train, _ = stages.prepare_data(cfg)
     mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     cache = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
-    assert isinstance(cache, TeacherCache) and len(cache) == 12 and cache.length == cfg.dit.window
+    assert isinstance(cache, TeacherCache) and len(cache) == 12 and cache.length == cfg.dit.window_tokens
     assert cache.meta["hidden"] == 32 * (2 if prediction else 1) == mode.lm.hidden_size
     idx = torch.tensor([0, 5, 11])
     fresh = mode.lm(cache.ids(idx))
@@ -274,11 +276,12 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     mtime = features.stat().st_mtime_ns
     again = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
-    cfg.dit.context_prediction = 3 - prediction  # the other width: another auto folder; this one named is refused
+    cfg.dit.context_lm.prediction = 3 - prediction  # the other width: another auto folder; this one named is refused
     other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     assert Path(other.training_source(cfg, train, torch.device("cpu"), False).features_map.filename) != features
-    cfg.dit.context_features = str(features.parent)
-    refused = f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window}, {other.lm.hidden_size}"
+    cfg.dit.context_lm.features = str(features.parent)
+    refused = (f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window_tokens}, "
+               f"{other.lm.hidden_size}")
     with pytest.raises(UserError, match=refused):
         other.training_source(cfg, train, torch.device("cpu"), False)
 
@@ -291,7 +294,8 @@ def test_many_passes_over_precomputed_windows_warn(caplog):
         assert warn_repeated_windows(600, 64, 1500) == pytest.approx(25.6)
         assert not caplog.records
         assert warn_repeated_windows(1200, 64, 1500) == pytest.approx(51.2) and 51.2 > MAX_PASSES
-    assert "51 times" in caplog.text and "dit.context_windows" in caplog.text and "dit.context_features" in caplog.text
+    assert "51 times" in caplog.text and "dit.context_lm.windows" in caplog.text
+    assert "dit.context_lm.features" in caplog.text
     assert warn_repeated_windows(None, 64, 10) is None
 
 
@@ -302,10 +306,11 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     from textldm.models.teacher import Teacher
     from textldm.training import stages
 
-    shared = ["dit.context_features=auto", "dit.context_windows=12", "vae.teacher_cache=auto",
-              "vae.teacher_cache_windows=12", "vae.max_len=24", "vae.encoder_block_size=1", "dit.block_size=4"]
+    shared = ["dit.mode=context_lm", "dit.context_lm.features=auto", "dit.context_lm.windows=12",
+              "vae.teacher_cache=auto", "vae.teacher_cache_windows=12", "vae.max_len=24", "vae.encoder_block_size=1",
+              "dit.blocks.size=4"]
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
-                      shared + [f"dit.context_encoder={tiny_model_dir}", "dit.context_layer=-2"])
+                      shared + [f"dit.context_lm.encoder={tiny_model_dir}", "dit.context_lm.layer=-2"])
     _, _, train, _ = stages.prepare_data(cfg)
     repa = stages.teacher_cache(cfg, train, Teacher(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
     features = Path(repa.features_map.filename)
@@ -313,21 +318,21 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     context = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(context.features_map.filename) == features and features.stat().st_mtime_ns == mtime
-    cfg.dit.context_layer = -1
+    cfg.dit.context_lm.layer = -1
     other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels)).training_source(cfg, train,
                                                                                           torch.device("cpu"), False)
     assert Path(other.features_map.filename) != features
 
 
 def test_lm_mode_config_checks(lm_dir):
-    """The LM needs block mode; precomputed-window counts need precomputing on."""
-    with pytest.raises(UserError, match="needs block mode"):
-        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=0", "vae.encoder_block_size=0"])
-    with pytest.raises(UserError, match="dit.context_features"):
-        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1",
-                           "dit.context_windows=10"])
+    """The LM's settings need its mode; precomputed-window counts need precomputing on; its blocks a causal VAE."""
+    lm = ["dit.mode=context_lm", f"dit.context_lm.encoder={lm_dir}", "dit.blocks.size=4"]
+    with pytest.raises(UserError, match="dit.context_lm settings are not read by dit.mode=window"):
+        load_config(None, [f"dit.context_lm.encoder={lm_dir}"])
+    with pytest.raises(UserError, match="dit.context_lm.features"):
+        load_config(None, lm + ["vae.encoder_block_size=1", "dit.context_lm.windows=10"])
     with pytest.raises(UserError, match="block-causal VAE"):
-        load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=0"])
+        load_config(None, lm + ["vae.encoder_block_size=0"])
     load_config(None, [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1"])  # valid
 
 
@@ -369,7 +374,8 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
-                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_features=auto", "dit.context_windows=16",
+                      ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
+                       "dit.context_lm.features=auto", "dit.context_lm.windows=16",
                        f"metrics.second_judge={tiny_model_dir}"])
     report = demo.demo(cfg, progress=False)
     e, c = report["dit_eval"], report["continuations"]
@@ -384,7 +390,7 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
     assert f"What this run is: {report['what_it_is']}" in (tmp_path / "report.md").read_text()
     assert list((tmp_path / "cache").rglob("features.bin"))  # trained from precomputed states
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
-    assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_encoder == tiny_model_dir
+    assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_lm.encoder == tiny_model_dir
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
     first = pipe.generate_ids([ids], length=5, seed=3)[0]
     assert 0 < len(first) <= 5 and pipe.generate_ids([ids], length=5, seed=3)[0] == first
@@ -399,7 +405,7 @@ def served_like_the_python_api(pipe: TextLDMPipeline) -> None:
     from textldm.serving.app import create_app
 
     client = TestClient(create_app(pipe, None))
-    length = pipe.config.dit.window + 3
+    length = pipe.config.dit.window_tokens + 3
     body = {"prompt": "the of and", "max_tokens": length, "seed": 3, "steps": 2}
     r = client.post("/v1/completions", json=body).json()
     expected = pipe.generate("the of and", length=length, seed=3, steps=2)[0]
@@ -417,15 +423,16 @@ def word_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
 
 
 def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_saved(lm_dir, tmp_path):
-    """dit.context_train_layers=1: only the LM's last block gets gradients, one AdamW step moves it by lr x
-    dit.context_lr_scale (Adam's first step moves every weight by ~lr) and the DiT by lr, its matrix products join
+    """dit.context_lm.train_layers=1: only the LM's last block gets gradients, one AdamW step moves it by lr x
+    dit.context_lm.lr_scale (Adam's first step moves every weight by ~lr) and the DiT by lr, its matrix products join
     the counted FLOPs, and the model folder keeps the trained block: reloaded, the LM gives the trained states."""
     from textldm.config import TrainConfig
     from textldm.training.loop import _set_lr, make_optimizer
 
     torch.manual_seed(1)
-    d = DiTConfig(width=32, depth=2, heads=2, block_size=BLOCK, context_min=4, context_max=CONTEXT, target_min=4,
-                  target_max=TARGET, context_encoder=lm_dir, context_train_layers=1, context_lr_scale=0.25)
+    d = dit_config("context_lm", blocks={"size": BLOCK},
+                   context_lm={"encoder": lm_dir, "train_layers": 1, "lr_scale": 0.25}, width=32, depth=2, heads=2,
+                   context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET)
     mode, vae = LMBlocks(perturbed(LMBlocks.new_dit(d, C), 0.2, 1)), tiny_vae()  # (adaLN-Zero: no gradient at 0)
     layers = mode.lm.layers
     assert all(p.requires_grad for p in layers[-1].parameters())
@@ -446,7 +453,7 @@ def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_
                    for p, b in zip([p for p in mode.dit.parameters() if p.grad is not None], dit_before))
     assert lm_step == pytest.approx(0.25e-2, rel=0.02) and dit_step == pytest.approx(1e-2, rel=0.02)
 
-    frozen = LMBlocks(LMBlocks.new_dit(DiTConfig(**{**vars(d), "context_train_layers": 0}), C))
+    frozen = LMBlocks(LMBlocks.new_dit(replace(d, context_lm=replace(d.context_lm, train_layers=0)), C))
     matrices = sum(p.numel() for p in layers[-1].parameters() if p.dim() >= 2)
     assert mode.train_flops(4) - frozen.train_flops(4) == 3 * 4 * (CONTEXT + TARGET) * 2 * matrices
 
@@ -461,20 +468,21 @@ def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_
 
 
 def test_trained_lm_blocks_refuse_precomputed_states_fsdp_and_more_blocks_than_run(lm_dir):
-    base = [f"dit.context_encoder={lm_dir}", "dit.block_size=4", "vae.encoder_block_size=1",
-            "dit.context_train_layers=1"]
+    base = ["dit.mode=context_lm", f"dit.context_lm.encoder={lm_dir}", "dit.blocks.size=4",
+            "vae.encoder_block_size=1", "dit.context_lm.train_layers=1"]
     load_config(None, base)  # valid
     with pytest.raises(UserError, match="cannot be precomputed"):
-        load_config(None, base + ["dit.context_features=auto"])
+        load_config(None, base + ["dit.context_lm.features=auto"])
     with pytest.raises(UserError, match="not supported with dit_train.parallel=fsdp"):
         load_config(None, base + ["dit_train.parallel=fsdp"])
     with pytest.raises(UserError, match=r"runs 3 blocks up to its layer; use 1..3"):
-        LMBlocks(LMBlocks.new_dit(DiTConfig(block_size=BLOCK, context_encoder=lm_dir, context_train_layers=4), C))
+        LMBlocks(LMBlocks.new_dit(dit_config("context_lm", blocks={"size": BLOCK},
+                                             context_lm={"encoder": lm_dir, "train_layers": 4}), C))
 
 
 def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(tiny_model_dir, tiny_corpus, tmp_path,
                                                                                   monkeypatch):
-    """The DiT stage with dit.context_train_layers=1: the model folder's context_lm.safetensors holds the LM's last
+    """The DiT stage with dit.context_lm.train_layers=1: the model folder's context_lm.safetensors holds the LM's last
     block as training left it (moved from the pretrained weights; the blocks below untouched), and the reloaded
     pipeline's LM is that one - the trained model the stage sampled with, not a fresh copy of the pretrained LM."""
     from safetensors.torch import load_file
@@ -484,12 +492,13 @@ def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
-                      [f"dit.context_encoder={tiny_model_dir}", "dit.context_train_layers=1", "vae_train.steps=5",
+                      ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
+                       "dit.context_lm.train_layers=1", "vae_train.steps=5",
                        "dit_train.steps=6", "dit_train.lr=1e-2"])
     vae_pipe, _ = stages.train_vae(cfg, progress=False)
     pipe, _ = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False)
     saved = load_file(str(tmp_path / "model" / "context_lm.safetensors"))
-    pretrained = Teacher(tiny_model_dir, cfg.dit.context_layer)
+    pretrained = Teacher(tiny_model_dir, cfg.dit.context_lm.layer)
     fresh = pretrained.model.state_dict()
     assert saved and all(not torch.equal(v, fresh[k]) for k, v in saved.items())
     assert all(torch.equal(v, pipe.mode.lm.model.state_dict()[k]) for k, v in saved.items())

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from builders import guided_velocity
+from builders import dit_config, guided_velocity
 from textldm.config import DiTConfig, VAEConfig
 from textldm.models.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.dit import TextDiT
@@ -241,14 +241,14 @@ def test_repa_from_the_latent():
 
 
 def test_cached_context_gives_the_same_velocities():
-    """dit.context_cache: running only the targets against cached context keys/values == the full forward,
+    """dit.window.context_cache: running only the targets against cached context keys/values == the full forward,
     plain and with CFG (a [context ; null] cache), with padded contexts; and the context really does not
     depend on the noisy targets (the variant's premise)."""
     from textldm.config import DiTConfig
     from textldm.models.dit import TextDiT
 
     torch.manual_seed(0)
-    dit = TextDiT(DiTConfig(width=32, depth=3, heads=4, context_cache=True, null_context="learned"), 8)
+    dit = TextDiT(dit_config(window={"context_cache": True}, width=32, depth=3, heads=4, null_context="learned"), 8)
     with torch.no_grad():  # move off the adaLN-Zero start, where every block is the identity
         for p in dit.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -275,7 +275,7 @@ def test_cached_context_gives_the_same_velocities():
 
 
 def test_right_context_for_infilling():
-    """dit.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
+    """dit.window.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
     changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
     from textldm.config import DiTConfig
     from textldm.generation.window import right_context
@@ -283,7 +283,8 @@ def test_right_context_for_infilling():
 
     torch.manual_seed(0)
     for cacheable in (False, True):
-        dit = TextDiT(DiTConfig(width=32, depth=2, heads=4, infill_prob=0.5, context_cache=cacheable), 8)
+        window = {"infill_prob": 0.5, "context_cache": cacheable}
+        dit = TextDiT(dit_config(window=window, width=32, depth=2, heads=4), 8)
         with torch.no_grad():
             for p in dit.parameters():
                 p.add_(0.1 * torch.randn_like(p))

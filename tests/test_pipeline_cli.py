@@ -145,7 +145,7 @@ def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_
     out, _ = trained
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
-                      + ["dit_train.steps=6", "dit.context_cache=true"])
+                      + ["dit_train.steps=6", "dit.window.context_cache=true"])
     stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.dit.context_cond is not None
@@ -166,7 +166,7 @@ def test_infilling_between_two_texts(trained, tiny_model_dir, tiny_corpus, tmp_p
     with pytest.raises(UserError, match="infill_prob"):
         TextLDMPipeline.from_pretrained(out / "model").infill("The man", "of the day.")
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
-                      + ["dit_train.steps=6", "dit.infill_prob=0.5"])
+                      + ["dit_train.steps=6", "dit.window.infill_prob=0.5"])
     stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     middles = pipe.infill(["The man", "It was"], ["of the day.", "said that"], length=5, steps=3)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from builders import guided_velocity, mode_of, perturbed
+from builders import dit_config, guided_velocity, mode_of, perturbed
 from test_train import Quadratic
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.diffusion.flow import sample_t, time_grid
@@ -32,9 +32,9 @@ from textldm.utils import derive_seed
 C = 8  # latent channels
 
 
-def small_dit(**kw) -> TextDiT:
+def small_dit(window: dict | None = None, **kw) -> TextDiT:
     torch.manual_seed(0)
-    return perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, **kw), C))
+    return perturbed(TextDiT(dit_config(window=window, width=32, heads=2, depth=2, **kw), C))
 
 
 def small_vae(vocab: int = 30, **kw) -> TextVAE:
@@ -327,7 +327,7 @@ def test_the_decoder_sees_a_posterior_sample_with_the_std_not_the_variance(monke
 # --- attention: the SDPA branch (GPU, long sequences) against the explicit one --------------------------
 def test_sdpa_branch_matches_the_explicit_branch(monkeypatch):
     """The SDPA branch never runs on a CPU at test sizes: force it and compare masks and outputs."""
-    dit, cached_dit = small_dit(), small_dit(context_cache=True)
+    dit, cached_dit = small_dit(), small_dit(window={"context_cache": True})
     vae, ar = perturbed(small_vae()), perturbed(CausalLM(ARConfig(width=32, heads=2, depth=2), 30))
     x, t, ctx = torch.randn(3, 5, C), torch.rand(3), torch.randn(3, 6, C)
     ctx_mask = torch.arange(6)[None] < torch.tensor([[6], [2], [4]])
@@ -446,7 +446,7 @@ def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
 @torch.no_grad()
 def test_infill_guidance_nulls_both_contexts_in_the_unconditional_branch():
     """v = v_u + s (v_c - v_u), where v_u sees the null latent in place of the prompt AND of the right context."""
-    dit = small_dit(infill_prob=0.5).eval()
+    dit = small_dit(window={"infill_prob": 0.5}).eval()
     g = torch.Generator().manual_seed(3)
     x, ctx, right = (torch.randn(2, n, C, generator=g) for n in (4, 5, 3))
     t = torch.tensor([0.3, 0.7])
@@ -462,7 +462,7 @@ def test_infill_guidance_nulls_both_contexts_in_the_unconditional_branch():
 def test_dropped_training_rows_lose_the_right_context_too():
     """In training, a row whose prompt is dropped (CFG) gets the null latent for its right context as well; the
     other rows keep theirs."""
-    dit = small_dit(infill_prob=0.5)
+    dit = small_dit(window={"infill_prob": 0.5})
     calls = []
     original = dit.forward
 

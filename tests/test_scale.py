@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from builders import TEACHER_DIM, RandomStream, fake_teacher
+from builders import TEACHER_DIM, RandomStream, dit_config, fake_teacher
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.errors import UserError
 from textldm.models.vae import TextVAE
@@ -198,7 +198,7 @@ def test_flops_from_the_shape_match_the_counted_flops():
     # the cacheable-context DiT at sampling: one context pass, then target-only passes
     from textldm.training.perf import dit_cached_flops_per_sequence
 
-    cached = TextDiT(DiTConfig(width=64, depth=2, heads=4, context_cache=True), 8)
+    cached = TextDiT(dit_config(window={"context_cache": True}, width=64, depth=2, heads=4), 8)
     context_pass, target_pass = dit_cached_flops_per_sequence(cached, 8, 16)
     with FlopCounterMode(display=False) as counter:
         cache = cached.cache_context(ctx)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import logging
 import math
-import re
 import textwrap
 import tokenize
 import types
@@ -23,10 +23,11 @@ import yaml
 
 from textldm.diffusion.guidance import Guidance, interval_problem
 from textldm.errors import UserError
+from textldm.utils import DEVICE_HINT, DEVICE_NAME
 
 PRESET_DIR = Path(__file__).parent / "presets"
 # overrides that give the paper's full window on any preset (`demo` trains block mode since 0.3.0)
-FULL_WINDOW = ("dit.block_size=0", "vae.encoder_block_size=0", "dit.t_mean=0.0")
+FULL_WINDOW = ("dit.mode=window", "vae.encoder_block_size=0", "dit.t_mean=0.0")
 
 # the allowed values of every choice, stated once: validation, the CLI's choices and `textldm config --keys`
 # read them from here (diffusion/sampling.py's SOLVERS and diffusion/flow.py's time grids implement them)
@@ -43,9 +44,9 @@ Grid = Literal["schedule", "uniform", "shifted"]
 Pooling = Literal["mean", "last"]
 BlockTime = Literal["per_block", "shared"]
 BlockUncond = Literal["empty", "null_latent"]
-# a device name: what `device=` and --device accept ("auto" = the GPU when there is one)
-DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
-DEVICE_HINT = "use auto, cpu, cuda, cuda:N, mps or xpu"
+# how a TextDiT generates, and what it is trained on to do so: the paper's full window, block-causal blocks, or blocks
+# whose clean prefix is a pretrained LM's states; each mode's own settings are a section of dit (`MODE_SECTIONS`)
+Mode = Literal["window", "blocks", "context_lm"]
 
 
 class Checked:
@@ -68,7 +69,10 @@ class Checked:
         return in_interval(getattr(self, key), interval, f"{name}.{key}")
 
     def check(self, name: str) -> None:
-        """Raise a UserError naming the first invalid setting."""
+        """Raise a UserError naming the first invalid setting (its sub-sections', e.g. dit.blocks, first)."""
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), Checked):
+                getattr(self, f.name).check(f"{name}.{f.name}")
         _check_choices(self, name)
         _check_finite(self, name)
         for ok, message in self.rules(name):
@@ -181,14 +185,77 @@ class VAEConfig(TransformerShape):
 
 
 @dataclass
-class DiTConfig(TransformerShape):
-    """The TextDiT: shape, conditioning, levers, training windows and timesteps (`dit.*`)."""
-    depth: int = 6  # DiT blocks
-    t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
-    null_context: NullContext = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
+class WindowConfig(Checked):
+    """The paper's full window (`dit.window.*`, with dit.mode=window): a prompt, then one target of up to
+    dit.target_max tokens at once."""
     pooled_context: bool = True  # also feed the mean context latent into the adaLN condition (as SD3 does)
     context_cache: bool = False  # cacheable context: context sees only context, no t-modulation (KV computed once)
     infill_prob: float = 0.0  # share of training examples that also get the text after the target (infilling)
+    SECTION = "dit.window"
+
+    def rules(self, name):
+        return [self.within(name, "infill_prob", "[0, 1]")]
+
+
+@dataclass
+class BlocksConfig(Checked):
+    """Block-causal generation (`dit.blocks.*`, with dit.mode=blocks or context_lm; BD3-LM / Cola DLM): windows of
+    dit.context_max plus dit.target_max tokens cut into blocks of `size` tokens; every noisy block sees the clean
+    prefix of the earlier blocks and itself, never later ones, and is trained in one masked forward over [clean ;
+    noisy]; sampling goes block by block against a cached clean prefix. Needs a VAE whose vae.encoder_block_size
+    divides the block."""
+    size: int = 1  # tokens a block (1: one token a block, what the CPU demos train)
+    t: BlockTime = "per_block"  # each block its own timestep, or one shared by a window's blocks
+    # the CFG null condition: "empty" = the noisy blocks see no prefix at all; "null_latent" = the prefix's latents are
+    # replaced by the null vector (dit.null_context). (Not "null": YAML reads that as None.)
+    uncond: BlockUncond = "empty"
+    SECTION = "dit.blocks"
+
+    def rules(self, name):
+        return [self.within(name, "size", "[1, inf)")]
+
+
+@dataclass
+class ContextLMConfig(Checked):
+    """Block mode with a pretrained context encoder (`dit.context_lm.*`, with dit.mode=context_lm): the clean prefix a
+    noisy block reads is a frozen causal LM's hidden states of the earlier tokens (projected to the DiT's width)
+    instead of their VAE latents."""
+    # the LM, which must share the tokenizer (teacher.name's): the REPA teacher's alias, an HF model name or a folder
+    encoder: str = "smollm2-135m"
+    layer: int = -1  # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = final-normed)
+    # k > 0: each position's state also carries the LM's next-token prediction, the mean of its output embeddings
+    # over its top-k tokens (needs layer -1; the DiT reads twice the LM's width)
+    prediction: int = 0
+    features: str = ""  # "" = the LM runs at every training step; "auto" or a folder = precomputed to disk
+    windows: int = 0  # with features: training windows to precompute (0 = the whole split)
+    # the LM's last blocks (those up to `layer`) trained with the DiT, at lr x lr_scale (fine-tuning a pretrained LM
+    # wants a smaller step than a DiT from scratch); saved beside the DiT (context_lm.safetensors)
+    train_layers: int = 0  # 0 = the LM frozen
+    lr_scale: float = 0.1
+    SECTION = "dit.context_lm"
+
+    def rules(self, name):
+        return [(self.encoder.strip() != "", f"{name}.encoder is empty; give the LM (smollm2-135m, an HF name or a "
+                                             "folder), or another dit.mode"),
+                (self.layer != 0, f"{name}.layer 0 is the embedding output, not a layer; use 1..N or -N..-1"),
+                *(self.within(name, key, interval) for key, interval in (
+                    ("prediction", "[0, inf)"), ("windows", "[0, inf)"), ("train_layers", "[0, inf)"),
+                    ("lr_scale", "[0, inf)")))]
+
+
+# the sections each mode reads; a section a mode does not read must keep its defaults (so an invalid combination,
+# e.g. a block size in the full window, cannot be written)
+MODE_SECTIONS = {"window": ("window",), "blocks": ("blocks",), "context_lm": ("blocks", "context_lm")}
+
+
+@dataclass
+class DiTConfig(TransformerShape):
+    """The TextDiT: its generation mode (and that mode's section), shape, conditioning, levers, training windows and
+    timesteps (`dit.*`)."""
+    mode: Mode = "window"  # window (the paper's), blocks (block-causal) or context_lm (blocks on a pretrained LM)
+    depth: int = 6  # DiT layers
+    t_conditioning: bool = True  # False = the t-free variant (no timestep embedding)
+    null_context: NullContext = "learned"  # CFG null condition: "learned" vector or "zeros" (the paper's wording)
     # self-conditioning (Chen et al.): the DiT also reads its previous estimate of the clean target latents
     # through a zero-initialised projection; in training a no-grad first pass makes that estimate for this share
     # of the examples (the rest get zeros), at sampling it is the previous evaluation's estimate
@@ -202,46 +269,38 @@ class DiTConfig(TransformerShape):
     t_std: float = 1.5  # logit-normal timestep std
     p_uncond: float = 0.1  # share of training examples with the prompt dropped (the CFG null condition)
     normalize_latents: bool = True  # per-channel standardisation with the VAE's latent statistics
-    # block-causal generation (BD3-LM / Cola DLM): windows of context_max plus target_max tokens cut into blocks of
-    # block_size tokens; every noisy block sees the clean latents of the earlier blocks and itself, never later
-    # ones, and is trained in one masked forward over [clean ; noisy]; sampling goes block by block against a
-    # cached clean prefix. Needs a VAE whose vae.encoder_block_size divides it; pooled_context is not used.
-    block_size: int = 0  # 0 = the paper's full window (a prompt, then one target of up to target_max tokens)
-    block_t: BlockTime = "per_block"  # block mode: each block its own timestep, or one shared by a window's blocks
-    # block mode's CFG null condition: "empty" = the noisy blocks see no prefix at all; "null_latent" = the
-    # prefix's latents are replaced by the null vector (dit.null_context). (Not "null": YAML reads that as None.)
-    block_uncond: BlockUncond = "empty"
-    # block mode with a pretrained context encoder: the clean prefix a noisy block reads is a frozen causal LM's
-    # hidden states of the earlier tokens (projected to the DiT's width) instead of their VAE latents; the LM must
-    # share the tokenizer (teacher.name's): the REPA teacher's alias (smollm2-135m), an HF model name or a folder
-    context_encoder: str = ""  # "" = the VAE's clean latents (the paper's and plain block mode)
-    # the LM's hidden state used: HF hidden_states index, negative from the end (-1 = last: its final-normed state)
-    context_layer: int = -1
-    # k > 0: each position's state also carries the LM's next-token prediction, the mean of its output embeddings
-    # over its top-k tokens (needs context_layer -1; the DiT reads twice the LM's width)
-    context_prediction: int = 0
-    context_features: str = ""  # "" = the LM runs at every training step; "auto" or a folder = precomputed to disk
-    context_windows: int = 0  # with context_features: training windows to precompute (0 = the whole split)
-    # the LM's last blocks (those up to context_layer) trained with the DiT, at lr x context_lr_scale (fine-tuning a
-    # pretrained LM wants a smaller step than a DiT from scratch); saved beside the DiT (context_lm.safetensors)
-    context_train_layers: int = 0  # 0 = the LM frozen
-    context_lr_scale: float = 0.1
+    window: WindowConfig = field(default_factory=WindowConfig)  # dit.mode=window's settings
+    blocks: BlocksConfig = field(default_factory=BlocksConfig)  # dit.mode=blocks' (and context_lm's) settings
+    context_lm: ContextLMConfig = field(default_factory=ContextLMConfig)  # dit.mode=context_lm's settings
     SECTION = "dit"
 
     @property
-    def window(self) -> int:
+    def window_tokens(self) -> int:
         """The longest prompt + continuation the DiT is trained on, the one place it is summed (block mode cuts it into
         blocks; the AR baseline's default window)."""
         return self.context_max + self.target_max
 
+    @property
+    def prefix_length(self) -> int:
+        """Block modes: a window's first positions for the prompt, dit.context_max rounded up to whole blocks (a shorter
+        prompt is left-padded to it, the layout of every batch)."""
+        return -(-self.context_max // self.blocks.size) * self.blocks.size
+
+    def reads(self, section: str) -> bool:
+        """Whether this mode reads the settings section `section` (window, blocks, context_lm)."""
+        return section in MODE_SECTIONS[self.mode]
+
     def rules(self, name):
-        return super().rules(name) + [self.within(name, key, interval) for key, interval in (
-            ("depth", "[1, inf)"), ("infill_prob", "[0, 1]"), ("self_condition_prob", "[0, 1]"),
-            ("t_std", "(0, inf)"), ("p_uncond", "[0, 1)"), ("block_size", "[0, inf)"),
-            ("context_windows", "[0, inf)"), ("context_train_layers", "[0, inf)"), ("context_prediction", "[0, inf)"),
-            ("context_lr_scale", "[0, inf)"))] + [
+        unread = [s for s in ("window", "blocks", "context_lm") if not self.reads(s) and getattr(self, s) !=
+                  type(getattr(self, s))()]
+        ranges = (("depth", "[1, inf)"), ("self_condition_prob", "[0, 1]"), ("t_std", "(0, inf)"),
+                  ("p_uncond", "[0, 1)"))
+        return super().rules(name) + [self.within(name, key, interval) for key, interval in ranges] + [
             (1 <= self.context_min <= self.context_max, f"need 1 <= {name}.context_min <= {name}.context_max"),
-            (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max")]
+            (1 <= self.target_min <= self.target_max, f"need 1 <= {name}.target_min <= {name}.target_max"),
+            (not unread, f"{name}.{unread[0] if unread else ''} settings are not read by {name}.mode={self.mode} (they "
+                         f"are for {', '.join(m for m, ss in MODE_SECTIONS.items() if unread and unread[0] in ss)}): "
+                         f"set {name}.mode, or leave them at their defaults")]
 
 
 @dataclass
@@ -419,7 +478,7 @@ class Config:
     @property
     def ar_seq_len(self) -> int:
         """The AR baseline's training window: ar.seq_len, or the DiT's window when that is 0."""
-        return self.ar.seq_len or self.dit.window
+        return self.ar.seq_len or self.dit.window_tokens
 
 
 def to_dict(cfg) -> dict:
@@ -473,6 +532,9 @@ def _apply(obj, updates: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in updates.items():
         full = f"{prefix}{key}"
+        if isinstance(obj, DiTConfig) and key in LEGACY_DIT:  # a 0.4/0.5 key: mapped onto today's, with a note
+            _apply_legacy_dit(obj, key, value)
+            continue
         if key not in names:
             retired = RETIRED.get(prefix.rstrip("."), {}).get(key)
             if retired:
@@ -485,6 +547,47 @@ def _apply(obj, updates: dict, prefix: str = ""):
             _apply(current, value, f"{full}.")
             continue
         object.__setattr__(obj, key, _coerce(value, hints[key], full))  # the loader also fills frozen sections
+
+
+# the DiT keys of 0.4/0.5, before the mode was a key of its own (0.6): a generation mode was inferred from
+# dit.block_size (0 = the full window) and dit.context_encoder ("" = none); each mode's settings sat in dit itself
+LEGACY_DIT = {"block_size": ("blocks", "size"), "block_t": ("blocks", "t"), "block_uncond": ("blocks", "uncond"),
+              "pooled_context": ("window", "pooled_context"), "context_cache": ("window", "context_cache"),
+              "infill_prob": ("window", "infill_prob"), "context_encoder": ("context_lm", "encoder"),
+              "context_layer": ("context_lm", "layer"), "context_prediction": ("context_lm", "prediction"),
+              "context_features": ("context_lm", "features"), "context_windows": ("context_lm", "windows"),
+              "context_train_layers": ("context_lm", "train_layers"), "context_lr_scale": ("context_lm", "lr_scale")}
+_NOTED: set[str] = set()  # legacy keys already noted in this process
+
+
+def _apply_legacy_dit(d: DiTConfig, key: str, value) -> None:
+    """One 0.4/0.5 `dit.<key>` applied as 0.5 read it: dit.block_size 0 chose the full window and > 0 block mode (a
+    context LM's blocks when one was set); dit.context_encoder "" left the context-LM mode. A mode's settings given in
+    another mode were ignored then, so they are dropped here rather than refused."""
+    section, field_name = LEGACY_DIT[key]
+    if key not in _NOTED:
+        _NOTED.add(key)
+        logging.getLogger(__name__).info("config key 'dit.%s' (textldm 0.4/0.5) is read as 'dit.%s.%s' (and dit.mode) "
+                                         "since 0.6", key, section, field_name)
+    if key == "block_size":
+        value = _coerce(value, int, "dit.block_size")
+        if value == 0:
+            object.__setattr__(d, "mode", "window")
+            d.blocks, d.context_lm = BlocksConfig(), ContextLMConfig()
+            return
+        if d.mode == "window":
+            object.__setattr__(d, "mode", "blocks")
+            d.window = WindowConfig()
+    if key == "context_encoder":
+        if not value:
+            if d.mode == "context_lm":
+                object.__setattr__(d, "mode", "blocks")
+                d.context_lm = ContextLMConfig()
+            return
+        object.__setattr__(d, "mode", "context_lm")
+        d.window = WindowConfig()
+    if d.reads(section) or key == "block_size":
+        _apply(getattr(d, section), {field_name: value}, f"dit.{section}.")
 
 
 def parse_override(text: str) -> dict:
@@ -585,16 +688,43 @@ def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
 
 
 def _mode_rules(cfg: Config) -> list[tuple[bool, str]]:
-    """What the DiT's generation mode needs of the config, and the options it refuses (the mode's own rules; a late
-    import, since the modes are built on this module)."""
-    from textldm.generation import mode_class
-    return mode_class(cfg.dit).rules(cfg)
+    """What the DiT's generation mode needs of the rest of the config (a section's own ranges are its `rules`)."""
+    d = cfg.dit
+    if d.mode == "window":
+        return []
+    B, L, enc = d.blocks.size, d.window_tokens, cfg.vae.encoder_block_size
+    rules = [
+        (L % B == 0, f"dit.blocks.size {B} must divide the window (dit.context_max plus dit.target_max: {L} tokens)"),
+        (d.prefix_length + B <= L, f"dit.blocks.size {B} leaves no room for a block after a prompt of "
+                                   f"dit.context_max = {d.context_max} tokens (rounded up to whole blocks) in the "
+                                   f"window of {L} tokens; use a smaller block"),
+        (L <= cfg.vae.max_len, f"in block mode the window (dit.context_max plus dit.target_max: {L} tokens) must not "
+                               f"exceed vae.max_len ({cfg.vae.max_len})"),
+        (enc > 0 and B % enc == 0,
+         f"dit.blocks.size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
+         "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
+         "vae.encoder_block_size=1 (causal) or a divisor of the block")]
+    if d.mode == "context_lm":
+        c = d.context_lm
+        rules += [(c.windows == 0 or bool(c.features),
+                   "dit.context_lm.windows counts precomputed windows: set dit.context_lm.features=auto (or a folder)"),
+                  (c.train_layers == 0 or not c.features,
+                   "dit.context_lm.train_layers trains the LM, so its states change at every step and cannot be "
+                   "precomputed: set dit.context_lm.features='' (or keep the LM frozen: train_layers=0)"),
+                  (c.train_layers == 0 or cfg.dit_train.parallel == "ddp",
+                   "dit.context_lm.train_layers is not supported with dit_train.parallel=fsdp (the LM's blocks are "
+                   "not sharded); use ddp"),
+                  (c.prediction == 0 or c.layer == -1,
+                   f"the LM's next-token prediction (dit.context_lm.prediction={c.prediction}) is read at its last "
+                   f"layer: set dit.context_lm.layer=-1 (got {c.layer})")]
+    return rules
 
 
 def derive(cfg: Config) -> None:
     """The derived values (batch sizes from batch_tokens), set once by the loader - the only place that writes a
     config; after `load_config` nothing does."""
-    for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", cfg.dit.window), ("ar_train", cfg.ar_seq_len)):
+    for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", cfg.dit.window_tokens),
+                         ("ar_train", cfg.ar_seq_len)):
         getattr(cfg, name).resolve_batch(name, length)
 
 
@@ -604,12 +734,28 @@ RETIRED = {"dit": {"decoder_ce_weight": "0.3.0 (the token-aware loss)"}}
 
 def config_from_dict(data: dict) -> Config:
     """A Config from nested dicts (e.g. a saved model's config.json), checked like overrides; keys retired since the
-    model was saved (`RETIRED`) are dropped."""
+    model was saved (`RETIRED`) are dropped, and a 0.4/0.5 DiT section is read as `legacy_dit` says."""
     data = {section: ({k: v for k, v in values.items() if k not in RETIRED.get(section, {})}
                       if isinstance(values, dict) else values) for section, values in data.items()}
+    if isinstance(data.get("dit"), dict) and "mode" not in data["dit"]:
+        data = {**data, "dit": legacy_dit(data["dit"])}
     cfg = Config()
     _apply(cfg, data)
     return cfg
+
+
+def legacy_dit(old: dict) -> dict:
+    """A whole 0.4/0.5 DiT section (a saved model's, where every key is present) as today's: the mode from
+    block_size and context_encoder, and only the sections that mode reads (the others' values were unused then)."""
+    mode = "context_lm" if old.get("context_encoder") else "blocks" if old.get("block_size", 0) else "window"
+    new = {k: v for k, v in old.items() if k not in LEGACY_DIT}
+    new["mode"] = mode
+    for key, (section, name) in LEGACY_DIT.items():
+        if key in old and section in MODE_SECTIONS[mode]:
+            new.setdefault(section, {})[name] = old[key]
+    logging.getLogger(__name__).info("a textldm 0.4/0.5 DiT config: read as dit.mode=%s with its settings section(s)",
+                                     mode)
+    return new
 
 
 def field_help(section_type: type) -> dict[str, str]:

@@ -67,7 +67,7 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
 def what_it_is(cfg: Config) -> str:
     """One sentence on what the run trains and where its text's knowledge comes from: the report's first line."""
     text = mode_class(cfg.dit).describe(cfg)
-    return text + (" (the from-scratch demo: --config demo)" if cfg.dit.context_encoder else "")
+    return text + (" (the from-scratch demo: --config demo)" if cfg.dit.reads("context_lm") else "")
 
 
 def judged(prompts: list[str], gens: list[str], refs: list[str], judge: str) -> dict:

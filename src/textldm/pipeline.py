@@ -109,10 +109,10 @@ class TextLDMPipeline(HubMixin):
                steps: int | None = None, cfg_scale: float | None = None, solver: str | None = None,
                seed: int | None = None, callback=None, **settings) -> list[str]:
         """The `length` tokens between each left and right text, both given to the DiT as clean latents (a model
-        trained with dit.infill_prob > 0). Returns the middles; left + middle + right is the filled text.
+        trained with dit.window.infill_prob > 0). Returns the middles; left + middle + right is the filled text.
         `callback(step, t, x)` sees the latents after every sampling step; `settings` as in `generate_ids`."""
         if self.dit is None or self.dit.segment.num_embeddings < 3:
-            raise UserError("this model was not trained for infilling; train the DiT with dit.infill_prob > 0 "
+            raise UserError("this model was not trained for infilling; train the DiT with dit.window.infill_prob > 0 "
                             "(e.g. 0.3)")
         lefts, rights = self.encode_prompts(left), self.encode_prompts(right)
         if len(lefts) != len(rights):
@@ -245,7 +245,8 @@ class TextLDMPipeline(HubMixin):
         pipe = cls(config, read_tokenizer(path), vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
         if pipe.mode is not None and pipe.mode.trained_helpers():
             if not (path / f"{HELPERS}.safetensors").exists():
-                raise UserError(f"'{path}' was trained with dit.context_train_layers={config.dit.context_train_layers} "
+                raise UserError(f"'{path}' was trained with dit.context_lm.train_layers="
+                            f"{config.dit.context_lm.train_layers} "
                                 f"but holds no {HELPERS}.safetensors (its trained LM blocks); re-save it")
             pipe.mode.load_trained_helpers(load_file(str(path / f"{HELPERS}.safetensors")))
         return pipe.to(device, resolve_dtype(dtype))

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -18,13 +19,15 @@ import torch
 
 from textldm.errors import UserError
 
+# a device name: what `device=` and --device accept ("auto" = the GPU when there is one)
+DEVICE_NAME = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+DEVICE_HINT = "use auto, cpu, cuda, cuda:N, mps or xpu"
+
 
 def resolve_device(name: str | torch.device, what: str = "device") -> torch.device:
-    """A device name (config.DEVICE_NAME: auto, cpu, cuda, cuda:N, mps, xpu) -> the torch.device, checked against
-    this machine: "auto" is the GPU when there is one; a malformed name, or a device this machine lacks, is a
-    UserError naming it (never torch's assertion from deep inside a model's .to())."""
-    from textldm.config import DEVICE_HINT, DEVICE_NAME
-
+    """A device name (DEVICE_NAME: auto, cpu, cuda, cuda:N, mps, xpu) -> the torch.device, checked against this
+    machine: "auto" is the GPU when there is one; a malformed name, or a device this machine lacks, is a UserError
+    naming it (never torch's assertion from deep inside a model's .to())."""
     name = str(name)
     if DEVICE_NAME.fullmatch(name) is None:
         raise UserError(f"{what} '{name}' is not a device name; {DEVICE_HINT}")

@@ -1,4 +1,5 @@
-"""Block-causal mode (`dit.block_size` B > 0, BD3-LM / Cola DLM): a window of dit.window tokens is cut into blocks of
+"""Block-causal mode (dit.mode=blocks, `dit.blocks.size` B; BD3-LM / Cola DLM): a window of dit.window_tokens tokens
+is cut into blocks of
 B tokens. Training: one masked forward over [clean latents ; noisy latents] of a whole window, each noisy block at its
 own t, seeing the clean blocks before it (`TextDiT.forward_blocks`). Sampling: block after block against a cached
 clean prefix (`BlockState`); when the window is full, its last dit.context_max tokens start the next.
@@ -26,72 +27,36 @@ from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
 
 def block_layout(d: DiTConfig) -> str:
     """The block layout in words, for a run's report."""
-    return f"block-causal, {d.block_size} token{'s' * (d.block_size > 1)} a block"
-
-
-def prefix_length(d: DiTConfig) -> int:
-    """A window's first positions for the prompt: dit.context_max rounded up to whole blocks (a shorter prompt is
-    left-padded to it, the layout of every batch)."""
-    return -(-d.context_max // d.block_size) * d.block_size
+    return f"block-causal, {d.blocks.size} token{'s' * (d.blocks.size > 1)} a block"
 
 
 class Blocks(GenerationMode):
     """Block mode: the batch is whole windows encoded once by the block-causal VAE, noise and one time per block; the
     loss is every noisy block's velocity MSE against its clean prefix."""
     name = "blocks"
-    pools_context = False  # every block has its own prefix: there is no one prompt to pool
-
-    @staticmethod
-    def selects(d: DiTConfig) -> bool:
-        return d.block_size > 0 and not d.context_encoder  # with a context LM: lm_blocks.LMBlocks
 
     @staticmethod
     def describe(config: Config) -> str:
         return f"{block_layout(config.dit)}; {trained_from_scratch(config)}"
 
-    @staticmethod
-    def rules(config: Config) -> list[tuple[bool, str]]:
-        d, B, enc = config.dit, config.dit.block_size, config.vae.encoder_block_size
-        return [
-            (d.window % B == 0, f"dit.block_size {B} must divide the window (dit.context_max plus dit.target_max: "
-                                f"{d.window} tokens)"),
-            (prefix_length(d) + B <= d.window,
-             f"dit.block_size {B} leaves no room for a block after a prompt of dit.context_max = {d.context_max} "
-             "tokens (rounded up to whole blocks) in the window of {d.window} tokens; use a smaller block"),
-            (d.window <= config.vae.max_len,
-             f"in block mode the window (dit.context_max plus dit.target_max: {d.window} tokens) must not exceed "
-             f"vae.max_len ({config.vae.max_len})"),
-            (enc > 0 and B % enc == 0,
-             f"dit.block_size {B} needs a block-causal VAE whose vae.encoder_block_size divides it (got {enc}; 0 = "
-             "bidirectional, whose latents would leak later tokens into the prefix): train the VAE with "
-             "vae.encoder_block_size=1 (causal) or a divisor of the block"),
-            (d.infill_prob == 0, "infilling (dit.infill_prob > 0) is a full-window option; set dit.block_size=0"),
-            (not d.context_cache, "dit.context_cache is a full-window option; turn it off with dit.block_size > 0 "
-                                  "(block mode caches its clean prefix by construction)"),
-        ]
-
-    @staticmethod
-    def reads_null(d: DiTConfig) -> bool:
-        return d.block_uncond == "null_latent"  # "empty" masks the prefix instead
-
     # training ----------------------------------------------------------------------------------------------
     def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
               device: torch.device, t: torch.Tensor | None = None) -> dict:
         """The `rows` of a global batch drawn from `g`: windows of the stream, laid out by `lay_out`."""
-        return self.lay_out(stream.windows(batch_size, self.dit.cfg.window, g), vae, g, rows, device, t)
+        return self.lay_out(stream.windows(batch_size, self.dit.cfg.window_tokens, g), vae, g, rows, device, t)
 
     def lay_out(self, ids: torch.Tensor, vae: TextVAE, g: torch.Generator, rows: slice, device: torch.device,
                 t: torch.Tensor | None = None) -> dict:
         """The `rows` of a global batch of windows `ids` (N, L): encoded once by the block-causal VAE (the clean
         latents of every block), noise, one time per block (N, L / B) - or one per window repeated, with
-        dit.block_t=shared - and the CFG drop per window, drawn from `g`. The first block is left-padded by 0..B-1
+        dit.blocks.t=shared - and the CFG drop per window, drawn from `g`. The first block is left-padded by 0..B-1
         tokens, as a prompt that does not fill whole blocks is at sampling. `t`: given (N, L / B) times. With
         self-conditioning, "self_cond" (N,): the windows whose blocks read a first pass's estimate (`errors`)."""
         d, C = self.dit.cfg, vae.cfg.latent_channels
-        B, L, batch_size = d.block_size, d.window, ids.shape[0]
+        B, L, batch_size = d.blocks.size, d.window_tokens, ids.shape[0]
         pad = torch.randint(0, B, (batch_size,), generator=g)
         if t is None:
-            per_window = 1 if d.block_t == "shared" else L // B
+            per_window = 1 if d.blocks.t == "shared" else L // B
             t = sample_t(batch_size * per_window, d.t_distribution, d.t_mean, d.t_std, generator=g)
             t = t.view(batch_size, per_window).expand(batch_size, L // B)
         drop = torch.rand(batch_size, generator=g) < d.p_uncond
@@ -115,10 +80,10 @@ class Blocks(GenerationMode):
 
     def errors(self, batch: dict, drop: torch.Tensor | None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L) squared velocity errors of every noisy block, each against its clean prefix (none, or the null
-        prefix, in the rows where `drop`: dit.block_uncond); `self_cond` (N,): the windows whose blocks read a
+        prefix, in the rows where `drop`: dit.blocks.uncond); `self_cond` (N,): the windows whose blocks read a
         first pass's clean estimate (a self-conditioning DiT)."""
         x0, x1, t = batch["noise"], batch["clean"], batch["t"]
-        per_token = t.repeat_interleave(self.dit.cfg.block_size, dim=1)
+        per_token = t.repeat_interleave(self.dit.cfg.blocks.size, dim=1)
         x_t = interpolate(x0, x1, per_token)
         prefix, mask = self.prefix(batch), batch["mask"]
 
@@ -134,7 +99,7 @@ class Blocks(GenerationMode):
     def heldout_times(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """A held-out batch's (N, L / B) block times: stratified, the quarters dealt out at random over the blocks
         (never tied to a block's index)."""
-        per_window = self.dit.cfg.window // self.dit.cfg.block_size
+        per_window = self.dit.cfg.window_tokens // self.dit.cfg.blocks.size
         n = batch_size * per_window
         return stratified_t(n, g)[torch.randperm(n, generator=g)].view(batch_size, per_window)
 
@@ -142,7 +107,7 @@ class Blocks(GenerationMode):
     def heldout(self, batch: dict) -> dict:
         """Per block that has a prefix (a window's first block has none): t, the velocity MSE with its clean prefix
         and with the prefix dropped, the same on the block's first HEAD_TOKENS tokens, and the latents."""
-        B, mask = self.dit.cfg.block_size, batch["mask"]
+        B, mask = self.dit.cfg.blocks.size, batch["mask"]
         N, L = mask.shape
         head = mask & (torch.arange(L, device=mask.device) % B < HEAD_TOKENS)
 
@@ -159,17 +124,17 @@ class Blocks(GenerationMode):
 
     def tokens_per_sequence(self) -> int:
         """Tokens a training sequence holds: every token of the window is a target."""
-        return self.dit.cfg.window
+        return self.dit.cfg.window_tokens
 
     def train_flops(self, batch_size: int) -> float:
         """Counted FLOPs of one optimizer step over `batch_size` windows: forward + backward, and the
         self-conditioning windows' gradient-free first pass."""
         return (TRAIN_FACTOR + self.dit.cfg.self_condition_prob) * batch_size * \
-            dit_block_flops_per_sequence(self.dit, self.dit.cfg.window)
+            dit_block_flops_per_sequence(self.dit, self.dit.cfg.window_tokens)
 
     # sampling ----------------------------------------------------------------------------------------------
     def generate(self, pipe, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
-        """Blocks of dit.block_size tokens, each sampled against the cached clean prefix; a row stops at its first
+        """Blocks of dit.blocks.size tokens, each sampled against the cached clean prefix; a row stops at its first
         end-of-text. Row i's noise for its k-th block: `noise_seed(seed, k, first_index + i)`."""
         d, s = self.dit.cfg, run.settings
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
@@ -179,7 +144,7 @@ class Blocks(GenerationMode):
                 state = BlockState.start(pipe, [(prompt_ids[i] + out[i])[-reads:] for i in active],
                                          s.guidance.on, self.prefix_encoder(s))
                 while active and remaining > 0 and not run.stopped and state.has_room():
-                    take = min(d.block_size, remaining)  # the last block may be cut: never show more
+                    take = min(d.blocks.size, remaining)  # the last block may be cut: never show more
                     seeds = [run.noise_seed(k, i) for i in active]
                     rows = self.sample_block(pipe, state, run, seeds, take)
                     for i, row in zip(active, rows):
@@ -188,7 +153,7 @@ class Blocks(GenerationMode):
                     active = [active[j] for j in alive]
                     state = state.append(pipe, torch.tensor(rows, device=pipe.device))
                     state = state.keep(torch.tensor(alive, dtype=torch.long, device=pipe.device))
-                    remaining, k = remaining - d.block_size, k + 1
+                    remaining, k = remaining - d.blocks.size, k + 1
         return out
 
     def prefix_encoder(self, s: SampleConfig) -> LatentPrefix:
@@ -199,7 +164,7 @@ class Blocks(GenerationMode):
         """One block of latents after each row's cached prefix -> its raw token ids, decoded beside the prefix's
         latents (the decoder reads the whole window, as in training). The step callback's decoder shows the first
         `take` tokens of the block: what the text keeps."""
-        B = self.dit.cfg.block_size
+        B = self.dit.cfg.blocks.size
         x = run.start_noise(seeds, B, self.dit.latent_channels, pipe.device)
         conditional = state.prefix.rows(torch.arange(len(seeds), device=pipe.device)) if state.guided \
             else state.prefix
@@ -257,7 +222,7 @@ class BlockState:
         each (`history`: all the encoder reads)."""
         d, device = pipe.config.dit, pipe.device
         rows = [h[-d.context_max:] for h in history]
-        start = prefix_length(d)
+        start = d.prefix_length
         ids = torch.zeros(len(rows), start, dtype=torch.long, device=device)
         mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
         for i, r in enumerate(rows):
@@ -267,7 +232,7 @@ class BlockState:
         encoder = encoder or LatentPrefix()
         features, carried = encoder.start(ids, mask, latents, history)
         prefix = pipe.dit.extend_prefix(None, *cls._prefix_input(pipe.dit, features, mask, guided))
-        return cls(ids, mask, latents, prefix, guided, d.window, d.block_size, encoder, carried)
+        return cls(ids, mask, latents, prefix, guided, d.window_tokens, d.blocks.size, encoder, carried)
 
     def has_room(self) -> bool:
         """Whether one more block fits in the window."""

@@ -1,12 +1,13 @@
-"""Block mode with a pretrained context encoder (`dit.context_encoder`, STAR-LDM / DGLM-style): every noisy block reads,
-as its clean prefix, a causal LM's hidden states of the tokens before it (`dit.context_layer`) instead of their VAE
+"""Block mode with a pretrained context encoder (dit.mode=context_lm, `dit.context_lm.*`; STAR-LDM / DGLM-style): every
+noisy block reads, as its clean prefix, a causal LM's hidden states of the tokens before it (`dit.context_lm.layer`)
+instead of their VAE
 latents. The target stays the VAE's latents, decoded beside the window's latents as in plain block mode. The LM
 carries what it learned in pretraining into the latent space: the DiT only learns to map "what comes next" states
 to next-block latents. Training reads the LM's states of whole windows (at every step, or precomputed to disk once:
-`dit.context_features`); sampling keeps the LM's KV cache over the window's committed tokens, so each block costs
+`dit.context_lm.features`); sampling keeps the LM's KV cache over the window's committed tokens, so each block costs
 one LM forward over its B tokens (`LMPrefix`). The LM is frozen - its FLOPs a helper's, not in the trained FLOPs,
-as the REPA teacher's are not - unless its last `dit.context_train_layers` blocks train with the DiT (at lr x
-`dit.context_lr_scale`; their FLOPs counted, their weights saved beside the DiT).
+as the REPA teacher's are not - unless its last `dit.context_lm.train_layers` blocks train with the DiT (at lr x
+`dit.context_lm.lr_scale`; their FLOPs counted, their weights saved beside the DiT).
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def warn_repeated_windows(steps: int | None, batch_size: int, windows: int) -> f
     passes = steps * batch_size / windows
     if passes > MAX_PASSES:
         log.warning("the DiT will read each of the %d precomputed context windows up to %.0f times (%d steps x "
-                    "%d); past ~%d passes it was measured to overfit them: raise dit.context_windows (or 0 = the "
-                    "whole split) or run the LM live (dit.context_features='')",
+                    "%d); past ~%d passes it was measured to overfit them: raise dit.context_lm.windows (or 0 = the "
+                    "whole split) or run the LM live (dit.context_lm.features='')",
                     windows, passes, steps, batch_size, MAX_PASSES)
     return passes
 
@@ -52,7 +53,7 @@ def lm_config(name: str):
     try:
         return AutoConfig.from_pretrained(resolve(name))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the config of dit.context_encoder '{name}': {str(e).splitlines()[0]}; give a "
+        raise UserError(f"cannot read the config of dit.context_lm.encoder '{name}': {str(e).splitlines()[0]}; give a "
                         "Hugging Face causal LM name (needs internet the first time) or a local model folder") from None
 
 
@@ -68,15 +69,16 @@ def check_tokenizer(run_tokenizer: str, encoder: str) -> None:
     except UserError:
         rows = lm_config(encoder).vocab_size
         if rows < len(run):
-            raise UserError(f"dit.context_encoder '{encoder}' has {rows} embedding rows, fewer than the run's "
+            raise UserError(f"dit.context_lm.encoder '{encoder}' has {rows} embedding rows, fewer than the run's "
                             f"{len(run)} token ids (teacher.name '{run_tokenizer}'): pick an LM with that tokenizer "
                             "or set teacher.name to the LM") from None
-        log.warning("dit.context_encoder '%s' ships no tokenizer: cannot check that its ids are the run's (%s)",
+        log.warning("dit.context_lm.encoder '%s' ships no tokenizer: cannot check that its ids are the run's (%s)",
                     encoder, run_tokenizer)
         return
     differ = sum(theirs.get(token) != i for token, i in run.items())
     if differ:
-        raise UserError(f"dit.context_encoder '{encoder}' tokenizes differently from the run's tokenizer (teacher.name "
+        raise UserError(f"dit.context_lm.encoder '{encoder}' tokenizes differently from the run's tokenizer "
+                        f"(teacher.name "
                         f"'{run_tokenizer}'): {differ} of its {len(run)} tokens have another id or none there, so the "
                         "LM would read wrong ids; pick an LM with teacher.name's tokenizer (the same family) or set "
                         "teacher.name to the LM")
@@ -92,7 +94,7 @@ class LMPrefix:
     def __init__(self, lm: Teacher, prior_weight: float = 0.0):
         if prior_weight and not lm.final:
             raise UserError(f"sample.lm_prior reads the context LM's next-token probabilities at its last layer; this "
-                            f"model's LM ends at block {lm.blocks_run} (dit.context_layer): set sample.lm_prior=0")
+                            f"model's LM ends at block {lm.blocks_run} (dit.context_lm.layer): set sample.lm_prior=0")
         self.lm, self.prior_weight = lm, prior_weight
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, history: list[list[int]]):
@@ -128,66 +130,49 @@ class LMPrefix:
 class LMBlocks(Blocks):
     """Block mode whose clean prefix is a frozen causal LM's states. The batch is plain block mode's (windows, their
     latents, noise, a time per block) plus the LM's states of the same windows under "context"."""
-    name = "lm_blocks"
+    name = "context_lm"
 
     def __init__(self, dit: TextDiT, lm: Teacher | None = None):
-        """`lm`: the context LM, already built (tests, or a caller that has it); default: dit.context_encoder loaded
-        at dit.context_layer, frozen, on the DiT's device."""
+        """`lm`: the context LM, already built (tests, or a caller that has it); default: dit.context_lm.encoder loaded
+        at dit.context_lm.layer, frozen, on the DiT's device."""
         super().__init__(dit)
-        d = dit.cfg
-        self.lm = lm if lm is not None else Teacher(d.context_encoder, d.context_layer, d.context_prediction)
+        c = dit.cfg.context_lm
+        self.lm = lm if lm is not None else Teacher(c.encoder, c.layer, c.prediction)
         self.lm.to(next(dit.parameters()).device)
-        if d.context_train_layers:
-            self.lm.unfreeze(d.context_train_layers, d.context_lr_scale)
-
-    @staticmethod
-    def selects(d: DiTConfig) -> bool:
-        return d.block_size > 0 and bool(d.context_encoder)
+        if c.train_layers:
+            self.lm.unfreeze(c.train_layers, c.lr_scale)
 
     @staticmethod
     def describe(config: Config) -> str:
-        d = config.dit
-        prediction = f" and its next-token prediction (top {d.context_prediction})" if d.context_prediction else ""
+        d, c = config.dit, config.dit.context_lm
+        prediction = f" and its next-token prediction (top {c.prediction})" if c.prediction else ""
         w = config.sample.lm_prior
         prior = (f"; each block's first token is decoded from the sampled latent and that LM's own next-token "
                  f"probabilities together (sample.lm_prior {w:g})" if w else "")
-        return (f"{block_layout(d)}, with a pretrained context encoder: the frozen LM {d.context_encoder}'s states "
+        return (f"{block_layout(d)}, with a pretrained context encoder: the frozen LM {c.encoder}'s states "
                 f"of the earlier tokens{prediction} are the DiT's clean prefix, and the DiT learns to map them to the "
                 f"next token's latent{prior}. What the text knows comes from that LM's pretraining, not from this run")
-
-    @staticmethod
-    def rules(config: Config) -> list[tuple[bool, str]]:
-        d = config.dit
-        return Blocks.rules(config) + [
-            (d.context_windows == 0 or bool(d.context_features),
-             "dit.context_windows counts precomputed windows: set dit.context_features=auto (or a folder) too"),
-            (d.context_train_layers == 0 or not d.context_features,
-             "dit.context_train_layers trains the LM, so its states change at every step and cannot be precomputed: "
-             "set dit.context_features='' (or keep the LM frozen: dit.context_train_layers=0)"),
-            (d.context_train_layers == 0 or config.dit_train.parallel == "ddp",
-             "dit.context_train_layers is not supported with dit_train.parallel=fsdp (the LM's blocks are not "
-             "sharded); use ddp")]
 
     @classmethod
     def new_dit(cls, d: DiTConfig, latent_channels: int, prefix_channels: int | None = None) -> TextDiT:
         """A block-mode TextDiT whose prefix projection reads the context LM's hidden width (read from its config
         unless given)."""
-        width = prefix_channels or lm_config(d.context_encoder).hidden_size * (2 if d.context_prediction else 1)
-        return TextDiT(d, latent_channels, pooled_context=False,
-                       train_null=cls.reads_null(d) and d.null_context == "learned", prefix_channels=width)
+        c = d.context_lm
+        width = prefix_channels or lm_config(c.encoder).hidden_size * (2 if c.prediction else 1)
+        return TextDiT(d, latent_channels, prefix_channels=width)
 
     # training ----------------------------------------------------------------------------------------------
     def training_source(self, cfg: Config, stream: TokenStream, device: torch.device, progress: bool = True):
         """What training batches are drawn from: the stream (the LM runs at every step) or, with
-        dit.context_features, the LM's states of fixed windows precomputed once to disk (memory-mapped). First
+        dit.context_lm.features, the LM's states of fixed windows precomputed once to disk (memory-mapped). First
         checks that the LM reads the run's token ids (`check_tokenizer`)."""
-        d = cfg.dit
-        check_tokenizer(cfg.teacher.name, d.context_encoder)
-        if not d.context_features:
+        d, c = cfg.dit, cfg.dit.context_lm
+        check_tokenizer(cfg.teacher.name, c.encoder)
+        if not c.features:
             return stream
         # keyed like vae.teacher_cache: with the REPA teacher at its layer and window, one LM pass serves both
-        cache = open_or_build(stream, self.lm, self.lm.feature_name, d.context_layer, d.window,
-                              d.context_features, d.context_windows, cfg.eval.batch_size, device, progress,
+        cache = open_or_build(stream, self.lm, self.lm.feature_name, c.layer, d.window_tokens,
+                              c.features, c.windows, cfg.eval.batch_size, device, progress,
                               "context features")
         warn_repeated_windows(cfg.dit_train.steps, cfg.dit_train.batch_size, len(cache))
         return cache
@@ -201,7 +186,7 @@ class LMBlocks(Blocks):
             idx = torch.randint(0, len(source), (batch_size,), generator=g)
             ids, features = source.ids(idx), source.features(idx[rows])
         else:
-            ids, features = source.windows(batch_size, self.dit.cfg.window, g), None
+            ids, features = source.windows(batch_size, self.dit.cfg.window_tokens, g), None
         batch = self.lay_out(ids, vae, g, rows, device, t)
         if self.trains_lm():  # the LM runs inside the objective's forward, where its gradients (and DDP's) are
             batch["context_ids"] = ids[rows].to(device)
@@ -213,14 +198,15 @@ class LMBlocks(Blocks):
         return batch
 
     def trains_lm(self) -> bool:
-        """Whether some of the LM's blocks train with the DiT (dit.context_train_layers)."""
-        return self.dit.cfg.context_train_layers > 0
+        """Whether some of the LM's blocks train with the DiT (dit.context_lm.train_layers)."""
+        return self.dit.cfg.context_lm.train_layers > 0
 
     def train_flops(self, batch_size: int) -> float:
-        """The DiT's counted FLOPs plus the LM blocks trained with it (dit.context_train_layers: their matrix products,
-        forward + backward; the frozen blocks below are a helper's and are not counted)."""
+        """The DiT's counted FLOPs plus the LM blocks trained with it (dit.context_lm.train_layers: their matrix
+        products, forward + backward; the frozen blocks below are a helper's and are not counted)."""
         trained = sum(p.numel() for p in self.lm.parameters() if p.requires_grad and p.dim() >= 2)
-        return super().train_flops(batch_size) + TRAIN_FACTOR * batch_size * self.dit.cfg.window * 2 * trained
+        window = self.dit.cfg.window_tokens
+        return super().train_flops(batch_size) + TRAIN_FACTOR * batch_size * window * 2 * trained
 
     def trained_helpers(self) -> dict[str, torch.Tensor]:
         return self.lm.trained_state()

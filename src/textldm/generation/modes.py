@@ -121,39 +121,21 @@ class GenerationMode(nn.Module):
     (`generate`), the FLOPs and tokens of a training step, and the options it refuses (`rules`).
 
     A new mode: a subclass with these methods, listed in `generation.MODES` with its `selects` rule."""
-    name = ""
-    pools_context = True  # whether the DiT's pooled-prompt condition (dit.pooled_context) is used
+    name = ""  # the mode's name: the value of dit.mode that selects it
 
     def __init__(self, dit: TextDiT):
         super().__init__()
         self.dit = dit
 
     @staticmethod
-    def selects(d: DiTConfig) -> bool:
-        """Whether a DiT config is this mode's."""
-        raise NotImplementedError
-
-    @staticmethod
-    def rules(config: Config) -> list[tuple[bool, str]]:
-        """(ok, message) pairs: what the mode needs of a config, and the options it refuses by name."""
-        return []
-
-    @staticmethod
     def describe(config: Config) -> str:
         """One sentence for a run's report: what the mode trains, and where its text's knowledge comes from."""
         raise NotImplementedError
 
-    @staticmethod
-    def reads_null(d: DiTConfig) -> bool:
-        """Whether the mode's CFG null condition reads the learned null vector (else it is not trained: a trained
-        parameter outside the graph stops DDP at its second step)."""
-        return True
-
     @classmethod
     def new_dit(cls, d: DiTConfig, latent_channels: int) -> TextDiT:
-        """A fresh TextDiT with the parts this mode reads."""
-        return TextDiT(d, latent_channels, pooled_context=cls.pools_context and d.pooled_context,
-                       train_null=cls.reads_null(d) and d.null_context == "learned")
+        """A fresh TextDiT of this config (its parts are the config's: `TextDiT`)."""
+        return TextDiT(d, latent_channels)
 
     def prompt_tokens(self, s: SampleConfig) -> int:
         """How many of a prompt's last tokens the mode reads under sampler settings `s`: the DiT's, dit.context_max
@@ -168,7 +150,7 @@ class GenerationMode(nn.Module):
 
     def trained_helpers(self) -> dict[str, torch.Tensor]:
         """Weights outside the DiT that training changes and a model folder keeps beside it (`lm_blocks.LMBlocks`
-        with dit.context_train_layers: the context LM's trained blocks); none here."""
+        with dit.context_lm.train_layers: the context LM's trained blocks); none here."""
         return {}
 
     def load_trained_helpers(self, state: dict[str, torch.Tensor]) -> None:

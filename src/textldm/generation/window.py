@@ -1,4 +1,4 @@
-"""The paper's recipe, full window (`dit.block_size` 0): clean prompt latents, then one target of up to
+"""The paper's recipe, full window (dit.mode=window): clean prompt latents, then one target of up to
 dit.target_max noisy latents, every token attending to every other; longer texts are generated window after window,
 each after the last dit.context_max tokens of prompt + text so far.
 """
@@ -24,7 +24,7 @@ from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
 
 
 def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):
-    """window (B, dit.window): the context is the `context_len` tokens just before position context_max, moved to
+    """window (B, dit.window_tokens): the context is the `context_len` tokens just before position context_max, moved to
     the left edge (right padding); the target starts at position context_max."""
     idx = torch.arange(context_max)[None] + (context_max - context_len)[:, None]
     context_mask = torch.arange(context_max)[None] < context_len[:, None]
@@ -46,46 +46,36 @@ def right_context(window: torch.Tensor, target_len: torch.Tensor, right_len: tor
 class FullWindow(GenerationMode):
     """Full-window mode: the batch is (clean context latents, target latents, noise, t, CFG drop), each side encoded
     by the VAE separately; the loss is the velocity MSE on the target positions."""
-    name = "full_window"
-
-    @staticmethod
-    def selects(d) -> bool:
-        return d.block_size == 0
+    name = "window"
 
     @staticmethod
     def describe(config: Config) -> str:
         return (f"the full window (the paper's layout: the prompt's latents, then the continuation's at once); "
                 f"{trained_from_scratch(config)}")
 
-    @staticmethod
-    def rules(config: Config) -> list[tuple[bool, str]]:
-        return [(not config.dit.context_encoder,
-                 f"dit.context_encoder ('{config.dit.context_encoder}') needs block mode: set dit.block_size > 0 (and "
-                 "vae.encoder_block_size dividing it); dit.block_size = dit.target_max (a divisor of dit.context_max) "
-                 "gives the prompt, then one block of the whole continuation")]
-
     # training ----------------------------------------------------------------------------------------------
     def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
               device: torch.device, t: torch.Tensor | None = None) -> dict:
         """The `rows` of a global batch drawn from `g` (`t`: given timesteps instead of drawn ones). Infilling
-        examples (dit.infill_prob) also get the text after the target; self-conditioning picks its rows last."""
+        examples (dit.window.infill_prob) also get the text after the target; self-conditioning picks its rows last."""
         d, C = self.dit.cfg, vae.cfg.latent_channels
-        window = stream.windows(batch_size, d.window + (d.context_max if d.infill_prob > 0 else 0), g)
+        infill = d.window.infill_prob
+        window = stream.windows(batch_size, d.window_tokens + (d.context_max if infill > 0 else 0), g)
         context_len = torch.randint(d.context_min, d.context_max + 1, (batch_size,), generator=g)
         target_len = torch.randint(d.target_min, d.target_max + 1, (batch_size,), generator=g)
         if t is None:
             t = sample_t(batch_size, d.t_distribution, d.t_mean, d.t_std, generator=g)
         drop = torch.rand(batch_size, generator=g) < d.p_uncond
         noise = torch.randn(batch_size, d.target_max, C, generator=g)
-        parts = split_context_target(window[rows, :d.window], context_len[rows], target_len[rows], d.context_max)
+        parts = split_context_target(window[rows, :d.window_tokens], context_len[rows], target_len[rows], d.context_max)
         ctx, ctx_mask, tgt, tgt_mask = (x.to(device) for x in parts)
         batch = {"context": vae.latents(ctx, ctx_mask, d.normalize_latents), "context_mask": ctx_mask,
                  "target": vae.latents(tgt, tgt_mask, d.normalize_latents), "target_mask": tgt_mask,
                  "noise": noise[rows].to(device), "t": t[rows].to(device), "drop": drop[rows].to(device),
                  "target_ids": tgt}
-        if d.infill_prob > 0:  # the text right after the target's real end, for a share of the examples
+        if infill > 0:  # the text right after the target's real end, for a share of the examples
             right_len = torch.randint(d.context_min, d.context_max + 1, (batch_size,), generator=g)
-            right_len[torch.rand(batch_size, generator=g) >= d.infill_prob] = 0
+            right_len[torch.rand(batch_size, generator=g) >= infill] = 0
             right, right_mask = right_context(window[rows], target_len[rows], right_len[rows], d.context_max)
             right, right_mask = right.to(device), right_mask.to(device)
             batch["right"], batch["right_mask"] = vae.latents(right, right_mask, d.normalize_latents), right_mask
@@ -178,7 +168,7 @@ class FullWindow(GenerationMode):
 
     def window_velocity(self, run: SamplingRun, x: torch.Tensor, conditions: dict):
         """The guided velocity of the window's latents: guided steps run [conditional ; unconditional] rows in one
-        batch, the context's keys/values computed once (a dit.context_cache model, sample.context_cache); a
+        batch, the context's keys/values computed once (a dit.window.context_cache model, sample.context_cache); a
         self-conditioning DiT reads the previous evaluation's clean estimate."""
         dit, n = self.dit, x.shape[0]
         every = torch.ones(n, dtype=torch.bool, device=x.device)

@@ -1,4 +1,5 @@
-"""Block-causal mode of the TextDiT (`dit.block_size` B > 0, BD3-LM / Cola DLM): a window is cut into blocks of B
+"""Block-causal mode of the TextDiT (dit.mode=blocks, `dit.blocks.size` B; BD3-LM / Cola DLM): a window is cut into
+blocks of B
 tokens, and training runs one masked forward over [clean latents of the window ; noisy latents of the window], each
 noisy block at its own t (`forward_blocks`): a noisy block sees the clean blocks before it and itself, a clean block
 sees the clean blocks up to its own (`clean_noisy_attn_mask`). Clean tokens are modulated with the condition of
@@ -70,8 +71,8 @@ class BlockCausalMixin:
         self_cond (N, L, C) a self-conditioning DiT's previous clean estimate of every noisy block (None = zeros)
         -> velocity (N, L, C) of every noisy block. (With a context LM, `clean` is its states (N, L, H) instead.)"""
         N, L, _ = x_t.shape
-        B, device = self.cfg.block_size, x_t.device
-        empty = self.cfg.block_uncond == "empty"
+        B, device = self.cfg.blocks.size, x_t.device
+        empty = self.cfg.blocks.uncond == "empty"
         if drop is not None and not empty:
             clean = self.drop_context(clean, drop)
         blocks = block_index(L, B, device)
@@ -93,7 +94,7 @@ class BlockCausalMixin:
         N, n, _ = clean.shape
         start = 0 if prefix is None else prefix.length
         key_mask = mask if prefix is None else torch.cat([prefix.key_mask, mask], 1)
-        allowed = block_causal_attn_mask(key_mask, self.cfg.block_size, start)
+        allowed = block_causal_attn_mask(key_mask, self.cfg.blocks.size, start)
         caches = [KVCache() for _ in self.blocks] if prefix is None else prefix.blocks
         rope = rope_angles(torch.arange(start, start + n, device=clean.device), self.cfg.width // self.cfg.heads)
         x, cond = self._embed_prefix(clean), self.clean_condition(N, clean.device)
@@ -118,6 +119,6 @@ class BlockCausalMixin:
     def null_prefix_input(self, clean, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """What the unconditional CFG rows read as their prefix: the null latent at every position ("null_latent"), or
         nothing ("empty": the same tensor, every key masked)."""
-        if self.cfg.block_uncond == "empty":
+        if self.cfg.blocks.uncond == "empty":
             return clean, torch.zeros_like(mask)
         return self.drop_context(clean, torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)), mask

@@ -1,4 +1,4 @@
-"""The cacheable-context variant of the TextDiT (`dit.context_cache`): context tokens attend only to the context
+"""The cacheable-context variant of the TextDiT (`dit.window.context_cache`): context tokens attend only to the context
 and are modulated by a condition without t (a learned vector + the pooled prompt), so every block's context keys
 and values are the same at every sampling step: `cache_context` computes them once per generation (over [context ;
 null context] for both CFG branches) and `forward_cached` runs only the target tokens against them. Target tokens
@@ -32,7 +32,8 @@ class ContextCacheMixin:
     def cache_context(self, context, context_mask=None) -> ContextCache:
         """Run the clean context through every block once and keep its keys/values (cacheable variant)."""
         if self.context_cond is None:
-            raise ValueError("this DiT attends jointly over context and target; train with dit.context_cache=true")
+            raise ValueError("this DiT attends jointly over context and target; train with "
+                             "dit.window.context_cache=true")
         B, Lc, _ = context.shape
         if context_mask is None:
             context_mask = torch.ones(B, Lc, dtype=torch.bool, device=context.device)

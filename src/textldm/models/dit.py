@@ -6,7 +6,8 @@ Sequence layout: [context (Lc) ; target (Lt)], full self-attention. Each token g
 len(context) + j, so "the token right after the prompt" is a fixed relative offset. Only the target
 positions produce outputs.
 
-Block-causal mode's network methods: `models/block_causal.py`. The cacheable-context variant (`dit.context_cache`):
+Block-causal mode's network methods: `models/block_causal.py`. The cacheable-context variant
+(`dit.window.context_cache`):
 `models/context_cache.py`. Both are mixins of TextDiT, so the recipe's DiT reads here alone. Classifier-free guidance
 (the batched [conditional ; unconditional] call and the formula) is the sampler's: `diffusion/guidance.py`.
 """
@@ -17,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from textldm.config import DiTConfig
+from textldm.config import DiTConfig, WindowConfig
 from textldm.models.block_causal import BlockCausalMixin
 from textldm.models.blocks import (
     Conditions,
@@ -64,13 +65,12 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
     context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
     context and its own previous clean estimate."""
-    def __init__(self, cfg: DiTConfig, latent_channels: int, *, pooled_context: bool = True, train_null: bool = True,
-                 prefix_channels: int | None = None):
-        """`pooled_context`, `train_null`: whether the generation mode reads the pooled prompt (with
-        dit.pooled_context) and the learned null vector (with dit.null_context=learned) - `GenerationMode.new_dit`
-        says, so that no parameter is trained outside the mode's graph (DDP stops at its second step on one).
-        `prefix_channels`: block mode's clean prefix is features of this width (a context LM's hidden states,
-        dit.context_encoder), not the latents."""
+    def __init__(self, cfg: DiTConfig, latent_channels: int, *, prefix_channels: int | None = None):
+        """The parts are the config's (dit.mode and its section): the pooled prompt (the full window with
+        dit.window.pooled_context), a trained null vector only where the mode reads it (dit.null_context=learned: the
+        full window, block mode's null_latent condition) - no parameter is trained outside the mode's graph (DDP
+        stops at its second step on one). `prefix_channels` (dit.mode=context_lm, required there): the clean prefix
+        is features of this width (the context LM's hidden states), not the latents."""
         super().__init__()
         self.cfg = cfg
         self.latent_channels = latent_channels
@@ -79,7 +79,8 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         # self-conditioning: the previous clean-latent estimate of the target, added to its input embedding
         self.self_cond_proj = nn.Linear(latent_channels, w) if cfg.self_condition_prob > 0 else None
         # 0 = context, 1 = target, 2 = right context (infilling; only in models trained with dit.infill_prob > 0)
-        self.segment = nn.Embedding(3 if cfg.infill_prob > 0 else 2, w)
+        window = cfg.window if cfg.mode == "window" else WindowConfig()
+        self.segment = nn.Embedding(3 if window.infill_prob > 0 else 2, w)
         if cfg.t_conditioning:
             self.t_embedder = TimestepEmbedder(w)
         else:  # t-free variant: the blocks keep their adaLN, driven by one learned vector
@@ -88,17 +89,21 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         # a global summary of the prompt joins the timestep in the adaLN condition, so every block is told
         # what the prompt is about directly, not only through attention
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
-            if cfg.pooled_context and pooled_context else None
+            if cfg.mode == "window" and window.pooled_context else None
+        if (cfg.mode == "context_lm") != (prefix_channels is not None):
+            raise ValueError("prefix_channels (the context LM's feature width) is given with dit.mode=context_lm, "
+                             "and only then")
         # a context LM's hidden states enter through their own projection, normalised first (an LM's hidden states
         # have a few huge channels)
         self.prefix_in = None if prefix_channels is None else nn.Sequential(
             nn.LayerNorm(prefix_channels, elementwise_affine=False), nn.Linear(prefix_channels, w))
         # CFG's null condition, in the space of the clean context (trained only where the mode reads it: block
         # mode's empty prefix does not)
+        reads_null = cfg.mode == "window" or cfg.blocks.uncond == "null_latent"  # "empty" masks the prefix instead
         self.null_context = nn.Parameter(torch.zeros(prefix_channels or latent_channels),
-                                         requires_grad=cfg.null_context == "learned" and train_null)
+                                         requires_grad=cfg.null_context == "learned" and reads_null)
         # cacheable-context variant: the context's adaLN condition, free of t
-        self.context_cond = nn.Parameter(torch.zeros(w)) if cfg.context_cache else None
+        self.context_cond = nn.Parameter(torch.zeros(w)) if window.context_cache else None
         self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
         self.final = FinalLayer(w, latent_channels)
         self.initialize_weights()
@@ -169,7 +174,7 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         """x_t (B, Lt, C) noisy target latents, t (B,), context (B, Lc, C) clean latents,
         masks (B, L) bool with True at real tokens (context padded on the right) -> velocity (B, Lt, C).
         Infilling: `right` (B, Lr, C) clean latents of the text after the target, placed after the target's
-        real length (a model trained with dit.infill_prob > 0). `self_cond` (B, Lt, C): the previous estimate
+        real length (a model trained with dit.window.infill_prob > 0). `self_cond` (B, Lt, C): the previous estimate
         of the clean target (a model trained with dit.self_condition_prob > 0; None = zeros)."""
         B, Lt, _ = x_t.shape
         Lc = context.shape[1]
@@ -185,7 +190,7 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         Lr = 0
         if right is not None:
             if self.segment.num_embeddings < 3:
-                raise ValueError("this DiT was trained without a right context; train with dit.infill_prob > 0")
+                raise ValueError("this DiT was trained without a right context; train with dit.window.infill_prob > 0")
             Lr = right.shape[1]
             right_mask = torch.ones(B, Lr, dtype=torch.bool, device=device) if right_mask is None else right_mask
             parts.append(self._embed(right, 2))

@@ -128,7 +128,7 @@ class Teacher(nn.Module):
         if not 1 <= k <= n:
             raise UserError(f"teacher layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
         if prediction_top_k and k != n:
-            raise UserError(f"the LM's next-token prediction (dit.context_prediction={prediction_top_k}) is read at "
+            raise UserError(f"the LM's next-token prediction (dit.context_lm.prediction={prediction_top_k}) is read at "
                             f"its last layer: set the layer to -1 (got {layer})")
         layers = _decoder_layers(model)
         del layers[k:]  # run only what the aligned layer needs
@@ -148,7 +148,7 @@ class Teacher(nn.Module):
         the stage's lr x `lr_scale` (each parameter carries it: `make_optimizer` groups by it). The rest stays
         frozen, so backpropagation stops at the first trained block and the frozen blocks keep no activations."""
         if not 1 <= n <= self.blocks_run:
-            raise UserError(f"dit.context_train_layers={n}: the context LM runs {self.blocks_run} blocks up to its "
+            raise UserError(f"dit.context_lm.train_layers={n}: the context LM runs {self.blocks_run} blocks up to its "
                             f"layer; use 1..{self.blocks_run} (0 = frozen)")
         for p in self.layers[self.blocks_run - n:].parameters():
             p.requires_grad_(True)
@@ -164,7 +164,7 @@ class Teacher(nn.Module):
         missing = set(state) - set(self.model.state_dict())
         if missing:
             raise UserError(f"the saved context-LM weights name {len(missing)} tensors this LM does not have (e.g. "
-                            f"'{sorted(missing)[0]}'): the folder was trained with another dit.context_encoder")
+                            f"'{sorted(missing)[0]}'): the folder was trained with another dit.context_lm.encoder")
         self.model.load_state_dict(state, strict=False)
 
     def _capture(self, module, args, output):

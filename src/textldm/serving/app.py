@@ -6,7 +6,7 @@ streamed step by step (server-sent events) and an AR baseline side by side.
     GET  /api/info              model facts, sampler defaults and the server's limits
     POST /api/generate          a continuation (JSON)
     POST /api/generate/stream   the same, as SSE: one `step` event per sampling step, then `done`
-    POST /api/infill            the middle between two texts (models trained with dit.infill_prob > 0)
+    POST /api/infill            the middle between two texts (models trained with dit.window.infill_prob > 0)
     POST /api/infill/stream     the same, streamed
     POST /api/ar/generate       the AR baseline's continuation (when started with --ar)
     GET  /v1/models, POST /v1/completions   the OpenAI-compatible API (`openai_api.py`)
@@ -61,7 +61,8 @@ def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimi
     info = {"model": model_path or "textldm model",
             "parameters": {"vae": param_count(pipe.vae), "dit": param_count(pipe.dit)},
             "latent_channels": pipe.vae.cfg.latent_channels, "context_tokens": pipe.prompt_tokens(s),
-            "window_tokens": d.target_max, "block_tokens": d.block_size, "context_cache": bool(d.context_cache),
+            "window_tokens": d.target_max, "block_tokens": d.blocks.size if d.reads("blocks") else 0,
+            "context_cache": d.reads("window") and d.window.context_cache,
             "precision": s.precision,
             "infill": pipe.dit.segment.num_embeddings >= 3, "solvers": list(SOLVERS),
             "defaults": {"length": min(s.length, limits.max_length), "steps": min(s.steps, limits.max_steps),

@@ -179,7 +179,7 @@ class GenerationService:
     def infill_job(self, req) -> Job:
         """The job filling the gap between `req.left` and `req.right` (checked now)."""
         if self.pipe.dit.segment.num_embeddings < 3:
-            raise UserError("this model was not trained for infilling; train its DiT with dit.infill_prob > 0")
+            raise UserError("this model was not trained for infilling; train its DiT with dit.window.infill_prob > 0")
         self.prompt_ids(req.left, "left text"), self.prompt_ids(req.right, "right text")
         args = self.sampler_args(req)
 

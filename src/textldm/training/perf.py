@@ -51,7 +51,7 @@ def dit_block_flops_per_sequence(dit, length: int) -> float:
     tokens (every key counted, as for causal attention), outputs for the noisy half, and the adaLN work once per
     condition (the clean one and each block's)."""
     per_token = linear_flops(dit.in_proj) + sum(block_flops(b, 2 * length) for b in dit.blocks)
-    conditions = 1 + length // dit.cfg.block_size
+    conditions = 1 + length // dit.cfg.blocks.size
     return per_token * 2 * length + _target_io_flops(dit) * length + conditions * _conditioner_flops(dit, True, False)
 
 

@@ -101,7 +101,7 @@ def open_or_build(stream: TokenStream, teacher, teacher_name: str, layer: int, l
                   windows: int, batch_size: int, device: torch.device, progress: bool, what: str) -> TeacherCache:
     """The precomputed features a setting names ("auto": a folder in the cache keyed by corpus, teacher, layer and
     window; else the folder given), built on rank 0 the first time, checked against the run's layer and length.
-    `what`: the setting's key, for the messages (vae.teacher_cache, dit.context_features)."""
+    `what`: the setting's key, for the messages (vae.teacher_cache, dit.context_lm.features)."""
     folder = default_folder(stream, teacher_name, layer, length, windows) if setting == "auto" else Path(setting)
     if is_main() and not (folder / "meta.json").exists():
         build_teacher_cache(stream, teacher, teacher_name, layer, length, folder, windows, batch_size, device, progress)
