@@ -218,7 +218,7 @@ def stage_env(c: Check) -> dict:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--target", site, *map(str, wheels)], check=True, capture_output=True)
         c.remember(site=site)
-    from textldm.training.perf import matmul_peak_flops
+    from textldm.runtime.perf import matmul_peak_flops
 
     device = torch.device(c.shapes.device)
     gpu = device.type == "cuda"
@@ -578,7 +578,7 @@ def compiled_row(c: Check, device, latest_start: float) -> dict:
 
     s = c.shapes
     pipe = sampling_pipeline(c, device, load_tokenizer(c.state()["lm"]), (*s.window, *window_overrides(c)))
-    for block in pipe.dit.blocks:
+    for block in pipe.dit.layers:
         block.compile()
     batch, length = max(s.sample_batches), s.sample_lengths[0]
     prompts = torch.randint(1, 200, (batch, s.sample_prompt)).tolist()
@@ -787,12 +787,12 @@ TORCHRUN_LAUNCHES, TORCHRUN_LAUNCH_S = 4, 15.0  # DDP, FSDP2, the killed run, it
 
 
 def train_flops(c: Check, vocab: int) -> dict:
-    """Counted FLOPs of one optimizer step of each training stage at the GPU shapes (textldm.training.perf)."""
+    """Counted FLOPs of one optimizer step of each training stage at the GPU shapes (textldm.runtime.perf)."""
     from textldm.config import load_config
     from textldm.generation import mode_class
     from textldm.models.ar import CausalLM
     from textldm.models.vae import TextVAE
-    from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
+    from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
 
     s, out = c.shapes, {}
     cfg = load_config("demo", [*COMMON_TRAIN, *s.vae])

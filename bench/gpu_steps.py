@@ -24,10 +24,10 @@ from textldm.generation.window import FullWindow
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher
 from textldm.models.vae import TextVAE
+from textldm.runtime.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
 from textldm.training.batches import vae_batches
 from textldm.training.loop import fit
 from textldm.training.objectives import VAEObjective
-from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
 from textldm.utils import param_count
 
 QWEN3_VOCAB = 151_936

@@ -50,7 +50,7 @@ ar() {  # the AR baseline at the base arm's counted DiT FLOPs (its step count fi
 import json, sys
 from textldm import load_config
 from textldm.models.ar import CausalLM
-from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence
+from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence
 cfg = load_config("demo", [])
 flops = json.load(open(sys.argv[1]))["report"]["dit_train"]["flops"]
 per_step = TRAIN_FACTOR * cfg.ar_train.batch_size * ar_flops_per_sequence(CausalLM(cfg.ar, 49152), cfg.ar_seq_len)

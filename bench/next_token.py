@@ -23,7 +23,7 @@ import torch
 
 from textldm.models.teacher import resolve
 from textldm.pipeline import TextLDMPipeline
-from textldm.training.distributed import step_generator
+from textldm.runtime.distributed import step_generator
 from textldm.training.stages import prepare_data
 
 SETTINGS = [  # label, sampler overrides

@@ -35,12 +35,12 @@ from textldm.models.ar import CausalLM
 from textldm.models.ar import generate as ar_generate
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
-from textldm.training.perf import (
+from textldm.runtime.perf import (
     ar_flops_per_sequence,
-    block_flops,
     dit_block_sampling_flops,
     dit_cached_flops_per_sequence,
     dit_flops_per_sequence,
+    layer_flops,
 )
 from textldm.utils import param_count
 
@@ -66,8 +66,8 @@ def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
 
 def vae_flops(vae, context: int, length: int) -> float:
     """Encoding a context and decoding `length` latents (with the output head)."""
-    enc = context * sum(block_flops(b, context) for b in vae.encoder)
-    dec = length * (sum(block_flops(b, length) for b in vae.decoder) + 2.0 * vae.cfg.width * vae.vocab_size)
+    enc = context * sum(layer_flops(b, context) for b in vae.encoder)
+    dec = length * (sum(layer_flops(b, length) for b in vae.decoder) + 2.0 * vae.cfg.width * vae.vocab_size)
     return enc + dec
 
 
@@ -98,8 +98,8 @@ def block_mode_flops(pipe, length: int, steps: int) -> float:
             clean_pass, noisy_pass = dit_block_sampling_flops(pipe.dit, prefix, B)
             window = prefix + B
             head = B * 2.0 * vae.cfg.width * vae.vocab_size  # the output head on the new block only
-            decode = window * sum(block_flops(b, window) for b in vae.decoder) + head
-            encode = window * sum(block_flops(b, window) for b in vae.encoder)
+            decode = window * sum(layer_flops(b, window) for b in vae.decoder) + head
+            encode = window * sum(layer_flops(b, window) for b in vae.encoder)
             total += 2 * steps * noisy_pass + 2 * clean_pass + decode + encode
             prefix, left = window, left - B
     return total
@@ -107,7 +107,7 @@ def block_mode_flops(pipe, length: int, steps: int) -> float:
 
 def ar_flops(model, length: int) -> float:
     per_token_head = 2.0 * model.cfg.width * model.vocab_size
-    decode = sum(sum(block_flops(b, PROMPT + i + 1) for b in model.blocks) + per_token_head for i in range(length))
+    decode = sum(sum(layer_flops(b, PROMPT + i + 1) for b in model.layers) + per_token_head for i in range(length))
     return ar_flops_per_sequence(model, PROMPT) + decode
 
 

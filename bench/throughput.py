@@ -6,7 +6,7 @@ MFU = achieved model FLOP/s over a bf16 matrix product measured in the same run.
     python bench/throughput.py [--steps 6] [--threads 2] [--json out.json]
 
 Targets (issue 4): the AR step >= 1.3x HF GPT-2's tokens/s at equal shape; the DiT step >= 50% MFU at width 512.
-Every row's FLOPs come from the model shape (textldm.training.perf); GPT-2 has the AR baseline's exact matrix shapes
+Every row's FLOPs come from the model shape (textldm.runtime.perf); GPT-2 has the AR baseline's exact matrix shapes
 (width, depth, heads, MLP, tied head, vocabulary, sequence), so the same count applies to it.
 """
 from __future__ import annotations
@@ -28,17 +28,17 @@ from textldm.generation.window import FullWindow
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
-from textldm.training.batches import ar_batches, vae_batches
-from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, VAEObjective
-from textldm.training.perf import (
+from textldm.runtime.perf import (
     TRAIN_FACTOR,
     ar_flops_per_sequence,
     dit_flops_per_sequence,
     matmul_peak_flops,
     vae_flops_per_sequence,
 )
-from textldm.training.precision import autocast_dtype
+from textldm.runtime.precision import autocast_dtype
+from textldm.training.batches import ar_batches, vae_batches
+from textldm.training.loop import fit
+from textldm.training.objectives import ARObjective, VAEObjective
 from textldm.utils import param_count
 
 VOCAB = 49_152  # SmolLM2's, the demo tokenizer

@@ -9,8 +9,8 @@ from textldm.diffusion.guidance import Guidance
 from textldm.errors import UserError
 from textldm.generation.blocks import BlockState
 from textldm.models.block_causal import clean_noisy_attn_mask
-from textldm.models.blocks import block_causal_attn_mask
 from textldm.models.dit import TextDiT
+from textldm.models.layers import block_causal_attn_mask
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 
@@ -120,7 +120,7 @@ def test_the_prefix_cache_matches_the_training_forward():
     clean, x_t, t, mask = window()
     whole = dit.extend_prefix(None, clean[:, :8], mask[:, :8])
     stepwise = dit.extend_prefix(dit.extend_prefix(None, clean[:, :4], mask[:, :4]), clean[:, 4:8], mask[:, 4:8])
-    for a, b in zip(whole.blocks, stepwise.blocks):
+    for a, b in zip(whole.caches, stepwise.caches):
         assert torch.allclose(a.k, b.k, atol=1e-5) and torch.allclose(a.v, b.v, atol=1e-5)
     v = dit.forward_blocks(x_t, t, clean=clean, mask=mask)[:, 8:12]
     assert torch.allclose(dit.block_velocity(x_t[:, 8:12], t[:, 2], stepwise), v, atol=1e-5)
@@ -243,7 +243,7 @@ def test_the_block_training_flops_are_the_hand_count():
     from torch.utils.flop_counter import FlopCounterMode
 
     from textldm.diffusion.flow import flow_loss
-    from textldm.training.perf import dit_block_flops_per_sequence
+    from textldm.runtime.perf import dit_block_flops_per_sequence
 
     w, depth, C_, L, B = 32, 2, C, WINDOW, BLOCK
     dit = tiny_dit()

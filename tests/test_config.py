@@ -159,7 +159,7 @@ def test_every_cli_option_has_help_and_training_help_says_where_the_keys_are():
     ("dit.t_mean=nan", "dit.t_mean must be a finite number"), ("sample.cfg_scale=inf", "cfg_scale must be a finite"),
     ("out_dir=", "out_dir is empty"), ("device=banana", "device 'banana' is not a device name"),
     ("data.source=", "data.source is empty"), ("teacher.layer=0", "teacher.layer 0"),
-    ("vae.repa_block=2", "vae.repa_block 2 is not one of the 2 encoder blocks"), ("ar.seq_len=1", "ar.seq_len"),
+    ("vae.repa_layer=2", "vae.repa_layer 2 is not one of the 2 encoder layers"), ("ar.seq_len=1", "ar.seq_len"),
     ("dit_train.ema=1", "dit_train.ema must be in [0, 1)"), ("vae_train.log_every=0", "vae_train.log_every"),
     ("eval.val_batches=0", "eval.val_batches"), ("seed=-1", "seed must be in [0, inf)"),
 ])
@@ -169,7 +169,7 @@ def test_out_of_range_and_non_finite_values_are_refused_by_name(override, fragme
     assert fragment in str(e.value)
 
 
-ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_block",
+ANY_VALUE = {"dit.t_mean", "vae.logvar_init", "teacher.layer", "vae.repa_layer",
              "dit.context_lm.layer"}  # negative values mean something (the layers: checked against the LM when loaded)
 
 

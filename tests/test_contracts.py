@@ -274,7 +274,7 @@ def test_block_modes_clean_prefix_is_conditioned_on_the_data_end_of_the_path(mon
     data_end = dit.condition(torch.ones(2))
     assert not torch.allclose(data_end, dit.condition(torch.zeros(2)))
     seen = []
-    block = dit.blocks[0]
+    block = dit.layers[0]
     original = block.forward
     monkeypatch.setattr(block, "forward", lambda x, rope, mask, cond, **kw: (seen.append((x.shape[1], cond)),
                                                                               original(x, rope, mask, cond=cond,

@@ -17,8 +17,8 @@ from test_recipe import C, perturbed, tiny_pipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
 from textldm.pipeline import TextLDMPipeline
+from textldm.runtime.perf import dit_flops_per_sequence
 from textldm.training.objectives import decoder_noise, vae_loss
-from textldm.training.perf import dit_flops_per_sequence
 
 
 def self_cond_dit(window: dict | None = None, **kw) -> TextDiT:
@@ -258,7 +258,7 @@ def test_block_mode_held_out_errors_of_a_self_conditioning_dit_read_its_own_esti
 
 def test_block_mode_self_conditioning_costs_are_counted():
     from test_block import tiny_dit
-    from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
+    from textldm.runtime.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
 
     sc = tiny_dit(self_condition_prob=0.5)
     expected = (TRAIN_FACTOR + 0.5) * 8 * dit_block_flops_per_sequence(sc, sc.cfg.window_tokens)

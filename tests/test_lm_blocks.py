@@ -18,7 +18,7 @@ from textldm.generation import LMBlocks, mode_class
 from textldm.models.teacher import Teacher, load_tokenizer
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline, noise_seed
-from textldm.training.precision import teacher_context
+from textldm.runtime.precision import teacher_context
 
 VOCAB, C, BLOCK, HIDDEN = 11, 8, 4, 16
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks

@@ -6,8 +6,8 @@ import torch
 
 from builders import dit_config, guided_velocity
 from textldm.config import DiTConfig, VAEConfig
-from textldm.models.blocks import TransformerBlock, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.dit import TextDiT
+from textldm.models.layers import TransformerLayer, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.vae import TextVAE
 from textldm.training.objectives import kl_per_token, repa_cosine, vae_loss
 
@@ -27,7 +27,7 @@ def small_dit(**kw) -> TextDiT:
 # --- block ------------------------------------------------------------------------------------------
 def test_block_shapes_and_padding_mask():
     torch.manual_seed(0)
-    block = TransformerBlock(32, 4)
+    block = TransformerLayer(32, 4)
     x = torch.randn(2, 10, 32)
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[0, 6:] = False
@@ -57,7 +57,7 @@ def test_rope_is_relative():
 
 def test_causal_block_ignores_future():
     torch.manual_seed(0)
-    block = TransformerBlock(16, 2)
+    block = TransformerLayer(16, 2)
     x = torch.randn(1, 6, 16)
     rope = rope_angles(torch.arange(6), 8)
     y = block(x, rope, causal=True)
@@ -158,7 +158,7 @@ def test_adaln_zero_blocks_are_identity_and_output_zero_at_init():
     x = torch.randn(2, 7, 32)
     cond = torch.randn(2, 32)
     rope = rope_angles(torch.arange(7), 16)
-    for block in dit.blocks:
+    for block in dit.layers:
         assert torch.equal(block(x, rope, cond=cond), x)
     v = dit(torch.randn(2, 5, 8), torch.rand(2), context=torch.randn(2, 4, 8))
     assert v.shape == (2, 5, 8) and torch.count_nonzero(v) == 0

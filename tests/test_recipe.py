@@ -18,12 +18,12 @@ from textldm.diffusion.flow import sample_t, time_grid
 from textldm.evaluation.heldout import position_agreement
 from textldm.models import blocks
 from textldm.models.ar import CausalLM
-from textldm.models.blocks import TransformerBlock, rope_angles
 from textldm.models.dit import TextDiT
+from textldm.models.layers import TransformerLayer, rope_angles
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline, noise_seed
+from textldm.runtime.distributed import step_generator
 from textldm.training.batches import dit_batches
-from textldm.training.distributed import step_generator
 from textldm.training.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
 from textldm.training.loop import fit
 from textldm.training.objectives import VAEObjective, kl_weight_at, vae_loss
@@ -151,7 +151,7 @@ def test_adaln_modulation_formula_with_nonzero_weights():
     """x + gate1 * attn(LN(x) * (1 + scale1) + shift1), then the same for the MLP, with the six chunks in
     visual DiT's order (shift, scale, gate) x 2; the final layer: linear(LN(x) * (1 + scale) + shift)."""
     torch.manual_seed(0)
-    block = perturbed(TransformerBlock(16, 2, cond_dim=12), scale=0.3)
+    block = perturbed(TransformerLayer(16, 2, cond_dim=12), scale=0.3)
     x, cond = torch.randn(2, 5, 16), torch.randn(2, 12)
     rope = rope_angles(torch.arange(5), 8)
     shift1, scale1, gate1, shift2, scale2, gate2 = block.modulation[1](F.silu(cond))[:, None].chunk(6, -1)
@@ -433,7 +433,7 @@ def test_position_agreement_by_hand():
 
 def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
     """Emulated bf16 autocast ran the REPA teacher 5.4x slower on a CPU without bf16 units."""
-    from textldm.training import precision
+    from textldm.runtime import precision
 
     cpu = torch.device("cpu")
     for native, expected in ((torch.bfloat16, True), (None, False)):

@@ -14,9 +14,9 @@ from builders import TEACHER_DIM, RandomStream, dit_config, fake_teacher
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
 from textldm.errors import UserError
 from textldm.models.vae import TextVAE
+from textldm.runtime.distributed import split_batch
 from textldm.training.batches import vae_batches
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from textldm.training.distributed import split_batch
 from textldm.training.loop import fit
 from textldm.training.objectives import VAEObjective
 
@@ -171,13 +171,13 @@ def test_flops_from_the_shape_match_the_counted_flops():
     from textldm.diffusion.flow import flow_loss
     from textldm.models.ar import CausalLM
     from textldm.models.dit import TextDiT
-    from textldm.training.objectives import vae_loss
-    from textldm.training.perf import (
+    from textldm.runtime.perf import (
         TRAIN_FACTOR,
         ar_flops_per_sequence,
         dit_flops_per_sequence,
         vae_flops_per_sequence,
     )
+    from textldm.training.objectives import vae_loss
 
     def counted(fn):
         with FlopCounterMode(display=False) as counter:
@@ -196,7 +196,7 @@ def test_flops_from_the_shape_match_the_counted_flops():
     assert 0.95 < counted(lambda: flow_loss(dit(x, t, context=ctx), x, x, None).mean()) / predicted < 1.05
 
     # the cacheable-context DiT at sampling: one context pass, then target-only passes
-    from textldm.training.perf import dit_cached_flops_per_sequence
+    from textldm.runtime.perf import dit_cached_flops_per_sequence
 
     cached = TextDiT(dit_config(window={"context_cache": True}, width=64, depth=2, heads=4), 8)
     context_pass, target_pass = dit_cached_flops_per_sequence(cached, 8, 16)
@@ -219,9 +219,9 @@ def test_throughput_logging_reports_sane_numbers(tmp_path):
     """tokens/s, FLOP/s and MFU in the log agree with each other and with the wall clock, and MFU is a
     fraction of a matrix-product peak measured in the same process."""
     from textldm.models.ar import CausalLM
+    from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence, matmul_peak_flops
     from textldm.training.batches import ar_batches
     from textldm.training.objectives import ARObjective
-    from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, matmul_peak_flops
 
     torch.manual_seed(0)
     model = CausalLM(ARConfig(width=64, depth=2, heads=4), VOCAB)

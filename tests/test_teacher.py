@@ -106,9 +106,9 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     (not another layer's), and the loss it optimises is ce + kl_weight * kl - repa_weight * cos with weight 0.3."""
     from conftest import tiny_overrides
     from textldm.config import load_config
+    from textldm.runtime.precision import teacher_context
     from textldm.training import stages
     from textldm.training.objectives import VAEObjective, kl_weight_at
-    from textldm.training.precision import teacher_context
 
     seen = []
     original = VAEObjective.forward

@@ -22,9 +22,9 @@ from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
 from textldm.diffusion.guidance import interval_problem
 from textldm.errors import UserError, first_line
+from textldm.runtime.distributed import finish, is_main
 from textldm.serving.service import ServeLimits
 from textldm.training import stages
-from textldm.training.distributed import finish, is_main
 from textldm.utils import atomic_write_text, resolve_device
 from textldm.version import __version__
 

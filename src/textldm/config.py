@@ -151,7 +151,7 @@ class VAEConfig(TransformerShape):
     embed_init: EmbedInit = "teacher"  # "teacher": token embedding = teacher embeddings projected to width; "random"
     tie_embeddings: bool = True  # decoder output head shares the token embedding matrix
     repa_source: RepaSource = "encoder"  # align an encoder block's output ("encoder") or the latent mean ("latent")
-    repa_block: int = -1  # with repa_source=encoder: which encoder block (negative from the end)
+    repa_layer: int = -1  # with repa_source=encoder: which encoder layer (negative from the end)
     repa_hidden: int = 512  # projector MLP hidden size
     kl_weight: float = 1e-3  # weight of the KL term (reached after its warm-up)
     kl_warmup_steps: int = 200  # linear warm-up of the KL weight from 0
@@ -179,8 +179,8 @@ class VAEConfig(TransformerShape):
             ("kl_warmup_steps", "[0, inf)"), ("repa_weight", "[0, inf)"), ("repa_fraction", "(0, 1]"),
             ("teacher_cache_windows", "[0, inf)"), ("truncate_prob", "[0, 1]"), ("sampled_negatives", "[0, inf)"),
             ("hard_negatives", "[0, inf)"), ("encoder_block_size", "[0, inf)"), ("decoder_noise", "[0, inf)"))] + [
-            (-self.encoder_depth <= self.repa_block < self.encoder_depth,
-             f"{name}.repa_block {self.repa_block} is not one of the {self.encoder_depth} encoder blocks; use "
+            (-self.encoder_depth <= self.repa_layer < self.encoder_depth,
+             f"{name}.repa_layer {self.repa_layer} is not one of the {self.encoder_depth} encoder layers; use "
              f"0..{self.encoder_depth - 1} or -{self.encoder_depth}..-1")]
 
 
@@ -535,6 +535,8 @@ def _apply(obj, updates: dict, prefix: str = ""):
         if isinstance(obj, DiTConfig) and key in LEGACY_DIT:  # a 0.4/0.5 key: mapped onto today's, with a note
             _apply_legacy_dit(obj, key, value)
             continue
+        if key in RENAMED.get(prefix.rstrip("."), {}):
+            key, full = _renamed(prefix.rstrip("."), key), f"{prefix}{RENAMED[prefix.rstrip('.')][key]}"
         if key not in names:
             retired = RETIRED.get(prefix.rstrip("."), {}).get(key)
             if retired:
@@ -557,7 +559,18 @@ LEGACY_DIT = {"block_size": ("blocks", "size"), "block_t": ("blocks", "t"), "blo
               "context_layer": ("context_lm", "layer"), "context_prediction": ("context_lm", "prediction"),
               "context_features": ("context_lm", "features"), "context_windows": ("context_lm", "windows"),
               "context_train_layers": ("context_lm", "train_layers"), "context_lr_scale": ("context_lm", "lr_scale")}
+# keys renamed since 0.5 (section -> {old: new}), read under their new names with a note
+RENAMED = {"vae": {"repa_block": "repa_layer"}}
 _NOTED: set[str] = set()  # legacy keys already noted in this process
+
+
+def _renamed(section: str, key: str) -> str:
+    new = RENAMED[section][key]
+    if f"{section}.{key}" not in _NOTED:
+        _NOTED.add(f"{section}.{key}")
+        logging.getLogger(__name__).info("config key '%s.%s' (textldm 0.4/0.5) is '%s.%s' since 0.6", section, key,
+                                         section, new)
+    return new
 
 
 def _apply_legacy_dit(d: DiTConfig, key: str, value) -> None:

@@ -24,7 +24,7 @@ from textldm.export import locate_model_folder, read_model_config
 from textldm.generation import mode_class
 from textldm.models.teacher import resolve
 from textldm.pipeline import TextLDMPipeline
-from textldm.training.distributed import is_main
+from textldm.runtime.distributed import is_main
 from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of
 from textldm.utils import atomic_write_text, write_json
 

@@ -71,10 +71,19 @@ def model_type(path: Path | str) -> str:
     return read_model_config(path).get("model_type", "textldm")
 
 
+def legacy_names(state: dict, renamed: tuple[tuple[str, str], ...]) -> dict:
+    """A state dict with the weight names of an earlier version renamed (`renamed`: (old prefix, new prefix) pairs,
+    a module's `RENAMED_WEIGHTS`; 0.5's DiT and AR held their layers as `blocks.N`, now `layers.N`)."""
+    def rename(key: str) -> str:
+        return next((new + key[len(old):] for old, new in renamed if key.startswith(old)), key)
+    return {rename(k): v for k, v in state.items()}
+
+
 def load_weights(module: torch.nn.Module, file: Path):
-    """Load `file` (safetensors) into `module`, exactly: missing or unexpected weights are a UserError."""
+    """Load `file` (safetensors) into `module`, exactly: missing or unexpected weights are a UserError. Weights saved
+    under an earlier version's names (the module's `RENAMED_WEIGHTS`) are read under today's."""
     try:
-        state = load_file(str(file))
+        state = legacy_names(load_file(str(file)), getattr(module, "RENAMED_WEIGHTS", ()))
         result = module.load_state_dict(state, strict=False)
     except FileNotFoundError:
         raise UserError(f"checkpoint file '{file}' is missing; re-create the checkpoint") from None

@@ -22,7 +22,7 @@ from textldm.generation.modes import (
 )
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.vae import TextVAE
-from textldm.training.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
+from textldm.runtime.perf import TRAIN_FACTOR, dit_block_flops_per_sequence
 
 
 def block_layout(d: DiTConfig) -> str:

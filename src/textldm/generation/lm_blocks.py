@@ -22,8 +22,8 @@ from textldm.generation.blocks import Blocks, block_layout
 from textldm.models.dit import TextDiT
 from textldm.models.teacher import Teacher, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
-from textldm.training.perf import TRAIN_FACTOR
-from textldm.training.precision import teacher_context
+from textldm.runtime.perf import TRAIN_FACTOR
+from textldm.runtime.precision import teacher_context
 from textldm.training.teacher_cache import TeacherCache, open_or_build
 
 log = logging.getLogger(__name__)

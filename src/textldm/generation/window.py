@@ -20,7 +20,7 @@ from textldm.generation.modes import (
     trained_from_scratch,
 )
 from textldm.models.vae import TextVAE
-from textldm.training.perf import TRAIN_FACTOR, dit_flops_per_sequence
+from textldm.runtime.perf import TRAIN_FACTOR, dit_flops_per_sequence
 
 
 def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):

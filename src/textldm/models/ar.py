@@ -1,7 +1,7 @@
 """The autoregressive baseline: a GPT-style causal Transformer trained under TextLDM's settings.
 
 Same tokenizer, data, sequence length (the DiT's prompt + continuation window), optimizer and training
-loop (`training.loop.fit`) as the VAE and DiT, and the same `TransformerBlock` (causal, with a KV cache for
+loop (`training.loop.fit`) as the VAE and DiT, and the same `TransformerLayer` (causal, with a KV cache for
 decoding). Sampling: temperature / top-k / top-p, greedy at temperature 0; batches of prompts are
 left-padded, with positions counted from each row's first real token.
 """
@@ -13,16 +13,18 @@ import torch.nn.functional as F
 
 from textldm.config import ARConfig
 from textldm.errors import UserError
-from textldm.models.blocks import KVCache, TransformerBlock, rope_angles
+from textldm.models.layers import KVCache, TransformerLayer, rope_angles
 
 
 class CausalLM(nn.Module):
-    """A GPT-style causal Transformer from the shared block: token embedding, blocks, final norm, tied output head."""
+    """A GPT-style causal Transformer from the shared layer: token embedding, layers, final norm, tied output head."""
+    RENAMED_WEIGHTS = (("blocks.", "layers."),)  # 0.5's weight names (`export.load_weights`)
+
     def __init__(self, cfg: ARConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.width)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
         self.initialize_weights()
 
@@ -33,8 +35,8 @@ class CausalLM(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-        for block in self.blocks:
-            for proj in (block.attn.proj, block.mlp.fc2):
+        for layer in self.layers:
+            for proj in (layer.attn.proj, layer.mlp.fc2):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
 
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
@@ -62,8 +64,8 @@ class CausalLM(nn.Module):
                                                               query_pos[None, :, None])
             attn_mask = attn_mask[:, None]
         x = self.embed(ids)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, causal=attn_mask is None, cache=None if caches is None else caches[i])
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, attn_mask, causal=attn_mask is None, cache=None if caches is None else caches[i])
         return self.norm(x)
 
 
@@ -104,7 +106,7 @@ def generate(model: CausalLM, prompts: list[list[int]], max_new_tokens: int, tem
         ids[i, P - len(p):] = torch.tensor(p, device=device)
         mask[i, P - len(p):] = True
     g = torch.Generator().manual_seed(seed)
-    caches = [KVCache() for _ in model.blocks] if use_cache else None
+    caches = [KVCache() for _ in model.layers] if use_cache else None
     new = []
     step_ids, step_pos = ids, (mask.long().cumsum(1) - 1).clamp_min(0)
     for _ in range(max_new_tokens):

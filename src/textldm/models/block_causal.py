@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from textldm.models.blocks import (
+from textldm.models.layers import (
     Conditions,
     KVCache,
     block_causal_attn_mask,
@@ -25,10 +25,10 @@ from textldm.models.blocks import (
 
 @dataclass
 class BlockPrefix:
-    """Block mode at sampling: every DiT block's keys/values of the clean latents so far (whole blocks, left-padded),
+    """Block mode at sampling: every DiT layer's keys/values of the clean latents so far (whole blocks, left-padded),
     and the keys each row may attend to (False at padding, and everywhere for a CFG row whose null condition is
     the empty prefix)."""
-    blocks: list[KVCache]
+    caches: list[KVCache]  # one per DiT layer
     key_mask: torch.Tensor  # (rows, Lp)
 
     @property
@@ -38,7 +38,7 @@ class BlockPrefix:
 
     def rows(self, index: torch.Tensor) -> BlockPrefix:
         """The prefix of some rows only (e.g. those still generating, or the conditional half)."""
-        return BlockPrefix([c.rows(index) for c in self.blocks], self.key_mask[index])
+        return BlockPrefix([c.rows(index) for c in self.caches], self.key_mask[index])
 
 
 def clean_noisy_attn_mask(key_mask: torch.Tensor, block: int, see_prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,8 +82,8 @@ class BlockCausalMixin:
         values = torch.cat([self.clean_condition(N, device)[:, None], per_block], 1)  # (N, 1 + L / B, D)
         cond = Conditions(values, torch.cat([torch.zeros_like(blocks), 1 + blocks]))  # clean: row 0, block b: 1 + b
         attn_mask = clean_noisy_attn_mask(mask, B, None if drop is None or not empty else ~drop)
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, cond=cond)
+        for layer in self.layers:
+            x = layer(x, rope, attn_mask, cond=cond)
         return self.final(x[:, L:], cond.part(L, 2 * L))
 
     @torch.no_grad()
@@ -95,12 +95,12 @@ class BlockCausalMixin:
         start = 0 if prefix is None else prefix.length
         key_mask = mask if prefix is None else torch.cat([prefix.key_mask, mask], 1)
         allowed = block_causal_attn_mask(key_mask, self.cfg.blocks.size, start)
-        caches = [KVCache() for _ in self.blocks] if prefix is None else prefix.blocks
+        caches = [KVCache() for _ in self.layers] if prefix is None else prefix.caches
         rope = rope_angles(torch.arange(start, start + n, device=clean.device), self.cfg.width // self.cfg.heads)
         x, cond = self._embed_prefix(clean), self.clean_condition(N, clean.device)
-        for block, cache in zip(self.blocks, caches):
+        for layer, cache in zip(self.layers, caches):
             cache.frozen = False
-            x = block(x, rope, allowed, cond=cond, cache=cache)
+            x = layer(x, rope, allowed, cond=cond, cache=cache)
             cache.frozen = True
         return BlockPrefix(caches, key_mask)
 
@@ -112,8 +112,8 @@ class BlockCausalMixin:
                            self.cfg.width // self.cfg.heads)
         keys = torch.cat([prefix.key_mask, torch.ones(N, n, dtype=torch.bool, device=x_t.device)], 1)
         cond, x = self.condition(t), self._embed_target(x_t, self_cond)
-        for block, cache in zip(self.blocks, prefix.blocks):
-            x = block(x, rope, padding_attn_mask(keys), cond=cond, cache=cache)
+        for layer, cache in zip(self.layers, prefix.caches):
+            x = layer(x, rope, padding_attn_mask(keys), cond=cond, cache=cache)
         return self.final(x, cond)
 
     def null_prefix_input(self, clean, mask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,19 +10,19 @@ from dataclasses import dataclass
 
 import torch
 
-from textldm.models.blocks import KVCache, padding_attn_mask, rope_angles
+from textldm.models.layers import KVCache, padding_attn_mask, rope_angles
 
 
 @dataclass
 class ContextCache:
-    """Per-block keys/values of clean context latents (cacheable-context DiT), with what the target pass needs."""
-    blocks: list[KVCache]
+    """Per-layer keys/values of clean context latents (cacheable-context DiT), with what the target pass needs."""
+    caches: list[KVCache]  # one per DiT layer
     context_mask: torch.Tensor  # (B, Lc)
     pooled: torch.Tensor  # (B, width): the pooled-prompt term of the adaLN condition (0 when off)
 
     def head(self, n: int) -> ContextCache:
         """The first n rows (the conditional half of a [context ; null] cache)."""
-        return ContextCache([c.rows(slice(None, n)) for c in self.blocks], self.context_mask[:n], self.pooled[:n])
+        return ContextCache([c.rows(slice(None, n)) for c in self.caches], self.context_mask[:n], self.pooled[:n])
 
 
 class ContextCacheMixin:
@@ -30,7 +30,7 @@ class ContextCacheMixin:
 
     @torch.no_grad()
     def cache_context(self, context, context_mask=None) -> ContextCache:
-        """Run the clean context through every block once and keep its keys/values (cacheable variant)."""
+        """Run the clean context through every layer once and keep its keys/values (cacheable variant)."""
         if self.context_cond is None:
             raise ValueError("this DiT attends jointly over context and target; train with "
                              "dit.window.context_cache=true")
@@ -40,9 +40,9 @@ class ContextCacheMixin:
         pooled = self._pooled(context, context_mask)
         cond = (self.context_cond + pooled).expand(B, -1)
         rope = rope_angles(torch.arange(Lc, device=context.device), self.cfg.width // self.cfg.heads)
-        x, caches = self._embed(context, 0), [KVCache() for _ in self.blocks]
-        for block, cache in zip(self.blocks, caches):
-            x = block(x, rope, padding_attn_mask(context_mask), cond=cond, cache=cache)
+        x, caches = self._embed(context, 0), [KVCache() for _ in self.layers]
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, rope, padding_attn_mask(context_mask), cond=cond, cache=cache)
             cache.frozen = True
         pooled = pooled if torch.is_tensor(pooled) else torch.zeros(B, self.cfg.width, device=context.device)
         return ContextCache(caches, context_mask, pooled)
@@ -58,6 +58,6 @@ class ContextCacheMixin:
         attn_mask = padding_attn_mask(torch.cat([cache.context_mask, target_mask], dim=1))
         cond = self.condition(t) + cache.pooled
         x = self._embed_target(x_t, self_cond)
-        for block, kv in zip(self.blocks, cache.blocks):
-            x = block(x, rope, attn_mask, cond=cond, cache=kv)
+        for layer, kv in zip(self.layers, cache.caches):
+            x = layer(x, rope, attn_mask, cond=cond, cache=kv)
         return self.final(x, cond)

@@ -1,4 +1,4 @@
-"""TextDiT: a visual-DiT-style Transformer (adaLN-Zero blocks) that predicts the flow velocity of the
+"""TextDiT: a visual-DiT-style Transformer (adaLN-Zero layers, DiT's "blocks") that predicts the flow velocity of the
 target (continuation) latents, given clean context (prompt) latents.
 
 Sequence layout: [context (Lc) ; target (Lt)], full self-attention. Each token gets a segment embedding
@@ -20,15 +20,15 @@ import torch.nn as nn
 
 from textldm.config import DiTConfig, WindowConfig
 from textldm.models.block_causal import BlockCausalMixin
-from textldm.models.blocks import (
+from textldm.models.context_cache import ContextCacheMixin
+from textldm.models.layers import (
     Conditions,
-    TransformerBlock,
+    TransformerLayer,
     modulate,
     padding_attn_mask,
     per_token_modulation,
     rope_angles,
 )
-from textldm.models.context_cache import ContextCacheMixin
 
 
 class TimestepEmbedder(nn.Module):
@@ -65,6 +65,7 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
     """The denoiser: a standard DiT over the target latents, conditioned on clean context latents (prompt, and a right
     context when infilling) concatenated in the sequence, on t through adaLN-Zero, and optionally on a pooled
     context and its own previous clean estimate."""
+    RENAMED_WEIGHTS = (("blocks.", "layers."),)  # 0.5's weight names (`export.load_weights`)
     def __init__(self, cfg: DiTConfig, latent_channels: int, *, prefix_channels: int | None = None):
         """The parts are the config's (dit.mode and its section): the pooled prompt (the full window with
         dit.window.pooled_context), a trained null vector only where the mode reads it (dit.null_context=learned: the
@@ -83,10 +84,10 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         self.segment = nn.Embedding(3 if window.infill_prob > 0 else 2, w)
         if cfg.t_conditioning:
             self.t_embedder = TimestepEmbedder(w)
-        else:  # t-free variant: the blocks keep their adaLN, driven by one learned vector
+        else:  # t-free variant: the layers keep their adaLN, driven by one learned vector
             self.t_embedder = None
             self.free_cond = nn.Parameter(torch.zeros(w))
-        # a global summary of the prompt joins the timestep in the adaLN condition, so every block is told
+        # a global summary of the prompt joins the timestep in the adaLN condition, so every layer is told
         # what the prompt is about directly, not only through attention
         self.context_pool = nn.Sequential(nn.Linear(latent_channels, w), nn.SiLU(), nn.Linear(w, w)) \
             if cfg.mode == "window" and window.pooled_context else None
@@ -104,13 +105,13 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
                                          requires_grad=cfg.null_context == "learned" and reads_null)
         # cacheable-context variant: the context's adaLN condition, free of t
         self.context_cond = nn.Parameter(torch.zeros(w)) if window.context_cache else None
-        self.blocks = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(TransformerLayer(w, cfg.heads, cfg.mlp_ratio, cond_dim=w) for _ in range(cfg.depth))
         self.final = FinalLayer(w, latent_channels)
         self.initialize_weights()
 
     def initialize_weights(self):
         """Xavier everywhere, then the adaLN-Zero policy: every modulation and the output layer start at zero,
-        so each block is the identity and the model outputs 0 at initialisation."""
+        so each layer is the identity and the model outputs 0 at initialisation."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -120,9 +121,9 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
             for layer in self.t_embedder.mlp:
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation[-1].weight)
-            nn.init.zeros_(block.modulation[-1].bias)
+        for layer in self.layers:
+            nn.init.zeros_(layer.modulation[-1].weight)
+            nn.init.zeros_(layer.modulation[-1].bias)
         nn.init.zeros_(self.final.modulation[-1].weight)
         nn.init.zeros_(self.final.modulation[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
@@ -202,13 +203,13 @@ class TextDiT(ContextCacheMixin, BlockCausalMixin, nn.Module):
         pooled = self._pooled(clean, clean_mask)
         cond = self.condition(t) + pooled
         if self.context_cond is None:
-            attn_mask, block_cond = padding_attn_mask(keys), cond
+            attn_mask, layer_cond = padding_attn_mask(keys), cond
         else:  # context queries see only context keys; the context is modulated without t
             index = torch.arange(Lc + Lt + Lr, device=device)
             is_context = (index < Lc) | (index >= Lc + Lt)
             attn_mask = (keys[:, None, :] & (~is_context[:, None] | is_context[None, :]))[:, None]
             context_cond = (self.context_cond + pooled).expand(B, -1)
-            block_cond = Conditions(torch.stack([context_cond, cond], 1), (~is_context).long())
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, cond=block_cond)
+            layer_cond = Conditions(torch.stack([context_cond, cond], 1), (~is_context).long())
+        for layer in self.layers:
+            x = layer(x, rope, attn_mask, cond=layer_cond)
         return self.final(x[:, Lc: Lc + Lt], cond)

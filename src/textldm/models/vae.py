@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textldm.config import VAEConfig
-from textldm.models.blocks import TransformerBlock, block_causal_attn_mask, padding_attn_mask, rope_angles
+from textldm.models.layers import TransformerLayer, block_causal_attn_mask, padding_attn_mask, rope_angles
 from textldm.models.teacher import project_embeddings
 
 
@@ -25,11 +25,11 @@ class TextVAE(nn.Module):
         self.vocab_size = vocab_size
         w = cfg.width
         self.embed = nn.Embedding(vocab_size, w)
-        self.encoder = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth))
+        self.encoder = nn.ModuleList(TransformerLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth))
         self.encoder_norm = nn.LayerNorm(w, eps=1e-6)
         self.to_moments = nn.Linear(w, 2 * cfg.latent_channels)
         self.from_latent = nn.Linear(cfg.latent_channels, w)
-        self.decoder = nn.ModuleList(TransformerBlock(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+        self.decoder = nn.ModuleList(TransformerLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
         self.decoder_norm = nn.LayerNorm(w, eps=1e-6)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(w, vocab_size, bias=False)
         self.repa_proj = None
@@ -85,13 +85,13 @@ class TextVAE(nn.Module):
         return block_causal_attn_mask(mask, self.cfg.encoder_block_size)
 
     def encode_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
-        """-> (mean, logvar, the feature REPA aligns: an encoder block's output or the latent mean)."""
+        """-> (mean, logvar, the feature REPA aligns: an encoder layer's output or the latent mean)."""
         x = self.embed(ids)
         rope, attn_mask = self._rope(ids.shape[1], ids.device), self.encoder_attn_mask(ids, mask)
-        repa_at = self.cfg.repa_block % len(self.encoder)
+        repa_at = self.cfg.repa_layer % len(self.encoder)
         feature = None
-        for i, block in enumerate(self.encoder):
-            x = block(x, rope, attn_mask)
+        for i, layer in enumerate(self.encoder):
+            x = layer(x, rope, attn_mask)
             if i == repa_at:
                 feature = x
         mean, logvar = self.to_moments(self.encoder_norm(x)).float().chunk(2, dim=-1)
@@ -114,8 +114,8 @@ class TextVAE(nn.Module):
         """Latents (B, L, C) -> the decoder's final hidden states (B, L, width)."""
         x = self.from_latent(z.to(self.from_latent.weight.dtype))
         rope, attn_mask = self._rope(z.shape[1], z.device), padding_attn_mask(mask)
-        for block in self.decoder:
-            x = block(x, rope, attn_mask)
+        for layer in self.decoder:
+            x = layer(x, rope, attn_mask)
         return self.decoder_norm(x)
 
     def output_weight(self) -> torch.Tensor:

@@ -12,8 +12,8 @@ from textldm.config import VAEConfig
 from textldm.data.shards import TokenStream
 from textldm.generation.modes import GenerationMode
 from textldm.models.vae import TextVAE
-from textldm.training.distributed import local_slice, step_generator
-from textldm.training.precision import teacher_context
+from textldm.runtime.distributed import local_slice, step_generator
+from textldm.runtime.precision import teacher_context
 
 
 def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None,

@@ -17,10 +17,10 @@ from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import gaussian_optimal_loss
 from textldm.generation.modes import HEAD_TOKENS, GenerationMode
 from textldm.models.vae import TextVAE
+from textldm.runtime.distributed import step_generator
+from textldm.runtime.precision import teacher_context
 from textldm.training.batches import dit_batches
-from textldm.training.distributed import step_generator
 from textldm.training.objectives import repa_cosine
-from textldm.training.precision import teacher_context
 
 log = logging.getLogger(__name__)
 STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from textldm.config import TrainConfig
 from textldm.errors import UserError
-from textldm.models.blocks import TransformerBlock
+from textldm.models.layers import TransformerLayer
+from textldm.runtime.distributed import is_main, rank, split_batch, world_size
+from textldm.runtime.perf import Throughput, matmul_peak_flops
+from textldm.runtime.precision import autocast_dtype
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from textldm.training.distributed import is_main, rank, split_batch, world_size
-from textldm.training.perf import Throughput, matmul_peak_flops
-from textldm.training.precision import autocast_dtype
 from textldm.training.tracking import TrainingLog
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,12 @@ class EMA:
 # the training loop ------------------------------------------------------------------------------------
 def wrap_for_training(objective: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(the module to call, the module whose parameters are trained). One process: the objective itself.
-    DDP: a DDP wrapper around it. FSDP2: a copy of it with every TransformerBlock and the root sharded
+    DDP: a DDP wrapper around it. FSDP2: a copy of it with every TransformerLayer and the root sharded
     (`fully_shard`); the trained weights are gathered back into `objective` at the end of `fit`."""
     inner = copy.deepcopy(objective) if cfg.parallel == "fsdp" and dist.is_initialized() else objective
-    if cfg.compile:  # per block, as torchtitan does: small graphs, compiled once, reused by every block
+    if cfg.compile:  # per layer, as torchtitan does: small graphs, compiled once, reused by every layer
         for m in inner.modules():
-            if isinstance(m, TransformerBlock):
+            if isinstance(m, TransformerLayer):
                 m.compile()
     if not dist.is_initialized():  # under torchrun even one process is wrapped (the NCCL/gloo path runs)
         return inner, inner
@@ -137,7 +137,7 @@ def wrap_for_training(objective: nn.Module, cfg: TrainConfig, device: torch.devi
         from torch.distributed.fsdp import fully_shard
 
         for m in inner.modules():
-            if isinstance(m, TransformerBlock):
+            if isinstance(m, TransformerLayer):
                 fully_shard(m)
         fully_shard(inner)
         return inner, inner

@@ -27,13 +27,13 @@ from textldm.models.ar import CausalLM
 from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
 from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.runtime.distributed import barrier, is_main, setup_distributed, split_batch
+from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
 from textldm.training.batches import ar_batches, dit_batches, vae_batches
 from textldm.training.checkpoint import latest_checkpoint
-from textldm.training.distributed import barrier, is_main, setup_distributed, split_batch
 from textldm.training.evaluate import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
 from textldm.training.loop import fit
 from textldm.training.objectives import ARObjective, VAEObjective
-from textldm.training.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
 from textldm.training.teacher_cache import open_or_build
 from textldm.utils import atomic_write_text, environment, param_count, seed_everything, write_json
 

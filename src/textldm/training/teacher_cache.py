@@ -18,8 +18,8 @@ import torch
 
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
-from textldm.training.distributed import barrier, is_main
-from textldm.training.precision import teacher_context
+from textldm.runtime.distributed import barrier, is_main
+from textldm.runtime.precision import teacher_context
 from textldm.utils import atomic_dir, cache_dir
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from textldm.config import TrainConfig
 from textldm.errors import UserError, first_line
-from textldm.training.distributed import is_main
+from textldm.runtime.distributed import is_main
 from textldm.utils import environment
 
 

@@ -1,7 +1,8 @@
-"""The one Transformer block that the VAE, the DiT and the AR baseline all share.
+"""The one Transformer layer that the VAE, the DiT and the AR baseline all share (DiT's "block"; here a block is a
+stretch of tokens, as in block-causal).
 
 Pre-norm attention + MLP with rotary position embeddings and SDPA attention. With `cond_dim` set, the
-block is adaLN-modulated (DiT style): a conditioning vector produces shift/scale/gate for both branches.
+layer is adaLN-modulated (DiT style): a conditioning vector produces shift/scale/gate for both branches.
 The zero-initialisation of that modulation (adaLN-Zero) lives in the DiT's `initialize_weights`.
 """
 from __future__ import annotations
@@ -135,8 +136,8 @@ def per_token_modulation(modulation: nn.Module, cond: torch.Tensor | Conditions)
     return modulation(cond).unsqueeze(1)
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block. Unconditioned (VAE, AR): LayerNorms with affine parameters.
+class TransformerLayer(nn.Module):
+    """Pre-norm layer. Unconditioned (VAE, AR): LayerNorms with affine parameters.
     Conditioned (DiT): affine-free LayerNorms modulated by `cond`: (B, cond_dim), or `Conditions`."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):

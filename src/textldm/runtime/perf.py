@@ -21,17 +21,17 @@ def linear_flops(*layers: nn.Linear) -> float:
     return float(sum(2 * layer.in_features * layer.out_features for layer in layers))
 
 
-def block_flops(block, kv_len: int) -> float:
-    """Forward FLOPs per token of one TransformerBlock attending over kv_len keys (per-token products only;
+def layer_flops(layer, kv_len: int) -> float:
+    """Forward FLOPs per token of one TransformerLayer attending over kv_len keys (per-token products only;
     the adaLN modulation is per sequence and counted by the DiT)."""
-    width = block.attn.proj.out_features
-    return linear_flops(block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2) + 4.0 * kv_len * width
+    width = layer.attn.proj.out_features
+    return linear_flops(layer.attn.qkv, layer.attn.proj, layer.mlp.fc1, layer.mlp.fc2) + 4.0 * kv_len * width
 
 
 def vae_flops_per_sequence(vae, length: int, softmax_rows: int, repa_fraction: float) -> float:
     """Forward FLOPs of the VAE on one training sequence: encoder, latent heads, decoder, the output
     softmax over `softmax_rows` candidates, and the REPA projector on `repa_fraction` of the sequences."""
-    per_token = sum(block_flops(b, length) for b in (*vae.encoder, *vae.decoder))
+    per_token = sum(layer_flops(b, length) for b in (*vae.encoder, *vae.decoder))
     per_token += linear_flops(vae.to_moments, vae.from_latent) + 2.0 * vae.cfg.width * softmax_rows
     if vae.repa_proj is not None:
         per_token += repa_fraction * linear_flops(*[m for m in vae.repa_proj if isinstance(m, nn.Linear)])
@@ -41,7 +41,7 @@ def vae_flops_per_sequence(vae, length: int, softmax_rows: int, repa_fraction: f
 def dit_flops_per_sequence(dit, context_len: int, target_len: int) -> float:
     """Forward FLOPs of the DiT on one [context ; target] sequence (padded lengths: that is what runs)."""
     L = context_len + target_len
-    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, L) for b in dit.blocks)
+    per_token = linear_flops(dit.in_proj) + sum(layer_flops(b, L) for b in dit.layers)
     per_sequence = per_token * L + _target_io_flops(dit) * target_len
     return per_sequence + _conditioner_flops(dit, target=True, context=True)
 
@@ -50,7 +50,7 @@ def dit_block_flops_per_sequence(dit, length: int) -> float:
     """Forward FLOPs of a block-mode DiT on one window of `length` tokens: the [clean ; noisy] pass over 2 x length
     tokens (every key counted, as for causal attention), outputs for the noisy half, and the adaLN work once per
     condition (the clean one and each block's)."""
-    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, 2 * length) for b in dit.blocks)
+    per_token = linear_flops(dit.in_proj) + sum(layer_flops(b, 2 * length) for b in dit.layers)
     conditions = 1 + length // dit.cfg.blocks.size
     return per_token * 2 * length + _target_io_flops(dit) * length + conditions * _conditioner_flops(dit, True, False)
 
@@ -59,43 +59,43 @@ def dit_block_sampling_flops(dit, prefix_len: int, block: int) -> tuple[float, f
     """Block-mode DiT at sampling, one block after `prefix_len` cached positions: (the block's clean pass that
     joins the cache, once; one evaluation of the noisy block)."""
     kv = prefix_len + block
-    per_token = linear_flops(dit.in_proj) + sum(block_flops(b, kv) for b in dit.blocks)
+    per_token = linear_flops(dit.in_proj) + sum(layer_flops(b, kv) for b in dit.layers)
     return block * per_token + _conditioner_flops(dit, True, False), \
         block * (per_token + _target_io_flops(dit)) + _conditioner_flops(dit, True, False)
 
 
 def _target_io_flops(dit) -> float:
-    """Per target token, besides the blocks and the input projection: the output layer and, with
+    """Per target token, besides the layers and the input projection: the output layer and, with
     self-conditioning, the estimate's input projection."""
     sc = getattr(dit, "self_cond_proj", None)
     return linear_flops(dit.final.linear) + (linear_flops(sc) if sc is not None else 0.0)
 
 
 def _conditioner_flops(dit, target: bool, context: bool) -> float:
-    """The per-sequence adaLN work: the blocks' modulation for each condition used, plus its embedders."""
+    """The per-sequence adaLN work: the layers' modulation for each condition used, plus its embedders."""
     layers = []
     if target:
-        layers += [b.modulation[-1] for b in dit.blocks] + [dit.final.modulation[-1]]
+        layers += [b.modulation[-1] for b in dit.layers] + [dit.final.modulation[-1]]
         layers += [m for m in dit.t_embedder.mlp if isinstance(m, nn.Linear)] if dit.t_embedder is not None else []
     if context and dit.context_pool is not None:
         layers += [m for m in dit.context_pool if isinstance(m, nn.Linear)]
     if context and getattr(dit, "context_cond", None) is not None:
-        layers += [b.modulation[-1] for b in dit.blocks]  # the context's own, t-free modulation
+        layers += [b.modulation[-1] for b in dit.layers]  # the context's own, t-free modulation
     return linear_flops(*layers)
 
 
 def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tuple[float, float]:
     """Cacheable-context DiT at sampling: (the context pass, once per generation; one target-only pass)."""
-    context = context_len * (linear_flops(dit.in_proj) + sum(block_flops(b, context_len) for b in dit.blocks))
+    context = context_len * (linear_flops(dit.in_proj) + sum(layer_flops(b, context_len) for b in dit.layers))
     L = context_len + target_len
-    per_target_token = linear_flops(dit.in_proj) + _target_io_flops(dit) + sum(block_flops(b, L) for b in dit.blocks)
+    per_target_token = linear_flops(dit.in_proj) + _target_io_flops(dit) + sum(layer_flops(b, L) for b in dit.layers)
     target = target_len * per_target_token
     return context + _conditioner_flops(dit, False, True), target + _conditioner_flops(dit, True, False)
 
 
 def ar_flops_per_sequence(model, length: int) -> float:
     """Forward FLOPs of the causal LM on one sequence of `length` tokens (tied output head included)."""
-    per_token = sum(block_flops(b, length) for b in model.blocks) + 2.0 * model.cfg.width * model.vocab_size
+    per_token = sum(layer_flops(b, length) for b in model.layers) + 2.0 * model.cfg.width * model.vocab_size
     return per_token * length
 
 
