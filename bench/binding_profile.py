@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from textldm.evaluation.metrics import leading_special_ids
-from textldm.models.teacher import load_hf_model
+from textldm.models.lm import load_hf_model
 
 TOKENS = 40
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from next_token import held_out
-from textldm.models.teacher import resolve
+from textldm.models.lm import resolve
 from textldm.pipeline import TextLDMPipeline
 
 

@@ -18,7 +18,7 @@ import torch
 
 from textldm.config import load_config
 from textldm.generation import LMBlocks
-from textldm.models.teacher import Teacher, load_tokenizer, resolve
+from textldm.models.lm import FrozenLM, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline
 
@@ -40,7 +40,7 @@ def lm_seconds(lm, prompts: torch.Tensor, new: int) -> float:
                                      pad_token_id=0, use_cache=True))
 
 
-def mode_seconds(lm: Teacher, block: int, prompts: torch.Tensor, new: int, steps: int, cfg_scale: float) -> float:
+def mode_seconds(lm: FrozenLM, block: int, prompts: torch.Tensor, new: int, steps: int, cfg_scale: float) -> float:
     cfg = load_config("demo", ["dit.mode=context_lm", f"dit.blocks.size={block}", f"dit.context_lm.encoder={BACKBONE}"])
     vocab = len(load_tokenizer(cfg.teacher.name))
     vae = TextVAE(cfg.vae, vocab).eval()
@@ -65,7 +65,7 @@ def main():
 
     torch.manual_seed(0)
     hf_lm = AutoModelForCausalLM.from_pretrained(resolve(BACKBONE), dtype=torch.float32).eval()
-    context_lm = Teacher(BACKBONE, -1)
+    context_lm = FrozenLM(BACKBONE, -1)
     rows = []
     for batch in args.batches:
         prompts = torch.randint(100, 40000, (batch, args.prompt))

@@ -542,7 +542,7 @@ def sampling_models(c: Check, device) -> dict:
 
     from textldm.config import load_config
     from textldm.models.ar import CausalLM
-    from textldm.models.teacher import load_tokenizer
+    from textldm.models.lm import load_tokenizer
     from textldm.pipeline import ARPipeline
 
     s, st = c.shapes, c.state()
@@ -574,7 +574,7 @@ def compiled_row(c: Check, device, latest_start: float) -> dict:
         return {"skipped": "stage time cap"}
     import torch
 
-    from textldm.models.teacher import load_tokenizer
+    from textldm.models.lm import load_tokenizer
 
     s = c.shapes
     pipe = sampling_pipeline(c, device, load_tokenizer(c.state()["lm"]), (*s.window, *window_overrides(c)))
@@ -863,7 +863,7 @@ def pack(args) -> int:
     a corpus, a benchmark, and (--wheels) the missing packages for CPython 3.12 on x86-64."""
     from textldm.data.corpus import load_documents
     from textldm.evaluation.benchmark import PRESETS, BenchmarkSpec, build_benchmark, save_benchmark
-    from textldm.models.teacher import resolve
+    from textldm.models.lm import resolve
 
     target = Path(args.pack)
     target.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from synthetic import ZipfStream
 from textldm.config import TrainConfig, load_config
 from textldm.generation.window import FullWindow
 from textldm.models.dit import TextDiT
-from textldm.models.teacher import Teacher
+from textldm.models.lm import FrozenLM
 from textldm.models.vae import TextVAE
 from textldm.runtime.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
 from textldm.training.batches import vae_batches
@@ -132,7 +132,7 @@ def vae_row(cfg, args, device, peak, out) -> dict:
                        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
                        max_position_embeddings=40960, tie_word_embeddings=True)
     with torch.device(device):
-        teacher = Teacher(Qwen3ForCausalLM(qcfg).to(torch.bfloat16), cfg.teacher.layer)
+        teacher = FrozenLM(Qwen3ForCausalLM(qcfg).to(torch.bfloat16), cfg.teacher.layer)
     torch.manual_seed(0)
     vae = TextVAE(cfg.vae, QWEN3_VOCAB, teacher.hidden_size).to(device)
     batch, L = cfg.vae_train.micro_batch, cfg.vae.max_len

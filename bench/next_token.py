@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from textldm.models.teacher import resolve
+from textldm.models.lm import resolve
 from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.distributed import step_generator
 from textldm.training.stages import prepare_data

@@ -51,7 +51,7 @@ def child(folder: str, mode: str, cache: str) -> None:
 
     from textldm.config import DataConfig
     from textldm.data import corpus, shards
-    from textldm.models.teacher import end_of_text_id, load_tokenizer
+    from textldm.models.lm import end_of_text_id, load_tokenizer
 
     real = datasets.load_dataset
     datasets.load_dataset = lambda name, *a, **k: real(folder if name == "bench/corpus" else name, *a, **k)

@@ -13,7 +13,7 @@ from textldm.data.corpus import load_documents
 from textldm.data.embedded import _austen_chapters, strip_wiki_markup
 from textldm.data.shards import TokenStream, is_validation, tokenize_corpus
 from textldm.errors import UserError
-from textldm.models.teacher import end_of_text_id, load_tokenizer
+from textldm.models.lm import end_of_text_id, load_tokenizer
 
 
 def test_local_sources(tmp_path):

@@ -12,15 +12,15 @@ BASE = {"config", "errors", "utils", "version"}
 ALLOWED = {  # folder -> the textldm modules / folders it may import
     "models": BASE | {"models"},
     "diffusion": {"diffusion"},
-    "data": BASE | {"data", "models.teacher"},
+    "runtime": BASE | {"runtime"},
+    "data": BASE | {"data", "models.lm", "runtime"},
     # the generation modes: below training (which trains their objectives) and the pipeline (which samples with
-    # them); training.perf (FLOPs arithmetic over torch modules), .precision (autocast rules) and .teacher_cache
-    # (a frozen LM's states on disk, which the context-LM mode trains from) are leaves
-    "generation": BASE | {"models", "diffusion", "data", "export", "generation", "training.perf",
-                          "training.precision", "training.teacher_cache"},
-    "training": BASE | {"models", "diffusion", "data", "generation", "training", "pipeline", "export"},  # never eval
-    "evaluation": BASE | {"models", "diffusion", "data", "generation", "training", "evaluation", "pipeline", "export"},
-    "serving": BASE | {"models", "diffusion", "generation", "pipeline", "serving"},
+    # them)
+    "generation": BASE | {"models", "diffusion", "data", "export", "generation", "runtime"},
+    "training": BASE | {"models", "diffusion", "data", "generation", "training", "pipeline", "export", "runtime"},
+    "evaluation": BASE | {"models", "diffusion", "data", "generation", "training", "evaluation", "pipeline", "export",
+                          "runtime"},
+    "serving": BASE | {"models", "diffusion", "generation", "pipeline", "serving", "runtime"},
 }
 # a test of dit.mode - the switch between generation modes - is allowed only where the mode is defined: the config
 # (its sections and rules) and the DiT (which parts the network has); everywhere else the mode's class decides

@@ -15,10 +15,10 @@ from builders import RandomStream, dit_config, perturbed
 from textldm.config import Config, SampleConfig, VAEConfig, load_config
 from textldm.errors import UserError
 from textldm.generation import LMBlocks, mode_class
-from textldm.models.teacher import Teacher, load_tokenizer
+from textldm.models.lm import FrozenLM, load_tokenizer
 from textldm.models.vae import TextVAE
 from textldm.pipeline import TextLDMPipeline, noise_seed
-from textldm.runtime.precision import teacher_context
+from textldm.runtime.precision import frozen_lm_context
 
 VOCAB, C, BLOCK, HIDDEN = 11, 8, 4, 16
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
@@ -76,9 +76,9 @@ def gpt2_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_cached_lm_states_of_left_padded_rows_equal_a_fresh_forward(lm_dir, gpt2_dir, arch):
-    """Teacher.states over left-padded rows, fed in two pieces through its KV cache, gives each row the states of a
+    """FrozenLM.states over left-padded rows, fed in two pieces through its KV cache, gives each row the states of a
     fresh forward over that row alone (the sampler's LM cache is exact), with rotary and absolute positions."""
-    lm = Teacher(lm_dir if arch == "llama" else gpt2_dir, -1)
+    lm = FrozenLM(lm_dir if arch == "llama" else gpt2_dir, -1)
     rows = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3, 1, 4, 1, 5, 9, 2]]
     ids = torch.zeros(2, 10, dtype=torch.long)
     mask = torch.zeros(2, 10, dtype=torch.bool)
@@ -121,7 +121,7 @@ def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
     mode, vae = pipe.mode, pipe.vae
     batch = mode.batch(RandomStream(VOCAB), vae, 3, torch.Generator().manual_seed(0), slice(None), torch.device("cpu"))
     window = RandomStream(VOCAB).windows(3, 16, torch.Generator().manual_seed(0))
-    with teacher_context(torch.device("cpu")):  # training runs the LM as the REPA teacher: bf16 where native
+    with frozen_lm_context(torch.device("cpu")):  # training runs the LM as the REPA teacher: bf16 where native
         assert torch.equal(batch["context"], mode.lm(window))
     assert batch["clean"].shape == (3, 16, C) and batch["context"].shape == (3, 16, HIDDEN)
     base = mode.errors(batch, None)
@@ -217,7 +217,7 @@ def test_the_lm_prior_decodes_each_blocks_first_token_with_the_lms_probabilities
     described = LMBlocks.describe(replace(pipe.config, sample=pipe.settings(lm_prior=1.5)))
     assert "next-token probabilities together (sample.lm_prior 1.5)" in described  # the report says what decides
     assert "lm_prior" not in LMBlocks.describe(pipe.config)
-    pipe.mode.lm = Teacher(lm_dir, layer=-2)  # a DiT trained on an earlier layer's states: no next-token head
+    pipe.mode.lm = FrozenLM(lm_dir, layer=-2)  # a DiT trained on an earlier layer's states: no next-token head
     with pytest.raises(UserError, match="LM ends at block 2"):
         pipe.generate_ids(prompts, length=4, lm_prior=1.0)
 
@@ -251,8 +251,8 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     those windows, training batches read them, and a second source reuses the folder; with the LM's prediction
     (twice the width) the folder is another, and a folder of the other width is refused."""
     from conftest import tiny_overrides
+    from textldm.data.features import FeatureCache
     from textldm.training import stages
-    from textldm.training.teacher_cache import TeacherCache
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
@@ -262,7 +262,7 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     _, _, train, _ = stages.prepare_data(cfg)
     mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
     cache = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
-    assert isinstance(cache, TeacherCache) and len(cache) == 12 and cache.length == cfg.dit.window_tokens
+    assert isinstance(cache, FeatureCache) and len(cache) == 12 and cache.length == cfg.dit.window_tokens
     assert cache.meta["hidden"] == 32 * (2 if prediction else 1) == mode.lm.hidden_size
     idx = torch.tensor([0, 5, 11])
     fresh = mode.lm(cache.ids(idx))
@@ -303,7 +303,7 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     """When the context LM is the REPA teacher at its layer, window and window count, the VAE's teacher cache and
     the DiT's context features are one folder, built once; another layer is another folder."""
     from conftest import tiny_overrides
-    from textldm.models.teacher import Teacher
+    from textldm.models.lm import FrozenLM
     from textldm.training import stages
 
     shared = ["dit.mode=context_lm", "dit.context_lm.features=auto", "dit.context_lm.windows=12",
@@ -312,7 +312,7 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       shared + [f"dit.context_lm.encoder={tiny_model_dir}", "dit.context_lm.layer=-2"])
     _, _, train, _ = stages.prepare_data(cfg)
-    repa = stages.teacher_cache(cfg, train, Teacher(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
+    repa = stages.teacher_cache(cfg, train, FrozenLM(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
     features = Path(repa.features_map.filename)
     mtime = features.stat().st_mtime_ns
     mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
@@ -475,7 +475,7 @@ def test_trained_lm_blocks_refuse_precomputed_states_fsdp_and_more_blocks_than_r
         load_config(None, base + ["dit.context_lm.features=auto"])
     with pytest.raises(UserError, match="not supported with dit_train.parallel=fsdp"):
         load_config(None, base + ["dit_train.parallel=fsdp"])
-    with pytest.raises(UserError, match=r"runs 3 blocks up to its layer; use 1..3"):
+    with pytest.raises(UserError, match=r"runs 3 layers up to its layer; use 1..3"):
         LMBlocks(LMBlocks.new_dit(dit_config("context_lm", blocks={"size": BLOCK},
                                              context_lm={"encoder": lm_dir, "train_layers": 4}), C))
 
@@ -498,7 +498,7 @@ def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(
     vae_pipe, _ = stages.train_vae(cfg, progress=False)
     pipe, _ = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False)
     saved = load_file(str(tmp_path / "model" / "context_lm.safetensors"))
-    pretrained = Teacher(tiny_model_dir, cfg.dit.context_lm.layer)
+    pretrained = FrozenLM(tiny_model_dir, cfg.dit.context_lm.layer)
     fresh = pretrained.model.state_dict()
     assert saved and all(not torch.equal(v, fresh[k]) for k, v in saved.items())
     assert all(torch.equal(v, pipe.mode.lm.model.state_dict()[k]) for k, v in saved.items())

@@ -16,7 +16,7 @@ from test_train import Quadratic
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.diffusion.flow import sample_t, time_grid
 from textldm.evaluation.heldout import position_agreement
-from textldm.models import blocks
+from textldm.models import layers
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.layers import TransformerLayer, rope_angles
@@ -146,7 +146,7 @@ def test_timestep_distribution_and_grid_use_their_mean():
         assert abs((t < grid[k]).float().mean().item() - k / 20) < 0.01
 
 
-# --- DiT blocks -------------------------------------------------------------------------------------
+# --- DiT layers -------------------------------------------------------------------------------------
 def test_adaln_modulation_formula_with_nonzero_weights():
     """x + gate1 * attn(LN(x) * (1 + scale1) + shift1), then the same for the MLP, with the six chunks in
     visual DiT's order (shift, scale, gate) x 2; the final layer: linear(LN(x) * (1 + scale) + shift)."""
@@ -342,7 +342,7 @@ def test_sdpa_branch_matches_the_explicit_branch(monkeypatch):
                     vae.encode(ids, vae_mask)[vae_mask], ar(ids), ar(ids[:, 3:], torch.ones(3, 4, dtype=torch.bool))]
 
     explicit = outputs()
-    monkeypatch.setattr(blocks, "use_sdpa", lambda q, k: True)
+    monkeypatch.setattr(layers, "use_sdpa", lambda q, k: True)
     for a, b in zip(explicit, outputs()):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -405,7 +405,7 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from conftest import tiny_overrides
-    from textldm.models.teacher import Teacher
+    from textldm.models.lm import FrozenLM
     from textldm.training import stages
 
     padded = tmp_path / "padded-lm"
@@ -414,7 +414,7 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     cfg = LlamaConfig(vocab_size=vocab + 7, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)
     LlamaForCausalLM(cfg).save_pretrained(padded, safe_serialization=True)
-    teacher = Teacher(str(padded), 1)
+    teacher = FrozenLM(str(padded), 1)
     assert teacher.input_embeddings().shape[0] == vocab + 7 and teacher.input_embeddings(vocab).shape[0] == vocab
     overrides = tiny_overrides(str(padded), tiny_corpus, str(tmp_path / "run")) + [
         "vae.embed_init=teacher", "vae_train.steps=2", "ar.embed_init=teacher", "ar.width=32", "ar.heads=2",
@@ -438,7 +438,7 @@ def test_the_teacher_uses_bf16_only_where_it_is_native(monkeypatch):
     cpu = torch.device("cpu")
     for native, expected in ((torch.bfloat16, True), (None, False)):
         monkeypatch.setattr(precision, "autocast_dtype", lambda precision, device: native)
-        with precision.teacher_context(cpu):
+        with precision.frozen_lm_context(cpu):
             assert torch.is_autocast_enabled("cpu") == expected
 
 

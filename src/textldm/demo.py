@@ -22,7 +22,7 @@ from textldm.evaluation.heldout import (
 from textldm.evaluation.metrics import judge_scores, rouge_l, text_statistics
 from textldm.export import locate_model_folder, read_model_config
 from textldm.generation import mode_class
-from textldm.models.teacher import resolve
+from textldm.models.lm import resolve
 from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.distributed import is_main
 from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of

@@ -32,6 +32,7 @@ from textldm.generation import GenerationMode, SamplingRun, mode_class, noise_se
 from textldm.generation.ar import ARPipeline, resolve_length
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
+from textldm.runtime.precision import bf16_autocast
 from textldm.utils import cut_at, resolve_device
 
 __all__ = ["ARPipeline", "TextLDMPipeline", "load_pipeline", "noise_seed", "truncate_prompts"]
@@ -206,7 +207,7 @@ class TextLDMPipeline(HubMixin):
     def autocast(self, s: SampleConfig):
         """bf16 autocast for settings with precision bf16, or for bf16 weights; otherwise a no-op context."""
         bf16 = s.precision == "bf16" or self.vae.embed.weight.dtype == torch.bfloat16
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return bf16_autocast(self.device, bf16)
 
     # persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:

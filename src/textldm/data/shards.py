@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from textldm.data.corpus import read_unit, source_units
 from textldm.errors import UserError
-from textldm.models.teacher import load_tokenizer
+from textldm.models.lm import load_tokenizer
 from textldm.utils import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from textldm.evaluation.metrics import (
     text_statistics,
 )
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
-from textldm.models.teacher import load_hf_model
+from textldm.models.lm import load_hf_model
 from textldm.pipeline import ARPipeline, load_pipeline, truncate_prompts
 from textldm.utils import atomic_write_text, cut_at, looks_like_path, resolve_device, write_json
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from textldm.errors import UserError
-from textldm.models.teacher import load_hf_model
+from textldm.models.lm import load_hf_model
+from textldm.runtime.precision import bf16_autocast
 
 MINILM = "minilm"
 
@@ -225,7 +226,7 @@ def continuation_nll(prompts: list[str], continuations: list[str], judge: str = 
             scored[r, len(p): len(p) + len(c)] = True
         ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
         kind = torch.device(device).type
-        with torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda"):
+        with bf16_autocast(kind, kind == "cuda"):
             # logits of positions first.. only (a 262K-token vocabulary makes the prompt's logits the largest tensor)
             logits = model(input_ids=ids, attention_mask=attn, **({"logits_to_keep": L - first} if keeps else {}))
             logits = logits.logits.float()[:, 0 if keeps else first:]

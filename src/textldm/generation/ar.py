@@ -10,6 +10,7 @@ from textldm import export
 from textldm.config import Config, config_from_dict, to_dict
 from textldm.errors import UserError
 from textldm.models.ar import CausalLM, generate
+from textldm.runtime.precision import bf16_autocast
 from textldm.utils import cut_at, resolve_device
 
 
@@ -62,7 +63,7 @@ class ARPipeline(export.HubMixin):
         keep = self.seq_len - length
         prompts = [p[-keep:] for p in prompt_ids]
         bf16 = next(self.model.parameters()).dtype == torch.bfloat16
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(self.device, bf16):
             out = generate(self.model, prompts, length, s.temperature if temperature is None else temperature,
                            s.top_k if top_k is None else top_k, s.top_p if top_p is None else top_p,
                            s.seed if seed is None else seed).tolist()

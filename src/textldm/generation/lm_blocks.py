@@ -16,15 +16,15 @@ import logging
 import torch
 
 from textldm.config import Config, DiTConfig, SampleConfig
+from textldm.data.features import FeatureCache, open_or_build
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
 from textldm.generation.blocks import Blocks, block_layout
 from textldm.models.dit import TextDiT
-from textldm.models.teacher import Teacher, load_tokenizer, resolve
+from textldm.models.lm import FrozenLM, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
 from textldm.runtime.perf import TRAIN_FACTOR
-from textldm.runtime.precision import teacher_context
-from textldm.training.teacher_cache import TeacherCache, open_or_build
+from textldm.runtime.precision import frozen_lm_context
 
 log = logging.getLogger(__name__)
 # Passes over the precomputed windows past which the DiT was measured to overfit them (bench/results/context_lm.md:
@@ -91,10 +91,10 @@ class LMPrefix:
     reads its states of the window's positions. Carried: (the cache, the mask of the tokens it holds, the last
     token's features: the LM's view of the next token, `prior`)."""
 
-    def __init__(self, lm: Teacher, prior_weight: float = 0.0):
+    def __init__(self, lm: FrozenLM, prior_weight: float = 0.0):
         if prior_weight and not lm.final:
             raise UserError(f"sample.lm_prior reads the context LM's next-token probabilities at its last layer; this "
-                            f"model's LM ends at block {lm.blocks_run} (dit.context_lm.layer): set sample.lm_prior=0")
+                            f"model's LM ends at block {lm.layers_run} (dit.context_lm.layer): set sample.lm_prior=0")
         self.lm, self.prior_weight = lm, prior_weight
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, history: list[list[int]]):
@@ -132,12 +132,12 @@ class LMBlocks(Blocks):
     latents, noise, a time per block) plus the LM's states of the same windows under "context"."""
     name = "context_lm"
 
-    def __init__(self, dit: TextDiT, lm: Teacher | None = None):
+    def __init__(self, dit: TextDiT, lm: FrozenLM | None = None):
         """`lm`: the context LM, already built (tests, or a caller that has it); default: dit.context_lm.encoder loaded
         at dit.context_lm.layer, frozen, on the DiT's device."""
         super().__init__(dit)
         c = dit.cfg.context_lm
-        self.lm = lm if lm is not None else Teacher(c.encoder, c.layer, c.prediction)
+        self.lm = lm if lm is not None else FrozenLM(c.encoder, c.layer, c.prediction)
         self.lm.to(next(dit.parameters()).device)
         if c.train_layers:
             self.lm.unfreeze(c.train_layers, c.lr_scale)
@@ -182,7 +182,7 @@ class LMBlocks(Blocks):
         """Plain block mode's batch of windows drawn from `source` (a stream, or precomputed features: whole cached
         windows by index), with the LM's states of those windows under "context". The LM reads each whole window
         (its states of padding positions are masked out of the DiT)."""
-        if isinstance(source, TeacherCache):
+        if isinstance(source, FeatureCache):
             idx = torch.randint(0, len(source), (batch_size,), generator=g)
             ids, features = source.ids(idx), source.features(idx[rows])
         else:
@@ -192,7 +192,7 @@ class LMBlocks(Blocks):
             batch["context_ids"] = ids[rows].to(device)
             return batch
         if features is None:
-            with teacher_context(device):
+            with frozen_lm_context(device):
                 features = self.lm(ids[rows].to(device))
         batch["context"] = features.to(device)
         return batch
@@ -218,7 +218,7 @@ class LMBlocks(Blocks):
         """What the noisy blocks read as their clean prefix: the LM's states of the window."""
         if "context" in batch:
             return batch["context"]
-        with teacher_context(batch["context_ids"].device):
+        with frozen_lm_context(batch["context_ids"].device):
             return self.lm(batch["context_ids"])
 
     # sampling ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from textldm.config import VAEConfig
 from textldm.models.layers import TransformerLayer, block_causal_attn_mask, padding_attn_mask, rope_angles
-from textldm.models.teacher import project_embeddings
+from textldm.models.lm import project_embeddings
 
 
 class TextVAE(nn.Module):

@@ -13,12 +13,12 @@ from textldm.data.shards import TokenStream
 from textldm.generation.modes import GenerationMode
 from textldm.models.vae import TextVAE
 from textldm.runtime.distributed import local_slice, step_generator
-from textldm.runtime.precision import teacher_context
+from textldm.runtime.precision import frozen_lm_context
 
 
 def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None,
                 cache=None):
-    """With a `TeacherCache`, whole cached windows are drawn and their stored teacher features used."""
+    """With a `FeatureCache`, whole cached windows are drawn and their stored teacher features used."""
     L = cfg.max_len
 
     def get(step: int, micro: int = 0, accum: int = 1) -> dict:
@@ -42,7 +42,7 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
         if cache is not None:
             batch["teacher"] = cache.features(idx[sl][:n]).to(device)
         elif teacher is not None:
-            with teacher_context(device):
+            with frozen_lm_context(device):
                 batch["teacher"] = teacher(ids[:n], mask[:n])
         return batch
 

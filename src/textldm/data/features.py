@@ -1,11 +1,13 @@
-"""REPA teacher features precomputed to disk, as the alternative to running the teacher at every step.
+"""A frozen LM's features of fixed windows, precomputed to disk (`FeatureCache`), as the alternative to running the LM
+at every step: the REPA teacher's (vae.teacher_cache) and the context LM's (dit.context_lm.features) - one folder
+when they are the same LM at the same layer and window.
 
 The cache covers fixed windows of the training split: window k is `length` tokens at a fixed place in a
 shard (consecutive, non-overlapping, never crossing a shard). Its folder holds `windows.npy` ((n, 2):
-shard, offset), `features.bin` ((n, length, hidden) float16, memory-mapped) and `meta.json`. VAE training
+shard, offset), `features.bin` ((n, length, hidden) float16, memory-mapped) and `meta.json`. Training
 with a cache draws whole cached windows (by index, seeded per step) and reads their features instead of
-running the teacher. The trade-off (docs/design.md): 2 bytes x hidden per token of disk (4 KB per token for
-Qwen3-1.7B) against the teacher's forward FLOPs at every step.
+running the LM. The trade-off (docs/design.md): 2 bytes x hidden per token of disk (4 KB per token for
+Qwen3-1.7B) against the LM's forward FLOPs at every step.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from textldm.data.shards import TokenStream
 from textldm.errors import UserError
 from textldm.runtime.distributed import barrier, is_main
-from textldm.runtime.precision import teacher_context
+from textldm.runtime.precision import frozen_lm_context
 from textldm.utils import atomic_dir, cache_dir
 
 
@@ -53,7 +55,7 @@ def build_teacher_cache(stream: TokenStream, teacher, teacher_name: str, layer: 
         features = np.memmap(tmp / "features.bin", dtype=np.float16, mode="w+", shape=(len(windows), length, hidden))
         for start in tqdm(range(0, len(windows), batch_size), desc="teacher features", disable=not progress):
             ids = window_ids(stream, windows[start: start + batch_size], length).to(device)
-            with teacher_context(device):
+            with frozen_lm_context(device):
                 out = teacher(ids)
             features[start: start + len(ids)] = out.float().cpu().numpy().astype(np.float16)
         features.flush()
@@ -69,7 +71,7 @@ def window_ids(stream: TokenStream, rows: np.ndarray, length: int) -> torch.Tens
     return torch.from_numpy(np.stack([np.asarray(stream.parts[p][o: o + length], dtype=np.int64) for p, o in rows]))
 
 
-class TeacherCache:
+class FeatureCache:
     """A built cache, memory-mapped: `ids(idx)` and `features(idx)` of cached windows."""
 
     def __init__(self, folder: Path | str, stream: TokenStream):
@@ -93,12 +95,12 @@ class TeacherCache:
         return window_ids(self.stream, self.rows[idx.numpy()], self.length)
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        """Teacher features (float32) of the cached windows `idx`."""
+        """FrozenLM features (float32) of the cached windows `idx`."""
         return torch.from_numpy(np.stack([self.features_map[i] for i in idx.tolist()]).astype(np.float32))
 
 
 def open_or_build(stream: TokenStream, teacher, teacher_name: str, layer: int, length: int, setting: str,
-                  windows: int, batch_size: int, device: torch.device, progress: bool, what: str) -> TeacherCache:
+                  windows: int, batch_size: int, device: torch.device, progress: bool, what: str) -> FeatureCache:
     """The precomputed features a setting names ("auto": a folder in the cache keyed by corpus, teacher, layer and
     window; else the folder given), built on rank 0 the first time, checked against the run's layer and length.
     `what`: the setting's key, for the messages (vae.teacher_cache, dit.context_lm.features)."""
@@ -106,7 +108,7 @@ def open_or_build(stream: TokenStream, teacher, teacher_name: str, layer: int, l
     if is_main() and not (folder / "meta.json").exists():
         build_teacher_cache(stream, teacher, teacher_name, layer, length, folder, windows, batch_size, device, progress)
     barrier()
-    cache = TeacherCache(folder, stream)
+    cache = FeatureCache(folder, stream)
     if cache.length != length or cache.meta["layer"] != layer or cache.meta["hidden"] != teacher.hidden_size:
         raise UserError(f"{what} '{folder}' holds layer {cache.meta['layer']} windows of {cache.length} tokens, "
                         f"{cache.meta['hidden']} features each; this run needs layer {layer}, {length}, "
