@@ -1,5 +1,5 @@
-"""`textldm` command line: train-vae, train-dit, train-ar, cache-teacher, demo, config, generate, serve,
-build-bench, eval, ablate, plot, push-to-hub.
+"""`textldm` command line: the model families' training commands (train-vae, train-dit, cache-teacher, train-ar: the
+registry's, `families.FAMILIES`), demo, config, generate, serve, build-bench, eval, ablate, plot, push-to-hub.
 
 Every command that runs a config takes a preset (`--config demo`, a built-in name or a .yaml path) and any
 number of `section.key=value` overrides; `textldm config --keys` lists every key with its type, default and
@@ -22,9 +22,9 @@ from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
 from textldm.diffusion.guidance import interval_problem
 from textldm.errors import UserError, first_line
+from textldm.families import FAMILIES
 from textldm.runtime.distributed import finish, is_main
 from textldm.serving.service import ServeLimits
-from textldm.training import stages
 from textldm.utils import atomic_write_text, resolve_device
 from textldm.version import __version__
 
@@ -51,12 +51,11 @@ def _with_config(sub, name: str, help_: str, resume: bool = True, preset: str = 
 
 
 def _add_training(sub) -> None:
-    _with_config(sub, "train-vae", "train the TextVAE (writes OUT_DIR/vae)")
-    s = _with_config(sub, "train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)")
-    s.add_argument("--vae", required=True, help="a saved VAE folder (OUT_DIR/vae of train-vae)")
-    _with_config(sub, "train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)")
-    _with_config(sub, "cache-teacher", "precompute the REPA teacher's features to disk (then train-vae "
-                                       "vae.teacher_cache=auto)", resume=False)
+    for fam in FAMILIES.values():  # each family's training commands, from the registry
+        for command in fam.commands:
+            s = _with_config(sub, command.name, command.help, resume=command.resume)
+            for name, options in command.arguments:
+                s.add_argument(name, **options)
     s = _with_config(sub, "demo", "data -> VAE -> DiT -> measurements and samples, on the preset (default: "
                                   "context-lm, a DiT on a frozen pretrained LM's states; --config demo: from scratch)",
                      preset="context-lm")
@@ -210,7 +209,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 # the commands -----------------------------------------------------------------------------------------------
 def _generate(args) -> None:
-    from textldm.pipeline import TextLDMPipeline
+    from textldm.families.textldm import TextLDMPipeline
 
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -260,14 +259,13 @@ def _serve(args) -> None:
 
 
 def _push(args) -> None:
-    from textldm.export import model_type
-    from textldm.pipeline import ARPipeline, TextLDMPipeline
+    """The saved folder as it is (weights, config.json, tokenizer, card), whatever its family."""
+    from textldm.export import locate_model_folder, read_model_config, upload_model_folder
 
-    if model_type(args.model) == "ar":
-        pipe = ARPipeline.from_pretrained(args.model)
-    else:
-        pipe = TextLDMPipeline.from_pretrained(args.model, require_dit=False)
-    print(pipe.push_to_hub(args.repo, private=args.private or None, revision=args.revision, token=args.token))
+    folder = locate_model_folder(args.model)
+    read_model_config(folder)  # a textldm folder (a clear error otherwise)
+    print(upload_model_folder(folder, args.repo, private=args.private or None, token=args.token,
+                              revision=args.revision))
 
 
 def _plot(args) -> None:
@@ -328,17 +326,11 @@ def _demo(args, cfg: Config) -> None:
               f"(or `make serve`), then open http://localhost:8000/")
 
 
-def _cache_teacher(args, cfg: Config) -> None:
-    print(f"teacher features: {stages.cache_teacher(cfg, not args.quiet)}  (train with vae.teacher_cache=auto)")
-
-
 PLAIN = {"generate": _generate, "serve": _serve, "plot": _plot, "build-bench": _build_bench,  # command(args)
          "push-to-hub": _push, "lm-eval": _lm_eval}
-CONFIGURED = {  # command(args, the resolved config)
-    "config": _config, "eval": _eval, "ablate": _ablate, "demo": _demo, "cache-teacher": _cache_teacher,
-    "train-vae": lambda args, cfg: stages.train_vae(cfg, not args.quiet, resume=args.resume),
-    "train-dit": lambda args, cfg: stages.train_dit(cfg, vae_dir=args.vae, progress=not args.quiet, resume=args.resume),
-    "train-ar": lambda args, cfg: stages.train_ar(cfg, not args.quiet, resume=args.resume),
+CONFIGURED = {  # command(args, the resolved config): the families' training commands, and the jobs above
+    "config": _config, "eval": _eval, "ablate": _ablate, "demo": _demo,
+    **{command.name: command.run for fam in FAMILIES.values() for command in fam.commands},
 }
 
 

@@ -4,7 +4,8 @@
     report = demo.demo(load_config("demo"))
     print(demo.format_report(report))
 
-Writes report.json / report.md into the run folder, beside what the training stages write (`training/stages.py`).
+Writes report.json / report.md into the run folder, beside what the training stages write
+(`families/textldm/train.py`, `training/stage.py`).
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from textldm.evaluation.heldout import (
 )
 from textldm.evaluation.metrics import judge_scores, rouge_l, text_statistics
 from textldm.export import locate_model_folder, read_model_config
-from textldm.generation import mode_class
+from textldm.families.textldm import TextLDMPipeline, train_dit, train_vae
+from textldm.families.textldm.modes import mode_of
+from textldm.families.textldm.train import with_vae_of
 from textldm.models.lm import resolve
-from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.distributed import is_main
-from textldm.training.stages import prepare_data, start_run, train_dit, train_vae, with_vae_of
+from textldm.training.stage import prepare_data, start_run
 from textldm.utils import atomic_write_text, write_json
 
 
@@ -66,7 +68,7 @@ def continuation_report(pipe: TextLDMPipeline, cfg: Config, train: TokenStream, 
 
 def what_it_is(cfg: Config) -> str:
     """One sentence on what the run trains and where its text's knowledge comes from: the report's first line."""
-    text = mode_class(cfg.dit).describe(cfg)
+    text = mode_of(cfg.dit).describe(cfg)
     return text + (" (the from-scratch demo: --config demo)" if cfg.dit.reads("context_lm") else "")
 
 

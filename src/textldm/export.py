@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,16 +30,28 @@ def _state(module: torch.nn.Module | dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def write_model_folder(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module | dict], tokenizer) -> None:
+@dataclass(frozen=True)
+class CardText:
+    """What a family's model card says of one saved folder: its model type, what it is (a sentence), the class that
+    loads it, a line that samples from it and its Hub tag."""
+    kind: str
+    what: str
+    loader: str
+    sample: str
+    tag: str
+
+
+def write_model_folder(path: Path | str, meta: dict, modules: dict[str, torch.nn.Module | dict], tokenizer,
+                       card: CardText) -> None:
     """One folder, written atomically: config.json (`meta` + format + environment), `<name>.safetensors`
-    per module (or dict of tensors), the tokenizer files and the model card (README.md)."""
+    per module (or dict of tensors), the tokenizer files and the model card (README.md, from `card`)."""
     meta = {"format": FORMAT, "environment": environment(), **meta}
     with atomic_dir(path) as tmp:
         for name, module in modules.items():
             save_file(_state(module), str(tmp / f"{name}.safetensors"))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        (tmp / "README.md").write_text(model_card(meta))
+        (tmp / "README.md").write_text(model_card(meta, card))
 
 
 def read_tokenizer(path: Path):
@@ -67,7 +80,8 @@ def read_model_config(path: Path | str) -> dict:
 
 
 def model_type(path: Path | str) -> str:
-    """"textldm" (VAE [+ DiT]) or "ar" (the autoregressive baseline)."""
+    """The family (a registry name: `families.FAMILIES`) a saved folder's config.json names; 0.1-era folders name
+    none and are TextLDM's."""
     return read_model_config(path).get("model_type", "textldm")
 
 
@@ -188,31 +202,23 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 # the model card (README.md of every saved model) -------------------------------------------------------------
-def model_card(meta: dict) -> str:
-    """A Hub model card from a saved model's config.json contents: what it is, how it was trained, its
-    measured numbers, how to load and sample it, license and citation."""
-    cfg, report, kind = meta["config"], meta.get("report", {}), meta.get("model_type", "textldm")
-    what = {"ar": "the autoregressive baseline (a causal Transformer) trained under TextLDM's settings",
-            "textldm": "a TextLDM model: a TextVAE (one 64-d latent per token, REPA-aligned) and a TextDiT "
-                       "(flow matching in that latent space)"}[kind]
-    if kind == "textldm" and "dit_train" not in report:
-        what = "the TextVAE of a TextLDM model (no DiT yet: train one with `textldm train-dit --vae DIR`)"
-    loader = "ARPipeline" if kind == "ar" else "TextLDMPipeline"
-    sample = 'pipe.generate(["The President said that"], length=48)'
+def model_card(meta: dict, card: CardText) -> str:
+    """A Hub model card from a saved model's config.json contents and its family's words (`card`): what it is, how it
+    was trained, its measured numbers, how to load and sample it, license and citation."""
+    cfg, report = meta["config"], meta.get("report", {})
     lines = ["---", "license: apache-2.0", "library_name: textldm", "pipeline_tag: text-generation",
-             "tags: [textldm, text-generation, " + ("autoregressive" if kind == "ar" else "latent-diffusion") + "]",
-             "---", "", f"# {Path(cfg.get('out_dir', 'textldm')).name} ({kind})", "",
-             f"This is {what}, made with [textldm](https://pypi.org/project/textldm/) "
+             f"tags: [textldm, text-generation, {card.tag}]",
+             "---", "", f"# {Path(cfg.get('out_dir', 'textldm')).name} ({card.kind})", "",
+             f"This is {card.what}, made with [textldm](https://pypi.org/project/textldm/) "
              f"{meta.get('environment', {}).get('versions', {}).get('textldm', '')}.", "",
              "## Training", "", f"- data: `{cfg['data']['source']}`; tokenizer and REPA teacher: "
              f"`{cfg['teacher']['name']}` (layer {cfg['teacher']['layer']}); vocabulary {meta.get('vocab_size')}"]
     lines += _card_stages(report) + ["", "## Measured (held-out text of the training corpus)", ""]
     lines += _card_numbers(report) or ["- no held-out numbers were recorded with this model"]
-    lines += ["", "## Use", "", "```python", f"from textldm import {loader}", "",
-              f'pipe = {loader}.from_pretrained("REPO_OR_FOLDER")  # a local folder or a Hub repo id',
-              sample if kind != "ar" else 'pipe.generate(["The President said that"], length=48, top_p=0.95)',
-              "```", "", "The full configuration is in `config.json`; `textldm generate --model REPO_OR_FOLDER "
-              "--prompt TEXT` samples from the command line.", "", "## License and citation", "",
+    lines += ["", "## Use", "", "```python", f"from textldm import {card.loader}", "",
+              f'pipe = {card.loader}.from_pretrained("REPO_OR_FOLDER")  # a local folder or a Hub repo id',
+              card.sample, "```", "", "The full configuration is in `config.json`; `textldm generate --model "
+              "REPO_OR_FOLDER --prompt TEXT` samples from the command line.", "", "## License and citation", "",
               "Apache-2.0. TextLDM: \"TextLDM: Language Modeling with Continuous Latent Diffusion\", "
               "arXiv:2605.07748 (2026); the software: see CITATION.cff in the textldm repository.", ""]
     return "\n".join(lines)

@@ -183,6 +183,22 @@ def _nvidia_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
+def pad_rows(rows: list[list[int]], width: int | None = None, left: bool = True, device=None,
+             fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids as one (N, width) tensor and its mask (True at the real tokens): padded on the left (the
+    rows end together, as a causal reader or a block layout wants them) or the right; `width` defaults to the
+    longest row. The one padding of id rows (the AR baseline, the block sampler, the context LM, the latent codec,
+    an HF model in the evaluation harness)."""
+    width = max(len(r) for r in rows) if width is None else width
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = True
+    return ids.to(device), mask.to(device)
+
+
 def cut_at(rows: list[list[int]], stop_id: int | None) -> list[list[int]]:
     """Each row of token ids up to (not including) its first `stop_id`."""
     return [row[: row.index(stop_id)] if stop_id in row else row for row in rows]

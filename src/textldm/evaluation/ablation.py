@@ -21,7 +21,7 @@ from textldm.errors import UserError
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import TABLE_METRICS, Contestant, Scorer, benchmark_agreement, scoring_device
 from textldm.evaluation.heldout import AGREEMENT_PROMPTS
-from textldm.training import stages
+from textldm.families.textldm import train_dit, train_vae
 from textldm.utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,13 @@ def run_ablation(preset: str, overrides: list[str], grid: dict[str, list[str]], 
             if vae_key in vaes:
                 vae_pipe, vae_report, row["vae_from"] = vaes[vae_key]
             else:
-                vae_pipe, vae_report = stages.train_vae(cfg, progress)
+                vae_pipe, vae_report = train_vae(cfg, progress)
                 vaes[vae_key] = (vae_pipe, vae_report, name)
-            pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=progress, vae_report=vae_report)
+            pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=progress, vae_report=vae_report)
             report = {**vae_report, **dit_report}
             models[dit_key] = (pipe, report, name)
         _, items = benchmark(bench, cfg.metrics.samples, cfg.seed)
-        gens = Contestant(name, "textldm", pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
+        gens = Contestant(name, pipe).continue_items(items, cfg.sample, cfg.metrics.batch_size, 0)
         row["metrics"] = Scorer(items, cfg.metrics, scoring_device(cfg.device))(gens)
         row["same_noise_agreement"] = benchmark_agreement(pipe, items[:AGREEMENT_PROMPTS])
         row["vae_eval"] = report.get("vae_eval", {})

@@ -13,15 +13,13 @@ cfg_sweep.png.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from textldm.config import Config, MetricsConfig, SampleConfig
 from textldm.errors import UserError
@@ -37,9 +35,9 @@ from textldm.evaluation.metrics import (
     text_statistics,
 )
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
-from textldm.models.lm import load_hf_model
-from textldm.pipeline import ARPipeline, load_pipeline, truncate_prompts
-from textldm.utils import atomic_write_text, cut_at, looks_like_path, resolve_device, write_json
+from textldm.families import Pipeline, load_pipeline, truncate_prompts
+from textldm.families.hf import HFPipeline
+from textldm.utils import atomic_write_text, looks_like_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +56,21 @@ def _by_length(jobs: list[tuple[int, list[int], int]], batch_size: int):
             yield length, rows[k: k + batch_size]
 
 
-def _continue_with(tokenizer, items: list[dict], context: int, cap: int, batch_size: int,
-                   generate_ids: Callable[[list[list[int]], int, int], list[list[int]]], seed: int) -> list[str]:
+def _continue_with(pipe: Pipeline, items: list[dict], sample: SampleConfig, cap: int, batch_size: int) -> list[str]:
+    """Each item's prompt continued by the pipeline by its reference's length in the model's tokens (at most `cap`),
+    prompts cut to what the model reads at that cap; batches share a length, batch b sampled at seed sample.seed + b."""
+    tokenizer = pipe.tokenizer
     prompts = truncate_prompts([tokenizer(it["prompt"], add_special_tokens=False)["input_ids"] for it in items],
-                               context, "the model's context")
+                               pipe.prompt_window(cap, sample), "the model's context")
     jobs = []
     for i, (item, prompt) in enumerate(zip(items, prompts)):
         n_ref = len(tokenizer(item["reference"], add_special_tokens=False)["input_ids"])
         jobs.append((i, prompt, max(1, min(n_ref, cap))))
     out = [""] * len(items)
     for b, (length, rows) in enumerate(_by_length(jobs, batch_size)):
-        for (i, _), ids in zip(rows, generate_ids([p for _, p in rows], length, seed + b)):
+        continued = pipe.continue_ids([p for _, p in rows], length, sample=dataclasses.replace(sample,
+                                                                                             seed=sample.seed + b))
+        for (i, _), ids in zip(rows, continued):
             out[i] = tokenizer.decode(ids)
     return out
 
@@ -93,60 +95,26 @@ def benchmark_agreement(pipe, items: list[dict]) -> float:
     return same_noise_agreement(pipe, prompts, min(pipe.config.sample.length, pipe.config.dit.target_max))
 
 
-def diffusion_settings(sample: SampleConfig) -> dict:
-    """Every sampler setting of the evaluation's `sample` a TextLDM model reads (all but the length and seed, set per
-    item, and the AR-only temperature / top-k / top-p): the one sampler every model is scored with, as results.json
-    records it (settings left out would silently fall back to each model's own config.sample)."""
-    skip = {"length", "seed", "temperature", "top_p", "top_k"}
-    return {f.name: getattr(sample, f.name) for f in fields(sample) if f.name not in skip}
-
-
 @dataclass
 class Contestant:
-    """A model in an evaluation: a name, its kind (textldm, ar, hf) and the loaded model."""
+    """A model in an evaluation: a name and its pipeline (any family's: `families.Pipeline`)."""
     name: str
-    kind: str  # "textldm", "ar", "hf"
-    model: object
+    pipeline: Pipeline
+
+    @property
+    def kind(self) -> str:
+        """The model's family (results.json's "models")."""
+        return self.pipeline.family
 
     def continue_items(self, items: list[dict], sample: SampleConfig, batch_size: int, max_new_tokens: int,
-                       **textldm_overrides) -> list[str]:
-        """Continuations of the benchmark items' prompts with the given sampler settings."""
-        if self.kind == "textldm":
-            pipe, d = self.model, self.model.config.dit
-            opts = {**diffusion_settings(sample), **textldm_overrides}
-            warn_outside_trained_lengths(self.name, pipe.tokenizer, items, d.context_min, d.target_min)
-            reads = pipe.prompt_tokens(pipe.settings(**opts))
-            return _continue_with(pipe.tokenizer, items, reads, d.target_max, batch_size,
-                                  lambda p, n, s: pipe.generate_ids(p, n, seed=s, **opts), sample.seed)
-        sampling = {"temperature": sample.temperature, "top_k": sample.top_k, "top_p": sample.top_p}
-        if self.kind == "ar":
-            pipe = self.model
-            cap = min(max_new_tokens, pipe.seq_len // 2)
-            return _continue_with(pipe.tokenizer, items, pipe.seq_len - cap, cap, batch_size,
-                                  lambda p, n, s: pipe.generate_ids(p, n, seed=s, **sampling), sample.seed)
-        tok, model = self.model
-        context = getattr(model.config, "max_position_embeddings", 1024) - max_new_tokens
-        return _continue_with(tok, items, context, max_new_tokens, batch_size,
-                              lambda p, n, s: _hf_generate(tok, model, p, n, s, **sampling), sample.seed)
-
-
-@torch.no_grad()
-def _hf_generate(tok, model, prompts: list[list[int]], n: int, seed: int, temperature: float, top_k: int,
-                 top_p: float) -> list[list[int]]:
-    device = next(model.parameters()).device
-    P = max(len(p) for p in prompts)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    torch.manual_seed(seed)
-    sampling = {"do_sample": False} if temperature == 0 else \
-        {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p}
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
-                         min_new_tokens=1, pad_token_id=pad, **sampling)[:, P:].tolist()
-    return cut_at(out, tok.eos_token_id)
+                       **overrides) -> list[str]:
+        """Continuations of the benchmark items' prompts under the evaluation's sampler settings (`overrides`: some
+        of them changed, e.g. a sweep's steps), each model reading those that mean something to it."""
+        sample = dataclasses.replace(sample, **overrides)
+        pipe = self.pipeline
+        if pipe.trained_lengths() is not None:  # a DiT's trained windows (a warning only)
+            warn_outside_trained_lengths(self.name, pipe.tokenizer, items, *pipe.trained_lengths())
+        return _continue_with(pipe, items, sample, pipe.longest_continuation(max_new_tokens), batch_size)
 
 
 def scoring_device(preference: str) -> str:
@@ -154,8 +122,8 @@ def scoring_device(preference: str) -> str:
     return str(resolve_device(preference))
 
 
-def load_contestant(spec: str, device: str = "cpu") -> Contestant:
-    """`NAME=PATH` or `PATH`: a textldm model (TextLDM or AR: a model folder, a run folder, or a Hub repo id holding
+def load_contestant(spec: str, device: str = "cpu", max_new_tokens: int = 128) -> Contestant:
+    """`NAME=PATH` or `PATH`: a textldm model of any family (a model folder, a run folder, or a Hub repo id holding
     one), `hf:NAME`, or any HF causal LM name / folder (the teacher alias `smollm2-135m` included). A Hub id is tried
     as a textldm repo first, then as an HF causal LM."""
     name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -167,11 +135,13 @@ def load_contestant(spec: str, device: str = "cpu") -> Contestant:
         if pipe is not None:
             path = Path(target)
             default = path.parent.name if path.name in ("model", "ar") else (path.name or target)
-            kind = "ar" if isinstance(pipe, ARPipeline) else "textldm"
-            return Contestant(name or f"{default} ({'AR' if kind == 'ar' else 'TextLDM'})", kind, pipe)
+            return Contestant(name or f"{default} ({FAMILY_LABELS.get(pipe.family, pipe.family)})", pipe)
     hf_name = target.removeprefix("hf:")
-    tok, model = load_hf_model(hf_name, device, causal=True, role="HF causal LM (not a textldm checkpoint either)")
-    return Contestant(name or hf_name, "hf", (tok, model))
+    return Contestant(name or hf_name, HFPipeline.from_pretrained(hf_name, device=device,
+                                                                  max_new_tokens=max_new_tokens))
+
+
+FAMILY_LABELS = {"textldm": "TextLDM", "ar": "AR"}  # a default contestant name's family, in words
 
 
 def _textldm_model(target: str, device: str):
@@ -234,7 +204,7 @@ def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Pat
     """Score every model (and the human row) on every benchmark; sweeps run on the first benchmark."""
     out = Path(out_dir)
     mc = cfg.metrics
-    contestants = contestants or [load_contestant(spec, device) for spec in models]
+    contestants = contestants or [load_contestant(spec, device, max_new_tokens) for spec in models]
     names = [c.name for c in contestants]
     if len(set(names)) != len(names):
         raise UserError(f"two models share a name ({names}); name them with NAME=PATH")
@@ -280,7 +250,7 @@ def _sweeps(contestants, items, scorer, cfg, steps_sweep, cfg_sweep, batch_size,
     sweeps = {}
     keys = ("rouge", "bertscore", "mauve", "stats")
     for c in contestants:
-        if c.kind != "textldm" or not (steps_sweep or cfg_sweep):
+        if not {"steps", "cfg_scale"} <= c.pipeline.sampler_settings or not (steps_sweep or cfg_sweep):
             continue
         entry = {"benchmark": bench, "steps": [], "cfg_scale": []}
         for axis, values, cast, own in (("steps", steps_sweep, int, cfg.sample.steps),

@@ -17,15 +17,15 @@ baseline alike (what the folder's config.json says), loaded from a folder, a run
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from textldm.errors import UserError
-from textldm.pipeline import ARPipeline, load_pipeline
+from textldm.families import load_pipeline, truncate_prompts
 from textldm.utils import cut_at_stop
 
 try:
@@ -59,10 +59,6 @@ class TextLDMHarnessModel(LM):
                 self.sampler[key] = cast(self.sampler[key])
 
     @property
-    def is_ar(self) -> bool:
-        return isinstance(self.pipe, ARPipeline)
-
-    @property
     def tokenizer_name(self) -> str:
         return self.pipe.config.teacher.name
 
@@ -91,53 +87,41 @@ class TextLDMHarnessModel(LM):
         return out
 
     def _generate(self, contexts: list[str], length: int, kwargs: dict, first_index: int) -> list[str]:
-        """Continuations of one batch; a TextLDM row's noise is that of its place in the task's requests
-        (`first_index` + row), so answers do not depend on the batch size."""
-        if self.is_ar:
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-            return self.pipe.generate(contexts, length=min(length, self.pipe.seq_len - 1), temperature=temperature,
-                                      seed=self.sampler.get("seed"))
-        rows = self.pipe.generate_ids(self.pipe.encode_prompts(contexts), length, first_index=first_index,
-                                      **self.sampler)
+        """Continuations of one batch under the model_args' sampler settings (a task's do_sample temperature for the
+        models that sample by one); a TextLDM row's noise is that of its place in the task's requests (`first_index` +
+        row), so answers do not depend on the batch size."""
+        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+        sample = dataclasses.replace(self.pipe.default_sample(), **self.sampler, temperature=temperature)
+        most = self.pipe.most_tokens()
+        length = length if most is None else min(length, most)
+        ids = [self._encode(c) for c in contexts]
+        if any(not row for row in ids):
+            raise UserError("a generate_until request has an empty context; every prompt needs at least one token")
+        ids = truncate_prompts(ids, self.pipe.prompt_window(length, sample), "the tokens it reads")
+        rows = self.pipe.continue_ids(ids, length, sample=sample, first_index=first_index)
         return [self.pipe.tokenizer.decode(row) for row in rows]
 
     # likelihoods ----------------------------------------------------------------------------------------
-    def _refuse(self, what: str):
-        raise UserError(f"{what}: a TextLDM model has no tractable likelihood of given tokens here, so loglikelihood "
-                        f"tasks (multiple choice, perplexity) are not scored for it; run generate_until tasks, or "
-                        f"score its AR baseline (the same class reads either kind of model)")
-
-    @torch.no_grad()
-    def _token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-        """log p(continuation | context) under the AR baseline (a non-empty context), and whether greedy decoding gives
-        it exactly. Scored in pieces of at most the model's window, each read after the tokens just before it (up to
-        a window in all), so a continuation of any length is scored whole."""
-        ids, window, total, greedy = context + continuation, self.pipe.seq_len, 0.0, True
-        for start in range(len(context), len(ids), window):
-            end = min(start + window, len(ids))
-            x = torch.tensor([ids[max(0, end - 1 - window): end - 1]], device=self.pipe.device)
-            logp = F.log_softmax(self.pipe.model(x).float()[0, start - end:], dim=-1)  # predicts ids[start:end]
-            target = torch.tensor(ids[start:end], device=logp.device)
-            total += float(logp.gather(1, target[:, None]).sum())
-            greedy = greedy and bool((logp.argmax(-1) == target).all())
-        return total, greedy
-
     def _encode(self, text: str) -> list[int]:
         return self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """(log p(continuation | context), greedy match) per request: the AR baseline only."""
-        if not self.is_ar:
-            self._refuse("loglikelihood")
+        """(log p(continuation | context), greedy match) per request, from the model's `token_logprobs` (a family
+        without a likelihood says why: TextLDM)."""
         out = []
         for request in requests:
             context, continuation = request.args
             prefix = self._encode(context) or [self.pipe.eot_id]  # an empty context: predicted from end-of-text
-            out.append(self._token_logprobs(prefix, self._encode(continuation)))
+            out.append(self._logprobs("loglikelihood", prefix, self._encode(continuation)))
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """log p(text) per request, after end-of-text, in windows of the AR baseline's context, each token once."""
-        if not self.is_ar:
-            self._refuse("loglikelihood_rolling")
-        return [self._token_logprobs([self.pipe.eot_id], self._encode(r.args[0]))[0] for r in requests]
+        """log p(text) per request, after end-of-text, in windows of the model's context, each token once."""
+        return [self._logprobs("loglikelihood_rolling", [self.pipe.eot_id], self._encode(r.args[0]))[0]
+                for r in requests]
+
+    def _logprobs(self, what: str, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        try:
+            return self.pipe.token_logprobs(context, continuation)
+        except UserError as e:
+            raise UserError(f"{what}: {e}") from None

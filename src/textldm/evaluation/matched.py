@@ -3,8 +3,8 @@ matched to them (used by bench/quality.py and bench/scaling.py)."""
 from __future__ import annotations
 
 from textldm.config import Config
+from textldm.families.textldm import TextLDMPipeline
 from textldm.models.ar import CausalLM
-from textldm.pipeline import TextLDMPipeline
 from textldm.utils import param_count
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from textldm.config import ARConfig
 from textldm.errors import UserError
 from textldm.models.layers import KVCache, TransformerLayer, rope_angles
+from textldm.utils import pad_rows
 
 
 class CausalLM(nn.Module):
@@ -99,12 +100,8 @@ def generate(model: CausalLM, prompts: list[list[int]], max_new_tokens: int, tem
         raise UserError("an AR continuation needs a non-empty prompt")
     model.eval()
     device = next(model.parameters()).device
-    B, P = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros(B, P, dtype=torch.long, device=device)
-    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, device=device)
-        mask[i, P - len(p):] = True
+    B = len(prompts)
+    ids, mask = pad_rows(prompts, device=device)
     g = torch.Generator().manual_seed(seed)
     caches = [KVCache() for _ in model.layers] if use_cache else None
     new = []

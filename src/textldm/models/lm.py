@@ -242,6 +242,44 @@ class FrozenLM(nn.Module):
         return super().train(False)
 
 
+def lm_config(name: str):
+    """A causal LM's config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the config of dit.context_lm.encoder '{name}': {str(e).splitlines()[0]}; give a "
+                        "Hugging Face causal LM name (needs internet the first time) or a local model folder") from None
+
+
+def check_tokenizer(run_tokenizer: str, encoder: str) -> None:
+    """The context LM reads the run's token ids, so it must share the run's tokenizer (teacher.name's): every token
+    of the run's vocabulary at the same id when the LM ships a tokenizer, else at least one embedding row per id
+    (a warning says the rest cannot be checked). A different vocabulary would read wrong ids silently."""
+    if resolve(run_tokenizer) == resolve(encoder):
+        return
+    run = load_tokenizer(run_tokenizer).get_vocab()
+    try:
+        theirs = load_tokenizer(encoder).get_vocab()
+    except UserError:
+        rows = lm_config(encoder).vocab_size
+        if rows < len(run):
+            raise UserError(f"dit.context_lm.encoder '{encoder}' has {rows} embedding rows, fewer than the run's "
+                            f"{len(run)} token ids (teacher.name '{run_tokenizer}'): pick an LM with that tokenizer "
+                            "or set teacher.name to the LM") from None
+        log.warning("dit.context_lm.encoder '%s' ships no tokenizer: cannot check that its ids are the run's (%s)",
+                    encoder, run_tokenizer)
+        return
+    differ = sum(theirs.get(token) != i for token, i in run.items())
+    if differ:
+        raise UserError(f"dit.context_lm.encoder '{encoder}' tokenizes differently from the run's tokenizer "
+                        f"(teacher.name "
+                        f"'{run_tokenizer}'): {differ} of its {len(run)} tokens have another id or none there, so the "
+                        "LM would read wrong ids; pick an LM with teacher.name's tokenizer (the same family) or set "
+                        "teacher.name to the LM")
+
+
 @torch.no_grad()
 def project_embeddings(teacher_embeddings: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
     """The teacher's embedding matrix (V, D), centred, mapped to `width` by a random orthogonal map and

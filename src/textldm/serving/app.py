@@ -36,7 +36,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from textldm.diffusion.sampling import SOLVERS
 from textldm.errors import UserError
-from textldm.pipeline import ARPipeline, TextLDMPipeline
+from textldm.families import load_pipeline
+from textldm.families.textldm import TextLDMPipeline
 from textldm.serving.openai_api import OpenAIFacade, completion_request, openai_error
 from textldm.serving.service import Busy, GenerationService, JobTimeout, NotLoaded, ServeLimits
 from textldm.utils import param_count, resolve_device
@@ -70,13 +71,15 @@ def model_info(pipe, ar, model_path: str, ar_path: str | None, limits: ServeLimi
                          "cfg_min_t": s.cfg_min_t, "cfg_max_t": s.cfg_max_t, "precision": s.precision},
             "limits": asdict(limits), "ar": None}
     if ar is not None:
-        info["ar"] = {"model": ar_path, "parameters": param_count(ar.model), "max_length": ar.seq_len - 1}
+        info["ar"] = {"model": ar_path, "parameters": ar.parameters(),
+                      "max_length": ar.most_tokens() or limits.max_length}
     return info
 
 
 def create_app(pipe, ar=None, limits: ServeLimits | None = None, model_path: str = "", ar_path: str | None = None,
                settings: dict | None = None, api_key: str | None = None):
-    """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline). `settings`: the
+    """The FastAPI app serving `pipe` (a TextLDMPipeline) and optionally `ar` (a model of any family beside it: the AR
+    baseline by default). `settings`: the
     sampler defaults a request gets where they differ from the model's (e.g. {"precision": "bf16"}). `api_key`:
     required as `Authorization: Bearer KEY` on every route but the page and /api/health (None: no key)."""
     require_serve_packages()
@@ -349,7 +352,7 @@ def serve(model: str, ar: str | None = None, host: str = "127.0.0.1", port: int 
                     "(or %s)", host, API_KEY_ENV)
         print(f"warning: serving on {host} without an API key; set --api-key or {API_KEY_ENV}", file=sys.stderr)
     pipe = TextLDMPipeline.from_pretrained(model, device=device)
-    ar_pipe = ARPipeline.from_pretrained(ar, device=device) if ar else None
+    ar_pipe = load_pipeline(ar, device=device) if ar else None  # beside it: a model of any family (the AR baseline)
     app = create_app(pipe, ar_pipe, limits, model_path=str(model), ar_path=ar, settings={"precision": precision},
                      api_key=api_key)
     print(f"textldm serve: open http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/ "

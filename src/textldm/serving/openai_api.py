@@ -13,6 +13,7 @@ window or block (as the web app's live view commits them), then `data: [DONE]`. 
 admission limits, queue and deadline with the /api routes. There is no /v1/chat/completions: these are base
 models that continue text; a chat template would be a format they never saw in training.
 """
+import dataclasses
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, create_model
 
-from textldm.config import Grid, SamplePrecision
+from textldm.config import Grid, SampleConfig, SamplePrecision
 from textldm.diffusion.sampling import SOLVERS, STOP
 from textldm.errors import UserError
 from textldm.serving.service import GenerationService, NotLoaded
@@ -60,43 +61,58 @@ def completion_request(limits, defaults: dict):
     return create_model("CompletionRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+# the request fields that are sampler settings (`SampleConfig`'s); each served model reads those of its family
+SAMPLE_FIELDS = ("steps", "cfg_scale", "solver", "grid", "cfg_min_t", "cfg_max_t", "precision", "seed", "temperature",
+                 "top_p")
+
+
 class OpenAIFacade:
-    """Translates /v1 requests into the generation service's jobs and their answers into OpenAI's shapes."""
+    """Translates /v1 requests into the generation service's jobs and their answers into OpenAI's shapes. The served
+    models are the service's (the page's model, and the one beside it), each by its id or by its family's name."""
 
     def __init__(self, service: GenerationService, model_id: str, ar_id: str | None, defaults):
-        self.service, self.model_id, self.ar_id, self.defaults = service, model_id, ar_id, defaults
+        self.service, self.defaults, self.main_id = service, defaults, model_id
+        self.served = {model_id: service.pipe, **({ar_id: service.ar} if ar_id else {})}
         self.created = int(time.time())
 
     def models(self) -> dict:
         """GET /v1/models."""
-        ids = [self.model_id] + ([self.ar_id] if self.ar_id else [])
         return {"object": "list", "data": [{"id": i, "object": "model", "created": self.created, "owned_by": "textldm"}
-                                           for i in ids]}
+                                           for i in self.served]}
 
-    def _target(self, req) -> str:
-        """Which served model a request names: "textldm" or "ar" (404 for anything else)."""
-        return self.kind(req.model)
-
-    def kind(self, model: str | None) -> str:
-        """Which served model an id (or an alias: "textldm", "ar"; None = the TextLDM model) names: "textldm" or "ar";
-        NotLoaded (404) for anything else."""
-        if model in (None, self.model_id, "textldm"):
-            return "textldm"
-        if self.ar_id and model in (self.ar_id, "ar"):
-            return "ar"
-        raise NotLoaded(f"model '{model}' is not served here; GET /v1/models lists "
-                        f"{', '.join(m['id'] for m in self.models()['data'])}")
+    def served_id(self, model: str | None) -> str:
+        """The served model a request names - its id, its family's name ("textldm", "ar"), or None for the page's
+        model - or NotLoaded (404)."""
+        if model is None:
+            return self.main_id
+        if model in self.served:
+            return model
+        by_family = {}
+        for served_id, pipe in self.served.items():
+            by_family.setdefault(pipe.family, served_id)
+        if model in by_family:
+            return by_family[model]
+        raise NotLoaded(f"model '{model}' is not served here; GET /v1/models lists {', '.join(self.served)}")
 
     def pipeline(self, model: str | None):
-        """The pipeline that answers requests for `model`: its completions are this pipeline's `generate_ids`."""
-        return self.service.ar if self.kind(model) == "ar" else self.service.pipe
+        """The pipeline that answers requests for `model`: its completions are its `continue_ids`."""
+        return self.served[self.served_id(model)]
 
     def streams(self, model: str | None) -> bool:
-        """Whether `model` answers stream=true (the TextLDM model, window by window; the AR baseline answers whole)."""
-        return self.kind(model) == "textldm"
+        """Whether `model` answers stream=true (a model that streams its steps: TextLDM, window by window)."""
+        return self.pipeline(model).streams
+
+    def sample(self, req, pipe) -> SampleConfig:
+        """The request's sampler settings over the model's own (each model reads its family's: TextLDM the diffusion
+        ones, the AR baseline temperature and top-p), checked now: a 400 before admission, e.g. cfg_min_t >
+        cfg_max_t. The server's --precision is the default precision."""
+        given = {k: getattr(req, k) for k in SAMPLE_FIELDS}
+        given["precision"] = given["precision"] or self.defaults.precision
+        return dataclasses.replace(pipe.default_sample(), length=req.max_tokens,
+                                   **{k: v for k, v in given.items() if v is not None})
 
     def check(self, req) -> tuple[str, list[str], list[str]]:
-        """(target model, prompts, stop sequences) of a request, or a UserError (400) before any work."""
+        """(served model id, prompts, stop sequences) of a request, or a UserError (400) before any work."""
         for name, (harmless, why) in UNSUPPORTED.items():
             if getattr(req, name) not in harmless:
                 raise UserError(f"{name}: {why}")
@@ -109,37 +125,25 @@ class OpenAIFacade:
             raise UserError(f"stop: at most {MAX_STOP} non-empty sequences")
         if req.stream and (len(prompts) > 1 or req.n > 1):
             raise UserError("stream=true streams one continuation: give one prompt and n=1")
-        target = self._target(req)
-        if req.stream and not self.streams(req.model):
-            raise UserError("stream=true is for the TextLDM model (the AR baseline answers whole)")
-        return target, prompts, stops
+        served = self.served_id(req.model)
+        if req.stream and not self.served[served].streams:
+            raise UserError(f"stream=true is for a model that streams its steps (the TextLDM model); '{served}' "
+                            f"answers whole")
+        return served, prompts, stops
 
     def job(self, req):
         """The job answering a non-streamed request (checked now)."""
-        target, prompts, stops = self.check(req)
-        prompt_ids = [self.service.prompt_ids(p) for p in prompts]
+        served, prompts, stops = self.check(req)
+        pipe = self.served[served]
+        sample = self.sample(req, pipe)
+        prompt_ids = [self.service.prompt_ids(p, pipe=pipe, length=req.max_tokens, sample=sample) for p in prompts]
         rows = [ids for ids in prompt_ids for _ in range(req.n)]
-        settings = self._settings(req) if target == "textldm" else {}
 
         def job(callback):
-            if target == "ar":
-                pipe = self.service.ar
-                out = pipe.generate_ids(rows, req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                        seed=req.seed)
-            else:
-                pipe = self.service.pipe
-                out = pipe.generate_ids(rows, req.max_tokens, callback=callback, **settings)
+            out = pipe.continue_ids(rows, req.max_tokens, sample=sample, callback=callback if pipe.streams else None)
             choices = [choice(pipe.tokenizer, i, row, req.max_tokens, stops) for i, row in enumerate(out)]
-            return self.answer(self.ar_id if target == "ar" else self.model_id, choices,
-                               sum(len(ids) for ids in prompt_ids))  # OpenAI counts a prompt once, whatever n
+            return self.answer(served, choices, sum(len(ids) for ids in prompt_ids))  # a prompt once, whatever n
         return job
-
-    def _settings(self, req) -> dict:
-        settings = {k: getattr(req, k) for k in ("steps", "cfg_scale", "solver", "grid", "cfg_min_t", "cfg_max_t",
-                                                 "precision", "seed")}
-        settings["precision"] = settings["precision"] or self.defaults.precision
-        self.service.pipe.settings(length=req.max_tokens, **settings)  # a 400 now, e.g. cfg_min_t > cfg_max_t
-        return settings
 
     @staticmethod
     def answer(model: str, choices: list[dict], prompt_tokens: int) -> dict:
@@ -153,16 +157,18 @@ class OpenAIFacade:
 
     def stream(self, req):
         """The server-sent chunks of a streamed request (checked now, before admission)."""
-        _, prompts, stops = self.check(req)
-        ids, settings = self.service.prompt_ids(prompts[0]), self._settings(req)
+        served, prompts, stops = self.check(req)
+        pipe = self.served[served]
+        sample = self.sample(req, pipe)
+        ids = self.service.prompt_ids(prompts[0], pipe=pipe, length=req.max_tokens, sample=sample)
         cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
 
         def chunk(text: str, reason: str | None) -> dict:
-            return {"id": cid, "object": "text_completion", "created": created, "model": self.model_id,
+            return {"id": cid, "object": "text_completion", "created": created, "model": served,
                     "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
 
         def job(callback):
-            row = self.service.pipe.generate_ids([ids], req.max_tokens, callback=callback, **settings)[0]
+            row = pipe.continue_ids([ids], req.max_tokens, sample=sample, callback=callback)[0]
             return callback.finish(row)
 
         def encode(kind: str, data: dict) -> str:
@@ -173,7 +179,7 @@ class OpenAIFacade:
             return sse_data(openai_error(500, data["error"])) + "data: [DONE]\n\n"  # a failure mid-stream
 
         def make_callback(emit, check):
-            return CommittedText(self.service.pipe, stops, req.max_tokens, emit, check)
+            return CommittedText(pipe, stops, req.max_tokens, emit, check)
 
         return self.service.stream_events(job, make_callback, encode)
 

@@ -9,6 +9,7 @@ went away) stops at its next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from textldm.errors import UserError
-from textldm.pipeline import truncate_prompts
+from textldm.families import truncate_prompts
 from textldm.serving.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ EXPECTED = (UserError, JobTimeout, Cancelled)  # job failures answered with thei
 
 
 class GenerationService:
-    """`pipe` (a TextLDMPipeline) and optionally `ar` (an ARPipeline), one job at a time, at most 1 + max_queue
-    admitted."""
+    """`pipe` (a TextLDMPipeline: the model the page shows denoising) and optionally `ar` (a model of any family beside
+    it: `families.Pipeline`; the AR baseline by default), one job at a time, at most 1 + max_queue admitted."""
 
     def __init__(self, pipe, ar=None, limits: ServeLimits | None = None):
         self.pipe, self.ar, self.limits = pipe, ar, limits or ServeLimits()
@@ -151,12 +152,14 @@ class GenerationService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # the jobs ---------------------------------------------------------------------------------------------
-    def prompt_ids(self, text: str, what: str = "prompt") -> list[int]:
-        """Token ids of a prompt, cut to the model's context as everywhere (`pipeline.truncate_prompts`)."""
-        ids = self.pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, text: str, what: str = "prompt", pipe=None, length: int = 0, sample=None) -> list[int]:
+        """Token ids of a prompt for `pipe` (default: the page's model), cut to what it reads before `length` new
+        tokens as everywhere (`families.truncate_prompts`)."""
+        pipe = pipe or self.pipe
+        ids = pipe.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or not text.strip():
             raise UserError(f"the {what} has no tokens; give some text")
-        return truncate_prompts([ids], self.pipe.prompt_tokens(), "the tokens it reads")[0]
+        return truncate_prompts([ids], pipe.prompt_window(length, sample), "the tokens it reads")[0]
 
     def sampler_args(self, req) -> dict:
         """A request's sampler settings, checked now (a 400 before admission, e.g. cfg_min_t > cfg_max_t)."""
@@ -191,20 +194,23 @@ class GenerationService:
         return job
 
     def ar_job(self, req) -> Job:
-        """The AR baseline's job continuing `req.prompt` (checked now)."""
-        if self.ar is None:
+        """The side model's job continuing `req.prompt` (checked now), at its own sampler settings with the request's
+        temperature and seed."""
+        side = self.ar
+        if side is None:
             raise NotLoaded("no AR baseline is loaded; start the server with --ar DIR (a `textldm train-ar` "
                               "checkpoint)")
-        if req.length > self.ar.seq_len - 1:
-            raise UserError(f"length {req.length} exceeds the AR baseline's window ({self.ar.seq_len - 1})")
-        ids = self.ar.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
-        if not ids or not req.prompt.strip():
-            raise UserError("the prompt has no tokens; give some text")
+        most = side.most_tokens()
+        if most is not None and req.length > most:
+            raise UserError(f"length {req.length} exceeds what the side model writes after a prompt ({most} tokens)")
+        given = {"temperature": req.temperature, "seed": req.seed}
+        sample = dataclasses.replace(side.default_sample(), **{k: v for k, v in given.items() if v is not None})
+        ids = self.prompt_ids(req.prompt, pipe=side, length=req.length, sample=sample)
 
         def job(callback):
             start = time.perf_counter()
-            row = self.ar.generate_ids([ids], req.length, temperature=req.temperature, seed=req.seed)[0]
-            return {"prompt": req.prompt, "continuation": self.ar.tokenizer.decode(row), "tokens": len(row),
+            row = side.continue_ids([ids], req.length, sample=sample)[0]
+            return {"prompt": req.prompt, "continuation": side.tokenizer.decode(row), "tokens": len(row),
                     "seconds": _since(start)}
         return job
 

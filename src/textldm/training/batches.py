@@ -10,10 +10,10 @@ import torch
 
 from textldm.config import VAEConfig
 from textldm.data.shards import TokenStream
-from textldm.generation.modes import GenerationMode
 from textldm.models.vae import TextVAE
 from textldm.runtime.distributed import local_slice, step_generator
 from textldm.runtime.precision import frozen_lm_context
+from textldm.training.objectives.dit import DiTObjective
 
 
 def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int, device: torch.device, teacher=None,
@@ -49,9 +49,9 @@ def vae_batches(stream: TokenStream, cfg: VAEConfig, batch_size: int, seed: int,
     return get
 
 
-def dit_batches(stream: TokenStream, vae: TextVAE, mode: GenerationMode, batch_size: int, seed: int,
+def dit_batches(stream: TokenStream, vae: TextVAE, mode: DiTObjective, batch_size: int, seed: int,
                 device: torch.device, shard: bool = True):
-    """The DiT's batches, laid out by its generation mode (`mode.batch`: full window or blocks). `get(step, micro,
+    """The DiT's batches, laid out by its mode's objective (`mode.batch`: full window or blocks). `get(step, micro,
     accum)` is this rank's micro-th part of step `step`'s global batch; `get(step, t=...)` takes given timesteps
     (global batch) instead of drawing them - for stratified evaluation. shard=False keeps the whole global batch
     (evaluation runs on rank 0 alone)."""

@@ -15,12 +15,12 @@ import torch
 
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import gaussian_optimal_loss
-from textldm.generation.modes import HEAD_TOKENS, GenerationMode
 from textldm.models.vae import TextVAE
 from textldm.runtime.distributed import step_generator
 from textldm.runtime.precision import frozen_lm_context
 from textldm.training.batches import dit_batches
 from textldm.training.objectives import repa_cosine
+from textldm.training.objectives.dit import HEAD_TOKENS, DiTObjective
 
 log = logging.getLogger(__name__)
 STD_FLOOR = 1e-2  # latent channel std floor, relative to the median channel std
@@ -81,7 +81,7 @@ def std_floor(std: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_dit(mode: GenerationMode, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
+def evaluate_dit(mode: DiTObjective, vae: TextVAE, stream: TokenStream, n_batches: int, batch_size: int, seed: int,
                  device: torch.device) -> dict:
     """The DiT's velocity loss per timestep quarter with the prompt, with the prompt dropped (CFG null), and for the
     Gaussian optimal linear predictor, from its generation mode's per-sample errors (`mode.heldout`: the loss's

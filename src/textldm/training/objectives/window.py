@@ -1,26 +1,21 @@
-"""The paper's recipe, full window (dit.mode=window): clean prompt latents, then one target of up to
-dit.target_max noisy latents, every token attending to every other; longer texts are generated window after window,
-each after the last dit.context_max tokens of prompt + text so far.
-"""
+"""The paper's full window in training (dit.mode=window): a prompt's clean latents, then one target of up to
+dit.target_max latents at one t; the loss is the velocity MSE on the target's real tokens. Infilling examples
+(dit.window.infill_prob) also read the text after the target."""
 from __future__ import annotations
 
 import torch
 
-from textldm.config import Config
 from textldm.data.shards import TokenStream
 from textldm.diffusion.flow import interpolate, masked_row_mean, sample_t, velocity_error
-from textldm.diffusion.sampling import integrate
-from textldm.generation.modes import (
-    HEAD_TOKENS,
-    GenerationMode,
-    SamplingRun,
-    first_pass_estimate,
-    noise_seed,
-    stratified_t,
-    trained_from_scratch,
-)
 from textldm.models.vae import TextVAE
 from textldm.runtime.perf import TRAIN_FACTOR, dit_flops_per_sequence
+from textldm.training.objectives.dit import (
+    HEAD_TOKENS,
+    DiTObjective,
+    first_pass_estimate,
+    self_condition_rows,
+    stratified_t,
+)
 
 
 def split_context_target(window: torch.Tensor, context_len: torch.Tensor, target_len: torch.Tensor, context_max: int):
@@ -43,17 +38,10 @@ def right_context(window: torch.Tensor, target_len: torch.Tensor, right_len: tor
     return torch.where(mask, window.gather(1, idx), 0), mask
 
 
-class FullWindow(GenerationMode):
+class WindowObjective(DiTObjective):
     """Full-window mode: the batch is (clean context latents, target latents, noise, t, CFG drop), each side encoded
     by the VAE separately; the loss is the velocity MSE on the target positions."""
-    name = "window"
 
-    @staticmethod
-    def describe(config: Config) -> str:
-        return (f"the full window (the paper's layout: the prompt's latents, then the continuation's at once); "
-                f"{trained_from_scratch(config)}")
-
-    # training ----------------------------------------------------------------------------------------------
     def batch(self, stream: TokenStream, vae: TextVAE, batch_size: int, g: torch.Generator, rows: slice,
               device: torch.device, t: torch.Tensor | None = None) -> dict:
         """The `rows` of a global batch drawn from `g` (`t`: given timesteps instead of drawn ones). Infilling
@@ -79,8 +67,8 @@ class FullWindow(GenerationMode):
             right, right_mask = right_context(window[rows], target_len[rows], right_len[rows], d.context_max)
             right, right_mask = right.to(device), right_mask.to(device)
             batch["right"], batch["right_mask"] = vae.latents(right, right_mask, d.normalize_latents), right_mask
-        if d.self_condition_prob > 0:  # drawn last, so the other draws do not depend on the setting
-            batch["self_cond"] = (torch.rand(batch_size, generator=g) < d.self_condition_prob)[rows].to(device)
+        if d.self_condition_prob > 0:
+            batch["self_cond"] = self_condition_rows(d, batch_size, g, rows, device)
         return batch
 
     def loss_mask(self, batch: dict) -> torch.Tensor:
@@ -132,64 +120,3 @@ class FullWindow(GenerationMode):
         d = self.dit.cfg
         return (TRAIN_FACTOR + d.self_condition_prob) * batch_size * \
             dit_flops_per_sequence(self.dit, d.context_max, d.target_max)
-
-    # sampling ----------------------------------------------------------------------------------------------
-    def generate(self, pipe, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
-        """Windows of up to dit.target_max tokens, each after the last dit.context_max tokens of prompt + text so
-        far; a row stops at its first end-of-text. Row i's noise in window w: `noise_seed(seed, w, first_index +
-        i)`. `pipe`: the TextLDMPipeline (encoder, decoder, device)."""
-        d, s = self.dit.cfg, run.settings
-        out, active, remaining, window = [[] for _ in prompt_ids], list(range(len(prompt_ids))), s.length, 0
-        while active and remaining > 0 and not run.stopped:
-            n = min(d.target_max, remaining)
-            contexts = [(prompt_ids[i] + out[i])[-d.context_max:] for i in active]
-            rows = self.sample_window(pipe, contexts, n, run,
-                                      [run.noise_seed(window, i) for i in active])
-            for i, row in zip(active, rows):
-                out[i] += row
-            active = [i for i, row in zip(active, rows) if pipe.eot_id not in row]
-            remaining -= n
-            window += 1
-        return out
-
-    def sample_window(self, pipe, contexts: list[list[int]], length: int, run: SamplingRun, seeds: list[int],
-                      rights: list[list[int]] | None = None) -> list[list[int]]:
-        """One window of `length` latents after each context (and before each right context, when infilling)
-        -> raw token ids (not cut at end-of-text). Under bf16 autocast with precision bf16."""
-        with pipe.autocast(run.settings):
-            context, ctx_mask = pipe.encode_rows(contexts)
-            right, right_mask = pipe.encode_rows(rights) if rights is not None else (None, None)
-            x = run.start_noise(seeds, length, self.dit.latent_channels, pipe.device)
-            conditions = {"context": context, "context_mask": ctx_mask, "right": right, "right_mask": right_mask}
-            velocity = self.window_velocity(run, x, conditions)
-            x = integrate(velocity, x, run.grid, run.settings.solver,
-                          run.step_callback(lambda z: pipe.decode_latents(z, cut=False)))
-            return pipe.decode_latents(x, cut=False)
-
-    def window_velocity(self, run: SamplingRun, x: torch.Tensor, conditions: dict):
-        """The guided velocity of the window's latents: guided steps run [conditional ; unconditional] rows in one
-        batch, the context's keys/values computed once (a dit.window.context_cache model, sample.context_cache); a
-        self-conditioning DiT reads the previous evaluation's clean estimate."""
-        dit, n = self.dit, x.shape[0]
-        every = torch.ones(n, dtype=torch.bool, device=x.device)
-        doubled = {"context": torch.cat([conditions["context"], dit.drop_context(conditions["context"], every)]),
-                   "context_mask": torch.cat([conditions["context_mask"]] * 2), "right": None, "right_mask": None}
-        if conditions["right"] is not None:  # infilling: the right context is dropped with the prompt
-            doubled["right"] = torch.cat([conditions["right"], dit.drop_context(conditions["right"], every)])
-            doubled["right_mask"] = torch.cat([conditions["right_mask"]] * 2)
-        both = doubled if run.settings.guidance.on else conditions
-        cache = None
-        if dit.context_cond is not None and run.settings.context_cache and conditions["right"] is None:
-            cache = dit.cache_context(both["context"], both["context_mask"])  # context K/V once a window
-
-        def evaluate(x_t, t, guided: bool, self_cond):
-            if cache is not None:
-                return dit.forward_cached(x_t, t, cache if guided else cache.head(n), self_cond=self_cond)
-            return dit(x_t, t, **(doubled if guided else conditions), self_cond=self_cond)
-
-        return run.velocity(evaluate, torch.zeros_like(x) if dit.self_cond_proj is not None else None)
-
-    def infill(self, pipe, lefts: list[list[int]], rights: list[list[int]], run: SamplingRun) -> list[list[int]]:
-        """The run's length of tokens between each left and right context (row i's noise: `noise_seed(seed, 0, i)`)."""
-        seeds = [noise_seed(run.settings.seed, 0, i) for i in range(len(lefts))]
-        return self.sample_window(pipe, lefts, run.settings.length, run, seeds, rights)

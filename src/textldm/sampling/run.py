@@ -1,20 +1,18 @@
-"""What every generation mode provides, and the pieces all of them share (noise seeds, held-out timesteps, the state of
-one sampling call). The modes themselves: `window.FullWindow` (the paper's), `blocks.Blocks` (block-causal).
-"""
+"""One sampling call as the samplers see it (`SamplingRun`: settings, time grid, step callback, what the loop reports
+back), the noise every row starts from (seeded per row, the same whatever its batch), and what every sampler provides
+(`Sampler`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
-from textldm.config import Config, DiTConfig, SampleConfig
-from textldm.diffusion.flow import clean_estimate, masked_row_mean
+from textldm.config import SampleConfig
+from textldm.diffusion.flow import clean_estimate
 from textldm.diffusion.sampling import STOP, Callback
+from textldm.errors import UserError
 from textldm.models.dit import TextDiT
 from textldm.utils import derive_seed
-
-HEAD_TOKENS = 4  # held-out: the first target tokens (of a block), where the prompt carries the most information
 
 
 def noise_seed(seed: int, window: int, row: int) -> int:
@@ -27,23 +25,6 @@ def start_noise(seeds: list[int], length: int, channels: int, device) -> torch.T
     row is in."""
     return torch.stack([torch.randn(length, channels, generator=torch.Generator().manual_seed(k))
                         for k in seeds]).to(device)
-
-
-@torch.no_grad()
-def first_pass_estimate(velocity_of_rows, x_t: torch.Tensor, t: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Self-conditioning in training: the clean-target estimate x_t + (1 - t) v of a gradient-free first pass for
-    the `chosen` rows (N,) - `velocity_of_rows(rows)` runs the DiT on those rows alone, so only they pay for it - and
-    zeros for the others, as at the first sampling step. t: (N,), or per position (N, L)."""
-    estimate = torch.zeros_like(x_t)
-    rows = chosen.nonzero().flatten()
-    if len(rows):
-        estimate[rows] = clean_estimate(x_t[rows], t[rows], velocity_of_rows(rows)).to(estimate.dtype)
-    return estimate
-
-
-def stratified_t(n: int, g: torch.Generator) -> torch.Tensor:
-    """n held-out times, a quarter of them in each quarter of [0, 1]."""
-    return ((torch.arange(n) % 4) + torch.rand(n, generator=g)) / 4
 
 
 @dataclass
@@ -107,56 +88,22 @@ class SamplingRun:
         return velocity
 
 
-def trained_from_scratch(config: Config) -> str:
-    """A run report's words for a mode whose VAE and DiT learn everything from the run's data."""
-    return (f"the VAE and the DiT are trained from scratch on '{config.data.source}', so what the text knows comes "
-            "from this run alone")
-
-
-class GenerationMode(nn.Module):
-    """A way of generating text with a TextDiT, and of training it to: everything that differs between modes lives
-    in one subclass. As an nn.Module holding the DiT it is the DiT's training objective (what `fit` trains and DDP
-    wraps): `forward(batch, step) -> (loss, metrics)`. It also owns the batch layout (`batch`), the per-token
-    velocity errors that both the loss and the held-out evaluation reduce (`errors`, `heldout`), the sampler's loop
-    (`generate`), the FLOPs and tokens of a training step, and the options it refuses (`rules`).
-
-    A new mode: a subclass with these methods, listed in `generation.MODES` with its `selects` rule."""
-    name = ""  # the mode's name: the value of dit.mode that selects it
+class Sampler:
+    """What a generation mode's sampler provides: `generate(codec, prompt_ids, run)` (the loop, window after window
+    or block after block; raw token ids per row, not cut at end-of-text) and `prompt_tokens(settings)` (how many of a
+    prompt's last tokens it reads); `infill` where the mode can fill a middle. It holds the denoiser and what else
+    the mode reads (a context LM), never the pipeline."""
 
     def __init__(self, dit: TextDiT):
-        super().__init__()
         self.dit = dit
 
-    @staticmethod
-    def describe(config: Config) -> str:
-        """One sentence for a run's report: what the mode trains, and where its text's knowledge comes from."""
+    def generate(self, codec, prompt_ids: list[list[int]], run: SamplingRun) -> list[list[int]]:
         raise NotImplementedError
-
-    @classmethod
-    def new_dit(cls, d: DiTConfig, latent_channels: int) -> TextDiT:
-        """A fresh TextDiT of this config (its parts are the config's: `TextDiT`)."""
-        return TextDiT(d, latent_channels)
 
     def prompt_tokens(self, s: SampleConfig) -> int:
         """How many of a prompt's last tokens the mode reads under sampler settings `s`: the DiT's, dit.context_max
-        (a mode with a context LM reads more: `lm_blocks.LMBlocks`). Longer prompts are cut to them
-        (`pipeline.truncate_prompts`)."""
+        (a mode with a context LM reads more: `context_lm.ContextLMSampler`). Longer prompts are cut to them."""
         return self.dit.cfg.context_max
 
-    def training_source(self, cfg: Config, stream, device: torch.device, progress: bool = True):
-        """What the training batches are drawn from (`batch`'s first argument): the training stream, unless the mode
-        precomputes something of it once (`lm_blocks.LMBlocks`: the context LM's states on disk)."""
-        return stream
-
-    def trained_helpers(self) -> dict[str, torch.Tensor]:
-        """Weights outside the DiT that training changes and a model folder keeps beside it (`lm_blocks.LMBlocks`
-        with dit.context_lm.train_layers: the context LM's trained blocks); none here."""
-        return {}
-
-    def load_trained_helpers(self, state: dict[str, torch.Tensor]) -> None:
-        """Put saved `trained_helpers` back."""
-
-    def forward(self, batch: dict, step: int):
-        """(loss, metrics) of one micro-batch: the mean over samples of each sample's velocity MSE."""
-        loss = masked_row_mean(self.errors(batch, batch["drop"], batch.get("self_cond")), self.loss_mask(batch)).mean()
-        return loss, {"loss": loss.detach()}
+    def infill(self, codec, lefts: list[list[int]], rights: list[list[int]], run: SamplingRun) -> list[list[int]]:
+        raise UserError("infilling is a full-window option (dit.mode=window with dit.window.infill_prob > 0)")

@@ -1,21 +1,26 @@
 """The AR baseline's pipeline: tokenizer + CausalLM, saved and loaded as one folder (`export.py`), sampled with
-temperature / top-k / top-p (`models.ar.generate`)."""
+temperature / top-k / top-p (`models.ar.generate`), its likelihood of given text exact (`token_logprobs`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from textldm import export
-from textldm.config import Config, config_from_dict, to_dict
+from textldm.config import Config, SampleConfig, config_from_dict, to_dict
 from textldm.errors import UserError
+from textldm.families.spec import resolve_length
 from textldm.models.ar import CausalLM, generate
 from textldm.runtime.precision import bf16_autocast
-from textldm.utils import cut_at, resolve_device
+from textldm.utils import cut_at, param_count, resolve_device
 
 
 class ARPipeline(export.HubMixin):
     """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
+    family = "ar"
+    streams = False
+    sampler_settings = frozenset({"temperature", "top_k", "top_p", "seed", "length"})
 
     def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
         self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
@@ -32,9 +37,12 @@ class ARPipeline(export.HubMixin):
 
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
         """Write the model folder (atomically): config.json, ar.safetensors, tokenizer, model card."""
-        meta = {"model_type": "ar", "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+        meta = {"model_type": self.family, "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
-        export.write_model_folder(path, meta, {"ar": self.model}, self.tokenizer)
+        card = export.CardText(self.family, "the autoregressive baseline (a causal Transformer) trained under "
+                               "TextLDM's settings", "ARPipeline",
+                               'pipe.generate(["The President said that"], length=48, top_p=0.95)', "autoregressive")
+        export.write_model_folder(path, meta, {"ar": self.model}, self.tokenizer, card)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
@@ -43,7 +51,7 @@ class ARPipeline(export.HubMixin):
         device = resolve_device(device)
         path = export.locate_model_folder(name_or_path, revision, "; train one with `textldm train-ar`")
         meta = export.read_model_config(path)
-        if meta.get("model_type") != "ar":
+        if meta.get("model_type") != cls.family:
             raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
         config = config_from_dict(meta["config"])
         model = CausalLM(config.ar, meta["vocab_size"])
@@ -80,11 +88,46 @@ class ARPipeline(export.HubMixin):
         rows = self.generate_ids(ids, length, temperature, top_k, top_p, seed, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode(row) for row in rows]
 
+    # the Pipeline protocol (families.spec) --------------------------------------------------------------
+    def default_sample(self) -> SampleConfig:
+        return self.config.sample
 
+    def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
+                     first_index: int = 0, callback=None) -> list[list[int]]:
+        """`generate_ids` at `sample`'s temperature, top-k, top-p and seed (one generator for the batch: the AR
+        baseline's draws depend on the batch, unlike TextLDM's per-row noise)."""
+        s = sample or self.config.sample
+        return self.generate_ids(prompt_ids, length, s.temperature, s.top_k, s.top_p, s.seed)
 
+    def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
+        """The training window less the continuation: what fits before `length` new tokens."""
+        return self.seq_len - length
 
-def resolve_length(length: int | None, max_new_tokens: int | None, default: int | None) -> int | None:
-    """`length` and its Hugging Face name `max_new_tokens` are the same argument; give one."""
-    if length is not None and max_new_tokens is not None and length != max_new_tokens:
-        raise UserError(f"length={length} and max_new_tokens={max_new_tokens} disagree; give one of them")
-    return next((v for v in (length, max_new_tokens) if v is not None), default)
+    def longest_continuation(self, requested: int) -> int:
+        """At most half the training window, so that a prompt keeps the other half."""
+        return min(requested, self.seq_len // 2)
+
+    def parameters(self) -> int:
+        return param_count(self.model)
+
+    def most_tokens(self) -> int | None:
+        """The training window, less one prompt token."""
+        return self.seq_len - 1
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        return None
+
+    @torch.no_grad()
+    def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """log p(continuation | context) (a non-empty context), and whether greedy decoding gives it exactly. Scored
+        in pieces of at most the model's window, each read after the tokens just before it (up to a window in all),
+        so a continuation of any length is scored whole."""
+        ids, window, total, greedy = context + continuation, self.seq_len, 0.0, True
+        for start in range(len(context), len(ids), window):
+            end = min(start + window, len(ids))
+            x = torch.tensor([ids[max(0, end - 1 - window): end - 1]], device=self.device)
+            logp = F.log_softmax(self.model(x).float()[0, start - end:], dim=-1)  # predicts ids[start:end]
+            target = torch.tensor(ids[start:end], device=logp.device)
+            total += float(logp.gather(1, target[:, None]).sum())
+            greedy = greedy and bool((logp.argmax(-1) == target).all())
+        return total, greedy

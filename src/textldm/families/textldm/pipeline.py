@@ -1,6 +1,5 @@
-"""The user-facing pipelines: TextLDMPipeline (tokenizer + frozen TextVAE + TextDiT), a thin front over the
-generation mode that samples (`generation/`), and ARPipeline (tokenizer + the AR baseline, `generation/ar.py`), each
-saved and loaded as one folder (`export.py` holds the folder format).
+"""The TextLDM family's pipeline: tokenizer + latent codec (the frozen TextVAE) + the DiT's sampler (its generation
+mode's: `modes.py`), saved and loaded as one folder (`export.py` holds the folder format).
 
     pipe = TextLDMPipeline.from_pretrained("runs/demo/model")
     pipe.generate(["The President said that"], length=48, steps=10, cfg_scale=2.0, seed=0)
@@ -20,6 +19,7 @@ from textldm.diffusion.flow import time_grid
 from textldm.diffusion.sampling import Callback
 from textldm.errors import UserError
 from textldm.export import (
+    CardText,
     HubMixin,
     load_weights,
     locate_model_folder,
@@ -28,41 +28,48 @@ from textldm.export import (
     resolve_dtype,
     write_model_folder,
 )
-from textldm.generation import GenerationMode, SamplingRun, mode_class, noise_seed
-from textldm.generation.ar import ARPipeline, resolve_length
+from textldm.families.spec import resolve_length, truncate_prompts
+from textldm.families.textldm.modes import mode_of
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
-from textldm.runtime.precision import bf16_autocast
-from textldm.utils import cut_at, resolve_device
+from textldm.sampling import LatentCodec, SamplingRun
+from textldm.utils import cut_at, param_count, resolve_device
 
-__all__ = ["ARPipeline", "TextLDMPipeline", "load_pipeline", "noise_seed", "truncate_prompts"]
 log = logging.getLogger(__name__)
-
-
-HELPERS = "context_lm"  # a model folder's <HELPERS>.safetensors: weights the mode trained outside the DiT
-
-def truncate_prompts(rows: list[list[int]], limit: int, what: str) -> list[list[int]]:
-    """The one prompt-length policy (the Python API, the CLI, the server and the evaluation harness): a prompt
-    longer than the model's context keeps its last `limit` tokens - the ones next to the continuation - with a
-    warning saying how many prompts were cut."""
-    cut = sum(len(r) > limit for r in rows)
-    if cut:
-        log.warning("%d of %d prompts are longer than the model's context of %d tokens (%s); each keeps its last %d "
-                    "tokens", cut, len(rows), limit, what, limit)
-    return [r[-limit:] for r in rows]
+HELPERS = "context_lm"  # a model folder's <HELPERS>.safetensors: the mode's trained weights outside the DiT
+# the sampler settings a TextLDM model does not read (the AR baseline's), and those set per call
+NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k"}
 
 
 class TextLDMPipeline(HubMixin):
-    """Tokenizer + frozen TextVAE + TextDiT: `from_pretrained` / `save_pretrained` / `push_to_hub`, and
-    `generate` (text in, text out), `generate_ids`, `infill`."""
+    """Tokenizer + latent codec (the frozen TextVAE) + TextDiT and its mode's sampler: `from_pretrained` /
+    `save_pretrained` / `push_to_hub`, and `generate` (text in, text out), `generate_ids`, `infill`; the `Pipeline`
+    protocol (`continue_ids`, ...) for the harness, the server and lm-eval."""
+    family = "textldm"
+    streams = True
+    sampler_settings = frozenset(f.name for f in dataclasses.fields(SampleConfig)) - NOT_DIFFUSION | {"seed", "length"}
 
     def __init__(self, config: Config, tokenizer, vae: TextVAE, dit: TextDiT | None, eot_id: int, *,
-                 mode: GenerationMode | None = None):
-        """`mode`: the DiT's generation mode when the caller has it (training: the objective, with any helper it
-        trained); default: built from the config."""
-        self.config, self.tokenizer, self.vae, self.dit, self.eot_id = config, tokenizer, vae, dit, eot_id
-        # how the DiT generates (full window or blocks), chosen once from its config
-        self.mode = mode if mode is not None or dit is None else mode_class(config.dit)(dit)
+                 parts: dict | None = None):
+        """`parts`: what else the DiT's mode reads (the context LM), when the caller has them (training: the ones the
+        objective trained); default: built from the config."""
+        self.config, self.tokenizer, self.dit = config, tokenizer, dit
+        self.codec = LatentCodec(vae, config.dit.normalize_latents, eot_id)
+        self.mode = mode_of(config.dit)  # how the DiT generates, by name (dit.mode)
+        self.parts = parts if parts is not None else (self.mode.build_parts(config.dit) if dit is not None else {})
+        self.sampler = self.mode.sampler(dit, **self.parts) if dit is not None else None
+
+    @property
+    def vae(self) -> TextVAE:
+        return self.codec.vae
+
+    @property
+    def eot_id(self) -> int:
+        return self.codec.eot_id
+
+    @eot_id.setter
+    def eot_id(self, value: int) -> None:
+        self.codec.eot_id = value
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
@@ -77,7 +84,6 @@ class TextLDMPipeline(HubMixin):
                                      first_index=start, max_new_tokens=max_new_tokens, **settings)
         return [self.tokenizer.decode(row) for row in out]
 
-
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      cfg_scale: float | None = None, solver: str | None = None, seed: int | None = None,
@@ -89,19 +95,19 @@ class TextLDMPipeline(HubMixin):
 
         Any length: past the DiT's trained window the continuation is generated window after window (or block
         after block), each conditioned on the last dit.context_max tokens of prompt + text so far; a row stops at
-        its first end-of-text (the loop: the model's generation mode, `self.mode.generate`). Row i's noise comes
+        its first end-of-text (the loop: the mode's sampler, `self.sampler.generate`). Row i's noise comes
         from `noise_seed(seed, w, first_index + i)` in its w-th window or block, so a prompt gets the same
         continuation whatever batch it is in (`shared_noise`: every row gets row 0's noise). Settings not given
         come from config.sample. `callback(step, t, x)` sees the latents after every sampling step (one with
         `reads_tokens = True` also gets their decoder:
-        `generation.SamplingRun`); it may return new latents (used from then on) or `STOP` (decode now, no further
+        `sampling.SamplingRun`); it may return new latents (used from then on) or `STOP` (decode now, no further
         windows). `self.last_evaluations`: the network evaluations per row of the last call."""
         if self.dit is None:
             raise UserError("this checkpoint has no DiT; train one with `textldm train-dit`")
         s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps,
                           cfg_scale=cfg_scale, solver=solver, seed=seed, **settings)
         run = SamplingRun(s, self.time_grid(s), callback, first_index, shared_noise)
-        out = self.mode.generate(self, prompt_ids, run)
+        out = self.sampler.generate(self.codec, prompt_ids, run)
         self.last_evaluations = run.evaluations
         return cut_at([row[: s.length] for row in out], self.eot_id)
 
@@ -122,7 +128,7 @@ class TextLDMPipeline(HubMixin):
         if s.length > self.config.dit.target_max:
             raise UserError(f"infill length {s.length} is outside 1..{self.config.dit.target_max} (dit.target_max)")
         run = SamplingRun(s, self.time_grid(s), callback)
-        rows = self.mode.infill(self, lefts, rights, run)
+        rows = self.sampler.infill(self.codec, lefts, rights, run)
         self.last_evaluations = run.evaluations
         return [self.tokenizer.decode(r) for r in cut_at(rows, self.eot_id)]
 
@@ -143,9 +149,9 @@ class TextLDMPipeline(HubMixin):
 
     def prompt_tokens(self, s: SampleConfig | None = None) -> int:
         """How many of a prompt's last tokens the model reads under sampler settings `s` (default: config.sample):
-        dit.context_max, or a context LM's longer sample.lm_history (`GenerationMode.prompt_tokens`)."""
+        dit.context_max, or a context LM's longer sample.lm_history (its sampler's `prompt_tokens`)."""
         s = s or self.config.sample
-        return self.mode.prompt_tokens(s) if self.mode is not None else self.config.dit.context_max
+        return self.sampler.prompt_tokens(s) if self.sampler is not None else self.config.dit.context_max
 
     def encode_prompts(self, prompts: list[str], s: SampleConfig | None = None) -> list[list[int]]:
         """Text prompts -> token ids: each non-empty, and cut to the last tokens the model reads under settings `s`
@@ -161,37 +167,6 @@ class TextLDMPipeline(HubMixin):
             out.append(self.tokenizer(p, add_special_tokens=False)["input_ids"])
         return truncate_prompts(out, self.prompt_tokens(s), "the tokens it reads")
 
-    def encode_rows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token id lists -> (clean DiT-space latents (B, L, C), mask), right-padded."""
-        device = self.device
-        ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long, device=device)
-        mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, device=device)
-            mask[i, : len(r)] = True
-        return self.latents(ids, mask), mask
-
-    def latents(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, L) -> the clean latents the DiT reads (posterior means, standardised when it uses that)."""
-        return self.vae.latents(ids, mask, self.config.dit.normalize_latents)
-
-    @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor, cut: bool = True, mask: torch.Tensor | None = None,
-                       last: int | None = None, prior: torch.Tensor | None = None) -> list[list[int]]:
-        """DiT-space latents (B, L, C) (`mask`: True at real positions) -> token ids per row (of the `last`
-        positions only, when given: the decoder still reads them all), cut at the first end-of-text (if `cut`).
-        `prior` (B, vocab): added to the decoder's logits of the first decoded position (sample.lm_prior)."""
-        if self.config.dit.normalize_latents:
-            z = self.vae.denormalize(z)
-        hidden = self.vae.decode_hidden(z, mask)
-        hidden = hidden if last is None else hidden[:, -last:]
-        logits = hidden @ self.vae.output_weight().t()
-        ids = logits.argmax(-1)
-        if prior is not None:
-            ids[:, 0] = (logits[:, 0].float() + prior).argmax(-1)
-        ids = ids.tolist()
-        return cut_at(ids, self.eot_id) if cut else ids
-
     @property
     def device(self) -> torch.device:
         """The device the networks are on."""
@@ -199,15 +174,10 @@ class TextLDMPipeline(HubMixin):
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> TextLDMPipeline:
         """Move (and with `dtype`, cast) the networks; bf16 weights sample under bf16 autocast."""
-        for module in (self.vae, self.mode or self.dit):  # the mode: the DiT and any frozen helper it reads
+        for module in (self.vae, self.dit, *self.parts.values()):  # the parts: e.g. the context LM
             if module is not None:
                 module.to(device=device, dtype=dtype)
         return self
-
-    def autocast(self, s: SampleConfig):
-        """bf16 autocast for settings with precision bf16, or for bf16 weights; otherwise a no-op context."""
-        bf16 = s.precision == "bf16" or self.vae.embed.weight.dtype == torch.bfloat16
-        return bf16_autocast(self.device, bf16)
 
     # persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
@@ -217,10 +187,24 @@ class TextLDMPipeline(HubMixin):
                 "teacher_dim": None if self.vae.repa_proj is None else self.vae.repa_proj[-1].out_features,
                 "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
         modules = {"vae": self.vae} if self.dit is None else {"vae": self.vae, "dit": self.dit}
-        helpers = self.mode.trained_helpers() if self.mode is not None else {}
-        if helpers:  # e.g. the context LM's fine-tuned blocks
+        helpers = self.trained_parts()
+        if helpers:  # e.g. the context LM's fine-tuned layers
             modules[HELPERS] = helpers
-        write_model_folder(path, meta, modules, self.tokenizer)
+        write_model_folder(path, meta, modules, self.tokenizer, self.card())
+
+    def trained_parts(self) -> dict[str, torch.Tensor]:
+        """The weights of the mode's parts that training changed (the context LM's trained last layers), by name."""
+        return {k: v for part in self.parts.values() for k, v in part.trained_state().items()}
+
+    def card(self) -> CardText:
+        """What the model card says this folder is."""
+        if self.dit is None:
+            what = "the TextVAE of a TextLDM model (no DiT yet: train one with `textldm train-dit --vae DIR`)"
+        else:
+            what = ("a TextLDM model: a TextVAE (one 64-d latent per token, REPA-aligned) and a TextDiT (flow matching "
+                    "in that latent space)")
+        return CardText(self.family, what, "TextLDMPipeline", 'pipe.generate(["The President said that"], length=48)',
+                        "latent-diffusion")
 
     @classmethod
     def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu", require_dit: bool = True,
@@ -231,35 +215,60 @@ class TextLDMPipeline(HubMixin):
         device = resolve_device(device)
         path = locate_model_folder(name_or_path, revision, "; train one with `textldm demo` or `textldm train-dit`")
         meta = read_model_config(path)
-        if meta.get("model_type", "textldm") != "textldm":
+        if meta.get("model_type", cls.family) != cls.family:
             raise UserError(f"'{path}' is a {meta['model_type']} checkpoint, not a TextLDM one; load it with "
-                            f"textldm.ARPipeline")
+                            f"textldm.load_pipeline")
         config = config_from_dict(meta["config"])
         vae = TextVAE(config.vae, meta["vocab_size"], meta["teacher_dim"])
         load_weights(vae, path / "vae.safetensors")
         dit = None
         if (path / "dit.safetensors").exists():
-            dit = mode_class(config.dit).new_dit(config.dit, config.vae.latent_channels)
+            dit = mode_of(config.dit).build_dit(config.dit, config.vae.latent_channels)
             load_weights(dit, path / "dit.safetensors")
         elif require_dit:
             raise UserError(f"'{path}' holds only a VAE; train a DiT on it with `textldm train-dit --vae {path}`")
         pipe = cls(config, read_tokenizer(path), vae.eval(), None if dit is None else dit.eval(), meta["eot_id"])
-        if pipe.mode is not None and pipe.mode.trained_helpers():
+        if pipe.trained_parts():
             if not (path / f"{HELPERS}.safetensors").exists():
                 raise UserError(f"'{path}' was trained with dit.context_lm.train_layers="
-                            f"{config.dit.context_lm.train_layers} "
-                                f"but holds no {HELPERS}.safetensors (its trained LM blocks); re-save it")
-            pipe.mode.load_trained_helpers(load_file(str(path / f"{HELPERS}.safetensors")))
+                                f"{config.dit.context_lm.train_layers} but holds no {HELPERS}.safetensors (its trained "
+                                f"LM layers); re-save it")
+            pipe.parts["lm"].load_trained_state(load_file(str(path / f"{HELPERS}.safetensors")))
         return pipe.to(device, resolve_dtype(dtype))
 
+    # the Pipeline protocol (families.spec) --------------------------------------------------------------
+    def default_sample(self) -> SampleConfig:
+        return self.config.sample
 
-def load_pipeline(name_or_path: Path | str, device: str | torch.device = "cpu", *, revision: str | None = None,
-                  dtype: torch.dtype | str | None = None) -> TextLDMPipeline | ARPipeline:
-    """A saved textldm model of either kind - TextLDM or the AR baseline, as its config.json says - from a model
-    folder, a run folder (its model/, else its ar/) or a Hub repo id."""
-    path = Path(name_or_path)
-    if path.is_dir() and not (path / "config.json").exists():
-        path = next((path / sub for sub in ("model", "ar") if (path / sub / "config.json").exists()), path)
-    folder = locate_model_folder(path if path.exists() else name_or_path, revision, "")
-    cls = ARPipeline if read_model_config(folder).get("model_type") == "ar" else TextLDMPipeline
-    return cls.from_pretrained(folder, device=device, dtype=dtype)
+    def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
+                     first_index: int = 0, callback=None) -> list[list[int]]:
+        """`generate_ids` with every diffusion setting of `sample` (its temperature, top-k and top-p are an AR
+        model's and are not read)."""
+        sample = sample or self.config.sample
+        settings = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample) if f.name not in NOT_DIFFUSION}
+        return self.generate_ids(prompt_ids, length, seed=sample.seed, callback=callback, first_index=first_index,
+                                 **settings)
+
+    def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
+        """What the model reads of a prompt whatever the length: `prompt_tokens`."""
+        return self.prompt_tokens(sample)
+
+    def longest_continuation(self, requested: int) -> int:
+        """One window's continuation, dit.target_max: what a TextLDM model writes in one denoising."""
+        return self.config.dit.target_max
+
+    def parameters(self) -> int:
+        """The VAE's and the DiT's parameters (and a context LM's, where the mode reads one)."""
+        return sum(param_count(m) for m in (self.vae, self.dit, *self.parts.values()) if m is not None)
+
+    def most_tokens(self) -> int | None:
+        """Any length: window after window, block after block."""
+        return None
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        return self.config.dit.context_min, self.config.dit.target_min
+
+    def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        raise UserError("a TextLDM model has no tractable likelihood of given tokens here, so loglikelihood tasks "
+                        "(multiple choice, perplexity) are not scored for it; run generate_until tasks, or score its "
+                        "AR baseline (the same class reads either kind of model)")

@@ -1,9 +1,5 @@
-"""The training objectives of the VAE (reconstruction CE + beta * KL - lambda * REPA cosine, with the sampled softmax
-and the robust-decoder noise it may use) and of the AR baseline (next-token cross-entropy), each read top to bottom.
-Each objective is the nn.Module that `fit` trains (and DDP wraps); the batches they read come from
-`training/batches.py`. The DiT's objective is its generation mode (`generation/`: the flow-matching loss of a full
-window or of every block), since what the DiT learns from is what differs between modes.
-"""
+"""The VAE's training objective, read top to bottom: reconstruction CE + beta * KL - lambda * REPA cosine, with the
+sampled softmax and the robust-decoder noise it may use."""
 from __future__ import annotations
 
 import torch
@@ -11,12 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textldm.config import VAEConfig
-from textldm.models.ar import CausalLM
 from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.vae import TextVAE
 
 
-# the VAE -----------------------------------------------------------------------------------------------
 def kl_per_token(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)) summed over channels: (B, L, C) -> (B, L)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
@@ -111,22 +105,3 @@ class VAEObjective(nn.Module):
         return vae_loss(self.vae, batch["ids"], batch["mask"], batch.get("teacher"),
                         kl_weight=kl_weight_at(step, self.vae.cfg), noise=batch["noise"], generator=batch["generator"],
                         token_count=batch.get("token_count"))
-
-
-# the AR baseline ---------------------------------------------------------------------------------------
-class ARObjective(nn.Module):
-    """Next-token cross-entropy (softmax in fp32), head and loss fused (`linear_cross_entropy`)."""
-
-    def __init__(self, model: CausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict, step: int):
-        """(loss, metrics) of one micro-batch: next-token CE."""
-        hidden = self.model.hidden(batch["ids"][:, :-1]).flatten(0, 1)
-        targets = batch["ids"][:, 1:].flatten()
-        weights = torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)
-        loss, _ = linear_cross_entropy(hidden, self.model.embed.weight, targets, weights)
-        return loss, {"loss": loss.detach()}
-
-

@@ -1,0 +1,97 @@
+"""What a model family is to the rest of textldm: a `Family` entry (its name - the model_type a saved folder's
+config.json names -, its pipeline class, its training commands) and the `Pipeline` protocol every family's pipeline
+follows, so the CLI, the evaluation harness, the server, the OpenAI endpoint, lm-eval and the model card dispatch
+through the registry (`families.FAMILIES`) and never branch on a kind of model. Also the one prompt-length policy
+(`truncate_prompts`)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol, runtime_checkable
+
+from textldm.config import SampleConfig
+from textldm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def truncate_prompts(rows: list[list[int]], limit: int, what: str) -> list[list[int]]:
+    """The one prompt-length policy (the Python API, the CLI, the server and the evaluation harness): a prompt
+    longer than the model's context keeps its last `limit` tokens - the ones next to the continuation - with a
+    warning saying how many prompts were cut."""
+    cut = sum(len(r) > limit for r in rows)
+    if cut:
+        log.warning("%d of %d prompts are longer than the model's context of %d tokens (%s); each keeps its last %d "
+                    "tokens", cut, len(rows), limit, what, limit)
+    return [r[-limit:] for r in rows]
+
+
+def resolve_length(length: int | None, max_new_tokens: int | None, default: int | None) -> int | None:
+    """`length` and its Hugging Face name `max_new_tokens` are the same argument; give one."""
+    if length is not None and max_new_tokens is not None and length != max_new_tokens:
+        raise UserError(f"length={length} and max_new_tokens={max_new_tokens} disagree; give one of them")
+    return next((v for v in (length, max_new_tokens) if v is not None), default)
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """A model of any family as the harness, the server and lm-eval use it: token ids in, token ids out, under the
+    sampler settings of a `SampleConfig` (each family reads the settings that mean something to it: TextLDM the
+    diffusion ones, the AR baseline and HF models temperature, top-k and top-p; `sample.seed` for all)."""
+    family: ClassVar[str]  # the registry's name for it (a saved folder's model_type)
+    streams: ClassVar[bool]  # whether `continue_ids` calls `callback` step by step (the OpenAI stream, the live view)
+    sampler_settings: ClassVar[frozenset[str]]  # the SampleConfig fields it reads (a sweep over another is refused)
+    tokenizer: object
+
+    def default_sample(self) -> SampleConfig:
+        """The model's own sampler settings (a saved model's config.sample)."""
+
+    def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
+                     first_index: int = 0, callback=None) -> list[list[int]]:
+        """Up to `length` new tokens after each prompt (cut at end-of-text), sampled with `sample` (default: the
+        model's own); row i is prompt number first_index + i (its noise, where the family seeds per row)."""
+
+    def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
+        """How many of a prompt's last tokens the model reads when it continues by `length` tokens."""
+
+    def longest_continuation(self, requested: int) -> int:
+        """The most tokens one call continues by, for a request of `requested`: what the harness scores up to."""
+
+    def parameters(self) -> int:
+        """The parameters it writes text with."""
+
+    def most_tokens(self) -> int | None:
+        """The most new tokens one call can write after a prompt of one token (None: any number, window after
+        window)."""
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        """(the shortest prompt, the shortest continuation) it was trained on, where that bounds what it was trained
+        for (a DiT's windows); None when any length is its own (an AR model's)."""
+
+    def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """(log p(continuation | context), whether greedy decoding gives it), or a UserError saying why the family
+        has none."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line command a family adds (`textldm NAME`): its help, the extra arguments it takes (name, keyword
+    arguments of `add_argument`), and what it runs with the parsed arguments and the resolved config."""
+    name: str
+    help: str
+    run: Callable  # run(args, cfg)
+    arguments: tuple[tuple[str, dict], ...] = ()
+    resume: bool = True  # takes --resume
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its name (the model_type of its saved folders), what it is in a sentence, its pipeline class
+    (`from_pretrained`, `save_pretrained`, the `Pipeline` protocol), its commands and its run-folder subfolder.
+    `saves`: whether it has a textldm folder format (an HF causal LM has its own)."""
+    name: str
+    description: str
+    pipeline: type
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+    saves: bool = True
+    folder: str = ""  # where its training stage saves the trained model in a run folder (OUT_DIR/<folder>)
