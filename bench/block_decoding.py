@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from textldm import TextLDMPipeline
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.metrics import generative_perplexity
-from textldm.generation.blocks import BlockState
-from textldm.pipeline import TextLDMPipeline
+from textldm.sampling import BlockState
 
 
 def decodings(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int) -> dict[str, list[int]]:
@@ -29,11 +29,11 @@ def decodings(pipe: TextLDMPipeline, prompt: list[int], length: int, seed: int) 
     B, n = pipe.config.dit.blocks.size, len(committed) // pipe.config.dit.blocks.size
     blocks = blocks[:max(n, 1)]
     with torch.no_grad():
-        alone = [tok for x in blocks for tok in pipe.decode_latents(x, cut=False)[0]]
-        prefix = BlockState.start(pipe, [prompt[-pipe.config.dit.context_max:]], guided=False)  # the sampler's layout
+        alone = [tok for x in blocks for tok in pipe.codec.decode(x, cut=False)[0]]
+        prefix = BlockState.start(pipe.codec, pipe.dit, [prompt[-pipe.config.dit.context_max:]], guided=False)
         latents = torch.cat([prefix.latents, *blocks], 1)
         mask = torch.cat([prefix.mask, torch.ones(1, latents.shape[1] - prefix.mask.shape[1], dtype=torch.bool)], 1)
-        joint = pipe.decode_latents(latents, cut=False, mask=mask, last=B * len(blocks))[0]
+        joint = pipe.codec.decode(latents, cut=False, mask=mask, last=B * len(blocks))[0]
     k = len(committed)
     return {"committed (beside the prefix, once)": committed, "each block alone": alone[:k],
             "all at the end (later blocks too)": joint[:k]}

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from next_token import held_out
+from textldm import TextLDMPipeline
 from textldm.models.lm import resolve
-from textldm.pipeline import TextLDMPipeline
 
 
 @torch.no_grad()

@@ -13,10 +13,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from textldm import TextLDMPipeline
 from textldm.config import MetricsConfig
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
-from textldm.pipeline import TextLDMPipeline
 
 
 def parse_args(argv=None) -> argparse.Namespace:

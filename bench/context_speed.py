@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from textldm import TextLDMPipeline
 from textldm.config import load_config
-from textldm.generation import LMBlocks
+from textldm.families.textldm.modes import CONTEXT_LM
 from textldm.models.lm import FrozenLM, load_tokenizer, resolve
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline
 
 BACKBONE = "smollm2-135m"
 
@@ -44,9 +44,8 @@ def mode_seconds(lm: FrozenLM, block: int, prompts: torch.Tensor, new: int, step
     cfg = load_config("demo", ["dit.mode=context_lm", f"dit.blocks.size={block}", f"dit.context_lm.encoder={BACKBONE}"])
     vocab = len(load_tokenizer(cfg.teacher.name))
     vae = TextVAE(cfg.vae, vocab).eval()
-    dit = LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels).eval()
-    pipe = TextLDMPipeline(cfg, None, vae, None, eot_id=-1)
-    pipe.dit, pipe.mode = dit, LMBlocks(dit, lm)  # one loaded backbone for every B
+    dit = CONTEXT_LM.build_dit(cfg.dit, cfg.vae.latent_channels).eval()
+    pipe = TextLDMPipeline(cfg, None, vae, dit, eot_id=-1, parts={"lm": lm})  # one loaded backbone for every B
     ids = prompts.tolist()
     return timed(lambda: pipe.generate_ids(ids, length=new, steps=steps, cfg_scale=cfg_scale, seed=0))
 

@@ -19,15 +19,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import PeriodicStream, train_tiny_recipe, validation_loss  # noqa: E402
 from textldm.config import TrainConfig  # noqa: E402
-from textldm.generation import mode_class  # noqa: E402
+from textldm.families.textldm.modes import mode_of  # noqa: E402
 from textldm.training.batches import dit_batches  # noqa: E402
 from textldm.training.loop import EMA, fit  # noqa: E402
 
 
 def run(pipe, steps: int, seed: int, ema: float, warmup: bool) -> float:
     torch.manual_seed(seed)
-    mode_type = mode_class(pipe.dit.cfg)
-    mode = mode_type(mode_type.new_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels))
+    spec = mode_of(pipe.dit.cfg)
+    mode = spec.objective(spec.build_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels), **spec.build_parts(pipe.dit.cfg))
     dit = mode.dit
     if steps == 0:
         return validation_loss(dit, pipe.vae)

@@ -473,16 +473,16 @@ def sampling_pipeline(c: Check, device, tokenizer, overrides):
     model is) and end-of-text disabled."""
     import torch
 
+    from textldm import TextLDMPipeline
     from textldm.config import load_config
-    from textldm.generation import mode_class
+    from textldm.families.textldm.modes import mode_of
     from textldm.models.vae import TextVAE
-    from textldm.pipeline import TextLDMPipeline
 
     s = c.shapes
     cfg = load_config("demo", [*c.common(), *s.vae, *s.dit, *overrides])
     torch.manual_seed(0)
     vae = TextVAE(cfg.vae, len(tokenizer), None)
-    dit = mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
+    dit = mode_of(cfg.dit).build_dit(cfg.dit, cfg.vae.latent_channels)
     with torch.no_grad():
         for p in dit.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -540,10 +540,10 @@ def sampling_models(c: Check, device) -> dict:
     alone (HF generate, KV cache), the AR baseline with its KV cache."""
     import torch
 
+    from textldm import ARPipeline
     from textldm.config import load_config
     from textldm.models.ar import CausalLM
     from textldm.models.lm import load_tokenizer
-    from textldm.pipeline import ARPipeline
 
     s, st = c.shapes, c.state()
     tokenizer = load_tokenizer(st["lm"])
@@ -789,7 +789,7 @@ TORCHRUN_LAUNCHES, TORCHRUN_LAUNCH_S = 4, 15.0  # DDP, FSDP2, the killed run, it
 def train_flops(c: Check, vocab: int) -> dict:
     """Counted FLOPs of one optimizer step of each training stage at the GPU shapes (textldm.runtime.perf)."""
     from textldm.config import load_config
-    from textldm.generation import mode_class
+    from textldm.families.textldm.modes import mode_of
     from textldm.models.ar import CausalLM
     from textldm.models.vae import TextVAE
     from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
@@ -802,9 +802,9 @@ def train_flops(c: Check, vocab: int) -> dict:
     for name, overrides in (("window", s.window), ("blocks", s.blocks), ("context_lm", s.context_lm)):
         d = load_config("demo", [*COMMON_TRAIN, *s.vae, *s.dit, *(o for o in overrides if not o.startswith(
             ("dit.mode=context_lm", "dit.context_lm.")))])
-        mode = mode_class(d.dit)  # the context-LM DiT counted as plain block mode (its LM runs forward only)
-        out[f"train_dit_{name}"] = (d.dit_train.steps, mode(mode.new_dit(d.dit, d.vae.latent_channels)).train_flops(
-            d.dit_train.batch_size))
+        mode = mode_of(d.dit)  # the context-LM DiT counted as plain block mode (its LM runs forward only)
+        objective = mode.objective(mode.build_dit(d.dit, d.vae.latent_channels))
+        out[f"train_dit_{name}"] = (d.dit_train.steps, objective.train_flops(d.dit_train.batch_size))
     a = load_config("demo", [*COMMON_TRAIN, *s.ar])
     out["train_ar"] = (a.ar_train.steps, TRAIN_FACTOR * a.ar_train.batch_size * ar_flops_per_sequence(
         CausalLM(a.ar, vocab), a.ar.seq_len))

@@ -20,14 +20,13 @@ import torch
 
 from synthetic import ZipfStream
 from textldm.config import TrainConfig, load_config
-from textldm.generation.window import FullWindow
 from textldm.models.dit import TextDiT
 from textldm.models.lm import FrozenLM
 from textldm.models.vae import TextVAE
 from textldm.runtime.perf import TRAIN_FACTOR, dit_flops_per_sequence, matmul_peak_flops, vae_flops_per_sequence
 from textldm.training.batches import vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import VAEObjective
+from textldm.training.objectives import VAEObjective, WindowObjective
 from textldm.utils import param_count
 
 QWEN3_VOCAB = 151_936
@@ -106,7 +105,7 @@ def main():
                            compile=compiled, peak_flops=peak)
         log = out / f"dit_{'compiled' if compiled else 'eager'}_{batch}.jsonl"
         t0 = time.time()
-        fit(FullWindow(dit), dit_batches(cfg.dit, batch, C, device), tcfg, log_path=log, desc="DiT",
+        fit(WindowObjective(dit), dit_batches(cfg.dit, batch, C, device), tcfg, log_path=log, desc="DiT",
             tokens_per_step=batch * cfg.dit.window_tokens, flops_per_step=flops,
             precision="bf16", progress=False)
         rows.append(summarize(log, f"DiT {'compiled' if compiled else 'eager'}", param_count(dit),

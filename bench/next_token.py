@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from textldm import TextLDMPipeline
 from textldm.models.lm import resolve
-from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.distributed import step_generator
-from textldm.training.stages import prepare_data
+from textldm.training.stage import prepare_data
 
 SETTINGS = [  # label, sampler overrides
     ("noise 1, cfg 1", {"noise_scale": 1.0, "cfg_scale": 1.0}),
@@ -66,7 +66,7 @@ def lm_probabilities(name: str, prompts: torch.Tensor, batch: int = 32) -> torch
 def count_prior_changes(pipe: TextLDMPipeline) -> dict:
     """Wraps the pipeline's decoder so that, where sample.lm_prior adds the LM's log-probabilities, it counts the
     decoded first tokens the prior changed (against the decoder alone on the same latents): {"changed", "tokens"}."""
-    counts, decode = {"changed": 0, "tokens": 0}, pipe.decode_latents
+    counts, decode = {"changed": 0, "tokens": 0}, pipe.codec.decode
 
     def decode_and_count(z, cut=True, mask=None, last=None, prior=None):
         ids = decode(z, cut, mask, last, prior)
@@ -76,7 +76,7 @@ def count_prior_changes(pipe: TextLDMPipeline) -> dict:
             counts["tokens"] += len(ids)
         return ids
 
-    pipe.decode_latents = decode_and_count
+    pipe.codec.decode = decode_and_count
     return counts
 
 

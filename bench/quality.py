@@ -20,12 +20,13 @@ import logging
 import sys
 from pathlib import Path
 
-from textldm import load_config
+from textldm import ARPipeline, TextLDMPipeline, load_config
 from textldm.evaluation import matched
 from textldm.evaluation.harness import HUMAN, TABLE_METRICS, Contestant, format_results, run_eval
 from textldm.export import read_model_config
-from textldm.pipeline import ARPipeline, TextLDMPipeline
-from textldm.training import stages
+from textldm.families.ar.train import train_ar
+from textldm.families.textldm.train import train_dit, train_vae
+from textldm.training.stage import prepare_data
 from textldm.utils import atomic_write_text, write_json
 
 
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
               f"ar_train.max_minutes={minutes}", "ar_train.steps=1000000", "eval.rouge_samples=0",
               f"metrics.samples={args.samples}", f"metrics.mauve_buckets={args.buckets}"]
     cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm'}"])
-    data = stages.prepare_data(cfg)
+    data = prepare_data(cfg)
 
     def textldm(run_cfg):
         """(pipeline, VAE report, DiT report): trained now, or loaded with --reuse."""
@@ -97,8 +98,8 @@ def main(argv=None) -> int:
         if args.reuse:
             return (TextLDMPipeline.from_pretrained(run / "model"), read_model_config(run / "vae")["report"],
                     read_model_config(run / "model")["report"])
-        vae_pipe, vae_report = stages.train_vae(run_cfg, progress=False, data=data)
-        pipe, dit_report = stages.train_dit(run_cfg, vae_pipe=vae_pipe, progress=False, data=data)
+        vae_pipe, vae_report = train_vae(run_cfg, progress=False, data=data)
+        pipe, dit_report = train_dit(run_cfg, vae_pipe=vae_pipe, progress=False, data=data)
         return pipe, vae_report, dit_report
 
     ldm, vae_report, dit_report = textldm(cfg)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         ar = ARPipeline.from_pretrained(out / "ar" / "ar")
         ar_report = read_model_config(out / "ar" / "ar")["report"]
     else:
-        ar, ar_report = stages.train_ar(ar_cfg, progress=False, data=data)
+        ar, ar_report = train_ar(ar_cfg, progress=False, data=data)
 
     norepa_cfg = load_config(args.config, [*budget, *args.overrides, f"out_dir={out / 'textldm-no-repa'}",
                                            "vae.repa_weight=0"])

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from textldm import TextLDMPipeline
 from textldm.config import ARConfig, BlocksConfig, Config, DiTConfig, SampleConfig, VAEConfig, WindowConfig
 from textldm.diffusion.sampling import evaluations
-from textldm.generation import mode_class
+from textldm.families.textldm.modes import mode_of
 from textldm.models.ar import CausalLM
 from textldm.models.ar import generate as ar_generate
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.perf import (
     ar_flops_per_sequence,
     dit_block_sampling_flops,
@@ -57,7 +57,7 @@ def textldm_pipeline(cacheable: bool, block: int = 0) -> TextLDMPipeline:
                         blocks=BlocksConfig(size=block or 1))
     cfg.sample = SampleConfig(cfg_scale=7.0)
     torch.manual_seed(0)
-    vae, dit = TextVAE(cfg.vae, VOCAB), mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
+    vae, dit = TextVAE(cfg.vae, VOCAB), mode_of(cfg.dit).build_dit(cfg.dit, cfg.vae.latent_channels)
     with torch.no_grad():  # leave the adaLN-Zero start (identity blocks), as a trained model would
         for p in dit.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -39,17 +39,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from textldm import load_config
+from textldm import TextLDMPipeline, load_config
 from textldm.config import FULL_WINDOW, to_dict
 from textldm.evaluation import matched
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
 from textldm.evaluation.heldout import position_agreement
 from textldm.evaluation.metrics import prompt_binding
-from textldm.generation import mode_class
+from textldm.families.ar import train as ar_family
+from textldm.families.textldm.modes import mode_of
+from textldm.families.textldm.train import train_dit, train_vae
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline
-from textldm.training import stages
+from textldm.training.stage import prepare_data
 from textldm.utils import atomic_write_text, environment, param_count, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +111,8 @@ def train_textldm(args, overrides: list[str], flops: float, seed: int, run: Path
         vae_report = json.loads((shared / "vae" / "config.json").read_text())["report"]
     else:
         vae_cfg = textldm_config(args, overrides, flops, seed, shared)
-        vae_pipe, vae_report = stages.train_vae(vae_cfg, progress=False, data=data)
-    pipe, dit_report = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False, data=data, vae_report=vae_report)
+        vae_pipe, vae_report = train_vae(vae_cfg, progress=False, data=data)
+    pipe, dit_report = train_dit(cfg, vae_pipe=vae_pipe, progress=False, data=data, vae_report=vae_report)
     v, d = vae_report["vae_train"], dit_report["dit_train"]
     quarters = dit_report["dit_eval"]["quarters"]
     facts = {"params": matched.inference_params(pipe), "flops": v["flops"] + d["flops"],
@@ -124,7 +125,7 @@ def train_textldm(args, overrides: list[str], flops: float, seed: int, run: Path
 def full_window_params(args, vocab_size: int) -> int:
     """Inference parameters of the full-window TextLDM at --config (built, not trained): what the AR matches."""
     cfg = preset(args)
-    dit = mode_class(cfg.dit).new_dit(cfg.dit, cfg.vae.latent_channels)
+    dit = mode_of(cfg.dit).build_dit(cfg.dit, cfg.vae.latent_channels)
     return param_count(TextVAE(cfg.vae, vocab_size)) + param_count(dit)
 
 
@@ -133,7 +134,7 @@ def train_ar(args, flops: float, seed: int, run: Path, data) -> tuple:
     matched_overrides = matched.matched_ar_overrides(base, full_window_params(args, len(data[0])), len(data[0]))
     cfg = preset(args, *matched_overrides, f"seed={seed}", "ar_train.steps=1000000", "ar_train.max_minutes=null",
                  f"ar_train.max_flops={flops}", f"out_dir={run}")
-    pipe, report = stages.train_ar(cfg, progress=False, data=data)
+    pipe, report = ar_family.train_ar(cfg, progress=False, data=data)
     a = report["ar_train"]
     return pipe, {"params": report["ar_parameters"], "flops": a["flops"], "minutes": a["seconds"] / 60,
                   "steps": {"ar": a["steps"], "depth": cfg.ar.depth}}
@@ -175,7 +176,7 @@ def cmd_run(args) -> int:
     if unknown:
         raise SystemExit(f"unknown design(s) {unknown}; {args.grid} has {list(designs)}")
     base = preset(args, f"metrics.samples={args.samples}")
-    data = stages.prepare_data(base)
+    data = prepare_data(base)
     _, items = benchmark("embedded", args.samples, base.seed)
     scorer = Scorer(items, base.metrics)
     human_row(args, items, scorer, base, data[0])

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from synthetic import ZipfStream
 from textldm.config import ARConfig, DiTConfig, TrainConfig, VAEConfig
-from textldm.generation.window import FullWindow
 from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
@@ -38,7 +37,7 @@ from textldm.runtime.perf import (
 from textldm.runtime.precision import autocast_dtype
 from textldm.training.batches import ar_batches, vae_batches
 from textldm.training.loop import fit
-from textldm.training.objectives import ARObjective, VAEObjective
+from textldm.training.objectives import ARObjective, VAEObjective, WindowObjective
 from textldm.utils import param_count
 
 VOCAB = 49_152  # SmolLM2's, the demo tokenizer
@@ -143,7 +142,7 @@ def main():
     for width, depth, heads in ((256, 6, 4), (512, 8, 8)) if "DiT" in only else ():  # DiT: the demo size, and width 512
         torch.manual_seed(0)
         dit, B, Lc, Lt = TextDiT(DiTConfig(width=width, depth=depth, heads=heads), 64), 32, 64, 64
-        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, FullWindow(dit), dit_batches(B, Lc, Lt), B,
+        add(f"DiT w{width} d{depth} (64 + 64 latents)", dit, WindowObjective(dit), dit_batches(B, Lc, Lt), B,
             B * (Lc + Lt), TRAIN_FACTOR * B * dit_flops_per_sequence(dit, Lc, Lt))
     # VAE: full softmax over the vocabulary, REPA on
     for width, depth, heads in ((256, 2, 4), (512, 4, 8)) if "VAE" in only else ():

@@ -1,15 +1,15 @@
-"""Shared test builders: token streams, a fake teacher, weights moved off their initialisation, DiTs built as their
-generation mode builds them, and the sampler's guided velocity as a one-call helper. Imported by the test files
-(`from builders import ...`; pytest puts tests/ on the path)."""
+"""Shared test builders: token streams, a fake teacher, weights moved off their initialisation, DiTs and objectives
+built as their generation mode builds them, and the sampler's guided velocity as a one-call helper. Imported by the
+test files (`from builders import ...`; pytest puts tests/ on the path)."""
 from __future__ import annotations
 
 import torch
 
 from textldm.config import BlocksConfig, ContextLMConfig, DiTConfig, SampleConfig, WindowConfig
-from textldm.generation import mode_class
-from textldm.generation.modes import GenerationMode, SamplingRun
-from textldm.generation.window import FullWindow
+from textldm.families.textldm.modes import mode_of
 from textldm.models.dit import TextDiT
+from textldm.sampling import SamplingRun, WindowSampler
+from textldm.training.objectives import DiTObjective
 
 TEACHER_DIM = 12
 
@@ -51,12 +51,14 @@ def dit_config(mode: str = "window", *, window: dict | None = None, blocks: dict
 
 def new_dit(cfg: DiTConfig, latent_channels: int) -> TextDiT:
     """A fresh TextDiT as its generation mode builds it (the parts that mode reads)."""
-    return mode_class(cfg).new_dit(cfg, latent_channels)
+    return mode_of(cfg).build_dit(cfg, latent_channels)
 
 
-def mode_of(dit: TextDiT) -> GenerationMode:
-    """The generation mode (and DiT objective) of a DiT."""
-    return mode_class(dit.cfg)(dit)
+def objective_of(dit: TextDiT, **parts) -> DiTObjective:
+    """The training objective of a DiT's mode, on the mode's parts (`parts`, or fresh ones from its config: a context
+    LM)."""
+    mode = mode_of(dit.cfg)
+    return mode.objective(dit, **(parts or mode.build_parts(dit.cfg)))
 
 
 def guided_velocity(dit: TextDiT, x: torch.Tensor, t: torch.Tensor, scale: float, context_cache: bool = True,
@@ -71,7 +73,7 @@ def guided_velocity(dit: TextDiT, x: torch.Tensor, t: torch.Tensor, scale: float
         conditions["right_mask"] = torch.ones(conditions["right"].shape[:2], dtype=torch.bool)
     run = SamplingRun(SampleConfig(cfg_scale=scale, context_cache=context_cache), grid=torch.tensor([0.0, 1.0]))
     with torch.no_grad():
-        velocity = FullWindow(dit).window_velocity(run, x, conditions)
+        velocity = WindowSampler(dit).window_velocity(run, x, conditions)
         for _ in range(evaluations):
             v = velocity(x, t)
         return v

@@ -143,19 +143,19 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_corpus):
 @pytest.fixture(scope="session")
 def models(trained, tiny_model_dir, tiny_corpus, tmp_path_factory):
     """An infilling-capable DiT on the shared tiny VAE, and a tiny AR baseline (the served models)."""
-    from textldm import load_config
-    from textldm.pipeline import ARPipeline, TextLDMPipeline
-    from textldm.training import stages
+    from textldm import ARPipeline, TextLDMPipeline, load_config
+    from textldm.families.ar.train import train_ar
+    from textldm.families.textldm.train import train_dit
 
     out, _ = trained
     root = tmp_path_factory.mktemp("serve")
     os.environ["TEXTLDM_CACHE"] = str(out / "cache")
     try:
         base = tiny_overrides(tiny_model_dir, tiny_corpus, str(root))
-        stages.train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.window.infill_prob=0.5"]),
-                       vae_dir=str(out / "vae"), progress=False)
-        stages.train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
-                                                  "ar_train.batch_size=4", "ar.embed_init=random"]), progress=False)
+        train_dit(load_config("demo", base + ["dit_train.steps=6", "dit.window.infill_prob=0.5"]),
+                  vae_dir=str(out / "vae"), progress=False)
+        train_ar(load_config("demo", base + ["ar.width=32", "ar.heads=2", "ar.depth=2", "ar_train.steps=4",
+                                             "ar_train.batch_size=4", "ar.embed_init=random"]), progress=False)
     finally:
         del os.environ["TEXTLDM_CACHE"]
     return TextLDMPipeline.from_pretrained(root / "model"), ARPipeline.from_pretrained(root / "ar")

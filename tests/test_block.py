@@ -3,16 +3,16 @@ against the training forward and against a hand-written reference loop, CFG's nu
 import pytest
 import torch
 
-from builders import RandomStream, dit_config, mode_of, new_dit, perturbed
+from builders import RandomStream, dit_config, new_dit, objective_of, perturbed
+from textldm import TextLDMPipeline
 from textldm.config import Config, DiTConfig, SampleConfig, VAEConfig, load_config
 from textldm.diffusion.guidance import Guidance
 from textldm.errors import UserError
-from textldm.generation.blocks import BlockState
 from textldm.models.block_causal import clean_noisy_attn_mask
 from textldm.models.dit import TextDiT
 from textldm.models.layers import block_causal_attn_mask
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline
+from textldm.sampling import BlockState
 
 VOCAB, C, BLOCK = 11, 8, 4
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
@@ -151,7 +151,7 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     """Block sampling written out with the training forward (no cache, the window re-encoded from its tokens at
     every block): Euler on the schedule grid, CFG over training's dropped rows, decode beside the prefix; a
     self-conditioning DiT reads the previous step's clean estimate x + (1 - t) v (zeros at a block's first step)."""
-    from textldm.pipeline import noise_seed
+    from textldm.sampling import noise_seed
 
     vae, dit, s, d = pipe.vae, pipe.dit, pipe.config.sample, pipe.config.dit
     BLOCK, CONTEXT = d.blocks.size, d.context_max  # noqa: N806 (the module's names, per model)
@@ -209,7 +209,7 @@ def test_a_block_that_does_not_divide_the_context_left_pads_the_first_block():
     prompts = [[1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 1, 2, 3]]
     rows = pipe.generate_ids(prompts, length=11, seed=2)
     assert rows == [reference_generate(pipe, p, 11, 2, i) for i, p in enumerate(prompts)]
-    state = BlockState.start(pipe, prompts, guided=False)  # the layout itself (tokens alone may not show it)
+    state = BlockState.start(pipe.codec, pipe.dit, prompts, guided=False)  # the layout itself
     assert state.ids.shape == (3, 8) and state.mask.sum(1).tolist() == [2, 5, 6] and not state.mask[:, :2].any()
 
 
@@ -254,7 +254,7 @@ def test_the_block_training_flops_are_the_hand_count():
     per_condition = depth * 2 * w * 6 * w + 2 * w * 2 * w + 2 * 256 * w + 2 * w * w  # adaLN, final, t-embedder
     forward = tokens + outputs + (1 + L // B) * per_condition  # the clean condition and each block's
     assert dit_block_flops_per_sequence(dit, L) == forward
-    assert mode_of(dit).train_flops(64) == 3 * 64 * forward  # forward + backward
+    assert objective_of(dit).train_flops(64) == 3 * 64 * forward  # forward + backward
     clean, x_t, t, mask = window()
     with FlopCounterMode(display=False) as counter:
         flow_loss(dit.forward_blocks(x_t, t, clean=clean, mask=mask), x_t, clean, mask).mean().backward()
@@ -299,7 +299,7 @@ def test_block_batches_noise_every_block_and_pad_the_first(block_t):
     from textldm.training.batches import dit_batches
 
     vae, dit = tiny_vae(), tiny_dit(block_t=block_t)
-    batch = dit_batches(RandomStream(VOCAB), vae, mode_of(dit), 64, seed=0, device=torch.device("cpu"))(0)
+    batch = dit_batches(RandomStream(VOCAB), vae, objective_of(dit), 64, seed=0, device=torch.device("cpu"))(0)
     t = batch["t"]
     assert t.shape == (64, WINDOW // BLOCK)
     if block_t == "per_block":
@@ -340,7 +340,7 @@ def test_the_block_loss_report_covers_every_quarter(block):
 
     vae, dit = tiny_vae(), tiny_dit()
     dit.cfg.blocks.size = block
-    quarters = evaluate_dit(mode_of(dit), vae, RandomStream(VOCAB), n_batches=2, batch_size=8, seed=0,
+    quarters = evaluate_dit(objective_of(dit), vae, RandomStream(VOCAB), n_batches=2, batch_size=8, seed=0,
                             device=torch.device("cpu"))["quarters"]
     assert all(not math.isnan(q["with_prompt"]) and not math.isnan(q["prompt_dropped"]) for q in quarters)
 

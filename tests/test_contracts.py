@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from builders import RandomStream, dit_config, mode_of, new_dit, perturbed
+from builders import RandomStream, dit_config, new_dit, objective_of, perturbed
 from test_serve import LIMITS
 from textldm.config import VAEConfig
 from textldm.models.vae import TextVAE
@@ -122,7 +122,7 @@ def test_a_requests_seed_gives_the_python_apis_text_for_that_seed(server):
     client, facade, ids = server
     for model in ids:
         pipe = facade.pipeline(model)
-        settings = {"steps": 3} if facade.kind(model) == "textldm" else {}
+        settings = {"steps": 3} if "steps" in pipe.sampler_settings else {}
         texts = {}
         for seed in (1, 2, 3):
             answers = [complete(client, model=model, prompt=PROMPT, max_tokens=12, seed=seed)["choices"][0]["text"]
@@ -170,10 +170,10 @@ def test_lm_evals_greedy_flag_is_true_only_when_every_continuation_token_is_the_
         for _ in range(4):
             greedy.append(int(ar.model(torch.tensor([context + greedy]))[0, -1].argmax()))
     other = lambda token: (token + 1) % ar.model.vocab_size  # noqa: E731 (any token but the argmax)
-    assert lm._token_logprobs(context, greedy)[1] is True
+    assert lm._logprobs("loglikelihood", context, greedy)[1] is True
     for j in range(4):  # one token off the argmax, anywhere in the continuation, makes it not greedy
         continuation = greedy[:j] + [other(greedy[j])] + greedy[j + 1:]
-        assert lm._token_logprobs(context, continuation)[1] is False, j
+        assert lm._logprobs("loglikelihood", context, continuation)[1] is False, j
 
 
 def test_the_judge_reads_the_last_tokens_of_a_prompt_longer_than_its_window(tiny_model_dir):
@@ -219,13 +219,13 @@ def test_every_contestant_continues_each_item_by_at_most_its_references_length(m
     from textldm.evaluation.harness import Contestant, load_contestant
 
     pipe, ar = models
-    contestants = [Contestant("textldm", "textldm", pipe), Contestant("ar", "ar", ar),
+    contestants = [Contestant("textldm", pipe), Contestant("ar", ar),
                    load_contestant(f"hf={tiny_model_dir}")]
     assert sorted(c.kind for c in contestants) == ["ar", "hf", "textldm"]
     refs = [" it", " it was the", " he said that it was the man", " " + " ".join(["the man said"] * 12)]
     items = [{"prompt": "the man said that", "reference": r} for r in refs]
     for c in contestants:
-        tok = c.model[0] if c.kind == "hf" else c.model.tokenizer
+        tok = c.pipeline.tokenizer
         cap = {"textldm": pipe.config.dit.target_max, "ar": min(16, ar.seq_len // 2), "hf": 16}[c.kind]
         texts = c.continue_items(items, SampleConfig(steps=2, temperature=1.0), batch_size=4, max_new_tokens=16)
         for item, text in zip(items, texts):
@@ -240,7 +240,7 @@ def block_setup(block_t: str = "per_block"):
                             repa_weight=0.0, encoder_block_size=1), 40).eval().requires_grad_(False)
     cfg = dit_config("blocks", blocks={"size": 3, "t": block_t}, width=32, heads=2, depth=2, context_min=2,
                      context_max=6, target_min=2, target_max=6)
-    mode = mode_of(perturbed(new_dit(cfg, 8)))
+    mode = objective_of(perturbed(new_dit(cfg, 8)))
     return vae, mode
 
 
@@ -301,7 +301,7 @@ def test_the_loss_averages_exactly_the_real_target_tokens(kind):
                             repa_weight=0.0, encoder_block_size=1), 40).eval().requires_grad_(False)
     cfg = dit_config(kind, blocks={"size": 3} if kind == "blocks" else None, width=32, heads=2, depth=2,
                      context_min=2, context_max=6, target_min=1, target_max=6)
-    mode = mode_of(perturbed(new_dit(cfg, 8)))
+    mode = objective_of(perturbed(new_dit(cfg, 8)))
     N, g = 8, torch.Generator().manual_seed(5)
     batch = mode.batch(RandomStream(), vae, N, g, slice(None), torch.device("cpu"))
     replay = torch.Generator().manual_seed(5)

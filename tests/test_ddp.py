@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from builders import TEACHER_DIM, RandomStream, dit_config, fake_teacher, mode_of, new_dit
+from builders import TEACHER_DIM, RandomStream, dit_config, fake_teacher, new_dit, objective_of
 from textldm.config import TrainConfig, VAEConfig
 from textldm.models.vae import TextVAE
 from textldm.training.batches import dit_batches, vae_batches
@@ -33,7 +33,7 @@ def build(kind: str):
         return vae, VAEObjective(vae), batches
     dit_cfg = dit_config("blocks", blocks={"size": 2, "uncond": kind.removeprefix("dit_")}, width=32, heads=2, depth=2,
                          context_min=2, context_max=6, target_min=2, target_max=6)
-    mode = mode_of(new_dit(dit_cfg, cfg.latent_channels))
+    mode = objective_of(new_dit(dit_cfg, cfg.latent_channels))
     batches = dit_batches(RandomStream(VOCAB), vae.eval().requires_grad_(False), mode, TRAIN.batch_size, seed=3,
                           device=torch.device("cpu"))
     return mode.dit, mode, batches
@@ -153,7 +153,7 @@ def test_every_trained_parameter_is_in_every_modes_graph(mode):
     cfg = dit_config(**mode, width=32, heads=2, depth=1, context_min=2, context_max=6, target_min=2, target_max=6,
                      p_uncond=0.5)
     dit = new_dit(cfg, 8)
-    mode = mode_of(dit)
+    mode = objective_of(dit)
     loss, _ = mode(dit_batches(RandomStream(VOCAB), vae.requires_grad_(False), mode, 16, seed=0,
                                device=torch.device("cpu"))(0), 0)
     loss.backward()

@@ -73,7 +73,7 @@ def test_the_citation_file_names_this_version_and_the_paper():
 # A table of measurements is generated (bench/tables.py) from a file under bench/results/.
 NOT_MEASUREMENTS = {
     "README.md": {"| concept | file |"},
-    "docs/design.md": {"| what | FullWindow (`window.py`) | Blocks (`blocks.py`) |", "| what | choice | why |"},
+    "docs/design.md": {"| what | window (`window.py`) | blocks (`blocks.py`) |", "| what | choice | why |"},
     "docs/evaluation.md": {"| preset | source | passages |", "| metric | package | setting (default) |"},
     "docs/performance.md": {
         "| | on the fly (default) | precomputed (`vae.teacher_cache=auto`, `textldm cache-teacher`) |"},

@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from textldm import ARPipeline, TextLDMPipeline, load_config
 from textldm.diffusion.sampling import STOP
 from textldm.errors import UserError
-from textldm.training import stages
+from textldm.families.ar.train import train_ar
 from textldm.version import __version__
 
 
@@ -104,7 +104,7 @@ def test_wandb_offline_run_directory(tiny_model_dir, tiny_corpus, tmp_path, monk
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(out)) + [
         "ar_train.steps=4", "ar_train.batch_size=4", "ar_train.log_every=1", "ar.width=32", "ar.heads=2",
         "ar.depth=1", "ar_train.wandb_project=textldm-test"])
-    stages.train_ar(cfg, progress=False)
+    train_ar(cfg, progress=False)
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (log,) = runs[0].glob("run-*.wandb")  # offline, everything is in this binary log until `wandb sync`
@@ -139,7 +139,7 @@ def test_a_step_callback_may_stop_the_sampler_or_replace_its_latents(trained):
     pipe.generate_ids([[5, 6, 7]], length=2 * d.target_max, steps=4, callback=stop_at_two)
     assert seen == [1, 2]  # stopped inside the first window, and no second window was started
     replaced = pipe.generate_ids([[5, 6, 7]], length=4, steps=4, callback=lambda s, t, x: torch.zeros_like(x))
-    zeros = pipe.decode_latents(torch.zeros(1, 4, pipe.vae.cfg.latent_channels))
+    zeros = pipe.codec.decode(torch.zeros(1, 4, pipe.vae.cfg.latent_channels))
     assert replaced == zeros  # the last step's replacement is what gets decoded
     with pytest.raises(ValueError, match="latents of shape"):
         pipe.generate_ids([[5, 6, 7]], length=4, steps=2, callback=lambda s, t, x: torch.zeros(3))
@@ -153,7 +153,7 @@ def test_argument_names_are_shared_by_both_pipelines(trained, tiny_model_dir, ti
         pipe.generate_ids([[5, 6, 7]], length=4, max_new_tokens=5)
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "ar")) + [
         "ar_train.steps=2", "ar_train.batch_size=4", "ar.width=32", "ar.heads=2", "ar.depth=1"])
-    ar, _ = stages.train_ar(cfg, progress=False)
+    ar, _ = train_ar(cfg, progress=False)
     loaded = ARPipeline.from_pretrained(tmp_path / "ar" / "ar")
     a = loaded.generate(["the man said"], length=5, seed=3)
     assert a == loaded.generate(["the man said"], max_new_tokens=5, seed=3)
@@ -248,7 +248,29 @@ def test_eval_resolves_textldm_repos_by_hub_id_before_hf_causal_lms(trained, mod
     hub_cache_entry(offline_hub, "someone/tiny-ar", tmp_path / "ar")
     ldm, ar = load_contestant("someone/tiny-textldm"), load_contestant("mine=someone/tiny-ar")
     assert (ldm.kind, ar.kind, ar.name) == ("textldm", "ar", "mine")
-    assert ldm.model.generate(["the man"], steps=2, length=4) == \
+    assert ldm.pipeline.generate(["the man"], steps=2, length=4) == \
         TextLDMPipeline.from_pretrained(out / "model").generate(["the man"], steps=2, length=4)
     with pytest.raises(UserError, match="HF causal LM"):
         load_contestant("someone/not-cached")
+
+
+def test_load_pipeline_picks_the_family_its_folder_names(trained, models, tmp_path):
+    """load_pipeline reads config.json's model_type and loads the folder with that family's pipeline: a model
+    folder, a run folder (its model/ first, then ar/: the registry's order) or a VAE folder; an unknown family is
+    refused by name, with the known ones."""
+    from textldm import load_pipeline
+
+    run, _ = trained
+    assert type(load_pipeline(run)) is TextLDMPipeline and type(load_pipeline(run / "model")) is TextLDMPipeline
+    assert load_pipeline(run / "vae", require_dit=False).dit is None
+    models[1].save_pretrained(tmp_path / "ar_run" / "ar")
+    assert type(load_pipeline(tmp_path / "ar_run")) is ARPipeline  # a run folder of the AR baseline alone
+    assert type(load_pipeline(tmp_path / "ar_run" / "ar")) is ARPipeline
+    shutil.copytree(run / "model", tmp_path / "ar_run" / "model")
+    assert type(load_pipeline(tmp_path / "ar_run")) is TextLDMPipeline  # both: the TextLDM model first
+    unknown = tmp_path / "unknown"
+    shutil.copytree(run / "model", unknown)
+    meta = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**meta, "model_type": "mystery"}))
+    with pytest.raises(UserError, match="no model family 'mystery'; known: textldm, ar, hf"):
+        load_pipeline(unknown)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_corpus, tiny_overrides
-from textldm import demo, load_config
+from textldm import ARPipeline, demo, load_config
 from textldm.cli import main
 from textldm.config import ARConfig
 from textldm.errors import UserError
@@ -24,7 +24,6 @@ from textldm.evaluation.metrics import (
     text_statistics,
 )
 from textldm.models.ar import CausalLM, generate, sample_next
-from textldm.pipeline import ARPipeline
 
 
 # metrics -------------------------------------------------------------------------------------------------
@@ -322,7 +321,7 @@ def test_eval_samples_every_textldm_model_with_its_own_sampler_settings(runs_and
     out, _, overrides = runs_and_bench
     contestant = load_contestant(str(out / "ldm"))
     seen = []
-    monkeypatch.setattr(contestant.model, "generate_ids", lambda p, n, seed, **kw: seen.append(kw) or [[5]] * len(p))
+    monkeypatch.setattr(contestant.pipeline, "generate_ids", lambda p, n, seed, **kw: seen.append(kw) or [[5]] * len(p))
     sample = dataclasses.replace(load_config("demo", overrides).sample, noise_scale=0.25, grid="uniform", steps=3)
     contestant.continue_items([{"prompt": "a b c", "reference": " d e"}], sample, 8, 8)
     assert seen and seen[0]["noise_scale"] == 0.25 and seen[0]["grid"] == "uniform" and seen[0]["steps"] == 3
@@ -330,6 +329,7 @@ def test_eval_samples_every_textldm_model_with_its_own_sampler_settings(runs_and
 
 
 def test_continuation_length_is_the_reference_length_capped():
+    from textldm.config import SampleConfig
     from textldm.evaluation.harness import _continue_with
 
     class WordTokenizer:  # one token per word
@@ -342,11 +342,17 @@ def test_continuation_length_is_the_reference_length_capped():
     items = [{"prompt": "a bb ccc dddd", "reference": " e " * n} for n in (1, 3, 9)]
     calls = []
 
-    def fake_generate(prompts, n, seed):
-        calls.append((prompts, n))
-        return [[2] * n for _ in prompts]
+    class Pipe:  # reads a prompt's last 2 tokens
+        tokenizer = WordTokenizer()
 
-    out = _continue_with(WordTokenizer(), items, context=2, cap=4, batch_size=8, generate_ids=fake_generate, seed=0)
+        def prompt_window(self, length, sample=None):
+            return 2
+
+        def continue_ids(self, prompts, n, *, sample=None, first_index=0, callback=None):
+            calls.append((prompts, n))
+            return [[2] * n for _ in prompts]
+
+    out = _continue_with(Pipe(), items, SampleConfig(), cap=4, batch_size=8)
     assert sorted(n for _, n in calls) == [1, 3, 4]  # reference lengths 1, 3, 9 -> capped at 4
     assert all(p == [[3, 4]] for p, _ in calls)  # the prompt keeps its last `context` tokens
     assert [len(o.split()) for o in out] == [1, 3, 4]

@@ -1,27 +1,34 @@
-"""The generation modes as one object each (generation/): chosen once from the DiT config, the objective the one
-source of every DiT loss number (training's and the held-out report's), and classifier-free guidance stated once
-(diffusion/guidance.py)."""
+"""The generation modes, each one registry entry (families/textldm/modes.py) chosen by name from the DiT config, its
+objective (training/objectives/) the one source of every DiT loss number (training's and the held-out report's),
+and classifier-free guidance stated once (diffusion/guidance.py)."""
 import typing
 
 import pytest
 import torch
 
-from builders import RandomStream, dit_config, mode_of, new_dit
+from builders import RandomStream, dit_config, new_dit, objective_of
 from textldm.config import DiTConfig, Mode, SampleConfig, VAEConfig, load_config
 from textldm.diffusion.guidance import Guidance, combine, interval_problem
 from textldm.errors import UserError
-from textldm.generation import MODES, Blocks, FullWindow, mode_class
+from textldm.families.textldm.modes import MODES, mode_of
 from textldm.models.vae import TextVAE
+from textldm.sampling import BlockSampler, ContextLMSampler, WindowSampler
 from textldm.training.batches import dit_batches
 from textldm.training.evaluate import evaluate_dit
+from textldm.training.objectives import BlockObjective, ContextLMObjective, WindowObjective
 
 VOCAB, C = 30, 8
 SHAPE = {"width": 32, "heads": 2, "depth": 1, "context_min": 2, "context_max": 4, "target_min": 2, "target_max": 4}
 
 
 def test_the_mode_is_the_one_dit_mode_names():
-    assert mode_class(DiTConfig()) is FullWindow and mode_class(dit_config("blocks")) is Blocks
-    assert sorted(m.name for m in MODES) == sorted(typing.get_args(Mode))  # one class per value of dit.mode
+    assert mode_of(DiTConfig()).objective is WindowObjective and mode_of(DiTConfig()).sampler is WindowSampler
+    assert (mode_of(dit_config("blocks")).objective, mode_of(dit_config("blocks")).sampler) == (BlockObjective,
+                                                                                              BlockSampler)
+    context_lm = mode_of(dit_config("context_lm"))
+    assert (context_lm.objective, context_lm.sampler) == (ContextLMObjective, ContextLMSampler)
+    assert sorted(MODES) == sorted(typing.get_args(Mode))  # one entry per value of dit.mode
+    assert all(m.name == name for name, m in MODES.items())
 
 
 def test_guidance_formula_interval_and_evaluation_count():
@@ -53,7 +60,8 @@ def test_every_dit_loss_number_is_the_objectives_errors(block, monkeypatch):
     torch.manual_seed(0)
     vae = TextVAE(VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=C, max_len=8,
                             repa_weight=0.0, encoder_block_size=int(block > 0)), VOCAB).eval()
-    mode = mode_of(new_dit(dit_config("blocks", blocks={"size": block}, **SHAPE) if block else DiTConfig(**SHAPE), C))
+    cfg = dit_config("blocks", blocks={"size": block}, **SHAPE) if block else DiTConfig(**SHAPE)
+    mode = objective_of(new_dit(cfg, C))
     calls = []
 
     def errors(batch, drop, self_cond=None):  # 1 where the prompt is kept, 3 where dropped; (N, L) like the real one
@@ -72,3 +80,31 @@ def test_every_dit_loss_number_is_the_objectives_errors(block, monkeypatch):
     assert (report["head_with_prompt"], report["head_prompt_dropped"]) == (1.0, 3.0)
     assert all(q["with_prompt"] == 1.0 and q["prompt_dropped"] == 3.0 for q in report["quarters"])
     assert len(calls) == 3  # the training step's, then the two held-out conditions
+
+
+@pytest.mark.parametrize("name", sorted(MODES))
+def test_a_dit_is_built_from_its_config_alone_and_reloads_as_the_same_module(name, tiny_model_dir, tmp_path):
+    """Every mode's DiT comes from its config by the mode's builder (a context LM's width read from the LM's own
+    config): saved and reloaded, the folder gives the same module (its structure and every weight), the same mode
+    entry and sampler, and the same text for the same seed."""
+    from builders import perturbed
+    from textldm import TextLDMPipeline
+    from textldm.config import Config, TeacherConfig
+    from textldm.models.lm import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    blocks = {"size": 2} if name != "window" else None
+    d = dit_config(name, blocks=blocks, context_lm={"encoder": tiny_model_dir} if name == "context_lm" else None,
+                   **SHAPE)
+    vae_cfg = VAEConfig(width=32, heads=2, encoder_depth=1, decoder_depth=1, latent_channels=C, max_len=8,
+                        repa_weight=0.0, encoder_block_size=int(name != "window"))
+    cfg = Config(vae=vae_cfg, dit=d, teacher=TeacherConfig(name=tiny_model_dir), sample=SampleConfig(steps=2))
+    torch.manual_seed(0)
+    dit = perturbed(MODES[name].build_dit(d, C)).eval()
+    pipe = TextLDMPipeline(cfg, tokenizer, TextVAE(vae_cfg, len(tokenizer)).eval(), dit, eot_id=-1)
+    pipe.save_pretrained(tmp_path / name)
+    loaded = TextLDMPipeline.from_pretrained(tmp_path / name)
+    assert repr(loaded.dit) == repr(dit) and loaded.dit.state_dict().keys() == dit.state_dict().keys()
+    assert all(torch.equal(v, dit.state_dict()[k]) for k, v in loaded.dit.state_dict().items())
+    assert loaded.mode is MODES[name] and type(loaded.sampler) is MODES[name].sampler
+    assert loaded.generate_ids([[3, 4, 5]], length=4, seed=1) == pipe.generate_ids([[3, 4, 5]], length=4, seed=1)

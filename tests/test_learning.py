@@ -17,12 +17,12 @@ margins, in docs/testing.md.
 import pytest
 import torch
 
-from builders import dit_config, mode_of, new_dit
+from builders import dit_config, new_dit, objective_of
+from textldm import TextLDMPipeline
 from textldm.config import Config, DiTConfig, SampleConfig, TrainConfig, VAEConfig
 from textldm.evaluation.heldout import position_agreement, same_noise_agreement
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline
 from textldm.training.batches import dit_batches, vae_batches
 from textldm.training.evaluate import evaluate_dit, latent_statistics
 from textldm.training.loop import fit
@@ -70,7 +70,7 @@ def train_tiny_recipe(vae_steps: int = 80, dit_steps: int = 250, seed: int = 0, 
                              context_lm={"encoder": context_encoder} if context_encoder else None, width=64, depth=2,
                              heads=4, context_min=CONTEXT_MIN, context_max=CONTEXT_MAX + 1, target_min=PERIOD,
                              target_max=16 - CONTEXT_MAX - 1)
-    mode = mode_of(new_dit(dit_cfg, vae_cfg.latent_channels))
+    mode = objective_of(new_dit(dit_cfg, vae_cfg.latent_channels))
     dit = mode.dit
     fit(mode, dit_batches(stream, vae, mode, 64, seed=2 + seed, device=torch.device("cpu")),
         _train_cfg(dit_steps, 2e-3), progress=False, precision="fp32")
@@ -124,7 +124,7 @@ def test_without_the_prompt_it_scores_near_chance(learned):
 
 
 def validation_loss(dit: TextDiT, vae: TextVAE) -> float:
-    return evaluate_dit(mode_of(dit), vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
+    return evaluate_dit(objective_of(dit), vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
                         device=torch.device("cpu"))["with_prompt"]
 
 
@@ -144,8 +144,8 @@ def test_the_unconditional_branch_learned_to_denoise(learned):
     never trained, and its loss there is 3-8x that baseline; trained, 0.52-0.85x over 5 seeds. The limit, 1.5x,
     sits 1.8x above the worst trained seed and 2x below the untrained branch (docs/testing.md)."""
     pipe = learned[0]
-    quarters = evaluate_dit(pipe.mode, pipe.vae, PeriodicStream(), n_batches=4, batch_size=64, seed=7,
-                            device=torch.device("cpu"))["quarters"]
+    quarters = evaluate_dit(objective_of(pipe.dit, **pipe.parts), pipe.vae, PeriodicStream(), n_batches=4,
+                            batch_size=64, seed=7, device=torch.device("cpu"))["quarters"]
     for q in quarters[2:]:
         assert q["prompt_dropped"] < 1.5 * q["linear_gaussian"], q
         assert q["with_prompt"] < 0.5 * q["linear_gaussian"], q
@@ -159,7 +159,7 @@ def test_paper_shaped_ema_saves_trained_weights_after_a_few_dozen_steps(learned)
     losses = {}
     for ema in (0.0, 0.9999):
         torch.manual_seed(3)
-        mode = mode_of(new_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels))
+        mode = objective_of(new_dit(pipe.dit.cfg, pipe.vae.cfg.latent_channels))
         dit = mode.dit
         if ema == 0.0:
             losses["untrained"] = validation_loss(dit, pipe.vae)

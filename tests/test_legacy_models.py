@@ -38,7 +38,7 @@ def test_a_05_infilling_model_fills_the_same_middle(monkeypatch):
 
 
 def test_a_05_vae_folder_loads_for_a_dit_to_train_on():
-    from textldm.pipeline import TextLDMPipeline
+    from textldm import TextLDMPipeline
 
     vae = TextLDMPipeline.from_pretrained(FIXTURES / "vae_only", require_dit=False)
     assert vae.dit is None and vae.config.vae.latent_channels == 8

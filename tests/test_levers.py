@@ -12,13 +12,14 @@ import dataclasses
 import pytest
 import torch
 
-from builders import dit_config, guided_velocity, mode_of
+from builders import dit_config, guided_velocity, objective_of
 from test_recipe import C, perturbed, tiny_pipeline
+from textldm import TextLDMPipeline
 from textldm.config import Config, DiTConfig, load_config
 from textldm.models.dit import TextDiT
-from textldm.pipeline import TextLDMPipeline
 from textldm.runtime.perf import dit_flops_per_sequence
-from textldm.training.objectives import decoder_noise, vae_loss
+from textldm.training.objectives import vae_loss
+from textldm.training.objectives.vae import decoder_noise
 
 
 def self_cond_dit(window: dict | None = None, **kw) -> TextDiT:
@@ -82,7 +83,7 @@ def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
              "drop": torch.zeros(B, dtype=torch.bool), "self_cond": torch.tensor([True, False, True, False])}
     TextDiT.forward = spy
     try:
-        loss, _ = mode_of(dit)(batch, step=0)
+        loss, _ = objective_of(dit)(batch, step=0)
     finally:
         TextDiT.forward = real
     first, second = calls
@@ -99,7 +100,7 @@ def test_self_conditioning_in_training_reads_a_gradient_free_first_pass():
 def test_self_conditioning_at_sampling_reads_the_previous_estimate(monkeypatch):
     """Each evaluation's self-conditioning input is the clean estimate x + (1 - t) v of the previous step's guided
     velocity (zeros at the first), the same for the conditional and the unconditional rows."""
-    import textldm.generation.window as window_mode
+    import textldm.sampling.window as window_mode
 
     dit = perturbed(TextDiT(DiTConfig(width=32, heads=2, depth=2, context_min=2, context_max=6, target_min=2,
                                       target_max=4, self_condition_prob=0.5), C)).eval()
@@ -145,7 +146,7 @@ def test_validation_loss_of_a_self_conditioning_dit_reads_its_own_estimate(monke
     real = TextDiT.forward
     monkeypatch.setattr(TextDiT, "forward", lambda self, *a, self_cond=None, **k: estimates.append(self_cond)
                         or real(self, *a, self_cond=self_cond, **k))
-    evaluate_dit(mode_of(dit), small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
+    evaluate_dit(objective_of(dit), small_vae(vocab=1000), CountingStream(), n_batches=1, batch_size=8, seed=0,
                  device=torch.device("cpu"))
     assert [e is None for e in estimates] == [True, False, True, False]  # with the prompt, then dropped
 
@@ -176,7 +177,7 @@ def test_block_mode_self_conditioning_trains_on_a_gradient_free_first_pass_per_p
     batch = {"clean": clean, "noise": noise, "t": t, "mask": mask, "drop": torch.tensor([False, True, False]),
              "self_cond": torch.tensor([True, False, True])}
     monkeypatch.setattr(TextDiT, "forward_blocks", spy)
-    loss, _ = mode_of(dit)(batch, step=0)
+    loss, _ = objective_of(dit)(batch, step=0)
     first, second = calls
     assert not first["grad"] and second["grad"] and first["x"].shape[0] == 2  # only the chosen windows
     per_token = t[[0, 2]].repeat_interleave(BLOCK, dim=1)[..., None]
@@ -194,7 +195,7 @@ def test_block_mode_self_conditioning_trains_on_a_gradient_free_first_pass_per_p
 def test_block_mode_self_conditioning_at_sampling_reads_the_previous_estimate_within_a_block(monkeypatch):
     """At sampling each evaluation of a block reads the clean estimate x + (1 - t) v of the previous step's guided
     velocity, the same for the conditional and unconditional rows, and every block starts again from zeros."""
-    import textldm.generation.blocks as blocks_mode
+    import textldm.sampling.blocks as blocks_mode
     from test_block import BLOCK, block_pipeline
 
     pipe = block_pipeline(self_condition_prob=0.5)
@@ -234,8 +235,8 @@ def test_block_batches_choose_about_self_condition_prob_of_the_windows_and_chang
     from textldm.training.batches import dit_batches
 
     vae, cpu = tiny_vae(), torch.device("cpu")
-    plain = dit_batches(RandomStream(VOCAB), vae, mode_of(tiny_dit()), 256, seed=0, device=cpu)(0)
-    batch = dit_batches(RandomStream(VOCAB), vae, mode_of(tiny_dit(self_condition_prob=0.5)), 256, seed=0,
+    plain = dit_batches(RandomStream(VOCAB), vae, objective_of(tiny_dit()), 256, seed=0, device=cpu)(0)
+    batch = dit_batches(RandomStream(VOCAB), vae, objective_of(tiny_dit(self_condition_prob=0.5)), 256, seed=0,
                         device=cpu)(0)
     assert "self_cond" not in plain and 0.4 < batch["self_cond"].float().mean() < 0.6
     assert all(torch.equal(batch[k], plain[k]) for k in plain)  # drawn last: the same windows, noise and times
@@ -252,7 +253,7 @@ def test_block_mode_held_out_errors_of_a_self_conditioning_dit_read_its_own_esti
     monkeypatch.setattr(TextDiT, "forward_blocks", lambda self, *a, self_cond=None, **k: estimates.append(
         self_cond) or real(self, *a, self_cond=self_cond, **k))
     clean, noise, t, mask = window()
-    mode_of(dit).heldout({"clean": clean, "noise": noise, "t": t, "mask": mask})
+    objective_of(dit).heldout({"clean": clean, "noise": noise, "t": t, "mask": mask})
     assert [e is None for e in estimates] == [True, False, True, False]
 
 
@@ -262,7 +263,7 @@ def test_block_mode_self_conditioning_costs_are_counted():
 
     sc = tiny_dit(self_condition_prob=0.5)
     expected = (TRAIN_FACTOR + 0.5) * 8 * dit_block_flops_per_sequence(sc, sc.cfg.window_tokens)
-    assert mode_of(sc).train_flops(8) == expected
+    assert objective_of(sc).train_flops(8) == expected
     load_config(None, ["dit.mode=blocks", "dit.blocks.size=8", "vae.encoder_block_size=1", "dit.context_max=32",
                        "dit.target_max=32", "vae.max_len=64", "dit.self_condition_prob=0.5"])  # block mode takes it
 

@@ -11,14 +11,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from builders import RandomStream, dit_config, perturbed
+from builders import RandomStream, dit_config, new_dit, objective_of, perturbed
+from textldm import TextLDMPipeline
 from textldm.config import Config, SampleConfig, VAEConfig, load_config
 from textldm.errors import UserError
-from textldm.generation import LMBlocks, mode_class
+from textldm.families.textldm.modes import CONTEXT_LM, mode_of
 from textldm.models.lm import FrozenLM, load_tokenizer
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline, noise_seed
 from textldm.runtime.precision import frozen_lm_context
+from textldm.sampling import noise_seed
 
 VOCAB, C, BLOCK, HIDDEN = 11, 8, 4, 16
 CONTEXT, TARGET = 8, 8  # a window of 16 tokens: 4 blocks
@@ -48,7 +49,7 @@ def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot:
     d = dit_config("context_lm", blocks={"size": BLOCK, "uncond": uncond},
                    context_lm={"encoder": lm_dir, "prediction": prediction}, width=32, depth=2, heads=2,
                    context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET)
-    dit = perturbed(LMBlocks.new_dit(d, C), 0.2, 1).eval()
+    dit = perturbed(new_dit(d, C), 0.2, 1).eval()
     vae = tiny_vae()
     cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4, cfg_scale=cfg_scale))
     return TextLDMPipeline(cfg, None, vae, dit, eot_id=eot)
@@ -56,11 +57,11 @@ def lm_pipeline(lm_dir: str, uncond: str = "empty", cfg_scale: float = 2.0, eot:
 
 def test_the_context_lm_mode_selects_the_lm_mode_and_its_projection(lm_dir):
     d = dit_config("context_lm", blocks={"size": BLOCK}, context_lm={"encoder": lm_dir})
-    assert mode_class(d) is LMBlocks and mode_class(dit_config("blocks", blocks={"size": BLOCK})).__name__ == "Blocks"
-    dit = LMBlocks.new_dit(d, C)
+    assert mode_of(d) is CONTEXT_LM and mode_of(dit_config("blocks", blocks={"size": BLOCK})).name == "blocks"
+    dit = new_dit(d, C)
     assert dit.prefix_in[-1].in_features == HIDDEN and dit.null_context.shape == (HIDDEN,)
     d.context_lm.prediction = 3  # the LM's prediction beside its state: twice its width
-    assert LMBlocks.new_dit(d, C).prefix_in[-1].in_features == 2 * HIDDEN
+    assert new_dit(d, C).prefix_in[-1].in_features == 2 * HIDDEN
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_no_leak_changing_a_token_moves_no_earlier_state_or_velocity(lm_dir, pre
     reads the states of tokens 0-7) stay exactly equal; block 3's moves (it reads token 9's state). With the LM's
     prediction beside its states too (it predicts token i + 1 from tokens <= i)."""
     pipe = lm_pipeline(lm_dir, prediction=prediction)
-    mode = pipe.mode
+    mode = objective_of(pipe.dit, **pipe.parts)
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
     changed = ids.clone()
     changed[:, 9] = (changed[:, 9] + 1) % VOCAB
@@ -118,7 +119,7 @@ def test_no_leak_changing_a_token_moves_no_earlier_state_or_velocity(lm_dir, pre
 def test_the_batch_and_loss_read_the_lm_states_not_the_latents(lm_dir):
     """The objective's prefix is the LM's states of the batch's whole window; the target the VAE's latents."""
     pipe = lm_pipeline(lm_dir)
-    mode, vae = pipe.mode, pipe.vae
+    mode, vae = objective_of(pipe.dit, **pipe.parts), pipe.vae
     batch = mode.batch(RandomStream(VOCAB), vae, 3, torch.Generator().manual_seed(0), slice(None), torch.device("cpu"))
     window = RandomStream(VOCAB).windows(3, 16, torch.Generator().manual_seed(0))
     with frozen_lm_context(torch.device("cpu")):  # training runs the LM as the REPA teacher: bf16 where native
@@ -136,7 +137,7 @@ def reference_generate(pipe: TextLDMPipeline, prompt: list[int], length: int, se
     row's tokens of the window - and with `history`, the tokens before it up to that many at the window's start - at
     every block), Euler on the schedule grid, CFG over training's dropped rows, each block decoded beside the window's
     latents - its first token with `prior` x the whole LM's (HF's own head) log-probabilities added."""
-    vae, dit, lm, s = pipe.vae, pipe.dit, pipe.mode.lm, pipe.config.sample
+    vae, dit, lm, s = pipe.vae, pipe.dit, pipe.parts["lm"], pipe.config.sample
     grid = pipe.time_grid(s).tolist()
     out, k, tokens = [], 0, None
     while len(out) < length:
@@ -210,15 +211,16 @@ def test_the_lm_prior_decodes_each_blocks_first_token_with_the_lms_probabilities
         assert rows == [reference_generate(pipe, p, 13, 5, i, prior=1.5) for i, p in enumerate(prompts)]
         assert rows != pipe.generate_ids(prompts, length=13, seed=5)  # the prior changed some tokens
         greedy = pipe.generate_ids(prompts[:1], length=12, seed=5, lm_prior=1e4)[0]
-        lm = pipe.mode.lm.model
+        lm = pipe.parts["lm"].model
         for k in range(0, 12, BLOCK):  # the LM read what the window holds before the block (a new one at 8)
             read = (prompts[0] + greedy[:k])[-CONTEXT:] if k >= TARGET else prompts[0] + greedy[:k]
             assert greedy[k] == lm(torch.tensor([read])).logits[0, -1].argmax().item()
-    described = LMBlocks.describe(replace(pipe.config, sample=pipe.settings(lm_prior=1.5)))
+    described = CONTEXT_LM.describe(replace(pipe.config, sample=pipe.settings(lm_prior=1.5)))
     assert "next-token probabilities together (sample.lm_prior 1.5)" in described  # the report says what decides
-    assert "lm_prior" not in LMBlocks.describe(pipe.config)
-    pipe.mode.lm = FrozenLM(lm_dir, layer=-2)  # a DiT trained on an earlier layer's states: no next-token head
-    with pytest.raises(UserError, match="LM ends at block 2"):
+    assert "lm_prior" not in CONTEXT_LM.describe(pipe.config)
+    pipe.parts["lm"] = FrozenLM(lm_dir, layer=-2)  # a DiT trained on an earlier layer's states: no next-token head
+    pipe.sampler = pipe.mode.sampler(pipe.dit, **pipe.parts)
+    with pytest.raises(UserError, match="LM ends at layer 2"):
         pipe.generate_ids(prompts, length=4, lm_prior=1.0)
 
 
@@ -252,15 +254,15 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     (twice the width) the folder is another, and a folder of the other width is refused."""
     from conftest import tiny_overrides
     from textldm.data.features import FeatureCache
-    from textldm.training import stages
+    from textldm.training.stage import prepare_data
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
                        "dit.context_lm.features=auto", "dit.context_lm.windows=12", "vae.encoder_block_size=1",
                        "dit.blocks.size=4",
                        f"dit.context_lm.prediction={prediction}"])
-    _, _, train, _ = stages.prepare_data(cfg)
-    mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    _, _, train, _ = prepare_data(cfg)
+    mode = objective_of(new_dit(cfg.dit, cfg.vae.latent_channels))
     cache = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert isinstance(cache, FeatureCache) and len(cache) == 12 and cache.length == cfg.dit.window_tokens
     assert cache.meta["hidden"] == 32 * (2 if prediction else 1) == mode.lm.hidden_size
@@ -277,7 +279,7 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     again = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(again.features_map.filename) == features and features.stat().st_mtime_ns == mtime
     cfg.dit.context_lm.prediction = 3 - prediction  # the other width: another auto folder; this one named is refused
-    other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    other = objective_of(new_dit(cfg.dit, cfg.vae.latent_channels))
     assert Path(other.training_source(cfg, train, torch.device("cpu"), False).features_map.filename) != features
     cfg.dit.context_lm.features = str(features.parent)
     refused = (f"{cache.meta['hidden']} features each; this run needs layer -1, {cfg.dit.window_tokens}, "
@@ -288,9 +290,9 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
 
 def test_many_passes_over_precomputed_windows_warn(caplog):
     """More passes over the precomputed windows than measured safe warn, naming the keys that fix it."""
-    from textldm.generation.lm_blocks import MAX_PASSES, warn_repeated_windows
+    from textldm.training.objectives.context_lm import MAX_PASSES, warn_repeated_windows
 
-    with caplog.at_level(logging.WARNING, logger="textldm.generation.lm_blocks"):
+    with caplog.at_level(logging.WARNING, logger="textldm.training.objectives.context_lm"):
         assert warn_repeated_windows(600, 64, 1500) == pytest.approx(25.6)
         assert not caplog.records
         assert warn_repeated_windows(1200, 64, 1500) == pytest.approx(51.2) and 51.2 > MAX_PASSES
@@ -303,23 +305,24 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     """When the context LM is the REPA teacher at its layer, window and window count, the VAE's teacher cache and
     the DiT's context features are one folder, built once; another layer is another folder."""
     from conftest import tiny_overrides
+    from textldm.families.textldm.train import teacher_cache
     from textldm.models.lm import FrozenLM
-    from textldm.training import stages
+    from textldm.training.stage import prepare_data
 
     shared = ["dit.mode=context_lm", "dit.context_lm.features=auto", "dit.context_lm.windows=12",
               "vae.teacher_cache=auto", "vae.teacher_cache_windows=12", "vae.max_len=24", "vae.encoder_block_size=1",
               "dit.blocks.size=4"]
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       shared + [f"dit.context_lm.encoder={tiny_model_dir}", "dit.context_lm.layer=-2"])
-    _, _, train, _ = stages.prepare_data(cfg)
-    repa = stages.teacher_cache(cfg, train, FrozenLM(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
+    _, _, train, _ = prepare_data(cfg)
+    repa = teacher_cache(cfg, train, FrozenLM(tiny_model_dir, cfg.teacher.layer), torch.device("cpu"), False)
     features = Path(repa.features_map.filename)
     mtime = features.stat().st_mtime_ns
-    mode = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels))
+    mode = objective_of(new_dit(cfg.dit, cfg.vae.latent_channels))
     context = mode.training_source(cfg, train, torch.device("cpu"), progress=False)
     assert Path(context.features_map.filename) == features and features.stat().st_mtime_ns == mtime
     cfg.dit.context_lm.layer = -1
-    other = LMBlocks(LMBlocks.new_dit(cfg.dit, cfg.vae.latent_channels)).training_source(cfg, train,
+    other = objective_of(new_dit(cfg.dit, cfg.vae.latent_channels)).training_source(cfg, train,
                                                                                           torch.device("cpu"), False)
     assert Path(other.features_map.filename) != features
 
@@ -339,7 +342,7 @@ def test_lm_mode_config_checks(lm_dir):
 def test_a_context_lm_with_another_tokenizer_is_refused(tiny_model_dir, lm_dir, tmp_path, caplog):
     """The LM must read the run's ids: the same tokenizer passes, a vocabulary with two ids swapped is refused, an
     LM without a tokenizer passes with a warning when it has a row per id and is refused when it has fewer."""
-    from textldm.generation.lm_blocks import check_tokenizer
+    from textldm.models.lm import check_tokenizer
 
     check_tokenizer(tiny_model_dir, tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
@@ -390,7 +393,7 @@ def test_the_demo_trains_saves_and_reloads_the_lm_mode(tiny_model_dir, tiny_corp
     assert f"What this run is: {report['what_it_is']}" in (tmp_path / "report.md").read_text()
     assert list((tmp_path / "cache").rglob("features.bin"))  # trained from precomputed states
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
-    assert isinstance(pipe.mode, LMBlocks) and pipe.config.dit.context_lm.encoder == tiny_model_dir
+    assert pipe.mode is CONTEXT_LM and pipe.config.dit.context_lm.encoder == tiny_model_dir
     ids = pipe.tokenizer("the of and", add_special_tokens=False)["input_ids"]
     first = pipe.generate_ids([ids], length=5, seed=3)[0]
     assert 0 < len(first) <= 5 and pipe.generate_ids([ids], length=5, seed=3)[0] == first
@@ -433,7 +436,7 @@ def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_
     d = dit_config("context_lm", blocks={"size": BLOCK},
                    context_lm={"encoder": lm_dir, "train_layers": 1, "lr_scale": 0.25}, width=32, depth=2, heads=2,
                    context_min=4, context_max=CONTEXT, target_min=4, target_max=TARGET)
-    mode, vae = LMBlocks(perturbed(LMBlocks.new_dit(d, C), 0.2, 1)), tiny_vae()  # (adaLN-Zero: no gradient at 0)
+    mode, vae = objective_of(perturbed(new_dit(d, C), 0.2, 1)), tiny_vae()  # (adaLN-Zero: no gradient at 0)
     layers = mode.lm.layers
     assert all(p.requires_grad for p in layers[-1].parameters())
     frozen_parts = [*layers[:-1].parameters(), *mode.lm.model.get_input_embeddings().parameters()]
@@ -453,15 +456,15 @@ def test_the_lms_last_blocks_train_at_their_scaled_lr_count_their_flops_and_are_
                    for p, b in zip([p for p in mode.dit.parameters() if p.grad is not None], dit_before))
     assert lm_step == pytest.approx(0.25e-2, rel=0.02) and dit_step == pytest.approx(1e-2, rel=0.02)
 
-    frozen = LMBlocks(LMBlocks.new_dit(replace(d, context_lm=replace(d.context_lm, train_layers=0)), C))
+    frozen = objective_of(new_dit(replace(d, context_lm=replace(d.context_lm, train_layers=0)), C))
     matrices = sum(p.numel() for p in layers[-1].parameters() if p.dim() >= 2)
     assert mode.train_flops(4) - frozen.train_flops(4) == 3 * 4 * (CONTEXT + TARGET) * 2 * matrices
 
     cfg = Config(vae=vae.cfg, dit=d, sample=SampleConfig(steps=4))
-    TextLDMPipeline(cfg, word_tokenizer(), vae, mode.dit, -1, mode=mode).save_pretrained(tmp_path / "m")
+    TextLDMPipeline(cfg, word_tokenizer(), vae, mode.dit, -1, parts={"lm": mode.lm}).save_pretrained(tmp_path / "m")
     loaded = TextLDMPipeline.from_pretrained(tmp_path / "m")
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
-    assert torch.equal(loaded.mode.lm(ids), mode.lm(ids)) and not torch.allclose(frozen.lm(ids), mode.lm(ids))
+    assert torch.equal(loaded.parts["lm"](ids), mode.lm(ids)) and not torch.allclose(frozen.lm(ids), mode.lm(ids))
     (tmp_path / "m" / "context_lm.safetensors").unlink()
     with pytest.raises(UserError, match="holds no context_lm.safetensors"):
         TextLDMPipeline.from_pretrained(tmp_path / "m")
@@ -476,7 +479,7 @@ def test_trained_lm_blocks_refuse_precomputed_states_fsdp_and_more_blocks_than_r
     with pytest.raises(UserError, match="not supported with dit_train.parallel=fsdp"):
         load_config(None, base + ["dit_train.parallel=fsdp"])
     with pytest.raises(UserError, match=r"runs 3 layers up to its layer; use 1..3"):
-        LMBlocks(LMBlocks.new_dit(dit_config("context_lm", blocks={"size": BLOCK},
+        objective_of(new_dit(dit_config("context_lm", blocks={"size": BLOCK},
                                              context_lm={"encoder": lm_dir, "train_layers": 4}), C))
 
 
@@ -488,25 +491,25 @@ def test_train_dit_fine_tunes_the_lms_last_block_and_the_saved_model_carries_it(
     from safetensors.torch import load_file
 
     from conftest import tiny_overrides
-    from textldm.training import stages
+    from textldm.families.textldm.train import train_dit, train_vae
 
     monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window=False) +
                       ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
                        "dit.context_lm.train_layers=1", "vae_train.steps=5",
                        "dit_train.steps=6", "dit_train.lr=1e-2"])
-    vae_pipe, _ = stages.train_vae(cfg, progress=False)
-    pipe, _ = stages.train_dit(cfg, vae_pipe=vae_pipe, progress=False)
+    vae_pipe, _ = train_vae(cfg, progress=False)
+    pipe, _ = train_dit(cfg, vae_pipe=vae_pipe, progress=False)
     saved = load_file(str(tmp_path / "model" / "context_lm.safetensors"))
     pretrained = FrozenLM(tiny_model_dir, cfg.dit.context_lm.layer)
     fresh = pretrained.model.state_dict()
     assert saved and all(not torch.equal(v, fresh[k]) for k, v in saved.items())
-    assert all(torch.equal(v, pipe.mode.lm.model.state_dict()[k]) for k, v in saved.items())
+    assert all(torch.equal(v, pipe.parts["lm"].model.state_dict()[k]) for k, v in saved.items())
     untouched = [k for k in fresh if k not in saved and ".layers." in k]
-    assert untouched and all(torch.equal(fresh[k], pipe.mode.lm.model.state_dict()[k]) for k in untouched)
+    assert untouched and all(torch.equal(fresh[k], pipe.parts["lm"].model.state_dict()[k]) for k in untouched)
     loaded = TextLDMPipeline.from_pretrained(tmp_path / "model")
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(loaded.mode.lm(ids), pipe.mode.lm(ids))
+    assert torch.equal(loaded.parts["lm"](ids), pipe.parts["lm"](ids))
 
 
 class Digits:
@@ -531,5 +534,5 @@ def test_the_harness_gives_the_lm_the_prompt_tokens_it_reads(lm_dir, monkeypatch
     monkeypatch.setattr(pipe, "generate_ids", lambda rows, n, **kw: seen.extend(rows) or generate(rows, n, **kw))
     prompt = [(i * 3) % 10 + 1 for i in range(12)]
     items = [{"prompt": Digits().decode(prompt), "reference": "1 2 3 4"}]
-    Contestant("m", "textldm", pipe).continue_items(items, SampleConfig(steps=2, lm_history=history), 1, 4)
+    Contestant("m", pipe).continue_items(items, SampleConfig(steps=2, lm_history=history), 1, 4)
     assert seen == [prompt[-reads:]]

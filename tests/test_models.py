@@ -9,7 +9,8 @@ from textldm.config import DiTConfig, VAEConfig
 from textldm.models.dit import TextDiT
 from textldm.models.layers import TransformerLayer, apply_rope, padding_attn_mask, rope_angles
 from textldm.models.vae import TextVAE
-from textldm.training.objectives import kl_per_token, repa_cosine, vae_loss
+from textldm.training.objectives import repa_cosine, vae_loss
+from textldm.training.objectives.vae import kl_per_token
 
 
 def small_vae(**kw) -> TextVAE:
@@ -278,8 +279,8 @@ def test_right_context_for_infilling():
     """dit.window.infill_prob > 0: a right context placed after the target's real end; a fully masked right context
     changes nothing, a real one changes the velocity; batch builders cut it right after the target."""
     from textldm.config import DiTConfig
-    from textldm.generation.window import right_context
     from textldm.models.dit import TextDiT
+    from textldm.training.objectives.window import right_context
 
     torch.manual_seed(0)
     for cacheable in (False, True):

@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from textldm import TextLDMPipeline, demo, load_config
 from textldm.cli import main
 from textldm.diffusion.flow import time_grid
-from textldm.training import stages
+from textldm.families.textldm.train import train_dit
 
 
 def test_demo_writes_everything(trained):
@@ -70,7 +70,7 @@ def test_generate_respects_length_trimming_and_callbacks(trained):
     assert all(len(row) <= 5 and pipe.eot_id not in row for row in ids)
     # trimming at end-of-text
     z = torch.zeros(1, 4, pipe.vae.cfg.latent_channels)
-    assert pipe.eot_id not in pipe.decode_latents(z)[0]
+    assert pipe.eot_id not in pipe.codec.decode(z)[0]
 
 
 def test_any_length_batches_seeds_and_guidance_interval(trained, monkeypatch):
@@ -133,7 +133,7 @@ def test_train_dit_from_a_vae_checkpoint(trained, tiny_model_dir, tiny_corpus, t
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit_train.eval_every=2"])
-    pipe, report = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    pipe, report = train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     assert report["dit_train"]["steps"] == 6 and (tmp_path / "model" / "dit.safetensors").exists()
     log = [json.loads(line) for line in (tmp_path / "dit_log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "eval" in r]  # the last step is evaluated by the report instead
@@ -146,7 +146,7 @@ def test_cacheable_context_dit_trains_and_samples_the_same_with_and_without_its_
     monkeypatch.setenv("TEXTLDM_CACHE", str(out / "cache"))
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit.window.context_cache=true"])
-    stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.dit.context_cond is not None
     finals = {}
@@ -167,7 +167,7 @@ def test_infilling_between_two_texts(trained, tiny_model_dir, tiny_corpus, tmp_p
         TextLDMPipeline.from_pretrained(out / "model").infill("The man", "of the day.")
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path))
                       + ["dit_train.steps=6", "dit.window.infill_prob=0.5"])
-    stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
+    train_dit(cfg, vae_dir=str(out / "vae"), progress=False)
     pipe = TextLDMPipeline.from_pretrained(tmp_path / "model")
     middles = pipe.infill(["The man", "It was"], ["of the day.", "said that"], length=5, steps=3)
     assert len(middles) == 2 and all(isinstance(m, str) for m in middles)
@@ -219,8 +219,9 @@ def test_one_prompt_length_policy_cut_from_the_left_with_a_warning(capsys, caplo
         assert pipe.encode_prompts([long]) == [ids[-12:]]
         assert GenerationService(pipe).prompt_ids(long) == ids[-12:]
         seen = []
-        _continue_with(pipe.tokenizer, [{"prompt": long, "reference": "a b"}], 12, 4, 1,
-                       lambda rows, n, seed: seen.extend(rows) or [[0] * n for _ in rows], 0)
+        pipe.continue_ids = lambda rows, n, **kw: seen.extend(rows) or [[0] * n for _ in rows]
+        _continue_with(pipe, [{"prompt": long, "reference": "a b"}], pipe.config.sample, 4, 1)
+        del pipe.continue_ids
         assert seen == [ids[-12:]]
     assert caplog.text.count("keeps its last 12 tokens") == 3
     expected = pipe.generate_ids([ids[-12:]], length=5, steps=2)
@@ -377,8 +378,8 @@ def test_resume_without_a_checkpoint_warns_and_starts_fresh_when_the_run_saves_t
     cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path)) +
                       ["dit_train.steps=2", "dit_train.checkpoint_every=1"])
     with caplog.at_level(logging.WARNING):
-        _, report = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
+        _, report = train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
     assert "no checkpoint in" in caplog.text and "starts from step 0" in caplog.text
     assert report["dit_train"]["first_step"] == 0 and report["dit_train"]["steps"] == 2
-    _, again = stages.train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
+    _, again = train_dit(cfg, vae_dir=str(out / "vae"), progress=False, resume=True)
     assert again["dit_train"]["first_step"] == 2  # the checkpoints it saved are resumed

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from builders import dit_config, guided_velocity, mode_of, perturbed
+from builders import dit_config, guided_velocity, objective_of, perturbed
 from test_train import Quadratic
+from textldm import TextLDMPipeline
 from textldm.config import ARConfig, Config, DiTConfig, TrainConfig, VAEConfig, load_config
 from textldm.diffusion.flow import sample_t, time_grid
 from textldm.evaluation.heldout import position_agreement
@@ -21,12 +22,13 @@ from textldm.models.ar import CausalLM
 from textldm.models.dit import TextDiT
 from textldm.models.layers import TransformerLayer, rope_angles
 from textldm.models.vae import TextVAE
-from textldm.pipeline import TextLDMPipeline, noise_seed
 from textldm.runtime.distributed import step_generator
+from textldm.sampling import noise_seed
 from textldm.training.batches import dit_batches
 from textldm.training.evaluate import EVAL_STREAM, STD_FLOOR, evaluate_dit, latent_statistics
 from textldm.training.loop import fit
-from textldm.training.objectives import VAEObjective, kl_weight_at, vae_loss
+from textldm.training.objectives import VAEObjective, vae_loss
+from textldm.training.objectives.vae import kl_weight_at
 from textldm.utils import derive_seed
 
 C = 8  # latent channels
@@ -87,7 +89,7 @@ def test_dit_objective_feeds_the_documented_path_time_and_cfg_drop():
     spy = SpyDiT(small_dit(), v)
     batch = {"noise": noise, "target": target, "t": t, "context": context, "target_mask": target_mask,
              "context_mask": torch.ones(B, Lc, dtype=torch.bool), "drop": drop}
-    loss, _ = mode_of(spy)(batch, step=0)
+    loss, _ = objective_of(spy)(batch, step=0)
     call = spy.calls[0]
     assert torch.allclose(call["x_t"], (1 - t)[:, None, None] * noise + t[:, None, None] * target)
     assert torch.equal(call["t"], t)
@@ -97,7 +99,7 @@ def test_dit_objective_feeds_the_documented_path_time_and_cfg_drop():
     per_row = torch.stack([err[i][target_mask[i]].mean() for i in range(B)])
     assert torch.allclose(loss, per_row.mean())
     spy.out = v.masked_fill(~target_mask[..., None], 1e3)  # padded positions do not count
-    assert torch.allclose(mode_of(spy)(batch, step=0)[0], loss)
+    assert torch.allclose(objective_of(spy)(batch, step=0)[0], loss)
 
 
 def test_batch_builder_windows_drops_and_timesteps():
@@ -118,7 +120,7 @@ def test_batch_builder_windows_drops_and_timesteps():
             return self.encode(ids, mask)
 
     vae = IdentityVAE()
-    get = dit_batches(CountingStream(), vae, mode_of(TextDiT(cfg, C)), 64, seed=0, device=torch.device("cpu"))
+    get = dit_batches(CountingStream(), vae, objective_of(TextDiT(cfg, C)), 64, seed=0, device=torch.device("cpu"))
     drops, ts = [], []
     for step in range(40):
         b = get(step)
@@ -213,11 +215,11 @@ def tiny_pipeline() -> TextLDMPipeline:
 def test_pipeline_normalises_prompts_and_denormalises_samples():
     pipe = tiny_pipeline()
     rows = [[1, 2, 3, 4], [5, 6]]
-    latents, mask = pipe.encode_rows(rows)
+    latents, mask = pipe.codec.encode_rows(rows)
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
     assert torch.allclose(latents[0], (pipe.vae.encode(ids[:1]) - 3.0)[0] / 2.5, atol=1e-5)
     x = torch.randn(2, 4, C)
-    assert pipe.decode_latents(x, cut=False) == pipe.vae.decode(x * 2.5 + 3.0).argmax(-1).tolist()
+    assert pipe.codec.decode(x, cut=False) == pipe.vae.decode(x * 2.5 + 3.0).argmax(-1).tolist()
 
 
 def reference_generate(pipe: TextLDMPipeline, prompts, length: int, steps: int, cfg_scale: float, seed: int,
@@ -303,7 +305,7 @@ def test_kl_warmup_is_linear_and_reaches_the_training_objective(monkeypatch):
     assert [kl_weight_at(s, cfg) for s in (0, 50, 100, 200, 1000)] == pytest.approx([0, 2.5e-4, 5e-4, 1e-3, 1e-3])
     assert kl_weight_at(7, VAEConfig(kl_weight=1e-3, kl_warmup_steps=0)) == 1e-3
     seen = []
-    monkeypatch.setattr("textldm.training.objectives.vae_loss", lambda *a, **k: seen.append(k["kl_weight"]))
+    monkeypatch.setattr("textldm.training.objectives.vae.vae_loss", lambda *a, **k: seen.append(k["kl_weight"]))
     vae = small_vae()
     vae.cfg.kl_warmup_steps = 200
     for step in (0, 100, 400):
@@ -354,7 +356,8 @@ def test_the_prompt_dropped_loss_uses_the_null_condition(monkeypatch):
     real = TextDiT.forward
     monkeypatch.setattr(TextDiT, "forward",
                         lambda self, x, t, **k: contexts.append(k["context"]) or real(self, x, t, **k))
-    evaluate_dit(mode_of(dit), vae, CountingStream(), n_batches=1, batch_size=8, seed=0, device=torch.device("cpu"))
+    evaluate_dit(objective_of(dit), vae, CountingStream(), n_batches=1, batch_size=8, seed=0,
+                 device=torch.device("cpu"))
     with_prompt, dropped = contexts
     assert not torch.allclose(with_prompt, dit.null_context.expand_as(with_prompt))
     assert torch.equal(dropped, dit.null_context.expand_as(dropped))
@@ -405,8 +408,9 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from conftest import tiny_overrides
+    from textldm.families.ar.train import train_ar
+    from textldm.families.textldm.train import train_vae
     from textldm.models.lm import FrozenLM
-    from textldm.training import stages
 
     padded = tmp_path / "padded-lm"
     shutil.copytree(tiny_model_dir, padded)
@@ -419,9 +423,9 @@ def test_a_teacher_with_a_padded_embedding_matrix_initialises_the_vae_and_ar(tin
     overrides = tiny_overrides(str(padded), tiny_corpus, str(tmp_path / "run")) + [
         "vae.embed_init=teacher", "vae_train.steps=2", "ar.embed_init=teacher", "ar.width=32", "ar.heads=2",
         "ar.depth=1", "ar_train.steps=2", "ar_train.batch_size=4"]
-    pipe, _ = stages.train_vae(load_config("demo", overrides), progress=False)
+    pipe, _ = train_vae(load_config("demo", overrides), progress=False)
     assert pipe.vae.vocab_size == vocab
-    ar, _ = stages.train_ar(load_config("demo", overrides), progress=False)
+    ar, _ = train_ar(load_config("demo", overrides), progress=False)
     assert ar.model.embed.weight.shape[0] == vocab
 
 
@@ -477,6 +481,6 @@ def test_dropped_training_rows_lose_the_right_context_too():
              "context_mask": torch.ones(2, 5, dtype=torch.bool), "target_mask": torch.ones(2, 4, dtype=torch.bool),
              "right": torch.randn(2, 3, C, generator=g), "right_mask": torch.ones(2, 3, dtype=torch.bool),
              "drop": torch.tensor([True, False])}
-    mode_of(dit)(batch, step=0)
+    objective_of(dit)(batch, step=0)
     (right,) = calls
     assert torch.equal(right[0], dit.null_context.detach().expand(3, C)) and torch.equal(right[1], batch["right"][1])

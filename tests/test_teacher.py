@@ -74,13 +74,14 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     from conftest import tiny_overrides
     from textldm.config import load_config
     from textldm.data.features import FeatureCache, aligned_windows
-    from textldm.training import stages
+    from textldm.families.textldm.train import cache_teacher, train_vae
     from textldm.training.batches import vae_batches
+    from textldm.training.stage import prepare_data
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
                       ["vae.teacher_cache=auto", "vae.teacher_cache_windows=20", "vae.repa_fraction=0.5"])
-    folder = stages.cache_teacher(cfg, progress=False)
-    _, _, train, _ = stages.prepare_data(cfg)
+    folder = cache_teacher(cfg, progress=False)
+    _, _, train, _ = prepare_data(cfg)
     cache = FeatureCache(folder, train)
     assert len(cache) == 20 and cache.length == cfg.vae.max_len
     assert np.array_equal(cache.rows, aligned_windows(train, cfg.vae.max_len, 20))
@@ -96,7 +97,7 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     assert batch["teacher"].shape == (4, 32, teacher.hidden_size)  # repa_fraction 0.5 of 8
     mtime = (folder / "features.bin").stat().st_mtime_ns
     cfg.vae_train.steps = 3
-    stages.train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
+    train_vae(cfg, progress=False)  # trains from the cache, without rebuilding it
     assert (folder / "features.bin").stat().st_mtime_ns == mtime
 
 
@@ -106,9 +107,10 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     (not another layer's), and the loss it optimises is ce + kl_weight * kl - repa_weight * cos with weight 0.3."""
     from conftest import tiny_overrides
     from textldm.config import load_config
+    from textldm.families.textldm.train import train_vae
     from textldm.runtime.precision import frozen_lm_context
-    from textldm.training import stages
-    from textldm.training.objectives import VAEObjective, kl_weight_at
+    from textldm.training.objectives import VAEObjective
+    from textldm.training.objectives.vae import kl_weight_at
 
     seen = []
     original = VAEObjective.forward
@@ -121,7 +123,7 @@ def test_the_vae_stage_aligns_to_the_configured_teacher_layer_with_its_weight(tm
     monkeypatch.setattr(VAEObjective, "forward", spy)
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
                       ["vae.repa_weight=0.3", "vae_train.steps=2", "vae.kl_warmup_steps=2", "vae.repa_fraction=0.5"])
-    stages.train_vae(cfg, progress=False)
+    train_vae(cfg, progress=False)
     batch, step, loss, m = seen[-1]
     n = batch["teacher"].shape[0]
     assert n == 4  # repa_fraction 0.5 of a batch of 8

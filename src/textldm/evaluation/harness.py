@@ -35,7 +35,7 @@ from textldm.evaluation.metrics import (
     text_statistics,
 )
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
-from textldm.families import Pipeline, load_pipeline, truncate_prompts
+from textldm.families import Pipeline, family, load_pipeline, run_subfolders, truncate_prompts
 from textldm.families.hf import HFPipeline
 from textldm.utils import atomic_write_text, looks_like_path, resolve_device, write_json
 
@@ -134,14 +134,11 @@ def load_contestant(spec: str, device: str = "cpu", max_new_tokens: int = 128) -
         pipe = _textldm_model(target, device)
         if pipe is not None:
             path = Path(target)
-            default = path.parent.name if path.name in ("model", "ar") else (path.name or target)
-            return Contestant(name or f"{default} ({FAMILY_LABELS.get(pipe.family, pipe.family)})", pipe)
+            default = path.parent.name if path.name in run_subfolders() else (path.name or target)
+            return Contestant(name or f"{default} ({family(pipe.family).label or pipe.family})", pipe)
     hf_name = target.removeprefix("hf:")
     return Contestant(name or hf_name, HFPipeline.from_pretrained(hf_name, device=device,
                                                                   max_new_tokens=max_new_tokens))
-
-
-FAMILY_LABELS = {"textldm": "TextLDM", "ar": "AR"}  # a default contestant name's family, in words
 
 
 def _textldm_model(target: str, device: str):
@@ -149,7 +146,7 @@ def _textldm_model(target: str, device: str):
     (e.g. an HF causal LM's name, or a Hub id that cannot be fetched: the HF loader then says why)."""
     path = Path(target)
     if path.is_dir():
-        folders = [path] + [path / sub for sub in ("model", "ar")]
+        folders = [path] + [path / sub for sub in run_subfolders()]
         return load_pipeline(path, device) if any(is_textldm_folder(f) for f in folders) else None
     folder = hub_textldm_folder(target) if could_be_repo_id(target) else None
     return None if folder is None else load_pipeline(folder, device)

@@ -23,13 +23,17 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
+def run_subfolders() -> list[str]:
+    """The subfolders of a run folder that hold a saved model, one per family that trains one (registry order)."""
+    return [f.folder for f in FAMILIES.values() if f.saves and f.folder]
+
+
 def saved_folder(name_or_path: Path | str, revision: str | None = None) -> Path:
     """The folder of a saved textldm model: a model folder, a run folder (the first of its saved models, in the
     registry's order: its model/, then ar/) or a Hub repo id."""
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").exists():
-        subs = [f.folder for f in FAMILIES.values() if f.saves]
-        path = next((path / sub for sub in subs if (path / sub / "config.json").exists()), path)
+        path = next((path / sub for sub in run_subfolders() if (path / sub / "config.json").exists()), path)
     return locate_model_folder(path if path.exists() else name_or_path, revision, "")
 
 
@@ -41,5 +45,5 @@ def load_pipeline(name_or_path: Path | str, device: str | torch.device = "cpu", 
     return family(model_type(folder)).pipeline.from_pretrained(folder, device=device, dtype=dtype, **options)
 
 
-__all__ = ["FAMILIES", "Command", "Family", "Pipeline", "family", "load_pipeline", "resolve_length", "saved_folder",
-           "truncate_prompts"]
+__all__ = ["FAMILIES", "Command", "Family", "Pipeline", "family", "load_pipeline", "resolve_length", "run_subfolders",
+           "saved_folder", "truncate_prompts"]

@@ -95,3 +95,4 @@ class Family:
     commands: tuple[Command, ...] = field(default_factory=tuple)
     saves: bool = True
     folder: str = ""  # where its training stage saves the trained model in a run folder (OUT_DIR/<folder>)
+    label: str = ""  # its name in a table's row (a contestant named after its folder: "demo (TextLDM)")

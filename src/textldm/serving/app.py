@@ -117,11 +117,13 @@ def model_id(path: str | None, fallback: str) -> str:
     or its Hub repo id."""
     from pathlib import Path
 
+    from textldm.families import run_subfolders
+
     if not path:
         return fallback
     p = Path(str(path))
     if p.exists():
-        return (p.parent.name if p.name in ("model", "ar") else p.name) or fallback
+        return (p.parent.name if p.name in run_subfolders() else p.name) or fallback
     return str(path)
 
 

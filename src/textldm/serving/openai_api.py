@@ -202,7 +202,7 @@ class CommittedText:
         self.pipe, self.stops, self.max_tokens, self.emit, self.check = pipe, stops, max_tokens, emit, check
         self.ids, self.sent, self.stopped = [], "", False
 
-    reads_tokens = True  # the sampler passes the step's decoder (`generation.SamplingRun`)
+    reads_tokens = True  # the sampler passes the step's decoder (`sampling.SamplingRun`)
 
     def __call__(self, step: int, t: float, x, decode):
         self.check()

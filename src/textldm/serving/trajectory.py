@@ -19,7 +19,7 @@ class Trajectory:
         self.pipe, self.steps, self.emit, self.check = pipe, steps, emit, check
         self.window, self.committed, self.previous_x, self.previous_ids = -1, [], None, None
 
-    reads_tokens = True  # the sampler passes the step's decoder (`generation.SamplingRun`)
+    reads_tokens = True  # the sampler passes the step's decoder (`sampling.SamplingRun`)
 
     def __call__(self, step: int, t: float, x: torch.Tensor, decode):
         self.check()

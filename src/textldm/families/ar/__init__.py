@@ -10,6 +10,6 @@ def _train_ar(args, cfg):
 
 FAMILY = Family("ar", "the autoregressive baseline (same tokenizer, data, window, optimizer and loop)", ARPipeline,
                 (Command("train-ar", "train the autoregressive baseline under the same settings (writes OUT_DIR/ar)",
-                         _train_ar),), folder="ar")
+                         _train_ar),), folder="ar", label="AR")
 
 __all__ = ["ARPipeline", "FAMILY", "train_ar"]

@@ -23,6 +23,7 @@ FAMILY = Family(
      Command("train-dit", "train the TextDiT on a frozen VAE (writes OUT_DIR/model)", _train_dit,
              (("--vae", {"required": True, "help": "a saved VAE folder (OUT_DIR/vae of train-vae)"}),)),
      Command("cache-teacher", "precompute the REPA teacher's features to disk (then train-vae "
-                              "vae.teacher_cache=auto)", _cache_teacher, resume=False)), folder="model")
+                              "vae.teacher_cache=auto)", _cache_teacher, resume=False)),
+    folder="model", label="TextLDM")
 
 __all__ = ["FAMILY", "TextLDMPipeline", "cache_teacher", "train_dit", "train_vae"]
