@@ -319,6 +319,33 @@ class ARConfig(TransformerShape):
 
 
 @dataclass
+class MaskedConfig(TransformerShape):
+    """The masked-diffusion baselines (`masked.*`): MDLM (absorbing-state diffusion over the whole window,
+    `block_size` 0) and BD3-LM (block diffusion: blocks of `block_size` tokens, each denoised against the clean blocks
+    before it) - a bidirectional Transformer of the project's own layer, trained under the same settings as TextLDM
+    and the AR baseline."""
+    depth: int = 8  # Transformer layers
+    embed_init: EmbedInit = "teacher"  # as the AR baseline's: teacher embeddings projected to width, or "random"
+    seq_len: int = 0  # training window; 0 = the DiT's window (its longest prompt + continuation)
+    block_size: int = 0  # 0 = MDLM (one block: the whole window); B > 0 = BD3-LM with blocks of B tokens
+    time_conditioning: bool = False  # MDLM's and BD3-LM's default: the denoiser does not read t (it reads the masks)
+    # training times t ~ U[t_min, t_max] (antithetic over the batch's blocks): BD3-LM's clipped schedule narrows it to
+    # cut the loss's variance (e.g. [0.3, 0.8] for B = 4); the held-out bound always integrates over [0, 1]
+    t_min: float = 0.0
+    t_max: float = 1.0
+    antithetic: bool = True  # stratified t over the batch (MDLM's low-discrepancy sampler)
+    SECTION = "masked"
+
+    def rules(self, name):
+        return super().rules(name) + [
+            self.within(name, "depth", "[1, inf)"), self.within(name, "block_size", "[0, inf)"),
+            (self.seq_len == 0 or self.seq_len >= 2, f"{name}.seq_len must be 0 (the DiT's window) or >= 2, got "
+                                                      f"{self.seq_len}"),
+            (0.0 <= self.t_min < self.t_max <= 1.0,
+             f"{name}.t_min and {name}.t_max must satisfy 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")]
+
+
+@dataclass
 class TrainConfig(Checked):
     """One training stage's loop (`vae_train.*`, `dit_train.*`, `ar_train.*`): steps, batch, optimizer, budgets,
     logging, checkpoints."""
@@ -471,6 +498,8 @@ class Config:
     dit_train: TrainConfig = field(default_factory=TrainConfig)
     ar: ARConfig = field(default_factory=ARConfig)
     ar_train: TrainConfig = field(default_factory=TrainConfig)
+    masked: MaskedConfig = field(default_factory=MaskedConfig)
+    masked_train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -479,6 +508,11 @@ class Config:
     def ar_seq_len(self) -> int:
         """The AR baseline's training window: ar.seq_len, or the DiT's window when that is 0."""
         return self.ar.seq_len or self.dit.window_tokens
+
+    @property
+    def masked_seq_len(self) -> int:
+        """The masked-diffusion baseline's window: masked.seq_len, or the DiT's window when that is 0."""
+        return self.masked.seq_len or self.dit.window_tokens
 
 
 def to_dict(cfg) -> dict:
@@ -687,9 +721,16 @@ def validate(cfg: Config) -> None:
     d = cfg.dit
     for ok, message in [*_top_level_rules(cfg), (max(d.context_max, d.target_max) <= cfg.vae.max_len,
                                                  "dit.context_max and dit.target_max must not exceed vae.max_len"),
-                        *_mode_rules(cfg)]:
+                        *_mode_rules(cfg), *_masked_rules(cfg)]:
         if not ok:
             raise UserError(f"invalid config: {message}")
+
+
+def _masked_rules(cfg: Config) -> list[tuple[bool, str]]:
+    """BD3-LM's blocks tile its window."""
+    B, L = cfg.masked.block_size, cfg.masked_seq_len
+    return [(B == 0 or L % B == 0, f"masked.block_size {B} must divide the masked baseline's window ({L} tokens: "
+                                   f"masked.seq_len, or the DiT's window when that is 0); 0 = MDLM (the whole window)")]
 
 
 def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
@@ -737,7 +778,7 @@ def derive(cfg: Config) -> None:
     """The derived values (batch sizes from batch_tokens), set once by the loader - the only place that writes a
     config; after `load_config` nothing does."""
     for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", cfg.dit.window_tokens),
-                         ("ar_train", cfg.ar_seq_len)):
+                         ("ar_train", cfg.ar_seq_len), ("masked_train", cfg.masked_seq_len)):
         getattr(cfg, name).resolve_batch(name, length)
 
 

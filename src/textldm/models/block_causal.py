@@ -5,7 +5,7 @@ noisy block at its own t (`forward_blocks`): a noisy block sees the clean blocks
 sees the clean blocks up to its own (`clean_noisy_attn_mask`). Clean tokens are modulated with the condition of
 t = 1 (they are the data end of the path), so at sampling their keys and values are computed once per block and
 cached (`BlockPrefix`, `extend_prefix`): each new block runs only its own B tokens against the cache
-(`block_velocity`; guidance: `generation/blocks.py`).
+(`block_velocity`; guidance: `sampling/blocks.py`).
 """
 from __future__ import annotations
 

@@ -93,6 +93,20 @@ def dit_cached_flops_per_sequence(dit, context_len: int, target_len: int) -> tup
     return context + _conditioner_flops(dit, False, True), target + _conditioner_flops(dit, True, False)
 
 
+def masked_flops_per_sequence(model, length: int) -> float:
+    """Forward FLOPs of the masked-diffusion denoiser on one window of `length` tokens: MDLM's one bidirectional pass,
+    or BD3-LM's [clean ; noisy] pass over 2 x length tokens (every key counted); the tied head on the noisy tokens;
+    the time embedding once per condition when it reads t."""
+    tokens = length if model.block == 0 else 2 * length
+    per_token = sum(layer_flops(b, tokens) for b in model.layers)
+    flops = per_token * tokens + 2.0 * model.cfg.width * model.vocab_size * length
+    if model.time is not None:
+        conditions = 1 if model.block == 0 else 1 + length // model.block
+        modulations = [b.modulation[-1] for b in model.layers]
+        flops += conditions * linear_flops(*[m for m in model.time.mlp if isinstance(m, nn.Linear)], *modulations)
+    return flops
+
+
 def ar_flops_per_sequence(model, length: int) -> float:
     """Forward FLOPs of the causal LM on one sequence of `length` tokens (tied output head included)."""
     per_token = sum(layer_flops(b, length) for b in model.layers) + 2.0 * model.cfg.width * model.vocab_size

@@ -1,4 +1,4 @@
-"""The batch builders of the three stages (what `fit` calls every step).
+"""The batch builders of the training stages (what `fit` calls every step).
 
 Each draws the whole *global* batch of a step from a generator seeded by (seed, step) - windows, truncation
 lengths, noise, timesteps, CFG drops - then keeps this rank's slice, so the data a run sees does not depend on
@@ -67,5 +67,15 @@ def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.d
     def get(step: int, micro: int = 0, accum: int = 1) -> dict:
         ids = stream.windows(batch_size, seq_len + 1, step_generator(seed, step))
         return {"ids": ids[local_slice(batch_size, micro, accum)].to(device)}
+
+    return get
+
+
+def masked_batches(stream: TokenStream, objective, length: int, batch_size: int, seed: int, device: torch.device):
+    """The masked-diffusion baseline's batches, laid out by its objective (`MaskedObjective.batch`: windows, each
+    block's time, each token's masking draw)."""
+    def get(step: int, micro: int = 0, accum: int = 1) -> dict:
+        return objective.batch(stream, length, batch_size, step_generator(seed, step),
+                               local_slice(batch_size, micro, accum), device)
 
     return get

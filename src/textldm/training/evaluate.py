@@ -5,6 +5,7 @@
   the loss of the best linear predictor for Gaussian data with the latents' per-channel variance - the errors of
   the objective itself, its generation mode's (block mode: per block, each block's prompt being its clean prefix).
 - AR baseline: held-out next-token loss, perplexity and accuracy.
+- Masked-diffusion baselines (MDLM, BD3-LM): the held-out NELBO per token and its perplexity bound.
 """
 from __future__ import annotations
 
@@ -121,3 +122,18 @@ def evaluate_ar(model, stream: TokenStream, seq_len: int, n_batches: int, batch_
         total += ids[:, 1:].numel()
     return {"loss": nll / total, "perplexity": float(np.exp(nll / total)), "next_token_acc": correct / total,
             "tokens": total}
+
+
+def evaluate_masked(objective, stream: TokenStream, length: int, n_batches: int, batch_size: int, seed: int,
+                    device: torch.device) -> dict:
+    """The held-out NELBO per token of the masked-diffusion baseline (an upper bound on -log p per token, estimated
+    with times stratified over [0, 1]) and its perplexity bound exp(NELBO)."""
+    objective.eval()
+    total, tokens = 0.0, 0
+    for b in range(n_batches):
+        g = step_generator(seed, b, EVAL_STREAM + 4)
+        batch = objective.batch(stream, length, batch_size, g, slice(None), device, t_range=(0.0, 1.0))
+        part, n = objective.nelbo(batch)
+        total, tokens = total + part, tokens + n
+    objective.train()
+    return {"nelbo": total / tokens, "perplexity_bound": float(np.exp(total / tokens)), "tokens": tokens}

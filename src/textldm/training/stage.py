@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class Stage:
     """What differs between training the VAE, the DiT and the AR baseline; `train_stage` does the rest."""
-    name: str  # "vae", "dit" or "ar": the log file <name>_log.jsonl, checkpoints/<name>, report keys <name>_*
+    name: str  # "vae", "dit", "ar", "masked": the log file <name>_log.jsonl, checkpoints/<name>, report keys <name>_*
     desc: str  # progress bar and log label
     model: nn.Module  # the trained network (its parameters are counted in the report)
     objective: nn.Module  # what `fit` trains (and DDP wraps)

@@ -1,0 +1,182 @@
+"""The masked-diffusion baselines' pipeline (MDLM, BD3-LM): tokenizer + MaskedDenoiser + its ancestral sampler
+(sampling/masked.py), saved and loaded as one folder (`export.py`); its likelihood of given text is a bound (the
+NELBO, `nll_bound`), not exact.
+
+    pipe = MaskedPipeline.from_pretrained("runs/demo/masked")
+    pipe.generate(["The President said that"], length=48, steps=64, top_p=0.95, seed=0)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from textldm import export
+from textldm.config import Config, SampleConfig, config_from_dict, to_dict
+from textldm.diffusion.masking import antithetic_times, mask_tokens
+from textldm.errors import UserError
+from textldm.families.spec import resolve_length, truncate_prompts
+from textldm.models.lmhead import linear_cross_entropy
+from textldm.models.masked import MaskedDenoiser
+from textldm.sampling.masked import MaskedRun, MaskedSampler
+from textldm.utils import cut_at, param_count, resolve_device
+
+SETTINGS = ("steps", "temperature", "top_p", "seed", "length")  # the sample.* fields its sampler reads
+
+
+class MaskedPipeline(export.HubMixin):
+    """Tokenizer + MaskedDenoiser (same folder layout and guarantees as the other families): `generate`,
+    `generate_ids`, and the `Pipeline` protocol."""
+    family = "masked"
+    streams = False
+    sampler_settings = frozenset(SETTINGS)
+
+    def __init__(self, config: Config, tokenizer, model: MaskedDenoiser, eot_id: int):
+        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+        self.sampler = MaskedSampler(model, config.masked_seq_len, self.prompt_tokens(), eot_id)
+        self.last_evaluations: list[int] = []  # the forward passes each row of the last call needed (NFE)
+
+    @property
+    def label(self) -> str:
+        """MDLM, or BD3-LM with its block size."""
+        return "MDLM" if self.model.block == 0 else f"BD3-LM (B={self.model.block})"
+
+    @property
+    def window(self) -> int:
+        """The training window: the longest prompt + continuation the model reads at once."""
+        return self.config.masked_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_tokens(self) -> int:
+        """How many of a prompt's last tokens a window holds: the DiT's dit.context_max (the same layout as TextLDM),
+        less one block or token so a continuation always fits."""
+        step = max(self.model.block, 1)
+        return min(self.config.dit.context_max, (self.window - step) // step * step)
+
+    # generation ---------------------------------------------------------------------------------------------
+    def settings(self, **overrides) -> SampleConfig:
+        """config.sample with the given settings replaced (None: keep), checked."""
+        import dataclasses
+
+        return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+
+    def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
+                     temperature: float | None = None, top_p: float | None = None, seed: int | None = None, *,
+                     max_new_tokens: int | None = None, first_index: int = 0) -> list[list[int]]:
+        """Up to `length` new tokens per prompt, cut at end-of-text; prompts keep their last `prompt_tokens()`
+        tokens (with a warning). `steps`: ancestral steps per window (MDLM) or per block (BD3-LM). Prompt i's draws
+        come from (seed, first_index + i): the same text whatever its batch."""
+        s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps, temperature=temperature,
+                          top_p=top_p, seed=seed)
+        prompts = truncate_prompts(prompt_ids, self.prompt_tokens(), "the tokens it reads")
+        run = MaskedRun(s, first_index)
+        rows = self.sampler.generate(prompts, run)
+        self.last_evaluations = run.evaluations
+        return cut_at([row[: s.length] for row in rows], self.eot_id)
+
+    def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None, *,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Continue text prompts (the arguments mean what they mean for the other families)."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows = self.generate_ids(ids, length, steps, temperature, top_p, seed, max_new_tokens=max_new_tokens)
+        return [self.tokenizer.decode(row) for row in rows]
+
+    # likelihood -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def nll_bound(self, context: list[int], continuation: list[int], draws: int = 16, seed: int = 0) -> float:
+        """An estimate of the NELBO of `continuation` given `context` (nats, summed over its tokens): an upper bound
+        on -log p(continuation | context) in expectation, averaged over `draws` stratified times per block. The
+        context (its last prompt_tokens() tokens) stays clean; the continuation is scored window after window, each
+        window's blocks at their own times (BD3-LM) or one time (MDLM)."""
+        total, done, g = 0.0, 0, torch.Generator().manual_seed(seed)
+        while done < len(continuation):
+            left = (context + continuation[:done])[-self.prompt_tokens():]
+            step = max(self.model.block, 1)
+            pad = -len(left) % step
+            n = min(len(continuation) - done, self.window - pad - len(left))
+            tail = -(pad + len(left) + n) % step  # BD3-LM: the last block filled out with padding
+            ids = torch.tensor([[0] * pad + left + continuation[done: done + n] + [0] * tail] * draws,
+                               device=self.device)
+            keys = torch.ones_like(ids, dtype=torch.bool)
+            keys[:, :pad] = False
+            keys[:, ids.shape[1] - tail:] = False
+            total += self._window_nelbo(ids, keys, pad + len(left), g)
+            done += n
+        return total
+
+    def _window_nelbo(self, ids: torch.Tensor, keys: torch.Tensor, start: int, g: torch.Generator) -> float:
+        """The mean over rows (draws) of the NELBO terms of positions start.. of ids (draws, L)."""
+        draws, L = ids.shape
+        B = self.model.block or L
+        t = antithetic_times(draws * (L // B), g).view(draws, L // B)
+        per_token = t.repeat_interleave(B, dim=1).to(ids.device)
+        uniforms = torch.rand(ids.shape, generator=g).to(ids.device)
+        uniforms[:, :start] = 1.0  # the context is never masked, nor padding
+        uniforms[~keys] = 1.0
+        x_t, masked = mask_tokens(ids, per_token, uniforms, self.model.mask_id)
+        hidden = self.model.hidden(x_t, t.to(ids.device), clean=ids if self.model.block else None, key_mask=keys)
+        weights = torch.where(masked, 1.0 / per_token, torch.zeros_like(per_token)) / draws
+        total, _ = linear_cross_entropy(hidden.flatten(0, 1), self.model.output_weight(), ids.flatten(),
+                                        weights.flatten())
+        return total.item()
+
+    # persistence ------------------------------------------------------------------------------------------
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        """Write the model folder (atomically): config.json, masked.safetensors, tokenizer, model card."""
+        meta = {"model_type": self.family, "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        card = export.CardText(self.family, f"a masked-diffusion baseline ({self.label}: absorbing-state discrete "
+                               "diffusion) trained under TextLDM's settings", "MaskedPipeline",
+                               'pipe.generate(["The President said that"], length=48, steps=64)', "masked-diffusion")
+        export.write_model_folder(path, meta, {"masked": self.model}, self.tokenizer, card)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> MaskedPipeline:
+        """A saved masked-diffusion baseline from a local folder or a Hub repo id."""
+        device = resolve_device(device)
+        path = export.locate_model_folder(name_or_path, revision, "; train one with `textldm train-masked`")
+        meta = export.read_model_config(path)
+        if meta.get("model_type") != cls.family:
+            raise UserError(f"'{path}' is not a masked-diffusion checkpoint (model_type {meta.get('model_type')!r})")
+        config = config_from_dict(meta["config"])
+        model = MaskedDenoiser(config.masked, meta["vocab_size"])
+        export.load_weights(model, path / "masked.safetensors")
+        model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
+        return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
+
+    # the Pipeline protocol (families.spec) --------------------------------------------------------------
+    def default_sample(self) -> SampleConfig:
+        return self.config.sample
+
+    def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
+                     first_index: int = 0, callback=None) -> list[list[int]]:
+        """`generate_ids` at `sample`'s steps, temperature, top-p and seed."""
+        s = sample or self.config.sample
+        return self.generate_ids(prompt_ids, length, s.steps, s.temperature, s.top_p, s.seed,
+                                 first_index=first_index)
+
+    def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
+        return self.prompt_tokens()
+
+    def longest_continuation(self, requested: int) -> int:
+        return requested
+
+    def parameters(self) -> int:
+        return param_count(self.model)
+
+    def most_tokens(self) -> int | None:
+        """Any length: window after window (MDLM), block after block (BD3-LM)."""
+        return None
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        return None
+
+    def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        raise UserError("a masked-diffusion model's likelihood of given tokens is a bound (the NELBO, "
+                        "MaskedPipeline.nll_bound), not exact: loglikelihood tasks are not scored for it")
