@@ -8,6 +8,7 @@ meaning. Bad input exits with status 2 and one line naming the problem and the f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from textldm import demo
 from textldm.config import Config, SampleConfig, SamplePrecision, describe_keys, load_config, to_dict
 from textldm.diffusion.guidance import interval_problem
 from textldm.errors import UserError, first_line
-from textldm.families import FAMILIES
+from textldm.families import FAMILIES, load_pipeline
 from textldm.runtime.distributed import finish, is_main
 from textldm.serving.service import ServeLimits
 from textldm.utils import atomic_write_text, resolve_device
@@ -93,7 +94,8 @@ def _add_evaluation(sub) -> None:
 
 def _add_generate(sub) -> None:
     g = sub.add_parser("generate", help="continue prompts with a trained model")
-    g.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model)")
+    g.add_argument("--model", required=True, help="a saved model of any family: a model folder (OUT_DIR/model, "
+                   "OUT_DIR/ar, OUT_DIR/masked), a run folder or a Hub repo id")
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", help="a text file, one prompt per line")
     g.add_argument("--length", type=int, help="continuation length in tokens (default: the model's sample.length)")
@@ -109,6 +111,10 @@ def _add_generate(sub) -> None:
                    "the DiT's window (default: sample.lm_history)")
     g.add_argument("--lm-prior", type=float, help="a context-LM model: weight of its LM's next-token log-probabilities "
                    "added to the decoder's at each block's first token, 0 = off (default: sample.lm_prior)")
+    g.add_argument("--temperature", type=float, help="an AR or masked-diffusion model: sampling temperature, 0 = "
+                   "greedy (default: sample.temperature)")
+    g.add_argument("--top-p", type=float, help="an AR or masked-diffusion model: nucleus p (default: sample.top_p)")
+    g.add_argument("--top-k", type=int, help="an AR model: top-k, 0 = off (default: sample.top_k)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -209,29 +215,23 @@ def _floats(text: str, what: str) -> list[float]:
 
 # the commands -----------------------------------------------------------------------------------------------
 def _generate(args) -> None:
-    from textldm.families.textldm import TextLDMPipeline
+    """Any family's model, through the `Pipeline` protocol: the sampler settings given must be ones it reads."""
+    from tqdm.auto import tqdm
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        try:
-            prompts += [line for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-        except OSError as e:
-            raise UserError(f"cannot read prompts file '{args.prompts_file}': {e.strerror}") from None
-    if not prompts:
-        raise UserError("no prompt given; use --prompt TEXT or --prompts-file FILE")
+    from textldm.families.spec import tokenize_prompts, truncate_prompts
+
+    prompts = _prompts(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    pipe = TextLDMPipeline.from_pretrained(args.model, device=resolve_device(args.device, "--device"))
-    settings = {"grid": args.grid, "precision": args.precision, "noise_scale": args.noise_scale,
-                "lm_history": args.lm_history, "lm_prior": args.lm_prior}
-    if args.cfg_interval:
-        lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
-        if hi is None or interval_problem(lo, hi):
-            raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
-        settings.update(cfg_min_t=lo, cfg_max_t=hi)
-    outputs = pipe.generate(prompts, length=args.length, steps=args.steps, cfg_scale=args.cfg_scale,
-                            solver=args.solver, seed=args.seed, batch_size=args.batch_size,
-                            progress=args.out is not None, **settings)
+    pipe = load_pipeline(args.model, device=resolve_device(args.device, "--device"))
+    sample = _sample_settings(args, pipe)
+    length = args.length or sample.length
+    ids = truncate_prompts(tokenize_prompts(pipe.tokenizer, prompts), pipe.prompt_window(length, sample),
+                           "the tokens it reads")
+    rows = []
+    for start in tqdm(range(0, len(ids), args.batch_size), desc="generate", unit="batch", disable=args.out is None):
+        rows += pipe.continue_ids(ids[start: start + args.batch_size], length, sample=sample, first_index=start)
+    outputs = [pipe.tokenizer.decode(row) for row in rows]
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps({"prompt": p, "continuation": t}) + "\n"
                                             for p, t in zip(prompts, outputs)))
@@ -242,6 +242,38 @@ def _generate(args) -> None:
             print(json.dumps({"prompt": prompt, "continuation": text}))
         else:
             print(f"{prompt}\033[1m{text}\033[0m" if sys.stdout.isatty() else f"{prompt} || {text}")
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        try:
+            prompts += [line for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise UserError(f"cannot read prompts file '{args.prompts_file}': {e.strerror}") from None
+    if not prompts:
+        raise UserError("no prompt given; use --prompt TEXT or --prompts-file FILE")
+    return prompts
+
+
+def _sample_settings(args, pipe) -> SampleConfig:
+    """The model's sampler defaults with the settings given on the command line, each one its family reads."""
+    given = {"steps": args.steps, "cfg_scale": args.cfg_scale, "solver": args.solver, "seed": args.seed,
+             "grid": args.grid, "precision": args.precision, "noise_scale": args.noise_scale,
+             "lm_history": args.lm_history, "lm_prior": args.lm_prior, "temperature": args.temperature,
+             "top_p": args.top_p, "top_k": args.top_k, "length": args.length}
+    if args.cfg_interval:
+        lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
+        if hi is None or interval_problem(lo, hi):
+            raise UserError(f"--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '{args.cfg_interval}'")
+        given.update(cfg_min_t=lo, cfg_max_t=hi)
+    given = {k: v for k, v in given.items() if v is not None}
+    unread = sorted(set(given) - pipe.sampler_settings)
+    if unread:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unread)
+        raise UserError(f"{flags}: not a setting of a {pipe.family} model (it reads "
+                        f"{', '.join(sorted(pipe.sampler_settings))})")
+    return dataclasses.replace(pipe.default_sample(), **given)
 
 
 def _serve(args) -> None:

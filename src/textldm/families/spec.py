@@ -15,6 +15,19 @@ from textldm.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def tokenize_prompts(tokenizer, prompts: list[str] | str) -> list[list[int]]:
+    """Text prompts -> token ids, each prompt non-empty (the one check of the Python API, the CLI and the server)."""
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not prompts:
+        raise UserError("no prompts given")
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise UserError(f"prompt {i + 1} is empty; give some text to continue")
+        out.append(tokenizer(p, add_special_tokens=False)["input_ids"])
+    return out
+
+
 def truncate_prompts(rows: list[list[int]], limit: int, what: str) -> list[list[int]]:
     """The one prompt-length policy (the Python API, the CLI, the server and the evaluation harness): a prompt
     longer than the model's context keeps its last `limit` tokens - the ones next to the continuation - with a

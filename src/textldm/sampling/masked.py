@@ -62,7 +62,7 @@ def denoise(x: torch.Tensor, start: int, logits_of, run: MaskedRun, rows: list[i
 
 class MaskedSampler:
     """The sampler of a `MaskedDenoiser` trained on windows of `window` tokens, reading a prompt's last `context`
-    tokens at each window's start; `eot_id` ends a row."""
+    tokens (a multiple of the block size) at each window's start; `eot_id` ends a row."""
 
     def __init__(self, model: MaskedDenoiser, window: int, context: int, eot_id: int):
         self.model, self.window, self.context, self.eot_id = model, window, context, eot_id
@@ -79,19 +79,19 @@ class MaskedSampler:
         loop = self._windows if self.model.block == 0 else self._blocks
         return loop(prompt_ids, run)
 
-    def _rows_of(self, ids: list[list[int]], multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts (their last `context` tokens) left-padded to a common length, a multiple of `multiple`."""
-        rows = [h[-self.context:] for h in ids]
-        longest = max(1, *(len(r) for r in rows))  # an empty prompt: one padded position
-        return pad_rows(rows, -(-longest // multiple) * multiple, device=self.model.embed.weight.device)
+    def _rows_of(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's last `context` tokens, left-padded to `context` positions (padding masked out of attention):
+        every window has the same layout whatever the batch."""
+        return pad_rows([h[-self.context:] for h in ids], self.context, device=self.model.embed.weight.device)
 
     def _windows(self, prompt_ids: list[list[int]], run: MaskedRun) -> list[list[int]]:
-        """MDLM: each window holds the last tokens so far (left-padded) and as many masks as fit, all denoised at
-        once; row i's draws in its w-th window come from noise_seed(seed, w, first_index + i)."""
+        """MDLM: each window holds the last `context` tokens so far (left-padded) and the rest of the trained window
+        in masks, all denoised at once; row i's draws in its w-th window come from noise_seed(seed, w,
+        first_index + i)."""
         out, active, remaining, w = [[] for _ in prompt_ids], list(range(len(prompt_ids))), run.settings.length, 0
         while active and remaining > 0:
-            prompt, key_mask = self._rows_of([prompt_ids[i] + out[i] for i in active], 1)
-            n = min(self.window - prompt.shape[1], remaining)
+            prompt, key_mask = self._rows_of([prompt_ids[i] + out[i] for i in active])
+            n = self.window - self.context  # the trained layout, the last window too (its extra tokens are cut)
             masks = torch.full((len(active), n), self.model.mask_id, dtype=torch.long, device=prompt.device)
             x = torch.cat([prompt, masks], 1)
             keys = torch.cat([key_mask, torch.ones_like(masks, dtype=torch.bool)], 1)
@@ -103,7 +103,7 @@ class MaskedSampler:
 
             x = denoise(x, start, logits_of, run, active, w, self.model.mask_id, self.time_agnostic)
             for i, row in zip(active, x[:, start:].tolist()):
-                out[i] += row
+                out[i] += row[:remaining]
             active = [i for i in active if self.eot_id not in out[i]]
             remaining, w = remaining - n, w + 1
         return out
@@ -115,7 +115,7 @@ class MaskedSampler:
         B = self.model.block
         out, active, remaining, k = [[] for _ in prompt_ids], list(range(len(prompt_ids))), run.settings.length, 0
         while active and remaining > 0:
-            prompt, key_mask = self._rows_of([prompt_ids[i] + out[i] for i in active], B)
+            prompt, key_mask = self._rows_of([prompt_ids[i] + out[i] for i in active])
             prefix = self.model.extend_prefix(None, prompt, key_mask)
             while active and remaining > 0 and prefix.length + B <= self.window:
                 block = self._block(prefix, run, active, k)

@@ -15,7 +15,7 @@ from textldm import export
 from textldm.config import Config, SampleConfig, config_from_dict, to_dict
 from textldm.diffusion.masking import antithetic_times, mask_tokens
 from textldm.errors import UserError
-from textldm.families.spec import resolve_length, truncate_prompts
+from textldm.families.spec import resolve_length, tokenize_prompts, truncate_prompts
 from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.masked import MaskedDenoiser
 from textldm.sampling.masked import MaskedRun, MaskedSampler
@@ -52,9 +52,9 @@ class MaskedPipeline(export.HubMixin):
 
     def prompt_tokens(self) -> int:
         """How many of a prompt's last tokens a window holds: the DiT's dit.context_max (the same layout as TextLDM),
-        less one block or token so a continuation always fits."""
+        rounded up to whole blocks (BD3-LM), and at most the window less one block so a continuation always fits."""
         step = max(self.model.block, 1)
-        return min(self.config.dit.context_max, (self.window - step) // step * step)
+        return min(-(-self.config.dit.context_max // step) * step, (self.window - step) // step * step)
 
     # generation ---------------------------------------------------------------------------------------------
     def settings(self, **overrides) -> SampleConfig:
@@ -81,8 +81,7 @@ class MaskedPipeline(export.HubMixin):
                  temperature: float | None = None, top_p: float | None = None, seed: int | None = None, *,
                  max_new_tokens: int | None = None) -> list[str]:
         """Continue text prompts (the arguments mean what they mean for the other families)."""
-        prompts = [prompts] if isinstance(prompts, str) else prompts
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = tokenize_prompts(self.tokenizer, prompts)
         rows = self.generate_ids(ids, length, steps, temperature, top_p, seed, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode(row) for row in rows]
 

@@ -28,7 +28,7 @@ from textldm.export import (
     resolve_dtype,
     write_model_folder,
 )
-from textldm.families.spec import resolve_length, truncate_prompts
+from textldm.families.spec import resolve_length, tokenize_prompts, truncate_prompts
 from textldm.families.textldm.modes import mode_of
 from textldm.models.dit import TextDiT
 from textldm.models.vae import TextVAE
@@ -156,16 +156,7 @@ class TextLDMPipeline(HubMixin):
     def encode_prompts(self, prompts: list[str], s: SampleConfig | None = None) -> list[list[int]]:
         """Text prompts -> token ids: each non-empty, and cut to the last tokens the model reads under settings `s`
         (`prompt_tokens`, `truncate_prompts`)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts:
-            raise UserError("no prompts given")
-        out = []
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise UserError(f"prompt {i + 1} is empty; give some text to continue")
-            out.append(self.tokenizer(p, add_special_tokens=False)["input_ids"])
-        return truncate_prompts(out, self.prompt_tokens(s), "the tokens it reads")
+        return truncate_prompts(tokenize_prompts(self.tokenizer, prompts), self.prompt_tokens(s), "the tokens it reads")
 
     @property
     def device(self) -> torch.device:
