@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         pipe = TextLDMPipeline.from_pretrained(path)
         for scale in (float(c) for c in args.cfg.split(",")):
             sample = replace(pipe.config.sample, cfg_scale=scale, **interval)
-            gens = Contestant(name, "textldm", pipe).continue_items(items, sample, 32, 0, **interval)
+            gens = Contestant(name, pipe).continue_items(items, sample, 32, 0, **interval)
             agreement = benchmark_agreement(_with(pipe, sample), items[:24])
             rows.append({"model": name, "cfg": scale, **interval, "agreement": agreement,
                          **{k: v for k, v in scorer(gens).items() if k in ("mauve", "gen_ppl", "prompt_binding",

@@ -126,8 +126,8 @@ def main(argv=None) -> int:
         "TextLDM no REPA": textldm_facts(cfg, norepa, nr_vae_report, nr_dit_report),
     }
     train_minutes = sum(f["seconds"] for f in facts.values()) / 60
-    contestants = [Contestant("TextLDM", "textldm", ldm), Contestant("AR baseline", "ar", ar),
-                   Contestant("TextLDM no REPA", "textldm", norepa)]
+    contestants = [Contestant("TextLDM", ldm), Contestant("AR baseline", ar),
+                   Contestant("TextLDM no REPA", norepa)]
     sweeps = {} if args.no_sweeps else {"steps_sweep": [int(x) for x in args.steps_sweep.split(",")],
                                         "cfg_sweep": [float(x) for x in args.cfg_sweep.split(",")]}
     results = run_eval([], ["embedded"], cfg, out / "eval", contestants=contestants, **sweeps)

@@ -34,6 +34,7 @@ import math
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
 from textldm.evaluation.heldout import position_agreement
 from textldm.evaluation.metrics import prompt_binding
 from textldm.families.ar import train as ar_family
+from textldm.families.masked import train as masked_family
 from textldm.families.textldm.modes import mode_of
 from textldm.families.textldm.train import train_dit, train_vae
 from textldm.models.vae import TextVAE
@@ -62,15 +64,18 @@ LOG_AXIS = {"gen_ppl"}  # plotted on a log axis
 LOWER_IS_BETTER = {"gen_ppl"}
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
+MASKED = "masked"
 
 
 # designs and points ------------------------------------------------------------------------------------
-def load_designs(path: Path) -> dict[str, list[str] | str]:
-    """name -> TextLDM overrides (a list) or "ar"."""
+def load_designs(path: Path) -> dict[str, list[str] | str | dict]:
+    """name -> TextLDM overrides (a list), "ar", or {"family": "masked", "overrides": [...]} (MDLM / BD3-LM)."""
     designs = yaml.safe_load(Path(path).read_text())
     for name, spec in designs.items():
-        if spec != AR and not isinstance(spec, list):
-            raise SystemExit(f"design {name!r} in {path}: give a list of overrides or 'ar'")
+        masked = isinstance(spec, dict) and spec.get("family") == MASKED and isinstance(spec.get("overrides"), list)
+        if spec != AR and not isinstance(spec, list) and not masked:
+            raise SystemExit(f"design {name!r} in {path}: give a list of overrides, 'ar', or "
+                             f"{{family: masked, overrides: [...]}}")
     return designs
 
 
@@ -137,7 +142,23 @@ def train_ar(args, flops: float, seed: int, run: Path, data) -> tuple:
     pipe, report = ar_family.train_ar(cfg, progress=False, data=data)
     a = report["ar_train"]
     return pipe, {"params": report["ar_parameters"], "flops": a["flops"], "minutes": a["seconds"] / 60,
-                  "steps": {"ar": a["steps"], "depth": cfg.ar.depth}}
+                  "steps": {"ar": a["steps"], "depth": cfg.ar.depth},
+                  "heldout_nll": math.log(report["ar_eval"]["perplexity"]), "heldout_nll_exact": True}
+
+
+def train_masked(args, overrides: list[str], flops: float, seed: int, run: Path, data) -> tuple:
+    """MDLM / BD3-LM matched like the AR baseline (the DiT's width, heads, batch, learning rate, warm-up; the depth
+    nearest the full-window TextLDM's inference parameters), on the same data, tokenizer and optimizer."""
+    base = preset(args, *overrides)
+    matched_overrides = matched.matched_overrides(base, full_window_params(args, len(data[0])), len(data[0]),
+                                                  MASKED)
+    cfg = preset(args, *matched_overrides, *overrides, f"seed={seed}", "masked_train.steps=1000000",
+                 "masked_train.max_minutes=null", f"masked_train.max_flops={flops}", f"out_dir={run}")
+    pipe, report = masked_family.train_masked(cfg, progress=False, data=data)
+    m = report["masked_train"]
+    return pipe, {"params": report["masked_parameters"], "flops": m["flops"], "minutes": m["seconds"] / 60,
+                  "steps": {"masked": m["steps"], "depth": cfg.masked.depth, "block": cfg.masked.block_size},
+                  "heldout_nll": report["masked_eval"]["nelbo"], "heldout_nll_exact": False}
 
 
 def human_row(args, items, scorer: Scorer, cfg, tokenizer) -> dict:
@@ -157,16 +178,42 @@ def run_point(args, design: str, spec, flops: float, seed: int, data, items, sco
     run = args.runs / design / f"{flops:.3g}-s{seed}"
     if spec == AR:
         pipe, facts = train_ar(args, flops, seed, run, data)
-        contestant = Contestant(design, "ar", pipe)
+    elif isinstance(spec, dict):
+        pipe, facts = train_masked(args, spec["overrides"], flops, seed, run, data)
     else:
         pipe, facts = train_textldm(args, spec, flops, seed, run, data)
-        contestant = Contestant(design, "textldm", pipe)
         facts["agreement"] = benchmark_agreement(pipe, items[:args.agreement_prompts])
-    cfg = pipe.config
-    metrics = scorer(contestant.continue_items(items, cfg.sample, cfg.metrics.batch_size, 128))
+    contestant, cfg = Contestant(design, pipe), pipe.config
+    evaluations = count_evaluations(pipe)
+    start = time.time()
+    gens = contestant.continue_items(items, cfg.sample, cfg.metrics.batch_size, 128)
+    facts["seconds_per_continuation"] = (time.time() - start) / len(items)
+    facts["nfe_per_continuation"] = statistics.fmean(evaluations) if evaluations else None
+    metrics = scorer(gens)
     return {"design": design, "overrides": spec, "flops_budget": flops, "seed": seed, "facts": facts,
             "metrics": metrics, "samples": args.samples, "config": args.config, "date": str(datetime.date.today()),
             "machine": {"processor": platform.processor() or platform.machine(), **environment()}}
+
+
+def count_evaluations(pipe) -> list[float]:
+    """Wraps the pipeline's `continue_ids` so that each row's network evaluations (NFE) of every call are collected:
+    TextLDM's and the masked baselines' `last_evaluations` (TextLDM counts per row, CFG's two halves included), or
+    one cached forward per new token for the AR baseline."""
+    seen, real = [], pipe.continue_ids
+
+    def counted(prompt_ids, length, **kw):
+        rows = real(prompt_ids, length, **kw)
+        last = getattr(pipe, "last_evaluations", None)
+        if isinstance(last, list):
+            seen.extend(last)
+        elif last is not None:
+            seen.extend([last] * len(rows))
+        else:
+            seen.extend(len(r) for r in rows)
+        return rows
+
+    pipe.continue_ids = counted
+    return seen
 
 
 def cmd_run(args) -> int:
@@ -329,8 +376,29 @@ def summary_rows(points: list[dict]) -> list[dict]:
             row[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
         agree = [p["facts"].get("agreement") for p in runs]
         row["agreement"] = statistics.fmean(agree) if None not in agree else None
+        for fact in ("nfe_per_continuation", "seconds_per_continuation", "heldout_nll"):
+            values = [p["facts"].get(fact) for p in runs]
+            row[fact] = statistics.fmean(values) if values and None not in values else None
+        row["heldout_nll_exact"] = runs[0]["facts"].get("heldout_nll_exact")
+        row["entropy"] = statistics.fmean(p["metrics"].get("unigram_entropy", float("nan")) for p in runs)
         rows.append(row)
     return rows
+
+
+def format_costs(rows: list[dict]) -> list[str]:
+    """What each continuation cost to write and the samples' entropy, beside every gen-PPL; the held-out likelihood
+    where the design has one (AR exact; masked diffusion a bound, <=; TextLDM none)."""
+    lines = ["| design | budget (FLOPs) | gen-PPL | unigram entropy (bits) | NFE per continuation | s per continuation "
+             "| held-out NLL (nats / token) | perplexity |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        nfe, sec = r.get("nfe_per_continuation"), r.get("seconds_per_continuation")
+        nll = r.get("heldout_nll")
+        bound = "" if r.get("heldout_nll_exact") else "<= "
+        lines.append(f"| {r['design']} | {r['budget']:.3g} | {shown('gen_ppl', r['gen_ppl'][0])} | {r['entropy']:.2f} "
+                     f"| {'-' if nfe is None else f'{nfe:.1f}'} | {'-' if sec is None else f'{sec:.3f}'} "
+                     f"| {'-' if nll is None else f'{bound}{nll:.3f}'} "
+                     f"| {'-' if nll is None else f'{bound}{math.exp(nll):.0f}'} |")
+    return lines
 
 
 def format_table(rows: list[dict], human: dict) -> list[str]:
@@ -411,7 +479,11 @@ def cmd_fit(args) -> int:
              *format_multipliers(mult, args.reference), "",
              "Matched quality without a fit: each TextLDM run's FLOPs over the FLOPs at which the AR baseline's "
              "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
-             *format_matched(rows), "", "![quality vs compute](scaling.png)"]
+             *format_matched(rows), "",
+             "Cost per continuation and likelihood (NFE: network evaluations per continuation - TextLDM's per window "
+             "or block with CFG's two halves, the masked baselines' after the caching sampler, the AR baseline's one "
+             "cached forward per token; seconds on the machine that ran the point; held-out NLL from each run's own "
+             "validation windows):", "", *format_costs(rows), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
                                            "reference": args.reference, "min_flops": args.min_flops})

@@ -325,3 +325,99 @@ def test_a_tiny_baseline_learns_to_continue_a_prompt(block, floor):
     others = pipe.generate_ids(windows[:, :CONTEXT].roll(1, 0).tolist(), length=TARGET)
     assert (torch.tensor(others) == windows[:, CONTEXT:]).float().mean().item() < 0.2
     assert math.isfinite(pipe.nll_bound(windows[0, :CONTEXT].tolist(), windows[0, CONTEXT:].tolist()))
+
+
+# the published checkpoints' loading path, on a tiny stand-in ---------------------------------------------------------
+STANDIN = '''
+import torch
+import torch.nn as nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+
+class StandinConfig(PretrainedConfig):
+    model_type = "bd3lm"
+
+    def __init__(self, vocab_size=12, hidden_dim=16, model_length=16, block_size=4, cross_attn=True, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.hidden_dim, self.model_length = vocab_size, hidden_dim, model_length
+        self.block_size, self.cross_attn = block_size, cross_attn
+
+
+class Standin(PreTrainedModel):
+    """kuleshov-group's interface: forward(input_ids, timesteps) -> MaskedLMOutput(logits over vocab + mask); with
+    cross_attn the input is [x_t ; x_0] at model_length each. Each noisy token reads itself and the mean of the clean
+    tokens of the blocks before its own (MDLM layout: of every noisy token)."""
+    config_class = StandinConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_dim)
+        self.out = nn.Linear(config.hidden_dim, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, timesteps=None, sample_mode=None, store_kv=None, output_hidden_states=None,
+                return_dict=None):
+        x = self.embed(input_ids)
+        if self.config.cross_attn:
+            n, B = self.config.model_length, self.config.block_size
+            assert input_ids.shape[1] == 2 * n, input_ids.shape
+            noisy, clean = x[:, :n], x[:, n:]
+            blocks = torch.arange(n) // B
+            earlier = (blocks[None, :] < blocks[:, None]).float()
+            context = earlier @ clean / earlier.sum(1, keepdim=True).clamp_min(1)
+            logits = self.out(torch.cat([noisy + context, noisy], 1))
+        else:
+            logits = self.out(x + x.mean(1, keepdim=True))
+        return MaskedLMOutput(logits=logits)
+'''
+
+
+@pytest.fixture(params=["bd3lm", "mdlm"])
+def published_standin(request, tmp_path, tiny_model_dir, monkeypatch):
+    """A folder laid out like kuleshov-group's checkpoints: config.json (model_type, auto_map), the remote code,
+    the weights - and here a tokenizer (theirs is GPT-2's)."""
+    import importlib.util
+    import sys
+
+    from textldm.models.lm import load_tokenizer
+
+    folder, code = tmp_path / request.param, tmp_path / "code"
+    code.mkdir()
+    (code / "modeling_standin.py").write_text(STANDIN)
+    spec = importlib.util.spec_from_file_location("modeling_standin", code / "modeling_standin.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "modeling_standin", module)  # transformers copies the class's file from here
+    spec.loader.exec_module(module)
+    module.StandinConfig.register_for_auto_class()
+    module.Standin.register_for_auto_class("AutoModelForMaskedLM")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    config = module.StandinConfig(vocab_size=len(tokenizer) + 1, cross_attn=request.param == "bd3lm")
+    config.model_type = request.param
+    module.Standin(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, module
+
+
+def test_a_published_checkpoint_is_driven_by_this_projects_sampler_and_bound(published_standin):
+    """`textldm eval --model FOLDER_OR_HUB_ID` of a published MDLM / BD3-LM layout loads it through the masked
+    family's adapter: its logits are the network's own (the mask's column dropped; BD3-LM's [noisy ; clean] input
+    at its full length), the sampler writes vocabulary tokens, and the bound is finite."""
+    from textldm.evaluation.harness import load_contestant
+
+    folder, module = published_standin
+    contestant = load_contestant(str(folder))
+    pipe = contestant.pipeline
+    assert type(pipe) is MaskedPipeline and pipe.label == ("BD3-LM (B=4)" if folder.name == "bd3lm" else "MDLM")
+    adapter, V = pipe.model, pipe.model.vocab_size
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(1))
+    x_t = torch.where(torch.rand(2, 16, generator=torch.Generator().manual_seed(2)) < 0.5,
+                      torch.full_like(ids, V), ids)
+    with torch.no_grad():
+        own = adapter.hf(input_ids=torch.cat([x_t, ids], 1) if adapter.block else x_t).logits[:, :16, :V]
+        assert torch.allclose(adapter(x_t, clean=ids if adapter.block else None), own)
+    rows = pipe.generate_ids([[3, 4, 5], [6, 7]], length=6, seed=0)
+    assert all(len(r) <= 6 and all(0 <= tok < V for tok in r) for r in rows) and any(rows)
+    nll, exact = pipe.continuation_nll([3, 4, 5], [6, 7, 8])
+    assert math.isfinite(nll) and nll > 0 and not exact

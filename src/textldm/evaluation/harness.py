@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from textldm.evaluation.metrics import (
 from textldm.export import could_be_repo_id, hub_textldm_folder, is_textldm_folder
 from textldm.families import Pipeline, family, load_pipeline, run_subfolders, truncate_prompts
 from textldm.families.hf import HFPipeline
+from textldm.families.masked import MaskedPipeline
+from textldm.families.masked.hub import is_published_masked
 from textldm.utils import atomic_write_text, looks_like_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,27 @@ def _continue_with(pipe: Pipeline, items: list[dict], sample: SampleConfig, cap:
         for (i, _), ids in zip(rows, continued):
             out[i] = tokenizer.decode(ids)
     return out
+
+
+def heldout_likelihood(pipe: Pipeline, items: list[dict]) -> dict:
+    """The model's own likelihood of each item's reference given its prompt, over all the references' tokens (its
+    tokenizer's): {"likelihood_nll": nats per token, "likelihood_ppl": its exponential, "likelihood_exact": False
+    where it is a bound (masked diffusion's NELBO)}, or {} where the family has neither (TextLDM)."""
+    total, tokens, exact = 0.0, 0, True
+    for it in items:
+        context = pipe.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"]
+        continuation = pipe.tokenizer(it["reference"], add_special_tokens=False)["input_ids"]
+        if not continuation:
+            continue
+        try:
+            nll, is_exact = pipe.continuation_nll(context, continuation)
+        except UserError:
+            return {}
+        total, tokens, exact = total + nll, tokens + len(continuation), exact and is_exact
+    if not tokens:
+        return {}
+    return {"likelihood_nll": total / tokens, "likelihood_ppl": float(math.exp(total / tokens)),
+            "likelihood_exact": exact}
 
 
 def warn_outside_trained_lengths(name: str, tokenizer, items: list[dict], context_min: int, target_min: int) -> int:
@@ -135,8 +159,12 @@ def load_contestant(spec: str, device: str = "cpu", max_new_tokens: int = 128) -
         if pipe is not None:
             path = Path(target)
             default = path.parent.name if path.name in run_subfolders() else (path.name or target)
-            return Contestant(name or f"{default} ({family(pipe.family).label or pipe.family})", pipe)
+            label = getattr(pipe, "label", None) or family(pipe.family).label or pipe.family
+            return Contestant(name or f"{default} ({label})", pipe)
     hf_name = target.removeprefix("hf:")
+    if not target.startswith("hf:") and is_published_masked(target):  # kuleshov-group's MDLM / BD3-LM checkpoints
+        pipe = MaskedPipeline.from_hub(target, device=device)
+        return Contestant(name or f"{Path(target).name or target} ({pipe.label})", pipe)
     return Contestant(name or hf_name, HFPipeline.from_pretrained(hf_name, device=device,
                                                                   max_new_tokens=max_new_tokens))
 
@@ -224,7 +252,8 @@ def run_eval(models: list[str], benchmarks: list[str], cfg: Config, out_dir: Pat
             gens = c.continue_items(items, cfg.sample, mc.batch_size, max_new_tokens)
             seconds = time.time() - start
             _save_generations(out / "generations" / name / f"{_slug(c.name)}.jsonl", items, gens)
-            rows[c.name] = {**scorer(gens), "generation_seconds": round(seconds, 2)}
+            rows[c.name] = {**scorer(gens), "generation_seconds": round(seconds, 2),
+                            **heldout_likelihood(c.pipeline, items)}
             results["benchmarks"][name] = {"items": len(items), "rows": rows, "references": references}
             write_json(out / "results.partial.json", results)  # a crash later loses no finished row
             log.info("%s on %s: %s", c.name, name, {k: round(v, 4) for k, v in rows[c.name].items()
@@ -312,6 +341,15 @@ def format_results(results: dict) -> str:
             lines.append(f"| true continuations | {b} | "
                          + " | ".join(format(references[k], f) if k in references else "-" for _, k, f in judged)
                          + " | - | - | - | - | - | - |")
+    likelihoods = [(b, m, row) for b in benches for m, row in results["benchmarks"][b]["rows"].items()
+                   if "likelihood_nll" in row]
+    if likelihoods:
+        lines += ["", "The models' own likelihood of the references given their prompts (their tokenizers' tokens; "
+                      "<= marks a bound: masked diffusion's NELBO, an upper bound on the perplexity):", "",
+                  "| model | benchmark | NLL (nats / token) | perplexity |", "|---|---|---|---|"]
+        for b, m, row in likelihoods:
+            bound = "" if row["likelihood_exact"] else "<= "
+            lines.append(f"| {m} | {b} | {bound}{row['likelihood_nll']:.3f} | {bound}{row['likelihood_ppl']:.1f} |")
     for name, sweep in results.get("sweeps", {}).items():
         for axis in ("steps", "cfg_scale"):
             if sweep[axis]:

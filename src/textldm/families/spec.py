@@ -85,6 +85,11 @@ class Pipeline(Protocol):
         """(log p(continuation | context), whether greedy decoding gives it), or a UserError saying why the family
         has none."""
 
+    def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """(-log p(continuation | context) in nats, or an upper bound on it; whether it is exact): the held-out
+        likelihood `textldm eval` reports (AR models exact, masked diffusion its NELBO), or a UserError where the
+        family has neither."""
+
 
 @dataclass(frozen=True)
 class Command:

@@ -27,6 +27,7 @@ from textldm.models.layers import (
     padding_attn_mask,
     rope_angles,
 )
+from textldm.models.lmhead import linear_cross_entropy
 
 
 class MaskedDenoiser(nn.Module):
@@ -106,6 +107,14 @@ class MaskedDenoiser(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, attn, cond=cond)
         return self.norm(x[:, L:])
+
+    def weighted_nll(self, x_t: torch.Tensor, t: torch.Tensor | None, ids: torch.Tensor, weights: torch.Tensor, *,
+                     clean: torch.Tensor | None = None, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """sum over positions of weights (N, L) x -log p(ids | x_t): the NELBO's reduction, the head and the
+        cross-entropy fused (nothing of size tokens x vocabulary is kept)."""
+        hidden = self.hidden(x_t, t, clean=clean, key_mask=key_mask)
+        total, _ = linear_cross_entropy(hidden.flatten(0, 1), self.output_weight(), ids.flatten(), weights.flatten())
+        return total
 
     @torch.no_grad()
     def extend_prefix(self, prefix: BlockPrefix | None, clean: torch.Tensor, mask: torch.Tensor) -> BlockPrefix:

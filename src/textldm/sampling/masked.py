@@ -82,7 +82,8 @@ class MaskedSampler:
     def _rows_of(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's last `context` tokens, left-padded to `context` positions (padding masked out of attention):
         every window has the same layout whatever the batch."""
-        return pad_rows([h[-self.context:] for h in ids], self.context, device=self.model.embed.weight.device)
+        device = next(self.model.parameters()).device
+        return pad_rows([h[-self.context:] for h in ids], self.context, device=device)
 
     def _windows(self, prompt_ids: list[list[int]], run: MaskedRun) -> list[list[int]]:
         """MDLM: each window holds the last `context` tokens so far (left-padded) and the rest of the trained window

@@ -117,6 +117,10 @@ class ARPipeline(export.HubMixin):
     def trained_lengths(self) -> tuple[int, int] | None:
         return None
 
+    def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """Exact: -`token_logprobs`."""
+        return -self.token_logprobs(context, continuation)[0], True
+
     @torch.no_grad()
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """log p(continuation | context) (a non-empty context), and whether greedy decoding gives it exactly. Scored

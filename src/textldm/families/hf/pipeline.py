@@ -68,3 +68,14 @@ class HFPipeline:
 
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         raise UserError(f"'{self.name}' is an HF model: score its likelihoods with lm-eval's own hf model class")
+
+    @torch.no_grad()
+    def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """Exact, in one forward over the context's last tokens that fit beside the continuation (its positions)."""
+        room = getattr(self.model.config, "max_position_embeddings", 1024) - len(continuation)
+        if room < 1:
+            raise UserError(f"a continuation of {len(continuation)} tokens does not fit '{self.name}''s positions")
+        ids = (context[-room:] if context else [self.eot_id or 0]) + continuation
+        x = torch.tensor([ids], device=next(self.model.parameters()).device)
+        logp = self.model(input_ids=x).logits[0, -len(continuation) - 1: -1].float().log_softmax(-1)
+        return -float(logp.gather(1, x[0, -len(continuation):, None]).sum()), True

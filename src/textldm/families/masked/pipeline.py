@@ -12,11 +12,18 @@ from pathlib import Path
 import torch
 
 from textldm import export
-from textldm.config import Config, SampleConfig, config_from_dict, to_dict
-from textldm.diffusion.masking import antithetic_times, mask_tokens
+from textldm.config import (
+    Config,
+    DiTConfig,
+    MaskedConfig,
+    SampleConfig,
+    TeacherConfig,
+    config_from_dict,
+    to_dict,
+)
+from textldm.diffusion.masking import antithetic_times, elbo_weight, mask_tokens
 from textldm.errors import UserError
 from textldm.families.spec import resolve_length, tokenize_prompts, truncate_prompts
-from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.masked import MaskedDenoiser
 from textldm.sampling.masked import MaskedRun, MaskedSampler
 from textldm.utils import cut_at, param_count, resolve_device
@@ -118,11 +125,9 @@ class MaskedPipeline(export.HubMixin):
         uniforms[:, :start] = 1.0  # the context is never masked, nor padding
         uniforms[~keys] = 1.0
         x_t, masked = mask_tokens(ids, per_token, uniforms, self.model.mask_id)
-        hidden = self.model.hidden(x_t, t.to(ids.device), clean=ids if self.model.block else None, key_mask=keys)
-        weights = torch.where(masked, 1.0 / per_token, torch.zeros_like(per_token)) / draws
-        total, _ = linear_cross_entropy(hidden.flatten(0, 1), self.model.output_weight(), ids.flatten(),
-                                        weights.flatten())
-        return total.item()
+        weights = torch.where(masked, elbo_weight(per_token), torch.zeros_like(per_token)) / draws
+        return self.model.weighted_nll(x_t, t.to(ids.device), ids, weights, key_mask=keys,
+                                       clean=ids if self.model.block else None).item()
 
     # persistence ------------------------------------------------------------------------------------------
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
@@ -148,6 +153,22 @@ class MaskedPipeline(export.HubMixin):
         export.load_weights(model, path / "masked.safetensors")
         model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
         return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
+
+    @classmethod
+    def from_hub(cls, name: str, *, device: str | torch.device = "cpu", revision: str | None = None,
+                 context: int | None = None) -> MaskedPipeline:
+        """A published MDLM / BD3-LM checkpoint by Hub id or folder (kuleshov-group's format: families/masked/hub.py)
+        driven by this project's sampler and bound; `context`: the prompt tokens a window keeps (default: half its
+        length)."""
+        from textldm.families.masked.hub import load_hub_denoiser
+
+        model, tokenizer = load_hub_denoiser(name, resolve_device(device), revision)
+        L, step = model.length, max(model.block, 1)
+        context = context or L // 2 // step * step
+        cfg = Config(masked=MaskedConfig(block_size=model.block, seq_len=L),
+                     dit=DiTConfig(context_min=1, context_max=context, target_min=1, target_max=L - context),
+                     teacher=TeacherConfig(name=name))
+        return cls(cfg, tokenizer, model, tokenizer.eos_token_id)
 
     # the Pipeline protocol (families.spec) --------------------------------------------------------------
     def default_sample(self) -> SampleConfig:
@@ -175,6 +196,10 @@ class MaskedPipeline(export.HubMixin):
 
     def trained_lengths(self) -> tuple[int, int] | None:
         return None
+
+    def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        """A bound: the NELBO estimate `nll_bound` (16 stratified times per block)."""
+        return self.nll_bound(context, continuation), False
 
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         raise UserError("a masked-diffusion model's likelihood of given tokens is a bound (the NELBO, "

@@ -259,6 +259,9 @@ class TextLDMPipeline(HubMixin):
     def trained_lengths(self) -> tuple[int, int] | None:
         return self.config.dit.context_min, self.config.dit.target_min
 
+    def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        raise UserError("a TextLDM model has no tractable likelihood (nor a bound computed here) of given tokens")
+
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         raise UserError("a TextLDM model has no tractable likelihood of given tokens here, so loglikelihood tasks "
                         "(multiple choice, perplexity) are not scored for it; run generate_until tasks, or score its "

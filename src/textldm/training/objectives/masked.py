@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from textldm.diffusion.masking import antithetic_times, elbo_weight, mask_tokens
-from textldm.models.lmhead import linear_cross_entropy
 from textldm.models.masked import MaskedDenoiser
 
 
@@ -46,27 +45,21 @@ class MaskedObjective(nn.Module):
         x_t, _ = mask_tokens(ids, per_token, batch["uniforms"], self.model.mask_id)
         return x_t, per_token
 
-    def hidden(self, batch: dict, x_t: torch.Tensor) -> torch.Tensor:
-        clean = batch["ids"] if self.model.block else None
-        return self.model.hidden(x_t, batch["t"], clean=clean)
+    def terms(self, batch: dict) -> torch.Tensor:
+        """The sum over the batch's tokens of the NELBO terms: w(t) x -log p(x_0 | x_t) at masked positions."""
+        x_t, per_token = self.noised(batch)
+        weights = torch.where(x_t == self.model.mask_id, elbo_weight(per_token), torch.zeros_like(per_token))
+        return self.model.weighted_nll(x_t, batch["t"], batch["ids"], weights,
+                                       clean=batch["ids"] if self.model.block else None)
 
     def forward(self, batch: dict, step: int):
-        """(loss, metrics): sum over masked tokens of w(t) * CE, over every token of the micro-batch (the head and
-        the CE fused: nothing of size tokens x vocabulary is kept)."""
-        x_t, per_token = self.noised(batch)
-        masked = x_t == self.model.mask_id
-        weights = torch.where(masked, elbo_weight(per_token), torch.zeros_like(per_token)) / x_t.numel()
-        loss, _ = linear_cross_entropy(self.hidden(batch, x_t).flatten(0, 1), self.model.output_weight(),
-                                       batch["ids"].flatten(), weights.flatten())
+        """(loss, metrics): the NELBO terms' mean over every token of the micro-batch."""
+        loss = self.terms(batch) / batch["ids"].numel()
+        masked = (batch["uniforms"] < batch["t"].repeat_interleave(batch["ids"].shape[1] // batch["t"].shape[1], 1))
         return loss, {"loss": loss.detach(), "masked": masked.float().mean().detach()}
 
     @torch.no_grad()
     def nelbo(self, batch: dict) -> tuple[float, int]:
         """(sum of the NELBO terms, tokens) of a batch whose times span [0, 1]: its mean over tokens estimates the
         bound on -log p per token (exact in expectation over the times)."""
-        x_t, per_token = self.noised(batch)
-        masked = x_t == self.model.mask_id
-        weights = torch.where(masked, elbo_weight(per_token), torch.zeros_like(per_token))
-        total, _ = linear_cross_entropy(self.hidden(batch, x_t).flatten(0, 1), self.model.output_weight(),
-                                        batch["ids"].flatten(), weights.flatten())
-        return total.item(), x_t.numel()
+        return self.terms(batch).item(), batch["ids"].numel()
