@@ -381,6 +381,8 @@ def summary_rows(points: list[dict]) -> list[dict]:
             row[fact] = statistics.fmean(values) if values and None not in values else None
         row["heldout_nll_exact"] = runs[0]["facts"].get("heldout_nll_exact")
         row["entropy"] = statistics.fmean(p["metrics"].get("unigram_entropy", float("nan")) for p in runs)
+        second = [p["metrics"].get("second_judge_gen_ppl") for p in runs]
+        row["second_gen_ppl"] = statistics.fmean(second) if None not in second else None
         rows.append(row)
     return rows
 
@@ -388,13 +390,15 @@ def summary_rows(points: list[dict]) -> list[dict]:
 def format_costs(rows: list[dict]) -> list[str]:
     """What each continuation cost to write and the samples' entropy, beside every gen-PPL; the held-out likelihood
     where the design has one (AR exact; masked diffusion a bound, <=; TextLDM none)."""
-    lines = ["| design | budget (FLOPs) | gen-PPL | unigram entropy (bits) | NFE per continuation | s per continuation "
-             "| held-out NLL (nats / token) | perplexity |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| design | budget (FLOPs) | gen-PPL | gen-PPL (2nd judge) | unigram entropy (bits) "
+             "| NFE per continuation | s per continuation | held-out NLL (nats / token) | perplexity |",
+             "|---" * 9 + "|"]
     for r in rows:
         nfe, sec = r.get("nfe_per_continuation"), r.get("seconds_per_continuation")
-        nll = r.get("heldout_nll")
+        nll, second = r.get("heldout_nll"), r.get("second_gen_ppl")
         bound = "" if r.get("heldout_nll_exact") else "<= "
-        lines.append(f"| {r['design']} | {r['budget']:.3g} | {shown('gen_ppl', r['gen_ppl'][0])} | {r['entropy']:.2f} "
+        lines.append(f"| {r['design']} | {r['budget']:.3g} | {shown('gen_ppl', r['gen_ppl'][0])} "
+                     f"| {'-' if second is None else shown('gen_ppl', second)} | {r['entropy']:.2f} "
                      f"| {'-' if nfe is None else f'{nfe:.1f}'} | {'-' if sec is None else f'{sec:.3f}'} "
                      f"| {'-' if nll is None else f'{bound}{nll:.3f}'} "
                      f"| {'-' if nll is None else f'{bound}{math.exp(nll):.0f}'} |")

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: every test not marked slow or browser (pyproject.toml's markers), stopped at the first failure;
 # the files that kill most mutants run first (the same tests either way: only the time to a kill changes)
-FIRST = ["test_recipe", "test_block", "test_contracts", "test_lm_blocks", "test_learning", "test_ar", "test_models", "test_flow", "test_levers",
+FIRST = ["test_recipe", "test_block", "test_contracts", "test_masked", "test_lm_blocks", "test_learning", "test_ar",
+         "test_models", "test_flow", "test_levers",
          "test_train", "test_teacher", "test_data"]
 FAST_SUITE = [f"tests/{name}.py" for name in FIRST] + sorted(
     f"tests/{p.name}" for p in (Path(__file__).parent).glob("test_*.py") if p.stem not in FIRST)
@@ -479,6 +480,45 @@ MUTANTS = [
     Mutant("M138", "families/__init__.py", "return [f.folder for f in FAMILIES.values() if f.saves and f.folder]",
            "return [f.folder for f in reversed(FAMILIES.values()) if f.saves and f.folder]",
            "a run folder holding both loads its AR baseline before its TextLDM model"),
+    # issue 47: the masked-diffusion baselines (MDLM, BD3-LM)
+    Mutant("M139", "diffusion/masking.py", "    return 1.0 / t\n", "    return torch.ones_like(t)\n",
+           "masked diffusion: the NELBO's 1/t weight dropped (a plain masked cross-entropy)"),
+    Mutant("M140", "diffusion/masking.py", "        u = (u / n + torch.arange(n) / n) % 1.0",
+           "        u = u",
+           "masked diffusion: the times are i.i.d., not stratified over the batch (antithetic sampling off)"),
+    Mutant("M141", "training/objectives/masked.py",
+           "per_token = t.repeat_interleave(ids.shape[1] // t.shape[1], dim=1)",
+           "per_token = t.repeat(1, ids.shape[1] // t.shape[1])",
+           "BD3-LM: a token is masked at another block's time than its own"),
+    Mutant("M142", "models/masked.py", "        return self.norm(x[:, L:])", "        return self.norm(x[:, :L])",
+           "BD3-LM: the logits come from the clean copy (which sees its own block's clean tokens)"),
+    Mutant("M143", "diffusion/masking.py",
+           "unmask = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < (t - s) / t",
+           "unmask = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < (t - s)",
+           "masked sampling: a position unmasks with probability t - s, not (t - s) / t"),
+    Mutant("M144", "diffusion/masking.py", "    logits = logits.double()\n", "    logits = logits.float()\n",
+           "masked sampling: categorical draws from float32 probabilities"),
+    Mutant("M145", "sampling/masked.py", "            stale[j] = not torch.equal(new, x[j, start:])",
+           "            stale[j] = False",
+           "the caching sampler keeps a row's logits after its tokens changed"),
+    Mutant("M146", "sampling/masked.py", "            n = self.window - self.context  # the trained layout",
+           "            n = self.window - self.context - 1  # the trained layout",
+           "MDLM sampling: the window is not the trained one (one position short)"),
+    Mutant("M147", "models/masked.py",
+           "x, rope, attn = self.embed(x_t), self._rope(torch.arange(L, device=device)), padding_attn_mask(key_mask)",
+           "x, rope, attn = self.embed(x_t), self._rope(torch.arange(L, device=device)), None",
+           "MDLM: left padding is attended to (the padding mask ignored)"),
+    Mutant("M148", "families/masked/pipeline.py", "        uniforms[:, :start] = 1.0  # the context is never masked",
+           "        uniforms[:, :start] = uniforms[:, :start]  # the context is never masked",
+           "the likelihood bound masks (and scores) the context too"),
+    Mutant("M149", "evaluation/harness.py", "total, tokens, exact = total + nll, tokens + len(continuation), exact and is_exact",
+           "total, tokens, exact = total + nll, tokens + len(continuation), exact or is_exact",
+           "textldm eval reports a masked model's bound as an exact likelihood"),
+    Mutant("M150", "runtime/perf.py", "    tokens = length if model.block == 0 else 2 * length",
+           "    tokens = length",
+           "BD3-LM's counted FLOPs miss its [clean ; noisy] pass's second half"),
+    Mutant("M151", "diffusion/masking.py", "    masked = uniforms < t\n", "    masked = uniforms > t\n",
+           "masked diffusion: a token is masked with probability 1 - t"),
 ]
 
 

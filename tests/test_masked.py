@@ -117,6 +117,22 @@ def test_the_cached_block_logits_equal_the_training_forward():
     assert torch.allclose(full, cached, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [0, 4])
+def test_left_padding_is_invisible(block):
+    """A window left-padded with masked-out positions gives its real positions the logits of the same window
+    without the padding (RoPE is relative): what lets prompts of any length share one layout."""
+    model = tiny_model(block)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(6))
+    x_t = ids.clone()
+    x_t[:, 8:] = VOCAB
+    padded_ids, padded_x = (torch.cat([torch.zeros(1, 4, dtype=torch.long), v], 1) for v in (ids, x_t))
+    keys = torch.arange(16)[None] >= 4
+    with torch.no_grad():
+        plain = model(x_t, clean=ids if block else None)
+        padded = model(padded_x, clean=padded_ids if block else None, key_mask=keys)[:, 4:]
+    assert torch.allclose(plain, padded, atol=1e-5)
+
+
 # the samplers -------------------------------------------------------------------------------------------------
 def reference_generate(pipe: MaskedPipeline, prompt: list[int], length: int, seed: int, row: int) -> list[int]:
     """The sampler written out for one row, uncached: every step runs the training forward over the whole window
@@ -247,6 +263,34 @@ def test_a_saved_model_reloads_and_writes_the_same_text(block, tmp_path, tiny_mo
     assert "masked-diffusion" in (tmp_path / "masked" / "README.md").read_text()
     with pytest.raises(UserError, match="a bound"):
         loaded.token_logprobs([1, 2], [3])
+    from textldm.evaluation.harness import heldout_likelihood
+
+    items = [{"prompt": "the man said", "reference": " that it was"}, {"prompt": "it was", "reference": " the man"}]
+    scored = heldout_likelihood(loaded, items)
+    assert scored["likelihood_exact"] is False and math.isfinite(scored["likelihood_nll"])
+    assert scored["likelihood_ppl"] == pytest.approx(math.exp(scored["likelihood_nll"]))
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_the_bound_never_masks_the_context(block, monkeypatch):
+    """nll_bound scores the continuation alone: the context's positions (and padding) are never masked and weigh
+    nothing; a continuation position is masked at its block's time."""
+    pipe = tiny_pipeline(block)
+    seen = []
+    real = pipe.model.weighted_nll
+
+    def spy(x_t, t, ids, w, **kw):
+        seen.append((x_t, w, kw["key_mask"]))
+        return real(x_t, t, ids, w, **kw)
+
+    monkeypatch.setattr(pipe.model, "weighted_nll", spy)
+    pipe.nll_bound([1, 2, 3, 4, 5], [6, 7, 8], draws=64)
+    (x_t, weights, keys), = seen
+    step = max(block, 1)
+    start = -(-5 // step) * step  # the context's 5 tokens, left-padded to whole blocks (BD3-LM: 8)
+    assert (x_t[:, :start] != VOCAB).all() and (weights[:, :start] == 0).all()
+    assert (x_t[:, start: start + 3] == VOCAB).any() and (weights[:, start: start + 3] > 0).any()
+    assert (weights[~keys] == 0).all()
 
 
 # learning ----------------------------------------------------------------------------------------------------------
