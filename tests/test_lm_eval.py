@@ -132,3 +132,32 @@ def test_requests_with_different_generation_settings_get_different_noise(models,
     ids = pipe.encode_prompts([context])
     assert out == [pipe.tokenizer.decode(pipe.generate_ids(ids, n, steps=3, seed=0, first_index=i)[0])
                    for i, n in enumerate((6, 7))]
+
+
+def test_a_masked_diffusion_baseline_runs_a_generation_task_and_refuses_loglikelihood(at_root, tmp_path,
+                                                                                      tiny_model_dir):
+    """The registered class reads any family's folder: an MDLM answers every item of the generation task (its
+    answers the pipeline's own, cut at the stops) and refuses loglikelihood tasks, naming its bound."""
+    import torch
+
+    from textldm.config import Config, DiTConfig, MaskedConfig, SampleConfig
+    from textldm.errors import UserError
+    from textldm.families.masked import MaskedPipeline
+    from textldm.models.lm import load_tokenizer
+    from textldm.models.masked import MaskedDenoiser
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = Config(dit=DiTConfig(context_min=2, context_max=8, target_min=2, target_max=8),
+                 masked=MaskedConfig(width=32, heads=2, depth=1, embed_init="random"), sample=SampleConfig(steps=3))
+    pipe = MaskedPipeline(cfg, tokenizer, MaskedDenoiser(cfg.masked, len(tokenizer)).eval(), tokenizer.eos_token_id)
+    pipe.save_pretrained(tmp_path / "mdlm")
+    out = evaluate(tmp_path / "mdlm", ["textldm_tiny_continue"], steps=3, seed=0)
+    samples = out["samples"]["textldm_tiny_continue"]
+    answers = [s["resps"][0][0] for s in samples]
+    ids = [tokenizer(s["doc"]["prompt"], add_special_tokens=False)["input_ids"] for s in samples]
+    direct = [tokenizer.decode(pipe.generate_ids([row], length=6, steps=3, seed=0, temperature=0.0, first_index=i)[0])
+              for i, row in enumerate(ids)]  # lm-eval's greedy setting; request i draws as row i
+    assert answers == [cut_at_stop(t, [".", "\n"])[0] for t in direct]
+    with pytest.raises(UserError, match="a bound"):
+        evaluate(tmp_path / "mdlm", ["textldm_tiny_choice"])
