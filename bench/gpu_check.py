@@ -56,6 +56,7 @@ class Shapes:
     blocks: tuple[str, ...]
     context_lm: tuple[str, ...]
     ar: tuple[str, ...]
+    masked: tuple[str, ...]  # the masked-diffusion baseline (BD3-LM) the train_masked stage trains and samples
     ddp_ar: tuple[str, ...]  # the small AR model the torchrun stage trains
     ddp_steps: int
     kill_at: int  # the torchrun stage kills its run once this step's checkpoint is written
@@ -85,12 +86,16 @@ GPU = Shapes(
                 "dit_train.steps=100", "dit_train.batch_size=64", "sample.lm_prior=1.0"),
     ar=("ar.width=512", "ar.heads=8", "ar.depth=8", "ar.seq_len=512", "ar_train.steps=120", "ar_train.batch_size=32",
         "ar_train.warmup_steps=15", "ar_train.log_every=10"),
+    masked=("masked.width=512", "masked.heads=8", "masked.depth=8", "masked.block_size=16", "masked.seq_len=512",
+            "masked_train.steps=60", "masked_train.batch_size=32", "masked_train.warmup_steps=10",
+            "masked_train.log_every=10"),
     ddp_ar=("ar.width=256", "ar.heads=4", "ar.depth=4", "ar.seq_len=256", "ar_train.batch_size=16",
             "ar_train.warmup_steps=5", "ar_train.log_every=5", "ar_train.checkpoint_every=10", "ar.embed_init=random"),
     ddp_steps=40, kill_at=20, eval_items=16,
     sample_prompt=256, sample_lengths=(256, 1024), sample_batches=(1, 32), sample_steps=10,
     caps={"env": 25, "assets": 25, "train_vae": 50, "train_dit_window": 40, "train_dit_blocks": 40,
-          "train_dit_context_lm": 40, "train_ar": 40, "torchrun": 75, "sampling": 130, "serve": 25, "eval": 50})
+          "train_dit_context_lm": 40, "train_ar": 40, "train_masked": 45, "torchrun": 75, "sampling": 90, "serve": 25,
+          "eval": 45})
 DRY = Shapes(
     device="cpu", threads=2,
     vae=("vae.width=32", "vae.heads=2", "vae.encoder_depth=1", "vae.decoder_depth=1", "vae.latent_channels=8",
@@ -107,12 +112,16 @@ DRY = Shapes(
                 "dit_train.steps=20", "dit_train.batch_size=8", "sample.lm_prior=1.0"),
     ar=("ar.width=32", "ar.heads=2", "ar.depth=2", "ar.seq_len=24", "ar_train.steps=24", "ar_train.batch_size=8",
         "ar_train.warmup_steps=4", "ar_train.log_every=4"),
+    masked=("masked.width=32", "masked.heads=2", "masked.depth=2", "masked.block_size=4", "masked.seq_len=24",
+            "masked_train.steps=20", "masked_train.batch_size=8", "masked_train.warmup_steps=4",
+            "masked_train.log_every=4"),
     ddp_ar=("ar.width=32", "ar.heads=2", "ar.depth=2", "ar.seq_len=24", "ar_train.batch_size=8",
             "ar_train.warmup_steps=2", "ar_train.log_every=2", "ar_train.checkpoint_every=4", "ar.embed_init=random"),
     ddp_steps=12, kill_at=4, eval_items=6,
     sample_prompt=8, sample_lengths=(8, 16), sample_batches=(1, 2), sample_steps=3,
     caps={"env": 60, "assets": 60, "train_vae": 90, "train_dit_window": 90, "train_dit_blocks": 90,
-          "train_dit_context_lm": 90, "train_ar": 90, "torchrun": 240, "sampling": 150, "serve": 90, "eval": 120})
+          "train_dit_context_lm": 90, "train_ar": 90, "train_masked": 90, "torchrun": 240, "sampling": 150, "serve": 90,
+          "eval": 120})
 
 
 # the stages ---------------------------------------------------------------------------------------------------------
@@ -133,6 +142,8 @@ STAGES = [
     Stage("train_dit_context_lm", "textldm train-dit: block 1 on the stand-in LM's states (the demo's design)",
           ("train_vae",)),
     Stage("train_ar", "textldm train-ar: the AR baseline, same tokenizer, data and loop", ("assets",)),
+    Stage("train_masked", "textldm train-masked: BD3-LM (B = 16), same tokenizer, data and loop; then textldm "
+                          "generate with it", ("assets",)),
     Stage("torchrun", "torchrun (NCCL on a GPU) under DDP and FSDP2; a run killed after a checkpoint and resumed",
           ("assets",)),
     Stage("sampling", "seconds per continuation, tokens/s and NFE: full window, blocks 16/4/1, context-LM vs its LM "
@@ -337,6 +348,18 @@ def stage_train_ar(c: Check) -> dict:
     report = json.loads((run_dir / "ar" / "config.json").read_text())["report"]
     return {**_trained(c, "train_ar", run_dir / "ar_log.jsonl"), "params_M": report["ar_parameters"] / 1e6,
             "heldout_loss": report["ar_eval"].get("loss")}
+
+
+def stage_train_masked(c: Check) -> dict:
+    run_dir = c.work / "runs" / "masked"
+    run(textldm("train-masked", "--config", "demo", "--quiet", f"out_dir={run_dir}", *c.common(), *c.shapes.masked),
+        c, "train-masked")
+    report = json.loads((run_dir / "masked" / "config.json").read_text())["report"]
+    start = time.time()
+    run(textldm("generate", "--model", str(run_dir / "masked"), "--prompt", "The President said that", "--length",
+                "32", "--steps", "8", "--json", "--device", c.shapes.device), c, "generate (masked)")
+    return {**_trained(c, "train_masked", run_dir / "masked_log.jsonl"), "params_M": report["masked_parameters"] / 1e6,
+            "heldout_nelbo": report["masked_eval"].get("nelbo"), "generate_s": round(time.time() - start, 2)}
 
 
 # torchrun -----------------------------------------------------------------------------------------------------------
@@ -791,8 +814,14 @@ def train_flops(c: Check, vocab: int) -> dict:
     from textldm.config import load_config
     from textldm.families.textldm.modes import mode_of
     from textldm.models.ar import CausalLM
+    from textldm.models.masked import MaskedDenoiser
     from textldm.models.vae import TextVAE
-    from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence, vae_flops_per_sequence
+    from textldm.runtime.perf import (
+        TRAIN_FACTOR,
+        ar_flops_per_sequence,
+        masked_flops_per_sequence,
+        vae_flops_per_sequence,
+    )
 
     s, out = c.shapes, {}
     cfg = load_config("demo", [*COMMON_TRAIN, *s.vae])
@@ -808,6 +837,9 @@ def train_flops(c: Check, vocab: int) -> dict:
     a = load_config("demo", [*COMMON_TRAIN, *s.ar])
     out["train_ar"] = (a.ar_train.steps, TRAIN_FACTOR * a.ar_train.batch_size * ar_flops_per_sequence(
         CausalLM(a.ar, vocab), a.ar.seq_len))
+    m = load_config("demo", [*COMMON_TRAIN, *s.masked])
+    out["train_masked"] = (m.masked_train.steps, TRAIN_FACTOR * m.masked_train.batch_size * masked_flops_per_sequence(
+        MaskedDenoiser(m.masked, vocab), m.masked_seq_len))
     return out
 
 
