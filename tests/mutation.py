@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the fast suite: every test not marked slow or browser (pyproject.toml's markers), stopped at the first failure;
 # the files that kill most mutants run first (the same tests either way: only the time to a kill changes)
-FIRST = ["test_recipe", "test_block", "test_contracts", "test_masked", "test_lm_blocks", "test_learning", "test_ar",
+FIRST = ["test_recipe", "test_block", "test_contracts", "test_masked", "test_ssd", "test_lm_blocks", "test_learning", "test_ar",
          "test_models", "test_flow", "test_levers",
          "test_train", "test_teacher", "test_data"]
 FAST_SUITE = [f"tests/{name}.py" for name in FIRST] + sorted(
@@ -519,6 +519,24 @@ MUTANTS = [
            "BD3-LM's counted FLOPs miss its [clean ; noisy] pass's second half"),
     Mutant("M151", "diffusion/masking.py", "    masked = uniforms < t\n", "    masked = uniforms > t\n",
            "masked diffusion: a token is masked with probability 1 - t"),
+    # issue 48: SSD-LM
+    Mutant("M152", "diffusion/simplex.py", "    return a.sqrt() * w0 + (1 - a).sqrt() * k * noise",
+           "    return (1 - a).sqrt() * w0 + a.sqrt() * k * noise",
+           "SSD-LM: signal and noise swapped in the forward process"),
+    Mutant("M153", "diffusion/simplex.py", "    return torch.where(inside, k, -k).to(logits.dtype)",
+           "    return torch.where(inside, -k, k).to(logits.dtype)",
+           "SSD-LM sampling: the projection puts +K outside the nucleus"),
+    Mutant("M154", "models/ssd.py",
+           "block = block + self.time((t.float() / self.cfg.diffusion_steps).view(N, 1, 1).to(block.dtype))",
+           "block = block + self.time(torch.zeros(N, 1, 1, device=block.device, dtype=block.dtype))",
+           "SSD-LM: the network is not told the time"),
+    Mutant("M155", "sampling/ssd.py",
+           "            w = projected if t_next == 0 else a ** 0.5 * projected + (1 - a) ** 0.5 * K * noise()",
+           "            w = projected",
+           "SSD-LM sampling: the projection is not re-noised to the next time"),
+    Mutant("M156", "training/objectives/ssd.py", "            context[i, C - c[i]:] = ids[i, : c[i]]",
+           "            context[i, C - c[i]:] = ids[i, 1: c[i] + 1]",
+           "SSD-LM: the context is shifted by one (the block's first token leaks into it)"),
 ]
 
 

@@ -272,5 +272,5 @@ def test_load_pipeline_picks_the_family_its_folder_names(trained, models, tmp_pa
     shutil.copytree(run / "model", unknown)
     meta = json.loads((unknown / "config.json").read_text())
     (unknown / "config.json").write_text(json.dumps({**meta, "model_type": "mystery"}))
-    with pytest.raises(UserError, match="no model family 'mystery'; known: textldm, ar, masked, hf"):
+    with pytest.raises(UserError, match="no model family 'mystery'; known: textldm, ar, masked, ssd, hf"):
         load_pipeline(unknown)

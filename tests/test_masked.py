@@ -17,7 +17,7 @@ from textldm.families.masked import MaskedPipeline
 from textldm.models.masked import MaskedDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, masked_flops_per_sequence
 from textldm.sampling.run import noise_seed
-from textldm.training.batches import masked_batches
+from textldm.training.batches import window_batches
 from textldm.training.evaluate import evaluate_masked
 from textldm.training.loop import fit
 from textldm.training.objectives import MaskedObjective
@@ -330,7 +330,7 @@ def test_the_held_out_bound_approaches_the_chains_entropy_from_above(block):
     model = MaskedDenoiser(MaskedConfig(width=32, heads=2, depth=2, block_size=block, embed_init="random"), 4)
     objective = MaskedObjective(model)
     before = evaluate_masked(objective, stream, L, 8, 64, seed=9, device=CPU)["nelbo"]
-    fit(objective, masked_batches(stream, objective, L, 64, seed=1, device=CPU),
+    fit(objective, window_batches(stream, objective, L, 64, seed=1, device=CPU),
         TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=20, log_every=10**6), progress=False,
         precision="fp32")
     after = evaluate_masked(objective, stream, L, 16, 64, seed=9, device=CPU)["nelbo"]
@@ -356,7 +356,7 @@ def test_a_tiny_baseline_learns_to_continue_a_prompt(block, floor):
     stream = PeriodicStream()
     model = MaskedDenoiser(MaskedConfig(width=64, heads=4, depth=2, block_size=block, embed_init="random"), 10)
     objective = MaskedObjective(model)
-    fit(objective, masked_batches(stream, objective, 16, 64, seed=1, device=CPU),
+    fit(objective, window_batches(stream, objective, 16, 64, seed=1, device=CPU),
         TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=20, log_every=10**6), progress=False,
         precision="fp32")
     cfg = Config(dit=DiTConfig(context_min=2, context_max=CONTEXT, target_min=2, target_max=TARGET), masked=model.cfg,

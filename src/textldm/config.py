@@ -346,6 +346,27 @@ class MaskedConfig(TransformerShape):
 
 
 @dataclass
+class SSDConfig(TransformerShape):
+    """The SSD-LM baseline (`ssd.*`; Han et al. 2023): tokens as almost-one-hot logit vectors over the vocabulary
+    (+K for the token, -K elsewhere), Gaussian noise under a cosine schedule, semi-autoregressive blocks behind a clean
+    prefix of random length; a bidirectional Transformer of the project's own layer. The defaults are the paper's."""
+    depth: int = 8  # Transformer layers
+    embed_init: EmbedInit = "teacher"  # as the AR baseline's: teacher embeddings projected to width, or "random"
+    seq_len: int = 0  # training window (context + block); 0 = the DiT's window
+    block_size: int = 25  # tokens denoised together after the clean prefix (the paper's 25)
+    simplex_k: float = 5.0  # K: the almost-one-hot logit vectors' +K / -K (the paper's 5)
+    diffusion_steps: int = 5000  # T of the cosine schedule (the paper's 5000); training draws t in 1..T
+    SECTION = "ssd"
+
+    def rules(self, name):
+        return super().rules(name) + [
+            self.within(name, "depth", "[1, inf)"), self.within(name, "block_size", "[1, inf)"),
+            self.within(name, "simplex_k", "(0, inf)"), self.within(name, "diffusion_steps", "[1, inf)"),
+            (self.seq_len == 0 or self.seq_len >= 2, f"{name}.seq_len must be 0 (the DiT's window) or >= 2, got "
+                                                      f"{self.seq_len}")]
+
+
+@dataclass
 class TrainConfig(Checked):
     """One training stage's loop (`vae_train.*`, `dit_train.*`, `ar_train.*`): steps, batch, optimizer, budgets,
     logging, checkpoints."""
@@ -500,6 +521,8 @@ class Config:
     ar_train: TrainConfig = field(default_factory=TrainConfig)
     masked: MaskedConfig = field(default_factory=MaskedConfig)
     masked_train: TrainConfig = field(default_factory=TrainConfig)
+    ssd: SSDConfig = field(default_factory=SSDConfig)
+    ssd_train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -513,6 +536,11 @@ class Config:
     def masked_seq_len(self) -> int:
         """The masked-diffusion baseline's window: masked.seq_len, or the DiT's window when that is 0."""
         return self.masked.seq_len or self.dit.window_tokens
+
+    @property
+    def ssd_seq_len(self) -> int:
+        """SSD-LM's window (its context + one block): ssd.seq_len, or the DiT's window when that is 0."""
+        return self.ssd.seq_len or self.dit.window_tokens
 
 
 def to_dict(cfg) -> dict:
@@ -727,10 +755,12 @@ def validate(cfg: Config) -> None:
 
 
 def _masked_rules(cfg: Config) -> list[tuple[bool, str]]:
-    """BD3-LM's blocks tile its window."""
+    """BD3-LM's blocks tile its window; SSD-LM's block leaves room for a context."""
     B, L = cfg.masked.block_size, cfg.masked_seq_len
     return [(B == 0 or L % B == 0, f"masked.block_size {B} must divide the masked baseline's window ({L} tokens: "
-                                   f"masked.seq_len, or the DiT's window when that is 0); 0 = MDLM (the whole window)")]
+                                   f"masked.seq_len, or the DiT's window when that is 0); 0 = MDLM (the whole window)"),
+            (cfg.ssd.block_size < cfg.ssd_seq_len, f"ssd.block_size {cfg.ssd.block_size} must be shorter than SSD-LM's "
+                                                   f"window ({cfg.ssd_seq_len} tokens), which also holds its context")]
 
 
 def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:
@@ -778,7 +808,8 @@ def derive(cfg: Config) -> None:
     """The derived values (batch sizes from batch_tokens), set once by the loader - the only place that writes a
     config; after `load_config` nothing does."""
     for name, length in (("vae_train", cfg.vae.max_len), ("dit_train", cfg.dit.window_tokens),
-                         ("ar_train", cfg.ar_seq_len), ("masked_train", cfg.masked_seq_len)):
+                         ("ar_train", cfg.ar_seq_len), ("masked_train", cfg.masked_seq_len),
+                         ("ssd_train", cfg.ssd_seq_len)):
         getattr(cfg, name).resolve_batch(name, length)
 
 

@@ -10,11 +10,11 @@ import torch
 
 from textldm.errors import UserError
 from textldm.export import locate_model_folder, model_type
-from textldm.families import ar, hf, masked, textldm
+from textldm.families import ar, hf, masked, ssd, textldm
 from textldm.families.spec import Command, Family, Pipeline, resolve_length, truncate_prompts
 
 # a new family: its FAMILY here (the order: a run folder's saved models are looked for in it)
-FAMILIES: dict[str, Family] = {f.name: f for f in (textldm.FAMILY, ar.FAMILY, masked.FAMILY, hf.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (textldm.FAMILY, ar.FAMILY, masked.FAMILY, ssd.FAMILY, hf.FAMILY)}
 
 
 def family(name: str) -> Family:

@@ -107,6 +107,15 @@ def masked_flops_per_sequence(model, length: int) -> float:
     return flops
 
 
+def ssd_flops_per_sequence(model, length: int) -> float:
+    """Forward FLOPs of SSD-LM's network on one training window of `length` tokens (context and block, every
+    position run: a short context's left padding too): the layers over the window, and on the block's B tokens the
+    simplex input (softmax(w_t) x the embedding matrix), the timestep projection and the tied head."""
+    per_token = sum(layer_flops(b, length) for b in model.layers)
+    block = model.cfg.block_size * (4.0 * model.cfg.width * model.vocab_size + linear_flops(model.time))
+    return per_token * length + block
+
+
 def ar_flops_per_sequence(model, length: int) -> float:
     """Forward FLOPs of the causal LM on one sequence of `length` tokens (tied output head included)."""
     per_token = sum(layer_flops(b, length) for b in model.layers) + 2.0 * model.cfg.width * model.vocab_size

@@ -10,31 +10,16 @@ block, row): a row writes the same text whatever batch it is in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from textldm.config import SampleConfig
 from textldm.diffusion.masking import reverse_step
 from textldm.models.block_causal import BlockPrefix
 from textldm.models.masked import MaskedDenoiser
-from textldm.sampling.run import noise_seed
+from textldm.sampling.run import TokenRun
 from textldm.utils import pad_rows
 
 
-@dataclass
-class MaskedRun:
-    """One generate call: its settings, the batch's first row's index (its seeds), and the forward passes made."""
-    settings: SampleConfig
-    first_index: int = 0
-    evaluations: list[int] = field(default_factory=list)  # per row of the call
-
-    def generator(self, unit: int, row: int) -> torch.Generator:
-        """The draws of row `row` (of the call) in its `unit`-th window or block."""
-        return torch.Generator().manual_seed(noise_seed(self.settings.seed, unit, self.first_index + row))
-
-
-def denoise(x: torch.Tensor, start: int, logits_of, run: MaskedRun, rows: list[int], unit: int, mask_id: int,
+def denoise(x: torch.Tensor, start: int, logits_of, run: TokenRun, rows: list[int], unit: int, mask_id: int,
             time_agnostic: bool) -> torch.Tensor:
     """The masks of x (N, n) at positions start.. unmasked in settings.steps ancestral steps from t = 1 to 0.
     `logits_of(x, index, t)` gives the logits (len(index), n - start, V) of the rows `index` at level t; a
@@ -72,7 +57,7 @@ class MaskedSampler:
         return self.model.time is None
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], run: MaskedRun) -> list[list[int]]:
+    def generate(self, prompt_ids: list[list[int]], run: TokenRun) -> list[list[int]]:
         """`run.settings.length` tokens per prompt (raw, not cut at end-of-text; a row stops after the window or
         block that wrote its first end-of-text)."""
         run.evaluations = [0] * len(prompt_ids)
@@ -85,7 +70,7 @@ class MaskedSampler:
         device = next(self.model.parameters()).device
         return pad_rows([h[-self.context:] for h in ids], self.context, device=device)
 
-    def _windows(self, prompt_ids: list[list[int]], run: MaskedRun) -> list[list[int]]:
+    def _windows(self, prompt_ids: list[list[int]], run: TokenRun) -> list[list[int]]:
         """MDLM: each window holds the last `context` tokens so far (left-padded) and the rest of the trained window
         in masks, all denoised at once; row i's draws in its w-th window come from noise_seed(seed, w,
         first_index + i)."""
@@ -109,7 +94,7 @@ class MaskedSampler:
             remaining, w = remaining - n, w + 1
         return out
 
-    def _blocks(self, prompt_ids: list[list[int]], run: MaskedRun) -> list[list[int]]:
+    def _blocks(self, prompt_ids: list[list[int]], run: TokenRun) -> list[list[int]]:
         """BD3-LM: blocks of B masks, each denoised against the cached clean prefix and then appended to it; a new
         window (the last tokens so far) once the trained window is full. Row i's draws in its k-th block come from
         noise_seed(seed, k, first_index + i)."""
@@ -129,7 +114,7 @@ class MaskedSampler:
                 remaining, k = remaining - B, k + 1
         return out
 
-    def _block(self, prefix: BlockPrefix, run: MaskedRun, rows: list[int], k: int) -> torch.Tensor:
+    def _block(self, prefix: BlockPrefix, run: TokenRun, rows: list[int], k: int) -> torch.Tensor:
         """One block of B tokens after each row's cached prefix."""
         B = self.model.block
         x = torch.full((len(rows), B), self.model.mask_id, dtype=torch.long, device=prefix.key_mask.device)

@@ -3,7 +3,7 @@ back), the noise every row starts from (seeded per row, the same whatever its ba
 (`Sampler`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -86,6 +86,20 @@ class SamplingRun:
             return v
 
         return velocity
+
+
+@dataclass
+class TokenRun:
+    """One generate call of a sampler over tokens (the masked-diffusion and SSD-LM baselines): its settings, the
+    batch's first row's index (its seeds), and the network evaluations each row needed (NFE)."""
+    settings: SampleConfig
+    first_index: int = 0
+    evaluations: list[int] = field(default_factory=list)  # per row of the call
+
+    def generator(self, unit: int, row: int) -> torch.Generator:
+        """The draws of row `row` (of the call) in its `unit`-th window or block: seeded by (seed, unit,
+        first_index + row), the same whatever batch the row is in."""
+        return torch.Generator().manual_seed(noise_seed(self.settings.seed, unit, self.first_index + row))
 
 
 class Sampler:

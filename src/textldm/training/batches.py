@@ -71,9 +71,10 @@ def ar_batches(stream, seq_len: int, batch_size: int, seed: int, device: torch.d
     return get
 
 
-def masked_batches(stream: TokenStream, objective, length: int, batch_size: int, seed: int, device: torch.device):
-    """The masked-diffusion baseline's batches, laid out by its objective (`MaskedObjective.batch`: windows, each
-    block's time, each token's masking draw)."""
+def window_batches(stream: TokenStream, objective, length: int, batch_size: int, seed: int, device: torch.device):
+    """Batches of token windows laid out by a baseline's objective (`objective.batch(stream, length, batch_size,
+    generator, rows, device)`: the masked-diffusion baselines' windows, times and masking draws; SSD-LM's context,
+    block, time and noise)."""
     def get(step: int, micro: int = 0, accum: int = 1) -> dict:
         return objective.batch(stream, length, batch_size, step_generator(seed, step),
                                local_slice(batch_size, micro, accum), device)

@@ -124,6 +124,21 @@ def evaluate_ar(model, stream: TokenStream, seq_len: int, n_batches: int, batch_
             "tokens": total}
 
 
+def evaluate_objective(objective, stream: TokenStream, length: int, n_batches: int, batch_size: int, seed: int,
+                       device: torch.device) -> dict:
+    """The mean training loss of an objective whose batches `objective.batch` lays out (SSD-LM's block
+    cross-entropy at random times and contexts) on held-out windows."""
+    objective.eval()
+    losses = []
+    with torch.no_grad():
+        for b in range(n_batches):
+            batch = objective.batch(stream, length, batch_size, step_generator(seed, b, EVAL_STREAM + 5), slice(None),
+                                    device)
+            losses.append(objective(batch, 0)[0].item())
+    objective.train()
+    return {"loss": float(np.mean(losses)), "batches": n_batches}
+
+
 def evaluate_masked(objective, stream: TokenStream, length: int, n_batches: int, batch_size: int, seed: int,
                     device: torch.device) -> dict:
     """The held-out NELBO per token of the masked-diffusion baseline (an upper bound on -log p per token, estimated

@@ -25,7 +25,8 @@ from textldm.diffusion.masking import antithetic_times, elbo_weight, mask_tokens
 from textldm.errors import UserError
 from textldm.families.spec import resolve_length, tokenize_prompts, truncate_prompts
 from textldm.models.masked import MaskedDenoiser
-from textldm.sampling.masked import MaskedRun, MaskedSampler
+from textldm.sampling.masked import MaskedSampler
+from textldm.sampling.run import TokenRun
 from textldm.utils import cut_at, param_count, resolve_device
 
 SETTINGS = ("steps", "temperature", "top_p", "seed", "length")  # the sample.* fields its sampler reads
@@ -79,7 +80,7 @@ class MaskedPipeline(export.HubMixin):
         s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps, temperature=temperature,
                           top_p=top_p, seed=seed)
         prompts = truncate_prompts(prompt_ids, self.prompt_tokens(), "the tokens it reads")
-        run = MaskedRun(s, first_index)
+        run = TokenRun(s, first_index)
         rows = self.sampler.generate(prompts, run)
         self.last_evaluations = run.evaluations
         return cut_at([row[: s.length] for row in rows], self.eot_id)

@@ -9,7 +9,7 @@ from textldm.families.masked.pipeline import MaskedPipeline
 from textldm.models.lm import FrozenLM, project_embeddings
 from textldm.models.masked import MaskedDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, masked_flops_per_sequence
-from textldm.training.batches import masked_batches
+from textldm.training.batches import window_batches
 from textldm.training.evaluate import evaluate_masked
 from textldm.training.objectives import MaskedObjective
 from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
@@ -33,7 +33,7 @@ def train_masked(cfg: Config, progress: bool = True, data=None, resume: bool = F
     pipeline = MaskedPipeline(cfg, tokenizer, model, eot)
     stage = Stage(
         name="masked", desc=pipeline.label, model=model, objective=objective,
-        batches=masked_batches(train, objective, length, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
+        batches=window_batches(train, objective, length, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
         tokens_per_step=tcfg.batch_size * length,
         flops_per_step=TRAIN_FACTOR * tcfg.batch_size * masked_flops_per_sequence(model, length),
         evaluate=lambda: evaluate_masked(objective, val, length, e.val_batches, e.batch_size, cfg.seed, device),

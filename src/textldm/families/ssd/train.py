@@ -1,0 +1,42 @@
+"""SSD-LM's training stage, as a Python API: train_ssd, under the same tokenizer, data, window, optimizer and loop as
+the other families."""
+from __future__ import annotations
+
+import torch
+
+from textldm.config import Config
+from textldm.families.ssd.pipeline import SSDPipeline
+from textldm.models.lm import FrozenLM, project_embeddings
+from textldm.models.ssd import SimplexDenoiser
+from textldm.runtime.perf import TRAIN_FACTOR, ssd_flops_per_sequence
+from textldm.training.batches import window_batches
+from textldm.training.evaluate import evaluate_objective
+from textldm.training.objectives.ssd import SSDObjective
+from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
+
+
+def train_ssd(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[SSDPipeline, dict]:
+    """SSD-LM under the same settings as TextLDM and the other baselines. Writes OUT_DIR/ssd."""
+    check_resume(cfg, "ssd", resume)
+    device = start_run(cfg)
+    tokenizer, eot, train, val = data or prepare_data(cfg)
+    record_run(cfg)
+    model = SimplexDenoiser(cfg.ssd, len(tokenizer))
+    if cfg.ssd.embed_init == "teacher":
+        with torch.no_grad():
+            embeddings = FrozenLM(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
+            model.embed.weight.copy_(project_embeddings(embeddings, cfg.ssd.width, cfg.seed))
+    model.to(device)
+    length, tcfg, e = cfg.ssd_seq_len, cfg.ssd_train, cfg.eval
+    objective = SSDObjective(model)
+    pipeline = SSDPipeline(cfg, tokenizer, model, eot)
+    stage = Stage(
+        name="ssd", desc="SSD-LM", model=model, objective=objective,
+        batches=window_batches(train, objective, length, tcfg.batch_size, cfg.seed, device), train_config=tcfg,
+        tokens_per_step=tcfg.batch_size * cfg.ssd.block_size,
+        flops_per_step=TRAIN_FACTOR * tcfg.batch_size * ssd_flops_per_sequence(model, length),
+        evaluate=lambda: evaluate_objective(objective, val, length, e.val_batches, e.batch_size, cfg.seed, device),
+        save=lambda folder, report: pipeline.save_pretrained(folder, extra={"report": report}), export="ssd",
+        report={"ssd_seq_len": length})
+    report = train_stage(cfg, stage, progress, resume)
+    return pipeline, report
