@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -48,7 +49,6 @@ from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
 from textldm.evaluation.heldout import position_agreement
 from textldm.evaluation.metrics import prompt_binding
 from textldm.families.ar import train as ar_family
-from textldm.families.masked import train as masked_family
 from textldm.families.textldm.modes import mode_of
 from textldm.families.textldm.train import train_dit, train_vae
 from textldm.models.vae import TextVAE
@@ -64,18 +64,20 @@ LOG_AXIS = {"gen_ppl"}  # plotted on a log axis
 LOWER_IS_BETTER = {"gen_ppl"}
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
-MASKED = "masked"
+BASELINES = {"masked": "train_masked", "ssd": "train_ssd"}  # a baseline family -> its training stage's function
 
 
 # designs and points ------------------------------------------------------------------------------------
 def load_designs(path: Path) -> dict[str, list[str] | str | dict]:
-    """name -> TextLDM overrides (a list), "ar", or {"family": "masked", "overrides": [...]} (MDLM / BD3-LM)."""
+    """name -> TextLDM overrides (a list), "ar", or {"family": "masked" or "ssd", "overrides": [...]} (MDLM / BD3-LM,
+    SSD-LM)."""
     designs = yaml.safe_load(Path(path).read_text())
     for name, spec in designs.items():
-        masked = isinstance(spec, dict) and spec.get("family") == MASKED and isinstance(spec.get("overrides"), list)
-        if spec != AR and not isinstance(spec, list) and not masked:
+        baseline = isinstance(spec, dict) and spec.get("family") in BASELINES and isinstance(spec.get("overrides"),
+                                                                                          list)
+        if spec != AR and not isinstance(spec, list) and not baseline:
             raise SystemExit(f"design {name!r} in {path}: give a list of overrides, 'ar', or "
-                             f"{{family: masked, overrides: [...]}}")
+                             f"{{family: {' or '.join(BASELINES)}, overrides: [...]}}")
     return designs
 
 
@@ -146,19 +148,22 @@ def train_ar(args, flops: float, seed: int, run: Path, data) -> tuple:
                   "heldout_nll": math.log(report["ar_eval"]["perplexity"]), "heldout_nll_exact": True}
 
 
-def train_masked(args, overrides: list[str], flops: float, seed: int, run: Path, data) -> tuple:
-    """MDLM / BD3-LM matched like the AR baseline (the DiT's width, heads, batch, learning rate, warm-up; the depth
-    nearest the full-window TextLDM's inference parameters), on the same data, tokenizer and optimizer."""
+def train_baseline(args, family: str, overrides: list[str], flops: float, seed: int, run: Path, data) -> tuple:
+    """A diffusion baseline (MDLM / BD3-LM, SSD-LM) matched like the AR baseline (the DiT's width, heads, batch,
+    learning rate, warm-up; the depth nearest the full-window TextLDM's inference parameters), on the same data,
+    tokenizer and optimizer."""
     base = preset(args, *overrides)
-    matched_overrides = matched.matched_overrides(base, full_window_params(args, len(data[0])), len(data[0]),
-                                                  MASKED)
-    cfg = preset(args, *matched_overrides, *overrides, f"seed={seed}", "masked_train.steps=1000000",
-                 "masked_train.max_minutes=null", f"masked_train.max_flops={flops}", f"out_dir={run}")
-    pipe, report = masked_family.train_masked(cfg, progress=False, data=data)
-    m = report["masked_train"]
-    return pipe, {"params": report["masked_parameters"], "flops": m["flops"], "minutes": m["seconds"] / 60,
-                  "steps": {"masked": m["steps"], "depth": cfg.masked.depth, "block": cfg.masked.block_size},
-                  "heldout_nll": report["masked_eval"]["nelbo"], "heldout_nll_exact": False}
+    matched_overrides = matched.matched_overrides(base, full_window_params(args, len(data[0])), len(data[0]), family)
+    cfg = preset(args, *matched_overrides, *overrides, f"seed={seed}", f"{family}_train.steps=1000000",
+                 f"{family}_train.max_minutes=null", f"{family}_train.max_flops={flops}", f"out_dir={run}")
+    train = getattr(importlib.import_module(f"textldm.families.{family}"), BASELINES[family])
+    pipe, report = train(cfg, progress=False, data=data)
+    m, section = report[f"{family}_train"], getattr(cfg, family)
+    facts = {"params": report[f"{family}_parameters"], "flops": m["flops"], "minutes": m["seconds"] / 60,
+             "steps": {family: m["steps"], "depth": section.depth, "block": section.block_size}}
+    if "nelbo" in report[f"{family}_eval"]:  # the masked baselines' bound (SSD-LM has none)
+        facts.update(heldout_nll=report[f"{family}_eval"]["nelbo"], heldout_nll_exact=False)
+    return pipe, facts
 
 
 def human_row(args, items, scorer: Scorer, cfg, tokenizer) -> dict:
@@ -179,7 +184,7 @@ def run_point(args, design: str, spec, flops: float, seed: int, data, items, sco
     if spec == AR:
         pipe, facts = train_ar(args, flops, seed, run, data)
     elif isinstance(spec, dict):
-        pipe, facts = train_masked(args, spec["overrides"], flops, seed, run, data)
+        pipe, facts = train_baseline(args, spec["family"], spec["overrides"], flops, seed, run, data)
     else:
         pipe, facts = train_textldm(args, spec, flops, seed, run, data)
         facts["agreement"] = benchmark_agreement(pipe, items[:args.agreement_prompts])

@@ -8,6 +8,7 @@ from textldm.config import Config
 from textldm.families.textldm import TextLDMPipeline
 from textldm.models.ar import CausalLM
 from textldm.models.masked import MaskedDenoiser
+from textldm.models.ssd import SimplexDenoiser
 from textldm.utils import param_count
 
 
@@ -17,7 +18,7 @@ def inference_params(pipe: TextLDMPipeline) -> int:
     return param_count(pipe.vae) - repa + param_count(pipe.dit)
 
 
-BASELINES = {"ar": CausalLM, "masked": MaskedDenoiser}  # a baseline's config section -> its network
+BASELINES = {"ar": CausalLM, "masked": MaskedDenoiser, "ssd": SimplexDenoiser}  # config section -> its network
 
 
 def matched_overrides(cfg: Config, target_params: int, vocab_size: int, section: str = "ar") -> list[str]:
