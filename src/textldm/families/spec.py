@@ -1,16 +1,23 @@
 """What a model family is to the rest of textldm: a `Family` entry (its name - the model_type a saved folder's
 config.json names -, its pipeline class, its training commands) and the `Pipeline` protocol every family's pipeline
 follows, so the CLI, the evaluation harness, the server, the OpenAI endpoint, lm-eval and the model card dispatch
-through the registry (`families.FAMILIES`) and never branch on a kind of model. Also the one prompt-length policy
-(`truncate_prompts`)."""
+through the registry (`families.FAMILIES`) and never branch on a kind of model; what the single-network families
+share (`NetworkPipeline`); and the one prompt check and prompt-length policy (`tokenize_prompts`,
+`truncate_prompts`)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar, Protocol, runtime_checkable
 
-from textldm.config import SampleConfig
+import torch
+
+from textldm import export
+from textldm.config import Config, SampleConfig, config_from_dict, to_dict
 from textldm.errors import UserError
+from textldm.utils import param_count, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,72 @@ class Pipeline(Protocol):
         """(-log p(continuation | context) in nats, or an upper bound on it; whether it is exact): the held-out
         likelihood `textldm eval` reports (AR models exact, masked diffusion its NELBO), or a UserError where the
         family has neither."""
+
+
+class NetworkPipeline(export.HubMixin):
+    """What the pipelines over one network and a textldm config share (the AR, masked-diffusion and SSD-LM
+    families): the model folder (config.json naming the family, `<section>.safetensors`, the tokenizer, the card),
+    the sampler settings, and the `Pipeline` protocol's common answers. A family sets `family`, `section` (its config
+    section: the network is `network(config.<section>, vocab_size)` and its weights file `<section>.safetensors`),
+    `network`, `command` (the one that trains it) and `card()`."""
+    family: ClassVar[str]
+    section: ClassVar[str]
+    network: ClassVar[type]
+    command: ClassVar[str]
+
+    def __init__(self, config: Config, tokenizer, model, eot_id: int):
+        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def settings(self, **overrides) -> SampleConfig:
+        """config.sample with the given settings replaced (None: keep), checked."""
+        return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+
+    def card(self) -> export.CardText:
+        raise NotImplementedError
+
+    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
+        """Write the model folder (atomically): config.json, <section>.safetensors, tokenizer, model card. `extra`:
+        more entries for config.json (e.g. the training report, which the card shows)."""
+        meta = {"model_type": self.family, "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
+                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
+        export.write_model_folder(path, meta, {self.section: self.model}, self.tokenizer, self.card())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None):
+        """A saved model of this family from a local folder or a Hub repo id (`revision`: branch, tag or commit)."""
+        device = resolve_device(device)
+        path = export.locate_model_folder(name_or_path, revision, f"; train one with `textldm {cls.command}`")
+        meta = export.read_model_config(path)
+        if meta.get("model_type") != cls.family:
+            raise UserError(f"'{path}' is a {meta.get('model_type')} checkpoint, not a {cls.family} one; load it "
+                            f"with textldm.load_pipeline")
+        config = config_from_dict(meta["config"])
+        model = cls.network(getattr(config, cls.section), meta["vocab_size"])
+        export.load_weights(model, path / f"{cls.section}.safetensors")
+        model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
+        return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
+
+    # the Pipeline protocol's common answers ---------------------------------------------------------------
+    def default_sample(self) -> SampleConfig:
+        return self.config.sample
+
+    def longest_continuation(self, requested: int) -> int:
+        return requested
+
+    def parameters(self) -> int:
+        return param_count(self.model)
+
+    def most_tokens(self) -> int | None:
+        """Any length: window after window, or block after block."""
+        return None
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        return None
 
 
 @dataclass(frozen=True)

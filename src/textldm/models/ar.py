@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from textldm.config import ARConfig
 from textldm.errors import UserError
-from textldm.models.layers import KVCache, TransformerLayer, rope_angles
+from textldm.models.layers import KVCache, TransformerLayer, gpt2_init, rope_angles
 from textldm.utils import pad_rows
 
 
@@ -30,15 +30,8 @@ class CausalLM(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """GPT-2 policy: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * depth)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-        for layer in self.layers:
-            for proj in (layer.attn.proj, layer.mlp.fc2):
-                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
+        """GPT-2's policy (`gpt2_init`)."""
+        gpt2_init(self, self.layers)
 
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None) -> torch.Tensor:

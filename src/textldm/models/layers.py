@@ -160,6 +160,20 @@ class TransformerLayer(nn.Module):
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
+def gpt2_init(module: nn.Module, layers) -> None:
+    """GPT-2's initialisation, for the baselines' networks: N(0, 0.02) for every linear and embedding weight of
+    `module`, zero biases, and each of its `layers`' residual output projections (attention out, MLP out) at
+    0.02 / sqrt(2 x depth)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    for layer in layers:
+        for proj in (layer.attn.proj, layer.mlp.fc2):
+            nn.init.normal_(proj.weight, std=0.02 / (2 * len(layers)) ** 0.5)
+
+
 def padding_attn_mask(key_mask: torch.Tensor | None):
     """(B, L) bool, True = real token -> (B, 1, 1, L) boolean SDPA mask (True = may attend)."""
     return None if key_mask is None else key_mask[:, None, None, :]

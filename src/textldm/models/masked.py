@@ -24,6 +24,7 @@ from textldm.models.layers import (
     TransformerLayer,
     block_causal_attn_mask,
     block_index,
+    gpt2_init,
     padding_attn_mask,
     rope_angles,
 )
@@ -46,15 +47,9 @@ class MaskedDenoiser(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """GPT-2's policy (N(0, 0.02), residual projections by 1/sqrt(2 depth)); adaLN-Zero modulations."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        """GPT-2's policy (`gpt2_init`); adaLN-Zero modulations."""
+        gpt2_init(self, self.layers)
         for layer in self.layers:
-            for proj in (layer.attn.proj, layer.mlp.fc2):
-                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
             if layer.modulation is not None:
                 nn.init.zeros_(layer.modulation[-1].weight)
                 nn.init.zeros_(layer.modulation[-1].bias)

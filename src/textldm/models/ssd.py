@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textldm.config import SSDConfig
-from textldm.models.layers import TransformerLayer, padding_attn_mask, rope_angles
+from textldm.models.layers import TransformerLayer, gpt2_init, padding_attn_mask, rope_angles
 from textldm.models.lmhead import linear_cross_entropy
 
 
@@ -28,15 +28,8 @@ class SimplexDenoiser(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """GPT-2's policy: N(0, 0.02), residual projections by 1/sqrt(2 depth)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-        for layer in self.layers:
-            for proj in (layer.attn.proj, layer.mlp.fc2):
-                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
+        """GPT-2's policy (`gpt2_init`)."""
+        gpt2_init(self, self.layers)
 
     def hidden(self, context: torch.Tensor, w_t: torch.Tensor, t: torch.Tensor,
                key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,62 +2,33 @@
 temperature / top-k / top-p (`models.ar.generate`), its likelihood of given text exact (`token_logprobs`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from textldm import export
-from textldm.config import Config, SampleConfig, config_from_dict, to_dict
+from textldm.config import SampleConfig
 from textldm.errors import UserError
-from textldm.families.spec import resolve_length
+from textldm.families.spec import NetworkPipeline, resolve_length
 from textldm.models.ar import CausalLM, generate
 from textldm.runtime.precision import bf16_autocast
-from textldm.utils import cut_at, param_count, resolve_device
+from textldm.utils import cut_at
 
 
-class ARPipeline(export.HubMixin):
+class ARPipeline(NetworkPipeline):
     """Tokenizer + CausalLM, saved and loaded as one folder (same layout and guarantees as TextLDMPipeline)."""
-    family = "ar"
+    family, section, network, command = "ar", "ar", CausalLM, "train-ar"
     streams = False
     sampler_settings = frozenset({"temperature", "top_k", "top_p", "seed", "length"})
-
-    def __init__(self, config: Config, tokenizer, model: CausalLM, eot_id: int):
-        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
 
     @property
     def seq_len(self) -> int:
         """The training window: the longest prompt + continuation the AR baseline reads."""
         return self.config.ar_seq_len
 
-    @property
-    def device(self) -> torch.device:
-        """The device the model is on."""
-        return next(self.model.parameters()).device
-
-    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
-        """Write the model folder (atomically): config.json, ar.safetensors, tokenizer, model card."""
-        meta = {"model_type": self.family, "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
-                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
-        card = export.CardText(self.family, "the autoregressive baseline (a causal Transformer) trained under "
+    def card(self) -> export.CardText:
+        return export.CardText(self.family, "the autoregressive baseline (a causal Transformer) trained under "
                                "TextLDM's settings", "ARPipeline",
                                'pipe.generate(["The President said that"], length=48, top_p=0.95)', "autoregressive")
-        export.write_model_folder(path, meta, {"ar": self.model}, self.tokenizer, card)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> ARPipeline:
-        """A saved AR baseline from a local folder or a Hub repo id (as TextLDMPipeline.from_pretrained)."""
-        device = resolve_device(device)
-        path = export.locate_model_folder(name_or_path, revision, "; train one with `textldm train-ar`")
-        meta = export.read_model_config(path)
-        if meta.get("model_type") != cls.family:
-            raise UserError(f"'{path}' is not an AR baseline checkpoint (model_type {meta.get('model_type')!r})")
-        config = config_from_dict(meta["config"])
-        model = CausalLM(config.ar, meta["vocab_size"])
-        export.load_weights(model, path / "ar.safetensors")
-        model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
-        return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
 
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
@@ -89,9 +60,6 @@ class ARPipeline(export.HubMixin):
         return [self.tokenizer.decode(row) for row in rows]
 
     # the Pipeline protocol (families.spec) --------------------------------------------------------------
-    def default_sample(self) -> SampleConfig:
-        return self.config.sample
-
     def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
                      first_index: int = 0, callback=None) -> list[list[int]]:
         """`generate_ids` at `sample`'s temperature, top-k, top-p and seed (one generator for the batch: the AR
@@ -107,15 +75,9 @@ class ARPipeline(export.HubMixin):
         """At most half the training window, so that a prompt keeps the other half."""
         return min(requested, self.seq_len // 2)
 
-    def parameters(self) -> int:
-        return param_count(self.model)
-
     def most_tokens(self) -> int | None:
         """The training window, less one prompt token."""
         return self.seq_len - 1
-
-    def trained_lengths(self) -> tuple[int, int] | None:
-        return None
 
     def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """Exact: -`token_logprobs`."""

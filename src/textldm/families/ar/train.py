@@ -2,12 +2,10 @@
 as TextLDM's stages)."""
 from __future__ import annotations
 
-import torch
-
 from textldm.config import Config
 from textldm.families.ar.pipeline import ARPipeline
 from textldm.models.ar import CausalLM
-from textldm.models.lm import FrozenLM, project_embeddings
+from textldm.models.lm import init_from_teacher
 from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence
 from textldm.training.batches import ar_batches
 from textldm.training.evaluate import evaluate_ar
@@ -24,9 +22,7 @@ def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False
     record_run(cfg)
     model = CausalLM(cfg.ar, len(tokenizer))
     if cfg.ar.embed_init == "teacher":  # the same head start the VAE gets
-        with torch.no_grad():
-            embeddings = FrozenLM(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
-            model.embed.weight.copy_(project_embeddings(embeddings, cfg.ar.width, cfg.seed))
+        init_from_teacher(model.embed.weight, cfg.teacher.name, len(tokenizer), cfg.seed)
     model.to(device)
     seq_len = cfg.ar_seq_len
     tcfg, e = cfg.ar_train, cfg.eval

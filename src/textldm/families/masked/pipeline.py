@@ -7,8 +7,6 @@ NELBO, `nll_bound`), not exact.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from textldm import export
@@ -18,29 +16,27 @@ from textldm.config import (
     MaskedConfig,
     SampleConfig,
     TeacherConfig,
-    config_from_dict,
-    to_dict,
 )
 from textldm.diffusion.masking import antithetic_times, elbo_weight, mask_tokens
 from textldm.errors import UserError
-from textldm.families.spec import resolve_length, tokenize_prompts, truncate_prompts
+from textldm.families.spec import NetworkPipeline, resolve_length, tokenize_prompts, truncate_prompts
 from textldm.models.masked import MaskedDenoiser
 from textldm.sampling.masked import MaskedSampler
 from textldm.sampling.run import TokenRun
-from textldm.utils import cut_at, param_count, resolve_device
+from textldm.utils import cut_at, resolve_device
 
 SETTINGS = ("steps", "temperature", "top_p", "seed", "length")  # the sample.* fields its sampler reads
 
 
-class MaskedPipeline(export.HubMixin):
+class MaskedPipeline(NetworkPipeline):
     """Tokenizer + MaskedDenoiser (same folder layout and guarantees as the other families): `generate`,
     `generate_ids`, and the `Pipeline` protocol."""
-    family = "masked"
+    family, section, network, command = "masked", "masked", MaskedDenoiser, "train-masked"
     streams = False
     sampler_settings = frozenset(SETTINGS)
 
     def __init__(self, config: Config, tokenizer, model: MaskedDenoiser, eot_id: int):
-        self.config, self.tokenizer, self.model, self.eot_id = config, tokenizer, model, eot_id
+        super().__init__(config, tokenizer, model, eot_id)
         self.sampler = MaskedSampler(model, config.masked_seq_len, self.prompt_tokens(), eot_id)
         self.last_evaluations: list[int] = []  # the forward passes each row of the last call needed (NFE)
 
@@ -54,10 +50,6 @@ class MaskedPipeline(export.HubMixin):
         """The training window: the longest prompt + continuation the model reads at once."""
         return self.config.masked_seq_len
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def prompt_tokens(self) -> int:
         """How many of a prompt's last tokens a window holds: the DiT's dit.context_max (the same layout as TextLDM),
         rounded up to whole blocks (BD3-LM), and at most the window less one block so a continuation always fits."""
@@ -65,12 +57,6 @@ class MaskedPipeline(export.HubMixin):
         return min(-(-self.config.dit.context_max // step) * step, (self.window - step) // step * step)
 
     # generation ---------------------------------------------------------------------------------------------
-    def settings(self, **overrides) -> SampleConfig:
-        """config.sample with the given settings replaced (None: keep), checked."""
-        import dataclasses
-
-        return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
-
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      temperature: float | None = None, top_p: float | None = None, seed: int | None = None, *,
                      max_new_tokens: int | None = None, first_index: int = 0) -> list[list[int]]:
@@ -131,29 +117,10 @@ class MaskedPipeline(export.HubMixin):
                                        clean=ids if self.model.block else None).item()
 
     # persistence ------------------------------------------------------------------------------------------
-    def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
-        """Write the model folder (atomically): config.json, masked.safetensors, tokenizer, model card."""
-        meta = {"model_type": self.family, "config": to_dict(self.config), "vocab_size": self.model.vocab_size,
-                "tokenizer": self.config.teacher.name, "eot_id": self.eot_id, **(extra or {})}
-        card = export.CardText(self.family, f"a masked-diffusion baseline ({self.label}: absorbing-state discrete "
+    def card(self) -> export.CardText:
+        return export.CardText(self.family, f"a masked-diffusion baseline ({self.label}: absorbing-state discrete "
                                "diffusion) trained under TextLDM's settings", "MaskedPipeline",
                                'pipe.generate(["The President said that"], length=48, steps=64)', "masked-diffusion")
-        export.write_model_folder(path, meta, {"masked": self.model}, self.tokenizer, card)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: Path | str, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str | None = None, revision: str | None = None) -> MaskedPipeline:
-        """A saved masked-diffusion baseline from a local folder or a Hub repo id."""
-        device = resolve_device(device)
-        path = export.locate_model_folder(name_or_path, revision, "; train one with `textldm train-masked`")
-        meta = export.read_model_config(path)
-        if meta.get("model_type") != cls.family:
-            raise UserError(f"'{path}' is not a masked-diffusion checkpoint (model_type {meta.get('model_type')!r})")
-        config = config_from_dict(meta["config"])
-        model = MaskedDenoiser(config.masked, meta["vocab_size"])
-        export.load_weights(model, path / "masked.safetensors")
-        model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
-        return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
 
     @classmethod
     def from_hub(cls, name: str, *, device: str | torch.device = "cpu", revision: str | None = None,
@@ -172,9 +139,6 @@ class MaskedPipeline(export.HubMixin):
         return cls(cfg, tokenizer, model, tokenizer.eos_token_id)
 
     # the Pipeline protocol (families.spec) --------------------------------------------------------------
-    def default_sample(self) -> SampleConfig:
-        return self.config.sample
-
     def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
                      first_index: int = 0, callback=None) -> list[list[int]]:
         """`generate_ids` at `sample`'s steps, temperature, top-p and seed."""
@@ -184,19 +148,6 @@ class MaskedPipeline(export.HubMixin):
 
     def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
         return self.prompt_tokens()
-
-    def longest_continuation(self, requested: int) -> int:
-        return requested
-
-    def parameters(self) -> int:
-        return param_count(self.model)
-
-    def most_tokens(self) -> int | None:
-        """Any length: window after window (MDLM), block after block (BD3-LM)."""
-        return None
-
-    def trained_lengths(self) -> tuple[int, int] | None:
-        return None
 
     def continuation_nll(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """A bound: the NELBO estimate `nll_bound` (16 stratified times per block)."""

@@ -2,11 +2,9 @@
 BD3-LM with B > 0), under the same tokenizer, data, window, optimizer and loop as TextLDM's and the AR baseline's."""
 from __future__ import annotations
 
-import torch
-
 from textldm.config import Config
 from textldm.families.masked.pipeline import MaskedPipeline
-from textldm.models.lm import FrozenLM, project_embeddings
+from textldm.models.lm import init_from_teacher
 from textldm.models.masked import MaskedDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, masked_flops_per_sequence
 from textldm.training.batches import window_batches
@@ -24,9 +22,7 @@ def train_masked(cfg: Config, progress: bool = True, data=None, resume: bool = F
     record_run(cfg)
     model = MaskedDenoiser(cfg.masked, len(tokenizer))
     if cfg.masked.embed_init == "teacher":  # the head start the VAE and the AR baseline get
-        with torch.no_grad():
-            embeddings = FrozenLM(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
-            model.embed.weight[: len(tokenizer)].copy_(project_embeddings(embeddings, cfg.masked.width, cfg.seed))
+        init_from_teacher(model.embed.weight, cfg.teacher.name, len(tokenizer), cfg.seed)
     model.to(device)
     length, tcfg, e = cfg.masked_seq_len, cfg.masked_train, cfg.eval
     objective = MaskedObjective(model)

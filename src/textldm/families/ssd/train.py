@@ -2,11 +2,9 @@
 the other families."""
 from __future__ import annotations
 
-import torch
-
 from textldm.config import Config
 from textldm.families.ssd.pipeline import SSDPipeline
-from textldm.models.lm import FrozenLM, project_embeddings
+from textldm.models.lm import init_from_teacher
 from textldm.models.ssd import SimplexDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, ssd_flops_per_sequence
 from textldm.training.batches import window_batches
@@ -23,9 +21,7 @@ def train_ssd(cfg: Config, progress: bool = True, data=None, resume: bool = Fals
     record_run(cfg)
     model = SimplexDenoiser(cfg.ssd, len(tokenizer))
     if cfg.ssd.embed_init == "teacher":
-        with torch.no_grad():
-            embeddings = FrozenLM(cfg.teacher.name, 1).input_embeddings(len(tokenizer))
-            model.embed.weight.copy_(project_embeddings(embeddings, cfg.ssd.width, cfg.seed))
+        init_from_teacher(model.embed.weight, cfg.teacher.name, len(tokenizer), cfg.seed)
     model.to(device)
     length, tcfg, e = cfg.ssd_seq_len, cfg.ssd_train, cfg.eval
     objective = SSDObjective(model)
