@@ -98,7 +98,25 @@ class Pipeline(Protocol):
         family has neither."""
 
 
-class NetworkPipeline(export.HubMixin):
+class OpenEnded:
+    """The `Pipeline` protocol's answers for a model that writes any number of tokens after any prompt and holds its
+    network as `self.model` (the diffusion baselines, an HF causal LM)."""
+
+    def longest_continuation(self, requested: int) -> int:
+        return requested
+
+    def parameters(self) -> int:
+        return param_count(self.model)
+
+    def most_tokens(self) -> int | None:
+        """Any length: window after window, or block after block."""
+        return None
+
+    def trained_lengths(self) -> tuple[int, int] | None:
+        return None
+
+
+class NetworkPipeline(OpenEnded, export.HubMixin):
     """What the pipelines over one network and a textldm config share (the AR, masked-diffusion and SSD-LM
     families): the model folder (config.json naming the family, `<section>.safetensors`, the tokenizer, the card),
     the sampler settings, and the `Pipeline` protocol's common answers. A family sets `family`, `section` (its config
@@ -146,22 +164,8 @@ class NetworkPipeline(export.HubMixin):
         model = model.eval().to(device=device, dtype=export.resolve_dtype(dtype))
         return cls(config, export.read_tokenizer(path), model, meta["eot_id"])
 
-    # the Pipeline protocol's common answers ---------------------------------------------------------------
     def default_sample(self) -> SampleConfig:
         return self.config.sample
-
-    def longest_continuation(self, requested: int) -> int:
-        return requested
-
-    def parameters(self) -> int:
-        return param_count(self.model)
-
-    def most_tokens(self) -> int | None:
-        """Any length: window after window, or block after block."""
-        return None
-
-    def trained_lengths(self) -> tuple[int, int] | None:
-        return None
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ import torch
 
 from textldm.config import SampleConfig
 from textldm.errors import UserError
+from textldm.families.spec import OpenEnded
 from textldm.models.lm import load_hf_model
-from textldm.utils import cut_at, pad_rows, param_count
+from textldm.utils import cut_at, pad_rows
 
 
-class HFPipeline:
+class HFPipeline(OpenEnded):
     """(tokenizer, frozen causal LM) of an HF model; its sampler settings are the evaluation's (temperature, top-k,
     top-p, seed), `max_new_tokens` its longest continuation."""
     family = "hf"
@@ -52,19 +53,6 @@ class HFPipeline:
     def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
         """The LM's positions less the longest continuation asked of it."""
         return getattr(self.model.config, "max_position_embeddings", 1024) - self.max_new_tokens
-
-    def longest_continuation(self, requested: int) -> int:
-        return requested
-
-    def parameters(self) -> int:
-        return param_count(self.model)
-
-    def most_tokens(self) -> int | None:
-        """As many as HF generate is asked for."""
-        return None
-
-    def trained_lengths(self) -> tuple[int, int] | None:
-        return None
 
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         raise UserError(f"'{self.name}' is an HF model: score its likelihoods with lm-eval's own hf model class")
