@@ -191,3 +191,12 @@ def test_a_tiny_ssd_lm_learns_to_continue_a_prompt():
     others = pipe.generate_ids(windows[:, :12].roll(1, 0).tolist(), length=4)
     chance = (torch.tensor(others) == windows[:, 12:]).float().mean().item()
     assert accuracy >= 0.8 and chance < 0.25, (accuracy, chance)
+
+
+def test_a_block_that_leaves_no_context_is_refused_before_training():
+    from textldm import load_config
+    from textldm.errors import UserError
+    from textldm.families.ssd import train_ssd
+
+    with pytest.raises(UserError, match="ssd.block_size 64 must be shorter than SSD-LM's window"):
+        train_ssd(load_config("demo", ["ssd.block_size=64"]))

@@ -755,12 +755,10 @@ def validate(cfg: Config) -> None:
 
 
 def _masked_rules(cfg: Config) -> list[tuple[bool, str]]:
-    """BD3-LM's blocks tile its window; SSD-LM's block leaves room for a context."""
+    """BD3-LM's blocks tile its window."""
     B, L = cfg.masked.block_size, cfg.masked_seq_len
     return [(B == 0 or L % B == 0, f"masked.block_size {B} must divide the masked baseline's window ({L} tokens: "
-                                   f"masked.seq_len, or the DiT's window when that is 0); 0 = MDLM (the whole window)"),
-            (cfg.ssd.block_size < cfg.ssd_seq_len, f"ssd.block_size {cfg.ssd.block_size} must be shorter than SSD-LM's "
-                                                   f"window ({cfg.ssd_seq_len} tokens), which also holds its context")]
+                                   f"masked.seq_len, or the DiT's window when that is 0); 0 = MDLM (the whole window)")]
 
 
 def _top_level_rules(cfg: Config) -> list[tuple[bool, str]]:

@@ -3,6 +3,7 @@ the other families."""
 from __future__ import annotations
 
 from textldm.config import Config
+from textldm.errors import UserError
 from textldm.families.ssd.pipeline import SSDPipeline
 from textldm.models.lm import init_from_teacher
 from textldm.models.ssd import SimplexDenoiser
@@ -15,6 +16,9 @@ from textldm.training.stage import Stage, check_resume, prepare_data, record_run
 
 def train_ssd(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[SSDPipeline, dict]:
     """SSD-LM under the same settings as TextLDM and the other baselines. Writes OUT_DIR/ssd."""
+    if cfg.ssd.block_size >= cfg.ssd_seq_len:  # checked here: the window is the DiT's unless ssd.seq_len is set
+        raise UserError(f"ssd.block_size {cfg.ssd.block_size} must be shorter than SSD-LM's window "
+                        f"({cfg.ssd_seq_len} tokens: ssd.seq_len, or the DiT's window), which also holds its context")
     check_resume(cfg, "ssd", resume)
     device = start_run(cfg)
     tokenizer, eot, train, val = data or prepare_data(cfg)
