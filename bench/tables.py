@@ -275,20 +275,49 @@ def _where(entry: dict | str) -> str:
 PAPER_BENCHES = ["WikiSource", "Wikipedia", "TinyStories", "1BW"]
 
 
+BASELINE_ROWS = {"ar": "AR baseline", "full": "TextLDM, full window (the paper's)", "block1": "TextLDM, block 1",
+                 "mdlm": "MDLM", "bd3lm4": "BD3-LM, B = 4", "bd3lm16": "BD3-LM, B = 16", "ssdlm": "SSD-LM"}
+
+
+def baseline_points(budget: float | None = None) -> tuple[float | None, dict[str, list[dict]]]:
+    """The equal-FLOPs comparison's points (bench/results/baselines/points, `bench/scaling.py run --out
+    bench/results/baselines`) at `budget` (default: the largest budget every design of BASELINE_ROWS reached),
+    by design."""
+    folder = RESULTS / "baselines" / "points"
+    points = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json"))] if folder.exists() else []
+    if budget is None:
+        reached = [b for b in {p["flops_budget"] for p in points}
+                   if all(any(q["design"] == d and q["flops_budget"] == b for q in points) for d in BASELINE_ROWS)]
+        budget = max(reached, default=None)
+    return budget, {d: [p for p in points if p["design"] == d and p["flops_budget"] == budget] for d in BASELINE_ROWS}
+
+
 def paper_table1() -> str:
     """The paper's Table 1 (ROUGE-1/2/L, BERTScore, MAUVE x100 on four benchmarks, transcribed in
     bench/results/paper_table1.json) with this project's rows beside it: what a CPU produces, on the embedded
-    benchmark only (bench/results/interface/eval/results.json); the four real benchmarks need their data
-    and GPUs."""
+    benchmark only - the interface study's models (bench/results/interface/eval/results.json, 40 items) and the
+    equal-FLOPs comparison's (bench/results/baselines, 500 items, seed means); the four real benchmarks need their
+    data and GPUs."""
     paper = _load("paper_table1.json")
     ours = _load(paper["ours"]["results"])["benchmarks"]["embedded"]
-    rows = [[f"paper: {r['model']}"] + [r[b] for b in PAPER_BENCHES] + ["not reported"] for r in paper["rows"]]
+    budget, baselines = baseline_points()
+    columns = len(PAPER_BENCHES) + 2
+    rows = [[f"paper: {r['model']}"] + [r[b] for b in PAPER_BENCHES] + ["not reported"] * 2 for r in paper["rows"]]
+    metrics = ("rouge1", "rouge2", "rougeL", "bertscore", "mauve")
     for key, label in paper["ours"]["rows"].items():
         r = ours["rows"][key]
-        cell = "/".join(_x100(r[m]) for m in ("rouge1", "rouge2", "rougeL", "bertscore", "mauve"))
-        rows.append([f"textldm, CPU scale: {label}"] + ["not run"] * len(PAPER_BENCHES) + [cell])
+        rows.append([f"textldm, CPU scale: {label}"] + ["not run"] * len(PAPER_BENCHES)
+                    + ["/".join(_x100(r[m]) for m in metrics), "-"])
+    for design, label in BASELINE_ROWS.items():
+        runs = baselines.get(design, [])
+        if runs:
+            cell = "/".join(_x100(sum(p["metrics"][m] for p in runs) / len(runs)) for m in metrics)
+            rows.append([f"textldm, CPU scale, equal FLOPs: {label}"] + ["not run"] * len(PAPER_BENCHES)
+                        + ["-", f"{cell} ({len(runs)} seed{'s' * (len(runs) > 1)})"])
+    equal = f"embedded, 500 items, {budget:.2g} training FLOPs" if budget else "embedded, equal FLOPs (not run)"
+    assert all(len(r) == columns + 1 for r in rows)
     return _table(["model (R1/R2/RL/BERTScore/MAUVE x100)"] + PAPER_BENCHES +
-                  [f"embedded ({ours['items']} items)"], rows)
+                  [f"embedded ({ours['items']} items)", equal], rows)
 
 
 SWEEP_ROWS = {"c2n05": "CFG 2, noise 0.5", "c4n05": "CFG 4, noise 0.5 (the preset's before the prior)",
