@@ -465,3 +465,42 @@ def test_a_published_checkpoint_is_driven_by_this_projects_sampler_and_bound(pub
     assert all(len(r) <= 6 and all(0 <= tok < V for tok in r) for r in rows) and any(rows)
     nll, exact = pipe.continuation_nll([3, 4, 5], [6, 7, 8])
     assert math.isfinite(nll) and nll > 0 and not exact
+
+
+@pytest.mark.parametrize("family", ["masked", "ssd"])
+def test_a_diffusion_baseline_is_served_beside_the_textldm_model(family, models, tiny_model_dir, tmp_path):
+    """`textldm serve --ar DIR` takes any family's folder: a masked-diffusion or SSD-LM baseline answers the web app's
+    side panel and /v1/completions (by its id), with the Python API's text for the request's seed."""
+    from fastapi.testclient import TestClient
+
+    from textldm import load_pipeline
+    from textldm.families.ssd import SSDPipeline
+    from textldm.models.lm import load_tokenizer
+    from textldm.models.ssd import SimplexDenoiser
+    from textldm.serving.app import create_app
+    from textldm.serving.service import ServeLimits
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    dit = DiTConfig(context_min=2, context_max=8, target_min=2, target_max=8)
+    torch.manual_seed(0)
+    if family == "masked":
+        cfg = Config(dit=dit, masked=MaskedConfig(width=32, heads=2, depth=1, embed_init="random"),
+                     sample=SampleConfig(steps=3))
+        side = MaskedPipeline(cfg, tokenizer, MaskedDenoiser(cfg.masked, len(tokenizer)).eval(), tokenizer.eos_token_id)
+    else:
+        from textldm.config import SSDConfig
+
+        cfg = Config(dit=dit, ssd=SSDConfig(width=32, heads=2, depth=1, block_size=4, embed_init="random"),
+                     sample=SampleConfig(steps=3, top_p=0.5))
+        side = SSDPipeline(cfg, tokenizer, SimplexDenoiser(cfg.ssd, len(tokenizer)).eval(), tokenizer.eos_token_id)
+    side.save_pretrained(tmp_path / family)
+    side = load_pipeline(tmp_path / family)
+    app = create_app(models[0], side, ServeLimits(max_length=16, max_steps=8), ar_path=str(tmp_path / family))
+    with TestClient(app) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert len(ids) == 2 and ids[1] == tmp_path.name  # the run folder's name (the model's folder is masked/, ssd/)
+        answer = client.post("/v1/completions", json={"model": ids[1], "prompt": "the man said", "max_tokens": 5,
+                                                      "seed": 3}).json()
+        assert answer["choices"][0]["text"] == side.generate("the man said", length=5, seed=3)[0]
+        panel = client.post("/api/ar/generate", json={"prompt": "the man said", "length": 5, "seed": 3}).json()
+        assert panel["continuation"] == answer["choices"][0]["text"]

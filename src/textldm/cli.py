@@ -163,7 +163,9 @@ def _add_push(sub) -> None:
 def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="a local web app + JSON API: watch generations denoise step by step")
     v.add_argument("--model", required=True, help="a saved model folder (OUT_DIR/model) or a Hub repo id")
-    v.add_argument("--ar", help="an AR baseline folder (OUT_DIR/ar) or Hub repo id, shown side by side")
+    v.add_argument("--ar", help="a second model of any family, shown side by side and served under /v1: the AR "
+                   "baseline (OUT_DIR/ar), a masked-diffusion (OUT_DIR/masked) or SSD-LM (OUT_DIR/ssd) baseline, or a "
+                   "Hub repo id")
     v.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
     v.add_argument("--port", type=int, default=8000, help="port to listen on")
     v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
