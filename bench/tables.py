@@ -296,8 +296,8 @@ def paper_table1() -> str:
     """The paper's Table 1 (ROUGE-1/2/L, BERTScore, MAUVE x100 on four benchmarks, transcribed in
     bench/results/paper_table1.json) with this project's rows beside it: what a CPU produces, on the embedded
     benchmark only - the interface study's models (bench/results/interface/eval/results.json, 40 items) and the
-    equal-FLOPs comparison's (bench/results/baselines, 500 items, seed means); the four real benchmarks need their
-    data and GPUs."""
+    equal-FLOPs comparison's (bench/results/baselines, seed means); the four real benchmarks need their data and
+    GPUs."""
     paper = _load("paper_table1.json")
     ours = _load(paper["ours"]["results"])["benchmarks"]["embedded"]
     budget, baselines = baseline_points()
@@ -314,7 +314,8 @@ def paper_table1() -> str:
             cell = "/".join(_x100(sum(p["metrics"][m] for p in runs) / len(runs)) for m in metrics)
             rows.append([f"textldm, CPU scale, equal FLOPs: {label}"] + ["not run"] * len(PAPER_BENCHES)
                         + ["-", f"{cell} ({len(runs)} seed{'s' * (len(runs) > 1)})"])
-    equal = f"embedded, 500 items, {budget:.2g} training FLOPs" if budget else "embedded, equal FLOPs (not run)"
+    items = next((runs[0]["samples"] for runs in baselines.values() if runs), None)
+    equal = f"embedded, {items} items, {budget:.2g} training FLOPs" if budget else "embedded, equal FLOPs (not run)"
     assert all(len(r) == columns + 1 for r in rows)
     return _table(["model (R1/R2/RL/BERTScore/MAUVE x100)"] + PAPER_BENCHES +
                   [f"embedded ({ours['items']} items)", equal], rows)
