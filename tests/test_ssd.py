@@ -200,3 +200,39 @@ def test_a_block_that_leaves_no_context_is_refused_before_training():
 
     with pytest.raises(UserError, match="ssd.block_size 64 must be shorter than SSD-LM's window"):
         train_ssd(load_config("demo", ["ssd.block_size=64"]))
+
+
+def test_the_published_layout_is_driven_by_this_projects_sampler(tmp_path, tiny_model_dir):
+    """A folder laid out like xhan77/ssdlm (a RoBERTa masked LM - config, weights, tokenizer - with
+    embed_sum_layer.pt and timestep_layer.pt beside it) loads through `textldm eval --model`'s path as an SSD-LM: its
+    logits are the network's own (the context through the LM's embeddings, the block through the two modules,
+    RoBERTa's positions from each row's first real token), and the sampler writes vocabulary tokens."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from textldm.evaluation.harness import load_contestant
+    from textldm.models.lm import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    V = len(tokenizer)
+    torch.manual_seed(0)
+    mlm = RobertaForMaskedLM(RobertaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=32, max_position_embeddings=256, pad_token_id=1)).eval()
+    mlm.save_pretrained(tmp_path / "ssdlm")
+    tokenizer.save_pretrained(tmp_path / "ssdlm")
+    embed_sum, timestep = torch.nn.Linear(V, 16, bias=False), torch.nn.Linear(1, 16)
+    torch.save(embed_sum.state_dict(), tmp_path / "ssdlm" / "embed_sum_layer.pt")
+    torch.save(timestep.state_dict(), tmp_path / "ssdlm" / "timestep_layer.pt")
+    pipe = load_contestant(str(tmp_path / "ssdlm")).pipeline
+    assert type(pipe) is SSDPipeline and pipe.model.cfg.block_size == 25 and pipe.sampler.context == 175
+    context = torch.tensor([[5, 6, 7]])
+    w = torch.randn(1, 25, V, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        embeds = torch.cat([mlm.get_input_embeddings()(context),
+                            embed_sum(w.softmax(-1)) + timestep(torch.tensor([[[0.5]]]))], 1)
+        own = mlm(inputs_embeds=embeds, position_ids=torch.arange(28)[None] + 2).logits[:, 3:]
+        padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), context], 1)
+        keys = torch.arange(30)[None] >= 2
+        assert torch.allclose(pipe.model(context, w, torch.tensor([2500])), own, atol=1e-5)
+        assert torch.allclose(pipe.model(padded, w, torch.tensor([2500]), keys), own, atol=1e-5)
+    rows = pipe.generate_ids([[5, 6, 7]], length=4, steps=2, seed=0)
+    assert len(rows[0]) <= 4 and all(0 <= tok < V for tok in rows[0])

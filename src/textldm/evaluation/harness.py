@@ -40,6 +40,8 @@ from textldm.families import Pipeline, family, load_pipeline, run_subfolders, tr
 from textldm.families.hf import HFPipeline
 from textldm.families.masked import MaskedPipeline
 from textldm.families.masked.hub import is_published_masked
+from textldm.families.ssd import SSDPipeline
+from textldm.families.ssd.hub import is_published_ssd
 from textldm.utils import atomic_write_text, looks_like_path, resolve_device, write_json
 
 log = logging.getLogger(__name__)
@@ -162,9 +164,11 @@ def load_contestant(spec: str, device: str = "cpu", max_new_tokens: int = 128) -
             label = getattr(pipe, "label", None) or family(pipe.family).label or pipe.family
             return Contestant(name or f"{default} ({label})", pipe)
     hf_name = target.removeprefix("hf:")
-    if not target.startswith("hf:") and is_published_masked(target):  # kuleshov-group's MDLM / BD3-LM checkpoints
-        pipe = MaskedPipeline.from_hub(target, device=device)
-        return Contestant(name or f"{Path(target).name or target} ({pipe.label})", pipe)
+    published = [(is_published_masked, MaskedPipeline), (is_published_ssd, SSDPipeline)]  # the baselines' own
+    for holds, pipeline in ([] if target.startswith("hf:") else published):  # checkpoints: MDLM, BD3-LM, SSD-LM
+        if holds(target):
+            pipe = pipeline.from_hub(target, device=device)
+            return Contestant(name or f"{Path(target).name or target} ({pipe.label})", pipe)
     return Contestant(name or hf_name, HFPipeline.from_pretrained(hf_name, device=device,
                                                                   max_new_tokens=max_new_tokens))
 

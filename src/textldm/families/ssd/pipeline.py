@@ -6,14 +6,18 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+
 from textldm import export
-from textldm.config import Config, SampleConfig
+from textldm.config import Config, SampleConfig, TeacherConfig
 from textldm.errors import UserError
 from textldm.families.spec import NetworkPipeline, resolve_length, tokenize_prompts, truncate_prompts
 from textldm.models.ssd import SimplexDenoiser
 from textldm.sampling.run import TokenRun
 from textldm.sampling.ssd import SSDSampler
-from textldm.utils import cut_at
+from textldm.utils import cut_at, resolve_device
 
 
 class SSDPipeline(NetworkPipeline):
@@ -54,6 +58,16 @@ class SSDPipeline(NetworkPipeline):
                                "2023) trained under TextLDM's settings", "SSDPipeline",
                                'pipe.generate(["The President said that"], length=50, steps=100, top_p=0.2)',
                                "simplex-diffusion")
+
+    @classmethod
+    def from_hub(cls, name: str, *, device: str | torch.device = "cpu", revision: str | None = None) -> SSDPipeline:
+        """The published SSD-LM checkpoint (`xhan77/ssdlm`, or a folder in its layout: families/ssd/hub.py) driven by
+        this project's sampler, in a window of 200 tokens (the paper's training length): a context of 175."""
+        from textldm.families.ssd.hub import load_hub_simplex
+
+        model, tokenizer = load_hub_simplex(name, resolve_device(device), revision)
+        cfg = Config(ssd=dataclasses.replace(model.cfg, seq_len=200), teacher=TeacherConfig(name=name))
+        return cls(cfg, tokenizer, model, tokenizer.eos_token_id)
 
     # the Pipeline protocol (families.spec) --------------------------------------------------------------
     def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
