@@ -537,6 +537,12 @@ MUTANTS = [
     Mutant("M156", "training/objectives/ssd.py", "            context[i, C - c[i]:] = ids[i, : c[i]]",
            "            context[i, C - c[i]:] = ids[i, 1: c[i] + 1]",
            "SSD-LM: the context is shifted by one (the block's first token leaks into it)"),
+    Mutant("M157", "families/masked/pipeline.py", "        return min(requested, self.window - self.prompt_tokens())",
+           "        return requested",
+           "the masked baselines are scored on continuations of several windows (longer than the other families')"),
+    Mutant("M158", "families/ssd/pipeline.py", "        return min(requested, self.sampler.window // 2)",
+           "        return min(requested, self.sampler.window)",
+           "SSD-LM is scored on continuations twice as long as the AR baseline's"),
 ]
 
 

@@ -504,3 +504,25 @@ def test_a_diffusion_baseline_is_served_beside_the_textldm_model(family, models,
         assert answer["choices"][0]["text"] == side.generate("the man said", length=5, seed=3)[0]
         panel = client.post("/api/ar/generate", json={"prompt": "the man said", "length": 5, "seed": 3}).json()
         assert panel["continuation"] == answer["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_every_family_is_scored_on_equally_long_continuations(block):
+    """The harness continues each item by its reference's length up to the pipeline's `longest_continuation`: at one
+    config the masked baselines and SSD-LM stop where TextLDM (dit.target_max) and the AR baseline (half its window)
+    do, never writing (and being judged on) several windows where the others write one."""
+    from textldm.config import ARConfig, SSDConfig
+    from textldm.families.ar import ARPipeline
+    from textldm.families.ssd import SSDPipeline
+    from textldm.models.ar import CausalLM
+    from textldm.models.ssd import SimplexDenoiser
+
+    dit = DiTConfig(context_min=2, context_max=8, target_min=2, target_max=8)
+    cfg = Config(dit=dit, masked=MaskedConfig(width=32, heads=2, depth=1, block_size=block, embed_init="random"),
+                 ssd=SSDConfig(width=32, heads=2, depth=1, block_size=4, embed_init="random"),
+                 ar=ARConfig(width=32, heads=2, depth=1, embed_init="random"))
+    masked = MaskedPipeline(cfg, None, MaskedDenoiser(cfg.masked, VOCAB), -1)
+    ssd = SSDPipeline(cfg, None, SimplexDenoiser(cfg.ssd, VOCAB), -1)
+    ar = ARPipeline(cfg, None, CausalLM(cfg.ar, VOCAB), -1)
+    for requested, expected in [(128, dit.target_max), (5, 5)]:
+        assert {p.longest_continuation(requested) for p in (masked, ssd, ar)} == {expected}

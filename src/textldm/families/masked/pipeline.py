@@ -56,6 +56,12 @@ class MaskedPipeline(NetworkPipeline):
         step = max(self.model.block, 1)
         return min(-(-self.config.dit.context_max // step) * step, (self.window - step) // step * step)
 
+    def longest_continuation(self, requested: int) -> int:
+        """One window's continuation (the window less the prompt it keeps): what the harness scores up to, as for
+        TextLDM (dit.target_max) and the AR baseline (half its window), so that every family is scored on equally
+        long continuations."""
+        return min(requested, self.window - self.prompt_tokens())
+
     # generation ---------------------------------------------------------------------------------------------
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      temperature: float | None = None, top_p: float | None = None, seed: int | None = None, *,

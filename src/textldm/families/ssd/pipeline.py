@@ -78,6 +78,11 @@ class SSDPipeline(NetworkPipeline):
     def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
         return self.sampler.context
 
+    def longest_continuation(self, requested: int) -> int:
+        """At most half the window, as for the AR baseline (a prompt keeps the other half): every family is scored
+        by the harness on equally long continuations."""
+        return min(requested, self.sampler.window // 2)
+
     def token_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         raise UserError("an SSD-LM model has no tractable likelihood of given tokens: loglikelihood tasks are not "
                         "scored for it")
