@@ -47,6 +47,18 @@ def test_the_cosine_schedule_and_the_projection():
     assert time_grid(4, T) == [100, 67, 34, 1, 0]
 
 
+@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0])  # near-uniform (the nucleus needs most of the vocabulary) to peaked
+def test_the_projection_equals_a_full_sort_over_a_large_vocabulary(scale):
+    """The projection ranks only the top tokens, widening until every row's nucleus ends inside them: on a 20k-token
+    vocabulary it marks exactly the tokens a full descending sort puts inside the nucleus, however flat the rows."""
+    logits = torch.randn(3, 5, 20000, generator=torch.Generator().manual_seed(0)) * scale
+    for p in (0.05, 0.2, 0.9):
+        probs = logits.double().softmax(-1)
+        ranked, order = probs.sort(-1, descending=True)
+        inside = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked < p)
+        assert torch.equal(project(logits, p, K), torch.where(inside, K, -K).to(logits.dtype))
+
+
 def test_the_loss_is_the_block_cross_entropy_at_the_noised_simplex():
     """On a tiny batch: the objective's loss equals, written out, the cross-entropy of the network's block logits
     read from softmax(sqrt(a) w0 + sqrt(1 - a) K eps) (w0 = +K at the token, -K elsewhere) after the window's first
