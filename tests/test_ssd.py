@@ -59,6 +59,22 @@ def test_the_projection_equals_a_full_sort_over_a_large_vocabulary(scale):
         assert torch.equal(project(logits, p, K), torch.where(inside, K, -K).to(logits.dtype))
 
 
+def test_the_network_reads_each_rows_time_as_a_fraction_of_T():
+    """The block's embedding gains the time embedding of t / T (each row its own): the time module sees exactly
+    those fractions, and swapping two rows' times changes their logits."""
+    model = tiny_model()
+    context = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(0))
+    w = K * torch.randn(2, 4, VOCAB, generator=torch.Generator().manual_seed(1))
+    seen = []
+    hook = model.time.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].flatten().tolist()))
+    with torch.no_grad():
+        a = model(context, w, torch.tensor([10, 90]))
+        b = model(context, w, torch.tensor([90, 10]))
+    hook.remove()
+    assert seen[0] == pytest.approx([10 / T, 90 / T])
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
 def test_the_loss_is_the_block_cross_entropy_at_the_noised_simplex():
     """On a tiny batch: the objective's loss equals, written out, the cross-entropy of the network's block logits
     read from softmax(sqrt(a) w0 + sqrt(1 - a) K eps) (w0 = +K at the token, -K elsewhere) after the window's first
