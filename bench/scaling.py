@@ -303,6 +303,11 @@ def design_fits(points: list[dict], min_flops: float = 0.0) -> dict:
     return fits
 
 
+def ratio(log10_ratio: float) -> float:
+    """10 ** x, inf past float range (a nearly flat fit reaches AR's value only at an absurd compute)."""
+    return 10 ** log10_ratio if log10_ratio < 300 else math.inf
+
+
 def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
     """design -> metric -> form -> FLOPs to reach the AR baseline's mean at the reference budget / AR's FLOPs
     there."""
@@ -322,8 +327,8 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
                 cross = crossing_flops(fit, transform(form, target))
                 out[design][m][form] = {
                     "ar_value": target, "helps": helps, "fit_r2": fit["r2"], "n": fit["n"],
-                    "multiplier": 10 ** (cross["log10_flops"] - ar_flops) if helps else None,
-                    "band": [10 ** (x - ar_flops) for x in cross["band"]] if helps else None}
+                    "multiplier": ratio(cross["log10_flops"] - ar_flops) if helps else None,
+                    "band": [ratio(x - ar_flops) for x in cross["band"]] if helps else None}
     return out
 
 
@@ -486,7 +491,7 @@ def cmd_fit(args) -> int:
              "fit against log10 FLOPs reaches the AR baseline's mean there, over AR's FLOPs; fits over the budgets "
              f">= {args.min_flops:.3g} FLOPs; solid lines in the plot, dotted: MAUVE as a power law):", "",
              *format_multipliers(mult, args.reference), "",
-             "Matched quality without a fit: each TextLDM run's FLOPs over the FLOPs at which the AR baseline's "
+             "Matched quality without a fit: each run's FLOPs over the FLOPs at which the AR baseline's "
              "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
              *format_matched(rows), "",
              "Cost per continuation and likelihood (NFE: network evaluations per continuation - TextLDM's per window "
