@@ -107,8 +107,9 @@ def _multiplier_cell(d: dict, design: str) -> str:
     mult = d["multipliers"].get(design, {}).get("mauve")
     if mult is None:
         return "-"
-    log, line = mult["log"], mult["linear"]
-    power = f"{log['multiplier']:.1f}x ({log['band'][0]:.1f}-{log['band'][1]:.1f})" if log["helps"] else "never"
+    log, line = mult.get("log"), mult["linear"]  # no power law where a budget's MAUVE is 0
+    power = "-" if log is None else (f"{log['multiplier']:.1f}x ({log['band'][0]:.1f}-{log['band'][1]:.1f})"
+                                     if log["helps"] else "never")
     return f"{power}; " + (f"{line['multiplier']:,.0f}x" if line["helps"] else "never")
 
 

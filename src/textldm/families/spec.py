@@ -6,6 +6,7 @@ share (`NetworkPipeline`); and the one prompt check and prompt-length policy (`t
 `truncate_prompts`)."""
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class OpenEnded:
         return None
 
 
-class NetworkPipeline(OpenEnded, export.HubMixin):
+class NetworkPipeline(OpenEnded, export.HubMixin, abc.ABC):
     """What the pipelines over one network and a textldm config share (the AR, masked-diffusion and SSD-LM
     families): the model folder (config.json naming the family, `<section>.safetensors`, the tokenizer, the card),
     the sampler settings, and the `Pipeline` protocol's common answers. A family sets `family`, `section` (its config
@@ -138,8 +139,9 @@ class NetworkPipeline(OpenEnded, export.HubMixin):
         """config.sample with the given settings replaced (None: keep), checked."""
         return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
 
+    @abc.abstractmethod
     def card(self) -> export.CardText:
-        raise NotImplementedError
+        """The model card's family-specific text (what the model is, its class, a usage line)."""
 
     def save_pretrained(self, path: Path | str, extra: dict | None = None) -> None:
         """Write the model folder (atomically): config.json, <section>.safetensors, tokenizer, model card. `extra`:

@@ -284,9 +284,8 @@ def check_tokenizer(run_tokenizer: str, encoder: str) -> None:
 def init_from_teacher(weight: torch.Tensor, teacher: str, vocab_size: int, seed: int) -> None:
     """The baselines' head start (the VAE's, for parity): the teacher's input embeddings, projected to the matrix's
     width (`project_embeddings`), copied into the first `vocab_size` rows of an embedding matrix."""
-    with torch.no_grad():
-        embeddings = FrozenLM(teacher, 1).input_embeddings(vocab_size)
-        weight[:vocab_size].copy_(project_embeddings(embeddings, weight.shape[1], seed))
+    embeddings = FrozenLM(teacher, 1).input_embeddings(vocab_size)
+    weight[:vocab_size].copy_(project_embeddings(embeddings, weight.shape[1], seed))
 
 
 def project_embeddings(teacher_embeddings: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:

@@ -46,13 +46,10 @@ class HubSimplexDenoiser(nn.Module):
 
 def is_published_ssd(name: str, revision: str | None = None) -> bool:
     """Whether `name` (a folder or a Hub repo id) holds SSD-LM's published layout (its two extra modules)."""
-    path = Path(name)
-    if path.is_dir():
-        return all((path / part).exists() for part in PARTS)
+    if Path(name).is_dir():
+        return all((Path(name) / part).exists() for part in PARTS)
     try:
-        from huggingface_hub import hf_hub_download
-
-        return all(Path(hf_hub_download(name, part, revision=revision)).exists() for part in PARTS)
+        return all(Path(_part(name, part, revision)).exists() for part in PARTS)
     except Exception:  # noqa: BLE001 - any failure to fetch them means "not one"
         return False
 
