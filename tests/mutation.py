@@ -543,6 +543,11 @@ MUTANTS = [
     Mutant("M158", "families/ssd/pipeline.py", "        return min(requested, self.sampler.window // 2)",
            "        return min(requested, self.sampler.window)",
            "SSD-LM is scored on continuations twice as long as the AR baseline's"),
+    Mutant("M159", "diffusion/simplex.py", "if n == probs.shape[-1] or bool((before[..., -1] >= top_p).all()):",
+           "if n == probs.shape[-1] or bool((before[..., -1] >= top_p).any()):",
+           "SSD-LM's projection stops widening once any row's nucleus fits (a flatter row's is cut short)"),
+    Mutant("M160", "diffusion/simplex.py", "        n = min(4 * n, probs.shape[-1])", "        break",
+           "SSD-LM's projection ranks only the top 1024 tokens, however wide the nucleus"),
 ]
 
 

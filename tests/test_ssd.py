@@ -47,11 +47,13 @@ def test_the_cosine_schedule_and_the_projection():
     assert time_grid(4, T) == [100, 67, 34, 1, 0]
 
 
-@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0])  # near-uniform (the nucleus needs most of the vocabulary) to peaked
+@pytest.mark.parametrize("scale", [[0.01], [1.0], [8.0], [8.0, 0.01]])  # near-uniform to peaked, and both in a batch
 def test_the_projection_equals_a_full_sort_over_a_large_vocabulary(scale):
     """The projection ranks only the top tokens, widening until every row's nucleus ends inside them: on a 20k-token
-    vocabulary it marks exactly the tokens a full descending sort puts inside the nucleus, however flat the rows."""
-    logits = torch.randn(3, 5, 20000, generator=torch.Generator().manual_seed(0)) * scale
+    vocabulary it marks exactly the tokens a full descending sort puts inside the nucleus, however flat the rows -
+    and a peaked row beside a flat one does not stop the widening early."""
+    scales = torch.tensor(scale * 3)[:3].view(3, 1, 1)
+    logits = torch.randn(3, 5, 20000, generator=torch.Generator().manual_seed(0)) * scales
     for p in (0.05, 0.2, 0.9):
         probs = logits.double().softmax(-1)
         ranked, order = probs.sort(-1, descending=True)
