@@ -24,7 +24,7 @@ import torch
 from textldm import TextLDMPipeline
 from textldm.models.lm import resolve
 from textldm.runtime.distributed import step_generator
-from textldm.training.stage import prepare_data
+from textldm.training.run import prepare_data
 
 SETTINGS = [  # label, sampler overrides
     ("noise 1, cfg 1", {"noise_scale": 1.0, "cfg_scale": 1.0}),

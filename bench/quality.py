@@ -26,7 +26,7 @@ from textldm.evaluation.harness import HUMAN, TABLE_METRICS, Contestant, format_
 from textldm.export import read_model_config
 from textldm.families.ar.train import train_ar
 from textldm.families.textldm.train import train_dit, train_vae
-from textldm.training.stage import prepare_data
+from textldm.training.run import prepare_data
 from textldm.utils import atomic_write_text, write_json
 
 

@@ -52,7 +52,7 @@ from textldm.families.ar import train as ar_family
 from textldm.families.textldm.modes import mode_of
 from textldm.families.textldm.train import train_dit, train_vae
 from textldm.models.vae import TextVAE
-from textldm.training.stage import prepare_data
+from textldm.training.run import prepare_data
 from textldm.utils import atomic_write_text, environment, param_count, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

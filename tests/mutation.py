@@ -347,7 +347,7 @@ MUTANTS = [
            "lm-eval: a long continuation's later pieces read one token of context too few"),
     Mutant("M95", "config.py", "if isinstance(value, float) and not math.isfinite(value):", "if False:",
            "nan and inf config values accepted"),
-    Mutant("M96", "training/stage.py", "    if not getattr(cfg, f\"{stage}_train\").checkpoint_every:\n",
+    Mutant("M96", "training/run.py", "    if not getattr(cfg, f\"{stage}_train\").checkpoint_every:\n",
            "    if False:\n", "--resume on a run that saves no checkpoint silently starts from step 0"),
     # the context-LM mode (dit.context_encoder): what the prefix is, and the LM's cache at sampling
     Mutant("M97", "training/objectives/context_lm.py", 'return batch["context"]', 'return torch.zeros_like(batch["context"])',

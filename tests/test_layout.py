@@ -138,7 +138,7 @@ def test_no_family_imports_another():
 def test_the_checks_see_what_they_forbid():
     assert layer_violations({"textldm.training.loop": {"textldm.sampling.run"}})  # beside
     assert layer_violations({"textldm.models.dit": {"textldm.training.objectives.dit"}})  # above
-    assert not layer_violations({"textldm.families.textldm.train": {"textldm.training.stage", "textldm.models.dit"}})
+    assert not layer_violations({"textldm.families.textldm.train": {"textldm.training.loop", "textldm.models.dit"}})
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert not cycles({"a": {"b"}, "b": {"c"}, "c": set()})
 
@@ -226,3 +226,49 @@ def test_every_mutant_applies_to_this_tree():
              if not (SRC / m.file).exists() or (SRC / m.file).read_text().count(m.old) != 1]
     assert not stale, f"mutants whose code is not found once in their file: {stale}"
     assert len({m.id for m in mutation.MUTANTS}) == len(mutation.MUTANTS)
+
+
+def _files_on_the_stack(function) -> list[str]:
+    """The source files (under src/textldm, in call order, repeats merged) from `demo.demo` down to `function`'s
+    own file: what a reader opens following the calls."""
+    import inspect
+    import traceback
+
+    files = [str(Path(f.filename).resolve().relative_to(SRC)) for f in traceback.extract_stack()
+             if Path(f.filename).resolve().is_relative_to(SRC)]
+    files.append(str(Path(inspect.getsourcefile(function)).resolve().relative_to(SRC)))
+    files = files[files.index("demo.py"):]
+    return [f for i, f in enumerate(files) if i == 0 or f != files[i - 1]]
+
+
+@pytest.mark.parametrize("full_window", [True, False], ids=["window", "blocks"])
+def test_from_the_demo_to_each_loss_in_four_files(full_window, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+    """Issue 46: the calls from `textldm demo` (demo.py, after cli.py parses the command) to each loss cross at most
+    4 files - the demo, the family's stages, the loop, the objective - and the DiT's mode adds its `errors`."""
+    from conftest import tiny_overrides
+    from textldm import demo, load_config
+    from textldm.families.textldm.modes import mode_of
+    from textldm.training.objectives import VAEObjective
+    from textldm.training.objectives.dit import DiTObjective
+
+    monkeypatch.setenv("TEXTLDM_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("demo", tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path), full_window) + [
+        "vae_train.steps=2", "dit_train.steps=2", "eval.num_prompts=1", "eval.val_batches=1"])
+    mode_objective = mode_of(cfg.dit).objective
+    seen = {}
+
+    def recording(name, original):
+        def wrapper(self, *args, **kwargs):
+            seen.setdefault(name, _files_on_the_stack(original))
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name, cls, method in [("vae", VAEObjective, "forward"), ("dit", DiTObjective, "forward"),
+                              ("errors", mode_objective, "errors")]:
+        monkeypatch.setattr(cls, method, recording(name, getattr(cls, method)))
+    demo.demo(cfg, progress=False)
+    stages, loop = "families/textldm/train.py", "training/loop.py"
+    assert seen["vae"] == ["demo.py", stages, loop, "training/objectives/vae.py"]
+    assert seen["dit"] == ["demo.py", stages, loop, "training/objectives/dit.py"]
+    mode_file = "training/objectives/" + ("window.py" if full_window else "blocks.py")
+    assert seen["errors"] == ["demo.py", stages, loop, "training/objectives/dit.py", mode_file]

@@ -254,7 +254,7 @@ def test_precomputed_states_equal_a_fresh_forward(tmp_path, tiny_model_dir, tiny
     (twice the width) the folder is another, and a folder of the other width is refused."""
     from conftest import tiny_overrides
     from textldm.data.features import FeatureCache
-    from textldm.training.stage import prepare_data
+    from textldm.training.run import prepare_data
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run"), full_window=False) +
                       ["dit.mode=context_lm", f"dit.context_lm.encoder={tiny_model_dir}",
@@ -307,7 +307,7 @@ def test_one_lm_pass_serves_repa_and_the_context(tmp_path, tiny_model_dir, tiny_
     from conftest import tiny_overrides
     from textldm.families.textldm.train import teacher_cache
     from textldm.models.lm import FrozenLM
-    from textldm.training.stage import prepare_data
+    from textldm.training.run import prepare_data
 
     shared = ["dit.mode=context_lm", "dit.context_lm.features=auto", "dit.context_lm.windows=12",
               "vae.teacher_cache=auto", "vae.teacher_cache_windows=12", "vae.max_len=24", "vae.encoder_block_size=1",

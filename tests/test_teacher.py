@@ -76,7 +76,7 @@ def test_precomputed_teacher_features_equal_the_live_ones(tmp_path, tiny_model_d
     from textldm.data.features import FeatureCache, aligned_windows
     from textldm.families.textldm.train import cache_teacher, train_vae
     from textldm.training.batches import vae_batches
-    from textldm.training.stage import prepare_data
+    from textldm.training.run import prepare_data
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tiny_corpus, str(tmp_path / "run")) +
                       ["vae.teacher_cache=auto", "vae.teacher_cache_windows=20", "vae.repa_fraction=0.5"])

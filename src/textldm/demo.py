@@ -5,7 +5,7 @@
     print(demo.format_report(report))
 
 Writes report.json / report.md into the run folder, beside what the training stages write
-(`families/textldm/train.py`, `training/stage.py`).
+(`families/textldm/train.py`, `training/loop.py`, `training/run.py`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from textldm.families.textldm.modes import mode_of
 from textldm.families.textldm.train import with_vae_of
 from textldm.models.lm import resolve
 from textldm.runtime.distributed import is_main
-from textldm.training.stage import prepare_data, start_run
+from textldm.training.run import prepare_data, start_run
 from textldm.utils import atomic_write_text, write_json
 
 

@@ -19,10 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textldm.config import Config
 from textldm.errors import UserError
 from textldm.utils import atomic_dir, atomic_write_text
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(cfg: Config, stage: str) -> Path:
+    """Where a stage ("vae", "dit", "ar") keeps its resumable training state."""
+    return Path(cfg.out_dir) / "checkpoints" / stage
 
 
 def rng_state() -> dict:

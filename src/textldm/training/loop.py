@@ -1,4 +1,7 @@
-"""The training loop every stage shares (VAE, DiT, AR baseline), top to bottom: `fit`, and its helpers.
+"""One training stage, whatever the family, top to bottom: a `Stage` (its model, objective, batches, FLOPs, held-out
+evaluation and how to save what it trained), `train_stage` (train with `fit`, evaluate, save on rank 0), the loop
+`fit` every stage shares, and its helpers. The families' stages build Stages: `families/textldm/train.py`
+(train_vae, train_dit), `families/ar/train.py` (train_ar), `families/masked/train.py`, `families/ssd/train.py`.
 
 An *objective* is an nn.Module whose forward(batch) returns (loss, metrics); only its trainable
 parameters are optimised, and it is what DDP wraps, so frozen helpers (teacher, frozen VAE) are kept
@@ -13,7 +16,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,14 +25,22 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from textldm.config import TrainConfig
+from textldm.config import Config, TrainConfig, to_dict
 from textldm.errors import UserError
 from textldm.models.layers import TransformerLayer
-from textldm.runtime.distributed import is_main, rank, split_batch, world_size
+from textldm.runtime.distributed import barrier, is_main, rank, split_batch, world_size
 from textldm.runtime.perf import Throughput, matmul_peak_flops
 from textldm.runtime.precision import autocast_dtype, bf16_autocast
-from textldm.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textldm.training.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from textldm.training.tracking import TrainingLog
+from textldm.utils import param_count
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +193,48 @@ def _restore(state: dict, inner: nn.Module, optimizer, ema: EMA | None):
         ema.load_full_state(state["ema"])
     rngs = state["rng"]
     set_rng_state(rngs[rank() % len(rngs)])  # exact when the world size is unchanged
+
+
+@dataclass(kw_only=True)
+class Stage:
+    """What differs between training the VAE, the DiT and the AR baseline; `train_stage` does the rest."""
+    name: str  # "vae", "dit", "ar", "masked": the log file <name>_log.jsonl, checkpoints/<name>, report keys <name>_*
+    desc: str  # progress bar and log label
+    model: nn.Module  # the trained network (its parameters are counted in the report)
+    objective: nn.Module  # what `fit` trains (and DDP wraps)
+    batches: Callable  # batches(step, micro, accum) -> this rank's micro-batch
+    train_config: TrainConfig  # the stage's loop settings (vae_train, dit_train or ar_train)
+    tokens_per_step: int
+    flops_per_step: float
+    evaluate: Callable[[], dict]  # held-out numbers (rank 0)
+    save: Callable[[Path, dict], None]  # save(folder, report): the trained model's folder (the family's writer)
+    export: str  # the folder under OUT_DIR
+    after_fit: Callable[[], None] | None = None  # e.g. the VAE's latent statistics, before evaluation and saving
+    report: dict | None = None  # extra report entries
+
+
+def train_stage(cfg: Config, stage: Stage, progress: bool = True, resume: bool = False) -> dict:
+    """Train, evaluate and save one stage; returns its report (parameters, training summary, held-out eval)."""
+    out = Path(cfg.out_dir)
+    log.info("%s: %.1fM parameters, %d steps of %d sequences", stage.desc, param_count(stage.model) / 1e6,
+             stage.train_config.steps, stage.train_config.batch_size)
+
+    def periodic_eval(step: int) -> dict:  # held-out numbers in the log every eval_every steps (rank 0)
+        return stage.evaluate() if is_main() else {}
+
+    summary = fit(stage.objective, stage.batches, stage.train_config, log_path=out / f"{stage.name}_log.jsonl",
+                  desc=stage.desc, progress=progress, on_eval=periodic_eval, tokens_per_step=stage.tokens_per_step,
+                  flops_per_step=stage.flops_per_step, precision=cfg.precision,
+                  checkpoint_dir=checkpoint_dir(cfg, stage.name), resume=resume, run_config=to_dict(cfg))
+    if stage.after_fit is not None:
+        stage.after_fit()
+    report = {f"{stage.name}_parameters": param_count(stage.model), f"{stage.name}_train": summary,
+              **(stage.report or {})}
+    if is_main():
+        report[f"{stage.name}_eval"] = stage.evaluate()
+        stage.save(out / stage.export, report)
+    barrier()
+    return report
 
 
 def fit(objective: nn.Module, batches: Callable[[int, int, int], object], cfg: TrainConfig, *,

@@ -9,8 +9,9 @@ from textldm.models.lm import init_from_teacher
 from textldm.runtime.perf import TRAIN_FACTOR, ar_flops_per_sequence
 from textldm.training.batches import ar_batches
 from textldm.training.evaluate import evaluate_ar
+from textldm.training.loop import Stage, train_stage
 from textldm.training.objectives import ARObjective
-from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
+from textldm.training.run import check_resume, prepare_data, record_run, start_run
 
 
 def train_ar(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[ARPipeline, dict]:

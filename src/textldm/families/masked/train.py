@@ -9,8 +9,9 @@ from textldm.models.masked import MaskedDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, masked_flops_per_sequence
 from textldm.training.batches import window_batches
 from textldm.training.evaluate import evaluate_masked
+from textldm.training.loop import Stage, train_stage
 from textldm.training.objectives import MaskedObjective
-from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
+from textldm.training.run import check_resume, prepare_data, record_run, start_run
 
 
 def train_masked(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[MaskedPipeline, dict]:

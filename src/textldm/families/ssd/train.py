@@ -10,8 +10,9 @@ from textldm.models.ssd import SimplexDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, ssd_flops_per_sequence
 from textldm.training.batches import window_batches
 from textldm.training.evaluate import evaluate_objective
+from textldm.training.loop import Stage, train_stage
 from textldm.training.objectives.ssd import SSDObjective
-from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
+from textldm.training.run import check_resume, prepare_data, record_run, start_run
 
 
 def train_ssd(cfg: Config, progress: bool = True, data=None, resume: bool = False) -> tuple[SSDPipeline, dict]:

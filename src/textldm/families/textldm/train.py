@@ -1,5 +1,5 @@
 """The TextLDM family's training stages, as a Python API: train_vae, train_dit (and cache_teacher): each builds a
-`training.stage.Stage` - its model, objective (the DiT's: its mode's), batches, FLOPs, held-out checks and the
+`training.loop.Stage` - its model, objective (the DiT's: its mode's), batches, FLOPs, held-out checks and the
 pipeline that saves it - and runs `train_stage`."""
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from textldm.runtime.distributed import split_batch
 from textldm.runtime.perf import TRAIN_FACTOR, vae_flops_per_sequence
 from textldm.training.batches import dit_batches, vae_batches
 from textldm.training.evaluate import evaluate_dit, evaluate_vae, latent_statistics
+from textldm.training.loop import Stage, train_stage
 from textldm.training.objectives import VAEObjective
-from textldm.training.stage import Stage, check_resume, prepare_data, record_run, start_run, train_stage
+from textldm.training.run import check_resume, prepare_data, record_run, start_run
 
 
 def _frozen_teacher(cfg: Config, device: torch.device, layer: int) -> FrozenLM:
