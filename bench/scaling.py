@@ -448,6 +448,49 @@ def format_multipliers(mult: dict, reference: float) -> list[str]:
     return lines
 
 
+def seed_values(points: list[dict], design: str, budget: float, metric: str) -> list[float]:
+    return [p["metrics"][metric] for p in points
+            if p["design"] == design and math.isclose(p["flops_budget"], budget, rel_tol=1e-6)]
+
+
+def compare(ours: list[float], theirs: list[float], metric: str) -> dict | None:
+    """Ours against theirs over seeds: the difference of means (gen-PPL: of mean logs, i.e. a ratio) with its standard
+    error (Welch: each side's seed variance over its seeds; None with fewer than 2 seeds a side) and the verdict -
+    ahead or behind where the difference is over 2 standard errors, level within them."""
+    if not ours or not theirs:
+        return None
+    log = metric in LOWER_IS_BETTER
+    a, b = ([math.log(v) for v in xs] if log else xs for xs in (ours, theirs))
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) \
+        if min(len(a), len(b)) > 1 else None
+    better = -diff if log else diff
+    verdict = "-" if se is None else "ahead" if better > 2 * se else "behind" if better < -2 * se else "level"
+    return {"diff": diff, "se": se, "seeds": [len(a), len(b)], "verdict": verdict}
+
+
+def comparisons(points: list[dict], reference: float, ours: list[str]) -> list[dict]:
+    """Each of `ours` (the TextLDM designs) against every other design at the reference budget, on MAUVE and gen-PPL."""
+    others = sorted({p["design"] for p in points} - set(ours))
+    return [{"design": d, "versus": o, **{m: compare(seed_values(points, d, reference, m),
+                                                    seed_values(points, o, reference, m), m)
+                                         for m in MULTIPLIER_METRICS}}
+            for d in ours for o in others if seed_values(points, d, reference, "mauve")
+            and seed_values(points, o, reference, "mauve")]
+
+
+def format_comparisons(rows: list[dict]) -> list[str]:
+    lines = ["| design | against | seeds | MAUVE: difference ± s.e. | verdict | gen-PPL: ratio (x/÷ s.e.) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, g = r["mauve"], r["gen_ppl"]
+        mauve = f"{100 * m['diff']:+.1f}" + ("" if m["se"] is None else f" ± {100 * m['se']:.1f}")
+        ppl = f"{math.exp(g['diff']):.2f}x" + ("" if g["se"] is None else f" (x/÷ {math.exp(g['se']):.2f})")
+        lines.append(f"| {r['design']} | {r['versus']} | {m['seeds'][0]} vs {m['seeds'][1]} | {mauve} "
+                     f"| {m['verdict']} | {ppl} | {g['verdict']} |")
+    return lines
+
+
 def plot(points: list[dict], fits: dict, human: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -485,6 +528,9 @@ def cmd_fit(args) -> int:
     human = json.loads(sorted(args.out.glob("human-*.json"))[-1].read_text())
     fits, rows = design_fits(points, args.min_flops), summary_rows(points)
     mult = multipliers(points, fits, args.reference)
+    designs = load_designs(args.grid)
+    pairs = comparisons(points, args.reference, [d for d in sorted({p["design"] for p in points})
+                                                 if isinstance(designs.get(d), list)])
     lines = [f"# Quality against training compute ({points[0]['samples']} embedded-benchmark items)", "",
              *format_table(rows, human), "",
              f"Compute multiplier against the AR baseline at {args.reference:.3g} FLOPs (the FLOPs where a design's "
@@ -494,13 +540,17 @@ def cmd_fit(args) -> int:
              "Matched quality without a fit: each run's FLOPs over the FLOPs at which the AR baseline's "
              "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
              *format_matched(rows), "",
+             f"Each TextLDM design against the others at {args.reference:.3g} FLOPs, over seeds (the difference of "
+             "the seed means with its standard error; gen-PPL as a ratio of geometric means, lower is better; ahead "
+             "or behind: more than 2 standard errors apart, level: within them; -: one seed, no error):", "",
+             *format_comparisons(pairs), "",
              "Cost per continuation and likelihood (NFE: network evaluations per continuation - TextLDM's per window "
              "or block with CFG's two halves, the masked baselines' after the caching sampler, the AR baseline's one "
              "cached forward per token; seconds on the machine that ran the point; held-out NLL from each run's own "
              "validation windows):", "", *format_costs(rows), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
-    write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "human": human,
-                                           "reference": args.reference, "min_flops": args.min_flops})
+    write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "comparisons": pairs,
+                                           "human": human, "reference": args.reference, "min_flops": args.min_flops})
     atomic_write_text(args.out / "scaling.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

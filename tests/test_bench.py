@@ -95,6 +95,27 @@ def test_table_fit_and_plot_from_point_files(tmp_path):
     text = (out / "scaling.md").read_text()
     assert "| full | 1e+13 | 3 |" in text and "11.0 ± 1.0" in text  # mean ± sd over three seeds, x100
     assert "2.400 (true cont.)" in text and (out / "scaling.png").stat().st_size > 10_000
+    assert "| full | ar | 3 vs 3 | +0.0 ± 0.8 | level |" in text  # the same curve: level with AR
+
+
+
+def test_a_comparison_over_seeds_reports_the_welch_error_and_calls_level_within_two_of_them():
+    """The plain sentence's arithmetic: MAUVE's difference of seed means with the Welch standard error; gen-PPL as a
+    ratio of geometric means, lower better; ahead / behind only past 2 standard errors; one seed: no verdict."""
+    c = scaling.compare([0.10, 0.12, 0.14], [0.20, 0.21, 0.22], "mauve")
+    se = math.sqrt(0.0004 / 3 + 0.0001 / 3)
+    assert c["diff"] == pytest.approx(-0.09) and c["se"] == pytest.approx(se) and c["verdict"] == "behind"
+    assert scaling.compare([0.10, 0.30], [0.15, 0.25], "mauve")["verdict"] == "level"
+    assert scaling.compare([0.30, 0.31], [0.20, 0.21], "mauve")["verdict"] == "ahead"
+    g = scaling.compare([100.0, 110.0, 121.0], [1000.0, 1100.0, 1210.0], "gen_ppl")
+    assert math.exp(g["diff"]) == pytest.approx(0.1) and g["verdict"] == "ahead"  # a tenth of theirs: better
+    one = scaling.compare([0.1], [0.2, 0.3], "mauve")
+    assert one["se"] is None and one["verdict"] == "-" and one["seeds"] == [1, 2]
+    rows = scaling.comparisons([point("full", 1e13, s, mauve=0.1 + 0.01 * s) for s in range(3)]
+                               + [point("ar", 1e13, s, mauve=0.3 + 0.01 * s) for s in range(3)]
+                               + [point("mdlm", 2e13, 0)], 1e13, ["full"])
+    assert [(r["design"], r["versus"]) for r in rows] == [("full", "ar")]  # mdlm has no point at the reference
+    assert rows[0]["mauve"]["diff"] == pytest.approx(-0.2) and rows[0]["mauve"]["verdict"] == "behind"
 
 
 def test_next_token_ratio_error_is_zero_for_identical_answers_and_matches_the_spread_of_independent_draws():
