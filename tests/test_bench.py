@@ -147,3 +147,20 @@ def test_block_positions_averages_each_position_inside_a_block_over_the_rows_tha
     assert s["per_position"][4] == pytest.approx(0.7) and s["first"] == pytest.approx(0.7)
     assert s["within_block"] == pytest.approx([(0.9 + 0.8 + 0.7 + 0.5 + 0.5) / 5, (0.1 + 0.2 + 0.3 + 0.5 + 0.5) / 5])
     assert "within_block" not in summary(p, written, block_size=1)
+
+
+def test_the_readme_multiplier_cell_says_never_for_a_flat_or_falling_fit():
+    """bench/tables.py's compute-multiplier cell: the power law's value and band, the line's value; "never" where
+    more compute does not help the fit or its crossing lies past float range (SSD-LM's flat MAUVE), "-" unfitted."""
+    import tables
+
+    def fit(multiplier, helps=True):
+        return {"multiplier": multiplier, "band": [1.5, 3.25], "helps": helps}
+
+    d = {"multipliers": {"a": {"mauve": {"log": fit(2.44), "linear": fit(22.2)}},
+                         "flat": {"mauve": {"log": fit(math.inf), "linear": fit(math.inf)}},
+                         "worse": {"mauve": {"log": fit(None, helps=False), "linear": fit(None, helps=False)}}}}
+    assert tables._multiplier_cell(d, "a") == "2.4x (1.5-3.2); 22x"
+    assert tables._multiplier_cell(d, "flat") == "never; never"
+    assert tables._multiplier_cell(d, "worse") == "never; never"
+    assert tables._multiplier_cell(d, "unfitted") == "-"
