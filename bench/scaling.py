@@ -453,12 +453,10 @@ def seed_values(points: list[dict], design: str, budget: float, metric: str) -> 
             if p["design"] == design and math.isclose(p["flops_budget"], budget, rel_tol=1e-6)]
 
 
-def compare(ours: list[float], theirs: list[float], metric: str) -> dict | None:
+def compare(ours: list[float], theirs: list[float], metric: str) -> dict:
     """Ours against theirs over seeds: the difference of means (gen-PPL: of mean logs, i.e. a ratio) with its standard
     error (Welch: each side's seed variance over its seeds; None with fewer than 2 seeds a side) and the verdict -
     ahead or behind where the difference is over 2 standard errors, level within them."""
-    if not ours or not theirs:
-        return None
     log = metric in LOWER_IS_BETTER
     a, b = ([math.log(v) for v in xs] if log else xs for xs in (ours, theirs))
     diff = statistics.fmean(a) - statistics.fmean(b)
@@ -472,11 +470,11 @@ def compare(ours: list[float], theirs: list[float], metric: str) -> dict | None:
 def comparisons(points: list[dict], reference: float, ours: list[str]) -> list[dict]:
     """Each of `ours` (the TextLDM designs) against every other design at the reference budget, on MAUVE and gen-PPL."""
     others = sorted({p["design"] for p in points} - set(ours))
+    present = {d for d in {*ours, *others} if seed_values(points, d, reference, "mauve")}
     return [{"design": d, "versus": o, **{m: compare(seed_values(points, d, reference, m),
                                                     seed_values(points, o, reference, m), m)
                                          for m in MULTIPLIER_METRICS}}
-            for d in ours for o in others if seed_values(points, d, reference, "mauve")
-            and seed_values(points, o, reference, "mauve")]
+            for d in ours for o in others if d in present and o in present]
 
 
 def format_comparisons(rows: list[dict]) -> list[str]:
