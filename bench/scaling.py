@@ -373,13 +373,15 @@ def format_matched(rows: list[dict]) -> list[str]:
 
 
 def summary_rows(points: list[dict]) -> list[dict]:
-    """One row per (design, budget): mean and sd over seeds of every metric and fact."""
+    """One row per (design, budget): mean and sd over seeds of every metric and fact; the wall-clock facts (training
+    minutes, seconds per continuation) as the median over seeds, so one run that shared the machine does not set a
+    design's cost."""
     rows = []
     for design, budget in sorted({(p["design"], p["flops_budget"]) for p in points}):
         runs = [p for p in points if p["design"] == design and p["flops_budget"] == budget]
         row = {"design": design, "budget": budget, "seeds": len(runs),
                "flops": statistics.fmean(p["facts"]["flops"] for p in runs),
-               "minutes": statistics.fmean(p["facts"]["minutes"] for p in runs),
+               "minutes": statistics.median(p["facts"]["minutes"] for p in runs),
                "steps": runs[0]["facts"]["steps"], "params": runs[0]["facts"]["params"]}
         for m in METRICS:
             values = [p["metrics"][m] for p in runs]
@@ -388,7 +390,8 @@ def summary_rows(points: list[dict]) -> list[dict]:
         row["agreement"] = statistics.fmean(agree) if None not in agree else None
         for fact in ("nfe_per_continuation", "seconds_per_continuation", "heldout_nll"):
             values = [p["facts"].get(fact) for p in runs]
-            row[fact] = statistics.fmean(values) if values and None not in values else None
+            average = statistics.median if fact == "seconds_per_continuation" else statistics.fmean
+            row[fact] = average(values) if values and None not in values else None
         row["heldout_nll_exact"] = runs[0]["facts"].get("heldout_nll_exact")
         row["entropy"] = statistics.fmean(p["metrics"].get("unigram_entropy", float("nan")) for p in runs)
         second = [p["metrics"].get("second_judge_gen_ppl") for p in runs]
@@ -531,6 +534,8 @@ def cmd_fit(args) -> int:
                                                  if isinstance(designs.get(d), list)])
     lines = [f"# Quality against training compute ({points[0]['samples']} embedded-benchmark items)", "",
              *format_table(rows, human), "",
+             "Mean ± sd over seeds; *minutes* (training) and the seconds per continuation below: the median over "
+             "seeds (a run that shared the machine moves it least).", "",
              f"Compute multiplier against the AR baseline at {args.reference:.3g} FLOPs (the FLOPs where a design's "
              "fit against log10 FLOPs reaches the AR baseline's mean there, over AR's FLOPs; fits over the budgets "
              f">= {args.min_flops:.3g} FLOPs; solid lines in the plot, dotted: MAUVE as a power law):", "",
@@ -544,7 +549,7 @@ def cmd_fit(args) -> int:
              *format_comparisons(pairs), "",
              "Cost per continuation and likelihood (NFE: network evaluations per continuation - TextLDM's per window "
              "or block with CFG's two halves, the masked baselines' after the caching sampler, the AR baseline's one "
-             "cached forward per token; seconds on the machine that ran the point; held-out NLL from each run's own "
+             "cached forward per token; seconds on the machine that ran the point, the median over seeds; held-out NLL from each run's own "
              "validation windows):", "", *format_costs(rows), "", "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "comparisons": pairs,

@@ -81,6 +81,16 @@ def test_matched_quality_interpolates_the_ar_curve_without_extrapolating():
     assert scaling.ar_equivalent_flops(rows, "gen_ppl", 70.0) is not None
 
 
+def test_wall_clock_over_seeds_is_the_median_and_quality_the_mean():
+    """A seed that shared the machine (10x slower) must not set a design's cost; the quality metrics stay means."""
+    points = [point("full", 1e13, s, mauve=m) for s, m in enumerate((0.1, 0.2, 0.6))]
+    for p, minutes, seconds in zip(points, (1.0, 1.2, 12.0), (0.10, 0.12, 1.5)):
+        p["facts"] |= {"minutes": minutes, "seconds_per_continuation": seconds}
+    (row,) = scaling.summary_rows(points)
+    assert row["minutes"] == pytest.approx(1.2) and row["seconds_per_continuation"] == pytest.approx(0.12)
+    assert row["mauve"][0] == pytest.approx(0.3)
+
+
 def test_table_fit_and_plot_from_point_files(tmp_path):
     from textldm.evaluation.harness import TABLE_METRICS
     assert set(scaling.METRICS) <= {*TABLE_METRICS, "gen_ppl", "distinct_2", "prompt_binding"}  # scorer keys
