@@ -445,6 +445,8 @@ def format_multipliers(mult: dict, reference: float) -> list[str]:
             for form, r in per_form.items():
                 value = shown(m, r['ar_value'])
                 cell = "never (more compute does not improve the fit)" if not r["helps"] else \
+                    "never (the fit is too flat: its crossing lies past float range)" \
+                    if not math.isfinite(r["multiplier"]) else \
                     f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
                 shape = "power law" if form == "log" else "line in log FLOPs"
                 lines.append(f"| {design} | {METRICS[m]} | {shape} | {r['n']} | {value} | {r['fit_r2']:.2f} | {cell} |")
@@ -549,8 +551,9 @@ def cmd_fit(args) -> int:
              *format_comparisons(pairs), "",
              "Cost per continuation and likelihood (NFE: network evaluations per continuation - TextLDM's per window "
              "or block with CFG's two halves, the masked baselines' after the caching sampler, the AR baseline's one "
-             "cached forward per token; seconds on the machine that ran the point, the median over seeds; held-out NLL from each run's own "
-             "validation windows):", "", *format_costs(rows), "", "![quality vs compute](scaling.png)"]
+             "cached forward per token; seconds on the machine that ran the point, the median over seeds; held-out "
+             "NLL from each run's own validation windows):", "", *format_costs(rows), "",
+             "![quality vs compute](scaling.png)"]
     plot(points, fits, human, args.out)
     write_json(args.out / "scaling.json", {"rows": rows, "fits": fits, "multipliers": mult, "comparisons": pairs,
                                            "human": human, "reference": args.reference, "min_flops": args.min_flops})

@@ -48,12 +48,14 @@ def test_multiplier_is_relative_to_the_ar_baseline_at_the_reference_budget():
 
 
 def test_a_nearly_flat_fit_gives_an_infinite_multiplier_not_a_crash():
-    """A design whose MAUVE barely rises reaches AR's only past float range: its multiplier is inf (shown as such),
-    and the fit of the other designs goes on (SSD-LM's degenerate points on the CPU)."""
+    """A design whose MAUVE barely rises reaches AR's only past float range: its multiplier is inf (the table says
+    never), and the fit of the other designs goes on (SSD-LM's degenerate points on the CPU)."""
     points = [point("ar", 1e13, mauve=0.4), point("ar", 1e14, mauve=0.5)]
     points += [point("flat", 1e13, mauve=0.004), point("flat", 1e14, mauve=0.004 + 1e-9)]
     mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)
     assert mult["flat"]["mauve"]["linear"]["helps"] and mult["flat"]["mauve"]["linear"]["multiplier"] == math.inf
+    flat = [line for line in scaling.format_multipliers(mult, 1e13) if line.startswith("| flat | MAUVE | line")]
+    assert flat and "never (the fit is too flat" in flat[0] and "inf" not in flat[0]
 
 
 def test_mauve_is_also_fitted_as_a_power_law_and_small_budgets_can_be_left_out():
