@@ -472,25 +472,26 @@ def compare(ours: list[float], theirs: list[float], metric: str) -> dict:
     return {"diff": diff, "se": se, "seeds": [len(a), len(b)], "verdict": verdict}
 
 
-def comparisons(points: list[dict], reference: float, ours: list[str]) -> list[dict]:
-    """Each of `ours` (the TextLDM designs) against every other design at the reference budget, on MAUVE and gen-PPL."""
-    others = sorted({p["design"] for p in points} - set(ours))
-    present = {d for d in {*ours, *others} if seed_values(points, d, reference, "mauve")}
-    return [{"design": d, "versus": o, **{m: compare(seed_values(points, d, reference, m),
-                                                    seed_values(points, o, reference, m), m)
-                                         for m in MULTIPLIER_METRICS}}
-            for d in ours for o in others if d in present and o in present]
+def comparisons(points: list[dict], ours: list[str]) -> list[dict]:
+    """Each of `ours` (the TextLDM designs) against every other design at every budget both were run at, on MAUVE and
+    gen-PPL (over seeds: the gap's trend with compute, each budget with its own error)."""
+    budgets = {d: {p["flops_budget"] for p in points if p["design"] == d} for d in {p["design"] for p in points}}
+    return [{"design": d, "versus": o, "budget": b, **{m: compare(seed_values(points, d, b, m),
+                                                                seed_values(points, o, b, m), m)
+                                                       for m in MULTIPLIER_METRICS}}
+            for d in ours if d in budgets for o in sorted(set(budgets) - set(ours))
+            for b in sorted(budgets[d] & budgets[o])]
 
 
 def format_comparisons(rows: list[dict]) -> list[str]:
-    lines = ["| design | against | seeds | MAUVE: difference ± s.e. | verdict | gen-PPL: ratio (x/÷ s.e.) | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| design | against | budget (FLOPs) | seeds | MAUVE: difference ± s.e. | verdict "
+             "| gen-PPL: ratio (x/÷ s.e.) | verdict |", "|---" * 8 + "|"]
     for r in rows:
         m, g = r["mauve"], r["gen_ppl"]
         mauve = f"{100 * m['diff']:+.1f}" + ("" if m["se"] is None else f" ± {100 * m['se']:.1f}")
         ppl = f"{math.exp(g['diff']):.2f}x" + ("" if g["se"] is None else f" (x/÷ {math.exp(g['se']):.2f})")
-        lines.append(f"| {r['design']} | {r['versus']} | {m['seeds'][0]} vs {m['seeds'][1]} | {mauve} "
-                     f"| {m['verdict']} | {ppl} | {g['verdict']} |")
+        lines.append(f"| {r['design']} | {r['versus']} | {r['budget']:.3g} | {m['seeds'][0]} vs {m['seeds'][1]} "
+                     f"| {mauve} | {m['verdict']} | {ppl} | {g['verdict']} |")
     return lines
 
 
@@ -532,8 +533,7 @@ def cmd_fit(args) -> int:
     fits, rows = design_fits(points, args.min_flops), summary_rows(points)
     mult = multipliers(points, fits, args.reference)
     designs = load_designs(args.grid)
-    pairs = comparisons(points, args.reference, [d for d in sorted({p["design"] for p in points})
-                                                 if isinstance(designs.get(d), list)])
+    pairs = comparisons(points, [d for d in sorted({p["design"] for p in points}) if isinstance(designs.get(d), list)])
     lines = [f"# Quality against training compute ({points[0]['samples']} embedded-benchmark items)", "",
              *format_table(rows, human), "",
              "Mean ± sd over seeds; *minutes* (training) and the seconds per continuation below: the median over "
@@ -545,7 +545,7 @@ def cmd_fit(args) -> int:
              "Matched quality without a fit: each run's FLOPs over the FLOPs at which the AR baseline's "
              "measured curve (interpolated between its budgets in log-log) reaches the same value:", "",
              *format_matched(rows), "",
-             f"Each TextLDM design against the others at {args.reference:.3g} FLOPs, over seeds (the difference of "
+             "Each TextLDM design against the others at every budget both ran, over seeds (the difference of "
              "the seed means with its standard error; gen-PPL as a ratio of geometric means, lower is better; ahead "
              "or behind: more than 2 standard errors apart, level: within them; -: one seed, no error):", "",
              *format_comparisons(pairs), "",

@@ -107,7 +107,7 @@ def test_table_fit_and_plot_from_point_files(tmp_path):
     text = (out / "scaling.md").read_text()
     assert "| full | 1e+13 | 3 |" in text and "11.0 ± 1.0" in text  # mean ± sd over three seeds, x100
     assert "2.400 (true cont.)" in text and (out / "scaling.png").stat().st_size > 10_000
-    assert "| full | ar | 3 vs 3 | +0.0 ± 0.8 | level |" in text  # the same curve: level with AR
+    assert "| full | ar | 1e+13 | 3 vs 3 | +0.0 ± 0.8 | level |" in text  # the same curve: level with AR
 
 
 
@@ -123,11 +123,16 @@ def test_a_comparison_over_seeds_reports_the_welch_error_and_calls_level_within_
     assert math.exp(g["diff"]) == pytest.approx(0.1) and g["verdict"] == "ahead"  # a tenth of theirs: better
     one = scaling.compare([0.1], [0.2, 0.3], "mauve")
     assert one["se"] is None and one["verdict"] == "-" and one["seeds"] == [1, 2]
-    rows = scaling.comparisons([point("full", 1e13, s, mauve=0.1 + 0.01 * s) for s in range(3)]
+    rows = scaling.comparisons([point("full", f, s, mauve=0.1 + 0.01 * s + (f > 1e13) * 0.3) for s in range(3)
+                                for f in (1e13, 2e13)]
                                + [point("ar", 1e13, s, mauve=0.3 + 0.01 * s) for s in range(3)]
-                               + [point("mdlm", 2e13, 0)], 1e13, ["full"])
-    assert [(r["design"], r["versus"]) for r in rows] == [("full", "ar")]  # mdlm has no point at the reference
+                               + [point("ar", 2e13, 0, mauve=0.3)] + [point("mdlm", 3e13, 0)], ["full"])
+    # each budget both designs ran (mdlm shares none with full), the gap's sign per budget
+    assert [(r["design"], r["versus"], r["budget"]) for r in rows] == [("full", "ar", 1e13), ("full", "ar", 2e13)]
     assert rows[0]["mauve"]["diff"] == pytest.approx(-0.2) and rows[0]["mauve"]["verdict"] == "behind"
+    assert rows[1]["mauve"]["diff"] == pytest.approx(0.11) and rows[1]["mauve"]["verdict"] == "-"  # one AR seed
+    table = scaling.format_comparisons(rows)
+    assert table[2].startswith("| full | ar | 1e+13 | 3 vs 3 | -20.0 ± ") and "| 2e+13 | 3 vs 1 | +11.0 |" in table[3]
 
 
 def test_next_token_ratio_error_is_zero_for_identical_answers_and_matches_the_spread_of_independent_draws():
