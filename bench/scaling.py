@@ -388,10 +388,10 @@ def summary_rows(points: list[dict]) -> list[dict]:
             row[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
         agree = [p["facts"].get("agreement") for p in runs]
         row["agreement"] = statistics.fmean(agree) if None not in agree else None
-        for fact in ("nfe_per_continuation", "seconds_per_continuation", "heldout_nll"):
+        for fact, average in (("nfe_per_continuation", statistics.fmean),
+                              ("seconds_per_continuation", statistics.median), ("heldout_nll", statistics.fmean)):
             values = [p["facts"].get(fact) for p in runs]
-            average = statistics.median if fact == "seconds_per_continuation" else statistics.fmean
-            row[fact] = average(values) if values and None not in values else None
+            row[fact] = average(values) if None not in values else None
         row["heldout_nll_exact"] = runs[0]["facts"].get("heldout_nll_exact")
         row["entropy"] = statistics.fmean(p["metrics"].get("unigram_entropy", float("nan")) for p in runs)
         second = [p["metrics"].get("second_judge_gen_ppl") for p in runs]
