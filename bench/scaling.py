@@ -62,6 +62,7 @@ PERCENT = {"mauve", "rougeL", "bertscore"}  # shown x100
 FIT_FORMS = {"mauve": ("linear", "log"), "gen_ppl": ("log",)}  # how each metric is fitted; the rest: linear
 LOG_AXIS = {"gen_ppl"}  # plotted on a log axis
 LOWER_IS_BETTER = {"gen_ppl"}
+FLAT = 1e-9  # a fitted series whose spread is under this fraction of its size is constant (rounding, not signal)
 MULTIPLIER_METRICS = ("mauve", "gen_ppl")
 AR = "ar"
 BASELINES = {"masked": "train_masked", "ssd": "train_ssd"}  # a baseline family -> its training stage's function
@@ -248,17 +249,19 @@ def cmd_run(args) -> int:
 # the fit -----------------------------------------------------------------------------------------------
 def fit_line(xs: list[float], ys: list[float]) -> dict:
     """Least squares y = a + b x: coefficients, their covariance (residual variance; n - 2 degrees of freedom) and
-    R^2."""
+    R^2. A y constant to rounding (SSD-LM's MAUVE: the same floor value at every budget, differing in the 16th digit)
+    is flat: slope exactly 0 and no R^2 (nan), so the slope's sign is not decided by rounding."""
     X = np.column_stack([np.ones(len(xs)), np.asarray(xs, dtype=float)])
     y = np.asarray(ys, dtype=float)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    flat = np.ptp(y) <= FLAT * np.abs(y).max()
+    coef = np.array([y.mean(), 0.0]) if flat else np.linalg.lstsq(X, y, rcond=None)[0]
     resid = y - X @ coef
     dof = max(len(xs) - 2, 1)
     s2 = float(resid @ resid) / dof
     cov = s2 * np.linalg.inv(X.T @ X)
     total = float(((y - y.mean()) ** 2).sum())
-    return {"a": float(coef[0]), "b": float(coef[1]), "cov": cov.tolist(), "r2": 1 - float(resid @ resid) / total
-            if total > 0 else float("nan"), "n": len(xs)}
+    return {"a": float(coef[0]), "b": float(coef[1]), "cov": cov.tolist(),
+            "r2": float("nan") if flat else 1 - float(resid @ resid) / total, "n": len(xs)}
 
 
 def fit_forms(metric: str) -> tuple[str, ...]:
@@ -329,6 +332,7 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
                     "ar_value": target, "helps": helps, "fit_r2": fit["r2"], "n": fit["n"],
                     "multiplier": ratio(cross["log10_flops"] - ar_flops) if helps else None,
                     "band": [ratio(x - ar_flops) for x in cross["band"]] if helps else None}
+                out[design][m][form]["reached"] = helps and math.isfinite(out[design][m][form]["multiplier"])
     return out
 
 
@@ -444,12 +448,12 @@ def format_multipliers(mult: dict, reference: float) -> list[str]:
         for m, per_form in per_metric.items():
             for form, r in per_form.items():
                 value = shown(m, r['ar_value'])
-                cell = "never (more compute does not improve the fit)" if not r["helps"] else \
-                    "never (the fit is too flat: its crossing lies past float range)" \
-                    if not math.isfinite(r["multiplier"]) else \
-                    f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})"
+                cell = f"{r['multiplier']:.3g}x ({r['band'][0]:.3g}-{r['band'][1]:.3g})" if r["reached"] else \
+                    "never (more compute does not improve the fit)" if not r["helps"] else \
+                    "never (the fit is too flat: its crossing lies past float range)"
                 shape = "power law" if form == "log" else "line in log FLOPs"
-                lines.append(f"| {design} | {METRICS[m]} | {shape} | {r['n']} | {value} | {r['fit_r2']:.2f} | {cell} |")
+                r2 = "-" if math.isnan(r["fit_r2"]) else f"{r['fit_r2']:.2f}"
+                lines.append(f"| {design} | {METRICS[m]} | {shape} | {r['n']} | {value} | {r2} | {cell} |")
     return lines
 
 

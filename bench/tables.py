@@ -108,13 +108,9 @@ def _multiplier_cell(d: dict, design: str) -> str:
     if mult is None:
         return "-"
     log, line = mult.get("log"), mult["linear"]  # no power law where a budget's MAUVE is 0
-
-    def reaches(fit: dict) -> bool:  # a flat fit's crossing lies past float range: never, in practice
-        return fit["helps"] and math.isfinite(fit["multiplier"])
-
     power = "-" if log is None else (f"{log['multiplier']:.1f}x ({log['band'][0]:.1f}-{log['band'][1]:.1f})"
-                                     if reaches(log) else "never")
-    return f"{power}; " + (f"{line['multiplier']:,.0f}x" if reaches(line) else "never")
+                                     if log["reached"] else "never")
+    return f"{power}; " + (f"{line['multiplier']:,.0f}x" if line["reached"] else "never")
 
 
 def baselines_reference() -> str:

@@ -53,9 +53,27 @@ def test_a_nearly_flat_fit_gives_an_infinite_multiplier_not_a_crash():
     points = [point("ar", 1e13, mauve=0.4), point("ar", 1e14, mauve=0.5)]
     points += [point("flat", 1e13, mauve=0.004), point("flat", 1e14, mauve=0.004 + 1e-9)]
     mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)
-    assert mult["flat"]["mauve"]["linear"]["helps"] and mult["flat"]["mauve"]["linear"]["multiplier"] == math.inf
+    line = mult["flat"]["mauve"]["linear"]
+    assert line["helps"] and line["multiplier"] == math.inf and not line["reached"]
+    assert mult["flat"]["mauve"]["log"]["reached"] is False
     flat = [line for line in scaling.format_multipliers(mult, 1e13) if line.startswith("| flat | MAUVE | line")]
     assert flat and "never (the fit is too flat" in flat[0] and "inf" not in flat[0]
+
+
+def test_a_series_constant_to_rounding_is_flat_not_a_coin_flip_of_its_last_digit():
+    """SSD-LM's MAUVE is the same floor value at every budget, differing only in the 16th digit: the fit's slope is
+    exactly 0 (more compute does not help, whichever way rounding leans), R² is undefined and shown as '-'."""
+    for last in (1e-18, -1e-18):
+        ys = [0.0040720962619612555, 0.0040720962619612555 + last, 0.004072096261961256]
+        fit = scaling.fit_line([13.0, 13.3, 13.7], ys)
+        assert fit["b"] == 0.0 and fit["a"] == pytest.approx(0.004072096261961) and math.isnan(fit["r2"])
+    assert scaling.fit_line([1, 2, 3], [0.0, 0.0, 0.0])["b"] == 0.0
+    points = [point("ar", 1e13, mauve=0.4), point("ar", 1e14, mauve=0.5)]
+    points += [point("const", 1e13, mauve=0.004072096261961256), point("const", 1e14, mauve=0.0040720962619612555)]
+    mult = scaling.multipliers(points, scaling.design_fits(points), reference=1e13)
+    assert not mult["const"]["mauve"]["linear"]["helps"] and not mult["const"]["mauve"]["linear"]["reached"]
+    row = [line for line in scaling.format_multipliers(mult, 1e13) if line.startswith("| const | MAUVE | line")][0]
+    assert "| - | never (more compute does not improve the fit) |" in row
 
 
 def test_mauve_is_also_fitted_as_a_power_law_and_small_budgets_can_be_left_out():
@@ -171,8 +189,9 @@ def test_the_readme_multiplier_cell_says_never_for_a_flat_or_falling_fit():
     more compute does not help the fit or its crossing lies past float range (SSD-LM's flat MAUVE), "-" unfitted."""
     import tables
 
-    def fit(multiplier, helps=True):
-        return {"multiplier": multiplier, "band": [1.5, 3.25], "helps": helps}
+    def fit(multiplier, helps=True):  # as bench/scaling.py writes it: reached = helps and a finite multiplier
+        return {"multiplier": multiplier, "band": [1.5, 3.25], "helps": helps,
+                "reached": helps and math.isfinite(multiplier)}
 
     d = {"multipliers": {"a": {"mauve": {"log": fit(2.44), "linear": fit(22.2)}},
                          "flat": {"mauve": {"log": fit(math.inf), "linear": fit(math.inf)}},
