@@ -403,8 +403,8 @@ MUTANTS = [
            "block mode's held-out errors read no self-conditioning estimate (sampling does)"),
     Mutant('M114',
            'families/textldm/pipeline.py',
-           'NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k"}',
-           'NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k", "noise_scale", "grid"}',
+           'NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k", "projection"}',
+           'NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k", "projection", "noise_scale", "grid"}',
            "textldm eval samples with each model's own noise scale and grid, not the ones results.json records"),
     Mutant("M115", "training/objectives/context_lm.py", "if passes > MAX_PASSES:", "if passes > 10 * MAX_PASSES:",
            "training reads the precomputed windows past the measured overfit without a warning"),
@@ -548,6 +548,16 @@ MUTANTS = [
            "SSD-LM's projection stops widening once any row's nucleus fits (a flatter row's is cut short)"),
     Mutant("M160", "diffusion/simplex.py", "        n = min(4 * n, probs.shape[-1])", "        break",
            "SSD-LM's projection ranks only the top 1024 tokens, however wide the nucleus"),
+    # SSD-LM's sampling projection (the authors' alternative decode)
+    Mutant("M161", "diffusion/simplex.py", "    mass = torch.where(inside, top, 0.0).cumsum(-1)",
+           "    mass = top.cumsum(-1)",
+           "SSD-LM's sampling projection draws from the ranked tokens past the nucleus too"),
+    Mutant("M162", "sampling/ssd.py", '            if s.projection == "multi-hot":', "            if True:",
+           "SSD-LM's sampler ignores sample.projection (always multi-hot)"),
+    Mutant("M163", "diffusion/simplex.py",
+           "    pick = torch.searchsorted(mass, (uniforms.double() * mass[..., -1])[..., None], right=True)",
+           "    pick = torch.zeros_like(mass[..., :1], dtype=torch.long)",
+           "SSD-LM's sampling projection always takes the top token (greedy, not a draw)"),
 ]
 
 

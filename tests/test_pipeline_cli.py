@@ -258,6 +258,7 @@ def test_cli_bad_generation_input(capsys, trained, tmp_path):
         (["--prompt", "The man", "--noise-scale", "-1"], "noise_scale must be in [0, inf), got -1"),
         (["--prompt", "The man", "--lm-history", "-1"], "lm_history must be in [0, inf), got -1"),
         (["--prompt", "The man", "--lm-prior", "-0.5"], "lm_prior must be in [0, inf), got -0.5"),
+        (["--prompt", "The man", "--projection", "sampling"], "--projection: not a setting of a textldm model"),
     ]
     for extra, fragment in cases:
         code, err = _cli(capsys, "generate", "--model", model, *extra)

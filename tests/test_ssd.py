@@ -1,6 +1,7 @@
 """The SSD-LM baseline: the forward noising and the loss against a hand-written reference, the cosine schedule and
 the top-p projection, no look past the block, the sampler against an uncached hand-written loop, the counted FLOPs
 against torch's counter, save/reload, and a tiny model that must learn to continue a prompt."""
+import json
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from builders import RandomStream, perturbed
 from textldm.config import Config, DiTConfig, SampleConfig, SSDConfig, TrainConfig
-from textldm.diffusion.simplex import alpha_bar, project, time_grid
+from textldm.diffusion.simplex import alpha_bar, project, project_sampled, time_grid
 from textldm.families.ssd import SSDPipeline
 from textldm.models.ssd import SimplexDenoiser
 from textldm.runtime.perf import TRAIN_FACTOR, ssd_flops_per_sequence
@@ -26,10 +27,10 @@ def tiny_model(block: int = 4, seed: int = 1, vocab: int = VOCAB) -> SimplexDeno
     return perturbed(SimplexDenoiser(cfg, vocab), 0.2, seed).eval()
 
 
-def tiny_pipeline(block: int = 4, steps: int = 5, top_p: float = 0.5) -> SSDPipeline:
+def tiny_pipeline(block: int = 4, steps: int = 5, top_p: float = 0.5, projection: str = "multi-hot") -> SSDPipeline:
     model = tiny_model(block)
     cfg = Config(dit=DiTConfig(context_min=2, context_max=8, target_min=2, target_max=8), ssd=model.cfg,
-                 sample=SampleConfig(steps=steps, top_p=top_p))
+                 sample=SampleConfig(steps=steps, top_p=top_p, projection=projection))
     return SSDPipeline(cfg, None, model, -1)
 
 
@@ -59,6 +60,25 @@ def test_the_projection_equals_a_full_sort_over_a_large_vocabulary(scale):
         ranked, order = probs.sort(-1, descending=True)
         inside = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked < p)
         assert torch.equal(project(logits, p, K), torch.where(inside, K, -K).to(logits.dtype))
+
+
+def test_the_sampling_projection_draws_one_token_from_the_renormalized_nucleus():
+    """+K on one token a position: the one whose share of the nucleus' cumulative mass holds the uniform (nucleus 0.8
+    of p = .64 .24 .09 .03 is the first two, renormalized .731 / .269), never a token outside the nucleus; on a
+    20k-token vocabulary the draws' frequencies are the renormalized nucleus' probabilities."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(5, 4)
+    u = torch.tensor([0.0, 0.72, 0.74, 0.999999, 1.0 - 2 ** -53], dtype=torch.float64)
+    w = project_sampled(logits, 0.8, K, u)
+    assert w.argmax(-1).tolist() == [0, 0, 1, 1, 1] and ((w == K).sum(-1) == 1).all() and ((w == -K).sum(-1) == 3).all()
+    assert project_sampled(logits[:1], 0.5, K, u[3:4]).tolist() == [[K, -K, -K, -K]]  # the top token alone
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, generator=g).double() * 3
+    draws = project_sampled(logits.expand(40000, -1), 0.5, K, torch.rand(40000, generator=g, dtype=torch.float64))
+    picked = torch.bincount(draws.argmax(-1), minlength=20000).double() / 40000
+    inside = project(logits[None], 0.5, K)[0] == K
+    assert picked[~inside].sum() == 0 and int(inside.sum()) > 5
+    nucleus = logits.softmax(-1) * inside
+    assert torch.allclose(picked, nucleus / nucleus.sum(), atol=0.01)
 
 
 def test_the_network_reads_each_rows_time_as_a_fraction_of_T():
@@ -142,7 +162,10 @@ def reference_generate(pipe: SSDPipeline, prompt: list[int], length: int, seed: 
             with torch.no_grad():
                 logits = model(context, w, torch.tensor([t]))
             a = float(alpha_bar(t_next, T))
-            w = project(logits, s.top_p, K)
+            if s.projection == "sampling":
+                w = project_sampled(logits, s.top_p, K, torch.rand(B, generator=g, dtype=torch.float64)[None])
+            else:
+                w = project(logits, s.top_p, K)
             if t_next:
                 w = math.sqrt(a) * w + math.sqrt(1 - a) * K * torch.randn(B, VOCAB, generator=g)[None]
         out += logits[0].argmax(-1).tolist()
@@ -150,10 +173,12 @@ def reference_generate(pipe: SSDPipeline, prompt: list[int], length: int, seed: 
     return out[:length]
 
 
-def test_the_sampler_equals_a_hand_written_loop_token_for_token():
+@pytest.mark.parametrize("projection", ["multi-hot", "sampling"])
+def test_the_sampler_equals_a_hand_written_loop_token_for_token(projection):
     """Prompts of 3, 7 and 14 tokens (the last cut to the window's 12) continued by 9 tokens - three blocks - in one
-    batch: each row is the loop's; any batch gives a row the same text; NFE = steps per block."""
-    pipe = tiny_pipeline(4, steps=5)
+    batch: each row is the loop's, under either projection; any batch gives a row the same text; NFE = steps per
+    block."""
+    pipe = tiny_pipeline(4, steps=5, projection=projection)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [(i * 3) % 10 + 1 for i in range(14)]]
     rows = pipe.generate_ids(prompts, length=9, seed=3)
     assert rows == [reference_generate(pipe, p, 9, 3, i) for i, p in enumerate(prompts)]
@@ -173,8 +198,11 @@ def test_the_counted_flops_match_torchs_counter():
     assert counter.get_total_flops() == pytest.approx(TRAIN_FACTOR * 4 * ssd_flops_per_sequence(model, 16), rel=0.1)
 
 
-def test_a_saved_model_reloads_and_writes_the_same_text(tmp_path, tiny_model_dir):
+def test_a_saved_model_reloads_and_writes_the_same_text(tmp_path, tiny_model_dir, capsys):
+    """Save, reload, the same text; the sampling projection writes other text, the same through the CLI's flags; a
+    projection of no known name is refused."""
     from textldm import load_pipeline
+    from textldm.cli import main
     from textldm.errors import UserError
     from textldm.models.lm import load_tokenizer
 
@@ -190,6 +218,14 @@ def test_a_saved_model_reloads_and_writes_the_same_text(tmp_path, tiny_model_dir
     assert "simplex-diffusion" in (tmp_path / "ssd" / "README.md").read_text()
     with pytest.raises(UserError, match="no tractable likelihood"):
         loaded.token_logprobs([1], [2])
+    sampled = pipe.generate("the man said", length=6, seed=2, top_p=0.9, projection="sampling")
+    assert sampled != pipe.generate("the man said", length=6, seed=2, top_p=0.9)
+    with pytest.raises(SystemExit) as e:  # the CLI's flags reach the same sampler
+        main(["generate", "--model", str(tmp_path), "--prompt", "the man said", "--length", "6", "--seed", "2",
+              "--top-p", "0.9", "--projection", "sampling", "--json"])
+    assert e.value.code in (0, None) and json.loads(capsys.readouterr().out)["continuation"] == sampled[0]
+    with pytest.raises(UserError, match="sample.projection. must be one of multi-hot, sampling, got .greedy."):
+        pipe.generate("the man said", length=6, projection="greedy")
 
 
 class PeriodicStream:

@@ -113,7 +113,10 @@ def _add_generate(sub) -> None:
                    "added to the decoder's at each block's first token, 0 = off (default: sample.lm_prior)")
     g.add_argument("--temperature", type=float, help="an AR or masked-diffusion model: sampling temperature, 0 = "
                    "greedy (default: sample.temperature)")
-    g.add_argument("--top-p", type=float, help="an AR or masked-diffusion model: nucleus p (default: sample.top_p)")
+    g.add_argument("--top-p", type=float, help="an AR or masked-diffusion model: nucleus p; an SSD-LM model: its "
+                   "projection's nucleus (default: sample.top_p)")
+    g.add_argument("--projection", choices=_choices(SampleConfig, "projection"), help="an SSD-LM model: multi-hot "
+                   "(+K on the whole nucleus) or sampling (+K on one token drawn from it) (default: sample.projection)")
     g.add_argument("--top-k", type=int, help="an AR model: top-k, 0 = off (default: sample.top_k)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per batch (results do not depend on it)")
     g.add_argument("--out", help="write {prompt, continuation} JSON lines here (atomically) instead of printing")
@@ -263,7 +266,7 @@ def _sample_settings(args, pipe) -> SampleConfig:
     given = {"steps": args.steps, "cfg_scale": args.cfg_scale, "solver": args.solver, "seed": args.seed,
              "grid": args.grid, "precision": args.precision, "noise_scale": args.noise_scale,
              "lm_history": args.lm_history, "lm_prior": args.lm_prior, "temperature": args.temperature,
-             "top_p": args.top_p, "top_k": args.top_k, "length": args.length}
+             "top_p": args.top_p, "top_k": args.top_k, "projection": args.projection, "length": args.length}
     if args.cfg_interval:
         lo, hi = (_floats(args.cfg_interval, "--cfg-interval") + [None, None])[:2]
         if hi is None or interval_problem(lo, hi):

@@ -41,6 +41,7 @@ NullContext = Literal["learned", "zeros"]
 TDistribution = Literal["logit_normal", "uniform"]
 Solver = Literal["euler", "heun", "ab2"]
 Grid = Literal["schedule", "uniform", "shifted"]
+Projection = Literal["multi-hot", "sampling"]
 Pooling = Literal["mean", "last"]
 BlockTime = Literal["per_block", "shared"]
 BlockUncond = Literal["empty", "null_latent"]
@@ -445,7 +446,10 @@ class SampleConfig(Checked):
     lm_prior: float = 0.0
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
     temperature: float = 1.0  # 0 = greedy
-    top_p: float = 0.95
+    top_p: float = 0.95  # AR and masked models: the nucleus sampled from; SSD-LM models: the projection's nucleus
+    # SSD-LM models: each step's logits projection - "multi-hot" (+K on the whole top-p nucleus; the paper's default
+    # decode) or "sampling" (+K on one token drawn from the nucleus; the authors' alternative decode)
+    projection: Projection = "multi-hot"
     top_k: int = 0  # 0 = off
 
     SECTION = "sample"

@@ -1,6 +1,7 @@
 """How SSD-LM writes text: block after block, each block's logit vectors denoised from w_T = K eps along a decreasing
-grid of `sample.steps` times - at each one the network's logits projected onto their top-p nucleus (+K) and noised
-to the next time with fresh noise (diffusion/simplex.py); the block's tokens are the last prediction's argmax. Every
+grid of `sample.steps` times - at each one the network's logits projected (`sample.projection`: +K on their whole
+top-p nucleus, or on one token drawn from it) and noised to the next time with fresh noise (diffusion/simplex.py);
+the block's tokens are the last prediction's argmax. Every
 evaluation runs the whole context again (attention is bidirectional: the context's states depend on the block), so
 nothing is cached; a row's noise comes from its own generator, seeded by (seed, block, row).
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from textldm.diffusion.simplex import alpha_bar, project, time_grid
+from textldm.diffusion.simplex import alpha_bar, project, project_sampled, time_grid
 from textldm.models.ssd import SimplexDenoiser
 from textldm.sampling.run import TokenRun
 from textldm.utils import pad_rows
@@ -52,11 +53,17 @@ class SSDSampler:
         def noise() -> torch.Tensor:
             return torch.stack([torch.randn(cfg.block_size, V, generator=g) for g in gens]).to(device)
 
+        def projection(logits: torch.Tensor) -> torch.Tensor:
+            if s.projection == "multi-hot":
+                return project(logits, s.top_p, K)
+            uniforms = torch.stack([torch.rand(cfg.block_size, generator=g, dtype=torch.float64) for g in gens])
+            return project_sampled(logits, s.top_p, K, uniforms.to(device))
+
         w = K * noise()
         grid = time_grid(s.steps, cfg.diffusion_steps)
         for t, t_next in zip(grid, grid[1:]):
             logits = self.model(context, w, torch.full((len(rows),), t, device=device), key_mask)
-            projected = project(logits, s.top_p, K)
+            projected = projection(logits)
             a = float(alpha_bar(t_next, cfg.diffusion_steps))
             w = projected if t_next == 0 else a ** 0.5 * projected + (1 - a) ** 0.5 * K * noise()
         return logits.argmax(-1)

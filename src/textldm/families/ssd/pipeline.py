@@ -3,6 +3,7 @@
 
     pipe = SSDPipeline.from_pretrained("runs/demo/ssd")
     pipe.generate(["The President said that"], length=50, steps=100, top_p=0.2, seed=0)
+    pipe.generate(["The President said that"], top_p=0.9, projection="sampling")  # the authors' other decode
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from textldm.utils import cut_at, resolve_device
 class SSDPipeline(NetworkPipeline):
     """Tokenizer + SimplexDenoiser (the same folder layout and guarantees as the other families): `generate`,
     `generate_ids`, and the `Pipeline` protocol. Its sampler reads sample.steps (per block), sample.top_p (the
-    projection's nucleus), sample.seed and sample.length."""
+    projection's nucleus), sample.projection, sample.seed and sample.length."""
     family, section, network, command = "ssd", "ssd", SimplexDenoiser, "train-ssd"
     streams = False
-    sampler_settings = frozenset({"steps", "top_p", "seed", "length"})
+    sampler_settings = frozenset({"steps", "top_p", "projection", "seed", "length"})
     label = "SSD-LM"
 
     def __init__(self, config: Config, tokenizer, model: SimplexDenoiser, eot_id: int):
@@ -36,10 +37,11 @@ class SSDPipeline(NetworkPipeline):
 
     def generate_ids(self, prompt_ids: list[list[int]], length: int | None = None, steps: int | None = None,
                      top_p: float | None = None, seed: int | None = None, *, max_new_tokens: int | None = None,
-                     first_index: int = 0) -> list[list[int]]:
+                     projection: str | None = None, first_index: int = 0) -> list[list[int]]:
         """Up to `length` new tokens per prompt, cut at end-of-text; prompts keep the window's context (its last
         window - B tokens, with a warning). Prompt i's noise comes from (seed, block, first_index + i)."""
-        s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps, top_p=top_p, seed=seed)
+        s = self.settings(length=resolve_length(length, max_new_tokens, None), steps=steps, top_p=top_p, seed=seed,
+                          projection=projection)
         prompts = truncate_prompts(prompt_ids, self.sampler.context, "the tokens it reads")
         run = TokenRun(s, first_index)
         rows = self.sampler.generate(prompts, run)
@@ -48,9 +50,9 @@ class SSDPipeline(NetworkPipeline):
 
     def generate(self, prompts: list[str] | str, length: int | None = None, steps: int | None = None,
                  top_p: float | None = None, seed: int | None = None, *,
-                 max_new_tokens: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, projection: str | None = None) -> list[str]:
         rows = self.generate_ids(tokenize_prompts(self.tokenizer, prompts), length, steps, top_p, seed,
-                                 max_new_tokens=max_new_tokens)
+                                 max_new_tokens=max_new_tokens, projection=projection)
         return [self.tokenizer.decode(row) for row in rows]
 
     def card(self) -> export.CardText:
@@ -73,7 +75,8 @@ class SSDPipeline(NetworkPipeline):
     def continue_ids(self, prompt_ids: list[list[int]], length: int, *, sample: SampleConfig | None = None,
                      first_index: int = 0, callback=None) -> list[list[int]]:
         s = sample or self.config.sample
-        return self.generate_ids(prompt_ids, length, s.steps, s.top_p, s.seed, first_index=first_index)
+        return self.generate_ids(prompt_ids, length, s.steps, s.top_p, s.seed, projection=s.projection,
+                                 first_index=first_index)
 
     def prompt_window(self, length: int, sample: SampleConfig | None = None) -> int:
         return self.sampler.context

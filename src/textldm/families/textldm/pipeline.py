@@ -38,7 +38,7 @@ from textldm.utils import cut_at, param_count, resolve_device
 log = logging.getLogger(__name__)
 HELPERS = "context_lm"  # a model folder's <HELPERS>.safetensors: the mode's trained weights outside the DiT
 # the sampler settings a TextLDM model does not read (the AR baseline's), and those set per call
-NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k"}
+NOT_DIFFUSION = {"length", "seed", "temperature", "top_p", "top_k", "projection"}
 
 
 class TextLDMPipeline(HubMixin):
