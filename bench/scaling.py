@@ -43,6 +43,7 @@ import yaml
 
 from textldm import TextLDMPipeline, load_config
 from textldm.config import FULL_WINDOW, to_dict
+from textldm.errors import UserError
 from textldm.evaluation import matched
 from textldm.evaluation.benchmark import benchmark
 from textldm.evaluation.harness import Contestant, Scorer, benchmark_agreement
@@ -588,7 +589,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return cmd_run(args) if args.command == "run" else cmd_fit(args)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_fit(args)
+    except UserError as e:  # bad settings, e.g. fewer --samples than MAUVE's buckets: one line, no traceback
+        print(f"bench/scaling.py: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -200,3 +200,17 @@ def test_the_readme_multiplier_cell_says_never_for_a_flat_or_falling_fit():
     assert tables._multiplier_cell(d, "flat") == "never; never"
     assert tables._multiplier_cell(d, "worse") == "never; never"
     assert tables._multiplier_cell(d, "unfitted") == "-"
+
+
+def test_a_bad_setting_ends_the_script_with_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """bench/scaling.py turns the library's UserError (e.g. fewer --samples than MAUVE's buckets, raised before any
+    training) into exit code 2 and one line on stderr."""
+    from textldm.errors import UserError
+
+    def bad(args):
+        raise UserError("MAUVE needs more samples than buckets: 50 samples, num_buckets=50")
+
+    monkeypatch.setattr(scaling, "cmd_fit", bad)
+    assert scaling.main(["fit", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bench/scaling.py: error: MAUVE needs more samples than buckets: 50 samples, num_buckets=50"
