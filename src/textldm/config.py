@@ -447,10 +447,10 @@ class SampleConfig(Checked):
     # autoregressive baselines (textldm AR checkpoints and HF causal LMs)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 0.95  # AR and masked models: the nucleus sampled from; SSD-LM models: the projection's nucleus
+    top_k: int = 0  # 0 = off
     # SSD-LM models: each step's logits projection - "multi-hot" (+K on the whole top-p nucleus; the paper's default
     # decode) or "sampling" (+K on one token drawn from the nucleus; the authors' alternative decode)
     projection: Projection = "multi-hot"
-    top_k: int = 0  # 0 = off
 
     SECTION = "sample"
 
