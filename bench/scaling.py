@@ -329,11 +329,11 @@ def multipliers(points: list[dict], fits: dict, reference: float) -> dict:
             for form, fit in per_metric[m].items():
                 helps = fit["b"] < 0 if m in LOWER_IS_BETTER else fit["b"] > 0
                 cross = crossing_flops(fit, transform(form, target))
+                multiplier = ratio(cross["log10_flops"] - ar_flops) if helps else None
                 out[design][m][form] = {
-                    "ar_value": target, "helps": helps, "fit_r2": fit["r2"], "n": fit["n"],
-                    "multiplier": ratio(cross["log10_flops"] - ar_flops) if helps else None,
-                    "band": [ratio(x - ar_flops) for x in cross["band"]] if helps else None}
-                out[design][m][form]["reached"] = helps and math.isfinite(out[design][m][form]["multiplier"])
+                    "ar_value": target, "helps": helps, "fit_r2": fit["r2"], "n": fit["n"], "multiplier": multiplier,
+                    "band": [ratio(x - ar_flops) for x in cross["band"]] if helps else None,
+                    "reached": helps and math.isfinite(multiplier)}
     return out
 
 

@@ -63,7 +63,8 @@ class SSDSampler:
         grid = time_grid(s.steps, cfg.diffusion_steps)
         for t, t_next in zip(grid, grid[1:]):
             logits = self.model(context, w, torch.full((len(rows),), t, device=device), key_mask)
-            projected = projection(logits)
+            if t_next == 0:
+                break  # the last prediction is the block: no projection, no re-noising
             a = float(alpha_bar(t_next, cfg.diffusion_steps))
-            w = projected if t_next == 0 else a ** 0.5 * projected + (1 - a) ** 0.5 * K * noise()
+            w = a ** 0.5 * projection(logits) + (1 - a) ** 0.5 * K * noise()
         return logits.argmax(-1)
